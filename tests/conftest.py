@@ -1,0 +1,24 @@
+"""Shared pytest setup: small, offline, deterministic."""
+
+import os
+
+# Tests never touch the network: pretrained-weight requests must fall back at once.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TINYTL_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def tinytl_home(tmp_path, monkeypatch):
+    """An isolated TinyTL data folder (results DB, dataset cache) for one test."""
+    monkeypatch.setenv("TINYTL_HOME", str(tmp_path / "tinytl_home"))
+    return tmp_path / "tinytl_home"
