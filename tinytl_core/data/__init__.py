@@ -1,0 +1,1 @@
+"""Datasets for short adaptations: procedural primitives, built-in sets, torchvision sets, user folders."""
