@@ -1,0 +1,59 @@
+"""Fine-tuning modes: what each mode trains on the selected backbone (layout only)."""
+
+import plotly.express as px
+import streamlit as st
+
+from tinytl_core.modes import MODES, compare_trainable
+from tinytl_core.reports import trainable_table
+
+st.header("Fine-tuning modes")
+st.write(
+    "Each mode decides which parameters train. TinyTL freezes the weights and trains biases (TinyTL-B), "
+    "small lite residual branches (TinyTL-L), or both (TinyTL-L+B)."
+)
+
+backbone = st.session_state.get("backbone", "mobilenetv2_100")
+resolution = int(st.session_state.get("resolution", 224))
+group_norm = st.toggle("Replace BatchNorm by GroupNorm (batch-size-1 training)", key="group_norm")
+
+
+@st.cache_data(show_spinner="Applying every mode to the backbone...")
+def _table(backbone: str, resolution: int, group_norm: bool):
+    return trainable_table(compare_trainable(backbone, resolution=resolution, group_norm=group_norm))
+
+
+try:
+    table = _table(backbone, resolution, group_norm)
+except ValueError as exc:
+    st.error(str(exc))
+    st.stop()
+
+mode = st.radio("Mode", list(MODES), horizontal=True, key="mode", format_func=lambda m: MODES[m].title)
+st.info(f"**{MODES[mode].title}** — {MODES[mode].description}")
+row = table.set_index("mode").loc[mode]
+if not row["applicable"]:
+    st.warning(f"Not applicable to {backbone}: {row['note']}")
+else:
+    c1, c2, c3 = st.columns(3)
+    c1.metric("Trainable parameters", f"{int(row['trainable_params']):,}")
+    c2.metric("Trainable bytes (fp32)", f"{row['trainable_MB']:.2f} MB")
+    c3.metric("Share of the model", f"{row['trainable_%']:.2f} %")
+
+chart = table.dropna(subset=["trainable_params"]).assign(selected=lambda t: t["mode"] == mode)
+fig = px.bar(
+    chart,
+    x="mode",
+    y="trainable_MB",
+    color="selected",
+    text_auto=".2f",
+    labels={"trainable_MB": "trainable parameters (MB, fp32)", "mode": ""},
+    color_discrete_map={True: "#d62728", False: "#1f77b4"},
+    title=f"Trainable parameter bytes per mode — {backbone} @ {resolution}px",
+)
+fig.update_layout(showlegend=False)
+st.plotly_chart(fig, width="stretch")
+st.dataframe(table, hide_index=True, width="stretch")
+st.caption(
+    "Trainable parameters are only part of training memory: the next pages show that the activations "
+    "stored for backward dominate."
+)

@@ -1,0 +1,98 @@
+"""Backbone catalog, creation and the offline pretrained fallback (issue 2)."""
+
+import time
+
+import pytest
+import torch
+
+from tinytl_core import backbones
+from tinytl_core.backbones import (
+    CURATED_BACKBONES,
+    create_backbone,
+    data_config,
+    list_backbones,
+    meta_backbone,
+)
+
+
+def test_curated_backbones_come_first_and_exist():
+    rows = list_backbones()
+    assert [r.name for r in rows[: len(CURATED_BACKBONES)]] == list(CURATED_BACKBONES)
+    assert len(rows) > 1000
+
+
+def test_filters():
+    vits = list_backbones(search="vit_tiny", kind="transformer")
+    assert vits and all("vit_tiny" in r.name and r.kind == "transformer" for r in vits)
+    resnets = list_backbones(family="resnet", pretrained_only=True)
+    assert resnets and all(r.family == "resnet" and r.has_pretrained for r in resnets)
+    assert all(r.kind == "cnn" for r in list_backbones(search="mobilenetv2"))
+    with pytest.raises(ValueError, match="unknown kind"):
+        list_backbones(kind="rnn")
+    with pytest.raises(ValueError, match="unknown family"):
+        list_backbones(family="nosuchfamily")
+
+
+def test_create_for_n_classes_and_data_config():
+    model, status = create_backbone("mobilenetv2_050", num_classes=7)
+    assert model.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 7)
+    assert not status.pretrained_loaded and not status.fell_back
+    cfg = data_config("mobilenetv2_050")
+    assert cfg.input_size == (3, 224, 224) and len(cfg.mean) == 3 and cfg.resolution == 224
+    assert data_config("vit_base_patch16_384").resolution == 384
+
+
+def test_offline_pretrained_request_falls_back_quickly():
+    start = time.monotonic()
+    model, status = create_backbone("resnet18", num_classes=3, pretrained=True)
+    assert time.monotonic() - start < 30
+    assert status.pretrained_requested and status.fell_back and not status.pretrained_loaded
+    assert "random init" in status.message and "offline" in status.message
+    assert model.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 3)
+
+
+def test_unreachable_host_falls_back_with_a_status(monkeypatch):
+    monkeypatch.delenv("TINYTL_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(backbones, "_cached_weights", lambda name: None)
+    monkeypatch.setattr(backbones, "_reachable", lambda host, timeout=0: False)
+    _, status = create_backbone("resnet18", num_classes=3, pretrained=True)
+    assert status.fell_back and "cannot reach" in status.message
+
+
+def test_stalled_download_is_bounded(monkeypatch):
+    monkeypatch.delenv("TINYTL_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(backbones, "_cached_weights", lambda name: None)
+    monkeypatch.setattr(backbones, "_reachable", lambda host, timeout=0: True)
+    real_create = backbones.timm.create_model
+
+    def slow_create(name, pretrained=False, **kw):
+        if pretrained:
+            time.sleep(5)
+        return real_create(name, pretrained=False, **kw)
+
+    monkeypatch.setattr(backbones.timm, "create_model", slow_create)
+    start = time.monotonic()
+    _, status = create_backbone("resnet18", num_classes=3, pretrained=True, timeout=0.5)
+    assert time.monotonic() - start < 4
+    assert status.fell_back and "TimeoutError" in status.message
+
+
+def test_no_pretrained_weights_for_arch_is_reported(monkeypatch):
+    monkeypatch.setattr(backbones, "_pretrained_archs", lambda: frozenset())
+    _, status = create_backbone("resnet18", num_classes=3, pretrained=True)
+    assert status.fell_back and "no pretrained weights" in status.message
+
+
+def test_meta_backbone_allocates_nothing():
+    model = meta_backbone("vit_giant_patch14_224")
+    assert all(p.device.type == "meta" for p in model.parameters())
+    assert sum(p.numel() for p in model.parameters()) > 1e9
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="unknown backbone"):
+        create_backbone("resnet_18")
+    with pytest.raises(ValueError, match="num_classes"):
+        create_backbone("resnet18", num_classes=0)

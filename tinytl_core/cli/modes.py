@@ -1,0 +1,31 @@
+"""``python -m tinytl_core modes``: what each fine-tuning mode trains on a backbone."""
+
+from __future__ import annotations
+
+import argparse
+
+from tinytl_core.modes import MODES, compare_trainable
+from tinytl_core.reports import trainable_table
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``modes`` command."""
+    p = sub.add_parser("modes", help="trainable parameters of every fine-tuning mode on a backbone")
+    p.add_argument("--model", default="mobilenetv2_100", help="timm architecture")
+    p.add_argument("--resolution", type=int, default=None, help="input size in pixels (default: model's)")
+    p.add_argument("--group-norm", action="store_true", help="replace BatchNorm by GroupNorm")
+    p.add_argument("--describe", action="store_true", help="print each mode's description and exit")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the per-mode trainable parameter table."""
+    if args.describe:
+        for mode in MODES.values():
+            print(f"{mode.name:20s} {mode.title:26s} {mode.description}")
+        return 0
+    table = trainable_table(
+        compare_trainable(args.model, resolution=args.resolution, group_norm=args.group_norm)
+    )
+    print(table.to_string(index=False))
+    return 0

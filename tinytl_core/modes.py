@@ -1,0 +1,285 @@
+"""Fine-tuning modes: which parameters train, and how normalisation layers behave.
+
+=====================  ======================================================================
+mode                   trains
+=====================  ======================================================================
+full                   everything (norms use batch statistics)
+last                   the classifier only
+bn+last                normalisation scale and shift + classifier (norms use batch statistics)
+bias (TinyTL-B)        every bias (conv, linear, normalisation) + classifier
+lite_residual          lite residual branches + classifier (TinyTL-L)
+lite_residual+bias     lite residual branches + every bias + classifier (TinyTL-L+B)
+=====================  ======================================================================
+
+In every mode with a frozen backbone (all but ``full`` and ``bn+last``) the backbone's BatchNorm layers
+keep their running statistics, as in the paper. The classifier (``model.get_classifier()``) always trains.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from tinytl_core.backbones import BackboneStatus, DataConfig, create_backbone, data_config
+from tinytl_core.lite_residual import LiteResidual, LiteResidualConfig, attach_lite_residuals
+from tinytl_core.norms import batchnorm_to_groupnorm, freeze_statistics, is_norm, unfreeze_statistics
+
+
+class ModeNotApplicable(ValueError):
+    """The mode cannot be applied to this architecture; the message says why."""
+
+
+@dataclass(frozen=True)
+class ModeResult:
+    """What :meth:`Mode.apply` did."""
+
+    mode: str
+    applicable: bool
+    reason: str
+    trainable: tuple[str, ...] = ()
+    n_trainable: int = 0
+    n_total: int = 0
+    lite_residual_blocks: tuple[str, ...] = ()
+    lite_residual_params: int = 0
+    frozen_norms: int = 0
+
+    @property
+    def trainable_fraction(self) -> float:
+        """Trainable parameters as a fraction of all parameters."""
+        return self.n_trainable / max(1, self.n_total)
+
+
+@dataclass(frozen=True)
+class Mode:
+    """A fine-tuning mode. ``parts`` names what trains besides the classifier."""
+
+    name: str
+    title: str
+    description: str
+    parts: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def frozen_backbone(self) -> bool:
+        """True when the backbone's weights and normalisation statistics stay fixed."""
+        return not self.parts & {"all", "norm"}
+
+    @property
+    def uses_lite_residual(self) -> bool:
+        """True when the mode adds lite residual branches."""
+        return "lite_residual" in self.parts
+
+    def check(self, model: nn.Module) -> str | None:
+        """Return why the mode cannot apply to ``model``, or None when it can (lite residual is checked
+        in :meth:`apply`, which needs the input size)."""
+        classifier = _classifier(model)
+        if classifier is None or not any(True for _ in classifier.parameters()):
+            return "the model has no classifier with parameters (built with num_classes=0?)"
+        head = {id(p) for p in classifier.parameters()}
+        if "norm" in self.parts and not any(
+            is_norm(m) and any(True for _ in m.parameters()) for m in model.modules()
+        ):
+            return "the model has no normalisation layers with scale/shift parameters"
+        if "bias" in self.parts and not any(
+            n.rsplit(".", 1)[-1] == "bias" and id(p) not in head for n, p in model.named_parameters()
+        ):
+            return "the backbone has no bias parameters (no normalisation layers and bias-free layers)"
+        return None
+
+    def apply(
+        self,
+        model: nn.Module,
+        *,
+        input_size: tuple[int, int, int] | None = None,
+        group_norm: bool = False,
+        lite_residual: LiteResidualConfig | None = None,
+        strict: bool = True,
+    ) -> ModeResult:
+        """Set exactly the parameters this mode trains, in place, and configure normalisation layers.
+
+        Args:
+            model: a timm model (on any device, ``meta`` included).
+            input_size: (C, H, W) used to size lite residual branches; default: the model's own.
+            group_norm: replace BatchNorm by GroupNorm first (the paper's choice for batch size 1).
+            lite_residual: branch hyper-parameters (defaults as in the paper).
+            strict: raise :class:`ModeNotApplicable` when the mode does not apply; otherwise return a
+                result with ``applicable=False`` and the reason, leaving ``model`` unchanged.
+        """
+        reason = self.check(model)
+        if reason is None and self.uses_lite_residual:
+            size = input_size or data_config(model).input_size
+            report = attach_lite_residuals(model, size, _lr_config(lite_residual, group_norm))
+            reason = f"lite residual: {report.skipped}" if not report.blocks else None
+        if reason is not None:
+            if strict:
+                raise ModeNotApplicable(f"mode {self.name!r} does not apply: {reason}")
+            return ModeResult(self.name, False, reason)
+        if group_norm:
+            batchnorm_to_groupnorm(model)
+        head = {id(p) for p in _classifier(model).parameters()}
+        branches = {id(p) for m in model.modules() if isinstance(m, LiteResidual) for p in m.parameters()}
+        norm_params = {id(p) for m in model.modules() if is_norm(m) for p in m.parameters(recurse=False)}
+        trainable = []
+        for name, param in model.named_parameters():
+            wanted = (
+                id(param) in head
+                or "all" in self.parts
+                or ("lite_residual" in self.parts and id(param) in branches)
+                or ("norm" in self.parts and id(param) in norm_params)
+                or ("bias" in self.parts and name.rsplit(".", 1)[-1] == "bias")
+            )
+            param.requires_grad_(wanted)
+            if wanted:
+                trainable.append(name)
+        frozen = _configure_norms(model, freeze=self.frozen_backbone)
+        lr_blocks = tuple(n for n, m in model.named_modules() if isinstance(m, LiteResidual))
+        params = dict(model.named_parameters())
+        return ModeResult(
+            mode=self.name,
+            applicable=True,
+            reason="",
+            trainable=tuple(trainable),
+            n_trainable=sum(params[n].numel() for n in trainable),
+            n_total=sum(p.numel() for p in params.values()),
+            lite_residual_blocks=tuple(n.rsplit(".lite_residual", 1)[0] for n in lr_blocks),
+            lite_residual_params=sum(p.numel() for n, p in params.items() if id(p) in branches),
+            frozen_norms=frozen,
+        )
+
+
+def _lr_config(config: LiteResidualConfig | None, group_norm: bool) -> LiteResidualConfig:
+    config = config or LiteResidualConfig()
+    if group_norm and not config.group_norm:
+        from dataclasses import replace
+
+        config = replace(config, group_norm=True)
+    return config
+
+
+def _classifier(model: nn.Module) -> nn.Module | None:
+    getter = getattr(model, "get_classifier", None)
+    return getter() if callable(getter) else None
+
+
+def _configure_norms(model: nn.Module, *, freeze: bool) -> int:
+    """Backbone norms on running statistics when ``freeze``; lite residual branches always train theirs."""
+    in_branch = {id(m) for b in model.modules() if isinstance(b, LiteResidual) for m in b.modules()}
+    frozen = 0
+    for module in model.modules():
+        unfreeze_statistics(module)
+        if freeze and id(module) not in in_branch and freeze_statistics(module):
+            frozen += 1
+    return frozen
+
+
+MODES: dict[str, Mode] = {
+    m.name: m
+    for m in (
+        Mode("full", "Full fine-tuning", "Train every parameter; the memory baseline.", frozenset({"all"})),
+        Mode("last", "Last layer", "Train only the classifier: cheap, but features cannot adapt."),
+        Mode(
+            "bn+last",
+            "Norm + last",
+            "Train normalisation scale/shift and the classifier; norms keep batch statistics.",
+            frozenset({"norm"}),
+        ),
+        Mode(
+            "bias",
+            "TinyTL-B (bias)",
+            "Freeze weights, train every bias and the classifier: bias gradients need no stored input.",
+            frozenset({"bias"}),
+        ),
+        Mode(
+            "lite_residual",
+            "TinyTL-L (lite residual)",
+            "Frozen backbone plus small lite residual side branches and the classifier.",
+            frozenset({"lite_residual"}),
+        ),
+        Mode(
+            "lite_residual+bias",
+            "TinyTL-L+B",
+            "Lite residual branches + every bias + classifier: the paper's default.",
+            frozenset({"lite_residual", "bias"}),
+        ),
+    )
+}
+
+
+def get_mode(name: str) -> Mode:
+    """Return the mode called ``name``; ValueError listing valid names otherwise."""
+    try:
+        return MODES[name]
+    except KeyError:
+        raise ValueError(f"unknown mode {name!r}; choose one of {', '.join(MODES)}") from None
+
+
+def resolve_modes(names: str | Iterable[str] | None) -> list[Mode]:
+    """Turn ``"all"``, a comma-separated string or a list of names into modes (all modes for None)."""
+    if names is None or names == "all":
+        return list(MODES.values())
+    if isinstance(names, str):
+        names = [n.strip() for n in names.split(",") if n.strip()]
+    return [get_mode(n) for n in names]
+
+
+@dataclass
+class PreparedModel:
+    """A backbone made trainable in a mode, with how its weights were obtained and its input config."""
+
+    model: nn.Module
+    mode: Mode
+    result: ModeResult
+    status: BackboneStatus
+    data: DataConfig
+
+
+def prepare_model(
+    backbone: str,
+    mode: str | Mode,
+    *,
+    num_classes: int = 10,
+    pretrained: bool = False,
+    resolution: int | None = None,
+    group_norm: bool = False,
+    device: str | torch.device | None = None,
+    strict: bool = True,
+    lite_residual: LiteResidualConfig | None = None,
+) -> PreparedModel:
+    """Create ``backbone`` for ``num_classes`` and apply ``mode`` to it.
+
+    ``resolution`` overrides the model's default input size (it sizes lite residual branches and is what
+    ``result.data.input_size`` reports). ``device="meta"`` builds a shape-only model for fast analysis.
+    """
+    mode = get_mode(mode) if isinstance(mode, str) else mode
+    if resolution is not None and resolution < 8:
+        raise ValueError(f"resolution must be at least 8 pixels, got {resolution}")
+    model, status = create_backbone(backbone, num_classes, pretrained, device=device, resolution=resolution)
+    data = data_config(model)
+    if resolution is not None:
+        from dataclasses import replace
+
+        data = replace(data, input_size=(data.input_size[0], resolution, resolution))
+    result = mode.apply(
+        model, input_size=data.input_size, group_norm=group_norm, lite_residual=lite_residual, strict=strict
+    )
+    return PreparedModel(model, mode, result, status, data)
+
+
+def compare_trainable(
+    backbone: str, *, resolution: int | None = None, group_norm: bool = False, num_classes: int = 10
+) -> list[ModeResult]:
+    """Apply every mode to a meta-device copy of ``backbone``: what each trains, without allocating."""
+    return [
+        prepare_model(
+            backbone,
+            m,
+            num_classes=num_classes,
+            resolution=resolution,
+            group_norm=group_norm,
+            device="meta",
+            strict=False,
+        ).result
+        for m in MODES.values()
+    ]
