@@ -326,8 +326,9 @@ def texture(kind: str, shape: tuple[int, int], rng: np.random.Generator, *, scal
         raise ValueError(f"texture scale must be > 0, got {scale}")
     p = _pattern(kind, shape, rng, scale, angle)
     if softness > 0:
-        p = np.asarray(Image.fromarray(p.astype(np.float32))
-                       .filter(ImageFilter.GaussianBlur(softness)), dtype=np.float32)
+        # PIL blurs only 8-bit images; 256 levels are plenty for a soft edge.
+        p8 = Image.fromarray((np.clip(p, 0, 1) * 255 + 0.5).astype(np.uint8))
+        p = np.asarray(p8.filter(ImageFilter.GaussianBlur(softness)), dtype=np.float32) / 255.0
     fg, bg = (np.asarray(c, dtype=np.float32).reshape(1, 1, 3) for c in colors)
     return (p[..., None] * fg + (1 - p[..., None]) * bg).astype(np.float32)
 
