@@ -1,0 +1,20 @@
+"""Memory model: where training memory goes (parameters vs activations), per layer and mode.
+
+- :func:`analyze` -- per-layer table and totals from shapes traced on the ``meta`` device (no allocation).
+- :func:`measure` -- one real training step: the bytes autograd actually saves, per layer.
+- :func:`compare_modes` -- per-mode totals of a backbone (the CLI's and the app's table).
+- :func:`training_memory_figures` -- modelled and measured figures a training run records.
+
+The rules (TinyTL's cost model and the paper's accounting) are in :mod:`tinytl_core.memory.rules`.
+"""
+
+from tinytl_core.memory.accounting import ACCOUNTINGS, OPTIMIZER_STATES
+from tinytl_core.memory.analysis import analyze, training_memory_figures
+from tinytl_core.memory.compare import compare_modes, mode_reports
+from tinytl_core.memory.measure import Measurement, MemoryLimitError, measure
+from tinytl_core.memory.report import MB, MemoryReport, format_modes
+
+__all__ = [
+    "ACCOUNTINGS", "MB", "OPTIMIZER_STATES", "Measurement", "MemoryLimitError", "MemoryReport", "analyze",
+    "compare_modes", "format_modes", "measure", "mode_reports", "training_memory_figures",
+]

@@ -1,0 +1,170 @@
+"""Turn a traced forward into the per-layer table and totals, in the *complete* or the *paper* accounting.
+
+Complete (default): weights (fp32, or frozen ones at ``frozen_weight_bits``) and buffers, gradients and
+optimizer state of trainable parameters, the activations stored for backward (TinyTL's necessary bytes,
+and stock PyTorch's saved bytes beside them), and the transient peak of the step: the largest working set
+of one layer (its input + output + the pending residual inputs of enclosing blocks), which lives on top of
+the stored activations in the forward pass and, as gradients of the same sizes, in the backward pass.
+``total_bytes`` uses the necessary activations, ``total_stock_bytes`` the stock ones.
+
+Paper: see :mod:`tinytl_core.memory.rules`. The activation figure is the peak (stored so far + working
+set), so ``transient_bytes`` is 0 and ``total_bytes = weights + peak``; gradients and optimizer state are
+not counted.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from tinytl_core.memory import rules
+from tinytl_core.memory.trace import ParamRef, Row, Trace
+
+ACCOUNTINGS = ("complete", "paper")
+
+# Optimizer state tensors per trainable parameter (each the parameter's size), besides its gradient.
+OPTIMIZER_STATES: dict[str, int] = {"none": 0, "sgd": 1, "adam": 2, "adamw": 2}
+OPTIMIZER_HELP = "none = plain SGD (gradients only), sgd = SGD with momentum, adam / adamw = two moments"
+
+PAPER_FROZEN_BITS = 8
+LAYER_COLUMNS = (
+    "layer", "call", "type", "kind", "rule", "input_shape", "output_shape", "input_bytes", "output_bytes",
+    "param_bytes", "trainable_param_bytes", "grad_optimizer_bytes", "activation_necessary_bytes",
+    "necessary_reason", "activation_stock_bytes", "pending_residual_bytes", "working_bytes",
+)
+
+
+def optimizer_states(optimizer: str) -> int:
+    """Number of parameter-sized state tensors ``optimizer`` keeps; ValueError for unknown names."""
+    key = optimizer.lower()
+    if key not in OPTIMIZER_STATES:
+        raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZER_STATES)} "
+                         f"({OPTIMIZER_HELP})")
+    return OPTIMIZER_STATES[key]
+
+
+def check_accounting(accounting: str) -> str:
+    """Validate an accounting name."""
+    if accounting not in ACCOUNTINGS:
+        raise ValueError(f"unknown accounting {accounting!r}; choose one of {', '.join(ACCOUNTINGS)}")
+    return accounting
+
+
+def param_bytes(p: ParamRef, frozen_bits: int) -> int:
+    """Bytes of one parameter: trainable at its own precision, frozen at ``frozen_bits`` if fewer."""
+    if p.trainable or frozen_bits >= 8 * p.element_size:
+        return p.nbytes
+    return math.ceil(p.numel * frozen_bits / 8)
+
+
+def _shape(row: Row, which: str) -> str:
+    refs = row.inputs if which == "in" else row.outputs
+    return ", ".join("x".join(str(s) for s in t.shape) or "scalar" for t in refs)
+
+
+def _base(row: Row, states: int, frozen_bits: int, paper: bool) -> dict:
+    trainable = [p for p in row.params if p.trainable]
+    return {
+        "layer": row.name,
+        "call": row.call,
+        "type": row.type,
+        "kind": row.kind,
+        "rule": rules.classify(row.module) if row.kind in ("layer", "module") else row.kind,
+        "input_shape": _shape(row, "in"),
+        "output_shape": _shape(row, "out"),
+        "input_bytes": row.input_bytes,
+        "output_bytes": row.output_bytes,
+        "param_bytes": sum(
+            (4 * p.numel if p.trainable else math.ceil(p.numel * frozen_bits / 8)) if paper
+            else param_bytes(p, frozen_bits)
+            for p in row.params
+        ),
+        "trainable_param_bytes": sum(p.nbytes for p in trainable),
+        "grad_optimizer_bytes": 0 if paper else sum(p.nbytes for p in trainable) * (1 + states),
+        "activation_stock_bytes": row.saved_bytes,
+        "pending_residual_bytes": row.pending_bytes,
+        "working_bytes": row.input_bytes + row.output_bytes + row.pending_bytes,
+    }
+
+
+def _common_totals(trace: Trace, states: int) -> dict:
+    trainable = [p for p in trace.params if p.trainable]
+    return {
+        "n_params": sum(p.numel for p in trace.params),
+        "n_trainable": sum(p.numel for p in trainable),
+        "grads_optimizer_bytes": sum(p.nbytes for p in trainable) * (1 + states),
+        "activations_stock_bytes": trace.saved_bytes,
+        "n_rows": len(trace.rows),
+    }
+
+
+def complete(trace: Trace, *, optimizer: str, frozen_weight_bits: int) -> tuple[pd.DataFrame, dict]:
+    """The complete accounting of a trace: per-layer table and totals."""
+    states = optimizer_states(optimizer)
+    verdicts = [rules.necessary(r) for r in trace.rows]
+    full_keys = {n.key for v in verdicts for n in v.needs if not n.mask and n.key is not None}
+    counted: set = set()
+    records = []
+    for row, verdict in zip(trace.rows, verdicts):
+        nbytes, notes = 0, []
+        for need in verdict.needs:
+            if need.mask and need.key in full_keys:
+                notes.append("mask free: the tensor is stored in full")
+            elif not need.mask and need.key is not None and need.key in counted:
+                notes.append("already stored by an earlier layer")
+            else:
+                nbytes += need.nbytes
+                if need.key is not None and not need.mask:
+                    counted.add(need.key)
+        rec = _base(row, states, frozen_weight_bits, paper=False)
+        rec["activation_necessary_bytes"] = nbytes
+        rec["necessary_reason"] = verdict.reason + (f" ({'; '.join(dict.fromkeys(notes))})" if notes else "")
+        records.append(rec)
+    layers = pd.DataFrame.from_records(records, columns=list(LAYER_COLUMNS))
+    totals = _common_totals(trace, states)
+    weights = sum(param_bytes(p, frozen_weight_bits) for p in trace.params) + trace.buffer_bytes
+    necessary = int(layers["activation_necessary_bytes"].sum())
+    compute = layers[layers["kind"].isin(["layer", "module"])]
+    transient = int(compute["working_bytes"].max()) if len(compute) else 0
+    fixed = weights + totals["grads_optimizer_bytes"] + transient
+    totals.update(
+        weights_bytes=weights,
+        activations_necessary_bytes=necessary,
+        transient_bytes=transient,
+        total_bytes=fixed + necessary,
+        total_stock_bytes=fixed + totals["activations_stock_bytes"],
+    )
+    return layers, totals
+
+
+def paper(trace: Trace) -> tuple[pd.DataFrame, dict]:
+    """The paper's accounting of a trace: per-layer table (stored bytes per rule) and totals (peak)."""
+    records = []
+    stored_so_far = peak = stored_total = 0
+    for row in trace.rows:
+        cost = rules.paper(row)
+        rec = _base(row, 0, PAPER_FROZEN_BITS, paper=True)
+        rec["activation_necessary_bytes"] = cost.stored
+        rec["necessary_reason"] = cost.reason
+        rec["working_bytes"] = cost.working + row.pending_bytes if cost.counted else 0
+        if cost.counted:
+            peak = max(peak, cost.working + stored_so_far + row.pending_bytes)
+            stored_so_far += cost.stored
+        stored_total += cost.stored
+        records.append(rec)
+    layers = pd.DataFrame.from_records(records, columns=list(LAYER_COLUMNS))
+    totals = _common_totals(trace, 0)
+    weights = sum(
+        4 * p.numel if p.trainable else math.ceil(p.numel * PAPER_FROZEN_BITS / 8) for p in trace.params
+    )
+    totals.update(
+        grads_optimizer_bytes=0,
+        weights_bytes=weights,
+        activations_necessary_bytes=peak,
+        activations_stored_bytes=stored_total,
+        transient_bytes=0,
+        total_bytes=weights + peak,
+        total_stock_bytes=weights + totals["activations_stock_bytes"],
+    )
+    return layers, totals

@@ -1,0 +1,84 @@
+"""Per-mode memory of one backbone: every fine-tuning mode analysed on the ``meta`` device."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import pandas as pd
+
+from tinytl_core.memory.analysis import analyze
+from tinytl_core.memory.report import MemoryReport
+from tinytl_core.modes import ModeNotApplicable, prepare_model, resolve_modes
+
+TOTAL_KEYS = (
+    "weights_bytes", "grads_optimizer_bytes", "activations_necessary_bytes", "activations_stock_bytes",
+    "transient_bytes", "total_bytes", "total_stock_bytes",
+)
+
+
+def mode_reports(
+    backbone: str,
+    *,
+    resolution: int | None,
+    batch_size: int,
+    optimizer: str = "adam",
+    accounting: str = "complete",
+    modes: str | Iterable[str] | None = None,
+    group_norm: bool = False,
+) -> dict[str, MemoryReport | str]:
+    """Analyse ``backbone`` in each mode; a mode that does not apply maps to the reason (a string)."""
+    out: dict[str, MemoryReport | str] = {}
+    for mode in resolve_modes(modes):
+        try:
+            prepared = prepare_model(
+                backbone, mode, resolution=resolution, group_norm=group_norm, device="meta"
+            )
+        except ModeNotApplicable as exc:
+            out[mode.name] = str(exc)
+            continue
+        report = analyze(prepared.model, input_size=prepared.data.input_size, batch_size=batch_size,
+                         optimizer=optimizer, accounting=accounting)
+        report.totals.update(mode=mode.name, backbone=backbone)
+        out[mode.name] = report
+    return out
+
+
+def compare_modes(
+    backbone: str,
+    *,
+    resolution: int | None,
+    batch_size: int,
+    optimizer: str = "adam",
+    accounting: str = "complete",
+    modes: str | Iterable[str] | None = None,
+    group_norm: bool = False,
+) -> pd.DataFrame:
+    """One row per mode: weights, gradients + optimizer state, activations (necessary and stock PyTorch),
+    transient, totals (bytes), ``ratio_to_full`` (total / total of ``full``, NaN without ``full``),
+    ``applicable`` and ``reason`` (why a mode does not apply). Built on the ``meta`` device.
+    ``resolution`` None means the backbone's default input size.
+    """
+    return table_from_reports(mode_reports(
+        backbone, resolution=resolution, batch_size=batch_size, optimizer=optimizer, accounting=accounting,
+        modes=modes, group_norm=group_norm,
+    ))
+
+
+def table_from_reports(reports: dict[str, MemoryReport | str]) -> pd.DataFrame:
+    """The :func:`compare_modes` table from :func:`mode_reports` output."""
+    records = []
+    for name, report in reports.items():
+        if isinstance(report, str):
+            records.append({"mode": name, "applicable": False, "reason": report})
+            continue
+        t = report.totals
+        records.append({
+            "mode": name, "applicable": True, "reason": "",
+            "trainable_params": t["n_trainable"], "params": t["n_params"],
+            **{k: t[k] for k in TOTAL_KEYS},
+        })
+    table = pd.DataFrame.from_records(records, columns=["mode", "applicable", "reason", "trainable_params",
+                                                        "params", *TOTAL_KEYS])
+    full = table.loc[(table["mode"] == "full") & table["applicable"], "total_bytes"]
+    table["ratio_to_full"] = table["total_bytes"] / float(full.iloc[0]) if len(full) else float("nan")
+    return table

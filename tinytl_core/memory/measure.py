@@ -1,0 +1,194 @@
+"""Measured training memory: one real forward + backward + optimizer step, counting what autograd saves.
+
+Saved tensors are counted with :class:`~tinytl_core.memory.stock.SavedTensorCounter` (each storage once,
+parameters and buffers excluded, any dtype at its real size), attributed to the layer running, so the same
+function measures stock PyTorch and a model whose layers were replaced by custom autograd functions (the
+training engine). On CUDA the peak allocated memory of the step is recorded too. Before allocating, the
+modelled memory of the step is compared with the memory available; :class:`MemoryLimitError` refuses a
+step that would not fit.
+
+The step leaves the model as it was: the optimizer runs with learning rate 0 (its state is still
+allocated, so it shows in the CUDA peak), and training flags, buffers (BatchNorm running statistics) and
+``.grad`` are restored.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+from torch import nn
+
+from tinytl_core.memory import accounting as acc
+from tinytl_core.memory.report import MemoryReport, megabytes
+from tinytl_core.memory.trace import check_input, model_device, model_dtype, preserved_state, run_traced
+
+
+class MemoryLimitError(ValueError):
+    """The modelled memory of a measurement exceeds the memory available; nothing was allocated."""
+
+
+@dataclass
+class Measurement:
+    """What one real training step saved for backward.
+
+    ``saved_bytes``: distinct activation storages autograd kept for backward; ``per_layer``: a DataFrame
+    (``layer``, ``call``, ``type``, ``kind``, ``activation_measured_bytes``) in execution order, or None;
+    ``peak_cuda_bytes``: peak allocated CUDA memory during the step (None off CUDA).
+    """
+
+    saved_bytes: int
+    per_layer: pd.DataFrame | None
+    peak_cuda_bytes: int | None
+    device: str
+    weight_saves: int
+    input_size: tuple[int, int, int]
+    batch_size: int
+    optimizer: str
+    required_bytes: int | None = None
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes free for a new allocation on ``device`` (None when unknown)."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    if device.type == "cpu":
+        try:
+            with open("/proc/meminfo") as f:
+                for line in f:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        try:
+            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return None
+    return None
+
+
+def make_optimizer(name: str, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    """The optimizer ``name`` (see :data:`~tinytl_core.memory.accounting.OPTIMIZER_STATES`) with lr 0."""
+    key = name.lower()
+    acc.optimizer_states(key)
+    if key == "none":
+        return torch.optim.SGD(params, lr=0.0)
+    if key == "sgd":
+        return torch.optim.SGD(params, lr=0.0, momentum=0.9)
+    if key == "adamw":
+        return torch.optim.AdamW(params, lr=0.0)
+    return torch.optim.Adam(params, lr=0.0)
+
+
+def measure(
+    model: nn.Module,
+    *,
+    input_size: tuple[int, int, int],
+    batch_size: int,
+    optimizer: str = "adam",
+    device: str | torch.device | None = None,
+    per_layer: bool = True,
+    modelled: MemoryReport | None = None,
+) -> Measurement:
+    """Run one real training step of ``model`` and record what autograd saves for backward.
+
+    Args:
+        model: a model with real weights (not ``meta``); moved to ``device`` when one is given.
+        input_size: ``(C, H, W)``; batch_size: samples in the step.
+        optimizer: ``none``, ``sgd``, ``adam`` or ``adamw`` (its state is allocated; weights do not move).
+        device: where to run (default: where the model is).
+        per_layer: attribute saved bytes to layers (a ``per_layer`` table); False is a bit cheaper.
+        modelled: a complete-accounting :func:`~tinytl_core.memory.analysis.analyze` report of this model at
+            this size, if already computed (used for the memory check).
+
+    Raises:
+        MemoryLimitError: the modelled step does not fit in the available memory (checked first).
+        ValueError: a ``meta`` model, or nothing to train.
+    """
+    from tinytl_core.memory.analysis import analyze
+
+    input_size, batch_size = check_input(input_size, batch_size)
+    acc.optimizer_states(optimizer)
+    here = model_device(model)
+    target = torch.device(device) if device is not None else here
+    if "meta" in (target.type, here.type):
+        raise ValueError("measure() runs a real step: build the model on a real device (e.g. device='cpu'), "
+                         "or use analyze() for the modelled numbers")
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable:
+        raise ValueError("nothing to measure: no parameter of the model requires grad (apply a mode first)")
+
+    required = _check_fits(model, modelled, analyze, input_size, batch_size, optimizer, here, target)
+    if target != here:
+        model.to(target)
+    dtype = model_dtype(model)
+    cuda = target.type == "cuda"
+    with preserved_state(model):
+        model.train()
+        for p in trainable:
+            p.grad = None
+        x = torch.randn((batch_size, *input_size), device=target, dtype=dtype)
+        opt = make_optimizer(optimizer, trainable)
+        if cuda:
+            torch.cuda.synchronize(target)
+            torch.cuda.reset_peak_memory_stats(target)
+        trace = run_traced(model, x, record_modules=per_layer, record_uses=False,
+                           after_forward=lambda loss: loss.backward())
+        opt.step()
+        peak = None
+        if cuda:
+            torch.cuda.synchronize(target)
+            peak = int(torch.cuda.max_memory_allocated(target))
+        opt.zero_grad(set_to_none=True)
+        del opt, x
+    table = None
+    if per_layer:
+        table = pd.DataFrame.from_records(
+            [
+                {"layer": r.name, "call": r.call, "type": r.type, "kind": r.kind,
+                 "activation_measured_bytes": r.saved_bytes}
+                for r in trace.rows
+            ],
+            columns=["layer", "call", "type", "kind", "activation_measured_bytes"],
+        )
+    return Measurement(
+        saved_bytes=trace.saved_bytes,
+        per_layer=table,
+        peak_cuda_bytes=peak,
+        device=str(target),
+        weight_saves=trace.weight_saves,
+        input_size=input_size,
+        batch_size=batch_size,
+        optimizer=optimizer.lower(),
+        required_bytes=required,
+    )
+
+
+def _check_fits(model, modelled, analyze, input_size, batch_size, optimizer, here, target) -> int | None:
+    """Refuse (before allocating) a step whose modelled memory exceeds what ``target`` has free."""
+    if modelled is None:
+        try:
+            modelled = analyze(model, input_size=input_size, batch_size=batch_size, optimizer=optimizer)
+        except Exception as exc:  # a model the meta trace cannot run: measure without the check
+            warnings.warn(f"memory check skipped: the model could not be analysed ({exc})", stacklevel=3)
+            return None
+    t = modelled.totals
+    c, h, w = input_size
+    required = t["grads_optimizer_bytes"] + t["activations_stock_bytes"] + t["transient_bytes"] + (
+        batch_size * c * h * w * 4
+    )
+    if target != here:
+        required += t["weights_bytes"]
+    free = available_memory(target)
+    if free is not None and required > free:
+        raise MemoryLimitError(
+            f"measuring this step needs about {megabytes(required)} MB on {target} (modelled: gradients + "
+            f"optimizer state, activations stock PyTorch saves, transient working set) but only "
+            f"{megabytes(free)} MB are free; lower the batch size or resolution, or use analyze(), which "
+            "allocates nothing"
+        )
+    return int(required)

@@ -1,0 +1,259 @@
+"""TinyTL's cost model: what each layer *must* store for backward, and the paper's own accounting.
+
+Necessary activations (TinyTL's rules, made exact where the paper simplifies)
+-----------------------------------------------------------------------------
+For ``y = a W + b`` the weight gradient ``dL/dW = a^T dL/dy`` needs the input ``a``; the bias gradient
+``dL/db = dL/dy`` and the input gradient ``dL/da = dL/dy W^T`` do not. Per layer, in execution order:
+
+1. **No gradient flows** -- when nothing at or before a layer trains (its input does not require grad
+   and it has no trainable parameter), it stores nothing. So ``last`` stores only the classifier's input.
+   (Decided from the traced tensors' ``requires_grad``: exact for branches, not just "below the first
+   trainable layer in order".)
+2. **Linear layers** (Linear, Conv, ConvTranspose): a trainable weight stores the input; a frozen weight
+   stores nothing, whether the bias trains or not.
+3. **Normalisation with frozen statistics** (BatchNorm on running statistics) is a per-channel affine map:
+   a trainable scale stores the input, a frozen scale stores nothing (a trainable shift needs nothing).
+4. **Normalisation with statistics of its input** (BatchNorm with batch statistics, GroupNorm, LayerNorm,
+   InstanceNorm, RMSNorm) stores its input whenever a gradient flows through it or its scale trains,
+   *even with a frozen affine*: the gradient through the mean and variance needs the normalised input.
+   The paper counts normalisation like a linear layer (nothing when frozen); this is where we differ.
+5. **ReLU family** (ReLU, ReLU6, LeakyReLU, Hardtanh) and the piecewise-linear Hardsigmoid need a 1-bit
+   mask per element. The mask is free when the same tensor (the activation's output) is stored in full by
+   another layer, e.g. by the next conv with a trainable weight: the mask is derived from it.
+6. **Smooth activations** (Sigmoid, Tanh, SiLU/Swish, GELU, Hardswish, Mish, ELU, ...) store their input at
+   its own precision (32 bits for fp32 models). PReLU with a trainable slope stores its input.
+7. **Softmax** stores its output. **Max pooling** stores, per output element, the argmax position within
+   its window: ``ceil(log2(window))`` bits. **Dropout** (p > 0, training) stores a 1-bit keep mask.
+   Average pooling, upsampling, padding, flatten, identity store nothing (linear, shape-only).
+8. **Anything else** -- an unknown leaf type, or the functional code of a module (residual add, attention
+   matmuls, squeeze-excitation gating, the loss) -- counts as what stock PyTorch saves for it.
+9. A tensor stored by several layers (a block input read by two convs) is counted once; lite residual
+   modules are made of ordinary layers, so they count their own activations under the same rules.
+
+Paper accounting (``accounting="paper"``, the public TinyTL profiler's conventions)
+-----------------------------------------------------------------------------------
+Memory = peak activation x batch size + parameters, with trainable parameters at 32 bits and frozen ones
+at 8 bits (k-means quantised), no gradients or optimizer state, MB = 10^6 bytes. Activations are 4 bytes.
+Only linear, normalisation and activation layers count: linear and normalisation layers store their input
+when their weight trains (normalisation treated like a linear layer); ReLU-family activations store a
+1-bit mask and other activations their 32-bit input *always*, even where no gradient flows (that is what
+the public profiler does; it is why the paper's FT-Last is close to TinyTL-B). The peak is the largest,
+over those layers in execution order, of: the layer's input + output + everything stored for backward so
+far + the pending residual input of the enclosing blocks. Stored tensors are not de-duplicated.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from torch import nn
+from torch.nn.modules.batchnorm import _NormBase
+from torch.nn.modules.conv import _ConvNd
+
+from tinytl_core.memory.trace import Row, TensorRef
+from tinytl_core.norms import is_norm
+
+PAPER_ACTIVATION_BYTES = 4
+MASK_BITS = 1
+
+_RELU_LIKE = {"relu", "relu6", "leakyrelu", "hardtanh", "threshold"}
+_STEP = {"hardsigmoid", "hardsigmoidme"}
+_SMOOTH = {
+    "sigmoid", "tanh", "silu", "swish", "swishme", "gelu", "gelutanh", "quickgelu", "hardswish",
+    "hardswishme", "mish", "mishme", "hardmish", "hardmishme", "softplus", "elu", "selu", "celu",
+    "logsigmoid", "softsign", "tanhshrink", "glu", "sigmoidme", "rrelu",
+}
+_SOFTMAX = {"softmax", "logsoftmax", "softmax2d", "softmin"}
+_FREE = (
+    nn.Identity, nn.Flatten, nn.Unflatten, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.Upsample, nn.PixelShuffle, nn.PixelUnshuffle,
+    nn.ZeroPad2d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d, nn.ReflectionPad1d,
+    nn.ReflectionPad2d, nn.ReplicationPad2d, nn.ChannelShuffle,
+)
+_FREE_NAMES = {"identity", "flatten", "fastadaptiveavgpool", "avgpool2dsame", "blurpool2d", "format"}
+_MAXPOOL = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
+            nn.AdaptiveMaxPool3d)
+_MAXPOOL_NAMES = {"maxpool2dsame", "adaptiveavgmaxpool2d", "adaptivecatavgmaxpool2d"}
+_DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
+_DROPOUT_NAMES = {"droppath", "dropblock2d"}
+_PER_SAMPLE_NORM_PREFIXES = ("rmsnorm", "simplenorm", "filterresponsenorm")
+_FROZEN_NORM_PREFIXES = ("frozenbatchnorm",)
+
+
+def classify(module: nn.Module | None) -> str:
+    """The rule family of a layer: linear, norm, relu, prelu, step, smooth, softmax, maxpool, dropout,
+    scale, free or other."""
+    if module is None:
+        return "other"
+    name = type(module).__name__.lower()
+    if isinstance(module, (nn.Linear, _ConvNd)):
+        return "linear"
+    if is_norm(module) or isinstance(module, _NormBase) or name.startswith(
+        _PER_SAMPLE_NORM_PREFIXES + _FROZEN_NORM_PREFIXES
+    ):
+        return "norm"
+    if isinstance(module, nn.PReLU):
+        return "prelu"
+    if name in _RELU_LIKE:
+        return "relu"
+    if name in _STEP:
+        return "step"
+    if name in _SMOOTH:
+        return "smooth"
+    if name in _SOFTMAX:
+        return "softmax"
+    if isinstance(module, _MAXPOOL) or name in _MAXPOOL_NAMES:
+        return "maxpool"
+    if isinstance(module, _DROPOUT) or name in _DROPOUT_NAMES:
+        return "dropout"
+    if name in {"layerscale", "layerscale2d"}:
+        return "scale"
+    if isinstance(module, _FREE) or name in _FREE_NAMES:
+        return "free"
+    return "other"
+
+
+@dataclass(frozen=True)
+class Need:
+    """One tensor a layer must keep. ``key`` = (storage, version) of the tensor it is (derived from).
+
+    ``mask`` marks a ReLU-style mask that can be read off the full tensor with the same key, so it is free
+    when anyone keeps that tensor; other small tensors (max-pool indices, dropout masks) have no key.
+    """
+
+    key: tuple[int, int] | None
+    nbytes: int
+    mask: bool = False
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a row must store and why."""
+
+    needs: tuple[Need, ...]
+    reason: str
+
+
+def _full(t: TensorRef, why: str) -> Verdict:
+    return Verdict((Need((t.key, t.version), t.nbytes),), why)
+
+
+def _mask(t: TensorRef, bits: float, why: str, *, derivable: bool = True) -> Verdict:
+    nbytes = math.ceil(t.numel * bits / 8)
+    return Verdict((Need((t.key, t.version), nbytes, mask=True) if derivable else Need(None, nbytes),), why)
+
+
+def _as_saved(row: Row, why: str) -> Verdict:
+    return Verdict(tuple(Need((s.key, s.version), s.nbytes) for s in row.saved), why)
+
+
+def _trains(row: Row, name: str) -> bool:
+    p = row.param(name)
+    return p is not None and p.trainable
+
+
+def _stats_from_input(row: Row) -> bool:
+    name = row.type.lower()
+    if name.startswith(_FROZEN_NORM_PREFIXES):
+        return False
+    return row.batch_statistics or name.startswith(_PER_SAMPLE_NORM_PREFIXES)
+
+
+def _window(module: nn.Module, row: Row) -> int:
+    kernel = getattr(module, "kernel_size", None)
+    if kernel is not None:
+        dims = len(row.outputs[0].shape) - 2 if row.outputs else 2
+        ks = (kernel,) * max(1, dims) if isinstance(kernel, int) else tuple(kernel)
+        return max(1, math.prod(ks))
+    if row.inputs and row.outputs:  # adaptive: the largest window is ceil(in / out) per spatial dim
+        ins, outs = row.inputs[0].shape[2:], row.outputs[0].shape[-len(row.inputs[0].shape[2:]):]
+        return max(1, math.prod(math.ceil(i / max(1, o)) for i, o in zip(ins, outs)))
+    return 1
+
+
+def necessary(row: Row) -> Verdict:
+    """TinyTL's rule for one row (see the module docstring)."""
+    kind = classify(row.module) if row.kind in ("layer", "module") else "other"
+    if row.kind == "loss":
+        return _as_saved(row, "loss: as autograd saves it")
+    if row.kind == "ops":
+        return _as_saved(row, f"functional code of {row.type}: as autograd saves it")
+    trainable = any(p.trainable for p in row.params)
+    if not row.needs_input_grad and not trainable:
+        return Verdict((), "no gradient flows here: nothing trains at or before this layer")
+    x = row.inputs[0] if row.inputs else None
+    y = row.outputs[0] if row.outputs else None
+    label = row.type
+    if kind == "linear":
+        if _trains(row, "weight") and x is not None:
+            return _full(x, "weight trainable: stores input")
+        if _trains(row, "bias"):
+            return Verdict((), f"frozen {label}: bias gradient needs no input")
+        return Verdict((), f"frozen {label}: input gradient needs only the weight")
+    if kind == "norm":
+        if _stats_from_input(row):
+            if (row.needs_input_grad or _trains(row, "weight")) and x is not None:
+                return _full(x, "statistics of its input: backward needs the input even if frozen")
+            return Verdict((), "statistics of its input, but only the shift trains: needs no input")
+        if _trains(row, "weight") and x is not None:
+            return _full(x, "frozen statistics, trainable scale: stores input")
+        return Verdict((), "frozen statistics and scale: an affine map, needs no input")
+    if kind == "prelu":
+        if _trains(row, "weight") and x is not None:
+            return _full(x, "PReLU slope trainable: stores input")
+        kind = "relu"
+    if kind in ("relu", "step") and y is not None:
+        return _mask(y, MASK_BITS, f"{label}: 1-bit mask")
+    if kind == "smooth" and x is not None:
+        return _full(x, f"{label}: needs its {8 * x.nbytes // max(1, x.numel)}-bit input")
+    if kind == "softmax" and y is not None:
+        return _full(y, f"{label}: needs its output")
+    if kind == "maxpool" and y is not None:
+        bits = max(1, math.ceil(math.log2(_window(row.module, row))))
+        return _mask(y, bits, f"max pool: {bits}-bit argmax index per output", derivable=False)
+    if kind == "dropout" and y is not None:
+        p = getattr(row.module, "p", getattr(row.module, "drop_prob", 0.0))
+        if not row.training or not p:
+            return Verdict((), f"{label}: inactive (p=0 or eval), needs nothing")
+        return _mask(y, MASK_BITS, f"{label}: 1-bit keep mask", derivable=False)
+    if kind == "scale":
+        if any(p.trainable and p.local_name in ("gamma", "weight") for p in row.params) and x is not None:
+            return _full(x, "layer scale trainable: stores input")
+        return Verdict((), "frozen per-channel scale: needs no input")
+    if kind == "free":
+        return Verdict((), f"{label}: linear or shape-only, needs nothing")
+    if row.kind == "module":
+        return _as_saved(row, f"own code of {label}: as autograd saves it")
+    return _as_saved(row, f"{label}: no rule, as autograd saves it")
+
+
+@dataclass(frozen=True)
+class PaperCost:
+    """The paper profiler's view of one row: bytes stored for backward and its working set."""
+
+    counted: bool
+    stored: int
+    working: int
+    reason: str
+
+
+def paper(row: Row) -> PaperCost:
+    """The public TinyTL profiler's rule for one row (see the module docstring)."""
+    kind = classify(row.module) if row.kind in ("layer", "module") else "other"
+    if kind == "prelu":
+        kind = "relu"
+    if kind == "step":
+        kind = "smooth"
+    if kind not in ("linear", "norm", "relu", "smooth") or not row.inputs:
+        return PaperCost(False, 0, 0, "not counted by the paper's profiler")
+    n_in = row.inputs[0].numel
+    n_out = row.outputs[0].numel if row.outputs else n_in
+    working = PAPER_ACTIVATION_BYTES * (n_in + n_out)
+    if kind in ("linear", "norm"):
+        if _trains(row, "weight"):
+            return PaperCost(True, PAPER_ACTIVATION_BYTES * n_in, working, "weight trainable: stores input")
+        return PaperCost(True, 0, working, "frozen weight: stores nothing")
+    if kind == "relu":
+        return PaperCost(True, math.ceil(n_in / 8), working, f"{row.type}: 1-bit mask")
+    return PaperCost(True, PAPER_ACTIVATION_BYTES * n_in, working, f"{row.type}: 32-bit input")
