@@ -1,0 +1,314 @@
+"""Engine layers one by one: same outputs and gradients as stock PyTorch, and only the bytes they claim."""
+
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+from timm.layers import BatchNormAct2d
+from timm.layers.conv2d_same import Conv2dSame
+
+from tinytl_core.engine import convert, describe, revert
+from tinytl_core.engine.bitmask import bits_for, pack_bits, pack_uint, unpack_bits, unpack_uint
+from tinytl_core.memory.stock import SavedTensorCounter
+from tinytl_core.norms import freeze_statistics
+
+
+def assert_saves_only_via_save_for_backward(out: torch.Tensor) -> int:
+    """Requirement: custom autograd functions keep tensors only through ``ctx.save_for_backward`` (so
+    saved-tensor hooks see them), never as plain ``ctx`` attributes. Returns how many custom nodes the
+    graph of ``out`` holds."""
+    seen, stack, custom = set(), [out.grad_fn], 0
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if isinstance(node, torch.autograd.function.BackwardCFunction):
+            custom += 1
+            for name, value in vars(node).items():
+                items = value if isinstance(value, (tuple, list)) else (value,)
+                assert not any(isinstance(v, torch.Tensor) for v in items), f"{type(node).__name__}.{name}"
+        stack.extend(fn for fn, _ in node.next_functions)
+    return custom
+
+
+def _step(module: nn.Module, x: torch.Tensor, grad: torch.Tensor | None = None):
+    """Forward + backward of ``module`` on a fresh copy of ``x``: (output, input grad, param grads, saved
+    activation bytes)."""
+    leaf = x.detach().clone().requires_grad_(True)
+    module.zero_grad(set_to_none=True)
+    with SavedTensorCounter([*module.parameters(), *module.buffers()]) as counter:
+        out = module(leaf * 1.0)  # a non-leaf input, so in-place layers may overwrite it
+    saved = counter.total_bytes
+    counter.release()
+    assert_saves_only_via_save_for_backward(out)
+    out.backward(torch.randn_like(out, generator=torch.Generator().manual_seed(1)) if grad is None else grad)
+    grads = {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+    return out.detach(), leaf.grad, grads, saved
+
+
+def _compare(module: nn.Module, x: torch.Tensor, *, exact: bool = False):
+    """Run ``module`` stock, then converted; assert equal outputs and gradients; return both saved sizes."""
+    revert(module)
+    out_s, gx_s, gp_s, saved_s = _step(module, x)
+    convert(module)
+    out_e, gx_e, gp_e, saved_e = _step(module, x)
+    assert torch.equal(out_s, out_e)
+    assert gp_s.keys() == gp_e.keys()
+    for stock, engine in [(gx_s, gx_e), *((gp_s[k], gp_e[k]) for k in gp_s)]:
+        if exact:
+            assert torch.equal(stock, engine)
+        else:
+            assert (stock - engine).norm() <= 1e-5 * stock.norm() + 1e-12
+    return saved_s, saved_e
+
+
+# ----------------------------------------------------------------------------------------------------
+# bit packing
+# ----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("numel", [1, 7, 8, 9, 63, 64, 65, 1000, 4099])
+def test_pack_bits_round_trip_and_size(numel):
+    mask = torch.rand(numel) > 0.5
+    packed = pack_bits(mask)
+    assert packed.dtype == torch.uint8
+    assert packed.untyped_storage().nbytes() == math.ceil(numel / 8)
+    assert torch.equal(unpack_bits(packed, (numel,), torch.float32), mask.float())
+
+
+def test_pack_bits_bit_order_and_errors():
+    mask = torch.tensor([1, 0, 0, 0, 0, 0, 0, 1, 0, 1], dtype=torch.bool)
+    assert pack_bits(mask).tolist() == [0b10000001, 0b10]
+    with pytest.raises(ValueError, match="bool"):
+        pack_bits(torch.zeros(3))
+    with pytest.raises(ValueError, match="uint8"):
+        unpack_bits(torch.zeros(3), (3,), torch.float32)
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4, 8])
+def test_pack_uint_round_trip(bits):
+    values = torch.randint(0, 1 << bits, (1001,), dtype=torch.uint8)
+    packed = pack_uint(values, bits)
+    assert packed.numel() == math.ceil(1001 * bits / 8)
+    assert torch.equal(unpack_uint(packed, 1001, bits), values)
+
+
+def test_bits_for():
+    assert [bits_for(c) for c in (1, 2, 3, 4, 9, 16, 17, 256)] == [1, 1, 2, 2, 4, 4, 8, 8]
+    with pytest.raises(ValueError):
+        bits_for(257)
+    with pytest.raises(ValueError):
+        pack_uint(torch.zeros(3, dtype=torch.uint8), 3)
+
+
+# ----------------------------------------------------------------------------------------------------
+# activations: 1-bit masks
+# ----------------------------------------------------------------------------------------------------
+def _activation_input() -> torch.Tensor:
+    x = torch.randn(2, 3, 5, 7) * 4
+    x.view(-1)[:8] = torch.tensor([0.0, 6.0, -3.0, 3.0, 1e-8, -1e-8, 6.0 + 1e-6, 3.0])  # boundaries
+    return x
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+@pytest.mark.parametrize(
+    "make",
+    [nn.ReLU, nn.ReLU6, nn.Hardsigmoid, lambda inplace: nn.LeakyReLU(0.1, inplace),
+     lambda inplace: nn.Hardtanh(0, 3, inplace)],
+)
+def test_masked_activation_matches_stock_with_one_bit(make, inplace):
+    module = make(inplace=inplace)
+    x = _activation_input()
+    saved_stock, saved_engine = _compare(module, x, exact=True)
+    assert saved_stock == x.numel() * 4
+    assert saved_engine == math.ceil(x.numel() / 8)
+    assert assert_saves_only_via_save_for_backward(module(x.clone().requires_grad_(True) * 1.0)) == 1
+
+
+def test_hardtanh_with_negative_bound_stays_stock():
+    module = nn.Hardtanh(-1.0, 1.0)
+    report = convert(module)
+    assert report.layers[0].stores == "stock (unsupported bounds)"
+    saved_stock, saved_engine = _compare(module, _activation_input(), exact=True)
+    assert saved_engine == saved_stock
+
+
+def test_smooth_activations_stay_stock():
+    model = nn.Sequential(nn.SiLU(), nn.Hardswish(), nn.GELU(), nn.Sigmoid())
+    report = convert(model)
+    assert report.n_converted == 0
+    assert [layer.stores.split(" ")[0] for layer in report.layers] == ["input", "input", "input", "output"]
+
+
+# ----------------------------------------------------------------------------------------------------
+# convolutions
+# ----------------------------------------------------------------------------------------------------
+CONV_CASES = [
+    dict(in_channels=4, out_channels=6, kernel_size=3, padding=1),
+    dict(in_channels=4, out_channels=6, kernel_size=3, stride=2, padding=1, bias=False),
+    dict(in_channels=6, out_channels=6, kernel_size=5, stride=2, padding=2, groups=6),
+    dict(in_channels=4, out_channels=6, kernel_size=3, padding=2, dilation=2, groups=2),
+    dict(in_channels=4, out_channels=6, kernel_size=(1, 3), stride=(2, 1), padding=(0, 1)),
+    dict(in_channels=4, out_channels=6, kernel_size=4, padding="same"),
+    dict(in_channels=4, out_channels=6, kernel_size=3, padding="valid"),
+    dict(in_channels=4, out_channels=6, kernel_size=3, padding=1, padding_mode="reflect"),
+    dict(in_channels=4, out_channels=6, kernel_size=3, padding=1, padding_mode="replicate"),
+    dict(in_channels=4, out_channels=6, kernel_size=3, padding=1, padding_mode="circular"),
+]
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
+@pytest.mark.parametrize("bias_trains", [True, False])
+@pytest.mark.parametrize("kwargs", CONV_CASES)
+def test_frozen_conv_stores_nothing(kwargs, bias_trains):
+    conv = nn.Conv2d(**kwargs)
+    conv.weight.requires_grad_(False)
+    if conv.bias is not None:
+        conv.bias.requires_grad_(bias_trains)
+    x = torch.randn(2, kwargs["in_channels"], 11, 10)
+    saved_stock, saved_engine = _compare(conv, x)
+    assert saved_stock >= x.numel() * 4  # stock keeps the input although the weight is frozen
+    assert saved_engine == 0
+    assert describe(conv).layers[0].stores == "nothing (frozen weight)"
+
+
+def test_trainable_conv_runs_stock():
+    conv = nn.Conv2d(4, 6, 3, padding=1)
+    x = torch.randn(2, 4, 8, 8)
+    saved_stock, saved_engine = _compare(conv, x, exact=True)
+    assert saved_engine == saved_stock == x.numel() * 4
+    assert describe(conv).layers[0].stores.startswith("input")
+
+
+def test_timm_conv2d_same_frozen():
+    conv = Conv2dSame(4, 6, 3, stride=2)
+    conv.weight.requires_grad_(False)
+    saved_stock, saved_engine = _compare(conv, torch.randn(2, 4, 9, 10))
+    assert saved_stock > 0 and saved_engine == 0
+
+
+def test_first_conv_on_an_input_without_grad_stores_nothing():
+    conv = nn.Conv2d(3, 4, 3)
+    conv.weight.requires_grad_(False)
+    convert(conv)
+    with SavedTensorCounter(list(conv.parameters())) as counter:
+        out = conv(torch.randn(2, 3, 8, 8))
+    assert counter.total_bytes == 0
+    out.sum().backward()
+    assert conv.bias.grad is not None and torch.allclose(conv.bias.grad, torch.full((4,), 2 * 6 * 6.0))
+
+
+# ----------------------------------------------------------------------------------------------------
+# normalisation with frozen statistics
+# ----------------------------------------------------------------------------------------------------
+def _bn(cls=nn.BatchNorm2d, **kwargs) -> nn.Module:
+    norm = cls(5, **kwargs)
+    with torch.no_grad():
+        norm.running_mean.uniform_(-1, 1)
+        norm.running_var.uniform_(0.5, 2)
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-1, 1)
+    return norm
+
+
+@pytest.mark.parametrize("scale_trains", [False, True])
+def test_frozen_statistics_norm(scale_trains):
+    norm = _bn().eval()
+    norm.weight.requires_grad_(scale_trains)
+    x = torch.randn(2, 5, 6, 6)
+    saved_stock, saved_engine = _compare(norm, x)
+    assert saved_stock == x.numel() * 4
+    assert saved_engine == (x.numel() * 4 if scale_trains else 0)
+
+
+def test_norm_frozen_by_the_foundation_converts_and_reverts():
+    norm = _bn()
+    freeze_statistics(norm)
+    norm.train()  # stays on running statistics
+    norm.weight.requires_grad_(False)
+    saved_stock, saved_engine = _compare(norm, torch.randn(2, 5, 4, 4))
+    assert saved_engine == 0 < saved_stock
+    assert not norm.training and type(norm).__name__ == "BatchNorm2d"
+    assert revert(norm) == 1 and type(norm).frozen_statistics
+
+
+def test_batch_statistics_norm_runs_stock():
+    norm = _bn().train()
+    norm.weight.requires_grad_(False)
+    saved_stock, saved_engine = _compare(norm, torch.randn(2, 5, 4, 4), exact=True)
+    assert saved_engine == saved_stock > 0
+
+
+@pytest.mark.parametrize("act", [nn.ReLU6, nn.SiLU, nn.Hardswish, nn.Identity])
+@pytest.mark.parametrize("scale_trains", [False, True])
+def test_batchnorm_act_frozen_statistics(act, scale_trains):
+    norm = _bn(BatchNormAct2d, act_layer=act).eval()
+    norm.weight.requires_grad_(scale_trains)
+    x = torch.randn(2, 5, 6, 6)
+    numel = x.numel()
+    _saved_stock, saved_engine = _compare(norm, x)
+    if scale_trains:  # fused: only the norm input; the activation is recomputed from it
+        expected = 4 * numel
+    else:
+        expected = {nn.ReLU6: math.ceil(numel / 8), nn.Identity: 0}.get(act, 4 * numel)
+    assert saved_engine == expected
+
+
+# ----------------------------------------------------------------------------------------------------
+# dropout and pooling
+# ----------------------------------------------------------------------------------------------------
+def test_dropout_one_bit_mask_same_randomness():
+    drop = nn.Dropout(0.3)
+    x = torch.randn(4, 50)
+    torch.manual_seed(3)
+    stock = _step(drop, x)
+    convert(drop)
+    torch.manual_seed(3)
+    engine = _step(drop, x)
+    assert torch.equal(stock[0], engine[0]) and torch.equal(stock[1], engine[1])
+    assert stock[3] == x.numel() * 4 and engine[3] == math.ceil(x.numel() / 8)
+    drop.eval()
+    assert torch.equal(drop(x), x)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(kernel_size=3, stride=2, padding=1), dict(kernel_size=2), dict(kernel_size=3, stride=1, dilation=2),
+     dict(kernel_size=3, stride=2, ceil_mode=True), dict(kernel_size=5, stride=3, padding=2)],
+)
+def test_max_pool_argmax_offsets(kwargs):
+    pool = nn.MaxPool2d(**kwargs)
+    x = torch.randn(2, 3, 11, 12)
+    x[0, 0, :4, :4] = 1.0  # ties: the first maximum wins, as in stock
+    saved_stock, saved_engine = _compare(pool, x, exact=True)
+    out_numel = pool(x).numel()
+    kernel = kwargs["kernel_size"]
+    assert saved_stock > x.numel() * 4
+    assert saved_engine == math.ceil(out_numel * bits_for(kernel * kernel) / 8)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(kernel_size=2), dict(kernel_size=2, ceil_mode=True), dict(kernel_size=3, stride=2, padding=1),
+     dict(kernel_size=3, stride=2, padding=1, count_include_pad=False),
+     dict(kernel_size=2, divisor_override=3)],
+)
+def test_avg_pool_stores_nothing(kwargs):
+    pool = nn.AvgPool2d(**kwargs)
+    x = torch.randn(2, 3, 9, 11)
+    saved_stock, saved_engine = _compare(pool, x, exact=True)
+    assert saved_stock == x.numel() * 4 and saved_engine == 0
+
+
+def test_engine_runs_on_meta():
+    """analyze() traces models on the meta device: every engine function must run there."""
+    model = nn.Sequential(
+        nn.Conv2d(3, 5, 3, padding=1), _bn(BatchNormAct2d, act_layer=nn.ReLU6).eval(), nn.MaxPool2d(3, 2, 1),
+        nn.AvgPool2d(2), nn.Dropout(0.2), nn.Conv2d(5, 4, 1),
+    )
+    for p in model.parameters():
+        p.requires_grad_(p.ndim == 1)
+    convert(model)
+    model.to("meta")
+    out = model(torch.randn(2, 3, 16, 16, device="meta"))
+    assert out.shape == (2, 4, 4, 4)

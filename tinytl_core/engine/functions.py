@@ -1,0 +1,375 @@
+"""Autograd functions that store only what their gradients need.
+
+Every function keeps its tensors through ``ctx.save_for_backward`` and nothing else (shapes and
+hyper-parameters, which are not data, are plain attributes), so a ``saved_tensors_hooks`` measurement
+sees exactly what the engine stores. Forward outputs are computed by the same kernels as the stock
+layers, and gradients by the same backward kernels wherever PyTorch exposes them.
+
+What each function stores for backward:
+
+============================  ==========================================================================
+function                      stored
+============================  ==========================================================================
+:class:`FrozenConv2dFn`        the weight (a parameter, not an activation) when the input needs a gradient
+:class:`FrozenNormFn`          nothing, or the input when the scale trains (its gradient needs x-hat)
+:class:`FrozenNormActFn`       the norm input only (trainable scale); the activation is recomputed
+:class:`MaskedActivationFn`    a 1-bit packed mask (ReLU, ReLU6, Hardtanh, LeakyReLU, Hardsigmoid)
+:class:`BitDropoutFn`          a 1-bit packed keep mask
+:class:`MaxPool2dFn`           the arg-max offset inside each window, 4 bits per output for 3x3
+:class:`AvgPool2dFn`           nothing
+:class:`EdgePad2dFn`           nothing (reflect / replicate padding; stock keeps the input)
+============================  ==========================================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.autograd import Function
+
+from tinytl_core.engine.bitmask import bits_for, pack_bits, pack_uint, unpack_bits, unpack_uint
+
+__all__ = [
+    "ACTIVATIONS",
+    "ActivationSpec",
+    "AvgPool2dFn",
+    "BitDropoutFn",
+    "EdgePad2dFn",
+    "FrozenConv2dFn",
+    "FrozenNormActFn",
+    "FrozenNormFn",
+    "MASKED_KINDS",
+    "MaskedActivationFn",
+    "MaxPool2dFn",
+]
+
+
+def _placeholder(like: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """A stand-in input for backward kernels that only read the input's shape (never its values)."""
+    return like.new_empty(1).expand(tuple(shape))
+
+
+def _channel_view(vec: torch.Tensor, ndim: int) -> torch.Tensor:
+    """``(C,)`` -> ``(1, C, 1, ...)`` so it broadcasts over an ``ndim``-D activation."""
+    return vec.view((1, -1) + (1,) * (ndim - 2))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Convolution with a frozen weight
+# ----------------------------------------------------------------------------------------------------
+class FrozenConv2dFn(Function):
+    """``conv2d`` whose weight does not train: the input gradient needs only the weight, the bias
+    gradient only the output gradient, so the input is not stored (stock autograd stores it)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding, dilation, groups):  # type: ignore[override]
+        if ctx.needs_input_grad[1]:
+            raise ValueError("FrozenConv2dFn is for frozen weights; use F.conv2d when the weight trains")
+        ctx.conv_args = (tuple(stride), tuple(padding), tuple(dilation), int(groups))
+        ctx.input_shape = tuple(x.shape)
+        ctx.save_for_backward(weight if ctx.needs_input_grad[0] else None)
+        return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        (weight,) = ctx.saved_tensors
+        stride, padding, dilation, groups = ctx.conv_args
+        grad_x = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.ops.aten.convolution_backward(
+                grad_out, _placeholder(grad_out, ctx.input_shape), weight, None, stride, padding, dilation,
+                False, [0, 0], groups, (True, False, False),
+            )[0]
+        if ctx.needs_input_grad[2]:
+            grad_bias = grad_out.sum((0, 2, 3))
+        return grad_x, None, grad_bias, None, None, None, None
+
+
+# ----------------------------------------------------------------------------------------------------
+# Activations
+# ----------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ActivationSpec:
+    """An element-wise activation: its forward and its input gradient computed from its *input*.
+
+    ``forward(x, param)`` reproduces the stock module's forward (same kernel); ``backward(grad, x,
+    param)`` calls the stock backward kernel, fed with the input (recomputing the output if the stock
+    kernel wants that), so a recomputed activation has bit-identical gradients.
+    """
+
+    forward: Callable[[torch.Tensor, float], torch.Tensor]
+    backward: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
+
+
+_aten = torch.ops.aten
+ACTIVATIONS: dict[str, ActivationSpec] = {
+    "identity": ActivationSpec(lambda x, p: x, lambda g, x, p: g),
+    "relu": ActivationSpec(lambda x, p: torch.relu(x), lambda g, x, p: _aten.threshold_backward(g, x, 0.0)),
+    "hardtanh": ActivationSpec(
+        lambda x, p: F.hardtanh(x, 0.0, p), lambda g, x, p: _aten.hardtanh_backward(g, x, 0.0, p)
+    ),
+    "leaky_relu": ActivationSpec(
+        lambda x, p: F.leaky_relu(x, p), lambda g, x, p: _aten.leaky_relu_backward(g, x, p, False)
+    ),
+    "hardsigmoid": ActivationSpec(
+        lambda x, p: F.hardsigmoid(x), lambda g, x, p: _aten.hardsigmoid_backward(g, x)
+    ),
+    "silu": ActivationSpec(lambda x, p: F.silu(x), lambda g, x, p: _aten.silu_backward(g, x)),
+    "hardswish": ActivationSpec(lambda x, p: F.hardswish(x), lambda g, x, p: _aten.hardswish_backward(g, x)),
+    "gelu": ActivationSpec(lambda x, p: F.gelu(x), lambda g, x, p: _aten.gelu_backward(g, x)),
+    "gelu_tanh": ActivationSpec(
+        lambda x, p: F.gelu(x, approximate="tanh"),
+        lambda g, x, p: _aten.gelu_backward(g, x, approximate="tanh"),
+    ),
+    "sigmoid": ActivationSpec(
+        lambda x, p: torch.sigmoid(x), lambda g, x, p: _aten.sigmoid_backward(g, torch.sigmoid(x))
+    ),
+    "tanh": ActivationSpec(lambda x, p: torch.tanh(x), lambda g, x, p: _aten.tanh_backward(g, torch.tanh(x))),
+}
+"""Activations by kind name. ``p`` is the kind's parameter: hardtanh's upper bound (its lower bound is
+0 here: ReLU6 and Hardtanh(0, max)), leaky_relu's negative slope; ignored by the others."""
+
+@dataclass(frozen=True)
+class _MaskRule:
+    """A gradient that is ``grad * on`` where ``bit(x, param)`` holds and ``grad * off`` elsewhere."""
+
+    bit: Callable[[torch.Tensor, float], torch.Tensor]
+    on: float
+    off_is_param: bool = False  # LeakyReLU: off = its negative slope; otherwise off = 0
+
+
+_MASKS: dict[str, _MaskRule] = {
+    "relu": _MaskRule(lambda x, p: x > 0, 1.0),
+    "hardtanh": _MaskRule(lambda x, p: (x > 0) & (x < p), 1.0),
+    "leaky_relu": _MaskRule(lambda x, p: x > 0, 1.0, off_is_param=True),
+    "hardsigmoid": _MaskRule(lambda x, p: (x > -3.0) & (x < 3.0), 1.0 / 6.0),
+}
+MASKED_KINDS: frozenset[str] = frozenset(_MASKS)
+"""Activation kinds :class:`MaskedActivationFn` handles with a 1-bit mask."""
+
+
+class MaskedActivationFn(Function):
+    """ReLU / ReLU6 (hardtanh 0..max) / LeakyReLU / Hardsigmoid storing a 1-bit packed mask.
+
+    Their input gradients are ``grad * c1`` where the bit is set and ``grad * c0`` elsewhere, so one bit
+    per element is all backward needs (stock autograd stores a 32-bit tensor). ``inplace`` overwrites the
+    input like the stock ``inplace=True`` modules.
+    """
+
+    @staticmethod
+    def forward(ctx, x, kind, param, inplace):  # type: ignore[override]
+        ctx.kind, ctx.param, ctx.shape = kind, float(param), x.shape
+        ctx.save_for_backward(pack_bits(_MASKS[kind].bit(x, param)) if ctx.needs_input_grad[0] else None)
+        if inplace:
+            ctx.mark_dirty(x)
+            return x.copy_(ACTIVATIONS[kind].forward(x, param))
+        return ACTIVATIONS[kind].forward(x, param)
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        (packed,) = ctx.saved_tensors
+        rule = _MASKS[ctx.kind]
+        bits = unpack_bits(packed, ctx.shape, grad_out.dtype)
+        if rule.off_is_param:
+            return torch.where(bits.bool(), grad_out, grad_out * ctx.param), None, None, None
+        grad = grad_out * bits  # exact: multiplies by 1 or 0
+        # The stock kernels compute grad * c with c rounded to the tensor's dtype: same here.
+        return (grad if rule.on == 1.0 else grad * rule.on), None, None, None
+
+
+# ----------------------------------------------------------------------------------------------------
+# Normalisation with frozen statistics
+# ----------------------------------------------------------------------------------------------------
+def _norm_backward(ctx, grad_y, x, weight, mean, var, eps):
+    """Gradients of ``y = (x - mean) / sqrt(var + eps) * weight + bias`` with fixed mean / var; the
+    formulas of PyTorch's eval-mode ``batch_norm`` backward (``dot(g, x - mean) * invstd`` etc.)."""
+    need_x, need_w, need_b = ctx.needs_input_grad[:3]
+    dims = [0] + list(range(2, grad_y.ndim))
+    invstd = None if var is None else 1.0 / torch.sqrt(var + eps)
+    grad_x = grad_w = grad_b = None
+    if need_x:
+        scale = invstd if weight is None else invstd * weight
+        grad_x = grad_y * _channel_view(scale, grad_y.ndim)
+    if need_w:
+        grad_w = (grad_y * (x - _channel_view(mean, x.ndim))).sum(dims) * invstd
+    if need_b:
+        grad_b = grad_y.sum(dims)
+    return grad_x, grad_w, grad_b
+
+
+class FrozenNormFn(Function):
+    """BatchNorm with frozen (running) statistics = a per-channel scale and shift.
+
+    Stores nothing when only the shift (bias) trains: the input gradient needs the scale (parameter and
+    running variance, which are module state, not activations) and the bias gradient only the output
+    gradient. When the scale (weight) trains its gradient needs the normalised input, so the input is
+    stored: one activation-sized tensor, like a trainable conv weight needs its input.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, mean, var, eps):  # type: ignore[override]
+        need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        ctx.eps = float(eps)
+        ctx.save_for_backward(
+            x if need_w else None,
+            weight if need_x else None,
+            mean if need_w else None,
+            var if (need_x or need_w) else None,
+        )
+        return F.batch_norm(x, mean, var, weight, bias, False, 0.0, eps)
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        x, weight, mean, var = ctx.saved_tensors
+        return (*_norm_backward(ctx, grad_out, x, weight, mean, var, ctx.eps), None, None, None)
+
+
+class FrozenNormActFn(Function):
+    """Frozen-statistics BatchNorm followed by an activation, when the norm's scale trains.
+
+    The scale gradient needs the norm input ``x`` anyway, and ``act'(y)`` can be recomputed exactly from
+    ``y = norm(x)``, so only ``x`` is stored (stock autograd stores ``x`` for the norm *and* the
+    activation's input or output). The recomputation is one extra scale-and-shift in backward.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, mean, var, eps, kind, param):  # type: ignore[override]
+        if not ctx.needs_input_grad[1]:
+            raise ValueError("FrozenNormActFn is for a trainable scale; use FrozenNormFn otherwise")
+        ctx.eps, ctx.kind, ctx.param = float(eps), kind, float(param)
+        # weight and bias are parameters (needed to recompute y), mean / var module buffers.
+        ctx.save_for_backward(x, weight, bias, mean, var)
+        return ACTIVATIONS[kind].forward(F.batch_norm(x, mean, var, weight, bias, False, 0.0, eps), param)
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        x, weight, bias, mean, var = ctx.saved_tensors
+        y = F.batch_norm(x, mean, var, weight, bias, False, 0.0, ctx.eps)  # bit-identical to forward's
+        grad_y = ACTIVATIONS[ctx.kind].backward(grad_out, y, ctx.param)
+        return (*_norm_backward(ctx, grad_y, x, weight, mean, var, ctx.eps), None, None, None, None, None)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Dropout and pooling
+# ----------------------------------------------------------------------------------------------------
+class BitDropoutFn(Function):
+    """Training-mode dropout storing its keep mask as 1 bit per element (stock CPU dropout stores the
+    float noise tensor). Draws its randomness exactly like stock CPU dropout, so under the same seed the
+    output is identical."""
+
+    @staticmethod
+    def forward(ctx, x, p):  # type: ignore[override]
+        noise = torch.empty_like(x).bernoulli_(1.0 - p)
+        ctx.p, ctx.shape = float(p), x.shape
+        ctx.save_for_backward(pack_bits(noise.bool()) if ctx.needs_input_grad[0] else None)
+        return x * noise.div_(1.0 - p)
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        (packed,) = ctx.saved_tensors
+        noise = unpack_bits(packed, ctx.shape, grad_out.dtype).div_(1.0 - ctx.p)
+        return grad_out * noise, None
+
+
+class MaxPool2dFn(Function):
+    """Max pooling storing, per output element, the arg-max position inside its window, bit-packed in
+    ``ceil(log2(window))`` bits rounded up to 1, 2, 4 or 8 (4 bits for a 3x3 window; stock autograd
+    stores the input and int64 indices: 16 + 8 bytes per output for a 3x3/2 pool)."""
+
+    @staticmethod
+    def forward(ctx, x, kernel_size, stride, padding, dilation, ceil_mode):  # type: ignore[override]
+        out, idx = F.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices=True)
+        ctx.args = (kernel_size, stride, padding, dilation, ceil_mode)
+        ctx.input_shape, ctx.output_shape = tuple(x.shape), tuple(out.shape)
+        ctx.bits = bits_for(kernel_size[0] * kernel_size[1])
+        ctx.channels_last = _channels_last(x)
+        if not ctx.needs_input_grad[0]:
+            ctx.save_for_backward(None)
+            return out
+        width = x.shape[-1]
+        row0, col0 = _window_origins(out.shape[-2:], stride, padding, idx)
+        row = torch.div(idx, width, rounding_mode="floor")
+        d_row = torch.div(row - row0, dilation[0], rounding_mode="floor")
+        d_col = torch.div(idx % width - col0, dilation[1], rounding_mode="floor")
+        ctx.save_for_backward(pack_uint(d_row * kernel_size[1] + d_col, ctx.bits))
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        (packed,) = ctx.saved_tensors
+        kernel_size, stride, padding, dilation, ceil_mode = ctx.args
+        width = ctx.input_shape[-1]
+        offsets = unpack_uint(packed, grad_out.numel(), ctx.bits).view(ctx.output_shape).long()
+        row0, col0 = _window_origins(grad_out.shape[-2:], stride, padding, offsets)
+        rows = row0 + torch.div(offsets, kernel_size[1], rounding_mode="floor") * dilation[0]
+        cols = col0 + (offsets % kernel_size[1]) * dilation[1]
+        grad_x = torch.ops.aten.max_pool2d_with_indices_backward(
+            grad_out, _shape_only(grad_out, ctx.input_shape, ctx.channels_last), kernel_size, stride,
+            padding, dilation, ceil_mode, rows * width + cols,
+        )
+        return grad_x, None, None, None, None, None
+
+
+def _channels_last(x: torch.Tensor) -> bool:
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def _shape_only(like: torch.Tensor, shape: Sequence[int], channels_last: bool) -> torch.Tensor:
+    """An uninitialised stand-in input for pooling backward kernels, which read only its sizes and memory
+    format (values never)."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return like.new_empty(tuple(shape)).contiguous(memory_format=fmt)
+
+
+def _window_origins(out_hw, stride, padding, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-left input coordinates of every pooling window, broadcastable to ``(N, C, H_out, W_out)``."""
+    oh = torch.arange(out_hw[0], device=like.device).view(-1, 1) * stride[0] - padding[0]
+    ow = torch.arange(out_hw[1], device=like.device).view(1, -1) * stride[1] - padding[1]
+    return oh, ow
+
+
+class AvgPool2dFn(Function):
+    """Average pooling storing nothing (its gradient needs only the input's shape; stock autograd stores
+    the input itself)."""
+
+    @staticmethod
+    def forward(ctx, x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):  # type: ignore[override]
+        ctx.args = (kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
+        ctx.input_shape = tuple(x.shape)
+        ctx.channels_last = _channels_last(x)
+        ctx.save_for_backward()
+        return F.avg_pool2d(x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        shape_only = _shape_only(grad_out, ctx.input_shape, ctx.channels_last)
+        grad_x = torch.ops.aten.avg_pool2d_backward(grad_out, shape_only, *ctx.args)
+        return grad_x, None, None, None, None, None, None
+
+
+_EDGE_PAD_BACKWARD = {
+    "reflect": torch.ops.aten.reflection_pad2d_backward,
+    "replicate": torch.ops.aten.replication_pad2d_backward,
+}
+
+
+class EdgePad2dFn(Function):
+    """Reflect / replicate padding of a 4D tensor storing nothing (its gradient needs only the input's
+    shape; stock autograd stores the input). Used in front of frozen convs with those padding modes."""
+
+    @staticmethod
+    def forward(ctx, x, padding, mode):  # type: ignore[override]
+        if mode not in _EDGE_PAD_BACKWARD or x.dim() != 4:
+            raise ValueError(f"EdgePad2dFn pads 4D tensors, mode reflect or replicate; got {mode!r}")
+        ctx.padding, ctx.mode = tuple(padding), mode
+        ctx.input_shape, ctx.channels_last = tuple(x.shape), _channels_last(x)
+        ctx.save_for_backward()
+        return F.pad(x, padding, mode=mode)
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        shape_only = _shape_only(grad_out, ctx.input_shape, ctx.channels_last)
+        return _EDGE_PAD_BACKWARD[ctx.mode](grad_out, shape_only, list(ctx.padding)), None, None

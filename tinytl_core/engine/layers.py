@@ -1,0 +1,331 @@
+"""Drop-in engine versions of the layers timm CNNs are built from.
+
+Each engine class subclasses the stock class (``isinstance`` checks, ``state_dict`` keys, parameters and
+hooks are unchanged) and only overrides ``forward``. :func:`tinytl_core.engine.convert` swaps a module's
+``__class__`` to its engine class, so the very same ``Parameter`` objects keep training.
+
+The choice between the stock path and a memory-saving function is made at every forward from the
+module's *current* state (which parameters require grad, whether a norm uses batch statistics), so a
+converted model stays exact when a mode is applied or changed afterwards. When a layer's stock autograd
+already stores only what its gradients need (e.g. a conv whose weight trains needs its input), the stock
+path runs.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import BatchNormAct2d
+from timm.layers.conv2d_same import Conv2dSame
+from timm.layers.padding import pad_same
+from torch.nn.modules.utils import _pair
+
+from tinytl_core.engine.bitmask import bits_for
+from tinytl_core.engine.functions import (
+    MASKED_KINDS,
+    AvgPool2dFn,
+    BitDropoutFn,
+    EdgePad2dFn,
+    FrozenConv2dFn,
+    FrozenNormActFn,
+    FrozenNormFn,
+    MaskedActivationFn,
+    MaxPool2dFn,
+)
+from tinytl_core.norms import is_frozen
+
+__all__ = [
+    "ENGINE_CLASSES",
+    "EngineAvgPool2d",
+    "EngineBatchNorm2d",
+    "EngineBatchNormAct2d",
+    "EngineConv2d",
+    "EngineConv2dSame",
+    "EngineDropout",
+    "EngineHardsigmoid",
+    "EngineHardtanh",
+    "EngineLeakyReLU",
+    "EngineModule",
+    "EngineMaxPool2d",
+    "EngineReLU",
+    "EngineReLU6",
+    "activation_kind",
+    "stock_class",
+]
+
+# Largest pooling window whose arg-max offset fits in one byte.
+_MAX_WINDOW = 256
+
+
+def _recording(x: torch.Tensor) -> bool:
+    """Whether autograd records this call at all (otherwise the stock forward is just as good)."""
+    return torch.is_grad_enabled() and x.requires_grad
+
+
+def _trains(param: torch.Tensor | None) -> bool:
+    return param is not None and param.requires_grad
+
+
+class EngineModule:
+    """Mixin marking engine layers. ``_stock_class`` is the class :func:`revert` restores and
+    ``engine_rule()`` says, for the module's current state, what its backward keeps."""
+
+    _stock_class: type[nn.Module]
+
+    def engine_rule(self) -> str:  # pragma: no cover - every engine class overrides it
+        raise NotImplementedError
+
+
+def stock_class(module: nn.Module) -> type[nn.Module]:
+    """The stock class of ``module``: its own class, less the engine layer and the frozen-statistics
+    wrapper of :func:`tinytl_core.norms.freeze_statistics`."""
+    cls = type(module)
+    if is_frozen(module):
+        cls = cls.__bases__[-1]  # freeze_statistics derives (frozen-statistics mixin, original class)
+    return getattr(cls, "_stock_class", cls)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Activations
+# ----------------------------------------------------------------------------------------------------
+def activation_kind(module: nn.Module) -> tuple[str, float] | None:
+    """``(kind, param)`` naming ``module``'s element-wise activation in
+    :data:`tinytl_core.engine.functions.ACTIVATIONS`, or ``None`` if the engine does not know it.
+
+    Matches exact (stock) classes only: a subclass may compute something else.
+    """
+    cls = stock_class(module)
+    if cls is nn.ReLU:
+        return "relu", 0.0
+    if cls in (nn.ReLU6, nn.Hardtanh) and module.min_val == 0.0 and module.max_val > 0.0:
+        return "hardtanh", float(module.max_val)
+    if cls is nn.LeakyReLU:
+        return "leaky_relu", float(module.negative_slope)
+    if cls is nn.GELU:
+        return ("gelu_tanh" if module.approximate == "tanh" else "gelu"), 0.0
+    simple = {nn.Identity: "identity", nn.Hardsigmoid: "hardsigmoid", nn.SiLU: "silu",
+              nn.Hardswish: "hardswish", nn.Sigmoid: "sigmoid", nn.Tanh: "tanh"}
+    return (simple[cls], 0.0) if cls in simple else None
+
+
+class _MaskedActivation(EngineModule):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        spec = activation_kind(self)
+        if spec is None or spec[0] not in MASKED_KINDS or not _recording(x):
+            return super().forward(x)  # type: ignore[misc]
+        return MaskedActivationFn.apply(x, spec[0], spec[1], bool(getattr(self, "inplace", False)))
+
+    def engine_rule(self) -> str:
+        spec = activation_kind(self)
+        if spec is None or spec[0] not in MASKED_KINDS:
+            return "stock (unsupported bounds)"
+        return "1-bit mask"
+
+
+class EngineReLU(_MaskedActivation, nn.ReLU):
+    """ReLU storing a 1-bit mask (``x > 0``) instead of its float output."""
+
+    _stock_class = nn.ReLU
+
+
+class EngineReLU6(_MaskedActivation, nn.ReLU6):
+    """ReLU6 storing a 1-bit mask (``0 < x < 6``) instead of its float input."""
+
+    _stock_class = nn.ReLU6
+
+
+class EngineHardtanh(_MaskedActivation, nn.Hardtanh):
+    """Hardtanh(0, max) storing a 1-bit mask (``0 < x < max``); other bounds run stock."""
+
+    _stock_class = nn.Hardtanh
+
+
+class EngineLeakyReLU(_MaskedActivation, nn.LeakyReLU):
+    """LeakyReLU storing a 1-bit mask (``x > 0``) instead of its float input."""
+
+    _stock_class = nn.LeakyReLU
+
+
+class EngineHardsigmoid(_MaskedActivation, nn.Hardsigmoid):
+    """Hardsigmoid storing a 1-bit mask (``-3 < x < 3``): its gradient is ``grad / 6`` there, else 0."""
+
+    _stock_class = nn.Hardsigmoid
+
+
+# ----------------------------------------------------------------------------------------------------
+# Convolutions
+# ----------------------------------------------------------------------------------------------------
+class EngineConv2d(EngineModule, nn.Conv2d):
+    """Conv2d that stores no input when its weight is frozen (stock autograd stores it regardless)."""
+
+    _stock_class = nn.Conv2d
+
+    def _pad(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Apply any padding the conv kernel itself cannot take (non-zero modes, 'same'), storing nothing
+        for backward."""
+        if self.padding_mode in ("reflect", "replicate") and x.dim() == 4:
+            return EdgePad2dFn.apply(x, self._reversed_padding_repeated_twice, self.padding_mode), (0, 0)
+        if self.padding_mode != "zeros":  # circular: slices and a concatenation, which store nothing
+            return F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode), (0, 0)
+        if isinstance(self.padding, str):
+            return (F.pad(x, self._reversed_padding_repeated_twice) if self.padding == "same" else x), (0, 0)
+        return x, self.padding
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight.requires_grad or not torch.is_grad_enabled():
+            return super().forward(x)
+        x, padding = self._pad(x)
+        return FrozenConv2dFn.apply(
+            x, self.weight, self.bias, self.stride, padding, self.dilation, self.groups
+        )
+
+    def engine_rule(self) -> str:
+        return "input (trainable weight: stock)" if self.weight.requires_grad else "nothing (frozen weight)"
+
+
+class EngineConv2dSame(EngineConv2d, Conv2dSame):
+    """timm's TensorFlow-'SAME' Conv2d with the frozen-weight rule of :class:`EngineConv2d`."""
+
+    _stock_class = Conv2dSame
+
+    def _pad(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        return pad_same(x, self.weight.shape[-2:], self.stride, self.dilation), (0, 0)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Normalisation
+# ----------------------------------------------------------------------------------------------------
+def _uses_batch_statistics(norm: nn.modules.batchnorm._BatchNorm) -> bool:
+    """The decision ``_BatchNorm.forward`` makes: batch statistics in training mode or without buffers."""
+    return norm.training or (norm.running_mean is None and norm.running_var is None)
+
+
+def _norm_rule(norm: nn.modules.batchnorm._BatchNorm) -> str:
+    if _uses_batch_statistics(norm):
+        return "input (batch statistics: stock)"
+    if _trains(norm.weight):
+        return "input (frozen statistics, trainable scale: its gradient needs x-hat)"
+    return "nothing (frozen statistics)"
+
+
+class EngineBatchNorm2d(EngineModule, nn.BatchNorm2d):
+    """BatchNorm2d that, with frozen statistics, is a per-channel scale and shift storing nothing (or its
+    input when the scale trains). With batch statistics it runs stock."""
+
+    _stock_class = nn.BatchNorm2d
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _uses_batch_statistics(self) or not torch.is_grad_enabled():
+            return super().forward(x)
+        self._check_input_dim(x)
+        return FrozenNormFn.apply(x, self.weight, self.bias, self.running_mean, self.running_var, self.eps)
+
+    def engine_rule(self) -> str:
+        return _norm_rule(self)
+
+
+class EngineBatchNormAct2d(EngineModule, BatchNormAct2d):
+    """timm's BatchNorm + drop + activation with the rules of :class:`EngineBatchNorm2d`; its ``act`` is
+    converted on its own (e.g. ReLU6 -> 1-bit mask).
+
+    With frozen statistics and a trainable scale, norm and activation run fused: the norm input is stored
+    for the scale gradient anyway and the activation's derivative is recomputed from it, so the
+    activation stores nothing of its own.
+    """
+
+    _stock_class = BatchNormAct2d
+
+    def _fused_kind(self) -> tuple[str, float] | None:
+        if not _trains(self.weight) or not isinstance(self.drop, nn.Identity):
+            return None
+        return activation_kind(self.act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _uses_batch_statistics(self) or not torch.is_grad_enabled():
+            return super().forward(x)
+        stats = (self.running_mean, self.running_var, self.eps)
+        fused = self._fused_kind()
+        if fused is not None:
+            return FrozenNormActFn.apply(x, self.weight, self.bias, *stats, *fused)
+        x = FrozenNormFn.apply(x, self.weight, self.bias, *stats)
+        return self.act(self.drop(x))
+
+    def engine_rule(self) -> str:
+        if not _uses_batch_statistics(self) and self._fused_kind() is not None:
+            return "input (frozen statistics, trainable scale; activation recomputed from it)"
+        return _norm_rule(self) + "; act: see its own row"
+
+
+# ----------------------------------------------------------------------------------------------------
+# Dropout and pooling
+# ----------------------------------------------------------------------------------------------------
+class EngineDropout(EngineModule, nn.Dropout):
+    """Dropout storing its keep mask as 1 bit per element (stock CPU dropout stores float noise)."""
+
+    _stock_class = nn.Dropout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or not 0.0 < self.p < 1.0 or not _recording(x):
+            return super().forward(x)
+        return BitDropoutFn.apply(x, self.p)
+
+    def engine_rule(self) -> str:
+        return "1-bit mask (training)" if self.training and self.p > 0 else "nothing (inactive)"
+
+
+class EngineMaxPool2d(EngineModule, nn.MaxPool2d):
+    """MaxPool2d storing the arg-max offset in its window, bit-packed (4 bits per output for 3x3; stock:
+    the input plus int64 indices)."""
+
+    _stock_class = nn.MaxPool2d
+
+    def _supported(self) -> bool:
+        kh, kw = _pair(self.kernel_size)
+        return not self.return_indices and kh * kw <= _MAX_WINDOW
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self._supported() or not _recording(x):
+            return super().forward(x)
+        stride = _pair(self.stride if self.stride else self.kernel_size)
+        return MaxPool2dFn.apply(x, _pair(self.kernel_size), stride, _pair(self.padding),
+                                 _pair(self.dilation), bool(self.ceil_mode))
+
+    def engine_rule(self) -> str:
+        if not self._supported():
+            return "input + int64 indices (stock)"
+        kh, kw = _pair(self.kernel_size)
+        return f"window arg-max, {bits_for(kh * kw)} bits per output"
+
+
+class EngineAvgPool2d(EngineModule, nn.AvgPool2d):
+    """AvgPool2d storing nothing (stock autograd stores its input, although backward needs only its
+    shape)."""
+
+    _stock_class = nn.AvgPool2d
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not _recording(x):
+            return super().forward(x)
+        stride = _pair(self.stride if self.stride else self.kernel_size)
+        return AvgPool2dFn.apply(
+            x, _pair(self.kernel_size), stride, _pair(self.padding), bool(self.ceil_mode),
+            bool(self.count_include_pad), self.divisor_override,
+        )
+
+    def engine_rule(self) -> str:
+        return "nothing"
+
+
+ENGINE_CLASSES: dict[type[nn.Module], type[nn.Module]] = {
+    cls._stock_class: cls
+    for cls in (EngineReLU, EngineReLU6, EngineHardtanh, EngineLeakyReLU, EngineHardsigmoid, EngineConv2d,
+                EngineConv2dSame, EngineBatchNorm2d, EngineBatchNormAct2d, EngineDropout, EngineMaxPool2d,
+                EngineAvgPool2d)
+}
+"""Stock class -> engine class. Only exact classes convert: a subclass may compute something else."""
+
+# Engine layers keep the stock class name (as frozen-statistics norms do), so printed models, per-layer
+# tables and name-based layer rules read the same; ``isinstance(m, EngineModule)`` tells them apart.
+for _cls in ENGINE_CLASSES.values():
+    _cls.__name__ = _cls._stock_class.__name__
