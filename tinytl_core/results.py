@@ -18,9 +18,12 @@ import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from tinytl_core.paths import data_home
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 ENV_DB = "TINYTL_RESULTS_DB"
 STATUSES: tuple[str, ...] = ("finished", "cancelled", "failed")
@@ -202,3 +205,27 @@ class ResultsStore:
                 writer.writerow([json.dumps(run[h]) if h in JSON_COLUMNS and run[h] is not None else run[h]
                                  for h in header])
         return len(runs)
+
+
+SUMMARY_COLUMNS: dict[str, str] = {
+    "id": "id", "status": "status", "backbone": "backbone", "mode": "mode", "dataset": "dataset",
+    "resolution": "px", "batch_size": "batch", "steps_done": "steps", "final_val_acc": "val acc %",
+    "best_val_acc": "best %", "n_trainable": "trainable", "total_modelled_bytes": "modelled MB",
+    "total_measured_bytes": "measured MB", "activations_measured_bytes": "act. measured MB",
+    "total_time_s": "time s", "started_at": "started",
+}
+"""Columns of :func:`summary_frame` and their display names."""
+
+
+def summary_frame(runs: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """A compact ``pandas.DataFrame`` of runs for display: accuracy in %, memory in MB (10^6 bytes)."""
+    import pandas as pd
+
+    rows = [{k: r.get(k) for k in SUMMARY_COLUMNS} for r in runs]
+    frame = pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
+    for col in ("final_val_acc", "best_val_acc"):
+        frame[col] = (pd.to_numeric(frame[col]) * 100).round(1)
+    for col in ("total_modelled_bytes", "total_measured_bytes", "activations_measured_bytes"):
+        frame[col] = (pd.to_numeric(frame[col]) / 1e6).round(2)
+    frame["total_time_s"] = pd.to_numeric(frame["total_time_s"]).round(1)
+    return frame.rename(columns=SUMMARY_COLUMNS)

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 # One module per command; add a name here when a command module lands.
-COMMANDS: tuple[str, ...] = ("backbones", "modes")
+COMMANDS: tuple[str, ...] = ("backbones", "modes", "datasets", "adapt", "runs", "memory")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,162 @@
+"""The adaptation loop: learning, progress events, cancel, non-finite guard, determinism, recording."""
+
+import threading
+
+import pytest
+
+from tinytl_core.adapt import AdaptConfig, EvalEvent, PhaseEvent, StepEvent, adapt
+from tinytl_core.data import load_dataset
+from tinytl_core.results import ResultsStore
+
+
+def tiny(**overrides) -> AdaptConfig:
+    """resnet10t from random init at 32 px on the digits: learns within a few dozen steps on a CPU."""
+    base = {"backbone": "resnet10t", "mode": "full", "dataset": "digits", "steps": 6, "batch_size": 8,
+            "lr": 3e-3, "resolution": 32, "pretrained": False, "record_memory": False, "device": "cpu",
+            "val_cap": 10}
+    base.update(overrides)
+    return AdaptConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    """The digits, loaded once for the module (10 validation images per class)."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("TINYTL_HOME", str(tmp_path_factory.mktemp("home")))
+    try:
+        yield load_dataset("digits", val_cap=10)
+    finally:
+        mp.undo()
+
+
+def test_tiny_backbone_learns_well_above_chance(digits):
+    events = []
+    result = adapt(tiny(steps=40, batch_size=16, eval_every=20), data=digits, progress=events.append)
+    assert result.status == "finished" and result.steps_done == 40
+    assert result.final_val_acc > 0.5  # chance is 0.1 (10 classes); typically ~0.9 here
+    steps = [e for e in events if isinstance(e, StepEvent)]
+    evals = [e for e in events if isinstance(e, EvalEvent)]
+    assert isinstance(events[0], PhaseEvent) and events[0].phase == "data"
+    assert [e.step for e in steps] == list(range(1, 41)) and all(e.total_steps == 40 for e in steps)
+    assert [(e.step, e.final) for e in evals] == [(20, False), (40, True)]
+    assert steps[-1].loss < steps[0].loss and steps[-1].images_per_s > 0 and 0 <= steps[-1].train_acc <= 1
+    assert steps[-1].lr < steps[0].lr  # cosine schedule
+    assert len(result.steps) == 40 and len(result.evals) == 2 and result.best_val_acc >= result.final_val_acc
+    assert result.n_train == len(digits.train) and result.num_classes == 10 and result.resolution == 32
+    assert "val acc" in result.summary() and result.memory is None
+
+
+def test_same_seed_same_result_on_cpu(digits):
+    a = adapt(tiny(seed=5), data=digits)
+    b = adapt(tiny(seed=5), data=digits)
+    c = adapt(tiny(seed=6), data=digits)
+    assert [s["loss"] for s in a.steps] == [s["loss"] for s in b.steps]
+    assert a.final_val_acc == b.final_val_acc and a.final_val_loss == b.final_val_loss
+    assert [s["loss"] for s in a.steps] != [s["loss"] for s in c.steps]
+
+
+def test_memory_figures_are_recorded_without_changing_training(digits, tmp_path):
+    store = ResultsStore(tmp_path / "r.sqlite")
+    plain = adapt(tiny(mode="bias", steps=3), data=digits)
+    measured = adapt(tiny(mode="bias", steps=3, record_memory=True), data=digits, store=store)
+    assert [s["loss"] for s in plain.steps] == [s["loss"] for s in measured.steps]
+    mem = measured.memory
+    assert mem["weights_bytes"] > 0 and mem["activations_measured_bytes"] > 0
+    assert mem["total_modelled_bytes"] >= mem["weights_bytes"] + mem["grads_optimizer_bytes"]
+    row = store.get_run(measured.run_id)
+    assert row["total_modelled_bytes"] == int(mem["total_modelled_bytes"]) and row["status"] == "finished"
+    assert row["config"]["mode"] == "bias" and len(row["history"]) == 4 and row["versions"]["torch"]
+
+
+def test_cancel_from_another_thread_returns_partial_result(digits, tmp_path):
+    store = ResultsStore(tmp_path / "r.sqlite")
+    cancel = threading.Event()
+    seen = []
+
+    def on_progress(event):  # what an app page's worker would do: just record and let the UI poll
+        seen.append(event)
+        if isinstance(event, StepEvent) and event.step == 3:
+            cancel.set()
+
+    out = {}
+    worker = threading.Thread(target=lambda: out.update(r=adapt(tiny(steps=50), data=digits,
+                                                                  progress=on_progress, cancel=cancel,
+                                                                  store=store)))
+    worker.start()
+    worker.join(120)
+    result = out["r"]
+    assert result.status == "cancelled" and result.steps_done == 3 and "3 of 50" in result.message
+    assert not any(isinstance(e, EvalEvent) for e in seen) and result.final_val_acc is None
+    row = store.get_run(result.run_id)
+    assert row["status"] == "cancelled" and row["steps_done"] == 3 and len(row["history"]) == 3
+
+
+def test_non_finite_loss_stops_the_run(digits, tmp_path):
+    store = ResultsStore(tmp_path / "r.sqlite")
+    result = adapt(tiny(optimizer="sgd", lr=1e30, steps=20), data=digits, store=store)
+    assert result.status == "failed" and result.steps_done < 20
+    assert "loss became nan" in result.message and "lower learning rate" in result.message
+    assert store.get_run(result.run_id)["status"] == "failed"
+
+
+def test_unexpected_error_is_recorded_as_failed_and_raised(digits, tmp_path):
+    store = ResultsStore(tmp_path / "r.sqlite")
+
+    def boom(event):
+        if isinstance(event, StepEvent) and event.step == 2:
+            raise RuntimeError("display crashed")
+
+    with pytest.raises(RuntimeError, match="display crashed"):
+        adapt(tiny(), data=digits, progress=boom, store=store)
+    (row,) = store.list_runs()
+    assert row["status"] == "failed" and "display crashed" in row["message"] and row["steps_done"] == 2
+
+
+def test_folder_with_bad_files_trains_on_the_rest_with_batch_size_one(tinytl_home, tmp_path):
+    from PIL import Image
+
+    for name, color in (("red", (220, 20, 20)), ("blue", (20, 20, 220))):
+        (tmp_path / "pics" / name).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (20 + i, 16), color).save(tmp_path / "pics" / name / f"{i}.png")
+    (tmp_path / "pics" / "red" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    (tmp_path / "pics" / "blue" / "readme.txt").write_text("hello")
+    store = ResultsStore()
+    config = tiny(dataset=str(tmp_path / "pics"), batch_size=1, epochs=1, steps=None, val_fraction=0.25,
+                  val_cap=None, resolution=64)
+    result = adapt(config, store=store)
+    assert result.status == "finished" and result.skipped_files == 2
+    assert result.n_train == 6 and result.n_val == 2 and result.steps_planned == 6 == result.steps_done
+    assert store.get_run(result.run_id)["skipped_files"] == 2
+    # At 32 px resnet10t's last feature map is 1x1: one image gives BatchNorm nothing to normalise over.
+    with pytest.raises(ValueError, match="batch size 1 is too small.*group_norm"):
+        adapt(AdaptConfig.from_dict({**config.to_dict(), "resolution": 32}), store=store)
+    assert store.list_runs()[0]["status"] == "failed"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"epochs": 1.0}, "either steps or epochs"),
+        ({"optimizer": "rmsprop"}, "optimizer must be one of"),
+        ({"lr": -1.0}, "learning rate"),
+        ({"batch_size": 0}, "batch sizes"),
+        ({"label_smoothing": 1.0}, "label smoothing"),
+        ({"mode": "everything"}, "unknown mode"),
+        ({"device": "cuda:7"} , "CUDA is not available"),
+    ],
+)
+def test_bad_configuration_is_a_clear_error(overrides, message, tmp_path):
+    import torch
+
+    if "device" in overrides and torch.cuda.is_available():
+        pytest.skip("CUDA present")
+    store = ResultsStore(tmp_path / "r.sqlite")
+    with pytest.raises(ValueError, match=message):
+        adapt(tiny(**overrides), store=store)
+    assert store.count() == 0
+
+
+def test_config_round_trips_through_a_dict():
+    config = tiny(shots=3, eval_every=5)
+    assert AdaptConfig.from_dict({**config.to_dict(), "unknown": 1}) == config

@@ -1,0 +1,484 @@
+"""The short adaptation loop: train a backbone in one fine-tuning mode on a dataset, with live progress.
+
+:func:`adapt` is built to be driven from a worker thread (the app) or the CLI:
+
+- ``progress(event)`` is called with small frozen dataclasses: :class:`PhaseEvent` (setup stages),
+  :class:`StepEvent` after every optimisation step and :class:`EvalEvent` after every evaluation;
+- ``cancel`` (a ``threading.Event``) is checked before every step and every evaluation batch; a cancelled
+  run returns what it did so far with ``status == "cancelled"`` (Ctrl-C does the same);
+- a non-finite loss stops the run with ``status == "failed"`` and a message that says what to change;
+- with ``store`` the run is written to the :class:`~tinytl_core.results.ResultsStore` in one transaction,
+  whatever its outcome (an unexpected error is recorded as failed, then re-raised).
+
+Same seed, same data, CPU: same history and accuracy. Note that the seed is applied to torch's global
+random generator (torchvision's augmentations draw from it), so do not run two adaptations in parallel
+threads of one process when you need reproducibility.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import platform
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from typing import Any
+
+import torch
+from torch import nn
+
+from tinytl_core.data import DatasetSplits, attach_transforms, load_dataset
+from tinytl_core.modes import get_mode, prepare_model
+from tinytl_core.results import ResultsStore
+
+OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
+SCHEDULES: tuple[str, ...] = ("cosine", "constant")
+TRAIN_ACC_WINDOW = 20
+"""Steps over which :attr:`StepEvent.train_acc` is averaged (a running window)."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass
+class AdaptConfig:
+    """Everything that defines one adaptation run (stored with the run as JSON).
+
+    Give ``steps`` or ``epochs`` (set the other to None). ``resolution=None`` uses the backbone's own
+    input size. ``eval_every=0`` evaluates only at the end. ``device="auto"`` picks CUDA when present.
+    ``record_memory`` computes the modelled memory figures and, with ``measure_memory``, measures one
+    real step; turn it off for quick experiments and tests.
+    """
+
+    backbone: str = "mobilenetv2_100"
+    mode: str = "lite_residual+bias"
+    dataset: str = "shapes"
+    steps: int | None = 200
+    epochs: float | None = None
+    batch_size: int = 8
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    label_smoothing: float = 0.1
+    schedule: str = "cosine"
+    seed: int = 0
+    resolution: int | None = None
+    pretrained: bool = True
+    group_norm: bool = False
+    augment: bool = True
+    val_fraction: float = 0.2
+    split_seed: int = 0
+    shots: int | None = None
+    val_cap: int | None = None
+    eval_every: int = 0
+    eval_batch_size: int = 32
+    device: str = "auto"
+    record_memory: bool = True
+    measure_memory: bool = True
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` with a helpful message for an inconsistent configuration."""
+        get_mode(self.mode)
+        if (self.steps is None) == (self.epochs is None):
+            raise ValueError("give either steps or epochs (exactly one of them)")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.epochs is not None and not self.epochs > 0:
+            raise ValueError(f"epochs must be > 0, got {self.epochs}")
+        if self.batch_size < 1 or self.eval_batch_size < 1:
+            raise ValueError(f"batch sizes must be >= 1, got {self.batch_size} / {self.eval_batch_size}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"learning rate must be a positive number, got {self.lr}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.eval_every < 0:
+            raise ValueError(f"eval_every must be >= 0 (0 = only at the end), got {self.eval_every}")
+        if self.resolution is not None and self.resolution < 8:
+            raise ValueError(f"resolution must be >= 8 px, got {self.resolution}")
+        resolve_device(self.device)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The configuration as a JSON-ready dict."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> AdaptConfig:
+        """Rebuild a configuration (e.g. from a stored run), ignoring unknown keys."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})
+
+
+@dataclass(frozen=True)
+class PhaseEvent:
+    """A setup stage started: ``phase`` is data, model, memory, train or eval."""
+
+    phase: str
+    message: str
+    elapsed_s: float
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    """After one optimisation step. ``train_acc`` is the accuracy over the last
+    :data:`TRAIN_ACC_WINDOW` steps; ``images_per_s`` counts training time only (no evaluation)."""
+
+    step: int
+    total_steps: int
+    epoch: float
+    loss: float
+    train_acc: float
+    lr: float
+    images_per_s: float
+    elapsed_s: float
+
+
+@dataclass(frozen=True)
+class EvalEvent:
+    """After one evaluation on the validation split (``final`` for the one at the end)."""
+
+    step: int
+    total_steps: int
+    val_acc: float
+    val_loss: float
+    elapsed_s: float
+    final: bool = False
+
+
+ProgressEvent = PhaseEvent | StepEvent | EvalEvent
+ProgressCallback = Callable[[ProgressEvent], None]
+
+
+@dataclass
+class AdaptResult:
+    """What one run did. ``status`` is finished, cancelled or failed (``message`` says why)."""
+
+    config: AdaptConfig
+    status: str = "failed"
+    message: str = ""
+    device: str = ""
+    num_classes: int = 0
+    n_train: int = 0
+    n_val: int = 0
+    skipped_files: int = 0
+    resolution: int = 0
+    steps_planned: int = 0
+    steps_done: int = 0
+    epochs_done: float = 0.0
+    n_trainable: int = 0
+    n_total: int = 0
+    pretrained_loaded: bool = False
+    backbone_message: str = ""
+    final_val_acc: float | None = None
+    final_val_loss: float | None = None
+    best_val_acc: float | None = None
+    final_train_acc: float | None = None
+    memory: dict[str, float | None] | None = None
+    memory_error: str = ""
+    history: list[dict[str, Any]] = field(default_factory=list)
+    setup_time_s: float = 0.0
+    train_time_s: float = 0.0
+    eval_time_s: float = 0.0
+    total_time_s: float = 0.0
+    images_per_s: float = 0.0
+    started_at: str = ""
+    ended_at: str = ""
+    run_id: int | None = None
+
+    @property
+    def steps(self) -> list[dict[str, Any]]:
+        """History entries of the optimisation steps."""
+        return [h for h in self.history if h["kind"] == "step"]
+
+    @property
+    def evals(self) -> list[dict[str, Any]]:
+        """History entries of the evaluations."""
+        return [h for h in self.history if h["kind"] == "eval"]
+
+    def summary(self) -> str:
+        """One line: mode, accuracy, memory, time, status."""
+        c = self.config
+        acc = "-" if self.final_val_acc is None else f"{100 * self.final_val_acc:.1f}%"
+        mem = ""
+        if self.memory:
+            mem = f", memory {_mb(self.memory.get('total_modelled_bytes'))} MB modelled"
+            if self.memory.get("total_measured_bytes") is not None:
+                mem += f" / {_mb(self.memory['total_measured_bytes'])} MB measured"
+        text = (f"{c.backbone} {c.mode} on {c.dataset}: val acc {acc} after {self.steps_done} steps"
+                f"{mem}, {self.total_time_s:.1f} s ({self.images_per_s:.1f} img/s) [{self.status}]")
+        return text + (f": {self.message}" if self.message and self.status != "finished" else "")
+
+    def to_record(self) -> dict[str, Any]:
+        """The row written to the results store."""
+        c = self.config
+        record = {
+            "status": self.status, "message": self.message, "backbone": c.backbone, "mode": c.mode,
+            "dataset": c.dataset, "batch_size": c.batch_size, "optimizer": c.optimizer, "lr": c.lr,
+            "label_smoothing": c.label_smoothing, "seed": c.seed, "pretrained": c.pretrained,
+            "config": c.to_dict(), "history": self.history, "versions": versions(),
+            "memory": self.memory if self.memory is not None else (
+                {"error": self.memory_error} if self.memory_error else None),
+        }
+        for name in ("num_classes", "n_train", "n_val", "skipped_files", "resolution", "steps_planned",
+                     "steps_done", "epochs_done", "device", "pretrained_loaded", "n_trainable", "n_total",
+                     "final_val_acc", "final_val_loss", "best_val_acc", "final_train_acc", "setup_time_s",
+                     "train_time_s", "eval_time_s", "total_time_s", "images_per_s", "started_at", "ended_at"):
+            record[name] = getattr(self, name)
+        return record
+
+
+def _mb(nbytes: float | None) -> str:
+    return "-" if nbytes is None else f"{nbytes / 1e6:.1f}"
+
+
+def versions() -> dict[str, str]:
+    """Library versions recorded with each run."""
+    import numpy
+    import timm
+    import torchvision
+
+    from tinytl_core import __version__
+
+    return {"tinytl_core": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "timm": timm.__version__, "numpy": numpy.__version__}
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; other values are checked (``ValueError`` if unusable)."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"unknown device {device!r}: {exc}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but CUDA is not available; use --device cpu or auto")
+    if dev.type == "meta":
+        raise ValueError("cannot train on the meta device")
+    return dev
+
+
+class _Cancelled(Exception):
+    pass
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _memory_figures(model: nn.Module, config: AdaptConfig, resolution: int) -> dict[str, float | None]:
+    """Modelled (and measured) memory of this configuration, leaving the model and RNG as they were."""
+    from tinytl_core.memory.analysis import training_memory_figures
+
+    state = copy.deepcopy(model.state_dict())
+    rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    optimizer = config.optimizer if config.optimizer == "adam" or config.momentum else "none"
+    try:
+        return training_memory_figures(model, input_size=(3, resolution, resolution),
+                                       batch_size=config.batch_size, optimizer=optimizer,
+                                       measure=config.measure_memory)
+    finally:
+        model.load_state_dict(state)
+        for p in model.parameters():
+            p.grad = None
+        torch.set_rng_state(rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
+
+
+def _evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, device: torch.device,
+              cancel: threading.Event | None) -> tuple[float, float]:
+    """Accuracy and mean cross-entropy over a loader (raises _Cancelled when asked to stop)."""
+    model.eval()
+    correct, total, loss_sum = 0, 0, 0.0
+    with torch.no_grad():
+        for x, y in loader:
+            if cancel is not None and cancel.is_set():
+                raise _Cancelled
+            x, y = x.to(device), y.to(device)
+            logits = model(x)
+            loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
+            correct += int((logits.argmax(1) == y).sum())
+            total += len(y)
+    return correct / max(1, total), loss_sum / max(1, total)
+
+
+def _make_optimizer(params: list[nn.Parameter], config: AdaptConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+
+
+def adapt(config: AdaptConfig, *, data: DatasetSplits | None = None, progress: ProgressCallback | None = None,
+          cancel: threading.Event | None = None, store: ResultsStore | None = None) -> AdaptResult:
+    """Run one short adaptation and return its :class:`AdaptResult` (also stored when ``store`` is given).
+
+    Args:
+        config: what to train and how.
+        data: an already loaded dataset (e.g. to share one between runs); default: load
+            ``config.dataset``. Its transforms are replaced by the backbone's.
+        progress: called with :class:`PhaseEvent`, :class:`StepEvent` and :class:`EvalEvent`.
+        cancel: set it (from any thread) to stop at the next step.
+        store: results store to record the run in.
+
+    Setup errors (unknown backbone/dataset, mode not applicable, dataset unavailable) raise before
+    anything is recorded. A non-finite loss returns ``status="failed"``; any other error during the run
+    is recorded as failed and re-raised.
+    """
+    config.validate()
+    emit = progress or (lambda event: None)
+    t0 = time.perf_counter()
+    result = AdaptResult(config=config, started_at=_now())
+    device = resolve_device(config.device)
+    result.device = str(device)
+
+    def phase(name: str, message: str) -> None:
+        emit(PhaseEvent(name, message, time.perf_counter() - t0))
+
+    # ----------------------------------------------------------------------------------- setup
+    phase("data", f"loading {config.dataset}")
+    if data is None:
+        data = load_dataset(config.dataset, val_fraction=config.val_fraction, seed=config.split_seed,
+                            shots=config.shots, val_cap=config.val_cap)
+    torch.manual_seed(config.seed)
+    phase("model", f"building {config.backbone} in mode {config.mode}")
+    prepared = prepare_model(config.backbone, config.mode, num_classes=data.num_classes,
+                             pretrained=config.pretrained, resolution=config.resolution,
+                             group_norm=config.group_norm, device=device)
+    model = prepared.model
+    result.resolution = attach_transforms(data, prepared.data, resolution=config.resolution,
+                                          augment=config.augment)
+    result.num_classes, result.n_train, result.n_val = data.num_classes, len(data.train), len(data.val)
+    result.skipped_files = data.skipped
+    result.n_trainable, result.n_total = prepared.result.n_trainable, prepared.result.n_total
+    result.pretrained_loaded = bool(prepared.status.pretrained_loaded)
+    result.backbone_message = prepared.status.message
+    if len(data.train) == 0 or len(data.val) == 0:
+        raise ValueError(f"{data.summary()}: need at least one training and one validation image")
+
+    drop_last = len(data.train) >= config.batch_size
+    per_epoch = len(data.train) // config.batch_size if drop_last else 1
+    total = config.steps if config.steps is not None else max(1, math.ceil(config.epochs * per_epoch))
+    result.steps_planned = total
+    gen = torch.Generator().manual_seed(config.seed)
+    train_loader = torch.utils.data.DataLoader(data.train, batch_size=config.batch_size, shuffle=True,
+                                               drop_last=drop_last, generator=gen)
+    val_batch = max(config.batch_size, config.eval_batch_size)
+    val_loader = torch.utils.data.DataLoader(data.val, batch_size=val_batch)
+
+    try:
+        if config.record_memory:
+            phase("memory", "modelling" + (" and measuring" if config.measure_memory else "") + " memory")
+            try:
+                result.memory = _memory_figures(model, config, result.resolution)
+            except Exception as exc:  # the figures are a bonus: a model the tracer cannot handle still trains
+                result.memory_error = f"{type(exc).__name__}: {exc}"
+                phase("memory", f"memory figures unavailable: {result.memory_error}")
+        result.setup_time_s = time.perf_counter() - t0
+        _train(model, config, data, train_loader, val_loader, device, total, per_epoch, emit, cancel, result,
+               t0)
+    except NonFiniteLossError as exc:
+        result.status, result.message = "failed", str(exc)
+    except (_Cancelled, KeyboardInterrupt):
+        result.status = "cancelled"
+        result.message = f"cancelled after {result.steps_done} of {total} steps"
+    except Exception as exc:
+        result.status, result.message = "failed", f"{type(exc).__name__}: {exc}"
+        _finish(result, t0, store)
+        raise
+    _finish(result, t0, store)
+    return result
+
+
+def _finish(result: AdaptResult, t0: float, store: ResultsStore | None) -> None:
+    result.total_time_s = time.perf_counter() - t0
+    result.ended_at = _now()
+    if result.train_time_s > 0:
+        result.images_per_s = result.steps_done * result.config.batch_size / result.train_time_s
+    if store is not None:
+        result.run_id = store.save_run(result.to_record())
+
+
+def _train(model: nn.Module, config: AdaptConfig, data: DatasetSplits, train_loader: Any, val_loader: Any,
+           device: torch.device, total: int, per_epoch: int, emit: ProgressCallback,
+           cancel: threading.Event | None, result: AdaptResult, t0: float) -> None:
+    """The optimisation loop; fills ``result`` as it goes so a cancel or failure keeps what was done."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = _make_optimizer(params, config)
+    if config.schedule == "cosine":
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    else:
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    window: deque[tuple[int, int]] = deque(maxlen=TRAIN_ACC_WINDOW)
+    emit(PhaseEvent("train", f"training {result.n_trainable:,} of {result.n_total:,} parameters for {total} "
+                             f"steps on {result.device}", time.perf_counter() - t0))
+
+    def evaluate(final: bool) -> None:
+        start = time.perf_counter()
+        emit(PhaseEvent("eval", f"evaluating on {len(data.val)} images", start - t0))
+        try:
+            acc, loss = _evaluate(model, val_loader, device, cancel)
+        finally:
+            result.eval_time_s += time.perf_counter() - start
+        result.final_val_acc, result.final_val_loss = acc, loss
+        result.best_val_acc = max(acc, result.best_val_acc or 0.0)
+        event = EvalEvent(result.steps_done, total, acc, loss, time.perf_counter() - t0, final)
+        result.history.append({"kind": "eval", **asdict(event)})
+        emit(event)
+
+    iterator = iter(train_loader)
+    for step in range(1, total + 1):
+        if cancel is not None and cancel.is_set():
+            raise _Cancelled
+        start = time.perf_counter()
+        try:
+            x, y = next(iterator)
+        except StopIteration:  # next epoch (the loader reshuffles)
+            iterator = iter(train_loader)
+            x, y = next(iterator)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        model.train()
+        try:
+            logits = model(x)
+        except ValueError as exc:
+            if "more than 1 value per channel" not in str(exc):
+                raise
+            raise ValueError(
+                f"batch size {len(x)} is too small for BatchNorm layers that use batch statistics at "
+                f"{result.resolution} px (a feature map shrinks to 1x1); use a larger batch or resolution, "
+                "group_norm (--group-norm), or a mode with a frozen backbone") from None
+        loss = criterion(logits, y)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"the loss became {loss.item()} at step {step}; training stopped. Try a lower learning rate "
+                f"(now {config.lr:g}){' or Adam' if config.optimizer == 'sgd' else ''}.")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+        window.append((int((logits.detach().argmax(1) == y).sum()), len(y)))
+        result.train_time_s += time.perf_counter() - start
+        result.steps_done = step
+        result.epochs_done = step / per_epoch
+        result.final_train_acc = sum(c for c, _ in window) / sum(n for _, n in window)
+        event = StepEvent(step, total, result.epochs_done, loss.item(), result.final_train_acc, lr,
+                          step * config.batch_size / result.train_time_s, time.perf_counter() - t0)
+        result.history.append({"kind": "step", **asdict(event)})
+        emit(event)
+        if config.eval_every and step % config.eval_every == 0 and step < total:
+            evaluate(final=False)
+    evaluate(final=True)
+    result.status, result.message = "finished", ""

@@ -1,0 +1,46 @@
+"""``python -m tinytl_core runs``: list, show, export and delete stored adaptation runs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from tinytl_core.results import ResultsStore, summary_frame
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``runs`` command."""
+    p = sub.add_parser("runs", help="list stored adaptation runs; export them as CSV; delete one")
+    p.add_argument("--db", default=None, help="results database (default: $TINYTL_RESULTS_DB or data folder)")
+    p.add_argument("--limit", type=int, default=None, help="show only the newest N runs")
+    p.add_argument("--status", choices=("finished", "cancelled", "failed"), default=None)
+    p.add_argument("--dataset", default=None, help="only runs on this dataset")
+    p.add_argument("--csv", metavar="FILE", default=None, help="export the runs shown to a CSV file")
+    p.add_argument("--history", action="store_true", help="include the per-step history in the CSV")
+    p.add_argument("--show", type=int, metavar="ID", default=None, help="print one run in full (JSON)")
+    p.add_argument("--delete", type=int, metavar="ID", nargs="+", default=None, help="delete run(s)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """List, show, export or delete runs."""
+    store = ResultsStore(args.db)
+    if args.delete:
+        for run_id in args.delete:
+            store.delete_run(run_id)
+            print(f"deleted run {run_id}")
+        return 0
+    if args.show is not None:
+        print(json.dumps(store.get_run(args.show), indent=2))
+        return 0
+    runs = store.list_runs(limit=args.limit, status=args.status, dataset=args.dataset)
+    if args.csv:
+        n = store.export_csv(args.csv, [r["id"] for r in runs], include_history=args.history)
+        print(f"wrote {n} run(s) to {args.csv}")
+        return 0
+    if not runs:
+        print(f"no runs stored in {store.path} yet; try `python -m tinytl_core adapt`")
+        return 0
+    print(summary_frame(runs).to_string(index=False))
+    print(f"{len(runs)} run(s) in {store.path}")
+    return 0
