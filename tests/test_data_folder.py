@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tinytl_core.data import UnsafeArchiveError, extract_archive, load_dataset
+from tinytl_core.data import UnsafeArchiveError, extract_archive, extract_archive_cached, load_dataset
 from tinytl_core.data.folder import scan_image_folder
 
 
@@ -89,6 +89,8 @@ def test_zip_with_wrapper_folder_loads(tinytl_home, tmp_path):
     again = load_dataset(archive)  # same archive: the extraction is reused, not repeated
     assert again.train.source.paths == splits.train.source.paths
     assert len(list((tinytl_home / "uploads").iterdir())) == 1
+    # An upload's bytes (what a file uploader gives) land in the same place.
+    assert extract_archive_cached(archive.read_bytes()) == splits.train.source.paths[0].parents[2]
 
 
 @pytest.mark.parametrize(

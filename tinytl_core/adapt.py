@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from tinytl_core.data import DatasetSplits, attach_transforms, load_dataset
+from tinytl_core.memory import training_memory_figures
 from tinytl_core.modes import get_mode, prepare_model
 from tinytl_core.results import ResultsStore
 
@@ -277,8 +278,6 @@ def _now() -> str:
 
 def _memory_figures(model: nn.Module, config: AdaptConfig, resolution: int) -> dict[str, float | None]:
     """Modelled (and measured) memory of this configuration, leaving the model and RNG as they were."""
-    from tinytl_core.memory.analysis import training_memory_figures
-
     state = copy.deepcopy(model.state_dict())
     rng = torch.get_rng_state()
     cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None

@@ -11,12 +11,19 @@
 
 from tinytl_core.data.archive import UnsafeArchiveError, extract_archive
 from tinytl_core.data.dataset import DatasetSplits, ImageSplit
-from tinytl_core.data.registry import DatasetInfo, dataset_info, list_datasets, load_dataset
+from tinytl_core.data.registry import (
+    DatasetInfo,
+    dataset_info,
+    extract_archive_cached,
+    list_datasets,
+    load_dataset,
+)
 from tinytl_core.data.torchvision_sets import DatasetUnavailable
 from tinytl_core.data.transforms import attach_transforms, build_transform
 
 __all__ = [
     "DatasetInfo", "DatasetSplits", "DatasetUnavailable", "ImageSplit", "UnsafeArchiveError",
-    "attach_transforms", "build_transform", "dataset_info", "extract_archive", "list_datasets",
+    "attach_transforms", "build_transform", "dataset_info", "extract_archive", "extract_archive_cached",
+    "list_datasets",
     "load_dataset",
 ]

@@ -7,6 +7,7 @@ A dataset is named by a built-in name (``shapes``, ``textures``, ``digits``), a 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import shutil
 from dataclasses import dataclass
@@ -55,16 +56,23 @@ def dataset_info(name: str) -> DatasetInfo:
                      "or give a folder / .zip of class sub-folders")
 
 
-def extract_archive_cached(path: str | Path) -> Path:
-    """Extract a .zip file once: reuse ``uploads/<sha256>`` when the same archive was extracted before."""
+def extract_archive_cached(archive: str | Path | bytes) -> Path:
+    """Extract an untrusted .zip (a path, or the bytes of an upload) once, with every safety rule of
+    :func:`~tinytl_core.data.archive.extract_archive`; the same archive again reuses ``uploads/zip-<sha256>``.
+    """
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
+    if isinstance(archive, bytes):
+        digest.update(archive)
+    else:
+        if not Path(archive).is_file():
+            raise FileNotFoundError(f"archive not found: {archive}")
+        with open(archive, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
     final = cache_dir("uploads") / f"zip-{digest.hexdigest()[:24]}"
     if final.is_dir():
         return final
-    fresh = extract_archive(path)
+    fresh = extract_archive(io.BytesIO(archive) if isinstance(archive, bytes) else archive)
     try:
         os.rename(fresh, final)  # atomic; fails if a concurrent extraction won the race
     except OSError:
