@@ -6,7 +6,7 @@ from torch import nn
 
 from tinytl_core.memory import accounting as acc
 from tinytl_core.memory.report import MemoryReport
-from tinytl_core.memory.trace import check_input, trace_model
+from tinytl_core.memory.trace import Trace, check_input, trace_model
 
 
 def analyze(
@@ -41,7 +41,22 @@ def analyze(
     acc.check_accounting(accounting)
     if not isinstance(frozen_weight_bits, int) or not 1 <= frozen_weight_bits <= 64:
         raise ValueError(f"frozen_weight_bits must be an integer in 1..64, got {frozen_weight_bits!r}")
-    trace = trace_model(model, input_size, batch_size)
+    return report_from_trace(
+        trace_model(model, input_size, batch_size), input_size=input_size, batch_size=batch_size,
+        optimizer=optimizer, accounting=accounting, frozen_weight_bits=frozen_weight_bits,
+    )
+
+
+def report_from_trace(
+    trace: Trace,
+    *,
+    input_size: tuple[int, int, int],
+    batch_size: int,
+    optimizer: str,
+    accounting: str,
+    frozen_weight_bits: int,
+) -> MemoryReport:
+    """Account a :func:`~tinytl_core.memory.trace.trace_model` trace (see :func:`analyze`)."""
     if accounting == "paper":
         layers, totals = acc.paper(trace)
     else:

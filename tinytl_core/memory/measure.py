@@ -24,7 +24,14 @@ from torch import nn
 
 from tinytl_core.memory import accounting as acc
 from tinytl_core.memory.report import MemoryReport, megabytes
-from tinytl_core.memory.trace import check_input, model_device, model_dtype, preserved_state, run_traced
+from tinytl_core.memory.trace import (
+    check_input,
+    model_device,
+    model_dtype,
+    preserved_state,
+    run_traced,
+    trace_model,
+)
 
 
 class MemoryLimitError(ValueError):
@@ -109,8 +116,6 @@ def measure(
         MemoryLimitError: the modelled step does not fit in the available memory (checked first).
         ValueError: a ``meta`` model, or nothing to train.
     """
-    from tinytl_core.memory.analysis import analyze
-
     input_size, batch_size = check_input(input_size, batch_size)
     acc.optimizer_states(optimizer)
     here = model_device(model)
@@ -122,7 +127,7 @@ def measure(
     if not trainable:
         raise ValueError("nothing to measure: no parameter of the model requires grad (apply a mode first)")
 
-    required = _check_fits(model, modelled, analyze, input_size, batch_size, optimizer, here, target)
+    required = _check_fits(model, modelled, input_size, batch_size, optimizer, here, target)
     if target != here:
         model.to(target)
     dtype = model_dtype(model)
@@ -168,12 +173,16 @@ def measure(
     )
 
 
-def _check_fits(model, modelled, analyze, input_size, batch_size, optimizer, here, target) -> int | None:
+def _check_fits(model, modelled, input_size, batch_size, optimizer, here, target) -> int | None:
     """Refuse (before allocating) a step whose modelled memory exceeds what ``target`` has free."""
+    from tinytl_core.memory.analysis import report_from_trace
+
     if modelled is None:
-        try:
-            modelled = analyze(model, input_size=input_size, batch_size=batch_size, optimizer=optimizer)
-        except Exception as exc:  # a model the meta trace cannot run: measure without the check
+        try:  # meta only: a fallback trace on the real device would allocate before the check
+            trace = trace_model(model, input_size, batch_size, allow_real=False)
+            modelled = report_from_trace(trace, input_size=input_size, batch_size=batch_size,
+                                         optimizer=optimizer, accounting="complete", frozen_weight_bits=32)
+        except ValueError as exc:  # a model the meta trace cannot run: measure without the check
             warnings.warn(f"memory check skipped: the model could not be analysed ({exc})", stacklevel=3)
             return None
     t = modelled.totals

@@ -89,3 +89,10 @@ def format_modes(table: pd.DataFrame) -> str:
     for r in rows:
         out.append(line(r) if len(r) == len(header) else f"{r[0].ljust(widths[0])}  {r[1]}")
     return "\n".join(out) + "\n(MB = 10^6 bytes)"
+
+
+def merge_measured(layers: pd.DataFrame, measured: pd.DataFrame) -> pd.DataFrame:
+    """``layers`` (an analysis table) with the ``activation_measured_bytes`` column of a measurement's
+    ``per_layer`` table beside it, matched by layer name, call number and row kind."""
+    keys = ["layer", "call", "kind"]
+    return layers.merge(measured[[*keys, "activation_measured_bytes"]], on=keys, how="left")

@@ -458,36 +458,44 @@ def trace_model(
     """Trace one training forward of ``model`` (train mode) on the ``meta`` device: shapes, no allocation.
 
     A model on a real device is traced through ``torch.func.functional_call`` with ``meta`` stand-ins for
-    its parameters and buffers, so it is not copied. If an architecture cannot run on ``meta`` (a tensor
-    kept outside its parameters and buffers), it is traced on its own device at the requested size when
-    ``allow_real`` (allocating its activations), else the error is raised. The model's training flags and
-    buffers are restored afterwards.
+    its parameters and buffers, so it is not copied; ``meta`` is the default device meanwhile, so tensors
+    the forward creates without naming a device land there too. If an architecture cannot run on ``meta``
+    (a tensor kept outside its parameters and buffers), it is traced on its own device at the requested
+    size when ``allow_real`` (allocating its activations), else the error is raised. The model's training
+    flags and buffers are restored afterwards.
     """
     input_size, batch_size = check_input(input_size, batch_size)
     shape = (batch_size, *input_size)
     dtype = model_dtype(model)
     device = model_device(model)
-    with preserved_state(model):
-        model.train()
-        if device.type == "meta":
-            return run_traced(model, torch.empty(shape, device="meta", dtype=dtype))
-        params = {n: _meta_like(p) for n, p in model.named_parameters()}
-        buffers = {n: _meta_like(b) for n, b in model.named_buffers() if b is not None}
+    try:
+        # meta as the default device too: tensors a forward creates without a device land there
+        with preserved_state(model), torch.device("meta"):
+            model.train()
+            if device.type == "meta":
+                return run_traced(model, torch.empty(shape, device="meta", dtype=dtype))
+            params = {n: _meta_like(p) for n, p in model.named_parameters()}
+            buffers = {n: _meta_like(b) for n, b in model.named_buffers() if b is not None}
 
-        def forward(x: torch.Tensor) -> Any:
-            return torch.func.functional_call(model, (params, buffers), (x,), tie_weights=True, strict=False)
+            def forward(x: torch.Tensor) -> Any:
+                return torch.func.functional_call(model, (params, buffers), (x,), strict=False)
 
-        try:
-            return run_traced(
-                model,
-                torch.empty(shape, device="meta", dtype=dtype),
-                forward=forward,
-                weights=[*params.values(), *buffers.values()],
-            )
-        except Exception:
-            if not allow_real:
-                raise
-        return run_traced(model, torch.randn(shape, device=device, dtype=dtype))
+            try:
+                return run_traced(
+                    model,
+                    torch.empty(shape, device="meta", dtype=dtype),
+                    forward=forward,
+                    weights=[*params.values(), *buffers.values()],
+                )
+            except Exception:
+                if not allow_real:
+                    raise
+            with torch.device(device):
+                return run_traced(model, torch.randn(shape, device=device, dtype=dtype))
+    except Exception as exc:
+        raise ValueError(
+            f"{type(model).__name__} cannot run a training step on input {tuple(shape)}: {exc}"
+        ) from exc
 
 
 def _meta_like(t: torch.Tensor) -> torch.Tensor:

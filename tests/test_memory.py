@@ -1,0 +1,232 @@
+"""Memory model (issue 3): TinyTL's rules, the accountings, meta analysis and the per-mode table."""
+
+import math
+
+import pytest
+import timm
+import torch
+from torch import nn
+
+from tinytl_core.memory import MB, analyze, compare_modes, format_modes
+from tinytl_core.memory.accounting import LAYER_COLUMNS
+from tinytl_core.modes import prepare_model
+from tinytl_core.norms import freeze_statistics
+
+RES, BATCH = 64, 2
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: on a small shared CPU, two threads make these tiny steps many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class Tiny(nn.Module):
+    """conv -> BN -> ReLU -> conv -> SiLU -> max pool -> pool -> linear, with hand-checkable sizes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.relu = nn.ReLU()
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.silu = nn.SiLU()
+        self.maxpool = nn.MaxPool2d(2)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        x = self.maxpool(self.silu(self.conv2(self.relu(self.bn(self.conv1(x))))))
+        return self.fc(self.pool(x).flatten(1))
+
+
+def _rows(report):
+    return report.layers.set_index("layer")
+
+
+def _numel(*shape):
+    return math.prod(shape)
+
+
+def test_rules_full_training_by_hand():
+    model = Tiny()
+    r = _rows(analyze(model, input_size=(3, 16, 16), batch_size=2))
+    fmap = _numel(2, 8, 16, 16)
+    assert r.loc["conv1", "activation_necessary_bytes"] == 4 * _numel(2, 3, 16, 16)
+    assert r.loc["bn", "activation_necessary_bytes"] == 4 * fmap  # batch statistics: its input
+    # The ReLU output is stored in full by conv2 (trainable weight): the 1-bit mask comes free.
+    assert r.loc["relu", "activation_necessary_bytes"] == 0
+    assert r.loc["conv2", "activation_necessary_bytes"] == 4 * fmap
+    assert r.loc["silu", "activation_necessary_bytes"] == 4 * fmap
+    assert "32-bit input" in r.loc["silu", "necessary_reason"]
+    assert r.loc["maxpool", "activation_necessary_bytes"] == math.ceil(_numel(2, 8, 8, 8) * 2 / 8)  # 2 bits
+    assert r.loc["pool", "activation_necessary_bytes"] == 0
+    assert r.loc["fc", "activation_necessary_bytes"] == 4 * 2 * 8
+
+
+def test_rules_frozen_weights_bias_only():
+    model = Tiny()
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.endswith("bias"))
+    freeze_statistics(model.bn)
+    report = analyze(model, input_size=(3, 16, 16), batch_size=2)
+    r = _rows(report)
+    fmap = _numel(2, 8, 16, 16)
+    assert r.loc["conv1", "activation_necessary_bytes"] == 0
+    assert "bias gradient needs no input" in r.loc["conv1", "necessary_reason"]
+    assert r.loc["bn", "activation_necessary_bytes"] == 0  # frozen statistics and scale: affine map
+    assert r.loc["relu", "activation_necessary_bytes"] == fmap // 8  # 1-bit mask, nobody stores it now
+    assert r.loc["conv2", "activation_necessary_bytes"] == 0
+    assert r.loc["silu", "activation_necessary_bytes"] == 4 * fmap
+    # Stock PyTorch still keeps the conv inputs and the BN input although no weight trains.
+    assert r.loc["conv1", "activation_stock_bytes"] == 4 * _numel(2, 3, 16, 16)
+    assert r.loc["bn", "activation_stock_bytes"] >= 4 * fmap
+    assert report.totals["activations_stock_bytes"] > 4 * report.totals["activations_necessary_bytes"]
+
+
+def test_rules_batch_statistics_need_input_with_frozen_affine():
+    model = Tiny()
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith("conv1"))  # gradient must flow back through bn to conv1
+    r = _rows(analyze(model, input_size=(3, 16, 16), batch_size=2))
+    assert r.loc["bn", "activation_necessary_bytes"] == 4 * _numel(2, 8, 16, 16)
+    assert "even if frozen" in r.loc["bn", "necessary_reason"]
+
+
+def test_nothing_stored_before_first_trainable_layer():
+    model = Tiny()
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith("conv2"))
+    r = _rows(analyze(model, input_size=(3, 16, 16), batch_size=2))
+    for name in ("conv1", "bn", "relu"):
+        assert r.loc[name, "activation_necessary_bytes"] == 0
+        assert "no gradient flows" in r.loc[name, "necessary_reason"]
+    assert r.loc["conv2", "activation_necessary_bytes"] == 4 * _numel(2, 8, 16, 16)
+
+
+def test_last_stores_only_classifier_input():
+    prepared = prepare_model("mobilenetv2_100", "last", resolution=RES, device="meta")
+    report = analyze(prepared.model, input_size=(3, RES, RES), batch_size=BATCH)
+    stored = report.layers[report.layers["activation_necessary_bytes"] > 0]
+    assert set(stored["kind"]) <= {"layer", "loss"}
+    layer_rows = stored[stored["kind"] == "layer"]
+    assert list(layer_rows["layer"]) == ["classifier"]
+    features = prepared.model.get_classifier().in_features
+    assert layer_rows["activation_necessary_bytes"].iloc[0] == 4 * BATCH * features
+
+
+def test_layers_table_columns_and_order():
+    prepared = prepare_model("resnet18", "bias", resolution=RES, device="meta")
+    report = analyze(prepared.model, input_size=(3, RES, RES), batch_size=BATCH)
+    assert list(report.layers.columns) == list(LAYER_COLUMNS)
+    names = list(report.layers["layer"])
+    assert names[0] == "conv1" and names.index("layer1.0.conv1") < names.index("layer4.1.conv2")
+    assert names[-2:] == ["fc", "(loss)"]
+    assert report.totals["weights_bytes"] >= 4 * sum(p.numel() for p in prepared.model.parameters())
+    assert "total" in report.summary()
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenetv2_100"])
+def test_activations_scale_with_batch_parameters_do_not(name):
+    prepared = prepare_model(name, "lite_residual+bias", resolution=RES, device="meta")
+    t = {b: analyze(prepared.model, input_size=(3, RES, RES), batch_size=b).totals for b in (2, 3, 4)}
+    for key in ("weights_bytes", "grads_optimizer_bytes"):
+        assert t[2][key] == t[3][key] == t[4][key]
+    for key in ("activations_necessary_bytes", "activations_stock_bytes", "transient_bytes"):
+        step1, step2 = t[3][key] - t[2][key], t[4][key] - t[3][key]
+        assert step1 > 0
+        assert step2 == pytest.approx(step1, rel=1e-3)
+        assert t[2][key] == pytest.approx(2 * step1, rel=0.02)  # the batch-independent part is tiny
+
+
+def test_meta_analysis_equals_real_tensors():
+    real = prepare_model("resnet18", "lite_residual+bias", resolution=RES, device="cpu").model
+    meta = prepare_model("resnet18", "lite_residual+bias", resolution=RES, device="meta").model
+    before = {k: v.clone() for k, v in real.state_dict().items()}
+    a = analyze(real, input_size=(3, RES, RES), batch_size=BATCH)
+    b = analyze(meta, input_size=(3, RES, RES), batch_size=BATCH)
+    assert a.totals == b.totals
+    assert a.layers.equals(b.layers)
+    after = real.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # running statistics untouched
+    assert real.training == meta.training
+
+
+def test_meta_trace_is_fast_and_allocates_nothing_for_a_large_vit():
+    with torch.device("meta"):
+        model = timm.create_model("vit_large_patch16_224", num_classes=10)
+    report = analyze(model, input_size=(3, 224, 224), batch_size=64)
+    assert report.totals["n_params"] > 300e6
+    assert report.totals["activations_stock_bytes"] > 10e9  # would not fit here if it were allocated
+
+
+def test_paper_accounting_calibration_resnet50():
+    """The paper reports 802 MB for fully fine-tuning ResNet-50 at batch 8, 224x224."""
+    prepared = prepare_model("resnet50", "full", device="meta")
+    t = analyze(prepared.model, input_size=(3, 224, 224), batch_size=8, accounting="paper").totals
+    assert t["grads_optimizer_bytes"] == 0
+    assert t["weights_bytes"] == 4 * t["n_params"]  # everything trains: 32 bits
+    assert t["total_bytes"] / MB == pytest.approx(802, rel=0.02)
+
+
+def test_paper_accounting_frozen_weights_at_8_bits():
+    prepared = prepare_model("mobilenetv2_100", "bias", resolution=RES, device="meta")
+    t = analyze(prepared.model, input_size=(3, RES, RES), batch_size=BATCH, accounting="paper").totals
+    frozen = t["n_params"] - t["n_trainable"]
+    assert t["weights_bytes"] == frozen + 4 * t["n_trainable"]
+    size = (3, RES, RES)
+    complete = analyze(prepared.model, input_size=size, batch_size=BATCH, frozen_weight_bits=8).totals
+    assert complete["weights_bytes"] - 4 * t["n_trainable"] - frozen == sum(
+        b.numel() * b.element_size() for b in prepared.model.buffers()
+    )
+
+
+def test_optimizer_state_sizes():
+    model = Tiny()
+    trainable = 4 * sum(p.numel() for p in model.parameters())
+    sizes = {
+        o: analyze(model, input_size=(3, 8, 8), batch_size=1, optimizer=o).totals["grads_optimizer_bytes"]
+        for o in ("none", "sgd", "adam")
+    }
+    assert sizes == {"none": trainable, "sgd": 2 * trainable, "adam": 3 * trainable}
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"input_size": (3, 16), "batch_size": 1}, "input_size"),
+        ({"input_size": (3, 16, 16), "batch_size": 0}, "batch_size"),
+        ({"input_size": (3, 16, 16), "batch_size": 1, "optimizer": "lion"}, "optimizer"),
+        ({"input_size": (3, 16, 16), "batch_size": 1, "accounting": "vibes"}, "accounting"),
+        ({"input_size": (3, 16, 16), "batch_size": 1, "frozen_weight_bits": 0}, "frozen_weight_bits"),
+    ],
+)
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        analyze(Tiny(), **kwargs)
+
+
+def test_compare_modes_table():
+    table = compare_modes("mobilenetv2_100", resolution=128, batch_size=8)  # meta: costs nothing
+    assert list(table["mode"]) == ["full", "last", "bn+last", "bias", "lite_residual", "lite_residual+bias"]
+    assert table["applicable"].all()
+    rows = table.set_index("mode")
+    assert rows.loc["full", "ratio_to_full"] == 1.0
+    # TinyTL's point: activations, not parameters, dominate full fine-tuning; TinyTL cuts them.
+    assert rows.loc["full", "activations_necessary_bytes"] > rows.loc["full", "weights_bytes"]
+    assert rows.loc["lite_residual+bias", "activations_necessary_bytes"] < (
+        0.1 * rows.loc["full", "activations_necessary_bytes"]
+    )
+    assert rows.loc["bias", "activations_stock_bytes"] > 0.9 * rows.loc["full", "activations_stock_bytes"]
+    text = format_modes(table)
+    assert "lite_residual+bias" in text and "MB" in text
+
+
+def test_compare_modes_not_applicable_row():
+    table = compare_modes("vit_tiny_patch16_224", resolution=32, batch_size=1, modes="full,lite_residual")
+    row = table.set_index("mode").loc["lite_residual"]
+    assert not row["applicable"] and "lite residual" in row["reason"]
+    assert "not applicable" in format_modes(table)

@@ -1,0 +1,72 @@
+"""``python -m tinytl_core memory``: where training memory goes, per fine-tuning mode (modelled, measured)."""
+
+from __future__ import annotations
+
+import argparse
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from tinytl_core.memory import ACCOUNTINGS, OPTIMIZER_STATES, format_modes, measure, mode_reports
+from tinytl_core.memory.compare import table_from_reports
+from tinytl_core.memory.report import MemoryReport, merge_measured
+from tinytl_core.modes import MODES, prepare_model
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``memory`` command."""
+    p = sub.add_parser("memory", help="training memory per mode: weights, gradients+optimizer, activations")
+    p.add_argument("--model", default="mobilenetv2_100", help="timm architecture")
+    p.add_argument("--resolution", type=int, default=224, help="input size in pixels (0: model default)")
+    p.add_argument("--batch-size", type=int, default=8, help="samples per training step")
+    p.add_argument("--mode", default="all", help=f"'all' or a comma-separated list of: {', '.join(MODES)}")
+    p.add_argument("--optimizer", default="adam", choices=list(OPTIMIZER_STATES),
+                   help="none = plain SGD, sgd = with momentum, adam/adamw = two moments")
+    p.add_argument("--accounting", default="complete", choices=list(ACCOUNTINGS),
+                   help="complete (weights, grads+optimizer, activations, transient) or the paper's")
+    p.add_argument("--group-norm", action="store_true", help="replace BatchNorm by GroupNorm (as the paper)")
+    p.add_argument("--measure", action="store_true",
+                   help="also run one real training step per mode on the CPU (or --device) and record what "
+                        "autograd saves")
+    p.add_argument("--device", default=None, help="device for --measure (default: cuda if any, else cpu)")
+    p.add_argument("--csv", default=None, metavar="FILE", help="write every mode's per-layer table to FILE")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the per-mode totals table; optionally measure and write the per-layer CSV."""
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    resolution = args.resolution or None
+    reports = mode_reports(
+        args.model, resolution=resolution, batch_size=args.batch_size, optimizer=args.optimizer,
+        accounting=args.accounting, modes=args.mode, group_norm=args.group_norm,
+    )
+    table = table_from_reports(reports)
+    layers = {name: r.layers for name, r in reports.items() if isinstance(r, MemoryReport)}
+    if args.measure:
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        measured = {}
+        for name in tqdm(list(layers), desc="measuring", unit="mode"):
+            report = reports[name]
+            prepared = prepare_model(args.model, name, resolution=resolution, group_norm=args.group_norm,
+                                     device=device)
+            m = measure(prepared.model, input_size=report.totals["input_size"], batch_size=args.batch_size,
+                        optimizer=args.optimizer, per_layer=args.csv is not None)
+            measured[name] = m.saved_bytes
+            if m.per_layer is not None:
+                layers[name] = merge_measured(layers[name], m.per_layer)
+            del prepared
+        table["activations_measured_bytes"] = table["mode"].map(measured)
+    first = next((r for r in reports.values() if isinstance(r, MemoryReport)), None)
+    if first is not None:
+        c, h, w = first.totals["input_size"]
+        print(f"{args.model}, {c}x{h}x{w}, batch {args.batch_size}, optimizer {args.optimizer}, "
+              f"{args.accounting} accounting")
+    print(format_modes(table))
+    if args.csv:
+        frames = [df.assign(mode=name)[["mode", *df.columns]] for name, df in layers.items()]
+        pd.concat(frames, ignore_index=True).to_csv(args.csv, index=False)
+        print(f"per-layer table written to {args.csv}")
+    return 0
