@@ -362,6 +362,8 @@ def adapt(config: AdaptConfig, *, data: DatasetSplits | None = None, progress: P
     result.n_trainable, result.n_total = prepared.result.n_trainable, prepared.result.n_total
     result.pretrained_loaded = bool(prepared.status.pretrained_loaded)
     result.backbone_message = prepared.status.message
+    if config.pretrained and not result.pretrained_loaded:
+        phase("model", prepared.status.message)  # say it before training, not only in the result
     if len(data.train) == 0 or len(data.val) == 0:
         raise ValueError(f"{data.summary()}: need at least one training and one validation image")
 
