@@ -1,0 +1,275 @@
+"""The app's library side (tinytl_core.ui): checks, explorer data, figures, background jobs, runs."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tinytl_core.adapt import AdaptConfig, AdaptResult, EvalEvent, PhaseEvent, StepEvent
+from tinytl_core.backbones import LOCAL_BACKBONES
+from tinytl_core.data import DatasetUnavailable
+from tinytl_core.memory import MB, mode_reports
+from tinytl_core.memory.compare import table_from_reports
+from tinytl_core.results import ResultsStore
+from tinytl_core.ui import checks, explorer, figures, runs
+from tinytl_core.ui.jobs import JobBusyError, JobSlot, TrainingJob
+
+TINY = {"resolution": 32, "batch_size": 2}
+
+
+# ------------------------------------------------------------------------------------------- checks
+def test_resolution_problem_explains_and_suggests():
+    assert checks.resolution_problem("resnet18", 32) is None
+    message = checks.resolution_problem("vit_tiny_patch16_224", 8)
+    assert "too small" in message and "vit_tiny_patch16_224" in message
+    assert "16 px" in message  # the smallest multiple of 16 that works: one patch
+    assert checks.smallest_resolution("vit_tiny_patch16_224") == 16
+    with pytest.raises(ValueError, match="unknown backbone"):
+        checks.resolution_problem("not_a_model", 32)
+
+
+def test_memory_problem_compares_with_free_memory():
+    assert checks.memory_problem(1, "cpu") is None
+    message = checks.memory_problem(10**18, "cpu", what="Training full")
+    assert message.startswith("Training full needs about") and "Lower the batch size" in message
+
+
+def test_pretrained_availability_offline():
+    # conftest sets TINYTL_OFFLINE: uncached weights cannot be had, and nothing is downloaded.
+    state = checks.pretrained_availability("mobilenetv2_050")
+    assert state.state in ("cached", "unavailable")
+    assert state.usable == (state.state == "cached")
+    assert checks.pretrained_availability("coatnet_0_224").state == "none"  # timm has no weights
+    for name, spec in LOCAL_BACKBONES.items():
+        shipped = checks.pretrained_availability(name)
+        assert shipped.state == ("cached" if spec.weights_path.is_file() else "unavailable")
+
+
+def _zip(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return buffer.getvalue()
+
+
+def _png(value: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((8, 8, 3), value, dtype=np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_uploads_are_checked(tinytl_home):
+    with pytest.raises(ValueError, match="is empty"):
+        checks.save_upload("a.zip", b"")
+    with pytest.raises(ValueError, match="not a .zip file"):
+        checks.save_upload("a.tar", b"data")
+    with pytest.raises(ValueError, match="not a valid .zip"):
+        checks.save_upload("a.zip", b"this is no archive")
+    one_class = checks.save_upload("one.zip", _zip({"cats/a.png": _png(10), "cats/b.png": _png(20)}))
+    with pytest.raises(ValueError, match="cannot use one-.*class"):
+        checks.load_upload(one_class)
+    data = _zip({f"{c}/{i}.png": _png(40 * k + i) for k, c in enumerate(("cats", "dogs")) for i in range(3)})
+    path = checks.save_upload("../my pets!.zip", data)
+    assert path.parent == tinytl_home / "uploads" and path.name.startswith("my_pets-")
+    assert checks.save_upload("my pets!.zip", data) == path  # same content, same file
+    assert "2 classes" in checks.load_upload(path).summary()
+
+
+# ------------------------------------------------------------------------------------------ explorer
+@pytest.fixture(scope="module")
+def tiny_reports():
+    return mode_reports("mobilenetv2_050", **TINY)
+
+
+def test_components_add_up_to_the_totals(tiny_reports):
+    table = table_from_reports(tiny_reports)
+    long = explorer.components_frame(table)
+    sums = long.groupby("mode")["MB"].sum()
+    for _, row in table[table["applicable"]].iterrows():
+        assert sums[row["mode"]] == pytest.approx(row["total_bytes"] / MB)
+    fig = figures.mode_memory_bars(table, title="t", selected="bias")
+    assert [t.type for t in fig.data].count("bar") == len(explorer.COMPONENTS)
+    assert fig.data[-1].text[0] == f"{table.loc[0, 'total_bytes'] / MB:,.1f} MB"
+    shown = explorer.totals_in_mb(table)
+    assert "total_MB" in shown and "total_bytes" not in shown
+
+
+def test_measured_step_stock_vs_engine(tiny_reports):
+    report = tiny_reports["bias"]
+    step = explorer.measure_mode("mobilenetv2_050", "bias", modelled=report, **TINY)
+    assert step.stock_bytes > 0 and step.engine is not None, step.engine_error
+    assert step.engine_bytes < step.stock_bytes / 5  # the engine drops what frozen layers keep
+    table = explorer.layer_table(report, step)
+    assert len(table) == len(report.layers)
+    assert table["activation_measured_stock_bytes"].sum() <= step.stock_bytes
+    assert table["activation_measured_engine_bytes"].sum() <= step.engine_bytes
+    assert table["activation_measured_stock_bytes"].sum() > 0.9 * step.stock_bytes  # rows matched
+    bias_table = table_from_reports({"bias": report})
+    long = explorer.activation_frame(bias_table, {"bias": step})
+    assert list(long["figure"]) == list(explorer.ACTIVATION_FIGURES.values())
+    assert long["MB"].iloc[2] == pytest.approx(step.stock_bytes / MB)
+    fig = figures.layer_depth_chart(table, title="layers", log_y=True)
+    assert len(fig.data) == len(figures.LAYER_SERIES) and fig.layout.yaxis.type == "log"
+    assert len(figures.activation_bars(bias_table, {"bias": step}, title="a").data) == 4
+
+
+def test_layer_table_without_measurement_is_the_report(tiny_reports):
+    report = tiny_reports["full"]
+    assert explorer.layer_table(report).equals(report.layers)
+
+
+# ---------------------------------------------------------------------------------------------- jobs
+class FakeRunner:
+    """Stands in for adapt(): emits events, honours cancel, can block until released or fail."""
+
+    def __init__(self, steps=3, fail_mode=None, error=None, gate=None, delay=0.0):
+        self.steps, self.fail_mode, self.error, self.gate, self.delay = steps, fail_mode, error, gate, delay
+        self.calls = []
+
+    def __call__(self, config, *, progress, cancel, store):
+        self.calls.append(config.mode)
+        if self.error is not None:
+            raise self.error
+        if config.mode == self.fail_mode:
+            raise RuntimeError("boom")
+        progress(PhaseEvent("train", "training", 0.0))
+        done = 0
+        for step in range(1, self.steps + 1):
+            if self.gate is not None:
+                self.gate.wait(5)
+            time.sleep(self.delay)
+            if cancel.is_set():
+                return AdaptResult(config, status="cancelled", message=f"cancelled after {done} steps",
+                                   steps_done=done, steps_planned=self.steps)
+            progress(StepEvent(step, self.steps, 0.1, 2.0 / step, 0.5, 1e-3, 10.0, 0.1))
+            done = step
+        progress(EvalEvent(self.steps, self.steps, 0.75, 0.9, 0.2, final=True))
+        return AdaptResult(config, status="finished", steps_done=done, steps_planned=self.steps,
+                           final_val_acc=0.75, best_val_acc=0.75, memory={"total_modelled_bytes": 2e6},
+                           total_time_s=0.3, run_id=7)
+
+
+def configs(*modes):
+    return [AdaptConfig(backbone="mobilenetv2_050", mode=m, dataset="digits", steps=3, record_memory=False)
+            for m in modes]
+
+
+def test_job_runs_every_mode_and_reports():
+    runner = FakeRunner()
+    job = TrainingJob(configs("bias", "lite_residual+bias"), runner=runner, owner="me")
+    job.start()
+    assert job.wait(10)
+    snap = job.snapshot()
+    assert [m.status for m in snap.modes] == ["finished", "finished"]
+    assert snap.fraction == 1.0 and not snap.running and snap.owner == "me"
+    assert [len(m.steps) for m in snap.modes] == [3, 3] and snap.modes[0].evals[0]["val_acc"] == 0.75
+    frame = snap.results_frame()
+    assert list(frame["val acc %"]) == [75.0, 75.0] and list(frame["memory modelled MB"]) == [2.0, 2.0]
+    assert list(frame["run id"]) == [7, 7]
+
+
+def test_job_failure_is_a_message_and_the_next_mode_runs():
+    job = TrainingJob(configs("full", "bias"), runner=FakeRunner(fail_mode="full"))
+    job.start()
+    job.wait(10)
+    first, second = job.snapshot().modes
+    assert first.status == "failed" and first.message == "RuntimeError: boom"
+    assert second.status == "finished"
+
+
+def test_missing_dataset_stops_the_job():
+    runner = FakeRunner(error=DatasetUnavailable("cifar10 is not downloaded and you are offline"))
+    job = TrainingJob(configs("full", "bias"), runner=runner)
+    job.start()
+    job.wait(10)
+    snap = job.snapshot()
+    assert runner.calls == ["full"] and [m.status for m in snap.modes] == ["failed", "failed"]
+    assert "offline" in snap.error
+
+
+def test_cancel_stops_the_run_and_skips_the_rest():
+    job = TrainingJob(configs("bias", "full"), runner=FakeRunner(steps=500, delay=0.01))
+    job.start()
+    deadline = time.monotonic() + 10
+    while job.snapshot().modes[0].steps_done < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    job.cancel()
+    assert job.wait(10)
+    first, second = job.snapshot().modes
+    assert first.status == "cancelled" and first.steps_done < 500
+    assert second.status == "cancelled" and "not started" in second.message
+
+
+def test_one_job_at_a_time():
+    gate = threading.Event()
+    slot = JobSlot()
+    first = slot.submit(TrainingJob(configs("bias"), runner=FakeRunner(gate=gate)))
+    try:
+        with pytest.raises(JobBusyError, match="already going.*wait for it to finish") as err:
+            slot.submit(TrainingJob(configs("full"), runner=FakeRunner()))
+        assert err.value.job is first and slot.busy()
+    finally:
+        gate.set()
+        first.wait(10)
+    assert not slot.busy()
+    second = slot.submit(TrainingJob(configs("full"), runner=FakeRunner()))
+    assert second.wait(10) and slot.job is second
+
+
+def test_bad_job_configurations_are_refused_before_starting():
+    with pytest.raises(ValueError, match="at least one mode"):
+        TrainingJob([])
+    with pytest.raises(ValueError, match="unknown mode"):
+        TrainingJob(configs("everything"))
+    mixed = configs("bias") + [AdaptConfig(backbone="resnet18", mode="bias", dataset="digits", steps=3)]
+    with pytest.raises(ValueError, match="same backbone and dataset"):
+        TrainingJob(mixed)
+
+
+def test_curves_figure_draws_steps_and_evals():
+    job = TrainingJob(configs("bias"), runner=FakeRunner())
+    job.start()
+    job.wait(10)
+    m = job.snapshot().modes[0]
+    fig = figures.curves_figure([(m.mode, m.steps, m.evals)], title="c")
+    assert len(fig.data) == 3 and list(fig.data[2].y) == [75.0]
+
+
+# ---------------------------------------------------------------------------------------------- runs
+def _record(**overrides):
+    base = {"status": "finished", "backbone": "mobilenetv2_050", "mode": "bias", "dataset": "digits",
+            "resolution": 32, "batch_size": 4, "steps_done": 3, "final_val_acc": 0.5,
+            "memory": {"total_modelled_bytes": 3_000_000}, "history": [{"kind": "step", "step": 1, "loss": 2.0}]}
+    base.update(overrides)
+    return base
+
+
+def test_runs_frame_filter_label_and_export(tmp_path):
+    store = ResultsStore(tmp_path / "runs.sqlite")
+    a = store.save_run(_record())
+    b = store.save_run(_record(mode="full", dataset=str(tmp_path / "uploads" / "pets-1234.zip"),
+                               final_val_acc=None, memory=None, status="cancelled"))
+    frame = runs.runs_frame(store.list_runs())
+    assert list(frame["id"]) == [b, a]
+    assert frame.set_index("id").loc[a, "val_acc_pct"] == 50.0
+    assert frame.set_index("id").loc[a, "total_modelled_MB"] == 3.0
+    assert frame.set_index("id").loc[b, "dataset"] == "pets-1234.zip"
+    assert list(runs.filter_runs(frame, mode=["bias"], status=None)["id"]) == [a]
+    assert len(runs.filter_runs(frame, mode=[])) == 2
+    assert runs.run_label(frame.iloc[1]) == f"#{a} bias · mobilenetv2_050 · digits · 50.0%"
+    text = runs.export_csv_text(store, [a])
+    assert text.count("\n") == 2 and "digits" in text
+    fig = figures.memory_accuracy_scatter(frame, x="total_modelled_MB", x_label="MB", title="s")
+    assert sum(len(t.x) for t in fig.data) == 1  # the run without memory or accuracy is left out
+
+
+def test_lite_residual_diagram():
+    dot = figures.lite_residual_dot()
+    assert dot.startswith("digraph") and "group conv" in dot and "avg pool" in dot

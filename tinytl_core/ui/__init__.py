@@ -1,0 +1,11 @@
+"""Non-layout logic behind the Streamlit app (no Streamlit in here, so it is unit-tested like the rest).
+
+- :mod:`~tinytl_core.ui.checks` -- input checks before heavy work: resolution, memory fit, pretrained
+  weights, uploaded archives.
+- :mod:`~tinytl_core.ui.explorer` -- the Memory Explorer's data: per-mode totals, one real measured step
+  (stock PyTorch and the training engine), per-layer tables with measured columns.
+- :mod:`~tinytl_core.ui.figures` -- plotly figures and the lite residual diagram.
+- :mod:`~tinytl_core.ui.jobs` -- background adaptation jobs (worker thread, progress snapshots, cancel, one
+  job per process).
+- :mod:`~tinytl_core.ui.runs` -- stored runs as a frame for the Compare runs page.
+"""

@@ -1,0 +1,200 @@
+"""Input checks the app runs before heavy work, each returning a message fit to show to the user.
+
+- :func:`resolution_problem` -- does the backbone run at this input size at all (shape-only, on ``meta``)?
+- :func:`memory_problem` -- would a step need more memory than the device has free, by the model's own
+  estimate?
+- :func:`pretrained_availability` -- can pretrained weights be had now (cached, downloadable, or not)?
+- :func:`save_upload` / :func:`load_upload` -- keep an uploaded .zip of class folders and load it, turning
+  every way it can be wrong (empty, not a zip, unsafe, too few classes) into a ``ValueError``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tinytl_core.backbones import backbone_info, create_backbone, data_config
+from tinytl_core.memory.measure import available_memory
+from tinytl_core.memory.report import megabytes
+from tinytl_core.paths import cache_dir
+
+RESOLUTION_STEP = 16
+"""Granularity of the smallest-working-resolution search."""
+
+
+def _runs_at(backbone: str, resolution: int) -> str | None:
+    """None when one sample of ``resolution`` px goes through ``backbone`` (on ``meta``), else the error."""
+    try:
+        model, _ = create_backbone(backbone, 10, False, device="meta", resolution=resolution)
+        model.eval()  # batch statistics of one sample are no concern here: only sizes
+        with torch.no_grad():
+            model(torch.empty(1, 3, resolution, resolution, device="meta"))
+    except (RuntimeError, ValueError, AssertionError, TypeError) as exc:
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return None
+
+
+def smallest_resolution(backbone: str, upper: int | None = None) -> int | None:
+    """The smallest multiple of :data:`RESOLUTION_STEP` px (up to ``upper``, default: the backbone's own
+    input size) at which ``backbone`` runs, found by bisection; None if it does not even run at ``upper``."""
+    upper = upper or data_config(backbone).resolution
+    hi = max(1, upper // RESOLUTION_STEP)
+    if _runs_at(backbone, hi * RESOLUTION_STEP) is not None:
+        return None
+    lo = 0  # multiples <= lo are known (or assumed) not to work
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if _runs_at(backbone, mid * RESOLUTION_STEP) is None:
+            hi = mid
+        else:
+            lo = mid
+    return hi * RESOLUTION_STEP
+
+
+def resolution_problem(backbone: str, resolution: int) -> str | None:
+    """None when ``backbone`` accepts ``resolution`` px inputs; otherwise why not and what would work.
+
+    Checked with a shape-only forward on the ``meta`` device (no memory, well under a second for common
+    models). Raises ValueError for an unknown backbone.
+    """
+    backbone_info(backbone)  # unknown name -> ValueError with close matches
+    if resolution < 8:
+        return f"{resolution} px is too small: use at least 8 px"
+    error = _runs_at(backbone, resolution)
+    if error is None:
+        return None
+    default = data_config(backbone).resolution
+    smallest = smallest_resolution(backbone, max(default, resolution))
+    hint = f" The smallest multiple of {RESOLUTION_STEP} px that works is {smallest} px." if smallest else ""
+    return (
+        f"{resolution} px is too small (or unsupported) for {backbone} (its default is {default} px): "
+        f"{error}.{hint}"
+    )
+
+
+def memory_problem(
+    required_bytes: float, device: str | torch.device = "cpu", *, what: str = "this training step"
+) -> str | None:
+    """None when ``required_bytes`` fit in the memory free on ``device``; else a message saying by how much
+    it does not fit. Unknown free memory counts as fitting."""
+    free = available_memory(torch.device(device))
+    if free is None or required_bytes <= free:
+        return None
+    return (
+        f"{what} needs about {megabytes(required_bytes)} MB by the model's own estimate, but only "
+        f"{megabytes(free)} MB are free on {device}. Lower the batch size or the resolution."
+    )
+
+
+@dataclass(frozen=True)
+class WeightsAvailability:
+    """Whether pretrained weights can be had for a backbone right now.
+
+    ``state``: ``cached`` (on disk), ``download`` (will be downloaded when a run starts), ``unavailable``
+    (offline / unreachable: runs fall back to random init) or ``none`` (timm has no weights for it).
+    """
+
+    backbone: str
+    state: str
+    message: str
+
+    @property
+    def usable(self) -> bool:
+        return self.state in ("cached", "download")
+
+
+def pretrained_availability(backbone: str, *, probe: bool = True) -> WeightsAvailability:
+    """Tell, without downloading anything, whether ``backbone``'s pretrained weights can be had.
+
+    ``probe`` checks that the download host answers (a bounded connection attempt) when the weights are
+    not cached and offline mode is off. Mirrors the fallback order of
+    :func:`tinytl_core.backbones.create_backbone`, which reports the final outcome when a model is built.
+    """
+    from tinytl_core import backbones as bb  # the same cache / offline / reachability rules it applies
+
+    local = getattr(bb, "LOCAL_BACKBONES", {}).get(backbone)  # shipped with the project: never downloaded
+    if local is not None:
+        if local.weights_path.is_file():
+            return WeightsAvailability(
+                backbone,
+                "cached",
+                f"pretrained weights shipped with TinyTL Lab ({local.weights_file}): no network needed",
+            )
+        return WeightsAvailability(
+            backbone,
+            "unavailable",
+            f"the shipped checkpoint {local.weights_file} is "
+            "missing: training falls back to random initialisation",
+        )
+    if not backbone_info(backbone).has_pretrained:
+        return WeightsAvailability(
+            backbone,
+            "none",
+            f"timm has no pretrained weights for {backbone}: training starts from random initialisation",
+        )
+    if bb._cached_weights(backbone) is not None:
+        return WeightsAvailability(backbone, "cached", "pretrained weights are cached on this machine")
+    if bb._offline():
+        return WeightsAvailability(
+            backbone,
+            "unavailable",
+            "offline mode is on and the weights are not cached: training falls back to random initialisation",
+        )
+    host = bb._download_host(backbone)
+    if probe and not bb._reachable(host):
+        return WeightsAvailability(
+            backbone,
+            "unavailable",
+            f"cannot reach {host} and the weights are not "
+            "cached: training falls back to random initialisation",
+        )
+    return WeightsAvailability(
+        backbone, "download", f"weights will be downloaded from {host} when a run starts"
+    )
+
+
+def _safe_stem(filename: str) -> str:
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(filename).stem).strip("_")
+    return stem[:40] or "upload"
+
+
+def save_upload(filename: str, data: bytes) -> Path:
+    """Keep an uploaded archive under ``cache_dir("uploads")`` and return its path.
+
+    The name is ``<sanitised stem>-<sha256 prefix>.zip``, so the same upload is kept once. Raises
+    ValueError for an empty file, a name not ending in ``.zip``, or content that is not a zip archive.
+    """
+    if not data:
+        raise ValueError(f"the uploaded file {filename!r} is empty")
+    if not filename.lower().endswith(".zip"):
+        raise ValueError(f"{filename!r} is not a .zip file: upload a .zip of class folders")
+    if not zipfile.is_zipfile(io.BytesIO(data)):
+        raise ValueError(f"{filename!r} is not a valid .zip archive (damaged or another format)")
+    digest = hashlib.sha256(data).hexdigest()[:16]
+    folder = cache_dir("uploads")
+    path = folder / f"{_safe_stem(filename)}-{digest}.zip"
+    if not path.exists():
+        tmp = folder / f".{path.name}.tmp"
+        tmp.write_bytes(data)
+        tmp.replace(path)  # atomic: readers never see a partial archive
+    return path
+
+
+def load_upload(path: str | Path, **kwargs):
+    """Load a saved upload with :func:`tinytl_core.data.load_dataset` (``kwargs`` passed on).
+
+    Every problem with the archive's content (unsafe entries, fewer than 2 classes, a class without
+    images, damaged data) comes back as a ``ValueError`` whose message says what is wrong.
+    """
+    from tinytl_core.data import load_dataset
+
+    try:
+        return load_dataset(path, **kwargs)
+    except (ValueError, FileNotFoundError) as exc:
+        raise ValueError(f"cannot use {Path(path).name}: {exc}") from None

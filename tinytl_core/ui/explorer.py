@@ -1,0 +1,150 @@
+"""The Memory Explorer's data: modelled totals per mode, a real measured step, per-layer tables.
+
+The modelled side is :func:`tinytl_core.memory.mode_reports` (shape-only, on ``meta``); this module adds
+what the page shows beside it: one real training step measured twice -- with stock PyTorch layers and
+with the training engine's memory-lean layers (:func:`tinytl_core.engine.convert`) -- and tables that put
+the measured bytes next to the modelled ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from tinytl_core.adapt import resolve_device
+from tinytl_core.memory import MB, Measurement, MemoryReport, measure
+from tinytl_core.modes import prepare_model
+
+COMPONENTS: dict[str, str] = {
+    "weights_bytes": "weights",
+    "grads_optimizer_bytes": "gradients + optimizer",
+    "activations_necessary_bytes": "activations (stored for backward)",
+    "transient_bytes": "transient working set",
+}
+"""The stacked parts of a mode's modelled total (complete accounting), bottom to top, and their labels."""
+
+ACTIVATION_FIGURES: dict[str, str] = {
+    "necessary": "necessary (model, TinyTL rules)",
+    "stock_model": "stock PyTorch (model)",
+    "stock_measured": "stock PyTorch (measured)",
+    "engine_measured": "engine (measured)",
+}
+"""The activation figures compared per mode, and their labels."""
+
+
+@dataclass
+class StepMeasurement:
+    """One real training step of a mode, measured with stock layers and with the engine.
+
+    ``engine`` is None when the engine could not run this model (``engine_error`` says why).
+    """
+
+    mode: str
+    stock: Measurement
+    engine: Measurement | None
+    engine_error: str = ""
+
+    @property
+    def stock_bytes(self) -> int:
+        return self.stock.saved_bytes
+
+    @property
+    def engine_bytes(self) -> int | None:
+        return None if self.engine is None else self.engine.saved_bytes
+
+
+def measure_mode(
+    backbone: str,
+    mode: str,
+    *,
+    resolution: int,
+    batch_size: int,
+    optimizer: str = "adam",
+    group_norm: bool = False,
+    modelled: MemoryReport | None = None,
+    engine: bool = True,
+    device: str = "auto",
+) -> StepMeasurement:
+    """Build ``backbone`` in ``mode`` with real (random) weights and measure one training step.
+
+    First with stock PyTorch layers, then -- with ``engine`` -- after converting the layers to the training
+    engine's. ``modelled`` (the meta analysis of the same configuration) lets the memory check skip a
+    second analysis. Raises :class:`~tinytl_core.memory.MemoryLimitError` (before allocating) when the
+    step would not fit, and ValueError for a bad configuration.
+    """
+    target = resolve_device(device)
+    if modelled is not None and modelled.totals.get("accounting") != "complete":
+        modelled = None  # the memory check needs the complete accounting (gradients, working set)
+    prepared = prepare_model(backbone, mode, resolution=resolution, group_norm=group_norm, device=target)
+    size = prepared.data.input_size
+    kwargs = {"input_size": size, "batch_size": batch_size, "optimizer": optimizer, "modelled": modelled}
+    stock = measure(prepared.model, **kwargs)
+    lean, error = None, ""
+    if engine:
+        from tinytl_core.engine import convert
+
+        try:
+            convert(prepared.model)
+            lean = measure(prepared.model, **kwargs)
+        except Exception as exc:  # the engine is a bonus column: the stock figure stands on its own
+            error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    return StepMeasurement(mode, stock, lean, error)
+
+
+def layer_table(report: MemoryReport, measured: StepMeasurement | None = None) -> pd.DataFrame:
+    """The per-layer table of ``report`` with ``activation_measured_stock_bytes`` and
+    ``activation_measured_engine_bytes`` beside the modelled columns when ``measured`` is given
+    (rows matched by layer name and call number)."""
+    table = report.layers.copy()
+    if measured is None:
+        return table
+    for column, m in (
+        ("activation_measured_stock_bytes", measured.stock),
+        ("activation_measured_engine_bytes", measured.engine),
+    ):
+        if m is None or m.per_layer is None:
+            continue
+        part = m.per_layer[["layer", "call", "activation_measured_bytes"]].rename(
+            columns={"activation_measured_bytes": column}
+        )
+        table = table.merge(part, on=["layer", "call"], how="left")
+        table[column] = table[column].fillna(0).astype("int64")
+    return table
+
+
+def components_frame(table: pd.DataFrame) -> pd.DataFrame:
+    """Long form of a :func:`~tinytl_core.memory.compare_modes` table for stacked bars: one row per
+    applicable mode and component (``mode``, ``component``, ``MB``), modes in the table's order."""
+    rows = []
+    for _, r in table[table["applicable"]].iterrows():
+        for key, label in COMPONENTS.items():
+            rows.append({"mode": r["mode"], "component": label, "MB": float(r[key]) / MB})
+    return pd.DataFrame(rows, columns=["mode", "component", "MB"])
+
+
+def activation_frame(table: pd.DataFrame, measured: dict[str, StepMeasurement] | None = None) -> pd.DataFrame:
+    """Long form of the activation figures per applicable mode (``mode``, ``figure``, ``MB``): modelled
+    necessary and stock for every mode, measured stock and engine for the modes in ``measured``."""
+    measured = measured or {}
+    rows = []
+    for _, r in table[table["applicable"]].iterrows():
+        values = {"necessary": r["activations_necessary_bytes"], "stock_model": r["activations_stock_bytes"]}
+        m = measured.get(r["mode"])
+        if m is not None:
+            values["stock_measured"] = m.stock_bytes
+            if m.engine_bytes is not None:
+                values["engine_measured"] = m.engine_bytes
+        for key, value in values.items():
+            rows.append({"mode": r["mode"], "figure": ACTIVATION_FIGURES[key], "MB": float(value) / MB})
+    return pd.DataFrame(rows, columns=["mode", "figure", "MB"])
+
+
+def totals_in_mb(table: pd.DataFrame) -> pd.DataFrame:
+    """A :func:`~tinytl_core.memory.compare_modes` table for display: byte columns in MB (10^6 bytes),
+    rounded; ``ratio_to_full`` kept."""
+    out = table.copy()
+    for col in [c for c in out.columns if c.endswith("_bytes")]:
+        out[col.removesuffix("_bytes") + "_MB"] = (pd.to_numeric(out.pop(col)) / MB).round(2)
+    out["ratio_to_full"] = pd.to_numeric(out["ratio_to_full"]).round(3)
+    return out

@@ -1,0 +1,330 @@
+"""Background adaptation jobs for the app: a worker thread runs :func:`tinytl_core.adapt.adapt` for one or
+more modes in turn and writes its progress into a shared object that the page polls.
+
+Streamlit must not be called from other threads, so the worker never touches the UI: it only updates a
+:class:`TrainingJob` under a lock, and the page reads consistent copies with :meth:`TrainingJob.snapshot`
+(e.g. from an ``st.fragment(run_every=...)``). :data:`JOBS` is the process-wide slot: one training at a
+time, so two tabs never have two trainings fighting over the same cores -- a second
+:meth:`JobSlot.submit` raises :class:`JobBusyError` with a message for the user.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from tinytl_core.adapt import AdaptConfig, AdaptResult, EvalEvent, PhaseEvent, ProgressEvent, StepEvent, adapt
+from tinytl_core.data import DatasetUnavailable
+from tinytl_core.results import ResultsStore
+
+log = logging.getLogger(__name__)
+
+MODE_STATES: tuple[str, ...] = ("waiting", "running", "finished", "cancelled", "failed")
+
+
+class JobBusyError(RuntimeError):
+    """A job is already running in this process; ``job`` is that job."""
+
+    def __init__(self, job: TrainingJob):
+        snap = job.snapshot()
+        modes = ", ".join(m.mode for m in snap.modes)
+        super().__init__(
+            f"A training run is already going ({snap.backbone} on {snap.dataset_label}, mode(s) {modes}, "
+            f"started {snap.elapsed_s:.0f} s ago, {100 * snap.fraction:.0f}% done). Only one training runs "
+            "at a time on this machine: wait for it to finish, or stop it first."
+        )
+        self.job = job
+
+
+@dataclass
+class ModeProgress:
+    """Progress of one mode of a job. ``steps`` / ``evals`` hold the :class:`~tinytl_core.adapt.StepEvent`
+    and :class:`~tinytl_core.adapt.EvalEvent` fields as dicts; ``result`` the summary once it ended."""
+
+    mode: str
+    status: str = "waiting"
+    phase: str = ""
+    message: str = ""
+    total_steps: int = 0
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    evals: list[dict[str, Any]] = field(default_factory=list)
+    result: dict[str, Any] | None = None
+
+    @property
+    def steps_done(self) -> int:
+        return self.steps[-1]["step"] if self.steps else 0
+
+    @property
+    def ended(self) -> bool:
+        return self.status in ("finished", "cancelled", "failed")
+
+
+@dataclass(frozen=True)
+class JobSnapshot:
+    """A consistent copy of a job's state, safe to read while the worker goes on."""
+
+    job_id: str
+    owner: str
+    backbone: str
+    dataset_label: str
+    running: bool
+    cancelling: bool
+    elapsed_s: float
+    modes: tuple[ModeProgress, ...]
+    error: str = ""
+
+    @property
+    def fraction(self) -> float:
+        """Share of the planned steps done, over all modes (ended modes count as complete)."""
+        planned = [max(1, m.total_steps) if m.total_steps else None for m in self.modes]
+        known = [p for p in planned if p]
+        per_mode = sum(known) / len(known) if known else 1
+        total = done = 0.0
+        for m, p in zip(self.modes, planned):
+            size = p or per_mode
+            total += size
+            done += size if m.ended else min(m.steps_done, size)
+        return done / total if total else 0.0
+
+    @property
+    def current(self) -> ModeProgress | None:
+        """The mode being trained now (None when none is)."""
+        return next((m for m in self.modes if m.status == "running"), None)
+
+    def results_frame(self) -> pd.DataFrame:
+        """One row per mode: status, accuracy (%), memory (MB), time, run id."""
+        rows = []
+        for m in self.modes:
+            r = m.result or {}
+            rows.append(
+                {
+                    "mode": m.mode,
+                    "status": m.status,
+                    "val acc %": _pct(r.get("final_val_acc")),
+                    "best val acc %": _pct(r.get("best_val_acc")),
+                    "steps": r.get("steps_done", m.steps_done),
+                    "memory modelled MB": _mb(r.get("total_modelled_bytes")),
+                    "memory measured MB": _mb(r.get("total_measured_bytes")),
+                    "time s": None if r.get("total_time_s") is None else round(r["total_time_s"], 1),
+                    "images/s": None if r.get("images_per_s") is None else round(r["images_per_s"], 1),
+                    "run id": r.get("run_id"),
+                    "message": m.message,
+                }
+            )
+        return pd.DataFrame(rows)
+
+
+def _pct(value: float | None) -> float | None:
+    return None if value is None else round(100 * value, 1)
+
+
+def _mb(value: float | None) -> float | None:
+    return None if value is None else round(value / 1e6, 2)
+
+
+def result_summary(result: AdaptResult) -> dict[str, Any]:
+    """The figures of a finished (or cancelled / failed) run that the page shows."""
+    memory = result.memory or {}
+    return {
+        "status": result.status,
+        "message": result.message,
+        "run_id": result.run_id,
+        "final_val_acc": result.final_val_acc,
+        "best_val_acc": result.best_val_acc,
+        "final_train_acc": result.final_train_acc,
+        "steps_done": result.steps_done,
+        "total_modelled_bytes": memory.get("total_modelled_bytes"),
+        "total_measured_bytes": memory.get("total_measured_bytes"),
+        "activations_measured_bytes": memory.get("activations_measured_bytes"),
+        "memory_error": result.memory_error,
+        "total_time_s": result.total_time_s,
+        "images_per_s": result.images_per_s,
+        "n_trainable": result.n_trainable,
+        "n_total": result.n_total,
+        "pretrained_loaded": result.pretrained_loaded,
+        "backbone_message": result.backbone_message,
+        "device": result.device,
+        "resolution": result.resolution,
+    }
+
+
+Runner = Callable[..., AdaptResult]
+
+
+class TrainingJob:
+    """Adapt one backbone on one dataset in several modes, one after the other, in a worker thread.
+
+    Args:
+        configs: one :class:`~tinytl_core.adapt.AdaptConfig` per mode (same backbone and dataset); each is
+            validated here, so a bad configuration raises ValueError before any thread starts.
+        store: results store every run is written to (None: not stored).
+        owner: who started it (the app passes its session id), to tell "your run" from another tab's.
+        dataset_label: how to name the dataset to people (default: ``configs[0].dataset``).
+        runner: the adaptation function (``adapt``; tests may pass a stand-in with its signature).
+    """
+
+    def __init__(
+        self,
+        configs: Sequence[AdaptConfig],
+        *,
+        store: ResultsStore | None = None,
+        owner: str = "",
+        dataset_label: str | None = None,
+        runner: Runner = adapt,
+    ):
+        if not configs:
+            raise ValueError("choose at least one mode to train")
+        for config in configs:
+            config.validate()
+        if len({(c.backbone, c.dataset) for c in configs}) != 1:
+            raise ValueError("all runs of one job use the same backbone and dataset")
+        self.configs = list(configs)
+        self.store = store
+        self.owner = owner
+        self.job_id = uuid.uuid4().hex[:12]
+        self.dataset_label = dataset_label or configs[0].dataset
+        self._runner = runner
+        self._lock = threading.Lock()
+        self._cancel = threading.Event()
+        self._modes = [ModeProgress(c.mode) for c in configs]
+        self._error = ""
+        self._started: float | None = None
+        self._ended: float | None = None
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------------------------------ control
+    def start(self) -> None:
+        """Start the worker thread (once)."""
+        with self._lock:
+            if self._thread is not None:
+                raise RuntimeError("this job was already started")
+            self._started = time.monotonic()
+            self._thread = threading.Thread(target=self._work, name=f"tinytl-job-{self.job_id}", daemon=True)
+        self._thread.start()
+
+    def cancel(self) -> None:
+        """Ask the worker to stop at its next step; the current run is stored as cancelled."""
+        self._cancel.set()
+
+    @property
+    def running(self) -> bool:
+        """True from :meth:`start` until the worker has finished every mode."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the worker to end; True when it has."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return not self.running
+
+    def snapshot(self) -> JobSnapshot:
+        """A consistent deep copy of the progress so far."""
+        with self._lock:
+            now = self._ended if self._ended is not None else time.monotonic()
+            return JobSnapshot(
+                job_id=self.job_id,
+                owner=self.owner,
+                backbone=self.configs[0].backbone,
+                dataset_label=self.dataset_label,
+                running=self.running,
+                cancelling=self._cancel.is_set(),
+                elapsed_s=0.0 if self._started is None else now - self._started,
+                modes=tuple(copy.deepcopy(self._modes)),
+                error=self._error,
+            )
+
+    # ------------------------------------------------------------------------------------------- worker
+    def _progress(self, index: int) -> Callable[[ProgressEvent], None]:
+        def on_event(event: ProgressEvent) -> None:
+            with self._lock:
+                m = self._modes[index]
+                if isinstance(event, PhaseEvent):
+                    m.phase = event.message
+                elif isinstance(event, StepEvent):
+                    m.total_steps = event.total_steps
+                    m.steps.append(asdict(event))
+                elif isinstance(event, EvalEvent):
+                    m.total_steps = event.total_steps
+                    m.evals.append(asdict(event))
+
+        return on_event
+
+    def _set(self, index: int, **values: Any) -> None:
+        with self._lock:
+            for key, value in values.items():
+                setattr(self._modes[index], key, value)
+
+    def _work(self) -> None:
+        try:
+            for i, config in enumerate(self.configs):
+                if self._cancel.is_set():
+                    self._set(i, status="cancelled", message="not started: the job was stopped")
+                    continue
+                self._set(i, status="running", phase="starting")
+                try:
+                    result = self._runner(
+                        config, progress=self._progress(i), cancel=self._cancel, store=self.store
+                    )
+                except DatasetUnavailable as exc:  # no mode can run without the data: stop here
+                    self._fail_rest(i, str(exc))
+                    return
+                except Exception as exc:  # shown in the page, not as a traceback
+                    log.exception("adaptation of %s in mode %s failed", config.backbone, config.mode)
+                    self._set(i, status="failed", message=f"{type(exc).__name__}: {exc}")
+                    continue
+                self._set(
+                    i,
+                    status=result.status,
+                    message=result.message,
+                    result=result_summary(result),
+                    total_steps=result.steps_planned,
+                )
+        finally:
+            with self._lock:
+                self._ended = time.monotonic()
+
+    def _fail_rest(self, index: int, message: str) -> None:
+        with self._lock:
+            self._error = message
+            for m in self._modes[index:]:
+                m.status, m.message = "failed", message
+
+
+class JobSlot:
+    """The process-wide slot for the one running job, plus the last job (to show its results)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._job: TrainingJob | None = None
+
+    def submit(self, job: TrainingJob) -> TrainingJob:
+        """Start ``job`` unless another is running (then raise :class:`JobBusyError`)."""
+        with self._lock:
+            if self._job is not None and self._job.running:
+                raise JobBusyError(self._job)
+            self._job = job
+            job.start()
+        return job
+
+    @property
+    def job(self) -> TrainingJob | None:
+        """The running job, or the last one that ran (None before the first)."""
+        with self._lock:
+            return self._job
+
+    def busy(self) -> bool:
+        """True while a job runs."""
+        job = self.job
+        return job is not None and job.running
+
+
+JOBS = JobSlot()
+"""The app's process-wide job slot."""
