@@ -246,7 +246,8 @@ def test_curves_figure_draws_steps_and_evals():
 def _record(**overrides):
     base = {"status": "finished", "backbone": "mobilenetv2_050", "mode": "bias", "dataset": "digits",
             "resolution": 32, "batch_size": 4, "steps_done": 3, "final_val_acc": 0.5,
-            "memory": {"total_modelled_bytes": 3_000_000}, "history": [{"kind": "step", "step": 1, "loss": 2.0}]}
+            "memory": {"total_modelled_bytes": 3_000_000},
+            "history": [{"kind": "step", "step": 1, "loss": 2.0}]}
     base.update(overrides)
     return base
 
