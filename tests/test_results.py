@@ -79,10 +79,17 @@ def test_default_path_follows_environment(tmp_path, monkeypatch, tinytl_home):
 
 
 def _writer(path: str, tag: str, n: int, start) -> None:
-    start.wait()
-    store = ResultsStore(path)
-    for i in range(n):
-        store.save_run(record(dataset=tag, seed=i, history=[{"step": k} for k in range(200)]))
+    import traceback
+
+    try:
+        start.wait(60)
+        store = ResultsStore(path)
+        for i in range(n):
+            store.save_run(record(dataset=tag, seed=i, history=[{"step": k} for k in range(200)]))
+    except BaseException:
+        with open(f"{path}.{tag}.err", "w") as fh:  # the parent shows why a child failed
+            fh.write(traceback.format_exc())
+        raise
 
 
 def test_two_processes_writing_at_once_lose_nothing(tmp_path):
@@ -94,7 +101,8 @@ def test_two_processes_writing_at_once_lose_nothing(tmp_path):
         p.start()
     for p in procs:
         p.join(120)
-    assert [p.exitcode for p in procs] == [0, 0]
+    errors = "".join(p.read_text() for p in tmp_path.glob("*.err"))
+    assert [p.exitcode for p in procs] == [0, 0], errors
     store = ResultsStore(path)
     runs = store.list_runs()
     assert len(runs) == 50 and len({r["id"] for r in runs}) == 50

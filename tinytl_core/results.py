@@ -16,15 +16,17 @@ import csv
 import json
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator, Mapping
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from tinytl_core.paths import data_home
 
 if TYPE_CHECKING:
     import pandas as pd
 
+T = TypeVar("T")
 ENV_DB = "TINYTL_RESULTS_DB"
 STATUSES: tuple[str, ...] = ("finished", "cancelled", "failed")
 SCHEMA_VERSION = 1
@@ -67,10 +69,29 @@ class ResultsStore:
         self.path = Path(path).expanduser() if path is not None else default_db_path()
         self.timeout = timeout
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as con:
-            self._migrate(con)
+        self._retry(self._migrate)
 
     # ------------------------------------------------------------------------------------- internals
+    def _retry(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``work`` on a fresh connection, retrying while the database is locked.
+
+        The busy time-out covers ordinary contention, but SQLite returns "locked" at once in a few cases
+        (switching a new file to WAL, WAL recovery while another process opens it); each attempt is one
+        transaction that was rolled back, so trying again is safe.
+        """
+        deadline = time.monotonic() + self.timeout
+        delay = 0.01
+        while True:
+            try:
+                with self._connect() as con:
+                    return work(con)
+            except sqlite3.OperationalError as exc:
+                transient = "locked" in str(exc) or "busy" in str(exc)
+                if not transient or time.monotonic() > deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(0.5, delay * 2)
+
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
         # isolation_level=None: we issue BEGIN IMMEDIATE ourselves so a writer takes the lock up front
@@ -146,11 +167,13 @@ class ResultsStore:
                 values[flag] = int(bool(values[flag]))
         for name in JSON_COLUMNS:
             values[f"{name}_json"] = json.dumps(record[name]) if record.get(name) is not None else None
-        names = ", ".join(values)
-        marks = ", ".join("?" for _ in values)
-        with self._connect() as con, self._transaction(con):
-            cur = con.execute(f"INSERT INTO runs ({names}) VALUES ({marks})", list(values.values()))
-            return int(cur.lastrowid)
+        sql = f"INSERT INTO runs ({', '.join(values)}) VALUES ({', '.join('?' for _ in values)})"
+
+        def insert(con: sqlite3.Connection) -> int:
+            with self._transaction(con):
+                return int(con.execute(sql, list(values.values())).lastrowid)
+
+        return self._retry(insert)
 
     def get_run(self, run_id: int) -> dict[str, Any]:
         """One run by id (``KeyError`` if there is none)."""
@@ -181,9 +204,12 @@ class ResultsStore:
 
     def delete_run(self, run_id: int) -> None:
         """Delete one run (``KeyError`` if there is none)."""
-        with self._connect() as con, self._transaction(con):
-            if con.execute("DELETE FROM runs WHERE id = ?", (int(run_id),)).rowcount == 0:
-                raise KeyError(f"no run with id {run_id} in {self.path}")
+        def delete(con: sqlite3.Connection) -> int:
+            with self._transaction(con):
+                return con.execute("DELETE FROM runs WHERE id = ?", (int(run_id),)).rowcount
+
+        if self._retry(delete) == 0:
+            raise KeyError(f"no run with id {run_id} in {self.path}")
 
     def export_csv(self, dest: str | Path | IO[str], run_ids: Iterable[int] | None = None, *,
                    include_history: bool = False) -> int:
