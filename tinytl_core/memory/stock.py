@@ -21,14 +21,24 @@ from dataclasses import dataclass
 import torch
 
 
+def storage_of(tensor: torch.Tensor) -> torch.UntypedStorage | None:
+    """The storage behind ``tensor``, or None for tensors without one (sparse, nested, some subclasses)."""
+    try:
+        return tensor.untyped_storage()
+    except (RuntimeError, NotImplementedError, TypeError):
+        return None
+
+
 def storage_key(tensor: torch.Tensor) -> int:
     """Identity of the memory block behind ``tensor`` (works on ``meta`` tensors too)."""
-    return tensor.untyped_storage()._cdata
+    storage = storage_of(tensor)
+    return storage._cdata if storage is not None else id(tensor)
 
 
 def storage_nbytes(tensor: torch.Tensor) -> int:
     """Bytes of the whole storage behind ``tensor`` (a view keeps all of it alive)."""
-    return int(tensor.untyped_storage().nbytes())
+    storage = storage_of(tensor)
+    return int(storage.nbytes()) if storage is not None else tensor_nbytes(tensor)
 
 
 def tensor_nbytes(tensor: torch.Tensor) -> int:
@@ -72,22 +82,21 @@ class SavedTensorCounter:
         self._weights = weight_keys(weights)
         self._owner = owner
         self._clock = clock
-        self._keep: list[torch.UntypedStorage] = []
+        self._keep: list[torch.UntypedStorage | torch.Tensor] = []
         self._seen: set[int] = set()
         self.saved: list[SavedTensor] = []  # activations: first sighting of each storage, in order
         self.weight_saves = 0  # how many saved tensors were parameters/buffers (or views of them)
         self._ctx = torch.autograd.graph.saved_tensors_hooks(self._pack, _unpack)
 
     def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
-        storage = tensor.untyped_storage()
-        key = storage._cdata
+        key = storage_key(tensor)
         if key in self._weights:
             self.weight_saves += 1
         elif key not in self._seen:
             self._seen.add(key)
-            self._keep.append(storage)
+            self._keep.append(storage_of(tensor) or tensor)
             self.saved.append(SavedTensor(
-                key, tensor._version, int(storage.nbytes()), tensor.dtype, tuple(tensor.shape),
+                key, tensor._version, storage_nbytes(tensor), tensor.dtype, tuple(tensor.shape),
                 self._owner(), self._clock(),
             ))
         return tensor

@@ -29,7 +29,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
-from tinytl_core.memory.stock import SavedTensor, SavedTensorCounter, storage_key
+from tinytl_core.memory.stock import SavedTensor, SavedTensorCounter, storage_key, storage_of
 from tinytl_core.norms import uses_batch_statistics
 
 
@@ -149,12 +149,19 @@ class _Pins:
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
-        self.storages: list[torch.UntypedStorage] = []
+        self.storages: dict[int, torch.UntypedStorage | torch.Tensor] = {}
+
+    def key(self, tensor: torch.Tensor) -> int:
+        """The tensor's storage key; its storage is kept alive from now on (when enabled)."""
+        key = storage_key(tensor)
+        if self.enabled and key not in self.storages:
+            self.storages[key] = storage_of(tensor) or tensor
+        return key
 
     def refs(self, obj: Any) -> list[TensorRef]:
         tensors = [t for t in tree_leaves(obj) if isinstance(t, torch.Tensor)]
-        if self.enabled:
-            self.storages.extend(t.untyped_storage() for t in tensors)
+        for t in tensors:
+            self.key(t)
         return [TensorRef.of(t) for t in tensors]
 
 
@@ -171,13 +178,15 @@ class _Uses(TorchFunctionMode):
         kwargs = kwargs or {}
         if func is F.scaled_dot_product_attention:
             result = _attention_as_on_cpu(args, kwargs)
+        elif func is F.batch_norm and _on_meta(args):
+            result = _batch_norm_unchecked(args, kwargs)
         else:
             result = func(*args, **kwargs)
-        produced = self.pins.refs(result)
-        if produced:
+        if any(isinstance(t, torch.Tensor) for t in tree_leaves(result)):
             now = self.clock()
-            for t in self.pins.refs((args, kwargs)):
-                self.last_use[t.key] = now
+            for t in tree_leaves((args, kwargs)):
+                if isinstance(t, torch.Tensor):
+                    self.last_use[self.pins.key(t)] = now
         return result
 
 
@@ -210,7 +219,31 @@ def _attention_as_on_cpu(args: tuple, kwargs: dict) -> torch.Tensor:
 
 def _row_stand_in(t: torch.Tensor) -> torch.Tensor:
     stride = (0,) * (t.dim() - 1) + (1,)
-    return torch.empty_strided(tuple(t.shape), stride, dtype=t.dtype, device="cpu")
+    like = torch.empty_strided(tuple(t.shape), stride, dtype=t.dtype, device="cpu")
+    return like.requires_grad_(t.requires_grad)
+
+
+def _on_meta(args: tuple) -> bool:
+    return bool(args) and isinstance(args[0], torch.Tensor) and args[0].device.type == "meta"
+
+
+def _batch_norm_unchecked(args: tuple, kwargs: dict) -> torch.Tensor:
+    """``F.batch_norm`` without its Python check that training sees more than one value per channel.
+
+    PyTorch refuses to train BatchNorm on one value per channel (batch size 1 after global pooling); the
+    memory of such a step is still well defined, and the paper counts memory per sample, so the shape
+    trace computes it (the same ``torch.batch_norm`` call, so the same saved tensors).
+    """
+    names = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
+    defaults = {"weight": None, "bias": None, "training": False, "momentum": 0.1, "eps": 1e-5}
+    b = defaults | dict(zip(names, args)) | kwargs
+    x = b["input"]
+    if b["training"] and x.numel() == x.shape[1]:  # one value per channel: skip the running update
+        b["running_mean"] = b["running_var"] = None  # (buffers: not activations, so nothing changes)
+    return torch.batch_norm(
+        b["input"], b["weight"], b["bias"], b["running_mean"], b["running_var"], b["training"],
+        b["momentum"], b["eps"], torch.backends.cudnn.enabled,
+    )
 
 
 @dataclass
