@@ -1,34 +1,82 @@
 """TinyTL Lab -- Streamlit entry point: ``streamlit run app.py``.
 
-Builds the navigation and the shared sidebar (backbone, resolution, batch size), whose values every page
-reads from ``st.session_state``. Pages hold layout only; computations live in ``tinytl_core``.
+Builds the navigation and the shared sidebar (backbone, resolution, batch size, pretrained weights), whose
+values every page reads from ``st.session_state``. Pages hold layout only; computations live in
+``tinytl_core`` (the app-specific logic in ``tinytl_core.ui``).
 """
+
+import uuid
 
 import streamlit as st
 
-from tinytl_core.backbones import list_backbones
+from app_pages import _cache
 
 st.set_page_config(page_title="TinyTL Lab", page_icon=":material/memory:", layout="wide")
 
-PAGES = [
-    st.Page("pages/modes.py", title="Fine-tuning modes", icon=":material/tune:", default=True),
-]
+PAGES = {
+    "TinyTL Lab": [
+        st.Page("app_pages/home.py", title="Home", icon=":material/home:", default=True),
+    ],
+    "Memory": [
+        st.Page("app_pages/memory_explorer.py", title="Memory Explorer", icon=":material/bar_chart:"),
+        st.Page("app_pages/modes.py", title="Fine-tuning modes", icon=":material/tune:"),
+    ],
+    "Training": [
+        st.Page("app_pages/adapt.py", title="Adapt", icon=":material/model_training:"),
+        st.Page("app_pages/compare_runs.py", title="Compare runs", icon=":material/scatter_plot:"),
+    ],
+    "Background": [
+        st.Page("app_pages/about.py", title="About", icon=":material/info:"),
+    ],
+}
 
-
-@st.cache_data(show_spinner=False)
-def _backbone_names() -> list[str]:
-    return [b.name for b in list_backbones()]
-
+st.session_state.setdefault("session_id", uuid.uuid4().hex)
 
 with st.sidebar:
     st.title("TinyTL Lab")
     st.caption("Training memory is activations, not parameters.")
-    names = _backbone_names()
+    names = _cache.backbone_names()
+    curated = _cache.curated_names()
     st.session_state.setdefault("backbone", names[0])
-    st.selectbox("Backbone (type to search all timm models)", names, key="backbone")
-    st.session_state.setdefault("resolution", 224)
-    st.number_input("Input resolution (px)", min_value=32, max_value=1024, step=16, key="resolution")
+    st.selectbox(
+        "Backbone",
+        names,
+        key="backbone",
+        on_change=lambda: st.session_state.update(
+            resolution=_cache.default_resolution(st.session_state.backbone)
+        ),
+        format_func=lambda n: f"{n}  ★" if n in curated else n,
+        help=f"Type to search all {len(names):,} timm architectures. ★ = curated mobile CNNs (the paper's "
+        "setting) and a few contrasts, listed first.",
+    )
+    st.session_state.setdefault("resolution", _cache.default_resolution(st.session_state["backbone"]))
+    st.number_input(
+        "Input resolution (px)",
+        min_value=8,
+        max_value=1024,
+        step=16,
+        key="resolution",
+        help="Square input size; picking a backbone sets its own default. Activation memory grows with "
+        "its square.",
+    )
     st.session_state.setdefault("batch_size", 8)
-    st.number_input("Batch size", min_value=1, max_value=512, step=1, key="batch_size")
+    st.number_input(
+        "Batch size",
+        min_value=1,
+        max_value=512,
+        step=1,
+        key="batch_size",
+        help="Activation memory grows linearly with it; parameters do not.",
+    )
+    st.session_state.setdefault("pretrained", True)
+    st.toggle(
+        "Pretrained weights", key="pretrained", help="Start training from ImageNet weights (Adapt page)."
+    )
+    if st.session_state["pretrained"]:
+        availability = _cache.weights(st.session_state["backbone"])
+        if availability.usable:
+            st.caption(f":material/check_circle: {availability.message}")
+        else:
+            st.warning(availability.message, icon=":material/cloud_off:")
 
 st.navigation(PAGES).run()

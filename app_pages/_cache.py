@@ -1,0 +1,66 @@
+"""Cached wrappers of the library calls the pages share (Streamlit glue, no logic of its own).
+
+One module so that every page hits the same cache: Home and the Memory Explorer show the same totals.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from tinytl_core.backbones import data_config, list_backbones
+from tinytl_core.memory import mode_reports
+from tinytl_core.memory.compare import table_from_reports
+from tinytl_core.ui import checks
+
+
+@st.cache_data(show_spinner=False)
+def backbone_names() -> list[str]:
+    """Every timm architecture, curated mobile CNNs first."""
+    return [b.name for b in list_backbones()]
+
+
+@st.cache_data(show_spinner=False)
+def curated_names() -> frozenset[str]:
+    """Names flagged as curated in the catalog."""
+    return frozenset(b.name for b in list_backbones() if b.curated)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def default_resolution(backbone: str) -> int:
+    """The backbone's own input resolution (timm's pretrained config)."""
+    return data_config(backbone).resolution
+
+
+@st.cache_data(show_spinner="Checking the input size...", max_entries=256)
+def resolution_problem(backbone: str, resolution: int) -> str | None:
+    """:func:`tinytl_core.ui.checks.resolution_problem`, cached."""
+    return checks.resolution_problem(backbone, resolution)
+
+
+@st.cache_data(show_spinner=False, ttl=120)
+def weights(backbone: str) -> checks.WeightsAvailability:
+    """:func:`tinytl_core.ui.checks.pretrained_availability`, re-checked every two minutes."""
+    return checks.pretrained_availability(backbone)
+
+
+@st.cache_data(
+    show_spinner="Tracing every mode on the meta device (shapes only, no memory)...", max_entries=64
+)
+def reports(
+    backbone: str,
+    resolution: int,
+    batch_size: int,
+    optimizer: str = "adam",
+    accounting: str = "complete",
+    group_norm: bool = False,
+):
+    """Modelled memory of every mode: ``(compare_modes table, {mode: MemoryReport or reason})``."""
+    out = mode_reports(
+        backbone,
+        resolution=resolution,
+        batch_size=batch_size,
+        optimizer=optimizer,
+        accounting=accounting,
+        group_norm=group_norm,
+    )
+    return table_from_reports(out), out

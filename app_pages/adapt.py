@@ -1,0 +1,305 @@
+"""Adapt: train the selected backbone in one or several modes with live curves (layout only).
+
+The training runs in a background job (``tinytl_core.ui.jobs``); a fragment polls its progress every
+second. One job runs at a time in the whole app: a second start, from any tab, gets a clear message.
+"""
+
+import streamlit as st
+
+from app_pages import _cache
+from tinytl_core.adapt import OPTIMIZERS, AdaptConfig, resolve_device
+from tinytl_core.data import list_datasets
+from tinytl_core.modes import MODES
+from tinytl_core.results import ResultsStore
+from tinytl_core.ui import checks, figures
+from tinytl_core.ui.jobs import JOBS, JobBusyError, TrainingJob
+
+UPLOAD = "upload"
+POLL_SECONDS = 1.0
+
+backbone = st.session_state.get("backbone", "mobilenetv2_100")
+resolution = int(st.session_state.get("resolution", 224))
+batch_size = int(st.session_state.get("batch_size", 8))
+pretrained = bool(st.session_state.get("pretrained", True))
+session_id = st.session_state.get("session_id", "")
+
+
+@st.cache_data(show_spinner="Reading the archive...", max_entries=16)
+def upload_summary(path: str) -> str:
+    return checks.load_upload(path).summary()
+
+
+def render_job(job: TrainingJob, *, live: bool) -> None:
+    """Progress, Stop button, live curves and the per-mode table of ``job``."""
+    snap = job.snapshot()
+    done = sum(m.ended for m in snap.modes)
+    who = "" if snap.owner == session_id else " (started in another tab)"
+    if snap.running:
+        st.subheader(f"Training {snap.backbone} on {snap.dataset_label}{who}")
+        current = snap.current
+        text = f"mode {min(done + 1, len(snap.modes))} of {len(snap.modes)}"
+        if current is not None:
+            text += (
+                f" · {MODES[current.mode].title} · step {current.steps_done} of {current.total_steps or '?'}"
+            )
+            text += f" · {current.phase}" if current.phase else ""
+        st.progress(min(1.0, snap.fraction), text=text)
+        left, right = st.columns([1, 4], vertical_alignment="center")
+        if left.button(
+            "Stop",
+            icon=":material/stop_circle:",
+            key=f"stop_{snap.job_id}",
+            width="stretch",
+            disabled=snap.cancelling,
+        ):
+            job.cancel()
+            snap = job.snapshot()
+        if snap.cancelling:
+            right.warning(
+                "Stopping at the next step; the run is kept as *cancelled*.", icon=":material/hourglass_top:"
+            )
+        else:
+            right.caption(
+                f"{snap.elapsed_s:.0f} s elapsed. You can switch pages: the run goes on and this "
+                "page picks it up again."
+            )
+    else:
+        st.subheader(f"Last run: {snap.backbone} on {snap.dataset_label}{who}")
+        st.caption(f"{done} mode(s) in {snap.elapsed_s:.0f} s.")
+    series = [(m.mode, m.steps, m.evals) for m in snap.modes if m.steps or m.evals]
+    if series:
+        st.plotly_chart(
+            figures.curves_figure(
+                series, title="Loss and accuracy (dotted: running train accuracy, markers: validation)"
+            ),
+            width="stretch",
+            key="ad_curves",
+        )
+    st.dataframe(snap.results_frame(), hide_index=True, width="stretch", key="ad_results")
+    for m in snap.modes:
+        if m.status == "failed":
+            st.error(f"{MODES[m.mode].title} failed: {m.message}", icon=":material/error:")
+        result = m.result or {}
+        if result.get("memory_error"):
+            st.caption(f"{m.mode}: memory figures unavailable ({result['memory_error']})")
+    first = next((m.result for m in snap.modes if m.result), None)
+    if first and first.get("backbone_message") and not first.get("pretrained_loaded") and pretrained:
+        st.warning(f"Weights: {first['backbone_message']}", icon=":material/cloud_off:")
+    if live and not snap.running:
+        st.rerun(scope="app")  # the job ended: redraw the whole page without polling
+    if not snap.running and any(m.result and m.result.get("run_id") for m in snap.modes):
+        st.page_link(
+            "app_pages/compare_runs.py",
+            label="See every stored run on Compare runs",
+            icon=":material/scatter_plot:",
+        )
+
+
+st.header("Adapt")
+weights = "pretrained weights" if pretrained else "random initialisation"
+st.caption(
+    f"**{backbone}** · {resolution} px · batch {batch_size} · {weights} (change them in the sidebar). "
+    f"Runs on {resolve_device('auto')}."
+)
+
+
+def live_panel() -> None:
+    current = JOBS.job
+    if current is not None:
+        render_job(current, live=True)
+
+
+job = JOBS.job
+if job is not None and job.running:
+    st.fragment(live_panel, run_every=POLL_SECONDS)()
+    st.divider()
+
+# ------------------------------------------------------------------------------------------ the form
+datasets = {d.name: d for d in list_datasets()}
+options = [*datasets, UPLOAD]
+
+
+def dataset_title(name: str) -> str:
+    if name == UPLOAD:
+        return "Your images: upload a .zip of class folders"
+    info = datasets[name]
+    return info.title if info.kind == "builtin" else f"{info.title} (download {info.download_size})"
+
+
+left, right = st.columns([3, 2])
+with left:
+    dataset = st.selectbox(
+        "Dataset", options, key="ad_dataset", format_func=dataset_title, persist_state="session"
+    )
+    dataset_path: str | None = None
+    if dataset == UPLOAD:
+        upload = st.file_uploader("A .zip with one folder of images per class", type=["zip"], key="ad_upload")
+        if upload is not None:
+            try:
+                dataset_path = str(checks.save_upload(upload.name, upload.getvalue()))
+                st.success(upload_summary(dataset_path), icon=":material/folder_zip:")
+            except ValueError as exc:
+                st.error(str(exc), icon=":material/error:")
+                dataset_path = None
+    else:
+        info = datasets[dataset]
+        st.caption(info.description)
+        if info.kind != "builtin":
+            st.caption(
+                ":material/cloud_download: Downloaded (once) into the data folder; offline, the run "
+                "stops with a message. The built-in sets need no network."
+            )
+    modes = st.multiselect(
+        "Modes (trained one after the other)",
+        list(MODES),
+        default=["last", "bias", "lite_residual+bias"],
+        key="ad_modes",
+        format_func=lambda m: MODES[m].title,
+        persist_state="session",
+    )
+with right:
+    steps = st.number_input(
+        "Steps per mode",
+        min_value=1,
+        max_value=100_000,
+        value=60,
+        step=10,
+        key="ad_steps",
+        persist_state="session",
+    )
+    lr = st.number_input(
+        "Learning rate",
+        min_value=1e-6,
+        max_value=1.0,
+        value=1e-3,
+        step=1e-4,
+        format="%.5f",
+        key="ad_lr",
+        persist_state="session",
+    )
+    eval_every = st.number_input(
+        "Evaluate every N steps (0 = only at the end)",
+        min_value=0,
+        max_value=100_000,
+        value=20,
+        step=5,
+        key="ad_eval_every",
+        persist_state="session",
+    )
+with st.expander("More options"):
+    a, b, c = st.columns(3)
+    optimizer = a.selectbox(
+        "Optimizer",
+        OPTIMIZERS,
+        key="ad_optimizer",
+        persist_state="session",
+        help="Adam as in the paper, or SGD with momentum 0.9.",
+    )
+    label_smoothing = a.slider(
+        "Label smoothing", 0.0, 0.9, 0.1, 0.05, key="ad_smoothing", persist_state="session"
+    )
+    seed = a.number_input(
+        "Seed", min_value=0, max_value=2**31 - 1, value=0, key="ad_seed", persist_state="session"
+    )
+    shots = b.number_input(
+        "Training images per class (0 = all)",
+        min_value=0,
+        max_value=100_000,
+        value=0,
+        key="ad_shots",
+        persist_state="session",
+    )
+    val_cap = b.number_input(
+        "Validation images per class (0 = all)",
+        min_value=0,
+        max_value=100_000,
+        value=20,
+        key="ad_val_cap",
+        persist_state="session",
+        help="Fewer makes evaluation faster.",
+    )
+    augment = b.toggle(
+        "Augmentation (random crops, flips)", value=True, key="ad_augment", persist_state="session"
+    )
+    group_norm = c.toggle("GroupNorm instead of BatchNorm", key="ad_group_norm", persist_state="session")
+    record_memory = c.toggle(
+        "Record memory figures",
+        value=True,
+        key="ad_memory",
+        persist_state="session",
+        help="Modelled training memory of each mode, for the memory-accuracy plot.",
+    )
+    measure_memory = c.toggle(
+        "... and measure one real step",
+        value=True,
+        key="ad_measure",
+        persist_state="session",
+        disabled=not record_memory,
+    )
+
+start = st.button("Start training", type="primary", icon=":material/play_arrow:", key="ad_start")
+if start:
+    errors: list[str] = []
+    if not modes:
+        errors.append("Choose at least one mode.")
+    if dataset == UPLOAD and dataset_path is None:
+        errors.append("Upload a valid .zip of class folders first (or choose a built-in dataset).")
+    problem = _cache.resolution_problem(backbone, resolution)
+    if problem:
+        errors.append(problem)
+    if not errors and modes:
+        try:
+            table, _ = _cache.reports(backbone, resolution, batch_size, optimizer, "complete", group_norm)
+        except (ValueError, RuntimeError) as exc:
+            errors.append(f"Cannot model {backbone} at {resolution} px, batch {batch_size}: {exc}")
+        else:
+            chosen = table.set_index("mode").loc[modes]
+            for mode, reason in chosen.loc[~chosen["applicable"], "reason"].items():
+                errors.append(f"{MODES[mode].title} does not apply to {backbone}: {reason}. Deselect it.")
+            if chosen["applicable"].all():
+                fit = checks.memory_problem(
+                    chosen["total_stock_bytes"].max(),
+                    resolve_device("auto"),
+                    what=f"Training {backbone} at batch {batch_size}, {resolution} px",
+                )
+                errors += [fit] if fit else []
+    if errors:
+        for error in errors:
+            st.error(error, icon=":material/error:")
+    else:
+        configs = [
+            AdaptConfig(
+                backbone=backbone,
+                mode=m,
+                dataset=dataset_path or dataset,
+                steps=int(steps),
+                batch_size=batch_size,
+                lr=float(lr),
+                optimizer=optimizer,
+                label_smoothing=float(label_smoothing),
+                seed=int(seed),
+                resolution=resolution,
+                pretrained=pretrained,
+                group_norm=group_norm,
+                augment=augment,
+                shots=int(shots) or None,
+                val_cap=int(val_cap) or None,
+                eval_every=int(eval_every),
+                record_memory=record_memory,
+                measure_memory=record_memory and measure_memory,
+            )
+            for m in modes
+        ]
+        label = dataset_title(dataset) if dataset != UPLOAD else upload.name
+        try:
+            JOBS.submit(TrainingJob(configs, store=ResultsStore(), owner=session_id, dataset_label=label))
+        except JobBusyError as exc:
+            st.error(str(exc), icon=":material/hourglass_top:")
+        except ValueError as exc:
+            st.error(f"Cannot start: {exc}", icon=":material/error:")
+        else:
+            st.rerun()
+
+if job is not None and not job.running:
+    st.divider()
+    render_job(job, live=False)

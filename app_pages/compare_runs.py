@@ -1,0 +1,120 @@
+"""Compare runs: every stored run on a memory-accuracy plot, a filterable table, curves, delete, export."""
+
+import streamlit as st
+
+from tinytl_core.modes import MODES
+from tinytl_core.results import STATUSES as RUN_STATUSES
+from tinytl_core.results import ResultsStore
+from tinytl_core.ui import figures
+from tinytl_core.ui.runs import MEMORY_AXES, export_csv_text, filter_runs, run_label, runs_frame
+
+st.header("Compare runs")
+store = ResultsStore()
+runs = {r["id"]: r for r in store.list_runs()}
+if not runs:
+    st.info(
+        "No stored runs yet. Train a few modes on the Adapt page; each run lands here.",
+        icon=":material/inbox:",
+    )
+    st.page_link("app_pages/adapt.py", label="Go to Adapt", icon=":material/model_training:")
+    st.stop()
+
+frame = runs_frame(runs.values())
+st.caption(f"{len(frame)} run(s) in `{store.path}`.")
+
+f = st.columns(4)
+picked = {
+    "dataset": f[0].multiselect(
+        "Dataset", sorted(frame["dataset"].unique()), key="cr_dataset", persist_state="session"
+    ),
+    "backbone": f[1].multiselect(
+        "Backbone", sorted(frame["backbone"].unique()), key="cr_backbone", persist_state="session"
+    ),
+    "mode": f[2].multiselect(
+        "Mode",
+        [m for m in MODES if m in set(frame["mode"])],
+        key="cr_mode",
+        format_func=lambda m: MODES[m].title if m in MODES else m,
+        persist_state="session",
+    ),
+    "status": f[3].multiselect(
+        "Status", list(RUN_STATUSES), default=["finished"], key="cr_status", persist_state="session"
+    ),
+}
+shown = filter_runs(frame, **picked)
+
+axis = st.segmented_control(
+    "Memory axis",
+    list(MEMORY_AXES),
+    default="total_modelled_MB",
+    required=True,
+    format_func=lambda c: MEMORY_AXES[c].split(" (")[0],
+    key="cr_axis",
+    persist_state="session",
+)
+plotted = shown.dropna(subset=[axis, "val_acc_pct"])
+if len(plotted):
+    st.plotly_chart(
+        figures.memory_accuracy_scatter(
+            shown, x=axis, x_label=MEMORY_AXES[axis], title="Validation accuracy vs training memory"
+        ),
+        width="stretch",
+        key="cr_scatter",
+    )
+if len(plotted) < len(shown):
+    st.caption(
+        f"{len(shown) - len(plotted)} run(s) without this memory figure or an accuracy are not "
+        "plotted (memory not recorded, or stopped before evaluating)."
+    )
+if shown.empty:
+    st.warning("No run matches these filters.")
+
+st.dataframe(
+    shown,
+    hide_index=True,
+    width="stretch",
+    key="cr_table",
+    column_config={
+        "val_acc_pct": st.column_config.NumberColumn("val acc %", format="%.1f"),
+        "best_val_acc_pct": st.column_config.NumberColumn("best %", format="%.1f"),
+        "started_at": st.column_config.TextColumn("started"),
+    },
+)
+st.download_button(
+    "Export these runs (CSV)",
+    export_csv_text(store, shown["id"].tolist()),
+    file_name="tinytl-runs.csv",
+    mime="text/csv",
+    icon=":material/download:",
+    disabled=shown.empty,
+    key="cr_export",
+)
+
+st.subheader("Training curves")
+labels = {int(r["id"]): run_label(r) for r in shown.to_dict("records")}
+chosen = st.multiselect("Runs", list(labels), default=list(labels)[:3], format_func=labels.get, key="cr_runs")
+if chosen:
+    series = []
+    for run_id in chosen:
+        history = runs[run_id]["history"] or []
+        series.append(
+            (
+                f"#{run_id} {runs[run_id]['mode']}",
+                [h for h in history if h["kind"] == "step"],
+                [h for h in history if h["kind"] == "eval"],
+            )
+        )
+    st.plotly_chart(figures.curves_figure(series), width="stretch", key="cr_curves")
+
+with st.expander("Delete runs", icon=":material/delete:"):
+    doomed = st.multiselect("Runs to delete", list(labels), format_func=labels.get, key="cr_delete")
+    sure = st.checkbox("Yes, delete them for good", key="cr_sure", disabled=not doomed)
+    if st.button("Delete", type="primary", disabled=not (doomed and sure), key="cr_delete_button"):
+        for run_id in doomed:
+            try:
+                store.delete_run(run_id)
+            except KeyError:
+                pass  # already deleted from another tab
+        st.session_state.pop("cr_delete", None)
+        st.toast(f"Deleted {len(doomed)} run(s).")
+        st.rerun()

@@ -1,0 +1,82 @@
+"""Home: what TinyTL is, and one picture of where training memory goes (layout only)."""
+
+import streamlit as st
+
+from app_pages import _cache
+from tinytl_core.memory import MB
+from tinytl_core.modes import MODES
+from tinytl_core.ui.figures import mode_memory_bars
+
+backbone = st.session_state.get("backbone", "mobilenetv2_100")
+resolution = int(st.session_state.get("resolution", 224))
+batch_size = int(st.session_state.get("batch_size", 8))
+
+st.title("TinyTL Lab")
+st.markdown(
+    "Fine-tuning a network on a small device runs out of memory long before it runs out of parameters: "
+    "backward needs the **activations** saved during the forward pass, and they are many times larger than "
+    "the weights. **TinyTL** (Cai et al., NeurIPS 2020) freezes the weights, because the gradient of a "
+    "bias needs no stored input, and adds small **lite residual** branches that work at half resolution, "
+    "so the network still adapts while storing a fraction of the activations."
+)
+
+problem = _cache.resolution_problem(backbone, resolution)
+if problem:
+    st.error(problem)
+    st.stop()
+try:
+    table, _ = _cache.reports(backbone, resolution, batch_size)
+except (ValueError, RuntimeError) as exc:
+    st.error(f"Cannot model {backbone} at {resolution} px, batch {batch_size}: {exc}")
+    st.stop()
+
+st.plotly_chart(
+    mode_memory_bars(
+        table,
+        title=f"Training memory per mode: {backbone}, {resolution} px, batch {batch_size}, Adam (modelled)",
+    ),
+    width="stretch",
+)
+rows = table[table["applicable"]].set_index("mode")
+if "full" in rows.index:
+    full = rows.loc["full"]
+    cols = st.columns(3)
+    cols[0].metric(
+        "Full fine-tuning",
+        f"{full['total_bytes'] / MB:,.1f} MB",
+        help="Weights + gradients + Adam state + stored activations + working set (complete accounting).",
+    )
+    cols[1].metric(
+        "of which activations", f"{100 * full['activations_necessary_bytes'] / full['total_bytes']:.0f} %"
+    )
+    best = rows.drop(index="full")["total_bytes"]
+    if len(best):
+        tiny = "lite_residual+bias" if "lite_residual+bias" in best.index else best.idxmin()
+        cols[2].metric(
+            MODES[tiny].title,
+            f"{rows.loc[tiny, 'total_bytes'] / MB:,.1f} MB",
+            delta=f"{full['total_bytes'] / rows.loc[tiny, 'total_bytes']:.1f}x less than full",
+            delta_color="off",
+        )
+st.caption(
+    "Change the backbone, resolution and batch size in the sidebar: parameters stay put, activations follow "
+    "the batch size and the square of the resolution. These are modelled numbers; the Memory Explorer "
+    "measures a real step too."
+)
+
+st.subheader("Explore")
+left, right = st.columns(2)
+with left:
+    st.page_link("app_pages/memory_explorer.py", label="Memory Explorer", icon=":material/bar_chart:")
+    st.caption(
+        "Per-mode totals, layer-by-layer activations vs parameters, necessary vs what stock PyTorch "
+        "stores, and a measured step with the training engine."
+    )
+    st.page_link("app_pages/modes.py", label="Fine-tuning modes", icon=":material/tune:")
+    st.caption("What each mode trains on the selected backbone.")
+with right:
+    st.page_link("app_pages/adapt.py", label="Adapt", icon=":material/model_training:")
+    st.caption("Train in several modes on a built-in dataset or your own images, with live curves.")
+    st.page_link("app_pages/compare_runs.py", label="Compare runs", icon=":material/scatter_plot:")
+    st.caption("Every stored run on a memory-accuracy plot, like the paper's headline figure.")
+st.page_link("app_pages/about.py", label="About the method and the memory rules", icon=":material/info:")

@@ -1,0 +1,220 @@
+"""Memory Explorer: where training memory goes, per mode and per layer, modelled and measured."""
+
+import streamlit as st
+
+from app_pages import _cache
+from tinytl_core.adapt import resolve_device
+from tinytl_core.memory import ACCOUNTINGS, MB, OPTIMIZER_STATES, MemoryLimitError
+from tinytl_core.memory.accounting import OPTIMIZER_HELP
+from tinytl_core.modes import MODES
+from tinytl_core.ui import checks, explorer, figures
+
+backbone = st.session_state.get("backbone", "mobilenetv2_100")
+resolution = int(st.session_state.get("resolution", 224))
+batch_size = int(st.session_state.get("batch_size", 8))
+
+st.header("Memory Explorer")
+st.caption(
+    f"**{backbone}** · {resolution} px · batch {batch_size} (change them in the sidebar) · MB = 10^6 bytes"
+)
+
+c1, c2, c3, c4 = st.columns([4, 1.6, 1.2, 1.3], vertical_alignment="bottom")
+mode = c1.segmented_control(
+    "Mode",
+    list(MODES),
+    default="bias",
+    required=True,
+    key="mx_mode",
+    format_func=lambda m: MODES[m].title,
+    persist_state="session",
+)
+accounting = c2.segmented_control(
+    "Accounting",
+    ACCOUNTINGS,
+    default="complete",
+    required=True,
+    key="mx_accounting",
+    persist_state="session",
+    help="complete: weights, gradients + optimizer state, stored activations and the working set. "
+    "paper: TinyTL's own (peak activation + weights, frozen weights at 8 bits, no gradients).",
+)
+optimizer = c3.selectbox(
+    "Optimizer",
+    list(OPTIMIZER_STATES),
+    index=list(OPTIMIZER_STATES).index("adam"),
+    key="mx_optimizer",
+    help=OPTIMIZER_HELP,
+    persist_state="session",
+)
+group_norm = c4.toggle(
+    "GroupNorm",
+    key="mx_group_norm",
+    persist_state="session",
+    help="Replace BatchNorm by GroupNorm (8 channels per group), the paper's choice for "
+    "batch size 1. GroupNorm needs its input stored even when frozen.",
+)
+
+problem = _cache.resolution_problem(backbone, resolution)
+if problem:
+    st.error(problem)
+    st.stop()
+try:
+    table, reports = _cache.reports(backbone, resolution, batch_size, optimizer, accounting, group_norm)
+    # Measured bytes are compared with the complete accounting's per-layer sums (the paper's is a peak).
+    complete_table, complete_reports = (
+        (table, reports)
+        if accounting == "complete"
+        else _cache.reports(backbone, resolution, batch_size, optimizer, "complete", group_norm)
+    )
+except (ValueError, RuntimeError) as exc:
+    st.error(f"Cannot model {backbone} at {resolution} px, batch {batch_size}: {exc}")
+    st.stop()
+
+report = reports[mode]
+row = table.set_index("mode").loc[mode]
+title = MODES[mode].title
+st.info(f"**{title}** — {MODES[mode].description}", icon=":material/tune:")
+
+# ------------------------------------------------------------------------------------------- totals
+if isinstance(report, str):
+    st.warning(f"{title} does not apply to {backbone}: {report}")
+else:
+    m = st.columns(6)
+    m[0].metric(
+        "Total (modelled)",
+        f"{row['total_bytes'] / MB:,.1f} MB",
+        delta=None
+        if mode == "full" or row["ratio_to_full"] != row["ratio_to_full"]
+        else f"{row['ratio_to_full']:.2f}x full",
+        delta_color="off",
+    )
+    m[1].metric("Weights", f"{row['weights_bytes'] / MB:,.1f} MB")
+    m[2].metric("Gradients + optimizer", f"{row['grads_optimizer_bytes'] / MB:,.1f} MB")
+    m[3].metric(
+        "Activations, necessary",
+        f"{row['activations_necessary_bytes'] / MB:,.1f} MB",
+        help="What backward must store under TinyTL's rules (the paper accounting: the peak).",
+    )
+    m[4].metric(
+        "Activations, stock PyTorch",
+        f"{row['activations_stock_bytes'] / MB:,.1f} MB",
+        help="What PyTorch's autograd stores by default (modelled from the traced ops).",
+    )
+    m[5].metric(
+        "Trainable parameters", f"{int(row['trainable_params']):,}", help=f"of {int(row['params']):,}"
+    )
+    fit = checks.memory_problem(
+        complete_table.set_index("mode").loc[mode, "total_stock_bytes"],
+        resolve_device("auto"),
+        what=f"Training {title} with stock PyTorch at batch {batch_size}",
+    )
+    if fit:
+        st.error(fit, icon=":material/memory:")
+
+# ---------------------------------------------------------------------------------------- measuring
+key = f"{backbone}|{resolution}|{batch_size}|{optimizer}|{group_norm}"
+measured = st.session_state.setdefault("mx_measured", {}).setdefault(key, {})
+left, right = st.columns([1, 3], vertical_alignment="center")
+clicked = left.button(
+    "Measure a real step",
+    icon=":material/speed:",
+    type="primary",
+    key="mx_measure",
+    disabled=isinstance(report, str),
+    width="stretch",
+)
+right.caption(
+    "Runs one real forward + backward + optimizer step of this mode with random weights and counts "
+    "the bytes autograd saves for backward, per layer — once with stock PyTorch layers and once "
+    "with the training engine's memory-lean layers."
+)
+if clicked:
+    with st.spinner(f"Measuring one training step of {backbone} in {title}..."):
+        try:
+            measured[mode] = explorer.measure_mode(
+                backbone,
+                mode,
+                resolution=resolution,
+                batch_size=batch_size,
+                optimizer=optimizer,
+                group_norm=group_norm,
+                modelled=complete_reports[mode],
+            )
+        except MemoryLimitError as exc:
+            st.error(str(exc), icon=":material/memory:")
+        except (ValueError, RuntimeError) as exc:
+            st.error(f"The measurement failed: {exc}")
+step = measured.get(mode)
+if step is not None and not isinstance(report, str):
+    necessary = complete_table.set_index("mode").loc[mode, "activations_necessary_bytes"]
+    s = st.columns(3)
+    s[0].metric("Necessary (model)", f"{necessary / MB:,.2f} MB", help="TinyTL's rules, summed per layer.")
+    s[1].metric(
+        "Stock PyTorch (measured)",
+        f"{step.stock_bytes / MB:,.2f} MB",
+        delta=f"{step.stock_bytes / max(necessary, 1):.1f}x necessary",
+        delta_color="off",
+    )
+    if step.engine_bytes is not None:
+        s[2].metric(
+            "Engine (measured)",
+            f"{step.engine_bytes / MB:,.2f} MB",
+            delta=f"{step.engine_bytes / max(necessary, 1):.2f}x necessary",
+            delta_color="off",
+        )
+    else:
+        s[2].warning(f"The training engine could not run this model: {step.engine_error}")
+    if step.stock.peak_cuda_bytes is not None:
+        st.caption(f"Peak CUDA memory of the stock step: {step.stock.peak_cuda_bytes / MB:,.1f} MB")
+
+# ------------------------------------------------------------------------------------------- charts
+a, b = st.columns(2)
+a.plotly_chart(
+    figures.mode_memory_bars(table, title="Training memory per mode (modelled)", selected=mode),
+    width="stretch",
+    key="mx_bars",
+)
+b.plotly_chart(
+    figures.activation_bars(
+        complete_table, measured, title="Activations: necessary vs stock PyTorch vs engine"
+    ),
+    width="stretch",
+    key="mx_activations",
+)
+
+if not isinstance(report, str):
+    layers = explorer.layer_table(report, step)
+    log_y = st.toggle("Log scale", key="mx_log", persist_state="session")
+    st.plotly_chart(
+        figures.layer_depth_chart(
+            layers, log_y=log_y, title=f"{title}: parameters vs activations along the depth of {backbone}"
+        ),
+        width="stretch",
+        key="mx_layers",
+    )
+    st.subheader("Per-layer table")
+    st.dataframe(layers, hide_index=True, width="stretch", height=360)
+    st.download_button(
+        "Download the per-layer table (CSV)",
+        layers.to_csv(index=False),
+        file_name=f"{backbone}-{mode}-{resolution}px-b{batch_size}-{accounting}.csv",
+        mime="text/csv",
+        icon=":material/download:",
+        key="mx_csv",
+    )
+
+with st.expander("Totals of every mode (table)"):
+    totals = explorer.totals_in_mb(table)
+    st.dataframe(totals, hide_index=True, width="stretch")
+    st.download_button(
+        "Download totals (CSV)",
+        totals.to_csv(index=False),
+        mime="text/csv",
+        file_name=f"{backbone}-modes-{resolution}px-b{batch_size}-{accounting}.csv",
+        key="mx_totals_csv",
+    )
+st.caption(
+    "Modelled numbers come from shapes traced on PyTorch's meta device (nothing allocated). "
+    "*Necessary* applies TinyTL's rules (a frozen weight needs no stored input, ReLU needs a 1-bit mask, "
+    "...); *stock PyTorch* is what autograd saves by default. The About page has the rules."
+)
