@@ -14,6 +14,16 @@ from tinytl_core.memory.stock import SavedTensorCounter
 from tinytl_core.norms import freeze_statistics
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread is as fast, and on a shared CPU idle OpenMP workers spinning for
+    a second thread make each step many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def assert_saves_only_via_save_for_backward(out: torch.Tensor) -> int:
     """Requirement: custom autograd functions keep tensors only through ``ctx.save_for_backward`` (so
     saved-tensor hooks see them), never as plain ``ctx`` attributes. Returns how many custom nodes the
@@ -123,6 +133,29 @@ def test_masked_activation_matches_stock_with_one_bit(make, inplace):
     assert saved_stock == x.numel() * 4
     assert saved_engine == math.ceil(x.numel() / 8)
     assert assert_saves_only_via_save_for_backward(module(x.clone().requires_grad_(True) * 1.0)) == 1
+
+
+@pytest.mark.parametrize("make", [nn.ReLU, nn.ReLU6, lambda inplace: nn.LeakyReLU(0.2, inplace)])
+def test_masked_activation_sharing_its_output(make):
+    """keep_output: the activation stores its output (which a trainable conv stores anyway) instead of a
+    mask; gradients stay exact and the pair stores one tensor."""
+    model = nn.Sequential(make(inplace=True), nn.Conv2d(3, 4, 1))
+    x = _activation_input()
+    saved_stock, _ = _compare(model, x, exact=True)
+    model[0].keep_output = True
+    saved_stock, saved_engine = _compare(model, x, exact=True)
+    assert saved_engine == x.numel() * 4 <= saved_stock
+    assert describe(model).layers[0].stores.startswith("output, shared")
+
+
+def test_convert_with_input_size_finds_shared_outputs():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU6(), nn.Flatten())
+    for p in model[0].parameters():
+        p.requires_grad_(False)  # first ReLU: next conv trains and stores its output -> shared
+    report = convert(model, input_size=(3, 9, 9))
+    assert [model[1].keep_output, model[3].keep_output] == [True, False]
+    assert report.layers[1].stores.startswith("output, shared") and report.layers[3].stores == "1-bit mask"
+    _compare(model, torch.randn(2, 3, 9, 9), exact=True)
 
 
 def test_hardtanh_with_negative_bound_stays_stock():

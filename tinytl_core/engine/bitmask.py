@@ -38,8 +38,8 @@ def _lut(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """256 x 8 table: row b holds the 8 flags of byte b as 0/1 values of ``dtype``."""
     key = (device, dtype)
     if key not in _LUTS:
-        bits = (torch.arange(256).unsqueeze(1) >> torch.arange(8)) & 1
-        _LUTS[key] = bits.to(device=device, dtype=dtype)
+        byte = torch.arange(256, device=device).unsqueeze(1)
+        _LUTS[key] = ((byte >> torch.arange(8, device=device)) & 1).to(dtype)
     return _LUTS[key]
 
 

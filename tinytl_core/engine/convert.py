@@ -15,7 +15,13 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
-from tinytl_core.engine.layers import ENGINE_CLASSES, EngineModule, activation_kind, stock_class
+from tinytl_core.engine.layers import (
+    ENGINE_CLASSES,
+    EngineModule,
+    MaskedActivation,
+    activation_kind,
+    stock_class,
+)
 from tinytl_core.norms import freeze_statistics, is_frozen, unfreeze_statistics
 
 __all__ = ["EngineLayer", "EngineReport", "convert", "describe", "engine_enabled", "is_converted", "revert"]
@@ -97,17 +103,47 @@ def describe(model: nn.Module) -> EngineReport:
     return EngineReport(tuple(rows))
 
 
-def convert(model: nn.Module) -> EngineReport:
+def convert(model: nn.Module, *, input_size: tuple[int, int, int] | None = None) -> EngineReport:
     """Turn every supported layer of ``model`` into its engine layer, in place; returns the report.
 
     Forward outputs are unchanged and gradients equal stock PyTorch's. Unsupported layers (any class the
     engine has no exact rule for, including subclasses of supported ones) stay stock.
+
+    ``input_size`` ``(C, H, W)``: also trace one forward on the ``meta`` device (nothing allocated) to find
+    the ReLU-like activations whose output a later layer stores in full anyway (a conv whose weight trains,
+    a squeeze-excitation multiply); those keep that shared output instead of a 1-bit mask, which then
+    costs nothing. Without it every such activation keeps a mask (exact, 1 bit per element more there).
+    The finding reflects the current mode: convert again after changing what trains.
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"convert expects a torch.nn.Module, got {type(model).__name__}")
     for module in model.modules():
         _swap(module, lambda m: ENGINE_CLASSES.get(type(m)))
+    if input_size is not None:
+        _share_stored_outputs(model, input_size)
     return describe(model)
+
+
+def _share_stored_outputs(model: nn.Module, input_size: tuple[int, int, int]) -> int:
+    """Set ``keep_output`` on masked activations all of whose calls' outputs are stored in full by other
+    layers (found by a meta-device trace of one training forward); returns how many."""
+    from tinytl_core.memory.trace import trace_model  # the memory model's tracer (meta, train mode)
+
+    activations = [m for m in model.modules() if isinstance(m, MaskedActivation)]
+    for module in activations:
+        module.keep_output = False
+    if not activations:
+        return 0
+    trace = trace_model(model, tuple(input_size), 2, allow_real=False)  # 2: BatchNorm needs > 1 value
+    stored = {(s.key, s.version) for s in trace.saved}
+    verdict: dict[int, bool] = {}
+    for row in trace.rows:
+        if isinstance(row.module, MaskedActivation) and row.outputs:
+            out = row.outputs[0]
+            verdict[id(row.module)] = verdict.get(id(row.module), True) and (out.key, out.version) in stored
+    for module in activations:
+        module.keep_output = verdict.get(id(module), False)
+    return sum(module.keep_output for module in activations)
 
 
 def _swap(module: nn.Module, target: Callable[[nn.Module], type[nn.Module] | None]) -> bool:

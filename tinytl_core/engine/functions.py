@@ -157,27 +157,42 @@ class MaskedActivationFn(Function):
     Their input gradients are ``grad * c1`` where the bit is set and ``grad * c0`` elsewhere, so one bit
     per element is all backward needs (stock autograd stores a 32-bit tensor). ``inplace`` overwrites the
     input like the stock ``inplace=True`` modules.
+
+    ``keep_output``: store the output itself instead of the mask, for when a later layer stores that very
+    tensor anyway (e.g. a conv whose weight trains): then it costs nothing extra, where a mask would cost
+    1 bit per element more. The mask is recomputed from the output (``y > 0`` iff ``x > 0``, ``0 < y < max``
+    iff ``0 < x < max``), so this is exact for ReLU, ReLU6 / Hardtanh(0, max) and LeakyReLU with a
+    positive slope; other kinds ignore the flag.
     """
 
     @staticmethod
-    def forward(ctx, x, kind, param, inplace):  # type: ignore[override]
+    def forward(ctx, x, kind, param, inplace, keep_output=False):  # type: ignore[override]
         ctx.kind, ctx.param, ctx.shape = kind, float(param), x.shape
-        ctx.save_for_backward(pack_bits(_MASKS[kind].bit(x, param)) if ctx.needs_input_grad[0] else None)
+        output_tells = kind in ("relu", "hardtanh") or (kind == "leaky_relu" and param > 0)
+        ctx.from_output = bool(keep_output) and output_tells
+        need = ctx.needs_input_grad[0]
+        # The mask is taken before an in-place forward overwrites x.
+        mask = pack_bits(_MASKS[kind].bit(x, param)) if need and not ctx.from_output else None
         if inplace:
             ctx.mark_dirty(x)
-            return x.copy_(ACTIVATIONS[kind].forward(x, param))
-        return ACTIVATIONS[kind].forward(x, param)
+            out = x.copy_(ACTIVATIONS[kind].forward(x, param))
+        else:
+            out = ACTIVATIONS[kind].forward(x, param)
+        ctx.save_for_backward(out if need and ctx.from_output else mask)
+        return out
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
-        (packed,) = ctx.saved_tensors
+        (saved,) = ctx.saved_tensors
+        if ctx.from_output:  # the stock backward kernel, fed with the output: same region test
+            return ACTIVATIONS[ctx.kind].backward(grad_out, saved, ctx.param), None, None, None, None
         rule = _MASKS[ctx.kind]
-        bits = unpack_bits(packed, ctx.shape, grad_out.dtype)
+        bits = unpack_bits(saved, ctx.shape, grad_out.dtype)
         if rule.off_is_param:
-            return torch.where(bits.bool(), grad_out, grad_out * ctx.param), None, None, None
+            return torch.where(bits.bool(), grad_out, grad_out * ctx.param), None, None, None, None
         grad = grad_out * bits  # exact: multiplies by 1 or 0
         # The stock kernels compute grad * c with c rounded to the tensor's dtype: same here.
-        return (grad if rule.on == 1.0 else grad * rule.on), None, None, None
+        return (grad if rule.on == 1.0 else grad * rule.on), None, None, None, None
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -47,6 +47,7 @@ __all__ = [
     "EngineHardtanh",
     "EngineLeakyReLU",
     "EngineModule",
+    "MaskedActivation",
     "EngineMaxPool2d",
     "EngineReLU",
     "EngineReLU6",
@@ -109,45 +110,54 @@ def activation_kind(module: nn.Module) -> tuple[str, float] | None:
     return (simple[cls], 0.0) if cls in simple else None
 
 
-class _MaskedActivation(EngineModule):
+class MaskedActivation(EngineModule):
+    """Base of the engine activations whose gradient is a 1-bit mask (ReLU, ReLU6, Hardtanh(0, max),
+    LeakyReLU, Hardsigmoid)."""
+
+    # Set by convert(model, input_size=...) when every call's output is stored in full by a later layer.
+    keep_output = False
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         spec = activation_kind(self)
         if spec is None or spec[0] not in MASKED_KINDS or not _recording(x):
             return super().forward(x)  # type: ignore[misc]
-        return MaskedActivationFn.apply(x, spec[0], spec[1], bool(getattr(self, "inplace", False)))
+        inplace = bool(getattr(self, "inplace", False))
+        return MaskedActivationFn.apply(x, spec[0], spec[1], inplace, self.keep_output)
 
     def engine_rule(self) -> str:
         spec = activation_kind(self)
         if spec is None or spec[0] not in MASKED_KINDS:
             return "stock (unsupported bounds)"
+        if self.keep_output and spec[0] != "hardsigmoid":
+            return "output, shared with a later layer that stores it in full (0 extra)"
         return "1-bit mask"
 
 
-class EngineReLU(_MaskedActivation, nn.ReLU):
+class EngineReLU(MaskedActivation, nn.ReLU):
     """ReLU storing a 1-bit mask (``x > 0``) instead of its float output."""
 
     _stock_class = nn.ReLU
 
 
-class EngineReLU6(_MaskedActivation, nn.ReLU6):
+class EngineReLU6(MaskedActivation, nn.ReLU6):
     """ReLU6 storing a 1-bit mask (``0 < x < 6``) instead of its float input."""
 
     _stock_class = nn.ReLU6
 
 
-class EngineHardtanh(_MaskedActivation, nn.Hardtanh):
+class EngineHardtanh(MaskedActivation, nn.Hardtanh):
     """Hardtanh(0, max) storing a 1-bit mask (``0 < x < max``); other bounds run stock."""
 
     _stock_class = nn.Hardtanh
 
 
-class EngineLeakyReLU(_MaskedActivation, nn.LeakyReLU):
+class EngineLeakyReLU(MaskedActivation, nn.LeakyReLU):
     """LeakyReLU storing a 1-bit mask (``x > 0``) instead of its float input."""
 
     _stock_class = nn.LeakyReLU
 
 
-class EngineHardsigmoid(_MaskedActivation, nn.Hardsigmoid):
+class EngineHardsigmoid(MaskedActivation, nn.Hardsigmoid):
     """Hardsigmoid storing a 1-bit mask (``-3 < x < 3``): its gradient is ``grad / 6`` there, else 0."""
 
     _stock_class = nn.Hardsigmoid

@@ -1,0 +1,132 @@
+"""The engine on real timm CNNs, every fine-tuning mode: same outputs and gradients as stock PyTorch, and
+measured activations at TinyTL's necessary bytes (small resolution: 64 px, batch 2)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tinytl_core.engine import EngineModule, convert, describe, engine_enabled, revert
+from tinytl_core.memory import analyze
+from tinytl_core.memory.stock import SavedTensorCounter
+from tinytl_core.modes import MODES, prepare_model
+
+MODELS = ("mobilenetv2_100", "mobilenetv3_large_100", "efficientnet_b0", "resnet18")
+SIZE = (3, 64, 64)
+BATCH = 2
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread is as fast, and on a shared CPU idle OpenMP workers spinning for
+    a second thread make each step many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _train_step(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor):
+    """One forward + backward: (logits, {param name: grad}, saved activation bytes)."""
+    model.train()
+    model.zero_grad(set_to_none=True)
+    with SavedTensorCounter([*model.parameters(), *model.buffers()]) as counter:
+        logits = model(x)
+        loss = F.cross_entropy(logits, target)
+    saved = counter.total_bytes
+    counter.release()
+    loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+    return logits.detach(), grads, saved
+
+
+def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backbone", MODELS)
+def test_engine_gradients_equal_stock_in_every_mode(backbone):
+    x = torch.randn(BATCH, *SIZE)
+    target = torch.tensor([1, 7])
+    for mode in MODES:
+        torch.manual_seed(0)
+        model = prepare_model(backbone, mode, resolution=SIZE[-1]).model
+        params_before = {n: id(p) for n, p in model.named_parameters()}
+        keys_before = list(model.state_dict())
+        stock_out, stock_grads, stock_saved = _train_step(model, x, target)
+
+        report = convert(model, input_size=SIZE)  # incl. sharing outputs that later layers store in full
+        assert report.n_converted > 0
+        engine_out, engine_grads, engine_saved = _train_step(model, x, target)
+
+        assert torch.equal(stock_out, engine_out), mode
+        assert stock_grads.keys() == engine_grads.keys(), mode
+        worst = max(_relative(engine_grads[n], stock_grads[n]) for n in stock_grads)
+        assert worst <= 1e-5, (mode, worst)
+        assert engine_saved <= stock_saved, mode
+        # Same Parameter objects and state_dict: optimizers and checkpoints keep working.
+        assert {n: id(p) for n, p in model.named_parameters()} == params_before
+        assert list(model.state_dict()) == keys_before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backbone", ["mobilenetv2_100", "mobilenetv3_large_100"])
+def test_engine_stores_the_necessary_bytes(backbone):
+    x = torch.randn(BATCH, *SIZE)
+    target = torch.tensor([4, 0])
+    for mode in MODES:
+        model = prepare_model(backbone, mode, resolution=SIZE[-1]).model
+        # TinyTL's necessary bytes (the memory model), traced on the mask-only engine: there every tensor is
+        # first stored by a layer that needs it in full, so functional code such as squeeze-excitation's
+        # ``x * gate`` is attributed exactly (the stock trace credits x to the ReLU before it; see README).
+        convert(model)
+        necessary = analyze(model, input_size=SIZE, batch_size=BATCH).totals["activations_necessary_bytes"]
+        convert(model, input_size=SIZE)
+        _, _, engine_saved = _train_step(model, x, target)
+        # Exact rules for last / bias. Elsewhere, at 64 px, the per-channel mean and inverse std that stock
+        # batch-statistics BatchNorm keeps (2 x C floats, not in the model) add a few percent; well under 5 %
+        # at 224 px (see benchmarks/engine.py).
+        tolerance = 1.005 if mode in ("last", "bias") else 1.08
+        assert necessary * 0.995 <= engine_saved <= necessary * tolerance, (mode, engine_saved, necessary)
+
+
+def test_tinytl_bias_mode_saves_two_orders_of_magnitude():
+    model = prepare_model("mobilenetv2_100", "bias", resolution=64).model
+    x, target = torch.randn(BATCH, *SIZE), torch.tensor([0, 3])
+    _, _, stock_saved = _train_step(model, x, target)
+    with engine_enabled(model):
+        _, _, engine_saved = _train_step(model, x, target)
+    assert stock_saved > 50 * engine_saved
+    assert not any(isinstance(m, EngineModule) for m in model.modules())  # restored on exit
+
+
+def test_report_per_layer_rules_for_bias_mode():
+    model = prepare_model("mobilenetv3_large_100", "bias", resolution=64).model
+    report = convert(model)
+    rows = {layer.name: layer for layer in report.layers}
+    assert rows["conv_stem"].stores == "nothing (frozen weight)"
+    assert rows["blocks.1.0.bn1"].stores.startswith("nothing (frozen statistics)")
+    assert rows["blocks.1.0.bn1.act"].stores == "1-bit mask"  # ReLU
+    assert rows["blocks.3.0.bn1.act"].stores.startswith("input")  # Hardswish: its input, stock
+    assert rows["classifier"].stores.startswith("input (trainable weight")
+    assert "layers run on the engine" in str(report)
+    assert revert(model) == report.n_converted
+    assert describe(model).n_converted == 0
+
+
+def test_convert_after_optimizer_creation_keeps_training():
+    torch.manual_seed(0)
+    model = prepare_model("resnet18", "lite_residual+bias", resolution=64).model
+    reference = prepare_model("resnet18", "lite_residual+bias", resolution=64).model
+    reference.load_state_dict(model.state_dict())
+    x, target = torch.randn(BATCH, *SIZE), torch.tensor([2, 5])
+    optimizers = [torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.1, momentum=0.9)
+                  for m in (model, reference)]
+    convert(model)  # after the optimizer was built: same Parameter objects, so it still updates them
+    for _ in range(2):
+        for m, opt in zip((model, reference), optimizers):
+            opt.zero_grad()
+            F.cross_entropy(m.train()(x), target).backward()
+            opt.step()
+    for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+        assert torch.allclose(p, q, rtol=1e-4, atol=1e-6), name
