@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 failures.write(f"{name}\t{stage}\t{' '.join(error.split())[:500]}\n")
                 failures.flush()
-            bar.set_postfix(ok=f"{ok}/{bar.n + 1}")
+            bar.set_postfix(ok=ok, failed=bar.n + 1 - ok)
     total = time.perf_counter() - start
     scope = f"{len(names)} of {len(every)} architectures" + (
         f" (random sample, seed {args.seed})" if args.sample is not None else ""

@@ -230,3 +230,14 @@ def test_compare_modes_not_applicable_row():
     row = table.set_index("mode").loc["lite_residual"]
     assert not row["applicable"] and "lite residual" in row["reason"]
     assert "not applicable" in format_modes(table)
+
+
+def test_step_peak_by_hand():
+    """Two 1x1 convs, everything trains; the loss (mean square) keeps the output for backward."""
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 1))
+    t = analyze(model, input_size=(3, 16, 16), batch_size=2).totals
+    x, h = 4 * 2 * 3 * 16 * 16, 4 * 2 * 8 * 16 * 16  # input, hidden and output (same size as hidden)
+    assert t["activations_necessary_bytes"] == t["activations_stock_bytes"] == x + h + h
+    # Worst moment: the loss runs with x and h stored, the output live (kept too) and the scalar loss.
+    assert t["transient_bytes"] == t["transient_stock_bytes"] == 4
+    assert t["total_bytes"] == t["weights_bytes"] + t["grads_optimizer_bytes"] + x + 2 * h + 4

@@ -2,10 +2,11 @@
 
 Complete (default): weights (fp32, or frozen ones at ``frozen_weight_bits``) and buffers, gradients and
 optimizer state of trainable parameters, the activations stored for backward (TinyTL's necessary bytes,
-and stock PyTorch's saved bytes beside them), and the transient peak of the step: the largest working set
-of one layer (its input + output + the pending residual inputs of enclosing blocks), which lives on top of
-the stored activations in the forward pass and, as gradients of the same sizes, in the backward pass.
-``total_bytes`` uses the necessary activations, ``total_stock_bytes`` the stock ones.
+and stock PyTorch's saved bytes beside them), and the transient part of the step's peak: at its worst
+layer a step holds what earlier layers stored plus that layer's working set (input, output and the pending
+residual inputs of enclosing blocks; in the backward pass, gradients of the same shapes), see
+:func:`step_peak`. ``transient_bytes`` = peak - stored activations. ``total_bytes`` uses the necessary
+activations, ``total_stock_bytes`` the stock ones (with their own transient, ``transient_stock_bytes``).
 
 Paper: see :mod:`tinytl_core.memory.rules`. The activation figure is the peak (stored so far + working
 set), so ``transient_bytes`` is 0 and ``total_bytes = weights + peak``; gradients and optimizer state are
@@ -106,8 +107,9 @@ def complete(trace: Trace, *, optimizer: str, frozen_weight_bits: int) -> tuple[
     full_keys = {n.key for v in verdicts for n in v.needs if not n.mask and n.key is not None}
     counted: set = set()
     records = []
+    necessary_keys: list[set[int]] = []  # storages each row keeps in full (for the peak)
     for row, verdict in zip(trace.rows, verdicts):
-        nbytes, notes = 0, []
+        nbytes, notes, keys = 0, [], set()
         for need in verdict.needs:
             if need.mask and need.key in full_keys:
                 notes.append("mask free: the tensor is stored in full")
@@ -117,6 +119,8 @@ def complete(trace: Trace, *, optimizer: str, frozen_weight_bits: int) -> tuple[
                 nbytes += need.nbytes
                 if need.key is not None and not need.mask:
                     counted.add(need.key)
+                    keys.add(need.key[0])
+        necessary_keys.append(keys)
         rec = _base(row, states, frozen_weight_bits, paper=False)
         rec["activation_necessary_bytes"] = nbytes
         rec["necessary_reason"] = verdict.reason + (f" ({'; '.join(dict.fromkeys(notes))})" if notes else "")
@@ -125,17 +129,34 @@ def complete(trace: Trace, *, optimizer: str, frozen_weight_bits: int) -> tuple[
     totals = _common_totals(trace, states)
     weights = sum(param_bytes(p, frozen_weight_bits) for p in trace.params) + trace.buffer_bytes
     necessary = int(layers["activation_necessary_bytes"].sum())
-    compute = layers[layers["kind"].isin(["layer", "module"])]
-    transient = int(compute["working_bytes"].max()) if len(compute) else 0
-    fixed = weights + totals["grads_optimizer_bytes"] + transient
+    stock = totals["activations_stock_bytes"]
+    peak = step_peak(trace.rows, list(layers["activation_necessary_bytes"]), necessary_keys)
+    peak_stock = step_peak(trace.rows, [r.saved_bytes for r in trace.rows],
+                           [{s.key for s in r.saved} for r in trace.rows])
+    fixed = weights + totals["grads_optimizer_bytes"]
     totals.update(
         weights_bytes=weights,
         activations_necessary_bytes=necessary,
-        transient_bytes=transient,
-        total_bytes=fixed + necessary,
-        total_stock_bytes=fixed + totals["activations_stock_bytes"],
+        transient_bytes=peak - necessary,
+        transient_stock_bytes=peak_stock - stock,
+        total_bytes=fixed + peak,
+        total_stock_bytes=fixed + peak_stock,
     )
     return layers, totals
+
+
+def step_peak(rows: list[Row], stored: list[int], stored_keys: list[set[int]]) -> int:
+    """Peak activation memory of a training step: the largest, over rows in execution order, of what is
+    stored for backward before the row plus the row's live tensors not among them (input, output, pending
+    residual inputs), and at least everything stored. The backward pass has the same peak: at each layer
+    it holds what earlier layers stored plus gradients shaped like the layer's input and output."""
+    so_far, keys, peak = 0, set(), 0
+    for row, nbytes, row_keys in zip(rows, stored, stored_keys):
+        live = {t.key: t.nbytes for t in row.live if t.key not in keys}
+        peak = max(peak, so_far + sum(live.values()))
+        so_far += nbytes
+        keys |= row_keys
+    return max(peak, so_far)
 
 
 def paper(trace: Trace) -> tuple[pd.DataFrame, dict]:

@@ -86,8 +86,8 @@ def training_memory_figures(
     ``activations_stock_bytes``, ``total_modelled_bytes`` (weights + grads/optimizer + necessary
     activations + transient), ``activations_measured_bytes`` (bytes autograd really saved in one step) and
     ``total_measured_bytes`` (on CUDA the peak allocated memory of the step; elsewhere the measured saved
-    bytes plus the modelled weights, gradients/optimizer state and transient). The measured ones are None
-    when ``measure`` is False. Measuring runs one real step (weights unchanged, see
+    bytes plus the modelled weights, gradients/optimizer state and stock transient). The measured ones are
+    None when ``measure`` is False. Measuring runs one real step (weights unchanged, see
     :func:`~tinytl_core.memory.measure.measure`).
     """
     from tinytl_core.memory.measure import measure as measure_step
@@ -109,6 +109,6 @@ def training_memory_figures(
         figures["activations_measured_bytes"] = float(m.saved_bytes)
         figures["total_measured_bytes"] = float(
             m.peak_cuda_bytes if m.peak_cuda_bytes is not None
-            else t["weights_bytes"] + t["grads_optimizer_bytes"] + m.saved_bytes + t["transient_bytes"]
+            else t["weights_bytes"] + t["grads_optimizer_bytes"] + m.saved_bytes + t["transient_stock_bytes"]
         )
     return figures

@@ -187,7 +187,7 @@ def _check_fits(model, modelled, input_size, batch_size, optimizer, here, target
             return None
     t = modelled.totals
     c, h, w = input_size
-    required = t["grads_optimizer_bytes"] + t["activations_stock_bytes"] + t["transient_bytes"] + (
+    required = t["grads_optimizer_bytes"] + t["activations_stock_bytes"] + t["transient_stock_bytes"] + (
         batch_size * c * h * w * 4
     )
     if target != here:
@@ -196,7 +196,7 @@ def _check_fits(model, modelled, input_size, batch_size, optimizer, here, target
     if free is not None and required > free:
         raise MemoryLimitError(
             f"measuring this step needs about {megabytes(required)} MB on {target} (modelled: gradients + "
-            f"optimizer state, activations stock PyTorch saves, transient working set) but only "
+            f"optimizer state, activations stock PyTorch saves and its transient peak) but only "
             f"{megabytes(free)} MB are free; lower the batch size or resolution, or use analyze(), which "
             "allocates nothing"
         )

@@ -13,6 +13,12 @@ measurement (real tensors). Every module call is followed with forward (pre-)hoo
 Saved tensors (:class:`~tinytl_core.memory.stock.SavedTensorCounter`) are attributed to the innermost
 module running. With ``record_uses`` a ``TorchFunctionMode`` notes the last forward use of every storage:
 a block's input that is still used after a layer ran (the pending residual) is live while that layer runs.
+
+Where the ``meta`` kernels differ from the CPU ones, the shape trace follows the CPU (so the modelled
+stock bytes equal the measured ones): scaled dot-product attention takes the kernel the CPU would pick
+(flash attention when possible, not the math path); batch norm on running statistics does not count the
+per-channel statistics the meta kernel returns (CPU and CUDA return empty ones); and BatchNorm training on
+one value per channel (batch size 1), which PyTorch refuses, is still traced, to give per-sample memory.
 """
 
 from __future__ import annotations
@@ -96,7 +102,7 @@ class Row:
     batch_statistics: bool = False
     training: bool = False
     saved: list[SavedTensor] = field(default_factory=list)
-    pending_bytes: int = 0  # enclosing blocks' inputs still needed after this row (pending residual)
+    pending: list[TensorRef] = field(default_factory=list)  # enclosing blocks' inputs needed later
 
     @property
     def needs_input_grad(self) -> bool:
@@ -110,6 +116,16 @@ class Row:
     @property
     def output_bytes(self) -> int:
         return _distinct_bytes(self.outputs)
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes of the pending residual inputs (live while this row runs, though not its own)."""
+        return _distinct_bytes(self.pending)
+
+    @property
+    def live(self) -> list[TensorRef]:
+        """Tensors live while this row runs: its inputs, outputs and the pending residual inputs."""
+        return [*self.inputs, *self.outputs, *self.pending]
 
     @property
     def saved_bytes(self) -> int:
@@ -130,6 +146,16 @@ class Trace:
     params: list[ParamRef]
     buffer_bytes: int
     output_shape: tuple[int, ...] | None
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes of the pending residual inputs (live while this row runs, though not its own)."""
+        return _distinct_bytes(self.pending)
+
+    @property
+    def live(self) -> list[TensorRef]:
+        """Tensors live while this row runs: its inputs, outputs and the pending residual inputs."""
+        return [*self.inputs, *self.outputs, *self.pending]
 
     @property
     def saved_bytes(self) -> int:
@@ -435,12 +461,12 @@ def _set_pending(calls: list[_Call], last_use: dict[int, int]) -> None:
     for c in calls:
         row = c.row
         own = {t.key for t in row.inputs}
-        pending: dict[int, int] = {}
+        pending: dict[int, TensorRef] = {}
         for p in c.parents:
             for t in calls[p].row.inputs:
                 if t.key not in own and last_use.get(t.key, -1) > row.end:
-                    pending[t.key] = max(pending.get(t.key, 0), t.nbytes)
-        row.pending_bytes = sum(pending.values())
+                    pending.setdefault(t.key, t)
+        row.pending = list(pending.values())
 
 
 @contextmanager
