@@ -345,3 +345,20 @@ def test_engine_runs_on_meta():
     model.to("meta")
     out = model(torch.randn(2, 3, 16, 16, device="meta"))
     assert out.shape == (2, 4, 4, 4)
+
+
+def test_convert_and_revert_reject_non_modules():
+    with pytest.raises(ValueError, match="torch.nn.Module"):
+        convert("mobilenetv2_100")
+    with pytest.raises(ValueError, match="torch.nn.Module"):
+        revert(None)
+
+
+def test_engine_disabled_block_restores_engine_layers():
+    from tinytl_core.engine import engine_enabled, is_converted
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+    convert(model)
+    with engine_enabled(model, enabled=False) as report:
+        assert not is_converted(model) and report.n_converted == 0
+    assert is_converted(model) and type(model[1]).__name__ == "ReLU"

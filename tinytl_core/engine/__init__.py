@@ -9,15 +9,17 @@ autograd functions that keep only what their gradients need:
   gradient);
 - BatchNorm with frozen statistics: a per-channel scale and shift storing nothing, or its input when the
   scale trains (fused with the following activation, which is then recomputed);
-- ReLU / ReLU6 / LeakyReLU / Hardsigmoid: a 1-bit packed mask; dropout: a 1-bit mask;
-- max pooling: a 1-byte arg-max offset per output; average pooling: nothing;
+- ReLU / ReLU6 / LeakyReLU / Hardsigmoid: a 1-bit packed mask, or nothing extra when a later layer stores
+  their output in full anyway (found by ``convert(model, input_size=...)``); dropout: a 1-bit mask;
+- max pooling: the bit-packed arg-max offset in its window (4 bits for 3x3); average pooling, reflect /
+  replicate padding: nothing;
 - everything else (SiLU, Hardswish, GELU, trainable convs / linears, GroupNorm, ...) stays stock, which
   already keeps only what is needed.
 
 Usage::
 
     from tinytl_core.engine import convert, revert
-    report = convert(model)   # after the mode set requires_grad / attached lite residual branches
+    report = convert(model, input_size=(3, 224, 224))  # after the mode (requires_grad, lite residuals)
     print(report)             # per-layer: what backward keeps
     revert(model)             # back to stock layers
 """

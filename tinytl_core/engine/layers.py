@@ -90,6 +90,12 @@ def stock_class(module: nn.Module) -> type[nn.Module]:
 # ----------------------------------------------------------------------------------------------------
 # Activations
 # ----------------------------------------------------------------------------------------------------
+_PLAIN_ACTIVATIONS: dict[type[nn.Module], str] = {
+    nn.Identity: "identity", nn.Hardsigmoid: "hardsigmoid", nn.SiLU: "silu", nn.Hardswish: "hardswish",
+    nn.Sigmoid: "sigmoid", nn.Tanh: "tanh",
+}
+
+
 def activation_kind(module: nn.Module) -> tuple[str, float] | None:
     """``(kind, param)`` naming ``module``'s element-wise activation in
     :data:`tinytl_core.engine.functions.ACTIVATIONS`, or ``None`` if the engine does not know it.
@@ -105,9 +111,8 @@ def activation_kind(module: nn.Module) -> tuple[str, float] | None:
         return "leaky_relu", float(module.negative_slope)
     if cls is nn.GELU:
         return ("gelu_tanh" if module.approximate == "tanh" else "gelu"), 0.0
-    simple = {nn.Identity: "identity", nn.Hardsigmoid: "hardsigmoid", nn.SiLU: "silu",
-              nn.Hardswish: "hardswish", nn.Sigmoid: "sigmoid", nn.Tanh: "tanh"}
-    return (simple[cls], 0.0) if cls in simple else None
+    kind = _PLAIN_ACTIVATIONS.get(cls)
+    return None if kind is None else (kind, 0.0)
 
 
 class MaskedActivation(EngineModule):

@@ -1,0 +1,219 @@
+"""Does the training engine store only what TinyTL says is necessary, and how fast is it?
+
+For each backbone and fine-tuning mode, in one run on the same model:
+
+- activations saved for backward, *measured* in a real training step (saved-tensor hooks,
+  :func:`tinytl_core.memory.measure`): stock PyTorch layers vs the engine
+  (:func:`tinytl_core.engine.convert`);
+- TinyTL's *necessary* bytes, modelled by :func:`tinytl_core.memory.analyze` -- ``nec`` on the stock
+  model (the Memory Explorer's figure) and ``nec*`` on the mask-only engine, where every stored tensor
+  is first stored by a layer that needs it (the memory model attributes functional code such as
+  squeeze-excitation's ``x * gate`` by first sighting, which the stock trace misses; see the README);
+- total training memory: weights + gradients + optimizer state (modelled) + measured activations;
+- the step time (forward, backward, optimizer step) of the engine vs stock: interleaved, best of repeats
+  (on a shared machine other work only ever slows a step down, so the minimum is the stable estimate).
+
+    python benchmarks/engine.py                   # 4 backbones x 6 modes, 224 px, batch 8 (long on 2 cores)
+    python benchmarks/engine.py --quick           # 64 px, batch 2, mobilenetv2_100 + resnet18
+    python benchmarks/engine.py --backbones mobilenetv2_100 --modes bias lite_residual+bias --out e.json
+
+Prints a markdown table and checks the targets: engine within 5 % of necessary in every mode, total memory
+of ``lite_residual+bias`` (engine) >= 6x below stock ``full`` on mobilenetv2_100, engine step time <= 1.3x
+stock. MB = 10^6 bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from tinytl_core.engine import convert, engine_enabled  # noqa: E402
+from tinytl_core.memory import analyze, measure  # noqa: E402
+from tinytl_core.modes import MODES, prepare_model  # noqa: E402
+
+BACKBONES: tuple[str, ...] = ("mobilenetv2_100", "mobilenetv3_large_100", "efficientnet_b0", "resnet50")
+QUICK_BACKBONES: tuple[str, ...] = ("mobilenetv2_100", "resnet18")
+NECESSARY_TOLERANCE = 0.05
+TOTAL_TARGET = 6.0  # stock full / engine lite_residual+bias, mobilenetv2_100
+TIME_TARGET = 1.3
+MB = 1e6
+
+
+@dataclass(frozen=True)
+class Row:
+    """One (backbone, mode) of the benchmark; bytes and seconds."""
+
+    backbone: str
+    mode: str
+    stock_bytes: int
+    engine_bytes: int
+    necessary_bytes: int
+    necessary_engine_trace_bytes: int
+    weights_bytes: int
+    grads_optimizer_bytes: int
+    stock_step_s: float
+    engine_step_s: float
+
+    @property
+    def stock_total(self) -> int:
+        return self.weights_bytes + self.grads_optimizer_bytes + self.stock_bytes
+
+    @property
+    def engine_total(self) -> int:
+        return self.weights_bytes + self.grads_optimizer_bytes + self.engine_bytes
+
+    @property
+    def vs_necessary(self) -> float:
+        return self.engine_bytes / max(1, self.necessary_bytes)
+
+    @property
+    def vs_necessary_engine_trace(self) -> float:
+        return self.engine_bytes / max(1, self.necessary_engine_trace_bytes)
+
+    @property
+    def time_ratio(self) -> float:
+        return self.engine_step_s / self.stock_step_s
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--backbones", nargs="+", help=f"default: {' '.join(BACKBONES)}")
+    p.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    p.add_argument("--resolution", type=int, help="input size in pixels (default 224, --quick 64)")
+    p.add_argument("--batch-size", type=int, help="default 8 (--quick 2)")
+    p.add_argument("--optimizer", default="adam", choices=["none", "sgd", "adam", "adamw"])
+    p.add_argument("--repeats", type=int, help="timed steps per variant (default 5, --quick 3)")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    p.add_argument("--quick", action="store_true", help="small sizes: 64 px, batch 2, two backbones")
+    p.add_argument("--out", type=Path, help="also write the rows as JSON here")
+    args = p.parse_args(argv)
+    args.backbones = args.backbones or list(QUICK_BACKBONES if args.quick else BACKBONES)
+    args.resolution = args.resolution or (64 if args.quick else 224)
+    args.batch_size = args.batch_size or (2 if args.quick else 8)
+    args.repeats = args.repeats or (3 if args.quick else 5)
+    if min(args.resolution, args.batch_size, args.repeats, args.threads) < 1:
+        raise SystemExit("error: --resolution, --batch-size, --repeats and --threads must be >= 1")
+    return args
+
+
+def _timed_step(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, opt) -> float:
+    start = time.perf_counter()
+    opt.zero_grad(set_to_none=True)
+    F.cross_entropy(model(x), target).backward()
+    opt.step()
+    return time.perf_counter() - start
+
+
+def step_times(
+    model: torch.nn.Module, size: tuple[int, int, int], batch: int, repeats: int
+) -> tuple[float, float]:
+    """Best step time of the stock layers and of the (already converted) engine, interleaved so that a
+    slow phase of a shared machine hits both alike. The optimizer runs at learning rate 0."""
+    x = torch.randn(batch, *size)
+    target = torch.randint(0, 10, (batch,))
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.0)
+    model.train()
+    stock, engine = [], []
+    for i in range(repeats + 1):  # the first round warms up
+        with engine_enabled(model, enabled=False):
+            s = _timed_step(model, x, target, opt)
+        e = _timed_step(model, x, target, opt)
+        if i:
+            stock.append(s)
+            engine.append(e)
+    opt.zero_grad(set_to_none=True)
+    return min(stock), min(engine)
+
+
+def bench_one(backbone: str, mode: str, args: argparse.Namespace) -> Row:
+    """Measure one (backbone, mode)."""
+    torch.manual_seed(0)
+    size, batch = (3, args.resolution, args.resolution), args.batch_size
+    model = prepare_model(backbone, mode, resolution=args.resolution).model
+    modelled = analyze(model, input_size=size, batch_size=batch, optimizer=args.optimizer)
+    stock = measure(model, input_size=size, batch_size=batch, optimizer=args.optimizer, per_layer=False,
+                    modelled=modelled)
+    convert(model)  # mask-only engine: its trace attributes every stored tensor to a layer that needs it
+    necessary_engine = analyze(model, input_size=size, batch_size=batch, optimizer=args.optimizer)
+    convert(model, input_size=size)  # + activations sharing outputs that later layers store in full
+    engine = measure(model, input_size=size, batch_size=batch, optimizer=args.optimizer, per_layer=False,
+                     modelled=modelled)
+    stock_s, engine_s = step_times(model, size, batch, args.repeats)
+    t = modelled.totals
+    return Row(
+        backbone, mode, stock.saved_bytes, engine.saved_bytes, int(t["activations_necessary_bytes"]),
+        int(necessary_engine.totals["activations_necessary_bytes"]), int(t["weights_bytes"]),
+        int(t["grads_optimizer_bytes"]), stock_s, engine_s,
+    )
+
+
+def table(rows: list[Row]) -> str:
+    """Markdown table of the rows."""
+    head = ("| backbone | mode | stock act. MB | engine act. MB | nec MB | engine/nec | engine/nec* "
+            "| stock/engine | total stock MB | total engine MB | step stock s | step engine s | time ratio |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        lines.append(
+            f"| {r.backbone} | {r.mode} | {r.stock_bytes / MB:.1f} | {r.engine_bytes / MB:.1f} | "
+            f"{r.necessary_bytes / MB:.1f} | {r.vs_necessary:.3f} | {r.vs_necessary_engine_trace:.3f} | "
+            f"{r.stock_bytes / max(1, r.engine_bytes):.1f}x | {r.stock_total / MB:.1f} | "
+            f"{r.engine_total / MB:.1f} | {r.stock_step_s:.3f} | {r.engine_step_s:.3f} | {r.time_ratio:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def targets(rows: list[Row]) -> list[str]:
+    """One line per target: the measured figure and whether it is met."""
+    lines = []
+    worst = max(rows, key=lambda r: abs(r.vs_necessary - 1))
+    worst_star = max(rows, key=lambda r: abs(r.vs_necessary_engine_trace - 1))
+    for label, r, ratio in (("nec", worst, worst.vs_necessary),
+                            ("nec*", worst_star, worst_star.vs_necessary_engine_trace)):
+        ok = abs(ratio - 1) <= NECESSARY_TOLERANCE
+        lines.append(f"- engine within {NECESSARY_TOLERANCE:.0%} of necessary ({label}) in every mode: "
+                     f"{'met' if ok else 'NOT met'} (worst {r.backbone} / {r.mode}: {ratio:.3f})")
+    by_key = {(r.backbone, r.mode): r for r in rows}
+    full, lrb = by_key.get(("mobilenetv2_100", "full")), by_key.get(("mobilenetv2_100", "lite_residual+bias"))
+    if full and lrb:
+        ratio = full.stock_total / lrb.engine_total
+        lines.append(f"- total memory, mobilenetv2_100 stock full / engine lite_residual+bias: {ratio:.1f}x "
+                     f"({'met' if ratio >= TOTAL_TARGET else 'NOT met'}, target >= {TOTAL_TARGET:.0f}x)")
+    slowest = max(rows, key=lambda r: r.time_ratio)
+    met = "met" if slowest.time_ratio <= TIME_TARGET else "NOT met"
+    median = statistics.median(r.time_ratio for r in rows)
+    lines.append(f"- engine step time <= {TIME_TARGET}x stock: {met} (worst {slowest.backbone} / "
+                 f"{slowest.mode}: {slowest.time_ratio:.2f}x; median over rows {median:.2f}x)")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    rows: list[Row] = []
+    jobs = [(b, m) for b in args.backbones for m in args.modes]
+    for backbone, mode in tqdm(jobs, desc="engine benchmark", unit="mode", dynamic_ncols=True):
+        rows.append(bench_one(backbone, mode, args))
+    print(f"\n{args.resolution} px, batch {args.batch_size}, optimizer {args.optimizer}, "
+          f"{args.threads} thread(s), step time: best of {args.repeats}\n")
+    print(table(rows))
+    print()
+    print("\n".join(targets(rows)))
+    if args.out:
+        args.out.write_text(json.dumps([asdict(r) for r in rows], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
