@@ -19,6 +19,7 @@ from tinytl_core.memory.compare import table_from_reports
 from tinytl_core.results import ResultsStore
 from tinytl_core.ui import checks, explorer, figures, runs
 from tinytl_core.ui.jobs import JobBusyError, JobSlot, TrainingJob
+from tinytl_core.ui.text import docstring_markdown
 
 TINY = {"resolution": 32, "batch_size": 2}
 
@@ -274,3 +275,20 @@ def test_runs_frame_filter_label_and_export(tmp_path):
 def test_lite_residual_diagram():
     dot = figures.lite_residual_dot()
     assert dot.startswith("digraph") and "group conv" in dot and "avg pool" in dot
+
+
+def test_docstrings_become_markdown():
+    doc = """Title line.
+
+Rules (exact)
+-------------
+1. see :func:`tinytl_core.memory.analyze` and :class:`~tinytl_core.memory.MemoryReport`
+
+Usage::
+
+    convert(model)
+"""
+    text = docstring_markdown(doc)
+    assert "##### Rules (exact)" in text and "-----" not in text
+    assert "see `analyze` and `MemoryReport`" in text
+    assert "Usage:\n" in text and "    convert(model)" in text

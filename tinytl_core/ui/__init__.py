@@ -8,4 +8,5 @@
 - :mod:`~tinytl_core.ui.jobs` -- background adaptation jobs (worker thread, progress snapshots, cancel, one
   job per process).
 - :mod:`~tinytl_core.ui.runs` -- stored runs as a frame for the Compare runs page.
+- :mod:`~tinytl_core.ui.text` -- library docstrings as Markdown (the About page shows the rules in force).
 """

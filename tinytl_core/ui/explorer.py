@@ -85,7 +85,7 @@ def measure_mode(
         from tinytl_core.engine import convert
 
         try:
-            convert(prepared.model)
+            convert(prepared.model, input_size=size)
             lean = measure(prepared.model, **kwargs)
         except Exception as exc:  # the engine is a bonus column: the stock figure stands on its own
             error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"

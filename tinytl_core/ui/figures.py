@@ -28,8 +28,13 @@ _LAYOUT = {
 }
 
 
-def _mode_title(mode: str) -> str:
-    return MODES[mode].title if mode in MODES else mode
+_LEGEND_BELOW = {"orientation": "h", "yanchor": "top", "y": -0.2, "xanchor": "left", "x": 0}
+
+
+def _mode_tick(mode: str) -> str:
+    """A short two-line axis label for a mode (``TinyTL-B (bias)`` -> ``TinyTL-B``)."""
+    title = MODES[mode].title.split(" (")[0] if mode in MODES else mode
+    return title.replace(" ", "<br>", 1) if len(title) > 10 else title
 
 
 def mode_memory_bars(table: pd.DataFrame, *, title: str, selected: str | None = None) -> go.Figure:
@@ -70,8 +75,12 @@ def mode_memory_bars(table: pd.DataFrame, *, title: str, selected: str | None = 
             line_color="#333",
             fillcolor="rgba(0,0,0,0)",
         )
-    fig.update_layout(**_LAYOUT, legend_title_text="", yaxis_range=[0, 1.15 * max(totals.max(), 1e-9)])
-    fig.update_xaxes(tickvals=list(totals.index), ticktext=[_mode_title(m) for m in totals.index])
+    fig.update_layout(
+        **{**_LAYOUT, "legend": _LEGEND_BELOW},
+        legend_title_text="",
+        yaxis_range=[0, 1.15 * max(totals.max(), 1e-9)],
+    )
+    fig.update_xaxes(tickvals=list(totals.index), ticktext=[_mode_tick(m) for m in totals.index], tickangle=0)
     return fig
 
 
@@ -94,8 +103,8 @@ def activation_bars(
         hover_data={"MB": ":.2f"},
     )
     modes = list(dict.fromkeys(long["mode"]))
-    fig.update_xaxes(tickvals=modes, ticktext=[_mode_title(m) for m in modes])
-    fig.update_layout(**_LAYOUT, legend_title_text="")
+    fig.update_xaxes(tickvals=modes, ticktext=[_mode_tick(m) for m in modes], tickangle=0)
+    fig.update_layout(**{**_LAYOUT, "legend": _LEGEND_BELOW}, legend_title_text="")
     return fig
 
 
@@ -167,7 +176,7 @@ def memory_accuracy_scatter(frame: pd.DataFrame, *, x: str, x_label: str, title:
         labels={x: x_label, "val_acc_pct": "validation accuracy (%)"},
     )
     fig.update_traces(marker={"size": 13, "line": {"width": 1, "color": "#333"}})
-    fig.update_layout(**_LAYOUT)
+    fig.update_layout(**{**_LAYOUT, "legend": {"orientation": "v", "title": {"text": "mode, backbone"}}})
     fig.update_xaxes(rangemode="tozero")
     fig.update_yaxes(rangemode="tozero")
     return fig
@@ -236,22 +245,22 @@ def lite_residual_dot() -> str:
     (2 groups) and a 1x1 conv, upsampled back and added."""
     return """digraph G {
   rankdir=LR; bgcolor="transparent"; nodesep=0.35; ranksep=0.4;
-  node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=11, color="#666"];
+  node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=14, color="#666"];
   edge [color="#555"];
   x [label="a_i\\n(C x H x W)", fillcolor="#eeeeee"];
   subgraph cluster_main { label="main branch: frozen weights (biases may train)"; fontname="Helvetica";
-    fontsize=10; color="#4c78a8"; style="rounded";
+    fontsize=13; color="#4c78a8"; style="rounded";
     e [label="1x1 conv\\nexpand x6", fillcolor="#dbe6f3"];
     d [label="3x3 depthwise\\nconv", fillcolor="#dbe6f3"];
     p [label="1x1 conv\\nproject", fillcolor="#dbe6f3"]; e -> d -> p; }
   subgraph cluster_lr { label="lite residual: trains, ~26x smaller activations"; fontname="Helvetica";
-    fontsize=10; color="#e45756"; style="rounded";
+    fontsize=13; color="#e45756"; style="rounded";
     r [label="2x2 avg pool\\n(H/2 x W/2)", fillcolor="#fbe0df"];
     g [label="5x5 group conv\\n(groups=2)", fillcolor="#fbe0df"];
     o [label="1x1 conv", fillcolor="#fbe0df"];
     u [label="bilinear\\nupsample x2", fillcolor="#fbe0df"]; r -> g -> o -> u; }
-  add [label="+", shape=circle, fillcolor="#ffffff", fontsize=16];
+  add [label="+", shape=circle, fillcolor="#ffffff", fontsize=20];
   y [label="a_(i+1)", fillcolor="#eeeeee"];
-  x -> e; x -> r; p -> add; u -> add; x -> add [style=dashed, label=" identity", fontsize=9];
+  x -> e; x -> r; p -> add; u -> add; x -> add [style=dashed, label=" identity", fontsize=12];
   add -> y;
 }"""

@@ -19,26 +19,28 @@ MEMORY_AXES: dict[str, str] = {
 }
 """Memory columns a run can be plotted against, and their axis titles."""
 
-RUN_COLUMNS: tuple[str, ...] = (
-    "id",
-    "status",
-    "backbone",
-    "mode",
-    "dataset",
-    "resolution",
-    "batch_size",
-    "steps_done",
-    "val_acc_pct",
-    "best_val_acc_pct",
-    "total_modelled_MB",
-    "total_measured_MB",
-    "activations_measured_MB",
-    "n_trainable",
-    "total_time_s",
-    "images_per_s",
-    "started_at",
-    "message",
-)
+RUN_LABELS: dict[str, str] = {
+    "id": "id",
+    "status": "status",
+    "backbone": "backbone",
+    "mode": "mode",
+    "dataset": "dataset",
+    "resolution": "px",
+    "batch_size": "batch",
+    "steps_done": "steps",
+    "val_acc_pct": "val acc %",
+    "best_val_acc_pct": "best val acc %",
+    "total_modelled_MB": "memory modelled MB",
+    "total_measured_MB": "memory measured MB",
+    "activations_measured_MB": "act. measured MB",
+    "n_trainable": "trainable params",
+    "total_time_s": "time s",
+    "images_per_s": "images/s",
+    "started_at": "started (UTC)",
+    "message": "message",
+}
+"""Columns of :func:`runs_frame`, in order, and their display names."""
+RUN_COLUMNS: tuple[str, ...] = tuple(RUN_LABELS)
 
 
 def dataset_label(name: str | None) -> str:
