@@ -14,7 +14,7 @@ from app_pages import _cache
 st.set_page_config(page_title="TinyTL Lab", page_icon=":material/memory:", layout="wide")
 
 PAGES = {
-    "TinyTL Lab": [
+    "Overview": [
         st.Page("app_pages/home.py", title="Home", icon=":material/home:", default=True),
     ],
     "Memory": [
@@ -33,8 +33,8 @@ PAGES = {
 st.session_state.setdefault("session_id", uuid.uuid4().hex)
 
 with st.sidebar:
-    st.title("TinyTL Lab")
-    st.caption("Training memory is activations, not parameters.")
+    st.subheader("Settings")
+    st.caption("Shared by every page and kept while you move between them.")
     names = _cache.backbone_names()
     curated = _cache.curated_names()
     st.session_state.setdefault("backbone", names[0])

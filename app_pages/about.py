@@ -5,6 +5,7 @@ import streamlit as st
 from tinytl_core import engine
 from tinytl_core.memory import accounting, rules
 from tinytl_core.ui.figures import lite_residual_dot
+from tinytl_core.ui.text import docstring_markdown
 
 st.header("About TinyTL Lab")
 st.markdown(
@@ -22,9 +23,8 @@ smooth activations (sigmoid, h-swish, SiLU) their input.
 """
 )
 st.markdown("### The lite residual branch (TinyTL-L)")
-left, right = st.columns([3, 2])
-left.graphviz_chart(lite_residual_dot(), width="stretch")
-right.markdown(
+st.graphviz_chart(lite_residual_dot(), width="stretch")
+st.markdown(
     """
 Bias-only training cannot change the features much, so TinyTL adds a small **lite residual** branch beside
 each block's frozen main branch (Eq. 4): `a_{i+1} = F_W(a_i) + b + F_{w_r}(reduce(a_i))`.
@@ -65,14 +65,14 @@ st.markdown(
 """
 )
 with st.expander("The memory rules, as the code applies them", icon=":material/rule:", expanded=True):
-    st.markdown(rules.__doc__)
+    st.markdown(docstring_markdown(rules.__doc__))
 with st.expander("The two accountings: complete and paper", icon=":material/calculate:"):
-    st.markdown(accounting.__doc__)
+    st.markdown(docstring_markdown(accounting.__doc__))
     st.caption(
         "As a calibration point, the paper reports 802 MB for fully fine-tuning ResNet-50 at batch 8, 224 px."
     )
 with st.expander("The training engine", icon=":material/settings:"):
-    st.markdown(engine.__doc__)
+    st.markdown(docstring_markdown(engine.__doc__))
 st.markdown(
     """
 ### References

@@ -66,15 +66,23 @@ def render_job(job: TrainingJob, *, live: bool) -> None:
     else:
         st.subheader(f"Last run: {snap.backbone} on {snap.dataset_label}{who}")
         st.caption(f"{done} mode(s) in {snap.elapsed_s:.0f} s.")
+        cards = st.columns(max(3, len(snap.modes)))
+        for card, m in zip(cards, snap.modes):
+            r = m.result or {}
+            acc, memory = r.get("final_val_acc"), r.get("total_modelled_bytes")
+            card.metric(
+                f"{MODES[m.mode].title} · {m.status}",
+                "–" if acc is None else f"{100 * acc:.1f} %",
+                delta=None if memory is None else f"{memory / 1e6:,.1f} MB (modelled)",
+                delta_color="off",
+                delta_arrow="off",
+                border=True,
+                help="Validation accuracy at the end of the run, and its training memory.",
+            )
     series = [(m.mode, m.steps, m.evals) for m in snap.modes if m.steps or m.evals]
     if series:
-        st.plotly_chart(
-            figures.curves_figure(
-                series, title="Loss and accuracy (dotted: running train accuracy, markers: validation)"
-            ),
-            width="stretch",
-            key="ad_curves",
-        )
+        st.caption("Loss and accuracy per step (dotted: running training accuracy; markers: validation).")
+        st.plotly_chart(figures.curves_figure(series), width="stretch", key="ad_curves")
     st.dataframe(snap.results_frame(), hide_index=True, width="stretch", key="ad_results")
     for m in snap.modes:
         if m.status == "failed":
@@ -83,8 +91,8 @@ def render_job(job: TrainingJob, *, live: bool) -> None:
         if result.get("memory_error"):
             st.caption(f"{m.mode}: memory figures unavailable ({result['memory_error']})")
     first = next((m.result for m in snap.modes if m.result), None)
-    if first and first.get("backbone_message") and not first.get("pretrained_loaded") and pretrained:
-        st.warning(f"Weights: {first['backbone_message']}", icon=":material/cloud_off:")
+    if first and job.configs[0].pretrained and not first.get("pretrained_loaded"):
+        st.warning(f"Weights: {first.get('backbone_message', '')}", icon=":material/cloud_off:")
     if live and not snap.running:
         st.rerun(scope="app")  # the job ended: redraw the whole page without polling
     if not snap.running and any(m.result and m.result.get("run_id") for m in snap.modes):
@@ -112,6 +120,9 @@ def live_panel() -> None:
 job = JOBS.job
 if job is not None and job.running:
     st.fragment(live_panel, run_every=POLL_SECONDS)()
+    st.divider()
+elif job is not None:
+    render_job(job, live=False)
     st.divider()
 
 # ------------------------------------------------------------------------------------------ the form
@@ -299,7 +310,3 @@ if start:
             st.error(f"Cannot start: {exc}", icon=":material/error:")
         else:
             st.rerun()
-
-if job is not None and not job.running:
-    st.divider()
-    render_job(job, live=False)

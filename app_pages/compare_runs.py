@@ -6,7 +6,7 @@ from tinytl_core.modes import MODES
 from tinytl_core.results import STATUSES as RUN_STATUSES
 from tinytl_core.results import ResultsStore
 from tinytl_core.ui import figures
-from tinytl_core.ui.runs import MEMORY_AXES, export_csv_text, filter_runs, run_label, runs_frame
+from tinytl_core.ui.runs import MEMORY_AXES, RUN_LABELS, export_csv_text, filter_runs, run_label, runs_frame
 
 st.header("Compare runs")
 store = ResultsStore()
@@ -74,11 +74,7 @@ st.dataframe(
     hide_index=True,
     width="stretch",
     key="cr_table",
-    column_config={
-        "val_acc_pct": st.column_config.NumberColumn("val acc %", format="%.1f"),
-        "best_val_acc_pct": st.column_config.NumberColumn("best %", format="%.1f"),
-        "started_at": st.column_config.TextColumn("started"),
-    },
+    column_config={**RUN_LABELS, "val_acc_pct": st.column_config.NumberColumn("val acc %", format="%.1f")},
 )
 st.download_button(
     "Export these runs (CSV)",
@@ -115,6 +111,7 @@ with st.expander("Delete runs", icon=":material/delete:"):
                 store.delete_run(run_id)
             except KeyError:
                 pass  # already deleted from another tab
-        st.session_state.pop("cr_delete", None)
+        for key in ("cr_delete", "cr_sure"):
+            st.session_state.pop(key, None)
         st.toast(f"Deleted {len(doomed)} run(s).")
         st.rerun()

@@ -25,7 +25,7 @@ if problem:
     st.error(problem)
     st.stop()
 try:
-    table, _ = _cache.reports(backbone, resolution, batch_size)
+    table, _ = _cache.reports(backbone, resolution, batch_size, "adam", "complete", False)
 except (ValueError, RuntimeError) as exc:
     st.error(f"Cannot model {backbone} at {resolution} px, batch {batch_size}: {exc}")
     st.stop()
@@ -57,6 +57,7 @@ if "full" in rows.index:
             f"{rows.loc[tiny, 'total_bytes'] / MB:,.1f} MB",
             delta=f"{full['total_bytes'] / rows.loc[tiny, 'total_bytes']:.1f}x less than full",
             delta_color="off",
+            delta_arrow="off",
         )
 st.caption(
     "Change the backbone, resolution and batch size in the sidebar: parameters stay put, activations follow "

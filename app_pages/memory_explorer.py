@@ -1,5 +1,6 @@
 """Memory Explorer: where training memory goes, per mode and per layer, modelled and measured."""
 
+import pandas as pd
 import streamlit as st
 
 from app_pages import _cache
@@ -18,17 +19,18 @@ st.caption(
     f"**{backbone}** · {resolution} px · batch {batch_size} (change them in the sidebar) · MB = 10^6 bytes"
 )
 
-c1, c2, c3, c4 = st.columns([4, 1.6, 1.2, 1.3], vertical_alignment="bottom")
-mode = c1.segmented_control(
+mode = st.segmented_control(
     "Mode",
     list(MODES),
     default="bias",
     required=True,
     key="mx_mode",
-    format_func=lambda m: MODES[m].title,
+    format_func=lambda m: MODES[m].title.split(" (")[0],
     persist_state="session",
+    width="stretch",
 )
-accounting = c2.segmented_control(
+c1, c2, c3, _ = st.columns([1.2, 1, 1, 2], vertical_alignment="bottom")
+accounting = c1.segmented_control(
     "Accounting",
     ACCOUNTINGS,
     default="complete",
@@ -38,7 +40,7 @@ accounting = c2.segmented_control(
     help="complete: weights, gradients + optimizer state, stored activations and the working set. "
     "paper: TinyTL's own (peak activation + weights, frozen weights at 8 bits, no gradients).",
 )
-optimizer = c3.selectbox(
+optimizer = c2.selectbox(
     "Optimizer",
     list(OPTIMIZER_STATES),
     index=list(OPTIMIZER_STATES).index("adam"),
@@ -46,7 +48,7 @@ optimizer = c3.selectbox(
     help=OPTIMIZER_HELP,
     persist_state="session",
 )
-group_norm = c4.toggle(
+group_norm = c3.toggle(
     "GroupNorm",
     key="mx_group_norm",
     persist_state="session",
@@ -81,28 +83,29 @@ if isinstance(report, str):
 else:
     m = st.columns(6)
     m[0].metric(
-        "Total (modelled)",
+        "Total",
         f"{row['total_bytes'] / MB:,.1f} MB",
+        help="Modelled training memory: weights + gradients + optimizer state + the activations stored "
+        "for backward + the transient working set of the largest layer.",
         delta=None
-        if mode == "full" or row["ratio_to_full"] != row["ratio_to_full"]
+        if mode == "full" or pd.isna(row["ratio_to_full"])
         else f"{row['ratio_to_full']:.2f}x full",
         delta_color="off",
+        delta_arrow="off",
     )
     m[1].metric("Weights", f"{row['weights_bytes'] / MB:,.1f} MB")
-    m[2].metric("Gradients + optimizer", f"{row['grads_optimizer_bytes'] / MB:,.1f} MB")
+    m[2].metric("Grads + optimizer", f"{row['grads_optimizer_bytes'] / MB:,.1f} MB")
     m[3].metric(
-        "Activations, necessary",
+        "Act. necessary",
         f"{row['activations_necessary_bytes'] / MB:,.1f} MB",
-        help="What backward must store under TinyTL's rules (the paper accounting: the peak).",
+        help="Activations backward must store under TinyTL's rules (paper accounting: the peak).",
     )
     m[4].metric(
-        "Activations, stock PyTorch",
+        "Act. stock PyTorch",
         f"{row['activations_stock_bytes'] / MB:,.1f} MB",
-        help="What PyTorch's autograd stores by default (modelled from the traced ops).",
+        help="Activations PyTorch's autograd stores by default (modelled from the traced ops).",
     )
-    m[5].metric(
-        "Trainable parameters", f"{int(row['trainable_params']):,}", help=f"of {int(row['params']):,}"
-    )
+    m[5].metric("Trainable params", f"{int(row['trainable_params']):,}", help=f"of {int(row['params']):,}")
     fit = checks.memory_problem(
         complete_table.set_index("mode").loc[mode, "total_stock_bytes"],
         resolve_device("auto"),
@@ -154,6 +157,7 @@ if step is not None and not isinstance(report, str):
         f"{step.stock_bytes / MB:,.2f} MB",
         delta=f"{step.stock_bytes / max(necessary, 1):.1f}x necessary",
         delta_color="off",
+        delta_arrow="off",
     )
     if step.engine_bytes is not None:
         s[2].metric(
@@ -161,6 +165,7 @@ if step is not None and not isinstance(report, str):
             f"{step.engine_bytes / MB:,.2f} MB",
             delta=f"{step.engine_bytes / max(necessary, 1):.2f}x necessary",
             delta_color="off",
+            delta_arrow="off",
         )
     else:
         s[2].warning(f"The training engine could not run this model: {step.engine_error}")

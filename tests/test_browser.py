@@ -1,8 +1,10 @@
 """Real-browser test: `streamlit run app.py` driven by headless Chromium (Debian's package).
 
-Visits every page, checks that no exception box appears and that charts render, and saves a screenshot
-of each page under ``test-artifacts/screenshots/``. Skips when no Chromium is installed, unless
-``TINYTL_REQUIRE_BROWSER=1`` (set by .ci/run), where a missing browser is a failure.
+Visits every page through the sidebar navigation, checks that no exception box appears and that charts
+render, measures a real step on the Memory Explorer, runs a tiny adaptation by clicking through the Adapt
+page, sees it on Compare runs, and saves a full-height screenshot of each page under
+``test-artifacts/screenshots/``. Skips when no Chromium is installed, unless ``TINYTL_REQUIRE_BROWSER=1``
+(set by .ci/run), where a missing browser is a failure.
 """
 
 from __future__ import annotations
@@ -18,6 +20,11 @@ from pathlib import Path
 
 import pytest
 
+try:
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+except ImportError:  # the browser fixture skips or fails with a clear message
+    PlaywrightTimeout = TimeoutError
+
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts" / "screenshots"
 CHROMIUM_ARGS = [
@@ -30,7 +37,9 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-PAGE_TIMEOUT_MS = 120_000
+PAGE_TIMEOUT_S = 120
+TRAIN_TIMEOUT_S = 240
+VIEWPORT = {"width": 1400, "height": 1000}
 
 pytestmark = pytest.mark.browser
 
@@ -67,28 +76,16 @@ def browser():
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     port = _free_port()
-    env = dict(os.environ, TINYTL_HOME=str(tmp_path_factory.mktemp("home")), TINYTL_OFFLINE="1")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "streamlit",
-            "run",
-            "app.py",
-            "--server.headless",
-            "true",
-            "--server.port",
-            str(port),
-            "--browser.gatherUsageStats",
-            "false",
-            "--server.fileWatcherType",
-            "none",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    env = dict(os.environ, TINYTL_HOME=str(tmp_path_factory.mktemp("home")), TINYTL_OFFLINE="1",
+               HF_HUB_OFFLINE="1", OMP_NUM_THREADS="2")
+    log = tmp_path_factory.mktemp("log") / "streamlit.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+             "--server.port", str(port), "--browser.gatherUsageStats", "false",
+             "--server.fileWatcherType", "none"],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
@@ -100,7 +97,7 @@ def server(tmp_path_factory):
             time.sleep(0.5)
     else:
         proc.kill()
-        pytest.fail(f"streamlit did not become healthy: {proc.stdout.read().decode()[-2000:]}")
+        pytest.fail(f"streamlit did not become healthy: {log.read_text()[-2000:]}")
     yield url
     proc.terminate()
     try:
@@ -109,41 +106,135 @@ def server(tmp_path_factory):
         proc.kill()
 
 
-def wait_until_idle(page) -> None:
-    """Wait until Streamlit has finished running the script (no running indicator) and rendered."""
-    page.wait_for_selector('[data-testid="stAppViewContainer"]', timeout=PAGE_TIMEOUT_MS)
-    page.wait_for_function(
-        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')"
-        " && document.querySelectorAll('[data-testid=\"stMainBlockContainer\"] *').length > 20",
-        timeout=PAGE_TIMEOUT_MS,
-        polling=500,
-    )
-    page.wait_for_timeout(1000)
+_BUSY_JS = """() => !!document.querySelector('[data-testid="stStatusWidget"]')
+    || !!document.querySelector('[data-testid="stSpinner"]')
+    || document.querySelectorAll('[data-testid="stMainBlockContainer"] *').length < 20"""
+
+
+def wait_until_idle(page, timeout_s: float = PAGE_TIMEOUT_S, quiet_s: float = 1.5) -> None:
+    """Wait until Streamlit has finished the script run: no running indicator and no spinner for
+    ``quiet_s`` seconds in a row (the indicator appears a moment after a run starts)."""
+    page.wait_for_selector('[data-testid="stAppViewContainer"]', timeout=timeout_s * 1000)
+    deadline = time.monotonic() + timeout_s
+    quiet_since = None
+    while time.monotonic() < deadline:
+        now = time.monotonic()
+        if page.evaluate(_BUSY_JS):
+            quiet_since = None
+        elif quiet_since is None:
+            quiet_since = now
+        elif now - quiet_since >= quiet_s:
+            return
+        page.wait_for_timeout(250)
+    raise AssertionError(f"the app was still running after {timeout_s} s: {page.inner_text('body')[:1000]}")
+
+
+def no_exception(page) -> None:
+    assert page.locator('[data-testid="stException"]').count() == 0, page.inner_text("body")[:2000]
+
+
+def screenshot(page, name: str) -> None:
+    """Save a screenshot of the whole page: Streamlit scrolls inside its main block, so the viewport is
+    stretched to the content's height first."""
+    height = page.evaluate(
+        "() => Math.max(document.body.scrollHeight,"
+        " (document.querySelector('[data-testid=\"stMain\"]') || document.body).scrollHeight)")
+    tall = max(VIEWPORT["height"], min(height + 40, 8000))
+    page.set_viewport_size({"width": VIEWPORT["width"], "height": tall})
+    page.wait_for_timeout(800)  # let plotly re-layout to the new size
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+    page.set_viewport_size(VIEWPORT)
 
 
 def check_page(page, name: str) -> None:
-    """Assert the current page rendered without an exception box; save its screenshot."""
+    """Assert the current page rendered without an exception box and its charts drew; screenshot it."""
     wait_until_idle(page)
-    assert page.locator('[data-testid="stException"]').count() == 0, page.inner_text("body")[:2000]
-    if page.locator('[data-testid="stPlotlyChart"]').count():
-        page.wait_for_selector('[data-testid="stPlotlyChart"] .main-svg', timeout=PAGE_TIMEOUT_MS)
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+    no_exception(page)
+    charts = page.locator('[data-testid="stPlotlyChart"]')
+    for i in range(charts.count()):
+        charts.nth(i).locator(".main-svg").first.wait_for(timeout=PAGE_TIMEOUT_S * 1000)
+    screenshot(page, name)
+
+
+def go(page, label: str) -> None:
+    """Open a page as a user does: by its link in the sidebar navigation (same session)."""
+    page.locator('[data-testid="stSidebarNav"] a').filter(has_text=label).first.click()
+    wait_until_idle(page)
 
 
 def test_every_page_renders_in_a_real_browser(browser, server):
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page = browser.new_page(viewport=VIEWPORT)
     try:
-        page.goto(server, timeout=PAGE_TIMEOUT_MS)
+        page.goto(server, timeout=PAGE_TIMEOUT_S * 1000)
         check_page(page, "home")
-        # Every other page, as a user reaches it: through the navigation links.
+        assert page.locator('[data-testid="stPlotlyChart"]').count() >= 1
+        # Every other page, in a fresh session each, through the URLs the navigation links point to.
         links = page.locator('[data-testid="stSidebarNav"] a')
         hrefs = [links.nth(i).get_attribute("href") for i in range(links.count())]
+        assert len(hrefs) == 6, hrefs
         for href in hrefs:
-            name = href.rstrip("/").rsplit("/", 1)[-1] or "home"
-            if name == "home" or href.rstrip("/") == server:
+            name = href.rstrip("/").rsplit("/", 1)[-1]
+            if href.rstrip("/") == server.rstrip("/"):
                 continue
-            page.goto(href, timeout=PAGE_TIMEOUT_MS)
+            page.goto(href, timeout=PAGE_TIMEOUT_S * 1000)
             check_page(page, name)
+    finally:
+        page.close()
+
+
+def test_measure_adapt_and_compare_in_a_real_browser(browser, server):
+    page = browser.new_page(viewport=VIEWPORT)
+    try:
+        page.goto(server, timeout=PAGE_TIMEOUT_S * 1000)
+        wait_until_idle(page)
+
+        # Memory Explorer: measure a real step, stock PyTorch and the engine.
+        go(page, "Memory Explorer")
+        page.get_by_role("button", name="Measure a real step").click()
+        metric = page.locator('[data-testid="stMetricLabel"]').filter(has_text="Engine (measured)")
+        metric.wait_for(timeout=PAGE_TIMEOUT_S * 1000)
+        check_page(page, "memory_explorer_measured")
+
+        # Adapt: a tiny run on the built-in digits, one mode, three steps, clicked through the form.
+        go(page, "Adapt")
+        page.locator('[data-testid="stSelectbox"]').filter(has_text="Dataset").click()
+        page.keyboard.type("Digits")
+        page.keyboard.press("Enter")
+        wait_until_idle(page)
+        for mode in ("Last layer", "TinyTL-L+B"):
+            page.get_by_role("button", name=f"Remove {mode}").click()
+            wait_until_idle(page)
+        for label, value in (("Steps per mode", "3"), ("Evaluate every N steps", "0")):
+            field = page.locator('[data-testid="stNumberInput"]').filter(has_text=label).locator("input")
+            field.fill(value)
+            field.press("Enter")
+            wait_until_idle(page)
+        page.get_by_text("More options").click()
+        field = page.locator('[data-testid="stNumberInput"]').filter(
+            has_text="Validation images per class").locator("input")
+        field.fill("2")
+        field.press("Enter")
+        wait_until_idle(page)
+        page.get_by_text("... and measure one real step").click()  # memory modelled, not measured
+        wait_until_idle(page)
+        page.get_by_role("button", name="Start training").click()
+        try:  # the live panel: progress bar, Stop button, curves (a screenshot while it trains)
+            page.get_by_role("button", name="Stop").wait_for(timeout=30_000)
+            page.wait_for_timeout(3000)
+            screenshot(page, "adapt_training")
+        except PlaywrightTimeout:
+            pass  # the tiny run may already be over; its end is what this test checks
+        page.get_by_text("Last run:").wait_for(timeout=TRAIN_TIMEOUT_S * 1000)
+        check_page(page, "adapt_finished")
+        page.get_by_text("TinyTL-B (bias) · finished", exact=True).wait_for(timeout=5000)
+        errors = page.locator('[data-testid="stAlertContentError"]')
+        assert errors.count() == 0, page.inner_text("body")[:2000]
+
+        # Compare runs: the run is a point on the memory-accuracy plot and can be picked for its curves.
+        go(page, "Compare runs")
+        check_page(page, "compare_runs_with_run")
+        assert page.locator('[data-testid="stPlotlyChart"] .scatterlayer .point').count() >= 1
+        assert page.get_by_text("#1 bias").count() >= 1
     finally:
         page.close()
