@@ -126,6 +126,8 @@ elif job is not None:
     st.divider()
 
 # ------------------------------------------------------------------------------------------ the form
+if job is not None:
+    st.subheader("New run")
 datasets = {d.name: d for d in list_datasets()}
 options = [*datasets, UPLOAD]
 

@@ -4,7 +4,6 @@ gets an error and the app stays usable, and a tiny adaptation started on Adapt l
 from __future__ import annotations
 
 import io
-import threading
 import zipfile
 from pathlib import Path
 
@@ -154,11 +153,23 @@ def test_tiny_adaptation_appears_on_compare_runs(app):
     assert app.get("plotly_chart")  # the memory-accuracy scatter and the curves
 
 
-def test_a_second_training_gets_a_clear_message(app):
-    gate = threading.Event()
+def test_an_unavailable_dataset_fails_with_a_message(app):
+    app.run()
+    visit(app, "adapt")
+    app.selectbox(key="ad_dataset").set_value("cifar10")
+    app.multiselect(key="ad_modes").set_value(["bias", "full"])
+    app.button(key="ad_start").click().run()
+    assert JOBS.job.wait(60)
+    app.run()
+    assert not app.exception
+    errors = [e.value for e in app.error]
+    assert any("failed" in e and "offline" in e and "built-in dataset" in e for e in errors), errors
+    assert list(app.dataframe[0].value["status"]) == ["failed", "failed"]
 
-    def blocked(config, *, progress, cancel, store):  # another tab's training, held until released
-        gate.wait(60)
+
+def test_a_second_training_gets_a_clear_message_and_stop_works(app):
+    def blocked(config, *, progress, cancel, store):  # another tab's training, until someone stops it
+        cancel.wait(60)
         return AdaptResult(config, status="cancelled" if cancel.is_set() else "finished")
 
     config = AdaptConfig(backbone="resnet18", mode="full", dataset="shapes", steps=5)
@@ -169,8 +180,10 @@ def test_a_second_training_gets_a_clear_message(app):
         assert any("another tab" in s.value for s in app.subheader)
         app.button(key="ad_start").click().run()
         assert any("already going" in e.value and "wait for it to finish" in e.value for e in app.error)
+        app.button(key=f"stop_{job.job_id}").click().run()
+        assert job.wait(30)
     finally:
-        gate.set()
-        job.wait(30)
+        job.cancel()
     app.run()
     assert not app.exception and any(s.value.startswith("Last run") for s in app.subheader)
+    assert job.snapshot().modes[0].status == "cancelled"

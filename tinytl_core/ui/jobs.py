@@ -119,7 +119,10 @@ class JobSnapshot:
                     "message": m.message,
                 }
             )
-        return pd.DataFrame(rows)
+        frame = pd.DataFrame(rows)
+        for col in frame.columns.drop(["mode", "status", "message"]):
+            frame[col] = pd.to_numeric(frame[col])  # missing figures show as blanks, not "None"
+        return frame
 
 
 def _pct(value: float | None) -> float | None:
