@@ -29,7 +29,7 @@ def pack_bits(mask: torch.Tensor) -> torch.Tensor:
     if pad:
         flat = torch.cat([flat, flat.new_zeros(pad)])
     words = flat.view(torch.uint8).view(torch.int64)
-    packed = ((words * _GATHER) >> 56).to(torch.uint8)
+    packed = (words * _GATHER).bitwise_right_shift_(56).to(torch.uint8)
     # Trim the padding with a copy: a slice would keep (and be measured at) the padded storage.
     return packed[: packed_numel(mask.numel())].clone() if pad else packed
 

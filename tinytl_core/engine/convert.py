@@ -9,6 +9,7 @@ again is harmless and picks up modules added since.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -134,7 +135,12 @@ def _share_stored_outputs(model: nn.Module, input_size: tuple[int, int, int]) ->
         module.keep_output = False
     if not activations:
         return 0
-    trace = trace_model(model, tuple(input_size), 2, allow_real=False)  # 2: BatchNorm needs > 1 value
+    try:
+        trace = trace_model(model, tuple(input_size), 2, allow_real=False)  # 2: BatchNorm needs > 1 value
+    except ValueError as exc:  # cannot run on meta: masks everywhere are exact, just not always minimal
+        warnings.warn(f"engine: could not trace the model to share stored outputs ({exc}); "
+                      "ReLU-like layers keep 1-bit masks", stacklevel=3)
+        return 0
     stored = {(s.key, s.version) for s in trace.saved}
     verdict: dict[int, bool] = {}
     for row in trace.rows:

@@ -134,18 +134,29 @@ ACTIVATIONS: dict[str, ActivationSpec] = {
 
 @dataclass(frozen=True)
 class _MaskRule:
-    """A gradient that is ``grad * on`` where ``bit(x, param)`` holds and ``grad * off`` elsewhere."""
+    """A gradient that is ``grad * on`` where ``bit(x, param)`` holds and ``grad * off`` elsewhere;
+    ``forward_`` is the stock in-place forward (``inplace=True`` modules)."""
 
     bit: Callable[[torch.Tensor, float], torch.Tensor]
-    on: float
+    forward_: Callable[[torch.Tensor, float], torch.Tensor]
+    on: float = 1.0
     off_is_param: bool = False  # LeakyReLU: off = its negative slope; otherwise off = 0
 
 
+def _between(x: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    bits = x > low
+    return bits.logical_and_(x < high)
+
+
 _MASKS: dict[str, _MaskRule] = {
-    "relu": _MaskRule(lambda x, p: x > 0, 1.0),
-    "hardtanh": _MaskRule(lambda x, p: (x > 0) & (x < p), 1.0),
-    "leaky_relu": _MaskRule(lambda x, p: x > 0, 1.0, off_is_param=True),
-    "hardsigmoid": _MaskRule(lambda x, p: (x > -3.0) & (x < 3.0), 1.0 / 6.0),
+    "relu": _MaskRule(lambda x, p: x > 0, lambda x, p: torch.relu_(x)),
+    "hardtanh": _MaskRule(lambda x, p: _between(x, 0.0, p), lambda x, p: F.hardtanh(x, 0.0, p, inplace=True)),
+    "leaky_relu": _MaskRule(
+        lambda x, p: x > 0, lambda x, p: F.leaky_relu(x, p, inplace=True), off_is_param=True
+    ),
+    "hardsigmoid": _MaskRule(
+        lambda x, p: _between(x, -3.0, 3.0), lambda x, p: F.hardsigmoid(x, inplace=True), on=1.0 / 6.0
+    ),
 }
 MASKED_KINDS: frozenset[str] = frozenset(_MASKS)
 """Activation kinds :class:`MaskedActivationFn` handles with a 1-bit mask."""
@@ -175,7 +186,7 @@ class MaskedActivationFn(Function):
         mask = pack_bits(_MASKS[kind].bit(x, param)) if need and not ctx.from_output else None
         if inplace:
             ctx.mark_dirty(x)
-            out = x.copy_(ACTIVATIONS[kind].forward(x, param))
+            out = _MASKS[kind].forward_(x, param)
         else:
             out = ACTIVATIONS[kind].forward(x, param)
         ctx.save_for_backward(out if need and ctx.from_output else mask)
@@ -190,9 +201,11 @@ class MaskedActivationFn(Function):
         bits = unpack_bits(saved, ctx.shape, grad_out.dtype)
         if rule.off_is_param:
             return torch.where(bits.bool(), grad_out, grad_out * ctx.param), None, None, None, None
-        grad = grad_out * bits  # exact: multiplies by 1 or 0
+        # grad where the bit is set, else +0 (as stock; no NaN from inf * 0), written over the unpacked
+        # bits: one activation-sized allocation, like the stock backward.
+        grad = torch.ops.aten.threshold_backward.grad_input(grad_out, bits, 0.5, grad_input=bits)
         # The stock kernels compute grad * c with c rounded to the tensor's dtype: same here.
-        return (grad if rule.on == 1.0 else grad * rule.on), None, None, None, None
+        return (grad if rule.on == 1.0 else grad.mul_(rule.on)), None, None, None, None
 
 
 # ----------------------------------------------------------------------------------------------------
