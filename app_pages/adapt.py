@@ -83,7 +83,7 @@ def render_job(job: TrainingJob, *, live: bool) -> None:
     if series:
         st.caption("Loss and accuracy per step (dotted: running training accuracy; markers: validation).")
         st.plotly_chart(figures.curves_figure(series), width="stretch", key="ad_curves")
-    st.dataframe(snap.results_frame(), hide_index=True, width="stretch", key="ad_results")
+    st.dataframe(snap.results_frame(), hide_index=True, width="stretch", key="ad_results", placeholder="–")
     for m in snap.modes:
         if m.status == "failed":
             st.error(f"{MODES[m.mode].title} failed: {m.message}", icon=":material/error:")

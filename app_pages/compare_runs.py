@@ -73,6 +73,7 @@ st.dataframe(
     shown,
     hide_index=True,
     width="stretch",
+    placeholder="–",
     key="cr_table",
     column_config={**RUN_LABELS, "val_acc_pct": st.column_config.NumberColumn("val acc %", format="%.1f")},
 )

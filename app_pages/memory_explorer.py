@@ -210,7 +210,7 @@ if not isinstance(report, str):
 
 with st.expander("Totals of every mode (table)"):
     totals = explorer.totals_in_mb(table)
-    st.dataframe(totals, hide_index=True, width="stretch")
+    st.dataframe(totals, hide_index=True, width="stretch", placeholder="–")
     st.download_button(
         "Download totals (CSV)",
         totals.to_csv(index=False),

@@ -52,7 +52,7 @@ fig = px.bar(
 )
 fig.update_layout(showlegend=False)
 st.plotly_chart(fig, width="stretch")
-st.dataframe(table, hide_index=True, width="stretch")
+st.dataframe(table, hide_index=True, width="stretch", placeholder="–")
 st.caption(
     "Trainable parameters are only part of training memory: the next pages show that the activations "
     "stored for backward dominate."

@@ -220,7 +220,7 @@ def test_measure_adapt_and_compare_in_a_real_browser(browser, server):
         wait_until_idle(page)
         page.get_by_role("button", name="Start training").click()
         try:  # the live panel: progress bar, Stop button, curves (a screenshot while it trains)
-            page.get_by_role("button", name="Stop").wait_for(timeout=30_000)
+            page.locator('[class*="st-key-stop_"] button').wait_for(timeout=30_000)  # not the toolbar's Stop
             page.wait_for_timeout(3000)
             screenshot(page, "adapt_training")
         except PlaywrightTimeout:
