@@ -9,7 +9,9 @@ os.environ.setdefault("TINYTL_OFFLINE", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One thread: the tiny test models gain nothing from two, and OpenMP spinning on a shared 2-core
+# machine made steps up to 50x slower.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
