@@ -4,23 +4,94 @@
 - :func:`create_backbone` builds a model for N classes; a pretrained-weights request that cannot be met
   (offline, nothing cached, time-out) falls back to random init and says so in :class:`BackboneStatus`.
 - :func:`data_config` resolves the model's own input size, mean and std from timm's pretrained config.
+- :data:`LOCAL_BACKBONES` are backbones pretrained by this project and shipped in ``tinytl_core/weights``
+  (the demo backbone, listed first): they load with no network, so offline transfer is real.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import functools
+import json
 import os
 import socket
 import threading
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import timm
 import torch
 from torch import nn
 
-# Mobile CNNs first (the paper's setting), then two ResNets for contrast and two modern small CNNs.
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+"""Where the project's own pretrained checkpoints and their JSON cards live (shipped with the package)."""
+
+
+@dataclass(frozen=True)
+class LocalBackbone:
+    """A backbone pretrained by this project: a timm ``architecture`` + a checkpoint in :data:`WEIGHTS_DIR`.
+
+    The input configuration is fixed here (not read from the card) so shape-only analysis and the
+    pretraining script agree on it even before the checkpoint exists.
+    """
+
+    name: str
+    architecture: str
+    weights_file: str
+    card_file: str
+    description: str
+    input_size: tuple[int, int, int]
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    interpolation: str = "bilinear"
+    crop_pct: float = 1.0
+    classifier: str = "classifier"  # the architecture's head module (timm pretrained_cfg["classifier"])
+
+    @property
+    def weights_path(self) -> Path:
+        return WEIGHTS_DIR / self.weights_file
+
+    @property
+    def card_path(self) -> Path:
+        return WEIGHTS_DIR / self.card_file
+
+    def card(self) -> dict[str, Any] | None:
+        """The checkpoint's JSON card (how it was trained, source accuracy), or None if absent."""
+        if not self.card_path.is_file():
+            return None
+        return json.loads(self.card_path.read_text(encoding="utf-8"))
+
+    def pretrained_cfg_overlay(self) -> dict[str, Any]:
+        """timm ``pretrained_cfg`` fields that make ``data_config`` report this backbone's inputs."""
+        return {
+            "architecture": self.architecture, "tag": "tinytl_demo", "url": "", "hf_hub_id": None,
+            "input_size": self.input_size, "mean": self.mean, "std": self.std,
+            "interpolation": self.interpolation, "crop_pct": self.crop_pct,
+        }
+
+
+DEMO_BACKBONE = "demo_mobilenetv2_050"
+"""The offline default: a width-0.5 MobileNetV2 (ReLU6) pretrained here on a synthetic source task."""
+
+LOCAL_BACKBONES: dict[str, LocalBackbone] = {
+    DEMO_BACKBONE: LocalBackbone(
+        name=DEMO_BACKBONE,
+        architecture="mobilenetv2_050",
+        weights_file="demo_mbv2.safetensors",
+        card_file="demo_mbv2.json",
+        description="demo backbone, pretrained here on synthetic data (64 px, no network needed); "
+        "see tinytl_core/weights/demo_mbv2.json",
+        input_size=(3, 64, 64),
+    ),
+}
+"""Backbones shipped with the project, by name (listed before every timm architecture)."""
+
+# The shipped demo first (works offline), then mobile CNNs (the paper's setting), two ResNets for
+# contrast and two modern small CNNs.
 CURATED_BACKBONES: tuple[str, ...] = (
+    *LOCAL_BACKBONES,
     "mobilenetv2_100",
     "mobilenetv3_large_100",
     "efficientnet_b0",
@@ -112,6 +183,7 @@ class BackboneInfo:
     kind: str
     has_pretrained: bool
     curated: bool
+    description: str = ""
 
 
 @dataclass(frozen=True)
@@ -168,6 +240,12 @@ def _kind(module: str) -> str:
 def backbone_info(name: str) -> BackboneInfo:
     """Return the catalog entry of one architecture; ValueError if timm does not know it."""
     check_backbone_name(name)
+    if name in LOCAL_BACKBONES:
+        spec = LOCAL_BACKBONES[name]
+        module = _module_of().get(spec.architecture, "unknown")
+        return BackboneInfo(name=name, family=module, kind=_kind(module),
+                            has_pretrained=spec.weights_path.is_file(), curated=True,
+                            description=spec.description)
     module = _module_of().get(name, "unknown")
     return BackboneInfo(
         name=name,
@@ -189,7 +267,8 @@ def list_backbones(
     pretrained_only: bool = False,
     kind: str | None = None,
 ) -> list[BackboneInfo]:
-    """List timm architectures, curated mobile CNNs first, then the rest alphabetically.
+    """List the shipped backbones and timm architectures: curated ones first (the shipped demo backbone,
+    then mobile CNNs), then the rest alphabetically.
 
     Args:
         search: case-insensitive substring of the name; ``*`` wildcards as in ``timm.list_models``.
@@ -201,8 +280,9 @@ def list_backbones(
         raise ValueError(f"unknown kind {kind!r}; choose one of {', '.join(KINDS)}")
     if family is not None and family not in set(_module_of().values()):
         raise ValueError(f"unknown family {family!r}; see `python -m tinytl_core backbones --families`")
-    names = timm.list_models(f"*{search.lower()}*" if search and "*" not in search else (search or ""))
-    rows = [backbone_info(n) for n in names]
+    pattern = f"*{search.lower()}*" if search and "*" not in search else (search or "")
+    local = [n for n in LOCAL_BACKBONES if not pattern or fnmatch.fnmatch(n, pattern)]
+    rows = [backbone_info(n) for n in [*local, *timm.list_models(pattern)]]
     rows = [
         r
         for r in rows
@@ -215,12 +295,12 @@ def list_backbones(
 
 
 def check_backbone_name(name: str) -> None:
-    """Raise ValueError with close matches when ``name`` is not a timm architecture."""
-    if timm.is_model(name):
+    """Raise ValueError with close matches when ``name`` is neither a shipped backbone nor a timm one."""
+    if name in LOCAL_BACKBONES or timm.is_model(name):
         return
     import difflib
 
-    close = difflib.get_close_matches(name, timm.list_models(), n=5)
+    close = difflib.get_close_matches(name, [*LOCAL_BACKBONES, *timm.list_models()], n=5)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
     raise ValueError(f"unknown backbone {name!r}.{hint}")
 
@@ -303,6 +383,8 @@ def create_backbone(
     check_backbone_name(name)
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    if name in LOCAL_BACKBONES:
+        return _create_local(LOCAL_BACKBONES[name], num_classes, pretrained, device)
     kwargs: dict = {"num_classes": num_classes}
     if resolution is not None and backbone_info(name).kind != "cnn" and _accepts_img_size(name):
         kwargs["img_size"] = resolution
@@ -348,6 +430,68 @@ def create_backbone(
     if device is not None:
         model = model.to(device)
     return model, status
+
+
+def _local_model(spec: LocalBackbone, num_classes: int) -> nn.Module:
+    return timm.create_model(spec.architecture, pretrained=False, num_classes=num_classes,
+                             pretrained_cfg_overlay=spec.pretrained_cfg_overlay())
+
+
+def load_local_backbone(name: str, num_classes: int | None = None) -> nn.Module:
+    """Build shipped backbone ``name`` with its pretrained weights (no network).
+
+    ``num_classes=None`` keeps the source-task classifier stored in the checkpoint; a number replaces it
+    by a fresh classifier for that many classes. Raises FileNotFoundError when the checkpoint is missing
+    and ValueError when it does not fit the architecture.
+    """
+    if name not in LOCAL_BACKBONES:
+        raise ValueError(f"{name!r} is not a shipped backbone; choose one of {', '.join(LOCAL_BACKBONES)}")
+    spec = LOCAL_BACKBONES[name]
+    if not spec.weights_path.is_file():
+        raise FileNotFoundError(
+            f"checkpoint {spec.weights_path} is missing; recreate it with tools/pretrain_demo_backbone.py"
+        )
+    from safetensors.torch import load_file  # tensors only: loading cannot run code
+
+    state = load_file(str(spec.weights_path))
+    head = f"{spec.classifier}.weight"
+    if head not in state:
+        raise ValueError(f"checkpoint {spec.weights_path.name} has no {head!r}: not a {spec.architecture}")
+    model = _local_model(spec, int(state[head].shape[0]))  # the source task's classifier size
+    try:
+        model.load_state_dict(state)  # strict; copy_ casts the stored fp16 tensors to the model's fp32
+    except RuntimeError as exc:
+        raise ValueError(
+            f"checkpoint {spec.weights_path.name} does not fit {spec.architecture}: {exc}"
+        ) from None
+    if num_classes is not None:
+        model.reset_classifier(num_classes)
+    return model
+
+
+def _create_local(
+    spec: LocalBackbone, num_classes: int, pretrained: bool, device: str | torch.device | None
+) -> tuple[nn.Module, BackboneStatus]:
+    """:func:`create_backbone` for a shipped backbone: local weights, never the network."""
+    if device is not None and torch.device(device).type == "meta":
+        with torch.device("meta"):
+            model = _local_model(spec, num_classes)
+        message = "shape-only model on the meta device (no weights)"
+        return model, BackboneStatus(spec.name, pretrained, False, message)
+    if not pretrained:
+        model = _local_model(spec, num_classes)
+        message = "random initialisation (pretrained weights not requested)"
+        status = BackboneStatus(spec.name, False, False, message)
+    else:
+        try:
+            model = load_local_backbone(spec.name, num_classes)
+            message = f"pretrained weights loaded from {spec.weights_file} (shipped, no network needed)"
+            status = BackboneStatus(spec.name, True, True, message)
+        except (OSError, ValueError) as exc:
+            model = _local_model(spec, num_classes)
+            message = f"pretrained weights unavailable, using random init: {exc}"
+            status = BackboneStatus(spec.name, True, False, message)
+    return (model.to(device) if device is not None else model), status
 
 
 @functools.cache
