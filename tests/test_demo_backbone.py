@@ -26,15 +26,6 @@ SPEC = LOCAL_BACKBONES[DEMO_BACKBONE]
 
 
 @pytest.fixture
-def one_thread():
-    """One intra-op thread: on a small shared CPU two threads can be many times slower, not faster."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture
 def no_network(monkeypatch):
     """Any attempt to open a connection fails the test."""
 
@@ -114,7 +105,7 @@ def test_missing_checkpoint_falls_back_with_a_reason(monkeypatch, tmp_path):
         load_local_backbone("resnet18")
 
 
-def test_last_layer_transfer_beats_random_init(tinytl_home, no_network, one_thread):
+def test_last_layer_transfer_beats_random_init(tinytl_home, no_network):
     # A small copy of the built-in shapes set (40 images per class, cached in the test's data folder).
     source = load_builtin("shapes", n_per_class=40)
     data = make_splits("shapes", source, val_fraction=0.25, seed=0, hflip=True, center_crop=False)
