@@ -66,9 +66,15 @@ class LocalBackbone:
     def pretrained_cfg_overlay(self) -> dict[str, Any]:
         """timm ``pretrained_cfg`` fields that make ``data_config`` report this backbone's inputs."""
         return {
-            "architecture": self.architecture, "tag": "tinytl_demo", "url": "", "hf_hub_id": None,
-            "input_size": self.input_size, "mean": self.mean, "std": self.std,
-            "interpolation": self.interpolation, "crop_pct": self.crop_pct,
+            "architecture": self.architecture,
+            "tag": "tinytl_demo",
+            "url": "",
+            "hf_hub_id": None,
+            "input_size": self.input_size,
+            "mean": self.mean,
+            "std": self.std,
+            "interpolation": self.interpolation,
+            "crop_pct": self.crop_pct,
         }
 
 
@@ -243,9 +249,14 @@ def backbone_info(name: str) -> BackboneInfo:
     if name in LOCAL_BACKBONES:
         spec = LOCAL_BACKBONES[name]
         module = _module_of().get(spec.architecture, "unknown")
-        return BackboneInfo(name=name, family=module, kind=_kind(module),
-                            has_pretrained=spec.weights_path.is_file(), curated=True,
-                            description=spec.description)
+        return BackboneInfo(
+            name=name,
+            family=module,
+            kind=_kind(module),
+            has_pretrained=spec.weights_path.is_file(),
+            curated=True,
+            description=spec.description,
+        )
     module = _module_of().get(name, "unknown")
     return BackboneInfo(
         name=name,
@@ -362,6 +373,73 @@ def _create_with_timeout(name: str, timeout: float, **kwargs) -> nn.Module:
     return result["model"]  # type: ignore[return-value]
 
 
+@dataclass(frozen=True)
+class WeightsAvailability:
+    """Whether pretrained weights can be had for a backbone right now.
+
+    ``state``: ``cached`` (on disk; ``path`` says where, None for a shipped local backbone), ``download``
+    (will be downloaded when a model is built), ``unavailable`` (offline / unreachable / checkpoint
+    missing: random init) or ``none`` (timm has no weights for it).
+    """
+
+    backbone: str
+    state: str
+    message: str
+    path: str | None = None
+
+    @property
+    def usable(self) -> bool:
+        """True when building the model with ``pretrained=True`` will get the weights."""
+        return self.state in ("cached", "download")
+
+
+def weights_availability(name: str, *, probe: bool = True) -> WeightsAvailability:
+    """Tell, without downloading anything, whether ``name``'s pretrained weights can be had.
+
+    The order is the one :func:`create_backbone` follows: shipped local checkpoint, Hugging Face cache,
+    offline mode, then (with ``probe``) a bounded connection attempt to the download host.
+    """
+    local = LOCAL_BACKBONES.get(name)
+    if local is not None:
+        if local.weights_path.is_file():
+            return WeightsAvailability(
+                name,
+                "cached",
+                f"pretrained weights shipped with TinyTL Lab ({local.weights_file}): no network needed",
+            )
+        return WeightsAvailability(
+            name,
+            "unavailable",
+            f"the shipped checkpoint {local.weights_file} is missing: "
+            "training falls back to random initialisation",
+        )
+    if not backbone_info(name).has_pretrained:
+        return WeightsAvailability(
+            name,
+            "none",
+            f"timm has no pretrained weights for {name}: training starts from random initialisation",
+        )
+    cached = _cached_weights(name)
+    if cached is not None:
+        return WeightsAvailability(name, "cached", "pretrained weights are cached on this machine", cached)
+    if _offline():
+        return WeightsAvailability(
+            name,
+            "unavailable",
+            "offline mode is on (TINYTL_OFFLINE / HF_HUB_OFFLINE) and the weights are not cached: "
+            "training falls back to random initialisation",
+        )
+    host = _download_host(name)
+    if probe and not _reachable(host):
+        return WeightsAvailability(
+            name,
+            "unavailable",
+            f"cannot reach {host} (no network?) and the weights are not cached: "
+            "training falls back to random initialisation",
+        )
+    return WeightsAvailability(name, "download", f"weights will be downloaded from {host} when a run starts")
+
+
 def create_backbone(
     name: str,
     num_classes: int = 10,
@@ -400,21 +478,15 @@ def create_backbone(
         status = BackboneStatus(
             name, False, False, "random initialisation (pretrained weights not requested)"
         )
-    elif name not in _pretrained_archs():
-        status = BackboneStatus(name, True, False, f"timm has no pretrained weights for {name}: random init")
     else:
-        reason = ""
+        available = weights_availability(name)
+        reason = available.message
         try:
-            cached = _cached_weights(name)
-            if cached is not None:
+            if available.state == "cached" and available.path is not None:
                 model = timm.create_model(
-                    name, pretrained=True, pretrained_cfg_overlay={"file": cached}, **kwargs
+                    name, pretrained=True, pretrained_cfg_overlay={"file": available.path}, **kwargs
                 )
-            elif _offline():
-                reason = "offline mode is on (TINYTL_OFFLINE / HF_HUB_OFFLINE) and the weights are not cached"
-            elif not _reachable(_download_host(name)):
-                reason = f"cannot reach {_download_host(name)} (no network?) and the weights are not cached"
-            else:
+            elif available.state == "download":
                 model = _create_with_timeout(name, timeout, pretrained=True, **kwargs)
         except Exception as exc:  # any weights failure falls back; the message tells which
             reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
@@ -433,8 +505,12 @@ def create_backbone(
 
 
 def _local_model(spec: LocalBackbone, num_classes: int) -> nn.Module:
-    return timm.create_model(spec.architecture, pretrained=False, num_classes=num_classes,
-                             pretrained_cfg_overlay=spec.pretrained_cfg_overlay())
+    return timm.create_model(
+        spec.architecture,
+        pretrained=False,
+        num_classes=num_classes,
+        pretrained_cfg_overlay=spec.pretrained_cfg_overlay(),
+    )
 
 
 def load_local_backbone(name: str, num_classes: int | None = None) -> nn.Module:

@@ -3,7 +3,7 @@
 - :func:`resolution_problem` -- does the backbone run at this input size at all (shape-only, on ``meta``)?
 - :func:`memory_problem` -- would a step need more memory than the device has free, by the model's own
   estimate?
-- :func:`pretrained_availability` -- can pretrained weights be had now (cached, downloadable, or not)?
+- :func:`pretrained_availability` -- can pretrained weights be had now? (``backbones.weights_availability``)
 - :func:`save_upload` / :func:`load_upload` -- keep an uploaded .zip of class folders and load it, turning
   every way it can be wrong (empty, not a zip, unsafe, too few classes) into a ``ValueError``.
 """
@@ -14,12 +14,12 @@ import hashlib
 import io
 import re
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from tinytl_core.backbones import backbone_info, create_backbone, data_config
+from tinytl_core.backbones import WeightsAvailability as WeightsAvailability  # re-exported for the app
+from tinytl_core.backbones import backbone_info, create_backbone, data_config, weights_availability
 from tinytl_core.memory.measure import available_memory
 from tinytl_core.memory.report import megabytes
 from tinytl_core.paths import cache_dir
@@ -92,71 +92,8 @@ def memory_problem(
     )
 
 
-@dataclass(frozen=True)
-class WeightsAvailability:
-    """Whether pretrained weights can be had for a backbone right now.
-
-    ``state``: ``cached`` (on disk), ``download`` (will be downloaded when a run starts), ``unavailable``
-    (offline / unreachable: runs fall back to random init) or ``none`` (timm has no weights for it).
-    """
-
-    backbone: str
-    state: str
-    message: str
-
-    @property
-    def usable(self) -> bool:
-        return self.state in ("cached", "download")
-
-
-def pretrained_availability(backbone: str, *, probe: bool = True) -> WeightsAvailability:
-    """Tell, without downloading anything, whether ``backbone``'s pretrained weights can be had.
-
-    ``probe`` checks that the download host answers (a bounded connection attempt) when the weights are
-    not cached and offline mode is off. Mirrors the fallback order of
-    :func:`tinytl_core.backbones.create_backbone`, which reports the final outcome when a model is built.
-    """
-    from tinytl_core import backbones as bb  # the same cache / offline / reachability rules it applies
-
-    local = getattr(bb, "LOCAL_BACKBONES", {}).get(backbone)  # shipped with the project: never downloaded
-    if local is not None:
-        if local.weights_path.is_file():
-            return WeightsAvailability(
-                backbone,
-                "cached",
-                f"pretrained weights shipped with TinyTL Lab ({local.weights_file}): no network needed",
-            )
-        return WeightsAvailability(
-            backbone,
-            "unavailable",
-            f"the shipped checkpoint {local.weights_file} is "
-            "missing: training falls back to random initialisation",
-        )
-    if not backbone_info(backbone).has_pretrained:
-        return WeightsAvailability(
-            backbone,
-            "none",
-            f"timm has no pretrained weights for {backbone}: training starts from random initialisation",
-        )
-    if bb._cached_weights(backbone) is not None:
-        return WeightsAvailability(backbone, "cached", "pretrained weights are cached on this machine")
-    if bb._offline():
-        return WeightsAvailability(
-            backbone,
-            "unavailable",
-            "offline mode is on and the weights are not cached: training falls back to random initialisation",
-        )
-    host = bb._download_host(backbone)
-    if probe and not bb._reachable(host):
-        return WeightsAvailability(
-            backbone,
-            "unavailable",
-            f"cannot reach {host} and the weights are not "
-            "cached: training falls back to random initialisation",
-        )
-    return WeightsAvailability(
-        backbone, "download", f"weights will be downloaded from {host} when a run starts"
-    )
+pretrained_availability = weights_availability
+"""Whether pretrained weights can be had now, without downloading (see ``backbones.weights_availability``)."""
 
 
 def _safe_stem(filename: str) -> str:
