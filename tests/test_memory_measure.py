@@ -34,8 +34,11 @@ def test_modelled_stock_matches_measured_every_mode(name):
         assert m.saved_bytes == pytest.approx(stock, rel=0.02), mode
         assert m.peak_cuda_bytes is None
         assert m.per_layer["activation_measured_bytes"].sum() == m.saved_bytes
-        if mode != "last":  # the necessary bytes are what TinyTL claims: never more than stock keeps
-            assert report.totals["activations_necessary_bytes"] < stock
+        # The necessary bytes are what TinyTL claims: never more than stock keeps (equal when everything
+        # trains and stock keeps only what is needed, e.g. efficientnet_b0 in full), less when frozen.
+        assert report.totals["activations_necessary_bytes"] <= stock, mode
+        if MODES[mode].frozen_backbone and mode != "last":
+            assert report.totals["activations_necessary_bytes"] < stock / 2, mode
 
 
 def test_attention_modelled_like_the_cpu_kernel():

@@ -16,17 +16,28 @@ For ``y = a W + b`` the weight gradient ``dL/dW = a^T dL/dy`` needs the input ``
 4. **Normalisation with statistics of its input** (BatchNorm with batch statistics, GroupNorm, LayerNorm,
    InstanceNorm, RMSNorm) stores its input whenever a gradient flows through it or its scale trains,
    *even with a frozen affine*: the gradient through the mean and variance needs the normalised input.
-   The paper counts normalisation like a linear layer (nothing when frozen); this is where we differ.
+   With it come the statistics its kernel computed (BatchNorm: mean and inverse std, 2 x C floats), which
+   backward reads too; they could be recomputed from the input, but every PyTorch kernel keeps them and
+   they are tiny next to the input. The paper counts normalisation like a linear layer (nothing when
+   frozen); this is where we differ.
 5. **ReLU family** (ReLU, ReLU6, LeakyReLU, Hardtanh) and the piecewise-linear Hardsigmoid need a 1-bit
-   mask per element. The mask is free when the same tensor (the activation's output) is stored in full by
-   another layer, e.g. by the next conv with a trainable weight: the mask is derived from it.
-6. **Smooth activations** (Sigmoid, Tanh, SiLU/Swish, GELU, Hardswish, Mish, ELU, ...) store their input at
-   its own precision (32 bits for fp32 models). PReLU with a trainable slope stores its input.
+   mask per element. A ReLU-family mask is free when the same tensor (the activation's output) is stored
+   in full by another layer, e.g. by the next conv with a trainable weight: the mask is read off it
+   exactly (``y > 0`` iff ``x > 0``; ``0 < y < 6`` iff ``0 < x < 6``). Hardsigmoid's is not (its output
+   rounds to 0 or 1 just inside ``(-3, 3)``), nor that of a LeakyReLU whose slope is not positive.
+6. **Smooth activations** (SiLU/Swish, GELU, Hardswish, Mish, ELU, ...) store their input at its own
+   precision (32 bits for fp32 models). Sigmoid and Tanh store their output instead (their gradients are
+   ``y (1 - y)`` and ``1 - y^2``), which is free when another layer stores it anyway, e.g. the gate of a
+   squeeze-excitation multiply. PReLU with a trainable slope stores its input.
 7. **Softmax** stores its output. **Max pooling** stores, per output element, the argmax position within
    its window: ``ceil(log2(window))`` bits. **Dropout** (p > 0, training) stores a 1-bit keep mask.
    Average pooling, upsampling, padding, flatten, identity store nothing (linear, shape-only).
 8. **Anything else** -- an unknown leaf type, or the functional code of a module (residual add, attention
-   matmuls, squeeze-excitation gating, the loss) -- counts as what stock PyTorch saves for it.
+   matmuls, squeeze-excitation gating, the loss) -- counts as what stock PyTorch saves for it: every
+   tensor its autograd nodes keep, also one an earlier layer saved first. Squeeze-excitation after a ReLU
+   is the case in point: ``x * gate`` needs ``x`` in full (the gate's gradient is ``sum(g * x)``), although
+   stock PyTorch saved ``x`` first for the ReLU; so ``x`` is stored by the multiply and the ReLU's mask
+   is free (rule 5).
 9. A tensor stored by several layers (a block input read by two convs) is counted once; lite residual
    modules are made of ordinary layers, so they count their own activations under the same rules.
 
@@ -64,6 +75,7 @@ _SMOOTH = {
     "hardswishme", "mish", "mishme", "hardmish", "hardmishme", "softplus", "elu", "selu", "celu",
     "logsigmoid", "softsign", "tanhshrink", "glu", "sigmoidme", "rrelu",
 }
+_FROM_OUTPUT = {"sigmoid", "tanh"}  # smooth activations whose gradient is a function of their output
 _SOFTMAX = {"softmax", "logsoftmax", "softmax2d", "softmin"}
 _FREE = (
     nn.Identity, nn.Flatten, nn.Unflatten, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d,
@@ -145,12 +157,20 @@ def _mask(t: TensorRef, bits: float, why: str, *, derivable: bool = True) -> Ver
 
 
 def _as_saved(row: Row, why: str) -> Verdict:
-    return Verdict(tuple(Need((s.key, s.version), s.nbytes) for s in row.saved), why)
+    # Everything the row's backward reads, also tensors an earlier row saved first (counted once overall).
+    return Verdict(tuple(Need((s.key, s.version), s.nbytes) for s in row.saved_all), why)
 
 
 def _trains(row: Row, name: str) -> bool:
     p = row.param(name)
     return p is not None and p.trainable
+
+
+def _mask_from_output(module: nn.Module | None, kind: str) -> bool:
+    """Whether a mask activation's gradient region can be read off its output exactly (see rule 5)."""
+    if kind != "relu" or isinstance(module, (nn.PReLU, nn.Threshold)):
+        return False
+    return not isinstance(module, nn.LeakyReLU) or module.negative_slope > 0
 
 
 def _stats_from_input(row: Row) -> bool:
@@ -194,7 +214,11 @@ def necessary(row: Row) -> Verdict:
     if kind == "norm":
         if _stats_from_input(row):
             if (row.needs_input_grad or _trains(row, "weight")) and x is not None:
-                return _full(x, "statistics of its input: backward needs the input even if frozen")
+                stats = tuple(Need((s.key, s.version), s.nbytes) for s in row.saved_all if s.key != x.key)
+                return Verdict(
+                    _full(x, "").needs + stats,
+                    "statistics of its input: backward needs the input (and its statistics) even if frozen",
+                )
             return Verdict((), "statistics of its input, but only the shift trains: needs no input")
         if _trains(row, "weight") and x is not None:
             return _full(x, "frozen statistics, trainable scale: stores input")
@@ -204,7 +228,9 @@ def necessary(row: Row) -> Verdict:
             return _full(x, "PReLU slope trainable: stores input")
         kind = "relu"
     if kind in ("relu", "step") and y is not None:
-        return _mask(y, MASK_BITS, f"{label}: 1-bit mask")
+        return _mask(y, MASK_BITS, f"{label}: 1-bit mask", derivable=_mask_from_output(row.module, kind))
+    if kind == "smooth" and y is not None and type(row.module).__name__.lower() in _FROM_OUTPUT:
+        return _full(y, f"{label}: needs its {8 * y.nbytes // max(1, y.numel)}-bit output")
     if kind == "smooth" and x is not None:
         return _full(x, f"{label}: needs its {8 * x.nbytes // max(1, x.numel)}-bit input")
     if kind == "softmax" and y is not None:

@@ -7,6 +7,12 @@ counts its real bytes). Each storage is counted once (a ReLU's output and the ne
 buffer) at its full size, and storages of parameters and buffers count as weights, not activations
 (autograd often saves a weight or a view such as ``weight.t()``).
 
+Two views of the same saves: :attr:`SavedTensorCounter.saved` has each storage once, attributed to the
+layer that saved it *first* (what memory it costs, and where stock PyTorch pays for it);
+:attr:`SavedTensorCounter.records` has every (layer, stored tensor) pair, so a rule can see that a later
+layer needs a tensor an earlier one saved first (squeeze-excitation's ``x * gate`` needs ``x``, which a
+stock ReLU before it saved already).
+
 Storages are told apart by their ``StorageImpl`` address (``untyped_storage()._cdata``): on the ``meta``
 device every ``data_ptr()`` is 0 but storages are still distinct objects. The counter keeps a reference
 to every storage it saw until :meth:`SavedTensorCounter.release`, so no address is reused meanwhile.
@@ -85,6 +91,8 @@ class SavedTensorCounter:
         self._keep: list[torch.UntypedStorage | torch.Tensor] = []
         self._seen: set[int] = set()
         self.saved: list[SavedTensor] = []  # activations: first sighting of each storage, in order
+        self.records: list[SavedTensor] = []  # every (owner, storage, version) saved, first time each
+        self._recorded: set[tuple[int, int, int]] = set()
         self.weight_saves = 0  # how many saved tensors were parameters/buffers (or views of them)
         self._ctx = torch.autograd.graph.saved_tensors_hooks(self._pack, _unpack)
 
@@ -92,13 +100,19 @@ class SavedTensorCounter:
         key = storage_key(tensor)
         if key in self._weights:
             self.weight_saves += 1
-        elif key not in self._seen:
+            return tensor
+        owner = self._owner()
+        record = (owner, key, tensor._version)
+        if record in self._recorded:
+            return tensor
+        self._recorded.add(record)
+        saved = SavedTensor(key, tensor._version, storage_nbytes(tensor), tensor.dtype, tuple(tensor.shape),
+                            owner, self._clock())
+        self.records.append(saved)
+        if key not in self._seen:
             self._seen.add(key)
             self._keep.append(storage_of(tensor) or tensor)
-            self.saved.append(SavedTensor(
-                key, tensor._version, storage_nbytes(tensor), tensor.dtype, tuple(tensor.shape),
-                self._owner(), self._clock(),
-            ))
+            self.saved.append(saved)
         return tensor
 
     @property

@@ -11,8 +11,11 @@ measurement (real tensors). Every module call is followed with forward (pre-)hoo
 - the loss (``kind="loss"``).
 
 Saved tensors (:class:`~tinytl_core.memory.stock.SavedTensorCounter`) are attributed to the innermost
-module running. With ``record_uses`` a ``TorchFunctionMode`` notes the last forward use of every storage:
-a block's input that is still used after a layer ran (the pending residual) is live while that layer runs.
+module running: ``Row.saved`` holds the storages a row saved first (stock PyTorch's bytes, each storage
+once), ``Row.saved_all`` every tensor the row's autograd nodes keep, also those an earlier row saved first
+(what the row's backward reads, for the rules). With ``record_uses`` a ``TorchFunctionMode`` notes the
+last forward use of every storage: a block's input that is still used after a layer ran (the pending
+residual) is live while that layer runs.
 
 Where the ``meta`` kernels differ from the CPU ones, the shape trace follows the CPU (so the modelled
 stock bytes equal the measured ones): scaled dot-product attention takes the kernel the CPU would pick
@@ -101,7 +104,8 @@ class Row:
     anchor: int = 0
     batch_statistics: bool = False
     training: bool = False
-    saved: list[SavedTensor] = field(default_factory=list)
+    saved: list[SavedTensor] = field(default_factory=list)  # storages first saved here (stock bytes)
+    saved_all: list[SavedTensor] = field(default_factory=list)  # everything its backward keeps
     pending: list[TensorRef] = field(default_factory=list)  # enclosing blocks' inputs needed later
 
     @property
@@ -146,16 +150,7 @@ class Trace:
     params: list[ParamRef]
     buffer_bytes: int
     output_shape: tuple[int, ...] | None
-
-    @property
-    def pending_bytes(self) -> int:
-        """Bytes of the pending residual inputs (live while this row runs, though not its own)."""
-        return _distinct_bytes(self.pending)
-
-    @property
-    def live(self) -> list[TensorRef]:
-        """Tensors live while this row runs: its inputs, outputs and the pending residual inputs."""
-        return [*self.inputs, *self.outputs, *self.pending]
+    records: list[SavedTensor] = field(default_factory=list)  # every (row, stored tensor) pair
 
     @property
     def saved_bytes(self) -> int:
@@ -397,7 +392,7 @@ def run_traced(
     finally:
         for h in handles:
             h.remove()
-    saved, weight_saves = list(counter.saved), counter.weight_saves
+    saved, records, weight_saves = list(counter.saved), list(counter.records), counter.weight_saves
     counter.release()
     pins.storages.clear()
     if after_forward is not None:
@@ -405,12 +400,12 @@ def run_traced(
     del loss
 
     if inputs.device.type == "meta":
-        saved = _drop_meta_only_saves(calls, saved)
-    rows = _select_rows(calls, saved, loss_row)
+        saved, records = _drop_meta_only_saves(calls, saved), _drop_meta_only_saves(calls, records)
+    rows = _select_rows(calls, saved, records, loss_row)
     if uses is not None:
         _set_pending(calls, uses.last_use)
     buffer_bytes = sum(b.numel() * b.element_size() for b in model.buffers())
-    return Trace(rows, saved, weight_saves, all_params, buffer_bytes, output_shape)
+    return Trace(rows, saved, weight_saves, all_params, buffer_bytes, output_shape, records)
 
 
 def _drop_meta_only_saves(calls: list[_Call], saved: list[SavedTensor]) -> list[SavedTensor]:
@@ -433,24 +428,29 @@ def _drop_meta_only_saves(calls: list[_Call], saved: list[SavedTensor]) -> list[
     return kept
 
 
-def _select_rows(calls: list[_Call], saved: list[SavedTensor], loss_row: Row) -> list[Row]:
-    """Keep leaf calls, calls owning parameters and calls whose own code saved tensors; attach saves."""
-    for s in saved:
+def _select_rows(
+    calls: list[_Call], saved: list[SavedTensor], records: list[SavedTensor], loss_row: Row
+) -> list[Row]:
+    """Keep leaf calls, calls owning parameters and calls whose own code saved tensors; attach saves
+    (``saved``: first sightings, ``records``: every tensor each call keeps)."""
+    for s in records:
         target = calls[s.owner].row if s.owner >= 0 else loss_row
-        if not target.saved and target.kind == "ops":
+        if not target.saved_all and target.kind == "ops":
             target.anchor = s.event  # its own code ran between its children: place it where it saved
-        target.saved.append(s)
+        target.saved_all.append(s)
+    for s in saved:
+        (calls[s.owner].row if s.owner >= 0 else loss_row).saved.append(s)
     first_use: set[int] = set()
     rows = []
     for c in calls:
-        keep = c.leaf or c.own_params or bool(c.row.saved)
+        keep = c.leaf or c.own_params or bool(c.row.saved_all)
         if not keep:
             continue
         # A parameter reused by several calls (or tied) is counted on its first row only.
         c.row.params = [p for p in c.row.params if p.name not in first_use]
         first_use.update(p.name for p in c.row.params)
         rows.append(c.row)
-    if loss_row.saved or loss_row.inputs:
+    if loss_row.saved_all or loss_row.inputs:
         rows.append(loss_row)
     rows.sort(key=lambda r: r.anchor)
     return rows
