@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tinytl_core.engine import EngineModule, convert, describe, engine_enabled, revert
+from tinytl_core.engine import EngineModule, convert, describe, engine_enabled, is_converted, revert
 from tinytl_core.memory import analyze
 from tinytl_core.memory.stock import SavedTensorCounter
 from tinytl_core.modes import MODES, prepare_model
@@ -50,7 +50,7 @@ def test_engine_gradients_equal_stock_in_every_mode(backbone):
     target = torch.tensor([1, 7])
     for mode in MODES:
         torch.manual_seed(0)
-        model = prepare_model(backbone, mode, resolution=SIZE[-1]).model
+        model = prepare_model(backbone, mode, resolution=SIZE[-1], engine=False).model
         params_before = {n: id(p) for n, p in model.named_parameters()}
         keys_before = list(model.state_dict())
         stock_out, stock_grads, stock_saved = _train_step(model, x, target)
@@ -72,26 +72,23 @@ def test_engine_gradients_equal_stock_in_every_mode(backbone):
 @pytest.mark.slow
 @pytest.mark.parametrize("backbone", ["mobilenetv2_100", "mobilenetv3_large_100"])
 def test_engine_stores_the_necessary_bytes(backbone):
+    """Regression: on mobilenetv3 the modelled necessary bytes were up to 12 % too low, because squeeze-
+    excitation's ``x * gate`` needs ``x`` in full but stock ReLU had saved ``x`` first (so the model turned it
+    into the ReLU's 1-bit mask). The engine must store TinyTL's necessary bytes, modelled by plain
+    ``analyze()`` of the stock model, within 5 % in every mode (the issue's target)."""
     x = torch.randn(BATCH, *SIZE)
     target = torch.tensor([4, 0])
     for mode in MODES:
-        model = prepare_model(backbone, mode, resolution=SIZE[-1]).model
-        # TinyTL's necessary bytes (the memory model), traced on the mask-only engine: there every tensor is
-        # first stored by a layer that needs it in full, so functional code such as squeeze-excitation's
-        # ``x * gate`` is attributed exactly (the stock trace credits x to the ReLU before it; see README).
-        convert(model)
-        necessary = analyze(model, input_size=SIZE, batch_size=BATCH).totals["activations_necessary_bytes"]
-        convert(model, input_size=SIZE)
-        _, _, engine_saved = _train_step(model, x, target)
-        # Exact rules for last / bias. Elsewhere, at 64 px, the per-channel mean and inverse std that stock
-        # batch-statistics BatchNorm keeps (2 x C floats, not in the model) add a few percent; well under 5 %
-        # at 224 px (see benchmarks/engine.py).
-        tolerance = 1.005 if mode in ("last", "bias") else 1.08
-        assert necessary * 0.995 <= engine_saved <= necessary * tolerance, (mode, engine_saved, necessary)
+        prepared = prepare_model(backbone, mode, resolution=SIZE[-1])  # converted: the default
+        assert prepared.result.engine_layers > 0 and is_converted(prepared.model)
+        necessary = analyze(prepared.model, input_size=SIZE, batch_size=BATCH).totals[
+            "activations_necessary_bytes"]
+        _, _, engine_saved = _train_step(prepared.model, x, target)
+        assert engine_saved == pytest.approx(necessary, rel=0.05), (mode, engine_saved, necessary)
 
 
 def test_tinytl_bias_mode_saves_two_orders_of_magnitude():
-    model = prepare_model("mobilenetv2_100", "bias", resolution=64).model
+    model = prepare_model("mobilenetv2_100", "bias", resolution=64, engine=False).model
     x, target = torch.randn(BATCH, *SIZE), torch.tensor([0, 3])
     _, _, stock_saved = _train_step(model, x, target)
     with engine_enabled(model):
@@ -101,7 +98,7 @@ def test_tinytl_bias_mode_saves_two_orders_of_magnitude():
 
 
 def test_report_per_layer_rules_for_bias_mode():
-    model = prepare_model("mobilenetv3_large_100", "bias", resolution=64).model
+    model = prepare_model("mobilenetv3_large_100", "bias", resolution=64, engine=False).model
     report = convert(model)
     rows = {layer.name: layer for layer in report.layers}
     assert rows["conv_stem"].stores == "nothing (frozen weight)"
@@ -116,8 +113,8 @@ def test_report_per_layer_rules_for_bias_mode():
 
 def test_convert_after_optimizer_creation_keeps_training():
     torch.manual_seed(0)
-    model = prepare_model("resnet18", "lite_residual+bias", resolution=64).model
-    reference = prepare_model("resnet18", "lite_residual+bias", resolution=64).model
+    model = prepare_model("resnet18", "lite_residual+bias", resolution=64, engine=False).model
+    reference = prepare_model("resnet18", "lite_residual+bias", resolution=64, engine=False).model
     reference.load_state_dict(model.state_dict())
     x, target = torch.randn(BATCH, *SIZE), torch.tensor([2, 5])
     optimizers = [torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.1, momentum=0.9)
@@ -130,3 +127,24 @@ def test_convert_after_optimizer_creation_keeps_training():
             opt.step()
     for (name, p), q in zip(model.named_parameters(), reference.parameters()):
         assert torch.allclose(p, q, rtol=1e-4, atol=1e-6), name
+
+
+def test_modes_switch_the_engine_on_and_off():
+    on = prepare_model("resnet18", "bias", resolution=32)
+    assert on.result.engine_layers == describe(on.model).n_converted > 0
+    off = on.mode.apply(on.model, input_size=(3, 32, 32), engine=False)  # re-applied: back to stock layers
+    assert off.engine_layers == 0 and not is_converted(on.model)
+    assert off.trainable == on.result.trainable
+
+
+def test_engine_enabled_restores_classes_and_shared_outputs():
+    model = prepare_model("mobilenetv2_100", "full", resolution=32).model  # converted, sharing outputs
+    shared = {n for n, m in model.named_modules() if m.__dict__.get("keep_output")}
+    assert shared  # ReLU6 outputs that the next trainable conv stores in full
+    classes = {n: type(m) for n, m in model.named_modules()}
+    with engine_enabled(model, False):
+        assert not is_converted(model)
+    with engine_enabled(model, True):  # without input_size: masks everywhere, for the block only
+        assert not any(m.__dict__.get("keep_output") for m in model.modules())
+    assert {n: type(m) for n, m in model.named_modules()} == classes
+    assert {n for n, m in model.named_modules() if m.__dict__.get("keep_output")} == shared

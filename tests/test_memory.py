@@ -7,6 +7,7 @@ import timm
 import torch
 from torch import nn
 
+from tinytl_core.engine import is_converted
 from tinytl_core.memory import MB, analyze, compare_modes, format_modes
 from tinytl_core.memory.accounting import LAYER_COLUMNS
 from tinytl_core.modes import prepare_model
@@ -109,7 +110,7 @@ def test_nothing_stored_before_first_trainable_layer():
 
 
 def test_last_stores_only_classifier_input():
-    prepared = prepare_model("mobilenetv2_100", "last", resolution=RES, device="meta")
+    prepared = prepare_model("mobilenetv2_100", "last", resolution=RES, device="meta", engine=False)
     report = analyze(prepared.model, input_size=(3, RES, RES), batch_size=BATCH)
     stored = report.layers[report.layers["activation_necessary_bytes"] > 0]
     assert set(stored["kind"]) <= {"layer", "loss"}
@@ -120,7 +121,7 @@ def test_last_stores_only_classifier_input():
 
 
 def test_layers_table_columns_and_order():
-    prepared = prepare_model("resnet18", "bias", resolution=RES, device="meta")
+    prepared = prepare_model("resnet18", "bias", resolution=RES, device="meta", engine=False)
     report = analyze(prepared.model, input_size=(3, RES, RES), batch_size=BATCH)
     assert list(report.layers.columns) == list(LAYER_COLUMNS)
     names = list(report.layers["layer"])
@@ -132,7 +133,7 @@ def test_layers_table_columns_and_order():
 
 @pytest.mark.parametrize("name", ["resnet18", "mobilenetv2_100"])
 def test_activations_scale_with_batch_parameters_do_not(name):
-    prepared = prepare_model(name, "lite_residual+bias", resolution=RES, device="meta")
+    prepared = prepare_model(name, "lite_residual+bias", resolution=RES, device="meta", engine=False)
     t = {b: analyze(prepared.model, input_size=(3, RES, RES), batch_size=b).totals for b in (2, 3, 4)}
     for key in ("weights_bytes", "grads_optimizer_bytes"):
         assert t[2][key] == t[3][key] == t[4][key]
@@ -151,9 +152,12 @@ def test_activations_scale_with_batch_parameters_do_not(name):
     assert abs(intercept["peak_bytes"]) <= 0.02 * t[2]["peak_bytes"]
 
 
-def test_meta_analysis_equals_real_tensors():
+def test_meta_analysis_equals_real_tensors_and_models_stock_layers():
+    # real: converted to the training engine (the default); meta: stock layers. analyze() models stock
+    # PyTorch either way (the engine is what measure() sees), so both tables are the same.
     real = prepare_model("resnet18", "lite_residual+bias", resolution=RES, device="cpu").model
-    meta = prepare_model("resnet18", "lite_residual+bias", resolution=RES, device="meta").model
+    meta = prepare_model("resnet18", "lite_residual+bias", resolution=RES, device="meta", engine=False).model
+    assert is_converted(real) and not is_converted(meta)
     before = {k: v.clone() for k, v in real.state_dict().items()}
     a = analyze(real, input_size=(3, RES, RES), batch_size=BATCH)
     b = analyze(meta, input_size=(3, RES, RES), batch_size=BATCH)
@@ -162,6 +166,7 @@ def test_meta_analysis_equals_real_tensors():
     after = real.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # running statistics untouched
     assert real.training == meta.training
+    assert is_converted(real)  # restored after the trace
 
 
 def test_meta_trace_is_fast_and_allocates_nothing_for_a_large_vit():
@@ -174,7 +179,7 @@ def test_meta_trace_is_fast_and_allocates_nothing_for_a_large_vit():
 
 def test_paper_accounting_calibration_resnet50():
     """The paper reports 802 MB for fully fine-tuning ResNet-50 at batch 8, 224x224."""
-    prepared = prepare_model("resnet50", "full", device="meta")
+    prepared = prepare_model("resnet50", "full", device="meta", engine=False)
     t = analyze(prepared.model, input_size=(3, 224, 224), batch_size=8, accounting="paper").totals
     assert t["grads_optimizer_bytes"] == 0
     assert t["weights_bytes"] == 4 * t["n_params"]  # everything trains: 32 bits
@@ -182,7 +187,7 @@ def test_paper_accounting_calibration_resnet50():
 
 
 def test_paper_accounting_frozen_weights_at_8_bits():
-    prepared = prepare_model("mobilenetv2_100", "bias", resolution=RES, device="meta")
+    prepared = prepare_model("mobilenetv2_100", "bias", resolution=RES, device="meta", engine=False)
     t = analyze(prepared.model, input_size=(3, RES, RES), batch_size=BATCH, accounting="paper").totals
     frozen = t["n_params"] - t["n_trainable"]
     assert t["weights_bytes"] == frozen + 4 * t["n_trainable"]

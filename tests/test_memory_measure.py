@@ -7,6 +7,7 @@ import timm
 import torch
 from torch import nn
 
+from tinytl_core.engine import is_converted
 from tinytl_core.memory import MemoryLimitError, analyze, measure, training_memory_figures
 from tinytl_core.memory.report import merge_measured
 from tinytl_core.modes import MODES, prepare_model
@@ -27,7 +28,7 @@ def _one_thread():
 @pytest.mark.parametrize("name", ["resnet18", "mobilenetv2_100", "efficientnet_b0"])
 def test_modelled_stock_matches_measured_every_mode(name):
     for mode in MODES:
-        model = prepare_model(name, mode, resolution=RES, device="cpu").model
+        model = prepare_model(name, mode, resolution=RES, device="cpu", engine=False).model
         report = analyze(model, input_size=(3, RES, RES), batch_size=BATCH)
         m = measure(model, input_size=(3, RES, RES), batch_size=BATCH, modelled=report)
         stock = report.totals["activations_stock_bytes"]
@@ -49,7 +50,7 @@ def test_attention_modelled_like_the_cpu_kernel():
 
 
 def test_per_layer_measured_lines_up_with_modelled():
-    model = prepare_model("resnet18", "bias", resolution=RES, device="cpu").model
+    model = prepare_model("resnet18", "bias", resolution=RES, device="cpu", engine=False).model
     report = analyze(model, input_size=(3, RES, RES), batch_size=BATCH)
     m = measure(model, input_size=(3, RES, RES), batch_size=BATCH)
     merged = merge_measured(report.layers, m.per_layer)
@@ -117,7 +118,7 @@ def test_custom_autograd_function_counted_at_real_size():
 
 
 def test_memory_limit_refused_before_allocating(monkeypatch):
-    model = prepare_model("resnet18", "full", resolution=RES, device="cpu").model
+    model = prepare_model("resnet18", "full", resolution=RES, device="cpu", engine=False).model
     monkeypatch.setattr(measure_module, "available_memory", lambda device: 1000)
     monkeypatch.setattr(measure_module, "run_traced", lambda *a, **k: pytest.fail("allocated"))
     with pytest.raises(MemoryLimitError, match="only 0.0 MB are free"):
@@ -126,7 +127,7 @@ def test_memory_limit_refused_before_allocating(monkeypatch):
 
 
 def test_measure_rejects_meta_and_untrainable_models():
-    meta = prepare_model("resnet18", "full", resolution=RES, device="meta").model
+    meta = prepare_model("resnet18", "full", resolution=RES, device="meta", engine=False).model
     with pytest.raises(ValueError, match="real step"):
         measure(meta, input_size=(3, RES, RES), batch_size=BATCH)
     frozen = _EngineNet().requires_grad_(False)
@@ -134,19 +135,35 @@ def test_measure_rejects_meta_and_untrainable_models():
         measure(frozen, input_size=(1, 8, 8), batch_size=BATCH)
 
 
-def test_training_memory_figures():
+def test_training_memory_figures_measure_the_model_as_it_trains():
     model = prepare_model("mobilenetv2_100", "lite_residual+bias", resolution=RES, device="cpu").model
+    assert is_converted(model)  # modes convert to the training engine by default
     keys = {
         "weights_bytes", "grads_optimizer_bytes", "activations_necessary_bytes", "activations_stock_bytes",
         "total_modelled_bytes", "activations_measured_bytes", "total_measured_bytes",
+        "activations_measured_stock_bytes", "activations_measured_engine_bytes",
     }
-    modelled = training_memory_figures(model, input_size=(3, RES, RES), batch_size=BATCH, optimizer="sgd",
+    size = (3, RES, RES)
+    modelled = training_memory_figures(model, input_size=size, batch_size=BATCH, optimizer="sgd",
                                        measure=False)
     assert set(modelled) == keys
-    assert modelled["activations_measured_bytes"] is None and modelled["total_measured_bytes"] is None
-    figures = training_memory_figures(model, input_size=(3, RES, RES), batch_size=BATCH, optimizer="sgd")
-    stock, measured = figures["activations_stock_bytes"], figures["activations_measured_bytes"]
-    assert measured == pytest.approx(stock, rel=0.02)
-    assert figures["total_measured_bytes"] > figures["total_modelled_bytes"]  # stock keeps more
+    assert all(modelled[k] is None for k in keys if "measured" in k)
+    figures = training_memory_figures(model, input_size=size, batch_size=BATCH, optimizer="sgd")
+    # Stock layers save what the model says stock PyTorch saves; the engine what TinyTL says is necessary.
+    assert figures["activations_measured_stock_bytes"] == pytest.approx(figures["activations_stock_bytes"],
+                                                                        rel=0.02)
+    assert figures["activations_measured_engine_bytes"] == pytest.approx(
+        figures["activations_necessary_bytes"], rel=0.05)
+    assert figures["activations_measured_bytes"] == figures["activations_measured_engine_bytes"]  # trains so
+    assert is_converted(model)  # left as it was
     parts = sum(figures[k] for k in ("weights_bytes", "grads_optimizer_bytes", "activations_necessary_bytes"))
     assert figures["total_modelled_bytes"] > parts  # plus the transient working set
+    assert figures["total_measured_bytes"] > figures["weights_bytes"] + figures["activations_measured_bytes"]
+
+    stock_model = prepare_model("mobilenetv2_100", "lite_residual+bias", resolution=RES, engine=False).model
+    stock = training_memory_figures(stock_model, input_size=size, batch_size=BATCH, optimizer="sgd")
+    assert stock["activations_measured_bytes"] == stock["activations_measured_stock_bytes"]
+    assert stock["total_measured_bytes"] > figures["total_measured_bytes"]  # stock keeps more
+    assert not is_converted(stock_model)
+    for key in ("activations_measured_stock_bytes", "activations_measured_engine_bytes"):
+        assert stock[key] == figures[key]  # the same two steps, whichever layers the model trains with

@@ -13,6 +13,10 @@ lite_residual+bias     lite residual branches + every bias + classifier (TinyTL-
 
 In every mode with a frozen backbone (all but ``full`` and ``bn+last``) the backbone's BatchNorm layers
 keep their running statistics, as in the paper. The classifier (``model.get_classifier()``) always trains.
+
+By default a mode also converts the model to the training engine (:func:`tinytl_core.engine.convert`):
+layers that store only what their gradients need, with the same outputs and gradients as stock PyTorch.
+``engine=False`` gives stock PyTorch layers (to show the difference).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import torch
 from torch import nn
 
 from tinytl_core.backbones import BackboneStatus, DataConfig, create_backbone, data_config
+from tinytl_core.engine import convert, revert
 from tinytl_core.lite_residual import LiteResidual, LiteResidualConfig, attach_lite_residuals
 from tinytl_core.norms import batchnorm_to_groupnorm, freeze_statistics, is_norm, unfreeze_statistics
 
@@ -45,6 +50,7 @@ class ModeResult:
     lite_residual_blocks: tuple[str, ...] = ()
     lite_residual_params: int = 0
     frozen_norms: int = 0
+    engine_layers: int = 0  # layers running on the training engine (0: stock PyTorch layers)
 
     @property
     def trainable_fraction(self) -> float:
@@ -96,20 +102,24 @@ class Mode:
         group_norm: bool = False,
         lite_residual: LiteResidualConfig | None = None,
         strict: bool = True,
+        engine: bool = True,
     ) -> ModeResult:
         """Set exactly the parameters this mode trains, in place, and configure normalisation layers.
 
         Args:
             model: a timm model (on any device, ``meta`` included).
-            input_size: (C, H, W) used to size lite residual branches; default: the model's own.
+            input_size: (C, H, W) used to size lite residual branches and to trace the engine's
+                conversion; default: the model's own.
             group_norm: replace BatchNorm by GroupNorm first (the paper's choice for batch size 1).
             lite_residual: branch hyper-parameters (defaults as in the paper).
             strict: raise :class:`ModeNotApplicable` when the mode does not apply; otherwise return a
                 result with ``applicable=False`` and the reason, leaving ``model`` unchanged.
+            engine: convert the model to the training engine afterwards (same outputs and gradients,
+                less stored for backward); False leaves (or makes) every layer stock PyTorch.
         """
         reason = self.check(model)
+        size = tuple(input_size or data_config(model).input_size)
         if reason is None and self.uses_lite_residual:
-            size = input_size or data_config(model).input_size
             report = attach_lite_residuals(model, size, _lr_config(lite_residual, group_norm))
             reason = f"lite residual: {report.skipped}" if not report.blocks else None
         if reason is not None:
@@ -134,6 +144,12 @@ class Mode:
             if wanted:
                 trainable.append(name)
         frozen = _configure_norms(model, freeze=self.frozen_backbone)
+        # After the mode: the engine picks, per layer, what to store from what now trains.
+        if engine:
+            engine_layers = convert(model, input_size=size).n_converted
+        else:
+            revert(model)
+            engine_layers = 0
         lr_blocks = tuple(n for n, m in model.named_modules() if isinstance(m, LiteResidual))
         params = dict(model.named_parameters())
         return ModeResult(
@@ -146,6 +162,7 @@ class Mode:
             lite_residual_blocks=tuple(n.rsplit(".lite_residual", 1)[0] for n in lr_blocks),
             lite_residual_params=sum(p.numel() for n, p in params.items() if id(p) in branches),
             frozen_norms=frozen,
+            engine_layers=engine_layers,
         )
 
 
@@ -246,11 +263,14 @@ def prepare_model(
     device: str | torch.device | None = None,
     strict: bool = True,
     lite_residual: LiteResidualConfig | None = None,
+    engine: bool = True,
 ) -> PreparedModel:
     """Create ``backbone`` for ``num_classes`` and apply ``mode`` to it.
 
     ``resolution`` overrides the model's default input size (it sizes lite residual branches and is what
     ``result.data.input_size`` reports). ``device="meta"`` builds a shape-only model for fast analysis.
+    ``engine`` (default) converts the model to the training engine after the mode; False keeps stock
+    PyTorch layers (see :meth:`Mode.apply`).
     """
     mode = get_mode(mode) if isinstance(mode, str) else mode
     if resolution is not None and resolution < 8:
@@ -262,7 +282,8 @@ def prepare_model(
 
         data = replace(data, input_size=(data.input_size[0], resolution, resolution))
     result = mode.apply(
-        model, input_size=data.input_size, group_norm=group_norm, lite_residual=lite_residual, strict=strict
+        model, input_size=data.input_size, group_norm=group_norm, lite_residual=lite_residual, strict=strict,
+        engine=engine,
     )
     return PreparedModel(model, mode, result, status, data)
 
@@ -280,6 +301,7 @@ def compare_trainable(
             group_norm=group_norm,
             device="meta",
             strict=False,
+            engine=False,  # what trains does not depend on the layers; skip the conversion's trace
         ).result
         for m in MODES.values()
     ]

@@ -120,6 +120,8 @@ def convert(model: nn.Module, *, input_size: tuple[int, int, int] | None = None)
         raise ValueError(f"convert expects a torch.nn.Module, got {type(model).__name__}")
     for module in model.modules():
         _swap(module, lambda m: ENGINE_CLASSES.get(type(m)))
+        if isinstance(module, MaskedActivation):
+            module.keep_output = False  # a finding of an earlier conversion may not hold any more
     if input_size is not None:
         _share_stored_outputs(model, input_size)
     return describe(model)
@@ -131,8 +133,6 @@ def _share_stored_outputs(model: nn.Module, input_size: tuple[int, int, int]) ->
     from tinytl_core.memory.trace import trace_model  # the memory model's tracer (meta, train mode)
 
     activations = [m for m in model.modules() if isinstance(m, MaskedActivation)]
-    for module in activations:
-        module.keep_output = False
     if not activations:
         return 0
     try:
@@ -141,7 +141,7 @@ def _share_stored_outputs(model: nn.Module, input_size: tuple[int, int, int]) ->
         warnings.warn(f"engine: could not trace the model to share stored outputs ({exc}); "
                       "ReLU-like layers keep 1-bit masks", stacklevel=3)
         return 0
-    stored = {(s.key, s.version) for s in trace.saved}
+    stored = {(s.key, s.version) for s in trace.records}  # every (layer, tensor) stored
     verdict: dict[int, bool] = {}
     for row in trace.rows:
         if isinstance(row.module, MaskedActivation) and row.outputs:
@@ -185,16 +185,23 @@ def is_converted(model: nn.Module) -> bool:
 
 
 @contextmanager
-def engine_enabled(model: nn.Module, enabled: bool = True) -> Iterator[EngineReport]:
-    """Run a block with ``model`` converted (``enabled=True``) or stock (``False``), then restore every
-    layer's previous class."""
+def engine_enabled(
+    model: nn.Module, enabled: bool = True, *, input_size: tuple[int, int, int] | None = None
+) -> Iterator[EngineReport]:
+    """Run a block with ``model`` converted (``enabled=True``; ``input_size`` as in :func:`convert`) or
+    stock (``False``), then restore every layer's previous class and output-sharing flag."""
     before = {module: type(module) for module in model.modules()}
+    flags = {module: module.__dict__["keep_output"] for module in before if "keep_output" in module.__dict__}
     try:
         if enabled:
-            yield convert(model)
+            yield convert(model, input_size=input_size)
         else:
             revert(model)
             yield describe(model)
     finally:
         for module, cls in before.items():
             module.__class__ = cls
+            if module in flags:
+                module.keep_output = flags[module]
+            else:
+                module.__dict__.pop("keep_output", None)

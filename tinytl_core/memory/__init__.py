@@ -3,6 +3,7 @@
 - :func:`analyze` -- per-layer table and totals from shapes traced on the ``meta`` device (no allocation).
 - :func:`measure` -- one real training step: the bytes autograd actually saves, per layer.
 - :func:`compare_modes` -- per-mode totals of a backbone (the CLI's and the app's table).
+- :func:`measure_stock_and_engine` -- one real step with stock layers and one with the training engine's.
 - :func:`training_memory_figures` -- modelled and measured figures a training run records.
 
 The rules (TinyTL's cost model and the paper's accounting) are in :mod:`tinytl_core.memory.rules`.
@@ -13,8 +14,10 @@ from tinytl_core.memory.analysis import analyze, training_memory_figures
 from tinytl_core.memory.compare import compare_modes, mode_reports
 from tinytl_core.memory.measure import Measurement, MemoryLimitError, measure
 from tinytl_core.memory.report import MB, MemoryReport, format_modes
+from tinytl_core.memory.stock_vs_engine import StockAndEngine, measure_stock_and_engine
 
 __all__ = [
-    "ACCOUNTINGS", "MB", "OPTIMIZER_STATES", "Measurement", "MemoryLimitError", "MemoryReport", "analyze",
-    "compare_modes", "format_modes", "measure", "mode_reports", "training_memory_figures",
+    "ACCOUNTINGS", "MB", "OPTIMIZER_STATES", "Measurement", "MemoryLimitError", "MemoryReport",
+    "StockAndEngine", "analyze", "compare_modes", "format_modes", "measure", "measure_stock_and_engine",
+    "mode_reports", "training_memory_figures",
 ]

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from torch import nn
 
+from tinytl_core.engine import engine_enabled, is_converted
 from tinytl_core.memory import accounting as acc
 from tinytl_core.memory.report import MemoryReport
+from tinytl_core.memory.stock_vs_engine import measure_stock_and_engine
 from tinytl_core.memory.trace import Trace, check_input, trace_model
 
 
@@ -23,6 +25,9 @@ def analyze(
     The model's ``requires_grad`` flags and normalisation modes (as set by a fine-tuning mode) decide what
     trains. It is traced in training mode on the ``meta`` device (a model already on ``meta`` costs
     nothing; a real one is traced with meta stand-ins for its weights: same numbers), then accounted.
+    A model converted to the training engine is traced with its stock layers (restored afterwards), so
+    the stock column is always stock PyTorch's; what the engine saves is measured
+    (:func:`~tinytl_core.memory.stock_vs_engine.measure_stock_and_engine`).
 
     Args:
         model: any ``nn.Module`` taking a ``(batch, C, H, W)`` tensor.
@@ -41,9 +46,11 @@ def analyze(
     acc.check_accounting(accounting)
     if not isinstance(frozen_weight_bits, int) or not 1 <= frozen_weight_bits <= 64:
         raise ValueError(f"frozen_weight_bits must be an integer in 1..64, got {frozen_weight_bits!r}")
+    with engine_enabled(model, False):
+        trace = trace_model(model, input_size, batch_size)
     return report_from_trace(
-        trace_model(model, input_size, batch_size), input_size=input_size, batch_size=batch_size,
-        optimizer=optimizer, accounting=accounting, frozen_weight_bits=frozen_weight_bits,
+        trace, input_size=input_size, batch_size=batch_size, optimizer=optimizer, accounting=accounting,
+        frozen_weight_bits=frozen_weight_bits,
     )
 
 
@@ -82,16 +89,21 @@ def training_memory_figures(
 ) -> dict[str, float | None]:
     """The memory figures a training run records: modelled (complete accounting) and measured.
 
-    Keys: ``weights_bytes``, ``grads_optimizer_bytes``, ``activations_necessary_bytes``,
+    Modelled: ``weights_bytes``, ``grads_optimizer_bytes``, ``activations_necessary_bytes``,
     ``activations_stock_bytes``, ``total_modelled_bytes`` (weights + grads/optimizer + necessary
-    activations + transient), ``activations_measured_bytes`` (bytes autograd really saved in one step) and
-    ``total_measured_bytes`` (on CUDA the peak allocated memory of the step; elsewhere the measured saved
-    bytes plus the modelled weights, gradients/optimizer state and stock transient). The measured ones are
-    None when ``measure`` is False. Measuring runs one real step (weights unchanged, see
-    :func:`~tinytl_core.memory.measure.measure`).
-    """
-    from tinytl_core.memory.measure import measure as measure_step
+    activations + transient).
 
+    Measured (None when ``measure`` is False), in one real step each, on this very model
+    (:func:`~tinytl_core.memory.stock_vs_engine.measure_stock_and_engine`; weights unchanged):
+    ``activations_measured_stock_bytes`` with stock PyTorch layers, ``activations_measured_engine_bytes``
+    with the training engine's (None if the engine cannot run the model), and the figures of the model *as
+    it trains* -- converted to the engine (:func:`tinytl_core.engine.is_converted`) or stock:
+    ``activations_measured_bytes`` and ``total_measured_bytes`` (on CUDA the peak allocated memory of
+    that step; elsewhere its measured saved bytes plus the modelled weights, gradients/optimizer state and
+    stock transient). The second step costs less than the first (the engine stores less) and is a small
+    part of any run, so both are always taken: a run records what it used and what the other layers
+    would have stored.
+    """
     report = analyze(model, input_size=input_size, batch_size=batch_size, optimizer=optimizer)
     t = report.totals
     figures: dict[str, float | None] = {
@@ -102,13 +114,24 @@ def training_memory_figures(
         "total_modelled_bytes": float(t["total_bytes"]),
         "activations_measured_bytes": None,
         "total_measured_bytes": None,
+        "activations_measured_stock_bytes": None,
+        "activations_measured_engine_bytes": None,
     }
     if measure:
-        m = measure_step(model, input_size=input_size, batch_size=batch_size, optimizer=optimizer,
-                         per_layer=False, modelled=report)
-        figures["activations_measured_bytes"] = float(m.saved_bytes)
+        converted = is_converted(model)
+        both = measure_stock_and_engine(model, input_size=input_size, batch_size=batch_size,
+                                        optimizer=optimizer, per_layer=False, modelled=report)
+        if converted and both.engine is None:
+            raise RuntimeError(f"the engine could not measure this model: {both.engine_error}")
+        trained = both.engine if converted else both.stock
+        figures["activations_measured_stock_bytes"] = float(both.stock_bytes)
+        figures["activations_measured_engine_bytes"] = (
+            None if both.engine_bytes is None else float(both.engine_bytes)
+        )
+        figures["activations_measured_bytes"] = float(trained.saved_bytes)
         figures["total_measured_bytes"] = float(
-            m.peak_cuda_bytes if m.peak_cuda_bytes is not None
-            else t["weights_bytes"] + t["grads_optimizer_bytes"] + m.saved_bytes + t["transient_stock_bytes"]
+            trained.peak_cuda_bytes if trained.peak_cuda_bytes is not None
+            else t["weights_bytes"] + t["grads_optimizer_bytes"] + trained.saved_bytes
+            + t["transient_stock_bytes"]
         )
     return figures

@@ -30,8 +30,8 @@ def mode_reports(
     out: dict[str, MemoryReport | str] = {}
     for mode in resolve_modes(modes):
         try:
-            prepared = prepare_model(
-                backbone, mode, resolution=resolution, group_norm=group_norm, device="meta"
+            prepared = prepare_model(  # analyze() models stock layers: no engine conversion to trace
+                backbone, mode, resolution=resolution, group_norm=group_norm, device="meta", engine=False
             )
         except ModeNotApplicable as exc:
             out[mode.name] = str(exc)

@@ -14,7 +14,8 @@ MODE_COLUMNS = {
     "grads_optimizer_bytes": "grads+opt",
     "activations_necessary_bytes": "act. necessary",
     "activations_stock_bytes": "act. stock",
-    "activations_measured_bytes": "act. measured",
+    "activations_measured_stock_bytes": "act. stock measured",
+    "activations_measured_engine_bytes": "act. engine measured",
     "total_bytes": "total",
     "ratio_to_full": "x full",
 }
@@ -91,8 +92,16 @@ def format_modes(table: pd.DataFrame) -> str:
     return "\n".join(out) + "\n(MB = 10^6 bytes)"
 
 
-def merge_measured(layers: pd.DataFrame, measured: pd.DataFrame) -> pd.DataFrame:
+def merge_measured(
+    layers: pd.DataFrame, measured: pd.DataFrame, column: str = "activation_measured_bytes"
+) -> pd.DataFrame:
     """``layers`` (an analysis table) with the ``activation_measured_bytes`` column of a measurement's
-    ``per_layer`` table beside it, matched by layer name, call number and row kind."""
+    ``per_layer`` table beside it as ``column``, matched by layer name, call number and row kind (rows
+    the measurement did not keep saved nothing: 0)."""
     keys = ["layer", "call", "kind"]
-    return layers.merge(measured[[*keys, "activation_measured_bytes"]], on=keys, how="left")
+    part = measured[[*keys, "activation_measured_bytes"]].rename(
+        columns={"activation_measured_bytes": column}
+    )
+    merged = layers.merge(part, on=keys, how="left")
+    merged[column] = merged[column].fillna(0).astype("int64")
+    return merged
