@@ -63,9 +63,25 @@ def test_memory_figures_are_recorded_without_changing_training(digits, tmp_path)
     mem = measured.memory
     assert mem["weights_bytes"] > 0 and mem["activations_measured_bytes"] > 0
     assert mem["total_modelled_bytes"] >= mem["weights_bytes"] + mem["grads_optimizer_bytes"]
+    # The run trains on the engine (the default): its measured figure is the engine's, stock's beside it.
+    assert measured.engine_layers > 0 and "img/s, engine)" in measured.summary()
+    assert mem["activations_measured_bytes"] == mem["activations_measured_engine_bytes"]
+    assert mem["activations_measured_engine_bytes"] < mem["activations_measured_stock_bytes"] / 5
     row = store.get_run(measured.run_id)
     assert row["total_modelled_bytes"] == int(mem["total_modelled_bytes"]) and row["status"] == "finished"
     assert row["config"]["mode"] == "bias" and len(row["history"]) == 4 and row["versions"]["torch"]
+    assert row["config"]["engine"] is True
+    assert row["memory"]["activations_measured_stock_bytes"] == mem["activations_measured_stock_bytes"]
+
+
+def test_engine_and_stock_layers_train_alike(digits):
+    """Same seed with and without the training engine: the same losses (gradients equal stock's)."""
+    on = adapt(tiny(mode="lite_residual+bias", steps=4), data=digits)
+    off = adapt(tiny(mode="lite_residual+bias", steps=4, engine=False), data=digits)
+    assert on.engine_layers > 0 and off.engine_layers == 0 and not off.config.engine
+    losses_on, losses_off = [s["loss"] for s in on.steps], [s["loss"] for s in off.steps]
+    assert losses_on == pytest.approx(losses_off, rel=1e-5, abs=1e-6)
+    assert losses_on[0] != losses_on[-1]  # it trained
 
 
 def test_cancel_from_another_thread_returns_partial_result(digits, tmp_path):

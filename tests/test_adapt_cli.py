@@ -10,9 +10,11 @@ TINY = ["--model", "resnet10t", "--dataset", "digits", "--batch-size", "4", "--r
 
 def test_adapt_then_list_export_show_delete(tinytl_home, tmp_path, capsys):
     db = str(tmp_path / "runs.sqlite")
-    assert main(["adapt", *TINY, "--mode", "full", "--steps", "3", "--no-memory", "--db", db]) == 0
+    assert main(["adapt", *TINY, "--mode", "full", "--steps", "3", "--no-memory", "--no-engine",
+                 "--db", db]) == 0
     out = capsys.readouterr().out
     assert "digits: 10 classes" in out and "resnet10t full on digits: val acc" in out and "[run 1]" in out
+    assert "img/s, stock layers)" in out
 
     assert main(["adapt", *TINY, "--modes", "last,bias", "--steps", "2", "--no-measure", "--db", db]) == 0
     out = capsys.readouterr().out
@@ -28,7 +30,10 @@ def test_adapt_then_list_export_show_delete(tinytl_home, tmp_path, capsys):
     assert [r["mode"] for r in rows] == ["bias", "last", "full"]
     assert rows[0]["total_modelled_bytes"] and not rows[2]["total_modelled_bytes"]  # --no-memory on run 1
     assert main(["runs", "--db", db, "--show", "2"]) == 0
-    assert '"mode": "last"' in capsys.readouterr().out
+    shown = capsys.readouterr().out
+    assert '"mode": "last"' in shown and '"engine": true' in shown  # the default: the training engine
+    assert main(["runs", "--db", db, "--show", "1"]) == 0
+    assert '"engine": false' in capsys.readouterr().out  # --no-engine
     assert main(["runs", "--db", db, "--delete", "2"]) == 0
     assert main(["runs", "--db", db, "--delete", "2"]) == 2
     assert "no run with id 2" in capsys.readouterr().err

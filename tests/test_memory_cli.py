@@ -22,16 +22,27 @@ def test_memory_command_table_and_csv(tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0
     assert "resnet18, 3x32x32, batch 2, optimizer sgd, complete accounting" in out
-    assert "act. measured" in out and "x full" in out
+    header = next(line for line in out.splitlines() if line.startswith("mode"))
+    for label in ("act. necessary", "act. stock", "act. stock measured", "act. engine measured", "x full"):
+        assert label in header
     rows = [line.split() for line in out.splitlines()]
     lines = {r[0]: r for r in rows if r and r[0] in ("full", "bias")}
     assert lines["full"][-1] == "1.00" and float(lines["bias"][-1]) < 1.0
+    # weights, grads+opt, necessary, stock (model), stock (measured), engine (measured), total, x full
+    necessary, stock_model, stock_measured, engine = (float(x.replace(",", "")) for x in lines["bias"][3:7])
+    assert stock_measured == pytest.approx(stock_model, rel=0.02)
+    assert engine == pytest.approx(necessary, rel=0.05) and engine < stock_measured / 5
+
     layers = pd.read_csv(csv)
     assert set(layers["mode"]) == {"full", "bias"}
-    columns = {"activation_necessary_bytes", "activation_stock_bytes", "activation_measured_bytes"}
-    assert columns <= set(layers)
+    necessary, stock, engine = ("activation_necessary_bytes", "activation_measured_stock_bytes",
+                                "activation_measured_engine_bytes")
+    assert {necessary, "activation_stock_bytes", stock, engine} <= set(layers)
     full = layers[layers["mode"] == "full"]
-    assert (full["activation_measured_bytes"] == full["activation_stock_bytes"]).all()
+    assert (full[stock] == full["activation_stock_bytes"]).all()
+    bias = layers[layers["mode"] == "bias"].set_index("layer")
+    assert bias.loc["layer1.0.conv1", stock] > 0 == bias.loc["layer1.0.conv1", engine]  # frozen conv
+    assert bias[engine].sum() == pytest.approx(bias[necessary].sum(), rel=0.05)
 
 
 def test_memory_command_paper_accounting(capsys):

@@ -52,8 +52,10 @@ class AdaptConfig:
 
     Give ``steps`` or ``epochs`` (set the other to None). ``resolution=None`` uses the backbone's own
     input size. ``eval_every=0`` evaluates only at the end. ``device="auto"`` picks CUDA when present.
-    ``record_memory`` computes the modelled memory figures and, with ``measure_memory``, measures one
-    real step; turn it off for quick experiments and tests.
+    ``record_memory`` computes the modelled memory figures and, with ``measure_memory``, measures a real
+    step (stock PyTorch layers and the training engine's); turn it off for quick experiments and tests.
+    ``engine`` trains on the training engine's layers (:func:`tinytl_core.engine.convert`: same outputs
+    and gradients as stock PyTorch, less stored for backward); False trains with stock PyTorch layers.
     """
 
     backbone: str = "mobilenetv2_100"
@@ -82,6 +84,7 @@ class AdaptConfig:
     device: str = "auto"
     record_memory: bool = True
     measure_memory: bool = True
+    engine: bool = True
 
     def validate(self) -> None:
         """Raise ``ValueError`` with a helpful message for an inconsistent configuration."""
@@ -177,6 +180,7 @@ class AdaptResult:
     epochs_done: float = 0.0
     n_trainable: int = 0
     n_total: int = 0
+    engine_layers: int = 0  # layers that ran on the training engine (0: stock PyTorch layers)
     pretrained_loaded: bool = False
     backbone_message: str = ""
     final_val_acc: float | None = None
@@ -214,8 +218,9 @@ class AdaptResult:
             mem = f", memory {_mb(self.memory.get('total_modelled_bytes'))} MB modelled"
             if self.memory.get("total_measured_bytes") is not None:
                 mem += f" / {_mb(self.memory['total_measured_bytes'])} MB measured"
+        layers = "engine" if self.engine_layers else "stock layers"
         text = (f"{c.backbone} {c.mode} on {c.dataset}: val acc {acc} after {self.steps_done} steps"
-                f"{mem}, {self.total_time_s:.1f} s ({self.images_per_s:.1f} img/s) [{self.status}]")
+                f"{mem}, {self.total_time_s:.1f} s ({self.images_per_s:.1f} img/s, {layers}) [{self.status}]")
         return text + (f": {self.message}" if self.message and self.status != "finished" else "")
 
     def to_record(self) -> dict[str, Any]:
@@ -353,13 +358,14 @@ def adapt(config: AdaptConfig, *, data: DatasetSplits | None = None, progress: P
     phase("model", f"building {config.backbone} in mode {config.mode}")
     prepared = prepare_model(config.backbone, config.mode, num_classes=data.num_classes,
                              pretrained=config.pretrained, resolution=config.resolution,
-                             group_norm=config.group_norm, device=device)
+                             group_norm=config.group_norm, device=device, engine=config.engine)
     model = prepared.model
     result.resolution = attach_transforms(data, prepared.data, resolution=config.resolution,
                                           augment=config.augment)
     result.num_classes, result.n_train, result.n_val = data.num_classes, len(data.train), len(data.val)
     result.skipped_files = data.skipped
     result.n_trainable, result.n_total = prepared.result.n_trainable, prepared.result.n_total
+    result.engine_layers = prepared.result.engine_layers
     result.pretrained_loaded = bool(prepared.status.pretrained_loaded)
     result.backbone_message = prepared.status.message
     if config.pretrained and not result.pretrained_loaded:
@@ -423,8 +429,9 @@ def _train(model: nn.Module, config: AdaptConfig, data: DatasetSplits, train_loa
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     window: deque[tuple[int, int]] = deque(maxlen=TRAIN_ACC_WINDOW)
+    layers = f"{result.engine_layers} layers on the engine" if result.engine_layers else "stock layers"
     emit(PhaseEvent("train", f"training {result.n_trainable:,} of {result.n_total:,} parameters for {total} "
-                             f"steps on {result.device}", time.perf_counter() - t0))
+                             f"steps on {result.device} ({layers})", time.perf_counter() - t0))
 
     def evaluate(final: bool) -> None:
         start = time.perf_counter()

@@ -50,7 +50,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-memory", dest="record_memory", action="store_false",
                    help="skip the memory figures")
     p.add_argument("--no-measure", dest="measure_memory", action="store_false",
-                   help="model memory only; do not measure one real step")
+                   help="model memory only; do not measure real steps")
+    p.add_argument("--no-engine", dest="engine", action="store_false",
+                   help="train with stock PyTorch layers instead of the training engine's (same gradients, "
+                        "more stored for backward)")
     p.add_argument("--db", default=None, help="results database (default: $TINYTL_RESULTS_DB or data folder)")
     p.add_argument("--no-save", dest="save", action="store_false", help="do not store the run(s)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -66,6 +69,7 @@ def _config(args: argparse.Namespace, mode: str) -> AdaptConfig:
         pretrained=args.pretrained, group_norm=args.group_norm, augment=args.augment,
         val_fraction=args.val_fraction, shots=args.shots, val_cap=args.val_cap, eval_every=args.eval_every,
         device=args.device, record_memory=args.record_memory, measure_memory=args.measure_memory,
+        engine=args.engine,
     )
 
 

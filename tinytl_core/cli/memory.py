@@ -8,9 +8,15 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from tinytl_core.memory import ACCOUNTINGS, OPTIMIZER_STATES, format_modes, measure, mode_reports
+from tinytl_core.memory import (
+    ACCOUNTINGS,
+    OPTIMIZER_STATES,
+    format_modes,
+    measure_stock_and_engine,
+    mode_reports,
+)
 from tinytl_core.memory.compare import table_from_reports
-from tinytl_core.memory.report import MemoryReport, merge_measured
+from tinytl_core.memory.report import MemoryReport
 from tinytl_core.modes import MODES, prepare_model
 
 
@@ -27,8 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="complete (weights, grads+optimizer, activations, transient) or the paper's")
     p.add_argument("--group-norm", action="store_true", help="replace BatchNorm by GroupNorm (as the paper)")
     p.add_argument("--measure", action="store_true",
-                   help="also run one real training step per mode on the CPU (or --device) and record what "
-                        "autograd saves")
+                   help="also run real training steps per mode on the CPU (or --device) and record what "
+                        "autograd saves, with stock PyTorch layers and with the training engine's")
     p.add_argument("--device", default=None, help="device for --measure (default: cuda if any, else cpu)")
     p.add_argument("--csv", default=None, metavar="FILE", help="write every mode's per-layer table to FILE")
     p.set_defaults(func=run)
@@ -47,24 +53,34 @@ def run(args: argparse.Namespace) -> int:
     layers = {name: r.layers for name, r in reports.items() if isinstance(r, MemoryReport)}
     if args.measure:
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        measured = {}
-        for name in tqdm(list(layers), desc="measuring", unit="mode"):
+        stock, engine, errors = {}, {}, []
+        for name in tqdm(list(layers), desc="measuring stock and engine", unit="mode"):
             report = reports[name]
             prepared = prepare_model(args.model, name, resolution=resolution, group_norm=args.group_norm,
-                                     device=device)
-            m = measure(prepared.model, input_size=report.totals["input_size"], batch_size=args.batch_size,
-                        optimizer=args.optimizer, per_layer=args.csv is not None)
-            measured[name] = m.saved_bytes
-            if m.per_layer is not None:
-                layers[name] = merge_measured(layers[name], m.per_layer)
+                                     device=device, engine=False)
+            both = measure_stock_and_engine(
+                prepared.model, input_size=report.totals["input_size"], batch_size=args.batch_size,
+                optimizer=args.optimizer, per_layer=args.csv is not None,
+                modelled=report if args.accounting == "complete" else None,
+            )
+            stock[name], engine[name] = both.stock_bytes, both.engine_bytes
+            if both.engine is None:
+                errors.append(f"{name}: the engine could not run this model ({both.engine_error})")
+            layers[name] = both.layer_table(layers[name])
             del prepared
-        table["activations_measured_bytes"] = table["mode"].map(measured)
+        table["activations_measured_stock_bytes"] = table["mode"].map(stock)
+        table["activations_measured_engine_bytes"] = table["mode"].map(engine)
+        for line in errors:
+            print(f"note: {line}")
     first = next((r for r in reports.values() if isinstance(r, MemoryReport)), None)
     if first is not None:
         c, h, w = first.totals["input_size"]
         print(f"{args.model}, {c}x{h}x{w}, batch {args.batch_size}, optimizer {args.optimizer}, "
               f"{args.accounting} accounting")
     print(format_modes(table))
+    if args.measure:
+        print("act. necessary: TinyTL's rules (model); act. stock: what stock PyTorch saves (model); "
+              "measured: one real step with stock PyTorch layers and with the training engine's")
     if args.csv:
         frames = [df.assign(mode=name)[["mode", *df.columns]] for name, df in layers.items()]
         pd.concat(frames, ignore_index=True).to_csv(args.csv, index=False)

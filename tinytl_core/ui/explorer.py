@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from tinytl_core.adapt import resolve_device
-from tinytl_core.memory import MB, Measurement, MemoryReport, measure
+from tinytl_core.memory import MB, MemoryReport, StockAndEngine, measure, measure_stock_and_engine
 from tinytl_core.modes import prepare_model
 
 COMPONENTS: dict[str, str] = {
@@ -34,24 +34,12 @@ ACTIVATION_FIGURES: dict[str, str] = {
 
 
 @dataclass
-class StepMeasurement:
-    """One real training step of a mode, measured with stock layers and with the engine.
+class StepMeasurement(StockAndEngine):
+    """One real training step of a mode, measured with stock layers and with the engine
+    (:class:`~tinytl_core.memory.StockAndEngine`). ``engine`` is None when the engine could not run this
+    model (``engine_error`` says why)."""
 
-    ``engine`` is None when the engine could not run this model (``engine_error`` says why).
-    """
-
-    mode: str
-    stock: Measurement
-    engine: Measurement | None
-    engine_error: str = ""
-
-    @property
-    def stock_bytes(self) -> int:
-        return self.stock.saved_bytes
-
-    @property
-    def engine_bytes(self) -> int | None:
-        return None if self.engine is None else self.engine.saved_bytes
+    mode: str = ""
 
 
 def measure_mode(
@@ -68,49 +56,31 @@ def measure_mode(
 ) -> StepMeasurement:
     """Build ``backbone`` in ``mode`` with real (random) weights and measure one training step.
 
-    First with stock PyTorch layers, then -- with ``engine`` -- after converting the layers to the training
-    engine's. ``modelled`` (the meta analysis of the same configuration) lets the memory check skip a
-    second analysis. Raises :class:`~tinytl_core.memory.MemoryLimitError` (before allocating) when the
-    step would not fit, and ValueError for a bad configuration.
+    With stock PyTorch layers and -- with ``engine`` -- with the training engine's, on the same model
+    (:func:`~tinytl_core.memory.measure_stock_and_engine`). ``modelled`` (the meta analysis of the same
+    configuration) lets the memory check skip a second analysis. Raises
+    :class:`~tinytl_core.memory.MemoryLimitError` (before allocating) when the step would not fit, and
+    ValueError for a bad configuration.
     """
     target = resolve_device(device)
     if modelled is not None and modelled.totals.get("accounting") != "complete":
         modelled = None  # the memory check needs the complete accounting (gradients, working set)
-    prepared = prepare_model(backbone, mode, resolution=resolution, group_norm=group_norm, device=target)
-    size = prepared.data.input_size
-    kwargs = {"input_size": size, "batch_size": batch_size, "optimizer": optimizer, "modelled": modelled}
-    stock = measure(prepared.model, **kwargs)
-    lean, error = None, ""
-    if engine:
-        from tinytl_core.engine import convert
-
-        try:
-            convert(prepared.model, input_size=size)
-            lean = measure(prepared.model, **kwargs)
-        except Exception as exc:  # the engine is a bonus column: the stock figure stands on its own
-            error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-    return StepMeasurement(mode, stock, lean, error)
+    prepared = prepare_model(backbone, mode, resolution=resolution, group_norm=group_norm, device=target,
+                             engine=False)
+    kwargs = {"input_size": prepared.data.input_size, "batch_size": batch_size, "optimizer": optimizer,
+              "modelled": modelled}
+    if not engine:
+        return StepMeasurement(measure(prepared.model, **kwargs), None, "engine not requested", mode)
+    both = measure_stock_and_engine(prepared.model, **kwargs)
+    return StepMeasurement(both.stock, both.engine, both.engine_error, mode)
 
 
-def layer_table(report: MemoryReport, measured: StepMeasurement | None = None) -> pd.DataFrame:
+def layer_table(report: MemoryReport, measured: StockAndEngine | None = None) -> pd.DataFrame:
     """The per-layer table of ``report`` with ``activation_measured_stock_bytes`` and
     ``activation_measured_engine_bytes`` beside the modelled columns when ``measured`` is given
-    (rows matched by layer name and call number)."""
+    (:meth:`~tinytl_core.memory.StockAndEngine.layer_table`)."""
     table = report.layers.copy()
-    if measured is None:
-        return table
-    for column, m in (
-        ("activation_measured_stock_bytes", measured.stock),
-        ("activation_measured_engine_bytes", measured.engine),
-    ):
-        if m is None or m.per_layer is None:
-            continue
-        part = m.per_layer[["layer", "call", "activation_measured_bytes"]].rename(
-            columns={"activation_measured_bytes": column}
-        )
-        table = table.merge(part, on=["layer", "call"], how="left")
-        table[column] = table[column].fillna(0).astype("int64")
-    return table
+    return table if measured is None else measured.layer_table(table)
 
 
 def components_frame(table: pd.DataFrame) -> pd.DataFrame:
