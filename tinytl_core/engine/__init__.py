@@ -16,12 +16,18 @@ autograd functions that keep only what their gradients need:
 - everything else (SiLU, Hardswish, GELU, trainable convs / linears, GroupNorm, ...) stays stock, which
   already keeps only what is needed.
 
-Usage::
+The fine-tuning modes convert by default (``prepare_model(...)``, ``Mode.apply(...)``; ``engine=False``
+keeps stock layers), and so the adaptation loop trains on the engine unless told otherwise
+(``AdaptConfig(engine=False)``, ``adapt --no-engine``). By hand::
 
-    from tinytl_core.engine import convert, revert
+    from tinytl_core.engine import convert, engine_enabled, revert
     report = convert(model, input_size=(3, 224, 224))  # after the mode (requires_grad, lite residuals)
     print(report)             # per-layer: what backward keeps
+    with engine_enabled(model, False):
+        ...                   # stock layers for this block, the engine again afterwards
     revert(model)             # back to stock layers
+
+:func:`tinytl_core.memory.measure_stock_and_engine` measures one step with each on the same model.
 """
 
 from tinytl_core.engine.convert import (
