@@ -58,11 +58,12 @@ def _step(module: nn.Module, x: torch.Tensor, grad: torch.Tensor | None = None):
     return out.detach(), leaf.grad, grads, saved
 
 
-def _compare(module: nn.Module, x: torch.Tensor, *, exact: bool = False):
-    """Run ``module`` stock, then converted; assert equal outputs and gradients; return both saved sizes."""
+def _compare(module: nn.Module, x: torch.Tensor, *, exact: bool = False, input_size=None):
+    """Run ``module`` stock, then converted (with ``input_size``: sharing stored outputs); assert equal
+    outputs and gradients; return both saved sizes."""
     revert(module)
     out_s, gx_s, gp_s, saved_s = _step(module, x)
-    convert(module)
+    convert(module, input_size=input_size)
     out_e, gx_e, gp_e, saved_e = _step(module, x)
     assert torch.equal(out_s, out_e)
     assert gp_s.keys() == gp_e.keys()
@@ -141,9 +142,10 @@ def test_masked_activation_sharing_its_output(make):
     mask; gradients stay exact and the pair stores one tensor."""
     model = nn.Sequential(make(inplace=True), nn.Conv2d(3, 4, 1))
     x = _activation_input()
-    saved_stock, _ = _compare(model, x, exact=True)
-    model[0].keep_output = True
-    saved_stock, saved_engine = _compare(model, x, exact=True)
+    saved_stock, saved_masked = _compare(model, x, exact=True)  # no input size: a mask, nothing shared
+    assert not model[0].keep_output and saved_masked == x.numel() * 4 + math.ceil(x.numel() / 8)
+    saved_stock, saved_engine = _compare(model, x, exact=True, input_size=tuple(x.shape[1:]))
+    assert model[0].keep_output  # the conv (weight trains) stores the output anyway: found by the trace
     assert saved_engine == x.numel() * 4 <= saved_stock
     assert describe(model).layers[0].stores.startswith("output, shared")
 
