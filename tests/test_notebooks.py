@@ -78,3 +78,5 @@ def test_notebook_runs_top_to_bottom(name, tmp_path, monkeypatch):
         assert all(r["pretrained_loaded"] for r in runs), "the shipped demo checkpoint did not load"
         assert all(r["total_modelled_bytes"] and r["total_measured_bytes"] for r in runs)
         assert any("example_folder" in r["dataset"] for r in runs)
+        bias = next(r for r in runs if r["mode"] == "bias")  # trained on the engine: far below stock PyTorch
+        assert 5 * bias["activations_measured_bytes"] < bias["memory"]["activations_measured_stock_bytes"]
