@@ -100,9 +100,9 @@ def training_memory_figures(
     it trains* -- converted to the engine (:func:`tinytl_core.engine.is_converted`) or stock:
     ``activations_measured_bytes`` and ``total_measured_bytes`` (on CUDA the peak allocated memory of
     that step; elsewhere its measured saved bytes plus the modelled weights, gradients/optimizer state and
-    stock transient). The second step costs less than the first (the engine stores less) and is a small
-    part of any run, so both are always taken: a run records what it used and what the other layers
-    would have stored.
+    the transient of the layers it runs: the engine's (TinyTL's) or stock PyTorch's). The second step costs
+    less than the first (the engine stores less) and is a small part of any run, so both are always taken:
+    a run records what it used and what the other layers would have stored.
     """
     report = analyze(model, input_size=input_size, batch_size=batch_size, optimizer=optimizer)
     t = report.totals
@@ -132,6 +132,6 @@ def training_memory_figures(
         figures["total_measured_bytes"] = float(
             trained.peak_cuda_bytes if trained.peak_cuda_bytes is not None
             else t["weights_bytes"] + t["grads_optimizer_bytes"] + trained.saved_bytes
-            + t["transient_stock_bytes"]
+            + (t["transient_bytes"] if converted else t["transient_stock_bytes"])
         )
     return figures
