@@ -233,7 +233,8 @@ def curves_figure(
                 row=1,
                 col=2,
             )
-    fig.update_layout(**_LAYOUT, title=title, height=360)
+    # Legend below the panels: above them it overlaps the subplot titles.
+    fig.update_layout(**{**_LAYOUT, "legend": {**_LEGEND_BELOW, "y": -0.25}}, title=title, height=400)
     fig.update_xaxes(title_text="step")
     fig.update_yaxes(range=[0, 100], row=1, col=2)
     return fig
