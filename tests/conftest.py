@@ -15,8 +15,10 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
-def _seed():
+def _seed_and_one_thread():
+    # Every test starts seeded and on one thread, whatever an earlier test (e.g. `adapt --threads`) set.
     torch.manual_seed(0)
+    torch.set_num_threads(1)
 
 
 @pytest.fixture

@@ -14,16 +14,6 @@ from tinytl_core.memory.stock import SavedTensorCounter
 from tinytl_core.norms import freeze_statistics
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is as fast, and on a shared CPU idle OpenMP workers spinning for
-    a second thread make each step many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def assert_saves_only_via_save_for_backward(out: torch.Tensor) -> int:
     """Requirement: custom autograd functions keep tensors only through ``ctx.save_for_backward`` (so
     saved-tensor hooks see them), never as plain ``ctx`` attributes. Returns how many custom nodes the

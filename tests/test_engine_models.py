@@ -15,14 +15,6 @@ SIZE = (3, 64, 64)
 BATCH = 2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is as fast, and on a shared CPU idle OpenMP workers spinning for
-    a second thread make each step many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _train_step(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor):

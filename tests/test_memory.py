@@ -16,13 +16,6 @@ from tinytl_core.norms import freeze_statistics
 RES, BATCH = 64, 2
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a small shared CPU, two threads make these tiny steps many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class Tiny(nn.Module):

@@ -2,17 +2,8 @@
 
 import pandas as pd
 import pytest
-import torch
 
 from tinytl_core.cli import main
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_memory_command_table_and_csv(tmp_path, capsys):

@@ -16,13 +16,6 @@ RES, BATCH = 32, 2
 measure_module = importlib.import_module("tinytl_core.memory.measure")  # the function shadows it
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a small shared CPU, two threads make these tiny steps many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("name", ["resnet18", "mobilenetv2_100", "efficientnet_b0"])
