@@ -1,10 +1,10 @@
 """Fine-tuning modes: what each mode trains on the selected backbone (layout only)."""
 
-import plotly.express as px
 import streamlit as st
 
 from tinytl_core.modes import MODES, compare_trainable
 from tinytl_core.reports import trainable_table
+from tinytl_core.ui import figures
 
 st.header("Fine-tuning modes")
 st.write(
@@ -39,18 +39,9 @@ else:
     c2.metric("Trainable bytes (fp32)", f"{row['trainable_MB']:.2f} MB")
     c3.metric("Share of the model", f"{row['trainable_%']:.2f} %")
 
-chart = table.dropna(subset=["trainable_params"]).assign(selected=lambda t: t["mode"] == mode)
-fig = px.bar(
-    chart,
-    x="mode",
-    y="trainable_MB",
-    color="selected",
-    text_auto=".2f",
-    labels={"trainable_MB": "trainable parameters (MB, fp32)", "mode": ""},
-    color_discrete_map={True: "#d62728", False: "#1f77b4"},
-    title=f"Trainable parameter bytes per mode — {backbone} @ {resolution}px",
+fig = figures.trainable_bars(
+    table, mode, title=f"Trainable parameter bytes per mode — {backbone} @ {resolution}px"
 )
-fig.update_layout(showlegend=False)
 st.plotly_chart(fig, width="stretch")
 st.dataframe(table, hide_index=True, width="stretch", placeholder="–")
 st.caption(

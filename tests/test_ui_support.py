@@ -292,3 +292,15 @@ Usage::
     assert "##### Rules (exact)" in text and "-----" not in text
     assert "see `analyze` and `MemoryReport`" in text
     assert "Usage:\n" in text and "    convert(model)" in text
+
+
+def test_trainable_bars_highlight_the_selected_mode():
+    from tinytl_core.modes import compare_trainable
+    from tinytl_core.reports import trainable_table
+
+    table = trainable_table(compare_trainable("vit_tiny_patch16_224", resolution=32))
+    fig = figures.trainable_bars(table, "bias", title="t")
+    shown = [x for trace in fig.data for x in trace.x]
+    assert "lite_residual" not in shown and "bias" in shown  # not applicable on a ViT: left out
+    highlighted = [t for t in fig.data if t.name == "True"]
+    assert list(highlighted[0].x) == ["bias"]

@@ -84,6 +84,26 @@ def mode_memory_bars(table: pd.DataFrame, *, title: str, selected: str | None = 
     return fig
 
 
+def trainable_bars(table: pd.DataFrame, selected: str, *, title: str) -> go.Figure:
+    """Bars of trainable parameter bytes per mode (from :func:`tinytl_core.reports.trainable_table`), the
+    ``selected`` mode highlighted; modes that do not apply are left out."""
+    chart = table.dropna(subset=["trainable_params"]).assign(selected=lambda t: t["mode"] == selected)
+    fig = px.bar(
+        chart,
+        x="mode",
+        y="trainable_MB",
+        color="selected",
+        text_auto=".2f",
+        labels={"trainable_MB": "trainable parameters (MB, fp32)", "mode": ""},
+        color_discrete_map={True: "#d62728", False: "#1f77b4"},
+        title=title,
+    )
+    fig.update_layout(**_LAYOUT, showlegend=False)
+    modes = list(chart["mode"])
+    fig.update_xaxes(tickvals=modes, ticktext=[_mode_tick(m) for m in modes], tickangle=0)
+    return fig
+
+
 def activation_bars(
     table: pd.DataFrame, measured: Mapping[str, Any] | None = None, *, title: str
 ) -> go.Figure:
