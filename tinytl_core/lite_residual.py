@@ -145,11 +145,6 @@ class AttachReport:
     params_backbone: int
     skipped: str = ""
 
-    @property
-    def fraction_added(self) -> float:
-        """Added parameters as a fraction of the backbone's."""
-        return self.params_added / max(1, self.params_backbone)
-
 
 @dataclass(frozen=True)
 class _Candidate:
@@ -234,12 +229,6 @@ def _trace_shapes(model: nn.Module, candidates: list[_Candidate], input_size: tu
         for m, training in modes.items():
             m.training = training
     return shapes
-
-
-def find_lite_residual_blocks(model: nn.Module) -> list[str]:
-    """Names of the blocks that :func:`attach_lite_residuals` would consider (before shape checks)."""
-    family = _family_blocks(model)
-    return [c.name for c in (family if family is not None else _generic_blocks(model))]
 
 
 def attach_lite_residuals(

@@ -22,7 +22,7 @@ layers that store only what their gradients need, with the same outputs and grad
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -169,8 +169,6 @@ class Mode:
 def _lr_config(config: LiteResidualConfig | None, group_norm: bool) -> LiteResidualConfig:
     config = config or LiteResidualConfig()
     if group_norm and not config.group_norm:
-        from dataclasses import replace
-
         config = replace(config, group_norm=True)
     return config
 
@@ -278,11 +276,13 @@ def prepare_model(
     model, status = create_backbone(backbone, num_classes, pretrained, device=device, resolution=resolution)
     data = data_config(model)
     if resolution is not None:
-        from dataclasses import replace
-
         data = replace(data, input_size=(data.input_size[0], resolution, resolution))
     result = mode.apply(
-        model, input_size=data.input_size, group_norm=group_norm, lite_residual=lite_residual, strict=strict,
+        model,
+        input_size=data.input_size,
+        group_norm=group_norm,
+        lite_residual=lite_residual,
+        strict=strict,
         engine=engine,
     )
     return PreparedModel(model, mode, result, status, data)
