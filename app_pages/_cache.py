@@ -8,8 +8,7 @@ from __future__ import annotations
 import streamlit as st
 
 from tinytl_core.backbones import data_config, list_backbones
-from tinytl_core.memory import mode_reports
-from tinytl_core.memory.compare import table_from_reports
+from tinytl_core.comparisons import mode_reports, table_from_reports
 from tinytl_core.ui import checks
 
 

@@ -5,8 +5,7 @@ import streamlit as st
 
 from app_pages import _cache
 from tinytl_core.adapt import resolve_device
-from tinytl_core.memory import ACCOUNTINGS, MB, OPTIMIZER_STATES, MemoryLimitError
-from tinytl_core.memory.accounting import OPTIMIZER_HELP
+from tinytl_core.memory import ACCOUNTINGS, MB, OPTIMIZER_HELP, OPTIMIZER_STATES, MemoryLimitError
 from tinytl_core.modes import MODES
 from tinytl_core.ui import checks, explorer, figures
 

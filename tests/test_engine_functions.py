@@ -10,8 +10,8 @@ from timm.layers.conv2d_same import Conv2dSame
 
 from tinytl_core.engine import convert, describe, revert
 from tinytl_core.engine.bitmask import bits_for, pack_bits, pack_uint, unpack_bits, unpack_uint
-from tinytl_core.memory.stock import SavedTensorCounter
 from tinytl_core.norms import freeze_statistics
+from tinytl_core.tracing import SavedTensorCounter
 
 
 def assert_saves_only_via_save_for_backward(out: torch.Tensor) -> int:

@@ -7,8 +7,8 @@ import torch.nn.functional as F
 
 from tinytl_core.engine import EngineModule, convert, describe, engine_enabled, is_converted, revert
 from tinytl_core.memory import analyze
-from tinytl_core.memory.stock import SavedTensorCounter
 from tinytl_core.modes import MODES, prepare_model
+from tinytl_core.tracing import SavedTensorCounter
 
 MODELS = ("mobilenetv2_100", "mobilenetv3_large_100", "efficientnet_b0", "resnet18")
 SIZE = (3, 64, 64)
@@ -117,8 +117,10 @@ def test_convert_after_optimizer_creation_keeps_training():
             opt.zero_grad()
             F.cross_entropy(m.train()(x), target).backward()
             opt.step()
+    # Gradients agree to ~1e-7; two momentum steps at lr 0.1 amplify that on the zero-initialised lite
+    # residual scales (values ~1e-3), so compare with an absolute floor far below one update (~1e-3).
     for (name, p), q in zip(model.named_parameters(), reference.parameters()):
-        assert torch.allclose(p, q, rtol=1e-4, atol=1e-6), name
+        assert torch.allclose(p, q, rtol=1e-4, atol=1e-5), name
 
 
 def test_modes_switch_the_engine_on_and_off():

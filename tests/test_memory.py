@@ -7,8 +7,9 @@ import timm
 import torch
 from torch import nn
 
+from tinytl_core.comparisons import compare_modes
 from tinytl_core.engine import is_converted
-from tinytl_core.memory import MB, analyze, compare_modes, format_modes
+from tinytl_core.memory import MB, analyze, format_modes
 from tinytl_core.memory.accounting import LAYER_COLUMNS
 from tinytl_core.modes import prepare_model
 from tinytl_core.norms import freeze_statistics

@@ -4,9 +4,9 @@ import pytest
 import timm
 import torch
 
+from tinytl_core.layer_kinds import is_frozen, is_norm, uses_batch_statistics
 from tinytl_core.lite_residual import LiteResidual, LiteResidualBlock, LiteResidualConfig
 from tinytl_core.modes import MODES, ModeNotApplicable, compare_trainable, get_mode, prepare_model
-from tinytl_core.norms import is_frozen, is_norm, uses_batch_statistics
 
 FAMILIES = [
     "mobilenetv2_100",

@@ -13,9 +13,9 @@ from PIL import Image
 
 from tinytl_core.adapt import AdaptConfig, AdaptResult, EvalEvent, PhaseEvent, StepEvent
 from tinytl_core.backbones import LOCAL_BACKBONES
+from tinytl_core.comparisons import mode_reports, table_from_reports
 from tinytl_core.data import DatasetUnavailable
-from tinytl_core.memory import MB, mode_reports
-from tinytl_core.memory.compare import table_from_reports
+from tinytl_core.memory import MB
 from tinytl_core.results import ResultsStore
 from tinytl_core.ui import checks, explorer, figures, runs
 from tinytl_core.ui.jobs import JobBusyError, JobSlot, TrainingJob
@@ -121,9 +121,15 @@ def test_measured_step_stock_vs_engine(tiny_reports):
     assert len(figures.activation_bars(bias_table, {"bias": step}, title="a").data) == 4
 
 
-def test_layer_table_without_measurement_is_the_report(tiny_reports):
+def test_layer_table_without_measurement_is_a_copy_of_the_report(tiny_reports):
     report = tiny_reports["full"]
-    assert explorer.layer_table(report).equals(report.layers)
+    before = report.layers.copy()
+    table = explorer.layer_table(report)
+    assert table.equals(report.layers)  # the modelled table as it is: no measured columns added
+    assert not [c for c in table.columns if "measured" in c]
+    table["activation_stock_bytes"] = 0  # the page may change its table: the report stays as it was
+    table["extra"] = 1
+    assert report.layers.equals(before) and "extra" not in report.layers.columns
 
 
 # ---------------------------------------------------------------------------------------------- jobs

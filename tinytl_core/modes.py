@@ -29,8 +29,9 @@ from torch import nn
 
 from tinytl_core.backbones import BackboneStatus, DataConfig, create_backbone, data_config
 from tinytl_core.engine import convert, revert
+from tinytl_core.layer_kinds import is_norm
 from tinytl_core.lite_residual import LiteResidual, LiteResidualConfig, attach_lite_residuals
-from tinytl_core.norms import batchnorm_to_groupnorm, freeze_statistics, is_norm, unfreeze_statistics
+from tinytl_core.norms import batchnorm_to_groupnorm, freeze_statistics, unfreeze_statistics
 
 
 class ModeNotApplicable(ValueError):

@@ -16,21 +16,16 @@ from timm.layers import BatchNormAct2d, GroupNormAct
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-NORM_TYPES: tuple[type[nn.Module], ...] = (_BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm2d)
+from tinytl_core.layer_kinds import is_frozen
 
 # The paper's GroupNorm uses 8 channels per group.
 CHANNELS_PER_GROUP = 8
 
 
-def is_norm(module: nn.Module) -> bool:
-    """True for normalisation layers (BatchNorm, GroupNorm, LayerNorm, InstanceNorm and timm subclasses)."""
-    return isinstance(module, NORM_TYPES)
-
-
 class _FrozenStatistics:
     """Mixin: the layer ignores ``train(True)`` and keeps normalising with its running statistics."""
 
-    frozen_statistics = True
+    frozen_statistics = True  # what tinytl_core.layer_kinds.is_frozen reads
 
     def train(self, mode: bool = True):  # noqa: D401 - nn.Module API
         return super().train(False)  # type: ignore[misc]
@@ -62,22 +57,6 @@ def unfreeze_statistics(module: nn.Module) -> bool:
     base = next(c for c in type(module).__mro__[1:] if c is not _FrozenStatistics)
     module.__class__ = base
     return True
-
-
-def is_frozen(module: nn.Module) -> bool:
-    """True when ``module`` was frozen by :func:`freeze_statistics`."""
-    return isinstance(module, _FrozenStatistics)
-
-
-def uses_batch_statistics(module: nn.Module) -> bool:
-    """True when a normalisation layer normalises with statistics of its current input.
-
-    That is BatchNorm in training mode (unless frozen), and GroupNorm / LayerNorm / InstanceNorm always.
-    Such a layer's backward needs its input even when its scale and shift are frozen.
-    """
-    if isinstance(module, _BatchNorm):
-        return (module.training and not is_frozen(module)) or not module.track_running_stats
-    return isinstance(module, NORM_TYPES)
 
 
 def group_count(channels: int, channels_per_group: int = CHANNELS_PER_GROUP) -> int:

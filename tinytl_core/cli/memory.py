@@ -8,14 +8,13 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from tinytl_core.comparisons import mode_reports, table_from_reports
 from tinytl_core.memory import (
     ACCOUNTINGS,
     OPTIMIZER_STATES,
     format_modes,
     measure_stock_and_engine,
-    mode_reports,
 )
-from tinytl_core.memory.compare import table_from_reports
 from tinytl_core.memory.report import MemoryReport
 from tinytl_core.modes import MODES, prepare_model
 

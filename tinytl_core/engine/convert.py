@@ -20,10 +20,11 @@ from tinytl_core.engine.layers import (
     ENGINE_CLASSES,
     EngineModule,
     MaskedActivation,
-    activation_kind,
     stock_class,
 )
-from tinytl_core.norms import freeze_statistics, is_frozen, unfreeze_statistics
+from tinytl_core.layer_kinds import is_frozen, stock_rule
+from tinytl_core.norms import freeze_statistics, unfreeze_statistics
+from tinytl_core.tracing import trace_model
 
 __all__ = ["EngineLayer", "EngineReport", "convert", "describe", "engine_enabled", "is_converted", "revert"]
 
@@ -67,26 +68,6 @@ class EngineReport:
         return "\n".join(lines)
 
 
-def _stock_rule(module: nn.Module) -> str:
-    """What stock autograd keeps for a layer the engine leaves alone (it already keeps what is needed)."""
-    spec = activation_kind(module)
-    if spec is not None:
-        kind = spec[0]
-        if kind == "identity":
-            return "nothing"
-        if kind in ("sigmoid", "tanh"):
-            return "output (stock; its gradient needs it)"
-        return "input (stock; its gradient needs it)"
-    if isinstance(module, nn.Linear):
-        trains = module.weight.requires_grad
-        return "input (trainable weight: stock)" if trains else "nothing (frozen weight; stock keeps only W)"
-    if isinstance(module, (nn.GroupNorm, nn.LayerNorm)):
-        return "input (per-sample statistics: stock; needed)"
-    if isinstance(module, (nn.AdaptiveAvgPool2d, nn.Upsample, nn.Flatten)):
-        return "nothing"
-    return "stock (not analysed)"
-
-
 def _leaf_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     """Modules without children, plus engine-convertible composites (timm's BatchNormAct2d)."""
     for name, module in model.named_modules():
@@ -99,7 +80,7 @@ def describe(model: nn.Module) -> EngineReport:
     rows = []
     for name, module in _leaf_layers(model):
         converted = isinstance(module, EngineModule)
-        stores = module.engine_rule() if converted else _stock_rule(module)
+        stores = module.engine_rule() if converted else stock_rule(module)
         rows.append(EngineLayer(name, stock_class(module).__name__, converted, stores))
     return EngineReport(tuple(rows))
 
@@ -130,8 +111,6 @@ def convert(model: nn.Module, *, input_size: tuple[int, int, int] | None = None)
 def _share_stored_outputs(model: nn.Module, input_size: tuple[int, int, int]) -> int:
     """Set ``keep_output`` on masked activations all of whose calls' outputs are stored in full by other
     layers (found by a meta-device trace of one training forward); returns how many."""
-    from tinytl_core.memory.trace import trace_model  # the memory model's tracer (meta, train mode)
-
     activations = [m for m in model.modules() if isinstance(m, MaskedActivation)]
     if not activations:
         return 0

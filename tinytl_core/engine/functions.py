@@ -23,18 +23,16 @@ function                      stored
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch.autograd import Function
 
 from tinytl_core.engine.bitmask import bits_for, pack_bits, pack_uint, unpack_bits, unpack_uint
+from tinytl_core.layer_kinds import ACTIVATIONS, MASKED
 
 __all__ = [
-    "ACTIVATIONS",
-    "ActivationSpec",
     "AvgPool2dFn",
     "BitDropoutFn",
     "EdgePad2dFn",
@@ -91,75 +89,8 @@ class FrozenConv2dFn(Function):
 # ----------------------------------------------------------------------------------------------------
 # Activations
 # ----------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ActivationSpec:
-    """An element-wise activation: its forward and its input gradient computed from its *input*.
-
-    ``forward(x, param)`` reproduces the stock module's forward (same kernel); ``backward(grad, x,
-    param)`` calls the stock backward kernel, fed with the input (recomputing the output if the stock
-    kernel wants that), so a recomputed activation has bit-identical gradients.
-    """
-
-    forward: Callable[[torch.Tensor, float], torch.Tensor]
-    backward: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
-
-
-_aten = torch.ops.aten
-ACTIVATIONS: dict[str, ActivationSpec] = {
-    "identity": ActivationSpec(lambda x, p: x, lambda g, x, p: g),
-    "relu": ActivationSpec(lambda x, p: torch.relu(x), lambda g, x, p: _aten.threshold_backward(g, x, 0.0)),
-    "hardtanh": ActivationSpec(
-        lambda x, p: F.hardtanh(x, 0.0, p), lambda g, x, p: _aten.hardtanh_backward(g, x, 0.0, p)
-    ),
-    "leaky_relu": ActivationSpec(
-        lambda x, p: F.leaky_relu(x, p), lambda g, x, p: _aten.leaky_relu_backward(g, x, p, False)
-    ),
-    "hardsigmoid": ActivationSpec(
-        lambda x, p: F.hardsigmoid(x), lambda g, x, p: _aten.hardsigmoid_backward(g, x)
-    ),
-    "silu": ActivationSpec(lambda x, p: F.silu(x), lambda g, x, p: _aten.silu_backward(g, x)),
-    "hardswish": ActivationSpec(lambda x, p: F.hardswish(x), lambda g, x, p: _aten.hardswish_backward(g, x)),
-    "gelu": ActivationSpec(lambda x, p: F.gelu(x), lambda g, x, p: _aten.gelu_backward(g, x)),
-    "gelu_tanh": ActivationSpec(
-        lambda x, p: F.gelu(x, approximate="tanh"),
-        lambda g, x, p: _aten.gelu_backward(g, x, approximate="tanh"),
-    ),
-    "sigmoid": ActivationSpec(
-        lambda x, p: torch.sigmoid(x), lambda g, x, p: _aten.sigmoid_backward(g, torch.sigmoid(x))
-    ),
-    "tanh": ActivationSpec(lambda x, p: torch.tanh(x), lambda g, x, p: _aten.tanh_backward(g, torch.tanh(x))),
-}
-"""Activations by kind name. ``p`` is the kind's parameter: hardtanh's upper bound (its lower bound is
-0 here: ReLU6 and Hardtanh(0, max)), leaky_relu's negative slope; ignored by the others."""
-
-@dataclass(frozen=True)
-class _MaskRule:
-    """A gradient that is ``grad * on`` where ``bit(x, param)`` holds and ``grad * off`` elsewhere;
-    ``forward_`` is the stock in-place forward (``inplace=True`` modules)."""
-
-    bit: Callable[[torch.Tensor, float], torch.Tensor]
-    forward_: Callable[[torch.Tensor, float], torch.Tensor]
-    on: float = 1.0
-    off_is_param: bool = False  # LeakyReLU: off = its negative slope; otherwise off = 0
-
-
-def _between(x: torch.Tensor, low: float, high: float) -> torch.Tensor:
-    bits = x > low
-    return bits.logical_and_(x < high)
-
-
-_MASKS: dict[str, _MaskRule] = {
-    "relu": _MaskRule(lambda x, p: x > 0, lambda x, p: torch.relu_(x)),
-    "hardtanh": _MaskRule(lambda x, p: _between(x, 0.0, p), lambda x, p: F.hardtanh(x, 0.0, p, inplace=True)),
-    "leaky_relu": _MaskRule(
-        lambda x, p: x > 0, lambda x, p: F.leaky_relu(x, p, inplace=True), off_is_param=True
-    ),
-    "hardsigmoid": _MaskRule(
-        lambda x, p: _between(x, -3.0, 3.0), lambda x, p: F.hardsigmoid(x, inplace=True), on=1.0 / 6.0
-    ),
-}
-MASKED_KINDS: frozenset[str] = frozenset(_MASKS)
-"""Activation kinds :class:`MaskedActivationFn` handles with a 1-bit mask."""
+MASKED_KINDS: frozenset[str] = MASKED
+"""Activation kinds :class:`MaskedActivationFn` handles with a 1-bit mask (from the layer-kinds table)."""
 
 
 class MaskedActivationFn(Function):
@@ -179,14 +110,14 @@ class MaskedActivationFn(Function):
     @staticmethod
     def forward(ctx, x, kind, param, inplace, keep_output=False):  # type: ignore[override]
         ctx.kind, ctx.param, ctx.shape = kind, float(param), x.shape
-        output_tells = kind in ("relu", "hardtanh") or (kind == "leaky_relu" and param > 0)
+        output_tells = ACTIVATIONS[kind].mask_from_output and (kind != "leaky_relu" or param > 0)
         ctx.from_output = bool(keep_output) and output_tells
         need = ctx.needs_input_grad[0]
         # The mask is taken before an in-place forward overwrites x.
-        mask = pack_bits(_MASKS[kind].bit(x, param)) if need and not ctx.from_output else None
+        mask = pack_bits(ACTIVATIONS[kind].mask.bit(x, param)) if need and not ctx.from_output else None
         if inplace:
             ctx.mark_dirty(x)
-            out = _MASKS[kind].forward_(x, param)
+            out = ACTIVATIONS[kind].mask.forward_(x, param)
         else:
             out = ACTIVATIONS[kind].forward(x, param)
         ctx.save_for_backward(out if need and ctx.from_output else mask)
@@ -197,7 +128,7 @@ class MaskedActivationFn(Function):
         (saved,) = ctx.saved_tensors
         if ctx.from_output:  # the stock backward kernel, fed with the output: same region test
             return ACTIVATIONS[ctx.kind].backward(grad_out, saved, ctx.param), None, None, None, None
-        rule = _MASKS[ctx.kind]
+        rule = ACTIVATIONS[ctx.kind].mask
         bits = unpack_bits(saved, ctx.shape, grad_out.dtype)
         if rule.off_is_param:
             return torch.where(bits.bool(), grad_out, grad_out * ctx.param), None, None, None, None

@@ -33,7 +33,7 @@ from tinytl_core.engine.functions import (
     MaskedActivationFn,
     MaxPool2dFn,
 )
-from tinytl_core.norms import is_frozen
+from tinytl_core.layer_kinds import engine_activation, is_frozen
 
 __all__ = [
     "ENGINE_CLASSES",
@@ -90,29 +90,14 @@ def stock_class(module: nn.Module) -> type[nn.Module]:
 # ----------------------------------------------------------------------------------------------------
 # Activations
 # ----------------------------------------------------------------------------------------------------
-_PLAIN_ACTIVATIONS: dict[type[nn.Module], str] = {
-    nn.Identity: "identity", nn.Hardsigmoid: "hardsigmoid", nn.SiLU: "silu", nn.Hardswish: "hardswish",
-    nn.Sigmoid: "sigmoid", nn.Tanh: "tanh",
-}
-
-
 def activation_kind(module: nn.Module) -> tuple[str, float] | None:
     """``(kind, param)`` naming ``module``'s element-wise activation in
-    :data:`tinytl_core.engine.functions.ACTIVATIONS`, or ``None`` if the engine does not know it.
+    :data:`tinytl_core.layer_kinds.ACTIVATIONS`, or ``None`` if the engine cannot run it itself.
 
     Matches exact (stock) classes only: a subclass may compute something else.
     """
-    cls = stock_class(module)
-    if cls is nn.ReLU:
-        return "relu", 0.0
-    if cls in (nn.ReLU6, nn.Hardtanh) and module.min_val == 0.0 and module.max_val > 0.0:
-        return "hardtanh", float(module.max_val)
-    if cls is nn.LeakyReLU:
-        return "leaky_relu", float(module.negative_slope)
-    if cls is nn.GELU:
-        return ("gelu_tanh" if module.approximate == "tanh" else "gelu"), 0.0
-    kind = _PLAIN_ACTIVATIONS.get(cls)
-    return None if kind is None else (kind, 0.0)
+    found = engine_activation(module, stock_class(module))
+    return None if found is None else (found[0].name, found[1])
 
 
 class MaskedActivation(EngineModule):

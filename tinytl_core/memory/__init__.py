@@ -2,22 +2,23 @@
 
 - :func:`analyze` -- per-layer table and totals from shapes traced on the ``meta`` device (no allocation).
 - :func:`measure` -- one real training step: the bytes autograd actually saves, per layer.
-- :func:`compare_modes` -- per-mode totals of a backbone (the CLI's and the app's table).
 - :func:`measure_stock_and_engine` -- one real step with stock layers and one with the training engine's.
 - :func:`training_memory_figures` -- modelled and measured figures a training run records.
 
-The rules (TinyTL's cost model and the paper's accounting) are in :mod:`tinytl_core.memory.rules`.
+The rules (TinyTL's cost model and the paper's accounting) are in :mod:`tinytl_core.memory.rules`; what a
+layer is, in :mod:`tinytl_core.layer_kinds`; per-mode comparisons of a backbone, in
+:mod:`tinytl_core.comparisons` (above the modes).
 """
 
-from tinytl_core.memory.accounting import ACCOUNTINGS, OPTIMIZER_STATES
+from tinytl_core.memory.accounting import ACCOUNTINGS
 from tinytl_core.memory.analysis import analyze, training_memory_figures
-from tinytl_core.memory.compare import compare_modes, mode_reports
 from tinytl_core.memory.measure import Measurement, MemoryLimitError, measure
 from tinytl_core.memory.report import MB, MemoryReport, format_modes
 from tinytl_core.memory.stock_vs_engine import StockAndEngine, measure_stock_and_engine
+from tinytl_core.tracing import OPTIMIZER_HELP, OPTIMIZER_STATES
 
 __all__ = [
-    "ACCOUNTINGS", "MB", "OPTIMIZER_STATES", "Measurement", "MemoryLimitError", "MemoryReport",
-    "StockAndEngine", "analyze", "compare_modes", "format_modes", "measure", "measure_stock_and_engine",
-    "mode_reports", "training_memory_figures",
+    "ACCOUNTINGS", "MB", "OPTIMIZER_HELP", "OPTIMIZER_STATES", "Measurement", "MemoryLimitError",
+    "MemoryReport", "StockAndEngine", "analyze", "format_modes", "measure", "measure_stock_and_engine",
+    "training_memory_figures",
 ]

@@ -20,13 +20,10 @@ import math
 import pandas as pd
 
 from tinytl_core.memory import rules
-from tinytl_core.memory.trace import ParamRef, Row, Trace
+from tinytl_core.memory.report import MemoryReport
+from tinytl_core.tracing import ParamRef, Row, Trace, optimizer_states
 
 ACCOUNTINGS = ("complete", "paper")
-
-# Optimizer state tensors per trainable parameter (each the parameter's size), besides its gradient.
-OPTIMIZER_STATES: dict[str, int] = {"none": 0, "sgd": 1, "adam": 2, "adamw": 2}
-OPTIMIZER_HELP = "none = plain SGD (gradients only), sgd = SGD with momentum, adam / adamw = two moments"
 
 PAPER_FROZEN_BITS = 8
 LAYER_COLUMNS = (
@@ -34,15 +31,6 @@ LAYER_COLUMNS = (
     "param_bytes", "trainable_param_bytes", "grad_optimizer_bytes", "activation_necessary_bytes",
     "necessary_reason", "activation_stock_bytes", "pending_residual_bytes", "working_bytes",
 )
-
-
-def optimizer_states(optimizer: str) -> int:
-    """Number of parameter-sized state tensors ``optimizer`` keeps; ValueError for unknown names."""
-    key = optimizer.lower()
-    if key not in OPTIMIZER_STATES:
-        raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZER_STATES)} "
-                         f"({OPTIMIZER_HELP})")
-    return OPTIMIZER_STATES[key]
 
 
 def check_accounting(accounting: str) -> str:
@@ -71,7 +59,7 @@ def _base(row: Row, states: int, frozen_bits: int, paper: bool) -> dict:
         "call": row.call,
         "type": row.type,
         "kind": row.kind,
-        "rule": rules.classify(row.module) if row.kind in ("layer", "module") else row.kind,
+        "rule": rules.classify(row).value if row.kind in ("layer", "module") else row.kind,
         "input_shape": _shape(row, "in"),
         "output_shape": _shape(row, "out"),
         "input_bytes": row.input_bytes,
@@ -189,3 +177,28 @@ def paper(trace: Trace) -> tuple[pd.DataFrame, dict]:
         total_stock_bytes=weights + totals["activations_stock_bytes"],
     )
     return layers, totals
+
+
+def report_from_trace(
+    trace: Trace,
+    *,
+    input_size: tuple[int, int, int],
+    batch_size: int,
+    optimizer: str,
+    accounting: str,
+    frozen_weight_bits: int,
+) -> MemoryReport:
+    """Account a :func:`~tinytl_core.tracing.trace_model` trace (see :func:`tinytl_core.memory.analyze`)."""
+    if accounting == "paper":
+        layers, totals = paper(trace)
+    else:
+        layers, totals = complete(trace, optimizer=optimizer, frozen_weight_bits=frozen_weight_bits)
+    totals.update(
+        accounting=accounting,
+        input_size=tuple(input_size),
+        batch_size=batch_size,
+        optimizer=optimizer.lower(),
+        frozen_weight_bits=PAPER_FROZEN_BITS if accounting == "paper" else frozen_weight_bits,
+        output_shape=trace.output_shape,
+    )
+    return MemoryReport(layers, totals)

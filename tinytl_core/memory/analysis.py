@@ -8,7 +8,7 @@ from tinytl_core.engine import engine_enabled, is_converted
 from tinytl_core.memory import accounting as acc
 from tinytl_core.memory.report import MemoryReport
 from tinytl_core.memory.stock_vs_engine import measure_stock_and_engine
-from tinytl_core.memory.trace import Trace, check_input, trace_model
+from tinytl_core.tracing import check_input, optimizer_states, trace_model
 
 
 def analyze(
@@ -42,41 +42,16 @@ def analyze(
         a :class:`MemoryReport` (``.layers`` DataFrame, ``.totals`` dict, ``.summary()``).
     """
     input_size, batch_size = check_input(input_size, batch_size)
-    acc.optimizer_states(optimizer)
+    optimizer_states(optimizer)
     acc.check_accounting(accounting)
     if not isinstance(frozen_weight_bits, int) or not 1 <= frozen_weight_bits <= 64:
         raise ValueError(f"frozen_weight_bits must be an integer in 1..64, got {frozen_weight_bits!r}")
     with engine_enabled(model, False):
         trace = trace_model(model, input_size, batch_size)
-    return report_from_trace(
+    return acc.report_from_trace(
         trace, input_size=input_size, batch_size=batch_size, optimizer=optimizer, accounting=accounting,
         frozen_weight_bits=frozen_weight_bits,
     )
-
-
-def report_from_trace(
-    trace: Trace,
-    *,
-    input_size: tuple[int, int, int],
-    batch_size: int,
-    optimizer: str,
-    accounting: str,
-    frozen_weight_bits: int,
-) -> MemoryReport:
-    """Account a :func:`~tinytl_core.memory.trace.trace_model` trace (see :func:`analyze`)."""
-    if accounting == "paper":
-        layers, totals = acc.paper(trace)
-    else:
-        layers, totals = acc.complete(trace, optimizer=optimizer, frozen_weight_bits=frozen_weight_bits)
-    totals.update(
-        accounting=accounting,
-        input_size=tuple(input_size),
-        batch_size=batch_size,
-        optimizer=optimizer.lower(),
-        frozen_weight_bits=acc.PAPER_FROZEN_BITS if accounting == "paper" else frozen_weight_bits,
-        output_shape=trace.output_shape,
-    )
-    return MemoryReport(layers, totals)
 
 
 def training_memory_figures(

@@ -1,6 +1,6 @@
 """Measured training memory: one real forward + backward + optimizer step, counting what autograd saves.
 
-Saved tensors are counted with :class:`~tinytl_core.memory.stock.SavedTensorCounter` (each storage once,
+Saved tensors are counted with :class:`~tinytl_core.tracing.SavedTensorCounter` (each storage once,
 parameters and buffers excluded, any dtype at its real size), attributed to the layer running, so the same
 function measures stock PyTorch and a model whose layers were replaced by custom autograd functions (the
 training engine). On CUDA the peak allocated memory of the step is recorded too. Before allocating, the
@@ -14,7 +14,6 @@ allocated, so it shows in the CUDA peak), and training flags, buffers (BatchNorm
 
 from __future__ import annotations
 
-import os
 import warnings
 from dataclasses import dataclass
 
@@ -24,10 +23,13 @@ from torch import nn
 
 from tinytl_core.memory import accounting as acc
 from tinytl_core.memory.report import MemoryReport, megabytes
-from tinytl_core.memory.trace import (
+from tinytl_core.tracing import (
+    available_memory,
     check_input,
+    make_optimizer,
     model_device,
     model_dtype,
+    optimizer_states,
     preserved_state,
     run_traced,
     trace_model,
@@ -58,39 +60,6 @@ class Measurement:
     required_bytes: int | None = None
 
 
-def available_memory(device: torch.device) -> int | None:
-    """Bytes free for a new allocation on ``device`` (None when unknown)."""
-    if device.type == "cuda":
-        free, _total = torch.cuda.mem_get_info(device)
-        return int(free)
-    if device.type == "cpu":
-        try:
-            with open("/proc/meminfo") as f:
-                for line in f:
-                    if line.startswith("MemAvailable:"):
-                        return int(line.split()[1]) * 1024
-        except OSError:
-            pass
-        try:
-            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError, AttributeError):
-            return None
-    return None
-
-
-def make_optimizer(name: str, params: list[nn.Parameter]) -> torch.optim.Optimizer:
-    """The optimizer ``name`` (see :data:`~tinytl_core.memory.accounting.OPTIMIZER_STATES`) with lr 0."""
-    key = name.lower()
-    acc.optimizer_states(key)
-    if key == "none":
-        return torch.optim.SGD(params, lr=0.0)
-    if key == "sgd":
-        return torch.optim.SGD(params, lr=0.0, momentum=0.9)
-    if key == "adamw":
-        return torch.optim.AdamW(params, lr=0.0)
-    return torch.optim.Adam(params, lr=0.0)
-
-
 def measure(
     model: nn.Module,
     *,
@@ -117,7 +86,7 @@ def measure(
         ValueError: a ``meta`` model, or nothing to train.
     """
     input_size, batch_size = check_input(input_size, batch_size)
-    acc.optimizer_states(optimizer)
+    optimizer_states(optimizer)
     here = model_device(model)
     target = torch.device(device) if device is not None else here
     if "meta" in (target.type, here.type):
@@ -175,12 +144,10 @@ def measure(
 
 def _check_fits(model, modelled, input_size, batch_size, optimizer, here, target) -> int | None:
     """Refuse (before allocating) a step whose modelled memory exceeds what ``target`` has free."""
-    from tinytl_core.memory.analysis import report_from_trace
-
     if modelled is None:
         try:  # meta only: a fallback trace on the real device would allocate before the check
             trace = trace_model(model, input_size, batch_size, allow_real=False)
-            modelled = report_from_trace(trace, input_size=input_size, batch_size=batch_size,
+            modelled = acc.report_from_trace(trace, input_size=input_size, batch_size=batch_size,
                                          optimizer=optimizer, accounting="complete", frozen_weight_bits=32)
         except ValueError as exc:  # a model the meta trace cannot run: measure without the check
             warnings.warn(f"memory check skipped: the model could not be analysed ({exc})", stacklevel=3)

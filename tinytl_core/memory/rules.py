@@ -59,71 +59,19 @@ import math
 from dataclasses import dataclass
 
 from torch import nn
-from torch.nn.modules.batchnorm import _NormBase
-from torch.nn.modules.conv import _ConvNd
 
-from tinytl_core.memory.trace import Row, TensorRef
-from tinytl_core.norms import is_norm
+from tinytl_core.layer_kinds import LayerKind, Needs, activation_of, kind_of, mask_from_output
+from tinytl_core.layer_kinds import stats_from_input as _stats_from_input_of
+from tinytl_core.tracing import Row, TensorRef
 
 PAPER_ACTIVATION_BYTES = 4
 MASK_BITS = 1
 
-_RELU_LIKE = {"relu", "relu6", "leakyrelu", "hardtanh", "threshold"}
-_STEP = {"hardsigmoid", "hardsigmoidme"}
-_SMOOTH = {
-    "sigmoid", "tanh", "silu", "swish", "swishme", "gelu", "gelutanh", "quickgelu", "hardswish",
-    "hardswishme", "mish", "mishme", "hardmish", "hardmishme", "softplus", "elu", "selu", "celu",
-    "logsigmoid", "softsign", "tanhshrink", "glu", "sigmoidme", "rrelu",
-}
-_FROM_OUTPUT = {"sigmoid", "tanh"}  # smooth activations whose gradient is a function of their output
-_SOFTMAX = {"softmax", "logsoftmax", "softmax2d", "softmin"}
-_FREE = (
-    nn.Identity, nn.Flatten, nn.Unflatten, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d,
-    nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.Upsample, nn.PixelShuffle, nn.PixelUnshuffle,
-    nn.ZeroPad2d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d, nn.ReflectionPad1d,
-    nn.ReflectionPad2d, nn.ReplicationPad2d, nn.ChannelShuffle,
-)
-_FREE_NAMES = {"identity", "flatten", "fastadaptiveavgpool", "avgpool2dsame", "blurpool2d", "format"}
-_MAXPOOL = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
-            nn.AdaptiveMaxPool3d)
-_MAXPOOL_NAMES = {"maxpool2dsame", "adaptiveavgmaxpool2d", "adaptivecatavgmaxpool2d"}
-_DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
-_DROPOUT_NAMES = {"droppath", "dropblock2d"}
-_PER_SAMPLE_NORM_PREFIXES = ("rmsnorm", "simplenorm", "filterresponsenorm")
-_FROZEN_NORM_PREFIXES = ("frozenbatchnorm",)
 
-
-def classify(module: nn.Module | None) -> str:
-    """The rule family of a layer: linear, norm, relu, prelu, step, smooth, softmax, maxpool, dropout,
-    scale, free or other."""
-    if module is None:
-        return "other"
-    name = type(module).__name__.lower()
-    if isinstance(module, (nn.Linear, _ConvNd)):
-        return "linear"
-    if is_norm(module) or isinstance(module, _NormBase) or name.startswith(
-        _PER_SAMPLE_NORM_PREFIXES + _FROZEN_NORM_PREFIXES
-    ):
-        return "norm"
-    if isinstance(module, nn.PReLU):
-        return "prelu"
-    if name in _RELU_LIKE:
-        return "relu"
-    if name in _STEP:
-        return "step"
-    if name in _SMOOTH:
-        return "smooth"
-    if name in _SOFTMAX:
-        return "softmax"
-    if isinstance(module, _MAXPOOL) or name in _MAXPOOL_NAMES:
-        return "maxpool"
-    if isinstance(module, _DROPOUT) or name in _DROPOUT_NAMES:
-        return "dropout"
-    if name in {"layerscale", "layerscale2d"}:
-        return "scale"
-    if isinstance(module, _FREE) or name in _FREE_NAMES:
-        return "free"
-    return "other"
+def classify(row: Row) -> LayerKind:
+    """The rule family of a row's layer (:func:`tinytl_core.layer_kinds.kind_of`); functional code and
+    the loss are OTHER."""
+    return kind_of(row.module) if row.kind in ("layer", "module") else LayerKind.OTHER
 
 
 @dataclass(frozen=True)
@@ -166,18 +114,8 @@ def _trains(row: Row, name: str) -> bool:
     return p is not None and p.trainable
 
 
-def _mask_from_output(module: nn.Module | None, kind: str) -> bool:
-    """Whether a mask activation's gradient region can be read off its output exactly (see rule 5)."""
-    if kind != "relu" or isinstance(module, (nn.PReLU, nn.Threshold)):
-        return False
-    return not isinstance(module, nn.LeakyReLU) or module.negative_slope > 0
-
-
 def _stats_from_input(row: Row) -> bool:
-    name = row.type.lower()
-    if name.startswith(_FROZEN_NORM_PREFIXES):
-        return False
-    return row.batch_statistics or name.startswith(_PER_SAMPLE_NORM_PREFIXES)
+    return _stats_from_input_of(row.module, row.batch_statistics)
 
 
 def _window(module: nn.Module, row: Row) -> int:
@@ -194,7 +132,7 @@ def _window(module: nn.Module, row: Row) -> int:
 
 def necessary(row: Row) -> Verdict:
     """TinyTL's rule for one row (see the module docstring)."""
-    kind = classify(row.module) if row.kind in ("layer", "module") else "other"
+    kind = classify(row)
     if row.kind == "loss":
         return _as_saved(row, "loss: as autograd saves it")
     if row.kind == "ops":
@@ -205,13 +143,13 @@ def necessary(row: Row) -> Verdict:
     x = row.inputs[0] if row.inputs else None
     y = row.outputs[0] if row.outputs else None
     label = row.type
-    if kind == "linear":
+    if kind is LayerKind.LINEAR:
         if _trains(row, "weight") and x is not None:
             return _full(x, "weight trainable: stores input")
         if _trains(row, "bias"):
             return Verdict((), f"frozen {label}: bias gradient needs no input")
         return Verdict((), f"frozen {label}: input gradient needs only the weight")
-    if kind == "norm":
+    if kind is LayerKind.NORM:
         if _stats_from_input(row):
             if (row.needs_input_grad or _trains(row, "weight")) and x is not None:
                 stats = tuple(Need((s.key, s.version), s.nbytes) for s in row.saved_all if s.key != x.key)
@@ -223,31 +161,33 @@ def necessary(row: Row) -> Verdict:
         if _trains(row, "weight") and x is not None:
             return _full(x, "frozen statistics, trainable scale: stores input")
         return Verdict((), "frozen statistics and scale: an affine map, needs no input")
-    if kind == "prelu":
+    if kind is LayerKind.PRELU:
         if _trains(row, "weight") and x is not None:
             return _full(x, "PReLU slope trainable: stores input")
-        kind = "relu"
-    if kind in ("relu", "step") and y is not None:
-        return _mask(y, MASK_BITS, f"{label}: 1-bit mask", derivable=_mask_from_output(row.module, kind))
-    if kind == "smooth" and y is not None and type(row.module).__name__.lower() in _FROM_OUTPUT:
+        kind = LayerKind.RELU
+    if kind in (LayerKind.RELU, LayerKind.STEP) and y is not None:
+        return _mask(y, MASK_BITS, f"{label}: 1-bit mask", derivable=mask_from_output(row.module))
+    activation = activation_of(row.module)
+    from_output = activation is not None and activation.needs is Needs.OUTPUT
+    if kind is LayerKind.SMOOTH and y is not None and from_output:
         return _full(y, f"{label}: needs its {8 * y.nbytes // max(1, y.numel)}-bit output")
-    if kind == "smooth" and x is not None:
+    if kind is LayerKind.SMOOTH and x is not None:
         return _full(x, f"{label}: needs its {8 * x.nbytes // max(1, x.numel)}-bit input")
-    if kind == "softmax" and y is not None:
+    if kind is LayerKind.SOFTMAX and y is not None:
         return _full(y, f"{label}: needs its output")
-    if kind == "maxpool" and y is not None:
+    if kind is LayerKind.MAXPOOL and y is not None:
         bits = max(1, math.ceil(math.log2(_window(row.module, row))))
         return _mask(y, bits, f"max pool: {bits}-bit argmax index per output", derivable=False)
-    if kind == "dropout" and y is not None:
+    if kind is LayerKind.DROPOUT and y is not None:
         p = getattr(row.module, "p", getattr(row.module, "drop_prob", 0.0))
         if not row.training or not p:
             return Verdict((), f"{label}: inactive (p=0 or eval), needs nothing")
         return _mask(y, MASK_BITS, f"{label}: 1-bit keep mask", derivable=False)
-    if kind == "scale":
+    if kind is LayerKind.SCALE:
         if any(p.trainable and p.local_name in ("gamma", "weight") for p in row.params) and x is not None:
             return _full(x, "layer scale trainable: stores input")
         return Verdict((), "frozen per-channel scale: needs no input")
-    if kind == "free":
+    if kind is LayerKind.FREE:
         return Verdict((), f"{label}: linear or shape-only, needs nothing")
     if row.kind == "module":
         return _as_saved(row, f"own code of {label}: as autograd saves it")
@@ -266,20 +206,17 @@ class PaperCost:
 
 def paper(row: Row) -> PaperCost:
     """The public TinyTL profiler's rule for one row (see the module docstring)."""
-    kind = classify(row.module) if row.kind in ("layer", "module") else "other"
-    if kind == "prelu":
-        kind = "relu"
-    if kind == "step":
-        kind = "smooth"
-    if kind not in ("linear", "norm", "relu", "smooth") or not row.inputs:
+    kind = classify(row)
+    kind = {LayerKind.PRELU: LayerKind.RELU, LayerKind.STEP: LayerKind.SMOOTH}.get(kind, kind)
+    if kind not in (LayerKind.LINEAR, LayerKind.NORM, LayerKind.RELU, LayerKind.SMOOTH) or not row.inputs:
         return PaperCost(False, 0, 0, "not counted by the paper's profiler")
     n_in = row.inputs[0].numel
     n_out = row.outputs[0].numel if row.outputs else n_in
     working = PAPER_ACTIVATION_BYTES * (n_in + n_out)
-    if kind in ("linear", "norm"):
+    if kind in (LayerKind.LINEAR, LayerKind.NORM):
         if _trains(row, "weight"):
             return PaperCost(True, PAPER_ACTIVATION_BYTES * n_in, working, "weight trainable: stores input")
         return PaperCost(True, 0, working, "frozen weight: stores nothing")
-    if kind == "relu":
+    if kind is LayerKind.RELU:
         return PaperCost(True, math.ceil(n_in / 8), working, f"{row.type}: 1-bit mask")
     return PaperCost(True, PAPER_ACTIVATION_BYTES * n_in, working, f"{row.type}: 32-bit input")

@@ -20,9 +20,10 @@ import torch
 
 from tinytl_core.backbones import WeightsAvailability as WeightsAvailability  # re-exported for the app
 from tinytl_core.backbones import backbone_info, create_backbone, data_config, weights_availability
-from tinytl_core.memory.measure import available_memory
+from tinytl_core.data import load_dataset
 from tinytl_core.memory.report import megabytes
 from tinytl_core.paths import cache_dir
+from tinytl_core.tracing import available_memory
 
 RESOLUTION_STEP = 16
 """Granularity of the smallest-working-resolution search."""
@@ -129,8 +130,6 @@ def load_upload(path: str | Path, **kwargs):
     Every problem with the archive's content (unsafe entries, fewer than 2 classes, a class without
     images, damaged data) comes back as a ``ValueError`` whose message says what is wrong.
     """
-    from tinytl_core.data import load_dataset
-
     try:
         return load_dataset(path, **kwargs)
     except (ValueError, FileNotFoundError) as exc:

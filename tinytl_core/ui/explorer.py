@@ -1,6 +1,6 @@
 """The Memory Explorer's data: modelled totals per mode, a real measured step, per-layer tables.
 
-The modelled side is :func:`tinytl_core.memory.mode_reports` (shape-only, on ``meta``); this module adds
+The modelled side is :func:`tinytl_core.comparisons.mode_reports` (shape-only, on ``meta``); this module adds
 what the page shows beside it: one real training step measured twice -- with stock PyTorch layers and
 with the training engine's memory-lean layers (:func:`tinytl_core.engine.convert`) -- and tables that put
 the measured bytes next to the modelled ones.
@@ -84,7 +84,7 @@ def layer_table(report: MemoryReport, measured: StockAndEngine | None = None) ->
 
 
 def components_frame(table: pd.DataFrame) -> pd.DataFrame:
-    """Long form of a :func:`~tinytl_core.memory.compare_modes` table for stacked bars: one row per
+    """Long form of a :func:`~tinytl_core.comparisons.compare_modes` table for stacked bars: one row per
     applicable mode and component (``mode``, ``component``, ``MB``), modes in the table's order."""
     rows = []
     for _, r in table[table["applicable"]].iterrows():
@@ -111,7 +111,7 @@ def activation_frame(table: pd.DataFrame, measured: dict[str, StepMeasurement] |
 
 
 def totals_in_mb(table: pd.DataFrame) -> pd.DataFrame:
-    """A :func:`~tinytl_core.memory.compare_modes` table for display: byte columns in MB (10^6 bytes),
+    """A :func:`~tinytl_core.comparisons.compare_modes` table for display: byte columns in MB (10^6 bytes),
     rounded; ``ratio_to_full`` kept."""
     out = table.copy()
     for col in [c for c in out.columns if c.endswith("_bytes")]:

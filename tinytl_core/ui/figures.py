@@ -41,7 +41,7 @@ def mode_memory_bars(table: pd.DataFrame, *, title: str, selected: str | None = 
     """Stacked bars of modelled training memory per mode: weights, gradients + optimizer state,
     activations stored for backward, transient working set; the total on top of each bar.
 
-    ``table`` is a :func:`~tinytl_core.memory.compare_modes` table; ``selected`` outlines one mode.
+    ``table`` is a :func:`~tinytl_core.comparisons.compare_modes` table; ``selected`` outlines one mode.
     """
     long = components_frame(table)
     fig = px.bar(

@@ -10,158 +10,33 @@ measurement (real tensors). Every module call is followed with forward (pre-)hoo
   interpolation) saved tensors (``kind="ops"``),
 - the loss (``kind="loss"``).
 
-Saved tensors (:class:`~tinytl_core.memory.stock.SavedTensorCounter`) are attributed to the innermost
+Saved tensors (:class:`~tinytl_core.tracing.saved.SavedTensorCounter`) are attributed to the innermost
 module running: ``Row.saved`` holds the storages a row saved first (stock PyTorch's bytes, each storage
 once), ``Row.saved_all`` every tensor the row's autograd nodes keep, also those an earlier row saved first
 (what the row's backward reads, for the rules). With ``record_uses`` a ``TorchFunctionMode`` notes the
 last forward use of every storage: a block's input that is still used after a layer ran (the pending
 residual) is live while that layer runs.
 
-Where the ``meta`` kernels differ from the CPU ones, the shape trace follows the CPU (so the modelled
-stock bytes equal the measured ones): scaled dot-product attention takes the kernel the CPU would pick
-(flash attention when possible, not the math path); batch norm on running statistics does not count the
-per-channel statistics the meta kernel returns (CPU and CUDA return empty ones); and BatchNorm training on
-one value per channel (batch size 1), which PyTorch refuses, is still traced, to give per-sample memory.
+Where the ``meta`` kernels differ from the CPU ones, the shape trace follows the CPU
+(:mod:`tinytl_core.tracing.shims`), so the modelled stock bytes equal the measured ones.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
-from tinytl_core.memory.stock import SavedTensor, SavedTensorCounter, storage_key, storage_of
-from tinytl_core.norms import uses_batch_statistics
-
-
-@dataclass(frozen=True)
-class TensorRef:
-    """What the model needs to know about a tensor: which storage (and version), shape, bytes."""
-
-    key: int
-    version: int
-    shape: tuple[int, ...]
-    dtype: torch.dtype
-    nbytes: int
-    requires_grad: bool
-
-    @classmethod
-    def of(cls, tensor: torch.Tensor) -> TensorRef:
-        return cls(
-            storage_key(tensor),
-            tensor._version,
-            tuple(tensor.shape),
-            tensor.dtype,
-            tensor.numel() * tensor.element_size(),
-            tensor.requires_grad,
-        )
-
-    @property
-    def numel(self) -> int:
-        n = 1
-        for s in self.shape:
-            n *= s
-        return n
-
-
-@dataclass(frozen=True)
-class ParamRef:
-    """A parameter a row owns: qualified name, size, element size and whether it trains."""
-
-    name: str
-    local_name: str
-    numel: int
-    element_size: int
-    trainable: bool
-
-    @property
-    def nbytes(self) -> int:
-        return self.numel * self.element_size
-
-
-@dataclass
-class Row:
-    """One row of the per-layer table (see the module docstring for the kinds)."""
-
-    name: str
-    type: str
-    kind: str
-    call: int
-    module: nn.Module | None
-    inputs: list[TensorRef] = field(default_factory=list)
-    outputs: list[TensorRef] = field(default_factory=list)
-    params: list[ParamRef] = field(default_factory=list)
-    start: int = 0
-    end: int = 0
-    anchor: int = 0
-    batch_statistics: bool = False
-    training: bool = False
-    saved: list[SavedTensor] = field(default_factory=list)  # storages first saved here (stock bytes)
-    saved_all: list[SavedTensor] = field(default_factory=list)  # everything its backward keeps
-    pending: list[TensorRef] = field(default_factory=list)  # enclosing blocks' inputs needed later
-
-    @property
-    def needs_input_grad(self) -> bool:
-        """True when a gradient must flow back through this row (something upstream trains)."""
-        return any(t.requires_grad for t in self.inputs)
-
-    @property
-    def input_bytes(self) -> int:
-        return _distinct_bytes(self.inputs)
-
-    @property
-    def output_bytes(self) -> int:
-        return _distinct_bytes(self.outputs)
-
-    @property
-    def pending_bytes(self) -> int:
-        """Bytes of the pending residual inputs (live while this row runs, though not its own)."""
-        return _distinct_bytes(self.pending)
-
-    @property
-    def live(self) -> list[TensorRef]:
-        """Tensors live while this row runs: its inputs, outputs and the pending residual inputs."""
-        return [*self.inputs, *self.outputs, *self.pending]
-
-    @property
-    def saved_bytes(self) -> int:
-        return sum(s.nbytes for s in self.saved)
-
-    def param(self, local_name: str) -> ParamRef | None:
-        """The row's parameter called ``local_name`` (e.g. ``"weight"``), if any."""
-        return next((p for p in self.params if p.local_name == local_name), None)
-
-
-@dataclass
-class Trace:
-    """Result of :func:`run_traced`."""
-
-    rows: list[Row]
-    saved: list[SavedTensor]
-    weight_saves: int
-    params: list[ParamRef]
-    buffer_bytes: int
-    output_shape: tuple[int, ...] | None
-    records: list[SavedTensor] = field(default_factory=list)  # every (row, stored tensor) pair
-
-    @property
-    def saved_bytes(self) -> int:
-        return sum(s.nbytes for s in self.saved)
-
-
-def _distinct_bytes(refs: list[TensorRef]) -> int:
-    seen: dict[int, int] = {}
-    for r in refs:
-        seen[r.key] = max(seen.get(r.key, 0), r.nbytes)
-    return sum(seen.values())
+from tinytl_core.layer_kinds import uses_batch_statistics
+from tinytl_core.tracing.records import Row, TensorRef, Trace, param_refs
+from tinytl_core.tracing.saved import SavedTensor, SavedTensorCounter, storage_key, storage_of
+from tinytl_core.tracing.shims import drop_meta_only_saves, follow_cpu
+from tinytl_core.tracing.step import check_input, default_loss, model_device, model_dtype, preserved_state
 
 
 class _Pins:
@@ -197,12 +72,7 @@ class _Uses(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func is F.scaled_dot_product_attention:
-            result = _attention_as_on_cpu(args, kwargs)
-        elif func is F.batch_norm and _on_meta(args):
-            result = _batch_norm_unchecked(args, kwargs)
-        else:
-            result = func(*args, **kwargs)
+        result = follow_cpu(func, args, kwargs)
         if any(isinstance(t, torch.Tensor) for t in tree_leaves(result)):
             now = self.clock()
             for t in tree_leaves((args, kwargs)):
@@ -211,88 +81,12 @@ class _Uses(TorchFunctionMode):
         return result
 
 
-_FLASH = 1  # torch._fused_sdp_choice: 0 math, 1 flash attention
-
-
-def _attention_as_on_cpu(args: tuple, kwargs: dict) -> torch.Tensor:
-    """Scaled dot-product attention on ``meta`` tensors with the kernel PyTorch would pick on the CPU.
-
-    The meta device always takes the math path (which saves the attention matrix); the CPU takes flash
-    attention when it can (which saves queries, keys, values, output and log-sum-exp). The choice is asked
-    of PyTorch with zero-stride CPU stand-ins (no allocation beyond one row).
-    """
-    names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
-    bound = dict(zip(names, args)) | kwargs
-    q, k, v = bound["query"], bound["key"], bound["value"]
-    mask = bound.get("attn_mask")
-    if q.device.type != "meta" or bound.get("enable_gqa") or q.dim() != 4:
-        return F.scaled_dot_product_attention(*args, **kwargs)
-    choice_args = {n: bound[n] for n in ("dropout_p", "is_causal", "scale") if n in bound}
-    stand_in = [_row_stand_in(t) for t in (q, k, v)]
-    mask_in = _row_stand_in(mask) if isinstance(mask, torch.Tensor) else mask
-    if torch._fused_sdp_choice(*stand_in, attn_mask=mask_in, **choice_args) != _FLASH:
-        return F.scaled_dot_product_attention(*args, **kwargs)
-    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-        q, k, v, bound.get("dropout_p", 0.0), bound.get("is_causal", False), attn_mask=mask,
-        scale=bound.get("scale"),
-    )[0]
-
-
-def _row_stand_in(t: torch.Tensor) -> torch.Tensor:
-    stride = (0,) * (t.dim() - 1) + (1,)
-    like = torch.empty_strided(tuple(t.shape), stride, dtype=t.dtype, device="cpu")
-    return like.requires_grad_(t.requires_grad)
-
-
-def _on_meta(args: tuple) -> bool:
-    return bool(args) and isinstance(args[0], torch.Tensor) and args[0].device.type == "meta"
-
-
-def _batch_norm_unchecked(args: tuple, kwargs: dict) -> torch.Tensor:
-    """``F.batch_norm`` without its Python check that training sees more than one value per channel.
-
-    PyTorch refuses to train BatchNorm on one value per channel (batch size 1 after global pooling); the
-    memory of such a step is still well defined, and the paper counts memory per sample, so the shape
-    trace computes it (the same ``torch.batch_norm`` call, so the same saved tensors).
-    """
-    names = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
-    defaults = {"weight": None, "bias": None, "training": False, "momentum": 0.1, "eps": 1e-5}
-    b = defaults | dict(zip(names, args)) | kwargs
-    x = b["input"]
-    if b["training"] and x.numel() == x.shape[1]:  # one value per channel: skip the running update
-        b["running_mean"] = b["running_var"] = None  # (buffers: not activations, so nothing changes)
-    return torch.batch_norm(
-        b["input"], b["weight"], b["bias"], b["running_mean"], b["running_var"], b["training"],
-        b["momentum"], b["eps"], torch.backends.cudnn.enabled,
-    )
-
-
 @dataclass
 class _Call:
     row: Row
     leaf: bool
     own_params: bool
     parents: tuple[int, ...]
-
-
-def default_loss(output: Any) -> torch.Tensor:
-    """A training loss for any model output: cross-entropy for ``(B, classes)`` logits, else mean square."""
-    tensors = [t for t in tree_leaves(output) if isinstance(t, torch.Tensor) and t.is_floating_point()]
-    if not tensors:
-        raise ValueError("the model returned no floating-point tensor to train on")
-    out = tensors[0]
-    if out.ndim == 2:
-        target = torch.zeros(out.shape[0], dtype=torch.long, device=out.device)
-        return F.cross_entropy(out.float(), target)
-    return out.float().square().mean()
-
-
-def param_refs(model: nn.Module) -> list[ParamRef]:
-    """Every parameter of ``model`` once (tied parameters once), in registration order."""
-    return [
-        ParamRef(name, name.rsplit(".", 1)[-1], p.numel(), p.element_size(), p.requires_grad)
-        for name, p in model.named_parameters()
-    ]
 
 
 def run_traced(
@@ -400,32 +194,15 @@ def run_traced(
     del loss
 
     if inputs.device.type == "meta":
-        saved, records = _drop_meta_only_saves(calls, saved), _drop_meta_only_saves(calls, records)
+        def row_of(owner: int) -> Row:
+            return calls[owner].row
+
+        saved, records = drop_meta_only_saves(row_of, saved), drop_meta_only_saves(row_of, records)
     rows = _select_rows(calls, saved, records, loss_row)
     if uses is not None:
         _set_pending(calls, uses.last_use)
     buffer_bytes = sum(b.numel() * b.element_size() for b in model.buffers())
     return Trace(rows, saved, weight_saves, all_params, buffer_bytes, output_shape, records)
-
-
-def _drop_meta_only_saves(calls: list[_Call], saved: list[SavedTensor]) -> list[SavedTensor]:
-    """Drop what only the meta kernels save, so meta numbers equal real ones.
-
-    The meta kernel of batch norm on running statistics returns per-channel ``save_mean`` /
-    ``save_invstd`` tensors where the CPU and CUDA kernels return empty ones.
-    """
-    kept = []
-    for s in saved:
-        row = calls[s.owner].row if s.owner >= 0 else None
-        if (
-            row is not None
-            and isinstance(row.module, _BatchNorm)
-            and not row.batch_statistics
-            and s.shape == (row.module.num_features,)
-        ):
-            continue
-        kept.append(s)
-    return kept
 
 
 def _select_rows(
@@ -467,48 +244,6 @@ def _set_pending(calls: list[_Call], last_use: dict[int, int]) -> None:
                 if t.key not in own and last_use.get(t.key, -1) > row.end:
                     pending.setdefault(t.key, t)
         row.pending = list(pending.values())
-
-
-@contextmanager
-def preserved_state(model: nn.Module) -> Iterator[None]:
-    """Restore training flags, buffers (e.g. BatchNorm running statistics) and ``.grad`` afterwards."""
-    flags = {m: m.training for m in model.modules()}
-    buffers = {name: b.detach().clone() for name, b in model.named_buffers() if b is not None}
-    grads = {p: p.grad for p in model.parameters()}
-    try:
-        yield
-    finally:
-        for m, training in flags.items():
-            m.training = training
-        live = dict(model.named_buffers())
-        with torch.no_grad():
-            for name, value in buffers.items():
-                if name in live and live[name].shape == value.shape and live[name].device == value.device:
-                    live[name].copy_(value)
-        for p, g in grads.items():
-            p.grad = g
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """Device of the model's first parameter or buffer (CPU for a model without tensors)."""
-    for t in (*model.parameters(), *model.buffers()):
-        return t.device
-    return torch.device("cpu")
-
-
-def model_dtype(model: nn.Module) -> torch.dtype:
-    """Floating dtype of the model's first floating parameter (float32 without one)."""
-    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-
-
-def check_input(input_size: tuple[int, ...], batch_size: int) -> tuple[tuple[int, int, int], int]:
-    """Validate ``input_size`` (C, H, W) and ``batch_size``; ValueError with a hint otherwise."""
-    size = tuple(input_size) if isinstance(input_size, (tuple, list)) else None
-    if size is None or len(size) != 3 or not all(isinstance(s, int) and s > 0 for s in size):
-        raise ValueError(f"input_size must be (channels, height, width) of positive ints, not {input_size!r}")
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    return size, batch_size  # type: ignore[return-value]
 
 
 def trace_model(

@@ -1,4 +1,8 @@
-"""Per-mode memory of one backbone: every fine-tuning mode analysed on the ``meta`` device."""
+"""Per-mode memory of one backbone: every fine-tuning mode analysed on the ``meta`` device.
+
+The memory model's comparisons live here, above :mod:`tinytl_core.modes` (which prepares each mode) and
+:mod:`tinytl_core.memory` (which analyses one prepared model).
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,7 @@ from collections.abc import Iterable
 
 import pandas as pd
 
-from tinytl_core.memory.analysis import analyze
-from tinytl_core.memory.report import MemoryReport
+from tinytl_core.memory import MemoryReport, analyze
 from tinytl_core.modes import ModeNotApplicable, prepare_model, resolve_modes
 
 TOTAL_KEYS = (

@@ -1,0 +1,366 @@
+"""One table says what a layer is: its kind, and what that kind needs for backward.
+
+The memory model's rules (:mod:`tinytl_core.memory.rules`), the training engine's conversion
+(:mod:`tinytl_core.engine`) and the About page all read this module, so they cannot drift apart:
+
+- :func:`kind_of` maps any module to a :class:`LayerKind` (conv / linear, norm, ReLU family, smooth
+  activation, pooling, ...); :data:`KIND_NEEDS` says, per kind, what its backward needs.
+- :data:`ACTIVATIONS` is the table of element-wise activations: the classes and class names that are one,
+  their family, what their gradient needs (a 1-bit mask, their input, or their output), and -- where the
+  engine may run them itself -- their stock forward and backward kernels and their mask rule.
+
+Adding an activation is one :class:`Activation` entry in :data:`ACTIVATIONS`; ``tests/test_layer_kinds.py``
+checks that the model and the engine agree about every entry.
+
+Normalisation state (batch vs running statistics, frozen by :func:`tinytl_core.norms.freeze_statistics`) is
+decided here too (:func:`uses_batch_statistics`), from the module alone.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
+from torch.nn.modules.conv import _ConvNd
+
+_aten = torch.ops.aten
+
+
+class LayerKind(str, enum.Enum):
+    """The rule family of a layer (the values are the names shown in per-layer tables)."""
+
+    LINEAR = "linear"  # Linear, Conv, ConvTranspose
+    NORM = "norm"  # BatchNorm, GroupNorm, LayerNorm, InstanceNorm, RMSNorm, ...
+    PRELU = "prelu"  # PReLU: a mask activation whose slope may train
+    RELU = "relu"  # ReLU family: 1-bit mask
+    STEP = "step"  # piecewise-linear Hardsigmoid: 1-bit mask, not derivable from its output
+    SMOOTH = "smooth"  # SiLU, GELU, Hardswish, Sigmoid, Tanh, ...: input (or output) at full precision
+    SOFTMAX = "softmax"
+    MAXPOOL = "maxpool"
+    DROPOUT = "dropout"
+    SCALE = "scale"  # timm's LayerScale
+    FREE = "free"  # linear or shape-only: average pooling, upsampling, padding, flatten, identity
+    OTHER = "other"  # anything else: counted as stock autograd saves it
+
+    def __str__(self) -> str:
+        return self.value
+
+
+KIND_NEEDS: dict[LayerKind, str] = {
+    LayerKind.LINEAR: "its input when its weight trains; nothing when the weight is frozen",
+    LayerKind.NORM: "its input whenever it normalises with statistics of its input; with frozen "
+    "statistics, its input only when its scale trains",
+    LayerKind.PRELU: "its input when its slope trains, else a 1-bit mask",
+    LayerKind.RELU: "a 1-bit mask (free when its output is stored in full anyway)",
+    LayerKind.STEP: "a 1-bit mask",
+    LayerKind.SMOOTH: "its input at its own precision (Sigmoid, Tanh: their output)",
+    LayerKind.SOFTMAX: "its output",
+    LayerKind.MAXPOOL: "the argmax position in its window: ceil(log2(window)) bits per output",
+    LayerKind.DROPOUT: "a 1-bit keep mask (when active)",
+    LayerKind.SCALE: "its input when its scale trains",
+    LayerKind.FREE: "nothing",
+    LayerKind.OTHER: "what stock autograd saves for it",
+}
+"""What each kind's backward needs, in words (the About page shows this table)."""
+
+
+class Needs(str, enum.Enum):
+    """What an activation's gradient is computed from."""
+
+    MASK = "mask"  # one bit per element
+    INPUT = "input"  # its input, at its own precision
+    OUTPUT = "output"  # its output, at its own precision
+
+
+@dataclass(frozen=True)
+class MaskRule:
+    """A gradient that is ``grad * on`` where ``bit(x, param)`` holds and ``grad * off`` elsewhere;
+    ``forward_`` is the stock in-place forward (``inplace=True`` modules)."""
+
+    bit: Callable[[torch.Tensor, float], torch.Tensor]
+    forward_: Callable[[torch.Tensor, float], torch.Tensor]
+    on: float = 1.0
+    off_is_param: bool = False  # LeakyReLU: off = its negative slope; otherwise off = 0
+
+
+@dataclass(frozen=True)
+class Activation:
+    """One element-wise activation.
+
+    Args:
+        name: the engine's kind name (also the key of :data:`ACTIVATIONS`).
+        kind: :attr:`LayerKind.RELU`, :attr:`LayerKind.STEP` or :attr:`LayerKind.SMOOTH`.
+        needs: what its gradient needs (mask, input or output).
+        classes: exact PyTorch classes that compute it (the engine converts exact classes only: a subclass
+            may compute something else).
+        names: lower-case class names the memory model recognises it by (timm's memory-efficient
+            variants, subclasses).
+        param: the kind's parameter read off a module (hardtanh's upper bound, leaky_relu's slope), or
+            None when this module's settings are not this activation (e.g. Hardtanh with a lower bound).
+        forward / backward: the stock kernels, ``forward(x, param)`` and ``backward(grad, x, param)`` fed
+            with the *input* (so the engine can recompute the activation from a stored norm input); None
+            where the engine never runs it itself.
+        mask: the engine's 1-bit mask rule (``needs`` is MASK).
+        mask_from_output: the mask can be read off the output exactly (``y > 0`` iff ``x > 0``).
+        stock_saves: what stock autograd keeps for it ("input" or "output").
+    """
+
+    name: str
+    kind: LayerKind
+    needs: Needs
+    classes: tuple[type[nn.Module], ...] = ()
+    names: frozenset[str] = frozenset()
+    param: Callable[[nn.Module], float | None] = lambda m: 0.0
+    forward: Callable[[torch.Tensor, float], torch.Tensor] | None = None
+    backward: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor] | None = None
+    mask: MaskRule | None = None
+    mask_from_output: bool = False
+    stock_saves: str = "input"
+
+
+def _between(x: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    bits = x > low
+    return bits.logical_and_(x < high)
+
+
+def _hardtanh_bound(m: nn.Module) -> float | None:
+    return float(m.max_val) if m.min_val == 0.0 and m.max_val > 0.0 else None
+
+
+def _names(*names: str) -> frozenset[str]:
+    return frozenset(names)
+
+
+_ENTRIES: tuple[Activation, ...] = (
+    Activation(
+        "identity", LayerKind.FREE, Needs.INPUT, (nn.Identity,), _names("identity"),
+        forward=lambda x, p: x, backward=lambda g, x, p: g, stock_saves="nothing",
+    ),
+    Activation(
+        "relu", LayerKind.RELU, Needs.MASK, (nn.ReLU,), _names("relu", "threshold"),
+        forward=lambda x, p: torch.relu(x), backward=lambda g, x, p: _aten.threshold_backward(g, x, 0.0),
+        mask=MaskRule(lambda x, p: x > 0, lambda x, p: torch.relu_(x)),
+        mask_from_output=True, stock_saves="output",
+    ),
+    Activation(
+        "hardtanh", LayerKind.RELU, Needs.MASK, (nn.ReLU6, nn.Hardtanh), _names("relu6", "hardtanh"),
+        param=_hardtanh_bound,
+        forward=lambda x, p: F.hardtanh(x, 0.0, p),
+        backward=lambda g, x, p: _aten.hardtanh_backward(g, x, 0.0, p),
+        mask=MaskRule(lambda x, p: _between(x, 0.0, p), lambda x, p: F.hardtanh(x, 0.0, p, inplace=True)),
+        mask_from_output=True,
+    ),
+    Activation(
+        "leaky_relu", LayerKind.RELU, Needs.MASK, (nn.LeakyReLU,), _names("leakyrelu"),
+        param=lambda m: float(m.negative_slope),
+        forward=lambda x, p: F.leaky_relu(x, p),
+        backward=lambda g, x, p: _aten.leaky_relu_backward(g, x, p, False),
+        mask=MaskRule(lambda x, p: x > 0, lambda x, p: F.leaky_relu(x, p, inplace=True), off_is_param=True),
+        mask_from_output=True,  # with a positive slope (see mask_from_output())
+    ),
+    Activation(
+        "hardsigmoid", LayerKind.STEP, Needs.MASK, (nn.Hardsigmoid,), _names("hardsigmoid", "hardsigmoidme"),
+        forward=lambda x, p: F.hardsigmoid(x), backward=lambda g, x, p: _aten.hardsigmoid_backward(g, x),
+        # its output rounds to 0 or 1 just inside (-3, 3): the mask is not derivable from it
+        mask=MaskRule(lambda x, p: _between(x, -3.0, 3.0), lambda x, p: F.hardsigmoid(x, inplace=True),
+                      on=1.0 / 6.0),
+    ),
+    Activation(
+        "silu", LayerKind.SMOOTH, Needs.INPUT, (nn.SiLU,), _names("silu", "swish", "swishme"),
+        forward=lambda x, p: F.silu(x), backward=lambda g, x, p: _aten.silu_backward(g, x),
+    ),
+    Activation(
+        "hardswish", LayerKind.SMOOTH, Needs.INPUT, (nn.Hardswish,), _names("hardswish", "hardswishme"),
+        forward=lambda x, p: F.hardswish(x), backward=lambda g, x, p: _aten.hardswish_backward(g, x),
+    ),
+    Activation(
+        "gelu", LayerKind.SMOOTH, Needs.INPUT, (nn.GELU,), _names("gelu", "quickgelu"),
+        param=lambda m: None if getattr(m, "approximate", "none") == "tanh" else 0.0,
+        forward=lambda x, p: F.gelu(x), backward=lambda g, x, p: _aten.gelu_backward(g, x),
+    ),
+    Activation(
+        "gelu_tanh", LayerKind.SMOOTH, Needs.INPUT, (nn.GELU,), _names("gelutanh"),
+        param=lambda m: 0.0 if getattr(m, "approximate", "none") == "tanh" else None,
+        forward=lambda x, p: F.gelu(x, approximate="tanh"),
+        backward=lambda g, x, p: _aten.gelu_backward(g, x, approximate="tanh"),
+    ),
+    Activation(
+        "sigmoid", LayerKind.SMOOTH, Needs.OUTPUT, (nn.Sigmoid,), _names("sigmoid"),
+        forward=lambda x, p: torch.sigmoid(x),
+        backward=lambda g, x, p: _aten.sigmoid_backward(g, torch.sigmoid(x)),
+        stock_saves="output",
+    ),
+    Activation(
+        "tanh", LayerKind.SMOOTH, Needs.OUTPUT, (nn.Tanh,), _names("tanh"),
+        forward=lambda x, p: torch.tanh(x), backward=lambda g, x, p: _aten.tanh_backward(g, torch.tanh(x)),
+        stock_saves="output",
+    ),
+    # timm's memory-efficient SigmoidMe recomputes from its input, which it keeps
+    Activation("sigmoid_me", LayerKind.SMOOTH, Needs.INPUT, (), _names("sigmoidme")),
+    Activation("mish", LayerKind.SMOOTH, Needs.INPUT, (nn.Mish,), _names("mish", "mishme")),
+    Activation("hardmish", LayerKind.SMOOTH, Needs.INPUT, (), _names("hardmish", "hardmishme")),
+    Activation("softplus", LayerKind.SMOOTH, Needs.INPUT, (nn.Softplus,), _names("softplus")),
+    Activation(
+        "elu", LayerKind.SMOOTH, Needs.INPUT, (nn.ELU, nn.SELU, nn.CELU), _names("elu", "selu", "celu")
+    ),
+    Activation("logsigmoid", LayerKind.SMOOTH, Needs.INPUT, (nn.LogSigmoid,), _names("logsigmoid")),
+    Activation("softsign", LayerKind.SMOOTH, Needs.INPUT, (nn.Softsign,), _names("softsign")),
+    Activation("tanhshrink", LayerKind.SMOOTH, Needs.INPUT, (nn.Tanhshrink,), _names("tanhshrink")),
+    Activation("glu", LayerKind.SMOOTH, Needs.INPUT, (nn.GLU,), _names("glu")),
+    Activation("rrelu", LayerKind.SMOOTH, Needs.INPUT, (nn.RReLU,), _names("rrelu")),
+)
+
+ACTIVATIONS: dict[str, Activation] = {a.name: a for a in _ENTRIES}
+"""Every element-wise activation the library knows, by name."""
+
+MASKED: frozenset[str] = frozenset(a.name for a in _ENTRIES if a.mask is not None)
+"""Activations the engine stores as a 1-bit mask."""
+
+_BY_NAME: dict[str, Activation] = {n: a for a in _ENTRIES for n in a.names}
+
+# Non-activation kinds: exact-or-subclass types, and lower-case names of timm / other layers.
+_FREE_TYPES = (
+    nn.Flatten, nn.Unflatten, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.Upsample, nn.PixelShuffle, nn.PixelUnshuffle,
+    nn.ZeroPad2d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d, nn.ReflectionPad1d,
+    nn.ReflectionPad2d, nn.ReplicationPad2d, nn.ChannelShuffle,
+)
+_FREE_NAMES = _names("flatten", "fastadaptiveavgpool", "avgpool2dsame", "blurpool2d", "format")
+_MAXPOOL_TYPES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
+                  nn.AdaptiveMaxPool3d)
+_MAXPOOL_NAMES = _names("maxpool2dsame", "adaptiveavgmaxpool2d", "adaptivecatavgmaxpool2d")
+_DROPOUT_TYPES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
+_DROPOUT_NAMES = _names("droppath", "dropblock2d")
+_SOFTMAX_NAMES = _names("softmax", "logsoftmax", "softmax2d", "softmin")
+_SCALE_NAMES = _names("layerscale", "layerscale2d")
+
+NORM_TYPES: tuple[type[nn.Module], ...] = (_BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm2d)
+# Norms that normalise each sample by its own statistics, and frozen BatchNorms, known by class name.
+_PER_SAMPLE_NORM_PREFIXES = ("rmsnorm", "simplenorm", "filterresponsenorm")
+_FROZEN_NORM_PREFIXES = ("frozenbatchnorm",)
+
+
+def _type_name(module: nn.Module) -> str:
+    return type(module).__name__.lower()
+
+
+def is_norm(module: nn.Module) -> bool:
+    """True for normalisation layers (BatchNorm, GroupNorm, LayerNorm, InstanceNorm and timm subclasses)."""
+    return isinstance(module, NORM_TYPES)
+
+
+def is_batch_norm(module: nn.Module | None) -> bool:
+    """True for BatchNorm layers (any dimension, timm's BatchNormAct too)."""
+    return isinstance(module, _BatchNorm)
+
+
+def is_frozen(module: nn.Module) -> bool:
+    """True when ``module`` keeps its running statistics in training mode
+    (:func:`tinytl_core.norms.freeze_statistics` marks its class)."""
+    return bool(getattr(type(module), "frozen_statistics", False))
+
+
+def uses_batch_statistics(module: nn.Module) -> bool:
+    """True when a normalisation layer normalises with statistics of its current input.
+
+    That is BatchNorm in training mode (unless frozen), and GroupNorm / LayerNorm / InstanceNorm always.
+    Such a layer's backward needs its input even when its scale and shift are frozen.
+    """
+    if isinstance(module, _BatchNorm):
+        return (module.training and not is_frozen(module)) or not module.track_running_stats
+    return isinstance(module, NORM_TYPES)
+
+
+def stats_from_input(module: nn.Module | None, batch_statistics: bool) -> bool:
+    """Whether a norm's backward needs statistics of its input: batch statistics as traced, or a norm
+    known by name to normalise each sample (RMSNorm, ...); never a frozen BatchNorm."""
+    name = _type_name(module) if module is not None else ""
+    if name.startswith(_FROZEN_NORM_PREFIXES):
+        return False
+    return batch_statistics or name.startswith(_PER_SAMPLE_NORM_PREFIXES)
+
+
+def activation_of(module: nn.Module | None) -> Activation | None:
+    """The :data:`ACTIVATIONS` entry ``module`` is known as by its class name (memory model), or None."""
+    if module is None:
+        return None
+    return _BY_NAME.get(_type_name(module))
+
+
+def engine_activation(
+    module: nn.Module, cls: type[nn.Module] | None = None
+) -> tuple[Activation, float] | None:
+    """``(entry, param)`` for a module whose *exact* class ``cls`` (default: its own) is an activation the
+    engine can run itself (stock kernels known), or None (unknown class, subclass, unsupported settings)."""
+    cls = cls or type(module)
+    for entry in _ENTRIES:
+        if cls in entry.classes and entry.forward is not None:
+            param = entry.param(module)
+            if param is not None:
+                return entry, param
+    return None
+
+
+def kind_of(module: nn.Module | None) -> LayerKind:
+    """The :class:`LayerKind` of a layer (``None``: functional code, the loss -> OTHER)."""
+    if module is None:
+        return LayerKind.OTHER
+    name = _type_name(module)
+    if isinstance(module, (nn.Linear, _ConvNd)):
+        return LayerKind.LINEAR
+    if is_norm(module) or isinstance(module, _NormBase) or name.startswith(
+        _PER_SAMPLE_NORM_PREFIXES + _FROZEN_NORM_PREFIXES
+    ):
+        return LayerKind.NORM
+    if isinstance(module, nn.PReLU):
+        return LayerKind.PRELU
+    entry = _BY_NAME.get(name)
+    if entry is not None:
+        return entry.kind
+    if name in _SOFTMAX_NAMES:
+        return LayerKind.SOFTMAX
+    if isinstance(module, _MAXPOOL_TYPES) or name in _MAXPOOL_NAMES:
+        return LayerKind.MAXPOOL
+    if isinstance(module, _DROPOUT_TYPES) or name in _DROPOUT_NAMES:
+        return LayerKind.DROPOUT
+    if name in _SCALE_NAMES:
+        return LayerKind.SCALE
+    if isinstance(module, (nn.Identity, *_FREE_TYPES)) or name in _FREE_NAMES:
+        return LayerKind.FREE
+    return LayerKind.OTHER
+
+
+def mask_from_output(module: nn.Module | None) -> bool:
+    """Whether a mask activation's gradient region can be read off its output exactly (``y > 0`` iff
+    ``x > 0``): ReLU, ReLU6 / Hardtanh(0, max), LeakyReLU with a positive slope; not PReLU, Threshold or
+    Hardsigmoid."""
+    if module is None or isinstance(module, (nn.PReLU, nn.Threshold)):
+        return False
+    entry = activation_of(module)
+    if entry is None or not entry.mask_from_output:
+        return False
+    return not isinstance(module, nn.LeakyReLU) or module.negative_slope > 0
+
+
+def stock_rule(module: nn.Module) -> str:
+    """What stock autograd keeps for a layer the engine leaves alone (it already keeps what is needed)."""
+    entry = engine_activation(module)
+    if entry is not None:
+        activation = entry[0]
+        if activation.stock_saves == "nothing":
+            return "nothing"
+        needs = "output" if activation.needs is Needs.OUTPUT else "input"
+        return f"{needs} (stock; its gradient needs it)"
+    if isinstance(module, nn.Linear):
+        trains = module.weight.requires_grad
+        return "input (trainable weight: stock)" if trains else "nothing (frozen weight; stock keeps only W)"
+    if isinstance(module, (nn.GroupNorm, nn.LayerNorm)):
+        return "input (per-sample statistics: stock; needed)"
+    if isinstance(module, (nn.AdaptiveAvgPool2d, nn.Upsample, nn.Flatten)):
+        return "nothing"
+    return "stock (not analysed)"

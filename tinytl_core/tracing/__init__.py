@@ -1,0 +1,29 @@
+"""Tracing: the machinery the memory model and the training engine share (below both of them).
+
+- :mod:`~tinytl_core.tracing.records` -- tensor and parameter records, one row per layer call, the trace;
+- :mod:`~tinytl_core.tracing.saved` -- counting what autograd saves for backward (each storage once);
+- :mod:`~tinytl_core.tracing.tracer` -- one instrumented forward, on ``meta`` (shapes only) or for real;
+- :mod:`~tinytl_core.tracing.shims` -- where the ``meta`` kernels differ from the CPU's, follow the CPU;
+- :mod:`~tinytl_core.tracing.step` -- the "one step" helpers: input checks, device, loss, optimizers.
+"""
+
+from tinytl_core.tracing.records import ParamRef, Row, TensorRef, Trace, param_refs
+from tinytl_core.tracing.saved import SavedTensor, SavedTensorCounter
+from tinytl_core.tracing.step import (
+    OPTIMIZER_HELP,
+    OPTIMIZER_STATES,
+    available_memory,
+    check_input,
+    make_optimizer,
+    model_device,
+    model_dtype,
+    optimizer_states,
+    preserved_state,
+)
+from tinytl_core.tracing.tracer import run_traced, trace_model
+
+__all__ = [
+    "OPTIMIZER_HELP", "OPTIMIZER_STATES", "ParamRef", "Row", "SavedTensor", "SavedTensorCounter", "TensorRef",
+    "Trace", "available_memory", "check_input", "make_optimizer", "model_device", "model_dtype",
+    "optimizer_states", "param_refs", "preserved_state", "run_traced", "trace_model",
+]

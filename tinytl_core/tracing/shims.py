@@ -1,0 +1,107 @@
+"""Kernel shims: where the ``meta`` kernels differ from the CPU ones, the shape trace follows the CPU, so
+modelled stock bytes equal measured ones.
+
+- Scaled dot-product attention takes the kernel the CPU would pick (flash attention when possible, not the
+  math path the meta device always takes).
+- Batch norm on running statistics does not count the per-channel statistics the meta kernel returns (CPU
+  and CUDA return empty ones): :func:`drop_meta_only_saves`.
+- BatchNorm training on one value per channel (batch size 1), which PyTorch refuses, is still traced, to
+  give per-sample memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from tinytl_core.layer_kinds import is_batch_norm
+from tinytl_core.tracing.records import Row
+from tinytl_core.tracing.saved import SavedTensor
+
+
+def follow_cpu(func: Callable, args: tuple, kwargs: dict):
+    """Call ``func(*args, **kwargs)`` as the CPU would compute it (shape-wise) when on ``meta``."""
+    if func is F.scaled_dot_product_attention:
+        return attention_as_on_cpu(args, kwargs)
+    if func is F.batch_norm and _on_meta(args):
+        return batch_norm_unchecked(args, kwargs)
+    return func(*args, **kwargs)
+
+
+_FLASH = 1  # torch._fused_sdp_choice: 0 math, 1 flash attention
+
+
+def attention_as_on_cpu(args: tuple, kwargs: dict) -> torch.Tensor:
+    """Scaled dot-product attention on ``meta`` tensors with the kernel PyTorch would pick on the CPU.
+
+    The meta device always takes the math path (which saves the attention matrix); the CPU takes flash
+    attention when it can (which saves queries, keys, values, output and log-sum-exp). The choice is asked
+    of PyTorch with zero-stride CPU stand-ins (no allocation beyond one row).
+    """
+    names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+    bound = dict(zip(names, args)) | kwargs
+    q, k, v = bound["query"], bound["key"], bound["value"]
+    mask = bound.get("attn_mask")
+    if q.device.type != "meta" or bound.get("enable_gqa") or q.dim() != 4:
+        return F.scaled_dot_product_attention(*args, **kwargs)
+    choice_args = {n: bound[n] for n in ("dropout_p", "is_causal", "scale") if n in bound}
+    stand_in = [_row_stand_in(t) for t in (q, k, v)]
+    mask_in = _row_stand_in(mask) if isinstance(mask, torch.Tensor) else mask
+    if torch._fused_sdp_choice(*stand_in, attn_mask=mask_in, **choice_args) != _FLASH:
+        return F.scaled_dot_product_attention(*args, **kwargs)
+    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        q, k, v, bound.get("dropout_p", 0.0), bound.get("is_causal", False), attn_mask=mask,
+        scale=bound.get("scale"),
+    )[0]
+
+
+def _row_stand_in(t: torch.Tensor) -> torch.Tensor:
+    stride = (0,) * (t.dim() - 1) + (1,)
+    like = torch.empty_strided(tuple(t.shape), stride, dtype=t.dtype, device="cpu")
+    return like.requires_grad_(t.requires_grad)
+
+
+def _on_meta(args: tuple) -> bool:
+    return bool(args) and isinstance(args[0], torch.Tensor) and args[0].device.type == "meta"
+
+
+def batch_norm_unchecked(args: tuple, kwargs: dict) -> torch.Tensor:
+    """``F.batch_norm`` without its Python check that training sees more than one value per channel.
+
+    PyTorch refuses to train BatchNorm on one value per channel (batch size 1 after global pooling); the
+    memory of such a step is still well defined, and the paper counts memory per sample, so the shape
+    trace computes it (the same ``torch.batch_norm`` call, so the same saved tensors).
+    """
+    names = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
+    defaults = {"weight": None, "bias": None, "training": False, "momentum": 0.1, "eps": 1e-5}
+    b = defaults | dict(zip(names, args)) | kwargs
+    x = b["input"]
+    if b["training"] and x.numel() == x.shape[1]:  # one value per channel: skip the running update
+        b["running_mean"] = b["running_var"] = None  # (buffers: not activations, so nothing changes)
+    return torch.batch_norm(
+        b["input"], b["weight"], b["bias"], b["running_mean"], b["running_var"], b["training"],
+        b["momentum"], b["eps"], torch.backends.cudnn.enabled,
+    )
+
+
+def drop_meta_only_saves(rows: Callable[[int], Row | None], saved: list[SavedTensor]) -> list[SavedTensor]:
+    """Drop what only the meta kernels save, so meta numbers equal real ones.
+
+    The meta kernel of batch norm on running statistics returns per-channel ``save_mean`` /
+    ``save_invstd`` tensors where the CPU and CUDA kernels return empty ones. ``rows(owner)`` gives the
+    row that saved a tensor (None for the loss).
+    """
+    kept = []
+    for s in saved:
+        row = rows(s.owner) if s.owner >= 0 else None
+        if (
+            row is not None
+            and is_batch_norm(row.module)
+            and not row.batch_statistics
+            and s.shape == (row.module.num_features,)
+        ):
+            continue
+        kept.append(s)
+    return kept
