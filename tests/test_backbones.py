@@ -4,13 +4,16 @@ import threading
 import time
 
 import pytest
+import timm
 import torch
 
-from tinytl_core import backbones
 from tinytl_core.backbones import (
     CURATED_BACKBONES,
+    accepts_img_size,
+    catalog,
     create_backbone,
     data_config,
+    hub,
     list_backbones,
     meta_backbone,
 )
@@ -43,7 +46,10 @@ def test_create_for_n_classes_and_data_config():
     assert data_config("vit_base_patch16_384").resolution == 384
 
 
-def test_offline_pretrained_request_falls_back_quickly():
+def test_offline_pretrained_request_falls_back_quickly(monkeypatch):
+    # Offline and nothing cached, whatever this machine's Hugging Face cache holds.
+    monkeypatch.setenv("TINYTL_OFFLINE", "1")
+    monkeypatch.setattr(hub, "cached_weights", lambda name: None)
     start = time.monotonic()
     model, status = create_backbone("resnet18", num_classes=3, pretrained=True)
     assert time.monotonic() - start < 30
@@ -55,8 +61,8 @@ def test_offline_pretrained_request_falls_back_quickly():
 def test_unreachable_host_falls_back_with_a_status(monkeypatch):
     monkeypatch.delenv("TINYTL_OFFLINE", raising=False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(backbones, "_cached_weights", lambda name: None)
-    monkeypatch.setattr(backbones, "_reachable", lambda host, timeout=0: False)
+    monkeypatch.setattr(hub, "cached_weights", lambda name: None)
+    monkeypatch.setattr(hub, "host_reachable", lambda host, timeout=0: False)
     _, status = create_backbone("resnet18", num_classes=3, pretrained=True)
     assert status.fell_back and "cannot reach" in status.message
 
@@ -64,16 +70,16 @@ def test_unreachable_host_falls_back_with_a_status(monkeypatch):
 def test_stalled_download_is_bounded(monkeypatch):
     monkeypatch.delenv("TINYTL_OFFLINE", raising=False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(backbones, "_cached_weights", lambda name: None)
-    monkeypatch.setattr(backbones, "_reachable", lambda host, timeout=0: True)
-    real_create = backbones.timm.create_model
+    monkeypatch.setattr(hub, "cached_weights", lambda name: None)
+    monkeypatch.setattr(hub, "host_reachable", lambda host, timeout=0: True)
+    real_create = timm.create_model
 
     def slow_create(name, pretrained=False, **kw):
         if pretrained:
             time.sleep(5)
         return real_create(name, pretrained=False, **kw)
 
-    monkeypatch.setattr(backbones.timm, "create_model", slow_create)
+    monkeypatch.setattr(timm, "create_model", slow_create)
     start = time.monotonic()
     _, status = create_backbone("resnet18", num_classes=3, pretrained=True, timeout=0.5)
     assert time.monotonic() - start < 4
@@ -85,9 +91,20 @@ def test_stalled_download_is_bounded(monkeypatch):
 
 
 def test_no_pretrained_weights_for_arch_is_reported(monkeypatch):
-    monkeypatch.setattr(backbones, "_pretrained_archs", lambda: frozenset())
+    monkeypatch.setattr(catalog, "pretrained_architectures", lambda: frozenset())
     _, status = create_backbone("resnet18", num_classes=3, pretrained=True)
     assert status.fell_back and "no pretrained weights" in status.message
+
+
+def test_img_size_is_read_from_timm_signatures():
+    # ViTs (a hybrid one too: a ResNetV2 stem feeding a VisionTransformer) take img_size; a fixed-size
+    # transformer without it (PVTv2) and a CNN do not.
+    assert accepts_img_size("vit_tiny_patch16_224") and accepts_img_size("vit_base_r50_s16_384")
+    assert not accepts_img_size("pvt_v2_b0") and not accepts_img_size("resnet18")
+    vit = create_backbone("vit_tiny_patch16_224", 3, device="meta", resolution=96)[0]
+    assert vit.patch_embed.img_size == (96, 96)
+    pvt = create_backbone("pvt_v2_b0", 3, device="meta", resolution=96)[0]  # no img_size passed: builds
+    assert pvt.get_classifier().out_features == 3
 
 
 def test_meta_backbone_allocates_nothing():

@@ -16,6 +16,7 @@ from tinytl_core.backbones import (
     data_config,
     list_backbones,
     load_local_backbone,
+    local,
     meta_backbone,
 )
 from tinytl_core.data.builtin import load_builtin
@@ -93,9 +94,7 @@ def test_checkpoint_recognises_fresh_source_images(no_network):
 
 
 def test_missing_checkpoint_falls_back_with_a_reason(monkeypatch, tmp_path):
-    from tinytl_core import backbones
-
-    monkeypatch.setattr(backbones, "WEIGHTS_DIR", tmp_path)
+    monkeypatch.setattr(local, "WEIGHTS_DIR", tmp_path)
     model, status = create_backbone(DEMO_BACKBONE, num_classes=3, pretrained=True)
     assert status.fell_back and "tools/pretrain_demo_backbone.py" in status.message
     assert model.get_classifier().out_features == 3
