@@ -213,6 +213,8 @@ _ENTRIES: tuple[Activation, ...] = (
     Activation("tanhshrink", LayerKind.SMOOTH, Needs.INPUT, (nn.Tanhshrink,), _names("tanhshrink")),
     Activation("glu", LayerKind.SMOOTH, Needs.INPUT, (nn.GLU,), _names("glu")),
     Activation("rrelu", LayerKind.SMOOTH, Needs.INPUT, (nn.RReLU,), _names("rrelu")),
+    Activation("shrink", LayerKind.SMOOTH, Needs.INPUT, (nn.Softshrink, nn.Hardshrink),
+               _names("softshrink", "hardshrink")),
 )
 
 ACTIVATIONS: dict[str, Activation] = {a.name: a for a in _ENTRIES}
