@@ -10,9 +10,11 @@ import uuid
 import streamlit as st
 
 from app_pages import _cache
+from tinytl_core.ui.settings import KEYS, Settings
 
 st.set_page_config(page_title="TinyTL Lab", page_icon=":material/memory:", layout="wide")
 
+# app_pages/, not pages/: a pages/ folder is legacy multipage mode, deep links skip this sidebar (README).
 PAGES = {
     "Overview": [
         st.Page("app_pages/home.py", title="Home", icon=":material/home:", default=True),
@@ -30,14 +32,16 @@ PAGES = {
     ],
 }
 
-st.session_state.setdefault("session_id", uuid.uuid4().hex)
+st.session_state.setdefault("session_id", uuid.uuid4().hex)  # before the defaults: one id per session
 
 with st.sidebar:
     st.subheader("Settings")
     st.caption("Shared by every page and kept while you move between them.")
     names = _cache.backbone_names()
     curated = _cache.curated_names()
-    st.session_state.setdefault("backbone", names[0])
+    defaults = Settings.defaults(names[0])  # the catalog lists the shipped demo backbone first
+    for key in KEYS:
+        st.session_state.setdefault(key, getattr(defaults, key))
     st.selectbox(
         "Backbone",
         names,
@@ -49,7 +53,6 @@ with st.sidebar:
         help=f"Type to search all {len(names):,} timm architectures. ★ = curated mobile CNNs (the paper's "
         "setting) and a few contrasts, listed first.",
     )
-    st.session_state.setdefault("resolution", _cache.default_resolution(st.session_state["backbone"]))
     st.number_input(
         "Input resolution (px)",
         min_value=8,
@@ -59,7 +62,6 @@ with st.sidebar:
         help="Square input size; picking a backbone sets its own default. Activation memory grows with "
         "its square.",
     )
-    st.session_state.setdefault("batch_size", 8)
     st.number_input(
         "Batch size",
         min_value=1,
@@ -68,7 +70,6 @@ with st.sidebar:
         key="batch_size",
         help="Activation memory grows linearly with it; parameters do not.",
     )
-    st.session_state.setdefault("pretrained", True)
     st.toggle(
         "Pretrained weights", key="pretrained", help="Start training from ImageNet weights (Adapt page)."
     )

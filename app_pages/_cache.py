@@ -10,6 +10,7 @@ import streamlit as st
 from tinytl_core.backbones import data_config, list_backbones
 from tinytl_core.comparisons import mode_reports, table_from_reports
 from tinytl_core.ui import checks
+from tinytl_core.ui.settings import Settings
 
 
 @st.cache_data(show_spinner=False)
@@ -63,3 +64,8 @@ def reports(
         group_norm=group_norm,
     )
     return table_from_reports(out), out
+
+
+def settings() -> Settings:
+    """The sidebar's settings for this page run (:class:`~tinytl_core.ui.settings.Settings`)."""
+    return Settings.from_state(st.session_state)

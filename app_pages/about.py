@@ -5,7 +5,7 @@ import streamlit as st
 from tinytl_core import engine
 from tinytl_core.memory import accounting, rules
 from tinytl_core.ui.figures import lite_residual_dot
-from tinytl_core.ui.text import docstring_markdown
+from tinytl_core.ui.text import docstring_markdown, layer_kinds_markdown
 
 st.header("About TinyTL Lab")
 st.markdown(
@@ -66,6 +66,9 @@ st.markdown(
 )
 with st.expander("The memory rules, as the code applies them", icon=":material/rule:", expanded=True):
     st.markdown(docstring_markdown(rules.__doc__))
+with st.expander("What a layer is: the layer-kinds table", icon=":material/table:"):
+    st.caption("One table (tinytl_core.layer_kinds) that the memory rules and the training engine both read.")
+    st.markdown(layer_kinds_markdown())
 with st.expander("The two accountings: complete and paper", icon=":material/calculate:"):
     st.markdown(docstring_markdown(accounting.__doc__))
     st.caption(

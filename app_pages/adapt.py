@@ -17,11 +17,9 @@ from tinytl_core.ui.jobs import JOBS, JobBusyError, TrainingJob
 UPLOAD = "upload"
 POLL_SECONDS = 1.0
 
-backbone = st.session_state.get("backbone", "mobilenetv2_100")
-resolution = int(st.session_state.get("resolution", 224))
-batch_size = int(st.session_state.get("batch_size", 8))
-pretrained = bool(st.session_state.get("pretrained", True))
-session_id = st.session_state.get("session_id", "")
+settings = _cache.settings()
+backbone, resolution, batch_size = settings.backbone, settings.resolution, settings.batch_size
+pretrained, session_id = settings.pretrained, settings.session_id
 
 
 @st.cache_data(show_spinner="Reading the archive...", max_entries=16)
@@ -252,30 +250,18 @@ with st.expander("More options"):
 
 start = st.button("Start training", type="primary", icon=":material/play_arrow:", key="ad_start")
 if start:
-    errors: list[str] = []
-    if not modes:
-        errors.append("Choose at least one mode.")
-    if dataset == UPLOAD and dataset_path is None:
-        errors.append("Upload a valid .zip of class folders first (or choose a built-in dataset).")
-    problem = _cache.resolution_problem(backbone, resolution)
-    if problem:
-        errors.append(problem)
-    if not errors and modes:
-        try:
-            table, _ = _cache.reports(backbone, resolution, batch_size, optimizer, "complete", group_norm)
-        except (ValueError, RuntimeError) as exc:
-            errors.append(f"Cannot model {backbone} at {resolution} px, batch {batch_size}: {exc}")
-        else:
-            chosen = table.set_index("mode").loc[modes]
-            for mode, reason in chosen.loc[~chosen["applicable"], "reason"].items():
-                errors.append(f"{MODES[mode].title} does not apply to {backbone}: {reason}. Deselect it.")
-            if chosen["applicable"].all():
-                fit = checks.memory_problem(
-                    chosen["total_stock_bytes"].max(),
-                    resolve_device("auto"),
-                    what=f"Training {backbone} at batch {batch_size}, {resolution} px",
-                )
-                errors += [fit] if fit else []
+    errors = checks.run_problems(
+        backbone=backbone,
+        resolution=resolution,
+        batch_size=batch_size,
+        modes=modes,
+        dataset_ready=dataset != UPLOAD or dataset_path is not None,
+        resolution_problem=_cache.resolution_problem(backbone, resolution),
+        mode_table=lambda: _cache.reports(
+            backbone, resolution, batch_size, optimizer, "complete", group_norm
+        )[0],
+        device=resolve_device("auto"),
+    )
     if errors:
         for error in errors:
             st.error(error, icon=":material/error:")

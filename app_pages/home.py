@@ -7,9 +7,8 @@ from tinytl_core.memory import MB
 from tinytl_core.modes import MODES
 from tinytl_core.ui.figures import mode_memory_bars
 
-backbone = st.session_state.get("backbone", "mobilenetv2_100")
-resolution = int(st.session_state.get("resolution", 224))
-batch_size = int(st.session_state.get("batch_size", 8))
+settings = _cache.settings()
+backbone, resolution, batch_size = settings.backbone, settings.resolution, settings.batch_size
 
 st.title("TinyTL Lab")
 st.markdown(

@@ -9,9 +9,8 @@ from tinytl_core.memory import ACCOUNTINGS, MB, OPTIMIZER_HELP, OPTIMIZER_STATES
 from tinytl_core.modes import MODES
 from tinytl_core.ui import checks, explorer, figures
 
-backbone = st.session_state.get("backbone", "mobilenetv2_100")
-resolution = int(st.session_state.get("resolution", 224))
-batch_size = int(st.session_state.get("batch_size", 8))
+settings = _cache.settings()
+backbone, resolution, batch_size = settings.backbone, settings.resolution, settings.batch_size
 
 st.header("Memory Explorer")
 st.caption(

@@ -2,6 +2,7 @@
 
 import streamlit as st
 
+from app_pages import _cache
 from tinytl_core.modes import MODES, compare_trainable
 from tinytl_core.reports import trainable_table
 from tinytl_core.ui import figures
@@ -12,8 +13,8 @@ st.write(
     "small lite residual branches (TinyTL-L), or both (TinyTL-L+B)."
 )
 
-backbone = st.session_state.get("backbone", "mobilenetv2_100")
-resolution = int(st.session_state.get("resolution", 224))
+settings = _cache.settings()
+backbone, resolution = settings.backbone, settings.resolution
 group_norm = st.toggle("Replace BatchNorm by GroupNorm (batch-size-1 training)", key="group_norm")
 
 

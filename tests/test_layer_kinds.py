@@ -24,6 +24,7 @@ from tinytl_core.layer_kinds import (
 )
 from tinytl_core.memory import rules
 from tinytl_core.tracing import run_traced, trace_model
+from tinytl_core.ui.text import layer_kinds_markdown
 
 SIZE, BATCH, CHANNELS = (3, 8, 8), 2, 8
 CASES = [(entry, cls) for entry in ACTIVATIONS.values() for cls in entry.classes]
@@ -120,3 +121,11 @@ def test_every_kind_says_what_backward_needs():
     assert kind_of(nn.AdaptiveAvgPool2d(1)) is LayerKind.FREE
     assert kind_of(None) is LayerKind.OTHER
     assert kind_of(nn.Module()) is LayerKind.OTHER
+
+
+def test_about_page_table_lists_every_kind_and_activation():
+    text = layer_kinds_markdown()
+    for kind, needs in KIND_NEEDS.items():
+        assert f"| {kind.value} | {needs} |" in text
+    for name in ACTIVATIONS:
+        assert f"| {name} |" in text

@@ -75,6 +75,7 @@ class Needs(str, enum.Enum):
     MASK = "mask"  # one bit per element
     INPUT = "input"  # its input, at its own precision
     OUTPUT = "output"  # its output, at its own precision
+    NOTHING = "nothing"  # identity
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,6 @@ class Activation:
             where the engine never runs it itself.
         mask: the engine's 1-bit mask rule (``needs`` is MASK).
         mask_from_output: the mask can be read off the output exactly (``y > 0`` iff ``x > 0``).
-        stock_saves: what stock autograd keeps for it ("input" or "output").
     """
 
     name: str
@@ -120,7 +120,6 @@ class Activation:
     backward: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor] | None = None
     mask: MaskRule | None = None
     mask_from_output: bool = False
-    stock_saves: str = "input"
 
 
 def _between(x: torch.Tensor, low: float, high: float) -> torch.Tensor:
@@ -138,14 +137,14 @@ def _names(*names: str) -> frozenset[str]:
 
 _ENTRIES: tuple[Activation, ...] = (
     Activation(
-        "identity", LayerKind.FREE, Needs.INPUT, (nn.Identity,), _names("identity"),
-        forward=lambda x, p: x, backward=lambda g, x, p: g, stock_saves="nothing",
+        "identity", LayerKind.FREE, Needs.NOTHING, (nn.Identity,), _names("identity"),
+        forward=lambda x, p: x, backward=lambda g, x, p: g,
     ),
     Activation(
         "relu", LayerKind.RELU, Needs.MASK, (nn.ReLU,), _names("relu", "threshold"),
         forward=lambda x, p: torch.relu(x), backward=lambda g, x, p: _aten.threshold_backward(g, x, 0.0),
         mask=MaskRule(lambda x, p: x > 0, lambda x, p: torch.relu_(x)),
-        mask_from_output=True, stock_saves="output",
+        mask_from_output=True,
     ),
     Activation(
         "hardtanh", LayerKind.RELU, Needs.MASK, (nn.ReLU6, nn.Hardtanh), _names("relu6", "hardtanh"),
@@ -193,12 +192,10 @@ _ENTRIES: tuple[Activation, ...] = (
         "sigmoid", LayerKind.SMOOTH, Needs.OUTPUT, (nn.Sigmoid,), _names("sigmoid"),
         forward=lambda x, p: torch.sigmoid(x),
         backward=lambda g, x, p: _aten.sigmoid_backward(g, torch.sigmoid(x)),
-        stock_saves="output",
     ),
     Activation(
         "tanh", LayerKind.SMOOTH, Needs.OUTPUT, (nn.Tanh,), _names("tanh"),
         forward=lambda x, p: torch.tanh(x), backward=lambda g, x, p: _aten.tanh_backward(g, torch.tanh(x)),
-        stock_saves="output",
     ),
     # timm's memory-efficient SigmoidMe recomputes from its input, which it keeps
     Activation("sigmoid_me", LayerKind.SMOOTH, Needs.INPUT, (), _names("sigmoidme")),
@@ -353,11 +350,10 @@ def stock_rule(module: nn.Module) -> str:
     """What stock autograd keeps for a layer the engine leaves alone (it already keeps what is needed)."""
     entry = engine_activation(module)
     if entry is not None:
-        activation = entry[0]
-        if activation.stock_saves == "nothing":
+        needs = entry[0].needs
+        if needs is Needs.NOTHING:
             return "nothing"
-        needs = "output" if activation.needs is Needs.OUTPUT else "input"
-        return f"{needs} (stock; its gradient needs it)"
+        return f"{'output' if needs is Needs.OUTPUT else 'input'} (stock; its gradient needs it)"
     if isinstance(module, nn.Linear):
         trains = module.weight.requires_grad
         return "input (trainable weight: stock)" if trains else "nothing (frozen weight; stock keeps only W)"

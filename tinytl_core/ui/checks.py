@@ -3,6 +3,8 @@
 - :func:`resolution_problem` -- does the backbone run at this input size at all (shape-only, on ``meta``)?
 - :func:`memory_problem` -- would a step need more memory than the device has free, by the model's own
   estimate?
+- :func:`run_problems` -- everything that stops an adaptation run before it starts (modes, upload, size,
+  applicability of each mode, memory fit);
 - :func:`pretrained_availability` -- can pretrained weights be had now? (``backbones.weights_availability``)
 - :func:`save_upload` / :func:`load_upload` -- keep an uploaded .zip of class folders and load it, turning
   every way it can be wrong (empty, not a zip, unsafe, too few classes) into a ``ValueError``.
@@ -14,14 +16,17 @@ import hashlib
 import io
 import re
 import zipfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from tinytl_core.backbones import WeightsAvailability as WeightsAvailability  # re-exported for the app
 from tinytl_core.backbones import backbone_info, create_backbone, data_config, weights_availability
 from tinytl_core.data import load_dataset
 from tinytl_core.memory.report import megabytes
+from tinytl_core.modes import MODES
 from tinytl_core.paths import cache_dir
 from tinytl_core.tracing import available_memory
 
@@ -91,6 +96,55 @@ def memory_problem(
         f"{what} needs about {megabytes(required_bytes)} MB by the model's own estimate, but only "
         f"{megabytes(free)} MB are free on {device}. Lower the batch size or the resolution."
     )
+
+
+def run_problems(
+    *,
+    backbone: str,
+    resolution: int,
+    batch_size: int,
+    modes: Sequence[str],
+    dataset_ready: bool,
+    resolution_problem: str | None,
+    mode_table: Callable[[], pd.DataFrame],
+    device: str | torch.device,
+) -> list[str]:
+    """Everything that stops an adaptation run before it starts, as messages for the user (empty: go).
+
+    Args:
+        backbone, resolution, batch_size: the sidebar's settings.
+        modes: the modes chosen (at least one is needed).
+        dataset_ready: False while an upload is chosen but no valid archive is there yet.
+        resolution_problem: :func:`resolution_problem` of this backbone and size (the page caches it).
+        mode_table: returns the :func:`tinytl_core.comparisons.compare_modes` table at these settings
+            (called only when the rest is fine; the page caches it); ValueError / RuntimeError means the
+            backbone cannot be modelled.
+        device: where the run would train (for the memory check).
+    """
+    errors: list[str] = []
+    if not modes:
+        errors.append("Choose at least one mode.")
+    if not dataset_ready:
+        errors.append("Upload a valid .zip of class folders first (or choose a built-in dataset).")
+    if resolution_problem:
+        errors.append(resolution_problem)
+    if errors:
+        return errors
+    try:
+        table = mode_table()
+    except (ValueError, RuntimeError) as exc:
+        return [f"Cannot model {backbone} at {resolution} px, batch {batch_size}: {exc}"]
+    chosen = table.set_index("mode").loc[list(modes)]
+    for mode, reason in chosen.loc[~chosen["applicable"], "reason"].items():
+        errors.append(f"{MODES[mode].title} does not apply to {backbone}: {reason}. Deselect it.")
+    if not errors:
+        fit = memory_problem(
+            chosen["total_stock_bytes"].max(),
+            device,
+            what=f"Training {backbone} at batch {batch_size}, {resolution} px",
+        )
+        errors += [fit] if fit else []
+    return errors
 
 
 pretrained_availability = weights_availability

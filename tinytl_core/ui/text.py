@@ -1,8 +1,10 @@
-"""Library docstrings as Markdown for the app, so the About page shows the rules the code applies."""
+"""Library docstrings and tables as Markdown, so the About page shows the rules the code applies."""
 
 from __future__ import annotations
 
 import re
+
+from tinytl_core.layer_kinds import ACTIVATIONS, KIND_NEEDS, MASKED, Needs
 
 _ROLE = re.compile(r":(?:mod|func|class|data|meth|attr):`~?([^`]+)`")
 _UNDERLINE = re.compile(r"^([=\-~^])\1{2,}\s*$")
@@ -25,3 +27,22 @@ def docstring_markdown(doc: str | None, heading: str = "#####") -> str:
         line = _ROLE.sub(lambda m: f"`{m.group(1).rsplit('.', 1)[-1]}`", line)
         out.append(line[:-1] if line.endswith("::") else line)  # reST "Usage::" introduces a code block
     return "\n".join(out)
+
+
+_NEEDS_TEXT = {Needs.MASK: "1-bit mask", Needs.NOTHING: "nothing"}
+
+
+def layer_kinds_markdown() -> str:
+    """The layer-kinds table (:mod:`tinytl_core.layer_kinds`) as Markdown: each kind and what its backward
+    needs, then each activation, its kind, what its gradient needs and whether the engine runs it itself."""
+    lines = ["| kind | backward needs |", "|---|---|"]
+    lines += [f"| {kind.value} | {needs} |" for kind, needs in KIND_NEEDS.items()]
+    lines += ["", "| activation | classes | kind | gradient needs | training engine |"]
+    lines += ["|---|---|---|---|---|"]
+    for entry in ACTIVATIONS.values():
+        classes = ", ".join(c.__name__ for c in entry.classes) or "by name: " + ", ".join(sorted(entry.names))
+        needs = _NEEDS_TEXT.get(entry.needs, f"its {entry.needs.value}")
+        engine = "1-bit mask" if entry.name in MASKED else "stock"
+        engine += " (fused after a frozen norm)" if entry.forward and entry.name != "identity" else ""
+        lines.append(f"| {entry.name} | {classes} | {entry.kind.value} | {needs} | {engine} |")
+    return "\n".join(lines)
