@@ -29,11 +29,9 @@ import timm
 import torch
 from tqdm.auto import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from tinytl_core.backbones import data_config  # noqa: E402
-from tinytl_core.memory import analyze  # noqa: E402
-from tinytl_core.paths import cache_dir  # noqa: E402
+from tinytl_core.backbones import data_config
+from tinytl_core.memory import analyze
+from tinytl_core.paths import cache_dir
 
 
 def select(names: list[str], *, limit: int | None, sample: int | None, seed: int) -> list[str]:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,11 +33,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from tinytl_core.engine import convert, engine_enabled  # noqa: E402
-from tinytl_core.memory import analyze, measure_stock_and_engine  # noqa: E402
-from tinytl_core.modes import MODES, prepare_model  # noqa: E402
+from tinytl_core.engine import convert, engine_enabled
+from tinytl_core.memory import analyze, measure_stock_and_engine
+from tinytl_core.modes import MODES, prepare_model
 
 BACKBONES: tuple[str, ...] = ("mobilenetv2_100", "mobilenetv3_large_100", "efficientnet_b0", "resnet50")
 QUICK_BACKBONES: tuple[str, ...] = ("mobilenetv2_100", "resnet18")

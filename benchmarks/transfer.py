@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +23,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from tinytl_core.adapt import AdaptConfig, adapt  # noqa: E402
-from tinytl_core.backbones import DEMO_BACKBONE, LOCAL_BACKBONES  # noqa: E402
-from tinytl_core.data import list_datasets, load_dataset  # noqa: E402
+from tinytl_core.adapt import AdaptConfig, adapt
+from tinytl_core.backbones import DEMO_BACKBONE, LOCAL_BACKBONES
+from tinytl_core.data import list_datasets, load_dataset
 
 MODES: tuple[str, ...] = ("last", "bias", "lite_residual+bias", "full")
 # Adam learning rate per mode, the same for both starting points: frozen-backbone modes take a larger

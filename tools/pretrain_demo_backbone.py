@@ -35,10 +35,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from tinytl_core.backbones import LOCAL_BACKBONES, WEIGHTS_DIR, create_backbone, data_config  # noqa: E402
-from tinytl_core.data.source_task import (  # noqa: E402
+from tinytl_core.backbones import LOCAL_BACKBONES, WEIGHTS_DIR, create_backbone, data_config
+from tinytl_core.data.source_task import (
     SOURCE_BACKGROUNDS,
     SOURCE_CLASS_NAMES,
     SOURCE_CLASSES,
