@@ -4,6 +4,7 @@ gets an error and the app stays usable, and a tiny adaptation started on Adapt l
 from __future__ import annotations
 
 import io
+import threading
 import zipfile
 from pathlib import Path
 
@@ -12,8 +13,9 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from tinytl_core.adapt import AdaptConfig, AdaptResult
+from tinytl_core.adapt import AdaptConfig, AdaptResult, StepEvent, adapt
 from tinytl_core.results import ResultsStore
+from tinytl_core.ui import jobs
 from tinytl_core.ui.jobs import JOBS, TrainingJob
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
@@ -24,6 +26,10 @@ TINY = {"backbone": "mobilenetv2_050", "resolution": 32, "batch_size": 2, "pretr
 @pytest.fixture
 def app(tinytl_home):
     """An AppTest of the whole app with a tiny configuration in the sidebar and its own data folder."""
+    leftover = JOBS.job
+    if leftover is not None and leftover.running:  # the slot is process-wide: free it of earlier tests' jobs
+        leftover.cancel()
+        assert leftover.wait(60)
     at = AppTest.from_file(APP, default_timeout=180)
     for key, value in TINY.items():
         at.session_state[key] = value
@@ -123,7 +129,25 @@ def test_adapt_checks_uploads(app):
     assert not app.error and any("2 classes" in s.value for s in app.success)
 
 
-def test_tiny_adaptation_appears_on_compare_runs(app):
+def test_tiny_adaptation_appears_on_compare_runs(app, monkeypatch):
+    first_step, release = threading.Event(), threading.Event()
+
+    def held(config, *, progress, cancel, store):  # the real adapt(), held after its first step
+        def on_event(event):
+            progress(event)
+            if isinstance(event, StepEvent) and event.step == 1:
+                first_step.set()
+                while not (release.is_set() or cancel.is_set()):
+                    release.wait(0.05)
+
+        return adapt(config, progress=on_event, cancel=cancel, store=store)
+
+    class HeldJob(TrainingJob):  # the job the page submits, trained by `held`
+        def __init__(self, configs, **kwargs):
+            super().__init__(configs, runner=held, **kwargs)
+
+    monkeypatch.setattr(jobs, "TrainingJob", HeldJob)
+    before = JOBS.job
     app.run()
     visit(app, "adapt")
     app.selectbox(key="ad_dataset").set_value("digits")
@@ -134,12 +158,19 @@ def test_tiny_adaptation_appears_on_compare_runs(app):
     app.toggle(key="ad_measure").set_value(False)
     app.button(key="ad_start").click().run()
     assert not app.exception and not app.error
-    assert JOBS.busy() or JOBS.job.snapshot().modes[0].ended
-
-
-    if JOBS.busy():  # the live panel: progress bar and Stop button while it trains
-        assert app.get("progress") and app.button(key=f"stop_{JOBS.job.job_id}")
-    assert JOBS.job.wait(150), "the tiny run did not finish in time"
+    job = JOBS.job
+    assert isinstance(job, HeldJob) and job is not before, "the page did not start this test's job"
+    assert job.owner == app.session_state["session_id"]
+    assert job.running  # held at its first step until released below
+    # The live panel: this session's training, a progress bar and the job's Stop button.
+    training = [s.value for s in app.subheader if s.value.startswith("Training")]
+    assert training == ["Training mobilenetv2_050 on Digits (scikit-learn)"]  # not "started in another tab"
+    assert app.get("progress") and app.button(key=f"stop_{job.job_id}")
+    assert first_step.wait(120), "the run did not reach its first step"
+    app.run()
+    assert "step 1 of 3" in app.get("progress")[0].proto.text  # the panel follows the run
+    release.set()
+    assert job.wait(150), "the tiny run did not finish in time"
     app.run()
     result = app.dataframe[0].value
     assert list(result["status"]) == ["finished"], result.to_dict("records")
