@@ -19,6 +19,7 @@ import torch.nn as nn
 from tinytl_core.engine.layers import (
     ENGINE_CLASSES,
     EngineModule,
+    FrozenNorm,
     MaskedActivation,
     stock_class,
 )
@@ -101,34 +102,52 @@ def convert(model: nn.Module, *, input_size: tuple[int, int, int] | None = None)
         raise ValueError(f"convert expects a torch.nn.Module, got {type(model).__name__}")
     for module in model.modules():
         _swap(module, lambda m: ENGINE_CLASSES.get(type(m)))
-        if isinstance(module, MaskedActivation):
-            module.keep_output = False  # a finding of an earlier conversion may not hold any more
+        for flag in _TRACED_FLAGS:  # a finding of an earlier conversion may not hold any more
+            module.__dict__.pop(flag, None)
     if input_size is not None:
-        _share_stored_outputs(model, input_size)
+        _apply_trace_findings(model, input_size)
     return describe(model)
 
 
-def _share_stored_outputs(model: nn.Module, input_size: tuple[int, int, int]) -> int:
-    """Set ``keep_output`` on masked activations all of whose calls' outputs are stored in full by other
-    layers (found by a meta-device trace of one training forward); returns how many."""
-    activations = [m for m in model.modules() if isinstance(m, MaskedActivation)]
-    if not activations:
-        return 0
+_TRACED_FLAGS = ("keep_output", "inplace_input")
+"""Per-module flags set from a trace of the model (reset by every conversion, restored by
+:func:`engine_enabled`)."""
+
+
+def _apply_trace_findings(model: nn.Module, input_size: tuple[int, int, int]) -> None:
+    """Trace one training forward on ``meta`` (nothing allocated) and set, where every call allows it:
+
+    - ``keep_output`` on masked activations whose output another layer stores in full anyway (the mask
+      is then read off that tensor: 0 extra bytes);
+    - ``inplace_input`` on frozen-statistics norms whose input no one reads afterwards (a conv output used
+      only by the norm): the norm overwrites it, so input and output are never alive together.
+    """
+    modules = [m for m in model.modules() if isinstance(m, (MaskedActivation, FrozenNorm))]
+    if not modules:
+        return
     try:
         trace = trace_model(model, tuple(input_size), 2, allow_real=False)  # 2: BatchNorm needs > 1 value
-    except ValueError as exc:  # cannot run on meta: masks everywhere are exact, just not always minimal
+    except ValueError as exc:  # cannot run on meta: masks everywhere, norms out of place: exact, not minimal
         warnings.warn(f"engine: could not trace the model to share stored outputs ({exc}); "
                       "ReLU-like layers keep 1-bit masks", stacklevel=3)
-        return 0
+        return
     stored = {(s.key, s.version) for s in trace.records}  # every (layer, tensor) stored
-    verdict: dict[int, bool] = {}
+    produced = {t.key for row in trace.rows for t in row.outputs}  # the model's input is not among them
+    verdict: dict[int, dict[str, bool]] = {}
     for row in trace.rows:
-        if isinstance(row.module, MaskedActivation) and row.outputs:
-            out = row.outputs[0]
-            verdict[id(row.module)] = verdict.get(id(row.module), True) and (out.key, out.version) in stored
-    for module in activations:
-        module.keep_output = verdict.get(id(module), False)
-    return sum(module.keep_output for module in activations)
+        if not row.inputs or not row.outputs:
+            continue
+        found = verdict.setdefault(id(row.module), {"keep_output": True, "inplace_input": True})
+        out, x = row.outputs[0], row.inputs[0]
+        found["keep_output"] &= (out.key, out.version) in stored
+        found["inplace_input"] &= (
+            x.key in produced and trace.last_use.get(x.key, -1) <= row.end
+            and (x.key, x.version) not in stored
+        )
+    for module in modules:
+        flag = "keep_output" if isinstance(module, MaskedActivation) else "inplace_input"
+        if verdict.get(id(module), {}).get(flag, False):
+            setattr(module, flag, True)
 
 
 def _swap(module: nn.Module, target: Callable[[nn.Module], type[nn.Module] | None]) -> bool:
@@ -170,7 +189,10 @@ def engine_enabled(
     """Run a block with ``model`` converted (``enabled=True``; ``input_size`` as in :func:`convert`) or
     stock (``False``), then restore every layer's previous class and output-sharing flag."""
     before = {module: type(module) for module in model.modules()}
-    flags = {module: module.__dict__["keep_output"] for module in before if "keep_output" in module.__dict__}
+    flags = {
+        (module, flag): module.__dict__[flag] for module in before for flag in _TRACED_FLAGS
+        if flag in module.__dict__
+    }
     try:
         if enabled:
             yield convert(model, input_size=input_size)
@@ -180,7 +202,8 @@ def engine_enabled(
     finally:
         for module, cls in before.items():
             module.__class__ = cls
-            if module in flags:
-                module.keep_output = flags[module]
-            else:
-                module.__dict__.pop("keep_output", None)
+            for flag in _TRACED_FLAGS:
+                if (module, flag) in flags:
+                    setattr(module, flag, flags[module, flag])
+                else:
+                    module.__dict__.pop(flag, None)

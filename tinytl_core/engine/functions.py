@@ -11,7 +11,8 @@ What each function stores for backward:
 function                      stored
 ============================  ==========================================================================
 :class:`FrozenConv2dFn`        the weight (a parameter, not an activation) when the input needs a gradient
-:class:`FrozenNormFn`          nothing, or the input when the scale trains (its gradient needs x-hat)
+:class:`FrozenNormFn`          nothing, or the input when the scale trains (its gradient needs x-hat);
+                               in place over its input when no one reads that input afterwards
 :class:`FrozenNormActFn`       the norm input only (trainable scale); the activation is recomputed
 :class:`MaskedActivationFn`    a 1-bit packed mask (ReLU, ReLU6, Hardtanh, LeakyReLU, Hardsigmoid)
 :class:`BitDropoutFn`          a 1-bit packed keep mask
@@ -77,10 +78,18 @@ class FrozenConv2dFn(Function):
         stride, padding, dilation, groups = ctx.conv_args
         grad_x = grad_bias = None
         if ctx.needs_input_grad[0]:
-            grad_x = torch.ops.aten.convolution_backward(
-                grad_out, _placeholder(grad_out, ctx.input_shape), weight, None, stride, padding, dilation,
-                False, [0, 0], groups, (True, False, False),
-            )[0]
+            # The input gradient is the transposed convolution of the output gradient. Computed directly:
+            # aten.convolution_backward materialises its (unused) input for depthwise kernels on the CPU,
+            # an extra input-sized buffer at the step's peak.
+            out_hw, in_hw = grad_out.shape[-2:], ctx.input_shape[-2:]
+            kernel = weight.shape[-2:]
+            output_padding = tuple(
+                i - ((o - 1) * s - 2 * p + d * (k - 1) + 1)
+                for i, o, s, p, d, k in zip(in_hw, out_hw, stride, padding, dilation, kernel)
+            )
+            grad_x = F.conv_transpose2d(
+                grad_out, weight, None, stride, padding, output_padding, groups, dilation
+            )
         if ctx.needs_input_grad[2]:
             grad_bias = grad_out.sum((0, 2, 3))
         return grad_x, None, grad_bias, None, None, None, None
@@ -169,7 +178,7 @@ class FrozenNormFn(Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, mean, var, eps):  # type: ignore[override]
+    def forward(ctx, x, weight, bias, mean, var, eps, inplace=False):  # type: ignore[override]
         need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         ctx.eps = float(eps)
         ctx.save_for_backward(
@@ -178,12 +187,22 @@ class FrozenNormFn(Function):
             mean if need_w else None,
             var if (need_x or need_w) else None,
         )
+        if inplace and not need_w:
+            # Nobody reads the input after this layer (found by convert's trace) and backward does not
+            # need it: normalise over it, the same CPU/CUDA kernel writing its output into x (identical
+            # values), so the step never holds input and output at once.
+            ctx.mark_dirty(x)
+            empty = x.new_empty(0)
+            torch.ops.aten.native_batch_norm.out(
+                x, weight, bias, mean, var, False, 0.0, eps, out=x, save_mean=empty, save_invstd=empty
+            )
+            return x
         return F.batch_norm(x, mean, var, weight, bias, False, 0.0, eps)
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
         x, weight, mean, var = ctx.saved_tensors
-        return (*_norm_backward(ctx, grad_out, x, weight, mean, var, ctx.eps), None, None, None)
+        return (*_norm_backward(ctx, grad_out, x, weight, mean, var, ctx.eps), None, None, None, None)
 
 
 class FrozenNormActFn(Function):

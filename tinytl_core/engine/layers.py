@@ -47,6 +47,7 @@ __all__ = [
     "EngineHardtanh",
     "EngineLeakyReLU",
     "EngineModule",
+    "FrozenNorm",
     "MaskedActivation",
     "EngineMaxPool2d",
     "EngineReLU",
@@ -206,10 +207,18 @@ def _norm_rule(norm: nn.modules.batchnorm._BatchNorm) -> str:
         return "input (batch statistics: stock)"
     if _trains(norm.weight):
         return "input (frozen statistics, trainable scale: its gradient needs x-hat)"
-    return "nothing (frozen statistics)"
+    return "nothing (frozen statistics" + ("; in place over its input)" if norm.inplace_input else ")")
 
 
-class EngineBatchNorm2d(EngineModule, nn.BatchNorm2d):
+class FrozenNorm(EngineModule):
+    """Base of the engine norms. ``inplace_input`` is set by ``convert(model, input_size=...)`` when no one
+    reads a call's input after it (and it is not the model's input): with frozen statistics and a frozen
+    scale the norm then writes its output over its input."""
+
+    inplace_input = False
+
+
+class EngineBatchNorm2d(FrozenNorm, nn.BatchNorm2d):
     """BatchNorm2d that, with frozen statistics, is a per-channel scale and shift storing nothing (or its
     input when the scale trains). With batch statistics it runs stock."""
 
@@ -219,13 +228,15 @@ class EngineBatchNorm2d(EngineModule, nn.BatchNorm2d):
         if _uses_batch_statistics(self) or not torch.is_grad_enabled():
             return super().forward(x)
         self._check_input_dim(x)
-        return FrozenNormFn.apply(x, self.weight, self.bias, self.running_mean, self.running_var, self.eps)
+        return FrozenNormFn.apply(
+            x, self.weight, self.bias, self.running_mean, self.running_var, self.eps, self.inplace_input
+        )
 
     def engine_rule(self) -> str:
         return _norm_rule(self)
 
 
-class EngineBatchNormAct2d(EngineModule, BatchNormAct2d):
+class EngineBatchNormAct2d(FrozenNorm, BatchNormAct2d):
     """timm's BatchNorm + drop + activation with the rules of :class:`EngineBatchNorm2d`; its ``act`` is
     converted on its own (e.g. ReLU6 -> 1-bit mask).
 
@@ -248,7 +259,7 @@ class EngineBatchNormAct2d(EngineModule, BatchNormAct2d):
         fused = self._fused_kind()
         if fused is not None:
             return FrozenNormActFn.apply(x, self.weight, self.bias, *stats, *fused)
-        x = FrozenNormFn.apply(x, self.weight, self.bias, *stats)
+        x = FrozenNormFn.apply(x, self.weight, self.bias, *stats, self.inplace_input)
         return self.act(self.drop(x))
 
     def engine_rule(self) -> str:

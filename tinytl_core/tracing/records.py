@@ -124,6 +124,7 @@ class Trace:
     buffer_bytes: int
     output_shape: tuple[int, ...] | None
     records: list[SavedTensor] = field(default_factory=list)  # every (row, stored tensor) pair
+    last_use: dict[int, int] = field(default_factory=dict)  # storage key -> event of its last forward use
 
     @property
     def saved_bytes(self) -> int:

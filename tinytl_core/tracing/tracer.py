@@ -202,7 +202,8 @@ def run_traced(
     if uses is not None:
         _set_pending(calls, uses.last_use)
     buffer_bytes = sum(b.numel() * b.element_size() for b in model.buffers())
-    return Trace(rows, saved, weight_saves, all_params, buffer_bytes, output_shape, records)
+    last_use = dict(uses.last_use) if uses is not None else {}
+    return Trace(rows, saved, weight_saves, all_params, buffer_bytes, output_shape, records, last_use)
 
 
 def _select_rows(
