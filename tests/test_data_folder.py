@@ -88,7 +88,7 @@ def test_zip_with_wrapper_folder_loads(tinytl_home, tmp_path):
     assert splits.classes == ["a", "b"] and splits.skipped == 1 and splits.name == "upload"
     again = load_dataset(archive)  # same archive: the extraction is reused, not repeated
     assert again.train.source.paths == splits.train.source.paths
-    assert len(list((tinytl_home / "uploads").iterdir())) == 1
+    assert len([p for p in (tinytl_home / "uploads").iterdir() if p.is_dir()]) == 1
     # An upload's bytes (what a file uploader gives) land in the same place.
     assert extract_archive_cached(archive.read_bytes()) == splits.train.source.paths[0].parents[2]
 
@@ -133,3 +133,237 @@ def test_safe_archive_extracts_into_a_fresh_folder(tmp_path):
     assert first != second and first.parent == second.parent == tmp_path.resolve()
     assert listing(first) == ["a", "a/1.png", "b", "b/2.png"]
     assert np.asarray(Image.open(first / "b" / "2.png"))[0, 0].tolist() == [2, 2, 2]
+
+
+# --------------------------------------------------------------------- archive names: one error family
+def _raw_zip(entries, *, flag_utf8_garbage=False, encrypted=False) -> bytes:
+    """A zip whose bytes are patched afterwards: an invalid UTF-8 name, or the 'encrypted' flag."""
+    data = make_zip(entries)
+    if flag_utf8_garbage:  # the name "\u4e00" is stored as UTF-8 (flag 0x800); make its bytes invalid
+        data = data.replace("\u4e00".encode(), b"\xff\xfe\xfd")
+    if encrypted:
+        at = data.index(b"PK\x01\x02")
+        data = data[:at + 8] + bytes([data[at + 8] | 1]) + data[at + 9:]
+    return data
+
+
+BAD_NAMES = [
+    ({"a/" + "x" * 300 + ".png": b"x", "b/1.png": b"x"}, r"\(306 characters\) has a name of 304 bytes; the"
+                                                         " limit is 255"),
+    ({"a/" + "é" * 130 + ".png": b"x", "b/1.png": b"x"}, "name of 264 bytes"),
+    ({"/".join(["d" * 200] * 6) + "/1.png": b"x"}, "path of 1211 bytes; the limit is 1024"),
+    ({"/".join("d" * 40) + "/1.png": b"x"}, "nested 40 folders deep; the limit is 32"),
+    ({"a/bell\x07.png": b"x", "b/1.png": b"x"}, "control characters"),
+    ({"a/ /1.png": b"x", "b/1.png": b"x"}, "blank file or folder name"),
+    ({"./": b"", "b/1.png": b"x"}, "empty name"),
+    ({"Cats/1.png": b"x", "cats/1.png": b"y"}, "differ only in letter case"),
+    ({"a/caf\u00e9.png": b"x", "a/cafe\u0301.png": b"y"}, "differ only in letter case .or Unicode form"),
+    ({"a/1.png": b"x", "a\\1.png": b"y"}, "the file 'a/1.png' twice"),
+    ({"a": b"x", "a/1.png": b"y"}, "both as a file and as a folder"),
+    ({"a/1.png/": b"", "a/1.png": b"y"}, "both as a file and as a folder"),
+    ({"a/": b"", "b/": b"", "b/c/": b""}, "holds no files"),
+    ({"C:evil.png": b"x"}, "absolute path"),
+    ({"\\\\server\\share\\x.png": b"x"}, "absolute path"),
+]
+
+
+@pytest.mark.parametrize(("entries", "message"), BAD_NAMES)
+def test_archive_names_give_one_clear_error_and_write_nothing(tmp_path, entries, message):
+    import warnings
+
+    from tinytl_core.data import DatasetError
+
+    target = tmp_path / "uploads"
+    target.mkdir()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns about the duplicate names we write on purpose
+        data = make_zip(entries)
+    with pytest.raises(DatasetError, match=message):
+        extract_archive(io.BytesIO(data), target)
+    assert listing(target) == []
+
+
+def test_odd_archives_are_clear_errors(tmp_path):
+    from tinytl_core.data import BadArchiveError, DatasetError
+    from tinytl_core.data import archive as archive_mod
+
+    target = tmp_path / "uploads"
+    with pytest.raises(BadArchiveError, match="damaged .zip archive"):  # UnicodeDecodeError before
+        extract_archive(io.BytesIO(_raw_zip({"a/\u4e00.png": b"x"}, flag_utf8_garbage=True)), target)
+    with pytest.raises(UnsafeArchiveError, match="encrypted"):
+        extract_archive(io.BytesIO(_raw_zip({"a/1.png": b"x"}, encrypted=True)), target)
+    good = make_zip({"a/1.png": _png((1, 2, 3)), "b/1.png": _png((3, 2, 1))})
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:  # stored, not compressed: the data can be found and damaged
+        zf.writestr("a/1.png", _png((1, 2, 3)))
+        zf.writestr("b/1.png", _png((3, 2, 1)))
+    crc = bytearray(buf.getvalue())
+    at = crc.index(b"IHDR")  # one flipped byte inside the first file's data: bad CRC
+    crc[at] ^= 0xFF
+    with pytest.raises(BadArchiveError, match="damaged .zip archive: entry 'a/1.png'"):
+        extract_archive(io.BytesIO(bytes(crc)), target)
+    with pytest.raises(DatasetError, match="not a valid .zip"):
+        extract_archive(io.BytesIO(good[: len(good) // 2]), target)
+    original = archive_mod._SUPPORTED_COMPRESSION
+    try:
+        archive_mod._SUPPORTED_COMPRESSION = {zipfile.ZIP_STORED}
+        with pytest.raises(BadArchiveError, match="compression method 8"):
+            extract_archive(io.BytesIO(good), target)
+    finally:
+        archive_mod._SUPPORTED_COMPRESSION = original
+    assert listing(target) == []
+    # Non-ASCII names a zip tool stored in the old code page come out as text, not an error.
+    cp437 = make_zip({"caf\u00e9/1.png": _png((1, 1, 1)), "b/1.png": _png((2, 2, 2))})
+    assert listing(extract_archive(io.BytesIO(cp437), target))[0] == "b"
+
+
+def test_windows_name_rules(tmp_path):
+    from tinytl_core.data.archive import _safe_member_path
+
+    for name in ("a/CON.png", "a/b?.png", "a/x./1.png", "a/pipe|.png", "nul/1.png"):
+        with pytest.raises(UnsafeArchiveError, match="cannot hold"):
+            _safe_member_path(name, windows=True)
+        _safe_member_path(name, windows=False)  # fine on Linux and macOS
+    assert str(_safe_member_path("a\\.\\b//c.png", windows=True)) == "a/b/c.png"
+
+
+def test_long_names_are_a_one_line_cli_error_not_a_traceback(tinytl_home, tmp_path, capsys):
+    from tinytl_core.cli import main
+    from tinytl_core.data import DatasetError
+
+    archive = tmp_path / "long.zip"
+    archive.write_bytes(make_zip({"a/" + "x" * 300 + ".png": _png((1, 1, 1)), "b/1.png": _png((2, 2, 2))}))
+    assert main(["datasets", "info", str(archive)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: archive entry") and "limit is 255" in err and "Traceback" not in err
+    assert [p for p in (tinytl_home / "uploads").iterdir() if p.is_dir()] == []
+    with pytest.raises(DatasetError, match="300 characters.*File name too long"):  # OSError before
+        load_dataset("y" * 300)
+    with pytest.raises(DatasetError, match="no such image folder"):
+        load_dataset("pics/a\0b")
+
+
+# ---------------------------------------------------------------------------------------- image modes
+def _image(mode, values, size=None):
+    """An image of ``mode`` from a flat list of pixel values (one row)."""
+    im = Image.new(mode, size or (len(values), 1))
+    im.putdata(values)
+    return im
+
+
+def _rgb(im):
+    from tinytl_core.data import to_rgb
+
+    out = to_rgb(im)
+    assert out.mode == "RGB"
+    return np.asarray(out).reshape(-1, 3).tolist()
+
+
+def test_every_mode_converts_to_the_right_rgb():
+    grey = lambda *v: [[x, x, x] for x in v]  # noqa: E731
+    assert _rgb(_image("1", [0, 1, 0, 255])) == grey(0, 255, 0, 255)
+    assert _rgb(_image("L", [0, 7, 128, 255])) == grey(0, 7, 128, 255)
+    assert _rgb(_image("RGB", [(1, 2, 3)])) == [[1, 2, 3]]
+    assert _rgb(_image("RGBX", [(1, 2, 3, 0)])) == [[1, 2, 3]]
+    # transparency: composited over white, not dropped onto black
+    assert _rgb(_image("RGBA", [(255, 0, 0, 0), (255, 0, 0, 255), (0, 0, 0, 128)])) == [
+        [255, 255, 255], [255, 0, 0], [127, 127, 127]]
+    assert _rgb(_image("LA", [(100, 0), (100, 255)])) == grey(255, 100)
+    assert _rgb(_image("La", [(0, 0), (100, 255)])) == grey(255, 100)
+    assert _rgb(_image("RGBa", [(0, 0, 0, 0), (10, 20, 30, 255)])) == [[255, 255, 255], [10, 20, 30]]
+    pal = _image("P", [0, 1])
+    pal.putpalette([255, 0, 0, 0, 255, 0])
+    assert _rgb(pal) == [[255, 0, 0], [0, 255, 0]]
+    pal.info["transparency"] = 1
+    assert _rgb(pal) == [[255, 0, 0], [255, 255, 255]]
+    pa = Image.new("PA", (2, 1))
+    pa.putpalette([0, 0, 255] * 2)
+    pa.putdata([(0, 255), (0, 0)])
+    assert _rgb(pa) == [[0, 0, 255], [255, 255, 255]]
+    l_trns = _image("L", [0, 50])
+    l_trns.info["transparency"] = 0
+    assert _rgb(l_trns) == grey(255, 50)
+    # colour spaces
+    assert _rgb(_image("CMYK", [(0, 0, 0, 0), (0, 255, 0, 128), (255, 255, 255, 255)])) == [
+        [255, 255, 255], [127, 0, 127], [0, 0, 0]]
+    ycc = np.asarray(_image("RGB", [(255, 0, 0), (128, 128, 128)]).convert("YCbCr")).reshape(-1, 3)
+    assert np.allclose(_rgb(_image("YCbCr", [tuple(p) for p in ycc.tolist()])), [[255, 0, 0], [128] * 3],
+                       atol=3)
+    assert np.allclose(_rgb(_image("HSV", [(0, 255, 255), (85, 255, 255), (0, 0, 200)])),
+                       [[255, 0, 0], [0, 255, 0], [200, 200, 200]], atol=2)
+    lab = _rgb(_image("LAB", [(255, 128, 128), (0, 128, 128), (138, 209, 198)]))
+    assert np.allclose(lab, [[255, 255, 255], [0, 0, 0], [255, 0, 0]], atol=6)
+    # high bit depth: scaled by bit depth or range, never clipped
+    ramp16 = [0, 257, 32896, 65535]
+    for mode in ("I;16", "I;16B", "I;16L"):
+        assert _rgb(_image(mode, ramp16)) == grey(0, 1, 128, 255)
+    assert _rgb(_image("I", [0, 100, 255])) == grey(0, 100, 255)  # 8-bit values in a 32-bit image
+    assert _rgb(_image("I", ramp16)) == grey(0, 1, 128, 255)  # 16-bit values (TIFF, older Pillow)
+    assert _rgb(_image("I", [-1000, 0, 1000])) == grey(0, 128, 255)  # anything else: its real range
+    assert _rgb(_image("F", [0.0, 0.5, 1.0])) == grey(0, 128, 255)
+    assert _rgb(_image("F", [0.0, 100.0, 255.0])) == grey(0, 100, 255)
+    assert _rgb(_image("F", [-1.0, 0.0, 3.0])) == grey(0, 64, 255)
+    assert _rgb(_image("F", [float("nan"), 0.5, 1.0])) == grey(0, 128, 255)
+    assert _rgb(_image("F", [7.5, 7.5])) == grey(8, 8)
+
+
+def _save(im, path, **kw):
+    im.save(path, **kw)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("mode", "fmt", "values", "expected"),
+    [
+        ("I;16", "png", [0, 4112, 32896, 65535], [0, 16, 128, 255]),  # the 99.6 % white bug
+        ("I;16B", "tiff", [0, 4112, 32896, 65535], [0, 16, 128, 255]),
+        ("I", "tiff", [0, 4112, 32896, 65535], [0, 16, 128, 255]),
+        ("F", "tiff", [0.0, 0.25, 0.5, 1.0], [0, 64, 128, 255]),
+        ("LA", "png", [(10, 255), (10, 0), (200, 255), (200, 0)], [10, 255, 200, 255]),
+        ("CMYK", "tiff", [(0, 0, 0, 0), (0, 0, 0, 255), (0, 0, 0, 128), (0, 0, 0, 64)], [255, 0, 127, 191]),
+    ],
+)
+def test_image_files_of_every_depth_load_as_the_right_rgb(tmp_path, mode, fmt, values, expected):
+    root = make_folder(tmp_path / "pics", per_class=2, extra=False)
+    path = _save(_image(mode, values), root / "red" / f"odd.{fmt}")
+    splits = load_dataset(root, val_fraction=0.5)
+    source = splits.train.source
+    assert splits.skipped == 0 and path in source.paths
+    pixels = np.asarray(source.image(source.paths.index(path)))
+    assert pixels.shape == (1, 4, 3) and pixels[0, :, 0].tolist() == expected
+    assert (pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 1] == pixels[..., 2]).all()
+
+
+def test_palette_png_with_transparency_and_exif_rotation(tmp_path):
+    from tinytl_core.data.images import open_rgb
+
+    pal = _image("P", [0, 1, 1, 0])
+    pal.putpalette([0, 0, 0, 9, 9, 9])
+    path = _save(pal, tmp_path / "t.png", transparency=1)
+    assert np.asarray(open_rgb(path))[0, :, 0].tolist() == [0, 255, 255, 0]
+    tall = Image.new("RGB", (2, 3), (5, 5, 5))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees to view
+    path = _save(tall, tmp_path / "r.jpg", exif=exif)
+    assert open_rgb(path).size == (3, 2)
+
+
+def test_unconvertible_images_are_skipped_and_counted_with_their_reason(tmp_path, monkeypatch):
+    from tinytl_core.data import images
+
+    root = make_folder(tmp_path / "pics", per_class=3)
+    _save(_image("LAB", [(50, 128, 128)] * 4), root / "red" / "lab.tif")
+    monkeypatch.setattr(images, "SUPPORTED_MODES", images.SUPPORTED_MODES - {"LAB"})
+    (root / "loose.txt").write_text("not in a class")
+    splits = load_dataset(root)
+    assert splits.skipped == 4
+    assert splits.skipped_reasons == {"damaged or truncated image": 1, "not an image": 1,
+                                      "unsupported image mode LAB": 1, "not in a class folder": 1}
+    assert "4 file(s) skipped (1 damaged or truncated image, 1 not an image, 1 not in a class folder, " \
+           "1 unsupported image mode LAB)" in splits.summary()
+    (root / "blue" / "notes.txt").unlink()
+    for p in (root / "blue").glob("*.png"):
+        p.unlink()
+    (root / "blue" / "x.tif").write_bytes((root / "red" / "lab.tif").read_bytes())
+    with pytest.raises(ValueError, match=r"without any usable image in pics: blue \(skipped: 2 unsupported"):
+        load_dataset(root)

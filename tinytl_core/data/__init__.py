@@ -4,13 +4,25 @@
 - :mod:`~tinytl_core.data.builtin` -- the offline sample sets (shapes, textures, digits), cached;
 - :mod:`~tinytl_core.data.torchvision_sets` -- the paper's datasets via torchvision;
 - :mod:`~tinytl_core.data.folder` / :mod:`~tinytl_core.data.archive` -- user folders and untrusted .zip files;
+- :mod:`~tinytl_core.data.images` -- any image mode to the right RGB (16-bit scaled, transparency flattened);
+- :mod:`~tinytl_core.data.uploads` -- uploaded archives: their names, the uploads quota, eviction;
+- :mod:`~tinytl_core.data.errors` -- :class:`DatasetError`, the one exception family of this layer;
 - :mod:`~tinytl_core.data.dataset` -- sources, splits and the :class:`DatasetSplits` bundle;
 - :mod:`~tinytl_core.data.transforms` -- transforms from a backbone's data config;
 - :mod:`~tinytl_core.data.registry` -- :func:`list_datasets` and :func:`load_dataset`.
 """
 
-from tinytl_core.data.archive import UnsafeArchiveError, extract_archive
+from tinytl_core.data.archive import extract_archive
 from tinytl_core.data.dataset import DatasetSplits, ImageSplit
+from tinytl_core.data.errors import (
+    BadArchiveError,
+    DatasetError,
+    DatasetNotFoundError,
+    ImageFolderError,
+    UnsafeArchiveError,
+    UploadQuotaError,
+)
+from tinytl_core.data.images import to_rgb
 from tinytl_core.data.registry import (
     DatasetInfo,
     dataset_info,
@@ -20,10 +32,19 @@ from tinytl_core.data.registry import (
 )
 from tinytl_core.data.torchvision_sets import DatasetUnavailable
 from tinytl_core.data.transforms import attach_transforms, build_transform
+from tinytl_core.data.uploads import (
+    UploadsUsage,
+    dataset_display_name,
+    discard_upload,
+    kept_uploads,
+    save_archive,
+    upload_quota_bytes,
+)
 
 __all__ = [
-    "DatasetInfo", "DatasetSplits", "DatasetUnavailable", "ImageSplit", "UnsafeArchiveError",
-    "attach_transforms", "build_transform", "dataset_info", "extract_archive", "extract_archive_cached",
-    "list_datasets",
-    "load_dataset",
+    "BadArchiveError", "DatasetError", "DatasetInfo", "DatasetNotFoundError", "DatasetSplits",
+    "DatasetUnavailable", "ImageFolderError", "ImageSplit", "UnsafeArchiveError", "UploadQuotaError",
+    "UploadsUsage", "attach_transforms", "build_transform", "dataset_display_name", "dataset_info",
+    "discard_upload", "extract_archive", "extract_archive_cached", "kept_uploads", "list_datasets",
+    "load_dataset", "save_archive", "to_rgb", "upload_quota_bytes",
 ]

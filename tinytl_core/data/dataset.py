@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from tinytl_core.data.images import open_rgb, to_rgb
+
 Transform = Callable[[Image.Image], Any]
 
 
@@ -51,19 +53,24 @@ class ArraySource:
 
 
 class FileSource:
-    """Image files on disk, decoded and converted to RGB on access (user folders and archives)."""
+    """Image files on disk, decoded and converted to RGB on access (user folders and archives).
+
+    Every image mode is converted by :func:`tinytl_core.data.images.to_rgb` (16-bit scaled, not clipped;
+    transparency composited). ``lease`` keeps an extracted upload from being evicted while this source is
+    alive (see :mod:`tinytl_core.data.uploads`).
+    """
 
     def __init__(self, paths: Sequence[Path], labels: Sequence[int], classes: Sequence[str]):
         if len(paths) != len(labels):
             raise ValueError(f"{len(paths)} paths but {len(labels)} labels")
         self.paths, self.labels, self.classes = list(paths), np.asarray(labels, dtype=np.int64), list(classes)
+        self.lease: Any = None
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def image(self, index: int) -> Image.Image:
-        with Image.open(self.paths[index]) as im:
-            return im.convert("RGB")
+        return open_rgb(self.paths[index])
 
 
 class TorchvisionSource:
@@ -79,7 +86,7 @@ class TorchvisionSource:
         img = self.dataset[index][0]
         if not isinstance(img, Image.Image):  # a few sets return arrays or tensors
             img = Image.fromarray(np.asarray(img))
-        return img.convert("RGB")
+        return to_rgb(img)
 
 
 class ImageSplit(torch.utils.data.Dataset):
@@ -113,8 +120,9 @@ class ImageSplit(torch.utils.data.Dataset):
 class DatasetSplits:
     """What every dataset loader returns: train and validation splits plus reading notes.
 
-    ``skipped`` counts files that could not be used (unreadable or not images); ``skipped_examples`` names
-    a few of them so a user can find the culprits. ``hflip`` says whether horizontal flips preserve the
+    ``skipped`` counts files that could not be used (unreadable, not images, unsupported image modes);
+    ``skipped_reasons`` counts them by reason and ``skipped_examples`` names a few of them so a user can
+    find the culprits. ``hflip`` says whether horizontal flips preserve the
     label (false for digits), ``center_crop`` whether objects are centred (false for the built-in sets,
     whose objects may sit near an edge).
     """
@@ -126,6 +134,7 @@ class DatasetSplits:
     description: str = ""
     skipped: int = 0
     skipped_examples: list[str] = field(default_factory=list)
+    skipped_reasons: dict[str, int] = field(default_factory=dict)
     hflip: bool = True
     center_crop: bool = True
 
@@ -138,11 +147,13 @@ class DatasetSplits:
         self.train.transform, self.val.transform = train, val
 
     def summary(self) -> str:
-        """One line: classes, images per split, skipped files."""
+        """One line: classes, images per split, skipped files and why."""
         text = (f"{self.name}: {self.num_classes} classes, {len(self.train)} train / {len(self.val)} "
                 f"validation images")
         if self.skipped:
-            text += f", {self.skipped} file(s) skipped (unreadable or not images)"
+            reasons = sorted(self.skipped_reasons.items(), key=lambda kv: (-kv[1], kv[0]))
+            why = ", ".join(f"{n} {reason}" for reason, n in reasons) or "unreadable or not images"
+            text += f", {self.skipped} file(s) skipped ({why})"
         return text
 
 

@@ -1,20 +1,24 @@
 """The user's own images: a folder with one sub-folder per class (also what an extracted .zip holds).
 
-Every file is opened and decoded once while scanning, so unreadable files and non-images are skipped up
-front and counted (the run then trains on the rest); images are converted to RGB when read.
+Every file is opened and decoded once while scanning, so unreadable files, non-images and image modes that
+cannot be converted are skipped up front and counted with their reason (the run then trains on the rest);
+images are converted to RGB when read (:mod:`tinytl_core.data.images`: 16-bit scaled, transparency
+composited). Every problem with the folder is an :class:`~tinytl_core.data.errors.ImageFolderError` (or
+``DatasetNotFoundError``), both :class:`~tinytl_core.data.errors.DatasetError`.
 """
 
 from __future__ import annotations
 
 import os
-import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image
 from tqdm.auto import tqdm
 
 from tinytl_core.data.dataset import DatasetSplits, FileSource, make_splits
+from tinytl_core.data.errors import DatasetNotFoundError, ImageFolderError
+from tinytl_core.data.images import image_problem
 
 _IGNORED_DIRS = {"__MACOSX"}
 
@@ -25,13 +29,22 @@ def _hidden(name: str) -> bool:
 
 @dataclass
 class FolderScan:
-    """What :func:`scan_image_folder` found: usable images per class and the skipped files."""
+    """What :func:`scan_image_folder` found: usable images per class and the skipped files with reasons."""
 
     root: Path
     classes: list[str]
     paths: list[Path] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # paths relative to root
+    reasons: dict[str, str] = field(default_factory=dict)  # skipped path -> why
+
+    def skip(self, rel: str, reason: str) -> None:
+        self.skipped.append(rel)
+        self.reasons[rel] = reason
+
+    def skipped_by_reason(self) -> dict[str, int]:
+        """How many files were skipped for each reason."""
+        return dict(Counter(self.reasons.values()))
 
     def counts(self) -> dict[str, int]:
         """Usable images per class."""
@@ -39,19 +52,6 @@ class FolderScan:
         for y in self.labels:
             out[self.classes[y]] += 1
         return out
-
-
-def _readable_image(path: Path) -> bool:
-    """True when PIL can fully decode ``path`` (catches truncated files and decompression bombs)."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                im.draft("RGB", (256, 256))  # JPEG: decode at reduced scale, still checks the stream
-                im.load()
-        return True
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombWarning, Image.DecompressionBombError):
-        return False
 
 
 def _effective_root(root: Path) -> Path:
@@ -66,26 +66,37 @@ def _effective_root(root: Path) -> Path:
             return root
 
 
-def scan_image_folder(root: str | Path, *, progress: bool = False) -> FolderScan:
+def scan_image_folder(root: str | Path, *, progress: bool = False, label: str | None = None) -> FolderScan:
     """Scan ``root/<class>/**/<image>``: sub-folders are classes (sorted), every readable image counts.
 
     Hidden files and folders (``.name``, ``__MACOSX``) are ignored; symbolic links are not followed;
-    other files that are not readable images, including files lying directly in ``root``, are skipped
-    and listed. Raises ``FileNotFoundError`` for a missing folder and ``ValueError`` when fewer than two
-    classes are found or a class has no usable image.
+    other files that are not usable images, including files lying directly in ``root``, are skipped
+    and listed with their reason. Raises :class:`~tinytl_core.data.errors.DatasetNotFoundError` (a
+    ``FileNotFoundError``) for a missing folder and :class:`~tinytl_core.data.errors.ImageFolderError` (a
+    ``ValueError``) when fewer than two classes are found, a class has no usable image, or the folder
+    cannot be read. Messages name the folder as ``label`` (default: its name).
     """
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise FileNotFoundError(f"image folder not found: {root}")
+        raise DatasetNotFoundError(f"image folder not found: {root}")
+    try:
+        return _scan(root, progress, label or root.name or str(root))
+    except OSError as exc:  # unreadable sub-folder, names the file system refuses, ...
+        raise ImageFolderError(f"cannot read the image folder {label or root.name}: {exc.strerror or exc}; "
+                               "check that its files are readable") from None
+
+
+def _scan(root: Path, progress: bool, shown: str) -> FolderScan:
     root = _effective_root(root)
     classes = sorted(e.name for e in os.scandir(root)
                      if e.is_dir(follow_symlinks=False) and not _hidden(e.name))
     scan = FolderScan(root=root, classes=classes)
-    scan.skipped += sorted(e.name for e in os.scandir(root) if e.is_file(follow_symlinks=False)
-                           and not _hidden(e.name))
+    for loose in sorted(e.name for e in os.scandir(root) if not e.is_dir(follow_symlinks=False)
+                        and not _hidden(e.name)):
+        scan.skip(loose, "not in a class folder")
     if len(classes) < 2:
-        raise ValueError(
-            f"found {len(classes)} class folder(s) in {root}; need at least 2 "
+        raise ImageFolderError(
+            f"found {len(classes)} class folder(s) in {shown}; need at least 2 "
             "(one sub-folder per class, each holding that class's images)")
     files: list[tuple[Path, int]] = []
     for label, name in enumerate(classes):
@@ -93,22 +104,30 @@ def scan_image_folder(root: str | Path, *, progress: bool = False) -> FolderScan
             dirnames[:] = sorted(d for d in dirnames if not _hidden(d))
             files += [(Path(dirpath) / f, label) for f in sorted(filenames) if not _hidden(f)]
     for path, label in tqdm(files, desc="checking images", unit="img", disable=not progress):
-        if not path.is_symlink() and _readable_image(path):
+        problem = "symbolic link" if path.is_symlink() else image_problem(path)
+        if problem is None:
             scan.paths.append(path)
             scan.labels.append(label)
         else:
-            scan.skipped.append(str(path.relative_to(root)))
+            scan.skip(str(path.relative_to(root)), problem)
     empty = [c for c, n in scan.counts().items() if n == 0]
     if empty:
-        raise ValueError(f"class folder(s) without any usable image in {root}: {', '.join(empty)}")
+        raise ImageFolderError(f"class folder(s) without any usable image in {shown}: {', '.join(empty)}"
+                               + (f" ({_why(scan)})" if scan.skipped else "")
+                               + "; add images (PNG, JPEG, ...) to each class folder")
     return scan
+
+
+def _why(scan: FolderScan) -> str:
+    reasons = sorted(scan.skipped_by_reason().items(), key=lambda kv: (-kv[1], kv[0]))
+    return "skipped: " + ", ".join(f"{n} {reason}" for reason, n in reasons)
 
 
 def load_image_folder(root: str | Path, *, val_fraction: float = 0.2, seed: int = 0, shots: int | None = None,
                       progress: bool = False, name: str | None = None) -> DatasetSplits:
     """Load a class-per-sub-folder image folder as train/validation splits (stratified, seeded)."""
-    scan = scan_image_folder(root, progress=progress)
+    scan = scan_image_folder(root, progress=progress, label=name)
     source = FileSource(scan.paths, scan.labels, scan.classes)
     return make_splits(name or scan.root.name, source, val_fraction=val_fraction, seed=seed, shots=shots,
-                       description=f"images from {scan.root}", skipped=len(scan.skipped),
-                       skipped_examples=scan.skipped[:10])
+                       description=f"images from {name or scan.root}", skipped=len(scan.skipped),
+                       skipped_examples=scan.skipped[:10], skipped_reasons=scan.skipped_by_reason())

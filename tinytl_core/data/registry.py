@@ -2,23 +2,30 @@
 
 A dataset is named by a built-in name (``shapes``, ``textures``, ``digits``), a torchvision name
 (``cifar10``, ``flowers102``, ...), a folder with one sub-folder per class, or a ``.zip`` of such a folder.
+Whatever is wrong with the name, the folder, the archive or its images comes back as a
+:class:`~tinytl_core.data.errors.DatasetError` (a ``ValueError``; the not-found kinds are also
+``FileNotFoundError``) whose message says what to do.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from tinytl_core.data.archive import extract_archive
 from tinytl_core.data.builtin import BUILTIN_SETS, load_builtin
 from tinytl_core.data.dataset import DatasetSplits, ImageSplit, cap_per_class, make_splits
+from tinytl_core.data.errors import DatasetError, DatasetNotFoundError
 from tinytl_core.data.folder import load_image_folder
 from tinytl_core.data.torchvision_sets import DEFAULT_TIMEOUT_S, TORCHVISION_SETS, load_torchvision
-from tinytl_core.paths import cache_dir
+from tinytl_core.data.uploads import (
+    dataset_display_name,
+    discard_extraction,
+    extract_archive_cached,
+    extract_leased,
+)
+
+__all__ = ["DatasetInfo", "dataset_info", "extract_archive_cached", "list_datasets", "load_dataset"]
 
 
 @dataclass(frozen=True)
@@ -48,38 +55,12 @@ def list_datasets(kind: str | None = None) -> list[DatasetInfo]:
 
 
 def dataset_info(name: str) -> DatasetInfo:
-    """The :class:`DatasetInfo` of a named dataset (``ValueError`` listing the names if unknown)."""
+    """The :class:`DatasetInfo` of a named dataset (``DatasetError`` listing the names if unknown)."""
     for row in list_datasets():
         if row.name == name.lower():
             return row
-    raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(r.name for r in list_datasets())} "
+    raise DatasetError(f"unknown dataset {name!r}; choose from {', '.join(r.name for r in list_datasets())} "
                      "or give a folder / .zip of class sub-folders")
-
-
-def extract_archive_cached(archive: str | Path | bytes) -> Path:
-    """Extract an untrusted .zip (a path, or the bytes of an upload) once, with every safety rule of
-    :func:`~tinytl_core.data.archive.extract_archive`; the same archive again reuses ``uploads/zip-<sha256>``.
-    """
-    digest = hashlib.sha256()
-    if isinstance(archive, bytes):
-        digest.update(archive)
-    else:
-        if not Path(archive).is_file():
-            raise FileNotFoundError(f"archive not found: {archive}")
-        with open(archive, "rb") as fh:
-            while chunk := fh.read(1 << 20):
-                digest.update(chunk)
-    final = cache_dir("uploads") / f"zip-{digest.hexdigest()[:24]}"
-    if final.is_dir():
-        return final
-    fresh = extract_archive(io.BytesIO(archive) if isinstance(archive, bytes) else archive)
-    try:
-        os.rename(fresh, final)  # atomic; fails if a concurrent extraction won the race
-    except OSError:
-        shutil.rmtree(fresh, ignore_errors=True)
-        if not final.is_dir():
-            raise
-    return final
 
 
 def load_dataset(name: str | Path, *, val_fraction: float = 0.2, seed: int = 0, shots: int | None = None,
@@ -115,21 +96,43 @@ def load_dataset(name: str | Path, *, val_fraction: float = 0.2, seed: int = 0, 
                                    ImageSplit(val, range(len(val))), description=spec_tv.description,
                                    hflip=spec_tv.hflip)
     else:
-        path = Path(key).expanduser()
-        if path.is_file() and path.suffix.lower() == ".zip":
-            folder = extract_archive_cached(path)
-            splits = load_image_folder(folder, val_fraction=val_fraction, seed=seed, shots=shots,
-                                       progress=progress, name=path.stem)
-        elif path.is_dir():
+        path, kind = _local(key)
+        if kind == "zip":
+            folder, lease = extract_leased(path)
+            try:
+                splits = load_image_folder(folder, val_fraction=val_fraction, seed=seed, shots=shots,
+                                           progress=progress, name=Path(dataset_display_name(str(path))).stem)
+            except DatasetError:
+                lease.release()
+                discard_extraction(folder)  # refused: nothing of it is kept
+                raise
+            splits.train.source.lease = lease  # no eviction while these splits are alive
+        elif kind == "dir":
             splits = load_image_folder(path, val_fraction=val_fraction, seed=seed, shots=shots,
                                        progress=progress)
-        elif path.exists():
-            raise ValueError(f"{path} is neither a folder nor a .zip archive")
+        elif kind == "other":
+            raise DatasetError(f"{path} is neither a folder nor a .zip archive")
         elif "/" in key or os.sep in key or path.suffix.lower() == ".zip":
-            raise FileNotFoundError(f"no such image folder or .zip archive: {path}")
+            raise DatasetNotFoundError(f"no such image folder or .zip archive: {path}")
         else:
             dataset_info(key)  # raises the "unknown dataset" error listing valid names
             raise AssertionError("unreachable")
     if val_cap is not None:
         splits.val.indices = cap_per_class(splits.val.indices, splits.val.source.labels, val_cap, seed)
     return splits
+
+
+def _local(key: str) -> tuple[Path, str]:
+    """What a local dataset name points to: ``zip``, ``dir``, ``other`` (exists) or ``missing``."""
+    try:
+        path = Path(key).expanduser()
+        if path.is_file() and path.suffix.lower() == ".zip":
+            return path, "zip"
+        if path.is_dir():
+            return path, "dir"
+        return path, "other" if path.exists() else "missing"
+    except (OSError, ValueError, RuntimeError) as exc:  # too long, NUL byte, unknown ~user, no permission
+        shown = key if len(key) <= 80 else f"{key[:50]}…{key[-20:]} ({len(key)} characters)"
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise DatasetNotFoundError(f"no usable image folder or .zip archive at {shown!r} ({reason}); "
+                                   "give a built-in name, a folder or a .zip") from None

@@ -21,6 +21,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from tinytl_core.data.dataset import TorchvisionSource
+from tinytl_core.data.errors import DatasetNotFoundError
 from tinytl_core.paths import cache_dir
 
 DEFAULT_TIMEOUT_S = 15.0
@@ -29,8 +30,10 @@ DEFAULT_TIMEOUT_S = 15.0
 ENV_OFFLINE = "TINYTL_OFFLINE"
 
 
-class DatasetUnavailable(FileNotFoundError):
-    """A dataset is not on disk and cannot be downloaded now (offline, unreachable, or no download)."""
+class DatasetUnavailable(DatasetNotFoundError):
+    """A dataset is not on disk and cannot be downloaded now (offline, unreachable, or no download).
+
+    A :class:`~tinytl_core.data.errors.DatasetError` and, as before, a ``FileNotFoundError``."""
 
 
 @dataclass(frozen=True)

@@ -7,14 +7,15 @@
   applicability of each mode, memory fit);
 - :func:`pretrained_availability` -- can pretrained weights be had now? (``backbones.weights_availability``)
 - :func:`save_upload` / :func:`load_upload` -- keep an uploaded .zip of class folders and load it, turning
-  every way it can be wrong (empty, not a zip, unsafe, too few classes) into a ``ValueError``.
+  every way it can be wrong (empty, not a zip, unsafe, too few classes, over the uploads quota) into a
+  :class:`~tinytl_core.data.DatasetError` (a ``ValueError``); a refused upload is deleted at once.
+  ``tinytl_core.data.kept_uploads().message()`` says what the server keeps, and
+  ``tinytl_core.data.dataset_display_name`` turns a stored dataset value into the upload's own name.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
-import re
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -24,10 +25,10 @@ import torch
 
 from tinytl_core.backbones import WeightsAvailability as WeightsAvailability  # re-exported for the app
 from tinytl_core.backbones import backbone_info, create_backbone, data_config, weights_availability
-from tinytl_core.data import load_dataset
+from tinytl_core.data import BadArchiveError, DatasetError, dataset_display_name, discard_upload, load_dataset
+from tinytl_core.data.uploads import display_filename, safe_stem, save_archive
 from tinytl_core.memory.report import megabytes
 from tinytl_core.modes import MODES
-from tinytl_core.paths import cache_dir
 from tinytl_core.tracing import available_memory
 
 RESOLUTION_STEP = 16
@@ -151,40 +152,40 @@ pretrained_availability = weights_availability
 """Whether pretrained weights can be had now, without downloading (see ``backbones.weights_availability``)."""
 
 
-def _safe_stem(filename: str) -> str:
-    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(filename).stem).strip("_")
-    return stem[:40] or "upload"
+_safe_stem = safe_stem  # the upload's file-system-safe stem (kept for callers of the old name)
 
 
 def save_upload(filename: str, data: bytes) -> Path:
     """Keep an uploaded archive under ``cache_dir("uploads")`` and return its path.
 
-    The name is ``<sanitised stem>-<sha256 prefix>.zip``, so the same upload is kept once. Raises
-    ValueError for an empty file, a name not ending in ``.zip``, or content that is not a zip archive.
+    The name is ``<sanitised stem>-<sha256 prefix>.zip``, so the same upload is kept once; the user's own
+    file name is kept beside it for labels (:func:`tinytl_core.data.dataset_display_name`). Uploads stay
+    within the uploads quota (least recently used ones are evicted). Raises
+    :class:`~tinytl_core.data.DatasetError` (a ``ValueError``) for an empty file, a name not ending in
+    ``.zip``, content that is not a zip archive, or an upload that does not fit in the quota.
     """
+    shown = repr(display_filename(filename))
     if not data:
-        raise ValueError(f"the uploaded file {filename!r} is empty")
+        raise BadArchiveError(f"the uploaded file {shown} is empty")
     if not filename.lower().endswith(".zip"):
-        raise ValueError(f"{filename!r} is not a .zip file: upload a .zip of class folders")
+        raise BadArchiveError(f"{shown} is not a .zip file: upload a .zip of class folders")
     if not zipfile.is_zipfile(io.BytesIO(data)):
-        raise ValueError(f"{filename!r} is not a valid .zip archive (damaged or another format)")
-    digest = hashlib.sha256(data).hexdigest()[:16]
-    folder = cache_dir("uploads")
-    path = folder / f"{_safe_stem(filename)}-{digest}.zip"
-    if not path.exists():
-        tmp = folder / f".{path.name}.tmp"
-        tmp.write_bytes(data)
-        tmp.replace(path)  # atomic: readers never see a partial archive
-    return path
+        raise BadArchiveError(f"{shown} is not a valid .zip archive (damaged or another format)")
+    return save_archive(filename, data)
 
 
 def load_upload(path: str | Path, **kwargs):
     """Load a saved upload with :func:`tinytl_core.data.load_dataset` (``kwargs`` passed on).
 
-    Every problem with the archive's content (unsafe entries, fewer than 2 classes, a class without
-    images, damaged data) comes back as a ``ValueError`` whose message says what is wrong.
+    Every problem with the archive's content (unsafe entries, odd names, fewer than 2 classes, a class
+    without images, damaged data, over the quota) comes back as a :class:`~tinytl_core.data.DatasetError`
+    (a ``ValueError``) whose message names the upload as the user called it and says what is wrong; the
+    refused upload and anything extracted from it are deleted at once.
     """
     try:
         return load_dataset(path, **kwargs)
     except (ValueError, FileNotFoundError) as exc:
-        raise ValueError(f"cannot use {Path(path).name}: {exc}") from None
+        label = dataset_display_name(str(path)) or Path(path).name
+        discard_upload(path)
+        kind = type(exc) if isinstance(exc, DatasetError) else DatasetError
+        raise kind(f"cannot use {label}: {exc}") from None
