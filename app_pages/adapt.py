@@ -10,7 +10,8 @@ from app_pages import _cache
 from tinytl_core.adapt import OPTIMIZERS, AdaptConfig, resolve_device
 from tinytl_core.data import list_datasets
 from tinytl_core.modes import MODES
-from tinytl_core.results import ResultsStore
+from tinytl_core.quantities import RunStatus
+from tinytl_core.results import MEMORY, RUN, ResultsStore, run_quantity
 from tinytl_core.ui import checks, figures
 from tinytl_core.ui.jobs import JOBS, JobBusyError, TrainingJob
 
@@ -67,11 +68,12 @@ def render_job(job: TrainingJob, *, live: bool) -> None:
         cards = st.columns(max(3, len(snap.modes)))
         for card, m in zip(cards, snap.modes):
             r = m.result or {}
-            acc, memory = r.get("final_val_acc"), r.get("total_modelled_bytes")
+            accuracy, modelled = run_quantity(RUN.final_val_acc), run_quantity(MEMORY.total_modelled_bytes)
+            memory = r.get(modelled.name)
             card.metric(
                 f"{MODES[m.mode].title} · {m.status}",
-                "–" if acc is None else f"{100 * acc:.1f} %",
-                delta=None if memory is None else f"{memory / 1e6:,.1f} MB (modelled)",
+                accuracy.text(r.get(accuracy.name), missing="–"),
+                delta=None if memory is None else f"{modelled.text(memory)} (modelled)",
                 delta_color="off",
                 delta_arrow="off",
                 border=True,
@@ -83,7 +85,7 @@ def render_job(job: TrainingJob, *, live: bool) -> None:
         st.plotly_chart(figures.curves_figure(series), width="stretch", key="ad_curves")
     st.dataframe(snap.results_frame(), hide_index=True, width="stretch", key="ad_results", placeholder="–")
     for m in snap.modes:
-        if m.status == "failed":
+        if m.status == RunStatus.FAILED:
             st.error(f"{MODES[m.mode].title} failed: {m.message}", icon=":material/error:")
         result = m.result or {}
         if result.get("memory_error"):
@@ -93,7 +95,7 @@ def render_job(job: TrainingJob, *, live: bool) -> None:
         st.warning(f"Weights: {first.get('backbone_message', '')}", icon=":material/cloud_off:")
     if live and not snap.running:
         st.rerun(scope="app")  # the job ended: redraw the whole page without polling
-    if not snap.running and any(m.result and m.result.get("run_id") for m in snap.modes):
+    if not snap.running and any(m.result and m.result.get(RUN.id) for m in snap.modes):
         st.page_link(
             "app_pages/compare_runs.py",
             label="See every stored run on Compare runs",

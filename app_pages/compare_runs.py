@@ -3,10 +3,19 @@
 import streamlit as st
 
 from tinytl_core.modes import MODES
-from tinytl_core.results import STATUSES as RUN_STATUSES
-from tinytl_core.results import ResultsStore
+from tinytl_core.quantities import ENDED_STATUSES, RunStatus
+from tinytl_core.results import ResultsStore, run_quantity
 from tinytl_core.ui import figures
-from tinytl_core.ui.runs import MEMORY_AXES, RUN_LABELS, export_csv_text, filter_runs, run_label, runs_frame
+from tinytl_core.ui.runs import (
+    ACCURACY,
+    MEMORY_AXES,
+    RUN_HEADERS,
+    export_csv_text,
+    filter_runs,
+    memory_axis,
+    run_label,
+    runs_frame,
+)
 
 st.header("Compare runs")
 store = ResultsStore()
@@ -38,25 +47,30 @@ picked = {
         persist_state="session",
     ),
     "status": f[3].multiselect(
-        "Status", list(RUN_STATUSES), default=["finished"], key="cr_status", persist_state="session"
+        "Status",
+        [s.value for s in ENDED_STATUSES],
+        default=[RunStatus.FINISHED.value],
+        key="cr_status",
+        persist_state="session",
     ),
 }
 shown = filter_runs(frame, **picked)
 
-axis = st.segmented_control(
+figure = st.segmented_control(
     "Memory axis",
     list(MEMORY_AXES),
-    default="total_modelled_MB",
+    default=MEMORY_AXES[0],
     required=True,
-    format_func=lambda c: MEMORY_AXES[c].split(" (")[0],
+    format_func=lambda name: run_quantity(name).label,
     key="cr_axis",
     persist_state="session",
 )
-plotted = shown.dropna(subset=[axis, "val_acc_pct"])
+axis, axis_title = memory_axis(figure)
+plotted = shown.dropna(subset=[axis, ACCURACY.key])
 if len(plotted):
     st.plotly_chart(
         figures.memory_accuracy_scatter(
-            shown, x=axis, x_label=MEMORY_AXES[axis], title="Validation accuracy vs training memory"
+            shown, x=axis, x_label=axis_title, title="Validation accuracy vs training memory"
         ),
         width="stretch",
         key="cr_scatter",
@@ -75,7 +89,10 @@ st.dataframe(
     width="stretch",
     placeholder="–",
     key="cr_table",
-    column_config={**RUN_LABELS, "val_acc_pct": st.column_config.NumberColumn("val acc %", format="%.1f")},
+    column_config={
+        **RUN_HEADERS,
+        ACCURACY.key: st.column_config.NumberColumn(ACCURACY.header, format="%.1f"),
+    },
 )
 st.download_button(
     "Export these runs (CSV)",

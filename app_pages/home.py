@@ -3,8 +3,9 @@
 import streamlit as st
 
 from app_pages import _cache
-from tinytl_core.memory import MB
+from tinytl_core.memory.report import TOTALS
 from tinytl_core.modes import MODES
+from tinytl_core.quantities import format_mb
 from tinytl_core.ui.figures import mode_memory_bars
 
 settings = _cache.settings()
@@ -37,24 +38,23 @@ st.plotly_chart(
     width="stretch",
 )
 rows = table[table["applicable"]].set_index("mode")
+total, necessary = TOTALS.total_modelled_bytes, TOTALS.activations_necessary_bytes
 if "full" in rows.index:
     full = rows.loc["full"]
     cols = st.columns(3)
     cols[0].metric(
         "Full fine-tuning",
-        f"{full['total_bytes'] / MB:,.1f} MB",
+        format_mb(full[total], unit=True),
         help="Weights + gradients + Adam state + stored activations + working set (complete accounting).",
     )
-    cols[1].metric(
-        "of which activations", f"{100 * full['activations_necessary_bytes'] / full['total_bytes']:.0f} %"
-    )
-    best = rows.drop(index="full")["total_bytes"]
+    cols[1].metric("of which activations", f"{100 * full[necessary] / full[total]:.0f} %")
+    best = rows.drop(index="full")[total]
     if len(best):
         tiny = "lite_residual+bias" if "lite_residual+bias" in best.index else best.idxmin()
         cols[2].metric(
             MODES[tiny].title,
-            f"{rows.loc[tiny, 'total_bytes'] / MB:,.1f} MB",
-            delta=f"{full['total_bytes'] / rows.loc[tiny, 'total_bytes']:.1f}x less than full",
+            format_mb(rows.loc[tiny, total], unit=True),
+            delta=f"{full[total] / rows.loc[tiny, total]:.1f}x less than full",
             delta_color="off",
             delta_arrow="off",
         )

@@ -5,8 +5,10 @@ import streamlit as st
 
 from app_pages import _cache
 from tinytl_core.adapt import resolve_device
-from tinytl_core.memory import ACCOUNTINGS, MB, OPTIMIZER_HELP, OPTIMIZER_STATES, MemoryLimitError
+from tinytl_core.memory import ACCOUNTINGS, OPTIMIZER_HELP, OPTIMIZER_STATES, MemoryLimitError, ReportTotals
+from tinytl_core.memory.report import TOTALS
 from tinytl_core.modes import MODES
+from tinytl_core.quantities import describe, format_mb
 from tinytl_core.ui import checks, explorer, figures
 
 settings = _cache.settings()
@@ -79,33 +81,33 @@ st.info(f"**{title}** — {MODES[mode].description}", icon=":material/tune:")
 if isinstance(report, str):
     st.warning(f"{title} does not apply to {backbone}: {report}")
 else:
+    t = report.totals
     m = st.columns(6)
     m[0].metric(
         "Total",
-        f"{row['total_bytes'] / MB:,.1f} MB",
-        help="Modelled training memory: weights + gradients + optimizer state + the activations stored "
-        "for backward + the transient working set of the largest layer.",
+        format_mb(t.total_modelled_bytes, unit=True),
+        help=describe(TOTALS.total_modelled_bytes, ReportTotals).help,
         delta=None
         if mode == "full" or pd.isna(row["ratio_to_full"])
         else f"{row['ratio_to_full']:.2f}x full",
         delta_color="off",
         delta_arrow="off",
     )
-    m[1].metric("Weights", f"{row['weights_bytes'] / MB:,.1f} MB")
-    m[2].metric("Grads + optimizer", f"{row['grads_optimizer_bytes'] / MB:,.1f} MB")
+    m[1].metric("Weights", format_mb(t.weights_bytes, unit=True))
+    m[2].metric("Grads + optimizer", format_mb(t.grads_optimizer_bytes, unit=True))
     m[3].metric(
         "Act. necessary",
-        f"{row['activations_necessary_bytes'] / MB:,.1f} MB",
-        help="Activations backward must store under TinyTL's rules (paper accounting: the peak).",
+        format_mb(t.activations_necessary_bytes, unit=True),
+        help=describe(TOTALS.activations_necessary_bytes, ReportTotals).help,
     )
     m[4].metric(
         "Act. stock PyTorch",
-        f"{row['activations_stock_bytes'] / MB:,.1f} MB",
-        help="Activations PyTorch's autograd stores by default (modelled from the traced ops).",
+        format_mb(t.activations_stock_bytes, unit=True),
+        help=describe(TOTALS.activations_stock_bytes, ReportTotals).help,
     )
-    m[5].metric("Trainable params", f"{int(row['trainable_params']):,}", help=f"of {int(row['params']):,}")
+    m[5].metric("Trainable params", f"{t.n_trainable:,}", help=f"of {t.n_params:,}")
     fit = checks.memory_problem(
-        complete_table.set_index("mode").loc[mode, "total_stock_bytes"],
+        complete_reports[mode].totals.total_stock_bytes,
         resolve_device("auto"),
         what=f"Training {title} with stock PyTorch at batch {batch_size}",
     )
@@ -147,12 +149,14 @@ if clicked:
             st.error(f"The measurement failed: {exc}")
 step = measured.get(mode)
 if step is not None and not isinstance(report, str):
-    necessary = complete_table.set_index("mode").loc[mode, "activations_necessary_bytes"]
+    necessary = complete_reports[mode].totals.activations_necessary_bytes
     s = st.columns(3)
-    s[0].metric("Necessary (model)", f"{necessary / MB:,.2f} MB", help="TinyTL's rules, summed per layer.")
+    s[0].metric(
+        "Necessary (model)", format_mb(necessary, 2, unit=True), help="TinyTL's rules, summed per layer."
+    )
     s[1].metric(
         "Stock PyTorch (measured)",
-        f"{step.stock_bytes / MB:,.2f} MB",
+        format_mb(step.stock_bytes, 2, unit=True),
         delta=f"{step.stock_bytes / max(necessary, 1):.1f}x necessary",
         delta_color="off",
         delta_arrow="off",
@@ -160,7 +164,7 @@ if step is not None and not isinstance(report, str):
     if step.engine_bytes is not None:
         s[2].metric(
             "Engine (measured)",
-            f"{step.engine_bytes / MB:,.2f} MB",
+            format_mb(step.engine_bytes, 2, unit=True),
             delta=f"{step.engine_bytes / max(necessary, 1):.2f}x necessary",
             delta_color="off",
             delta_arrow="off",
@@ -168,7 +172,7 @@ if step is not None and not isinstance(report, str):
     else:
         s[2].warning(f"The training engine could not run this model: {step.engine_error}")
     if step.stock.peak_cuda_bytes is not None:
-        st.caption(f"Peak CUDA memory of the stock step: {step.stock.peak_cuda_bytes / MB:,.1f} MB")
+        st.caption(f"Peak CUDA memory of the stock step: {format_mb(step.stock.peak_cuda_bytes, unit=True)}")
 
 # ------------------------------------------------------------------------------------------- charts
 a, b = st.columns(2)

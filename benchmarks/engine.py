@@ -36,13 +36,13 @@ from tqdm.auto import tqdm
 from tinytl_core.engine import convert, engine_enabled
 from tinytl_core.memory import analyze, measure_stock_and_engine
 from tinytl_core.modes import MODES, prepare_model
+from tinytl_core.quantities import MB
 
 BACKBONES: tuple[str, ...] = ("mobilenetv2_100", "mobilenetv3_large_100", "efficientnet_b0", "resnet50")
 QUICK_BACKBONES: tuple[str, ...] = ("mobilenetv2_100", "resnet18")
 NECESSARY_TOLERANCE = 0.05
 TOTAL_TARGET = 6.0  # stock full / engine lite_residual+bias, mobilenetv2_100
 TIME_TARGET = 1.3
-MB = 1e6
 
 
 @dataclass(frozen=True)
@@ -141,8 +141,8 @@ def bench_one(backbone: str, mode: str, args: argparse.Namespace) -> Row:
     stock_s, engine_s = step_times(model, size, batch, args.repeats)
     t = modelled.totals
     return Row(
-        backbone, mode, both.stock_bytes, both.engine.saved_bytes, int(t["activations_necessary_bytes"]),
-        int(t["weights_bytes"]), int(t["grads_optimizer_bytes"]), stock_s, engine_s,
+        backbone, mode, both.stock_bytes, both.engine.saved_bytes, int(t.activations_necessary_bytes),
+        int(t.weights_bytes), int(t.grads_optimizer_bytes), stock_s, engine_s,
     )
 
 

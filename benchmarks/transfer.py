@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from tinytl_core.adapt import AdaptConfig, adapt
 from tinytl_core.backbones import DEMO_BACKBONE, LOCAL_BACKBONES
 from tinytl_core.data import list_datasets, load_dataset
+from tinytl_core.quantities import RunStatus
 
 MODES: tuple[str, ...] = ("last", "bias", "lite_residual+bias", "full")
 # Adam learning rate per mode, the same for both starting points: frozen-backbone modes take a larger
@@ -80,7 +81,7 @@ def run_benchmark(args: argparse.Namespace) -> list[Run]:
                             batch_size=args.batch_size, lr=LEARNING_RATES[mode], seed=seed,
                             pretrained=init == "pretrained", record_memory=False, device="cpu")
                         result = adapt(config, data=data)
-                        if result.status != "finished":
+                        if result.status != RunStatus.FINISHED:
                             raise RuntimeError(f"{dataset} {mode} {init} seed {seed}: {result.message}")
                         if init == "pretrained" and not result.pretrained_loaded:
                             raise RuntimeError(f"the demo checkpoint did not load: {result.backbone_message}")

@@ -6,7 +6,8 @@ import pytest
 
 from tinytl_core.adapt import AdaptConfig, EvalEvent, PhaseEvent, StepEvent, adapt
 from tinytl_core.data import load_dataset
-from tinytl_core.results import ResultsStore
+from tinytl_core.quantities import RunMemory, RunStatus
+from tinytl_core.results import MEMORY, ResultsStore
 
 
 def tiny(**overrides) -> AdaptConfig:
@@ -61,17 +62,20 @@ def test_memory_figures_are_recorded_without_changing_training(digits, tmp_path)
     measured = adapt(tiny(mode="bias", steps=3, record_memory=True), data=digits, store=store)
     assert [s["loss"] for s in plain.steps] == [s["loss"] for s in measured.steps]
     mem = measured.memory
-    assert mem["weights_bytes"] > 0 and mem["activations_measured_bytes"] > 0
-    assert mem["total_modelled_bytes"] >= mem["weights_bytes"] + mem["grads_optimizer_bytes"]
+    assert isinstance(mem, RunMemory) and mem.weights_bytes > 0 and mem.activations_measured_bytes > 0
+    assert mem.total_modelled_bytes >= mem.weights_bytes + mem.grads_optimizer_bytes
     # The run trains on the engine (the default): its measured figure is the engine's, stock's beside it.
     assert measured.engine_layers > 0 and "img/s, engine)" in measured.summary()
-    assert mem["activations_measured_bytes"] == mem["activations_measured_engine_bytes"]
-    assert mem["activations_measured_engine_bytes"] < mem["activations_measured_stock_bytes"] / 5
+    assert mem.activations_measured_bytes == mem.activations_measured_engine_bytes
+    assert mem.activations_measured_engine_bytes < mem.activations_measured_stock_bytes / 5
     row = store.get_run(measured.run_id)
-    assert row["total_modelled_bytes"] == int(mem["total_modelled_bytes"]) and row["status"] == "finished"
+    assert row[MEMORY.total_modelled_bytes] == int(mem.total_modelled_bytes)
+    assert row["status"] == RunStatus.FINISHED
     assert row["config"]["mode"] == "bias" and len(row["history"]) == 4 and row["versions"]["torch"]
     assert row["config"]["engine"] is True
-    assert row["memory"]["activations_measured_stock_bytes"] == mem["activations_measured_stock_bytes"]
+    stock = MEMORY.activations_measured_stock_bytes
+    assert row[stock] == int(mem.activations_measured_stock_bytes)  # a column of its own since schema 2
+    assert RunMemory.from_dict(row["memory"]) == mem  # the JSON reads back as the run's figures
 
 
 def test_engine_and_stock_layers_train_alike(digits):

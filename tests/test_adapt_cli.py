@@ -3,6 +3,7 @@
 import csv
 
 from tinytl_core.cli import main
+from tinytl_core.results import MEMORY
 
 TINY = ["--model", "resnet10t", "--dataset", "digits", "--batch-size", "4", "--resolution", "32",
         "--no-pretrained", "--val-cap", "2", "--device", "cpu"]
@@ -19,7 +20,8 @@ def test_adapt_then_list_export_show_delete(tinytl_home, tmp_path, capsys):
     assert main(["adapt", *TINY, "--modes", "last,bias", "--steps", "2", "--no-measure", "--db", db]) == 0
     out = capsys.readouterr().out
     table = out.split("\n\n")[-1]
-    assert "modelled MB" in table and " last " in table and " bias " in table and "[run 3]" in out
+    assert "total modelled MB" in table and " last " in table and " bias " in table and "[run 3]" in out
+    assert "started" not in table and "backbone" not in table  # the compact table without those
 
     assert main(["runs", "--db", db]) == 0
     out = capsys.readouterr().out
@@ -28,7 +30,8 @@ def test_adapt_then_list_export_show_delete(tinytl_home, tmp_path, capsys):
     assert main(["runs", "--db", db, "--csv", str(target)]) == 0
     rows = list(csv.DictReader(target.open()))
     assert [r["mode"] for r in rows] == ["bias", "last", "full"]
-    assert rows[0]["total_modelled_bytes"] and not rows[2]["total_modelled_bytes"]  # --no-memory on run 1
+    total = MEMORY.total_modelled_bytes
+    assert rows[0][total] and not rows[2][total]  # --no-memory on run 1
     assert main(["runs", "--db", db, "--show", "2"]) == 0
     shown = capsys.readouterr().out
     assert '"mode": "last"' in shown and '"engine": true' in shown  # the default: the training engine

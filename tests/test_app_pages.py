@@ -174,8 +174,8 @@ def test_tiny_adaptation_appears_on_compare_runs(app, monkeypatch):
     app.run()
     result = app.dataframe[0].value
     assert list(result["status"]) == ["finished"], result.to_dict("records")
-    assert result["memory modelled MB"].iloc[0] > 0
-    run_id = int(result["run id"].iloc[0])
+    assert result["total modelled MB"].iloc[0] > 0  # headers from the quantities' metadata
+    run_id = int(result["id"].iloc[0])
     assert ResultsStore().get_run(run_id)["status"] == "finished"
 
     visit(app, "compare_runs")

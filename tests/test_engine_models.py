@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from tinytl_core.engine import EngineModule, convert, describe, engine_enabled, is_converted, revert
 from tinytl_core.memory import analyze
 from tinytl_core.modes import MODES, prepare_model
+from tinytl_core.norms import freeze_statistics
 from tinytl_core.tracing import SavedTensorCounter
 
 MODELS = ("mobilenetv2_100", "mobilenetv3_large_100", "efficientnet_b0", "resnet18")
@@ -73,8 +74,8 @@ def test_engine_stores_the_necessary_bytes(backbone):
     for mode in MODES:
         prepared = prepare_model(backbone, mode, resolution=SIZE[-1])  # converted: the default
         assert prepared.result.engine_layers > 0 and is_converted(prepared.model)
-        necessary = analyze(prepared.model, input_size=SIZE, batch_size=BATCH).totals[
-            "activations_necessary_bytes"]
+        totals = analyze(prepared.model, input_size=SIZE, batch_size=BATCH).totals
+        necessary = totals.activations_necessary_bytes
         _, _, engine_saved = _train_step(prepared.model, x, target)
         assert engine_saved == pytest.approx(necessary, rel=0.05), (mode, engine_saved, necessary)
 
@@ -142,3 +143,49 @@ def test_engine_enabled_restores_classes_and_shared_outputs():
         assert not any(m.__dict__.get("keep_output") for m in model.modules())
     assert {n: type(m) for n, m in model.named_modules()} == classes
     assert {n for n, m in model.named_modules() if m.__dict__.get("keep_output")} == shared
+
+
+class _Block(torch.nn.Module):
+    """conv -> BN -> ReLU -> conv, optionally reusing the first conv's output or the ReLU's output later
+    (the cases where working in place would be wrong)."""
+
+    def __init__(self, reuse: str = ""):
+        super().__init__()
+        self.conv1, self.bn = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8)
+        self.act, self.conv2 = torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 1)
+        self.head, self.reuse = torch.nn.Linear(8, 4), reuse
+
+    def forward(self, x):
+        y = self.conv1(x)
+        a = self.act(self.bn(y))
+        out = self.conv2(a)
+        if self.reuse == "conv_output":
+            out = out + y  # the norm's input is read again: it must not be overwritten
+        if self.reuse == "act_output":
+            out = out + a  # the activation's gradient is shared with the add's other input
+        return self.head(out.mean((2, 3)))
+
+
+@pytest.mark.parametrize("reuse", ["", "conv_output", "act_output"])
+def test_in_place_findings_only_where_no_one_else_reads(reuse):
+    torch.manual_seed(0)
+    model = _Block(reuse)
+    with torch.no_grad():  # non-trivial statistics
+        model.bn.running_mean.uniform_(-1, 1)
+        model.bn.running_var.uniform_(0.5, 2)
+    freeze_statistics(model.bn)
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.endswith("bias") or name.startswith("head"))
+    x, target = torch.randn(2, 3, 16, 16), torch.tensor([1, 3])
+    stock_out, stock_grads, _ = _train_step(model, x, target)
+    convert(model, input_size=(3, 16, 16))
+    assert model.bn.inplace_input == (reuse != "conv_output")
+    assert model.act.own_grad == (reuse != "act_output")
+    assert model.bn.own_grad  # its one reader, the ReLU, hands back a gradient of its own
+    engine_out, engine_grads, _ = _train_step(model, x, target)
+    assert torch.equal(stock_out, engine_out)
+    for name, grad in stock_grads.items():
+        assert _relative(engine_grads[name], grad) <= 1e-5, name
+    with engine_enabled(model, False):
+        assert not any(isinstance(m, EngineModule) for m in model.modules())
+    assert model.bn.inplace_input == (reuse != "conv_output")  # findings restored with the engine

@@ -11,10 +11,12 @@ from tinytl_core.comparisons import compare_modes
 from tinytl_core.engine import is_converted
 from tinytl_core.memory import MB, analyze, format_modes
 from tinytl_core.memory.accounting import LAYER_COLUMNS
+from tinytl_core.memory.report import TOTALS
 from tinytl_core.modes import prepare_model
 from tinytl_core.norms import freeze_statistics
 
 RES, BATCH = 64, 2
+NECESSARY, STOCK = TOTALS.activations_necessary_bytes, TOTALS.activations_stock_bytes  # per layer and total
 
 
 
@@ -50,17 +52,17 @@ def test_rules_full_training_by_hand():
     model = Tiny()
     r = _rows(analyze(model, input_size=(3, 16, 16), batch_size=2))
     fmap = _numel(2, 8, 16, 16)
-    assert r.loc["conv1", "activation_necessary_bytes"] == 4 * _numel(2, 3, 16, 16)
+    assert r.loc["conv1", NECESSARY] == 4 * _numel(2, 3, 16, 16)
     stats = 2 * 4 * 8  # batch mean and inverse std per channel, which backward reads with the input
-    assert r.loc["bn", "activation_necessary_bytes"] == 4 * fmap + stats  # batch statistics: its input
+    assert r.loc["bn", NECESSARY] == 4 * fmap + stats  # batch statistics: its input
     # The ReLU output is stored in full by conv2 (trainable weight): the 1-bit mask comes free.
-    assert r.loc["relu", "activation_necessary_bytes"] == 0
-    assert r.loc["conv2", "activation_necessary_bytes"] == 4 * fmap
-    assert r.loc["silu", "activation_necessary_bytes"] == 4 * fmap
+    assert r.loc["relu", NECESSARY] == 0
+    assert r.loc["conv2", NECESSARY] == 4 * fmap
+    assert r.loc["silu", NECESSARY] == 4 * fmap
     assert "32-bit input" in r.loc["silu", "necessary_reason"]
-    assert r.loc["maxpool", "activation_necessary_bytes"] == math.ceil(_numel(2, 8, 8, 8) * 2 / 8)  # 2 bits
-    assert r.loc["pool", "activation_necessary_bytes"] == 0
-    assert r.loc["fc", "activation_necessary_bytes"] == 4 * 2 * 8
+    assert r.loc["maxpool", NECESSARY] == math.ceil(_numel(2, 8, 8, 8) * 2 / 8)  # 2 bits
+    assert r.loc["pool", NECESSARY] == 0
+    assert r.loc["fc", NECESSARY] == 4 * 2 * 8
 
 
 def test_rules_frozen_weights_bias_only():
@@ -71,16 +73,16 @@ def test_rules_frozen_weights_bias_only():
     report = analyze(model, input_size=(3, 16, 16), batch_size=2)
     r = _rows(report)
     fmap = _numel(2, 8, 16, 16)
-    assert r.loc["conv1", "activation_necessary_bytes"] == 0
+    assert r.loc["conv1", NECESSARY] == 0
     assert "bias gradient needs no input" in r.loc["conv1", "necessary_reason"]
-    assert r.loc["bn", "activation_necessary_bytes"] == 0  # frozen statistics and scale: affine map
-    assert r.loc["relu", "activation_necessary_bytes"] == fmap // 8  # 1-bit mask, nobody stores it now
-    assert r.loc["conv2", "activation_necessary_bytes"] == 0
-    assert r.loc["silu", "activation_necessary_bytes"] == 4 * fmap
+    assert r.loc["bn", NECESSARY] == 0  # frozen statistics and scale: affine map
+    assert r.loc["relu", NECESSARY] == fmap // 8  # 1-bit mask, nobody stores it now
+    assert r.loc["conv2", NECESSARY] == 0
+    assert r.loc["silu", NECESSARY] == 4 * fmap
     # Stock PyTorch still keeps the conv inputs and the BN input although no weight trains.
-    assert r.loc["conv1", "activation_stock_bytes"] == 4 * _numel(2, 3, 16, 16)
-    assert r.loc["bn", "activation_stock_bytes"] >= 4 * fmap
-    assert report.totals["activations_stock_bytes"] > 4 * report.totals["activations_necessary_bytes"]
+    assert r.loc["conv1", STOCK] == 4 * _numel(2, 3, 16, 16)
+    assert r.loc["bn", STOCK] >= 4 * fmap
+    assert report.totals.activations_stock_bytes > 4 * report.totals.activations_necessary_bytes
 
 
 def test_rules_batch_statistics_need_input_with_frozen_affine():
@@ -88,7 +90,7 @@ def test_rules_batch_statistics_need_input_with_frozen_affine():
     for name, p in model.named_parameters():
         p.requires_grad_(name.startswith("conv1"))  # gradient must flow back through bn to conv1
     r = _rows(analyze(model, input_size=(3, 16, 16), batch_size=2))
-    assert r.loc["bn", "activation_necessary_bytes"] == 4 * _numel(2, 8, 16, 16) + 2 * 4 * 8
+    assert r.loc["bn", NECESSARY] == 4 * _numel(2, 8, 16, 16) + 2 * 4 * 8
     assert "even if frozen" in r.loc["bn", "necessary_reason"]
 
 
@@ -98,20 +100,20 @@ def test_nothing_stored_before_first_trainable_layer():
         p.requires_grad_(name.startswith("conv2"))
     r = _rows(analyze(model, input_size=(3, 16, 16), batch_size=2))
     for name in ("conv1", "bn", "relu"):
-        assert r.loc[name, "activation_necessary_bytes"] == 0
+        assert r.loc[name, NECESSARY] == 0
         assert "no gradient flows" in r.loc[name, "necessary_reason"]
-    assert r.loc["conv2", "activation_necessary_bytes"] == 4 * _numel(2, 8, 16, 16)
+    assert r.loc["conv2", NECESSARY] == 4 * _numel(2, 8, 16, 16)
 
 
 def test_last_stores_only_classifier_input():
     prepared = prepare_model("mobilenetv2_100", "last", resolution=RES, device="meta", engine=False)
     report = analyze(prepared.model, input_size=(3, RES, RES), batch_size=BATCH)
-    stored = report.layers[report.layers["activation_necessary_bytes"] > 0]
+    stored = report.layers[report.layers[NECESSARY] > 0]
     assert set(stored["kind"]) <= {"layer", "loss"}
     layer_rows = stored[stored["kind"] == "layer"]
     assert list(layer_rows["layer"]) == ["classifier"]
     features = prepared.model.get_classifier().in_features
-    assert layer_rows["activation_necessary_bytes"].iloc[0] == 4 * BATCH * features
+    assert layer_rows[NECESSARY].iloc[0] == 4 * BATCH * features
 
 
 def test_layers_table_columns_and_order():
@@ -121,7 +123,7 @@ def test_layers_table_columns_and_order():
     names = list(report.layers["layer"])
     assert names[0] == "conv1" and names.index("layer1.0.conv1") < names.index("layer4.1.conv2")
     assert names[-2:] == ["fc", "(loss)"]
-    assert report.totals["weights_bytes"] >= 4 * sum(p.numel() for p in prepared.model.parameters())
+    assert report.totals.weights_bytes >= 4 * sum(p.numel() for p in prepared.model.parameters())
     assert "total" in report.summary()
 
 
@@ -129,21 +131,24 @@ def test_layers_table_columns_and_order():
 def test_activations_scale_with_batch_parameters_do_not(name):
     prepared = prepare_model(name, "lite_residual+bias", resolution=RES, device="meta", engine=False)
     t = {b: analyze(prepared.model, input_size=(3, RES, RES), batch_size=b).totals for b in (2, 3, 4)}
-    for key in ("weights_bytes", "grads_optimizer_bytes"):
-        assert t[2][key] == t[3][key] == t[4][key]
-    for totals in t.values():
-        totals["peak_bytes"] = totals["activations_necessary_bytes"] + totals["transient_bytes"]
+    for key in (TOTALS.weights_bytes, TOTALS.grads_optimizer_bytes):
+        assert getattr(t[2], key) == getattr(t[3], key) == getattr(t[4], key)
+    figures = {
+        b: {"necessary": x.activations_necessary_bytes, "stock": x.activations_stock_bytes,
+            "peak": x.activations_necessary_bytes + x.transient_bytes}
+        for b, x in t.items()
+    }
     intercept = {}
-    for key in ("activations_necessary_bytes", "activations_stock_bytes", "peak_bytes"):
-        step1, step2 = t[3][key] - t[2][key], t[4][key] - t[3][key]
+    for key in ("necessary", "stock", "peak"):
+        step1, step2 = figures[3][key] - figures[2][key], figures[4][key] - figures[3][key]
         assert step1 > 0
         assert step2 == pytest.approx(step1, rel=1e-3)
-        intercept[key] = t[2][key] - 2 * step1
+        intercept[key] = figures[2][key] - 2 * step1
     # The only batch-independent activations: per-channel statistics of the lite residual branches'
     # BatchNorm (batch statistics), the same bytes in both figures and tiny next to stock's activations.
-    assert intercept["activations_necessary_bytes"] == intercept["activations_stock_bytes"]
-    assert 0 <= intercept["activations_stock_bytes"] < 0.01 * t[2]["activations_stock_bytes"]
-    assert abs(intercept["peak_bytes"]) <= 0.02 * t[2]["peak_bytes"]
+    assert intercept["necessary"] == intercept["stock"]
+    assert 0 <= intercept["stock"] < 0.01 * figures[2]["stock"]
+    assert abs(intercept["peak"]) <= 0.02 * figures[2]["peak"]
 
 
 def test_meta_analysis_equals_real_tensors_and_models_stock_layers():
@@ -167,27 +172,27 @@ def test_meta_trace_is_fast_and_allocates_nothing_for_a_large_vit():
     with torch.device("meta"):
         model = timm.create_model("vit_large_patch16_224", num_classes=10)
     report = analyze(model, input_size=(3, 224, 224), batch_size=64)
-    assert report.totals["n_params"] > 300e6
-    assert report.totals["activations_stock_bytes"] > 10e9  # would not fit here if it were allocated
+    assert report.totals.n_params > 300e6
+    assert report.totals.activations_stock_bytes > 10e9  # would not fit here if it were allocated
 
 
 def test_paper_accounting_calibration_resnet50():
     """The paper reports 802 MB for fully fine-tuning ResNet-50 at batch 8, 224x224."""
     prepared = prepare_model("resnet50", "full", device="meta", engine=False)
     t = analyze(prepared.model, input_size=(3, 224, 224), batch_size=8, accounting="paper").totals
-    assert t["grads_optimizer_bytes"] == 0
-    assert t["weights_bytes"] == 4 * t["n_params"]  # everything trains: 32 bits
-    assert t["total_bytes"] / MB == pytest.approx(802, rel=0.02)
+    assert t.grads_optimizer_bytes == 0
+    assert t.weights_bytes == 4 * t.n_params  # everything trains: 32 bits
+    assert t.total_modelled_bytes / MB == pytest.approx(802, rel=0.02)
 
 
 def test_paper_accounting_frozen_weights_at_8_bits():
     prepared = prepare_model("mobilenetv2_100", "bias", resolution=RES, device="meta", engine=False)
     t = analyze(prepared.model, input_size=(3, RES, RES), batch_size=BATCH, accounting="paper").totals
-    frozen = t["n_params"] - t["n_trainable"]
-    assert t["weights_bytes"] == frozen + 4 * t["n_trainable"]
+    frozen = t.n_params - t.n_trainable
+    assert t.weights_bytes == frozen + 4 * t.n_trainable
     size = (3, RES, RES)
     complete = analyze(prepared.model, input_size=size, batch_size=BATCH, frozen_weight_bits=8).totals
-    assert complete["weights_bytes"] - 4 * t["n_trainable"] - frozen == sum(
+    assert complete.weights_bytes - 4 * t.n_trainable - frozen == sum(
         b.numel() * b.element_size() for b in prepared.model.buffers()
     )
 
@@ -196,7 +201,7 @@ def test_optimizer_state_sizes():
     model = Tiny()
     trainable = 4 * sum(p.numel() for p in model.parameters())
     sizes = {
-        o: analyze(model, input_size=(3, 8, 8), batch_size=1, optimizer=o).totals["grads_optimizer_bytes"]
+        o: analyze(model, input_size=(3, 8, 8), batch_size=1, optimizer=o).totals.grads_optimizer_bytes
         for o in ("none", "sgd", "adam")
     }
     assert sizes == {"none": trainable, "sgd": 2 * trainable, "adam": 3 * trainable}
@@ -224,11 +229,11 @@ def test_compare_modes_table():
     rows = table.set_index("mode")
     assert rows.loc["full", "ratio_to_full"] == 1.0
     # TinyTL's point: activations, not parameters, dominate full fine-tuning; TinyTL cuts them.
-    assert rows.loc["full", "activations_necessary_bytes"] > rows.loc["full", "weights_bytes"]
-    assert rows.loc["lite_residual+bias", "activations_necessary_bytes"] < (
-        0.1 * rows.loc["full", "activations_necessary_bytes"]
+    assert rows.loc["full", NECESSARY] > rows.loc["full", TOTALS.weights_bytes]
+    assert rows.loc["lite_residual+bias", NECESSARY] < (
+        0.1 * rows.loc["full", NECESSARY]
     )
-    assert rows.loc["bias", "activations_stock_bytes"] > 0.9 * rows.loc["full", "activations_stock_bytes"]
+    assert rows.loc["bias", STOCK] > 0.9 * rows.loc["full", STOCK]
     text = format_modes(table)
     assert "lite_residual+bias" in text and "MB" in text
 
@@ -245,7 +250,7 @@ def test_step_peak_by_hand():
     model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 1))
     t = analyze(model, input_size=(3, 16, 16), batch_size=2).totals
     x, h = 4 * 2 * 3 * 16 * 16, 4 * 2 * 8 * 16 * 16  # input, hidden and output (same size as hidden)
-    assert t["activations_necessary_bytes"] == t["activations_stock_bytes"] == x + h + h
+    assert t.activations_necessary_bytes == t.activations_stock_bytes == x + h + h
     # Worst moment: the loss runs with x and h stored, the output live (kept too) and the scalar loss.
-    assert t["transient_bytes"] == t["transient_stock_bytes"] == 4
-    assert t["total_bytes"] == t["weights_bytes"] + t["grads_optimizer_bytes"] + x + 2 * h + 4
+    assert t.transient_bytes == t.transient_stock_bytes == 4
+    assert t.total_modelled_bytes == t.weights_bytes + t.grads_optimizer_bytes + x + 2 * h + 4

@@ -4,6 +4,7 @@ import pandas as pd
 import pytest
 
 from tinytl_core.cli import main
+from tinytl_core.memory.report import MEMORY, TOTALS
 
 
 def test_memory_command_table_and_csv(tmp_path, capsys):
@@ -14,7 +15,8 @@ def test_memory_command_table_and_csv(tmp_path, capsys):
     assert code == 0
     assert "resnet18, 3x32x32, batch 2, optimizer sgd, complete accounting" in out
     header = next(line for line in out.splitlines() if line.startswith("mode"))
-    for label in ("act. necessary", "act. stock", "act. stock measured", "act. engine measured", "x full"):
+    labels = ("act. necessary", "act. stock", "act. stock measured", "act. engine measured", "total modelled")
+    for label in (*labels, "x full"):
         assert label in header
     rows = [line.split() for line in out.splitlines()]
     lines = {r[0]: r for r in rows if r and r[0] in ("full", "bias")}
@@ -26,11 +28,11 @@ def test_memory_command_table_and_csv(tmp_path, capsys):
 
     layers = pd.read_csv(csv)
     assert set(layers["mode"]) == {"full", "bias"}
-    necessary, stock, engine = ("activation_necessary_bytes", "activation_measured_stock_bytes",
-                                "activation_measured_engine_bytes")
-    assert {necessary, "activation_stock_bytes", stock, engine} <= set(layers)
+    necessary, stock, engine = (TOTALS.activations_necessary_bytes, MEMORY.activations_measured_stock_bytes,
+                                MEMORY.activations_measured_engine_bytes)
+    assert {necessary, TOTALS.activations_stock_bytes, stock, engine} <= set(layers)
     full = layers[layers["mode"] == "full"]
-    assert (full[stock] == full["activation_stock_bytes"]).all()
+    assert (full[stock] == full[TOTALS.activations_stock_bytes]).all()
     bias = layers[layers["mode"] == "bias"].set_index("layer")
     assert bias.loc["layer1.0.conv1", stock] > 0 == bias.loc["layer1.0.conv1", engine]  # frozen conv
     assert bias[engine].sum() == pytest.approx(bias[necessary].sum(), rel=0.05)

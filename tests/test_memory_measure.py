@@ -9,8 +9,9 @@ from torch import nn
 
 from tinytl_core.engine import is_converted
 from tinytl_core.memory import MemoryLimitError, analyze, measure, training_memory_figures
-from tinytl_core.memory.report import merge_measured
+from tinytl_core.memory.report import MEMORY, TOTALS, merge_measured
 from tinytl_core.modes import MODES, prepare_model
+from tinytl_core.quantities import RunMemory
 
 RES, BATCH = 32, 2
 measure_module = importlib.import_module("tinytl_core.memory.measure")  # the function shadows it
@@ -24,22 +25,22 @@ def test_modelled_stock_matches_measured_every_mode(name):
         model = prepare_model(name, mode, resolution=RES, device="cpu", engine=False).model
         report = analyze(model, input_size=(3, RES, RES), batch_size=BATCH)
         m = measure(model, input_size=(3, RES, RES), batch_size=BATCH, modelled=report)
-        stock = report.totals["activations_stock_bytes"]
+        stock = report.totals.activations_stock_bytes
         assert m.saved_bytes == pytest.approx(stock, rel=0.02), mode
         assert m.peak_cuda_bytes is None
-        assert m.per_layer["activation_measured_bytes"].sum() == m.saved_bytes
+        assert m.per_layer[MEMORY.activations_measured_bytes].sum() == m.saved_bytes
         # The necessary bytes are what TinyTL claims: never more than stock keeps (equal when everything
         # trains and stock keeps only what is needed, e.g. efficientnet_b0 in full), less when frozen.
-        assert report.totals["activations_necessary_bytes"] <= stock, mode
+        assert report.totals.activations_necessary_bytes <= stock, mode
         if MODES[mode].frozen_backbone and mode != "last":
-            assert report.totals["activations_necessary_bytes"] < stock / 2, mode
+            assert report.totals.activations_necessary_bytes < stock / 2, mode
 
 
 def test_attention_modelled_like_the_cpu_kernel():
     model = timm.create_model("vit_tiny_patch16_224", img_size=32, num_classes=10)
     report = analyze(model, input_size=(3, 32, 32), batch_size=BATCH)
     m = measure(model, input_size=(3, 32, 32), batch_size=BATCH, modelled=report)
-    assert m.saved_bytes == pytest.approx(report.totals["activations_stock_bytes"], rel=0.02)
+    assert m.saved_bytes == pytest.approx(report.totals.activations_stock_bytes, rel=0.02)
 
 
 def test_per_layer_measured_lines_up_with_modelled():
@@ -48,10 +49,11 @@ def test_per_layer_measured_lines_up_with_modelled():
     m = measure(model, input_size=(3, RES, RES), batch_size=BATCH)
     merged = merge_measured(report.layers, m.per_layer)
     assert len(merged) == len(report.layers)
-    assert (merged["activation_measured_bytes"] == merged["activation_stock_bytes"]).all()
+    measured = MEMORY.activations_measured_bytes
+    assert (merged[measured] == merged[TOTALS.activations_stock_bytes]).all()
     # Stock PyTorch keeps the frozen conv's input although only its bias trains.
     row = merged.set_index("layer").loc["layer1.0.conv1"]
-    assert row["activation_necessary_bytes"] == 0 < row["activation_measured_bytes"]
+    assert row[TOTALS.activations_necessary_bytes] == 0 < row[measured]
 
 
 def test_measure_leaves_model_unchanged():
@@ -101,7 +103,7 @@ def test_custom_autograd_function_counted_at_real_size():
     model = _EngineNet()
     model.fc1.weight.requires_grad_(False)  # frozen weight: fc1 keeps no input, only the mask remains
     m = measure(model, input_size=(1, 8, 8), batch_size=BATCH)
-    rows = m.per_layer.set_index("layer")["activation_measured_bytes"]
+    rows = m.per_layer.set_index("layer")[MEMORY.activations_measured_bytes]
     mask_bytes = BATCH * 64 // 8
     # The mask is saved in the parent's own code (an "ops" row); fc2 keeps its fp32 input.
     assert rows["(model)"] == mask_bytes
@@ -131,34 +133,31 @@ def test_measure_rejects_meta_and_untrainable_models():
 def test_training_memory_figures_measure_the_model_as_it_trains():
     model = prepare_model("mobilenetv2_100", "lite_residual+bias", resolution=RES, device="cpu").model
     assert is_converted(model)  # modes convert to the training engine by default
-    keys = {
-        "weights_bytes", "grads_optimizer_bytes", "activations_necessary_bytes", "activations_stock_bytes",
-        "total_modelled_bytes", "activations_measured_bytes", "total_measured_bytes",
-        "activations_measured_stock_bytes", "activations_measured_engine_bytes",
-    }
     size = (3, RES, RES)
     modelled = training_memory_figures(model, input_size=size, batch_size=BATCH, optimizer="sgd",
                                        measure=False)
-    assert set(modelled) == keys
-    assert all(modelled[k] is None for k in keys if "measured" in k)
+    assert isinstance(modelled, RunMemory)
+    measured_names = [n for n in MEMORY if "measured" in n]
+    assert len(measured_names) == 4 and all(getattr(modelled, n) is None for n in measured_names)
+    assert all(getattr(modelled, n) is not None for n in MEMORY if n not in measured_names)
     figures = training_memory_figures(model, input_size=size, batch_size=BATCH, optimizer="sgd")
     # Stock layers save what the model says stock PyTorch saves; the engine what TinyTL says is necessary.
-    assert figures["activations_measured_stock_bytes"] == pytest.approx(figures["activations_stock_bytes"],
-                                                                        rel=0.02)
-    assert figures["activations_measured_engine_bytes"] == pytest.approx(
-        figures["activations_necessary_bytes"], rel=0.05)
-    assert figures["activations_measured_bytes"] == figures["activations_measured_engine_bytes"]  # trains so
+    assert figures.activations_measured_stock_bytes == pytest.approx(figures.activations_stock_bytes,
+                                                                     rel=0.02)
+    assert figures.activations_measured_engine_bytes == pytest.approx(
+        figures.activations_necessary_bytes, rel=0.05)
+    assert figures.activations_measured_bytes == figures.activations_measured_engine_bytes  # trains so
     assert is_converted(model)  # left as it was
-    parts = sum(figures[k] for k in ("weights_bytes", "grads_optimizer_bytes", "activations_necessary_bytes"))
-    assert figures["total_modelled_bytes"] > parts  # plus the transient working set
-    assert figures["total_measured_bytes"] > figures["weights_bytes"] + figures["activations_measured_bytes"]
+    parts = figures.weights_bytes + figures.grads_optimizer_bytes + figures.activations_necessary_bytes
+    assert figures.total_modelled_bytes > parts  # plus the transient working set
+    assert figures.total_measured_bytes > figures.weights_bytes + figures.activations_measured_bytes
     # Trained on the engine, measured and modelled totals share the engine's (TinyTL's) transient.
-    assert figures["total_measured_bytes"] == pytest.approx(figures["total_modelled_bytes"], rel=0.05)
+    assert figures.total_measured_bytes == pytest.approx(figures.total_modelled_bytes, rel=0.05)
 
     stock_model = prepare_model("mobilenetv2_100", "lite_residual+bias", resolution=RES, engine=False).model
     stock = training_memory_figures(stock_model, input_size=size, batch_size=BATCH, optimizer="sgd")
-    assert stock["activations_measured_bytes"] == stock["activations_measured_stock_bytes"]
-    assert stock["total_measured_bytes"] > figures["total_measured_bytes"]  # stock keeps more
+    assert stock.activations_measured_bytes == stock.activations_measured_stock_bytes
+    assert stock.total_measured_bytes > figures.total_measured_bytes  # stock keeps more
     assert not is_converted(stock_model)
-    for key in ("activations_measured_stock_bytes", "activations_measured_engine_bytes"):
-        assert stock[key] == figures[key]  # the same two steps, whichever layers the model trains with
+    for key in (MEMORY.activations_measured_stock_bytes, MEMORY.activations_measured_engine_bytes):
+        assert getattr(stock, key) == getattr(figures, key)  # the same two steps, whichever layers train

@@ -12,7 +12,7 @@ from nbclient import NotebookClient
 
 from tinytl_core.backbones import DEMO_BACKBONE
 from tinytl_core.modes import MODES
-from tinytl_core.results import ResultsStore
+from tinytl_core.results import MEMORY, ResultsStore
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOKS = (
@@ -76,7 +76,7 @@ def test_notebook_runs_top_to_bottom(name, tmp_path, monkeypatch):
         assert sorted(r["mode"] for r in runs) == sorted([*MODES, "lite_residual+bias"])
         assert all(r["status"] == "finished" and r["backbone"] == DEMO_BACKBONE for r in runs)
         assert all(r["pretrained_loaded"] for r in runs), "the shipped demo checkpoint did not load"
-        assert all(r["total_modelled_bytes"] and r["total_measured_bytes"] for r in runs)
+        assert all(r[MEMORY.total_modelled_bytes] and r[MEMORY.total_measured_bytes] for r in runs)
         assert any("example_folder" in r["dataset"] for r in runs)
         bias = next(r for r in runs if r["mode"] == "bias")  # trained on the engine: far below stock PyTorch
-        assert 5 * bias["activations_measured_bytes"] < bias["memory"]["activations_measured_stock_bytes"]
+        assert 5 * bias[MEMORY.activations_measured_bytes] < bias[MEMORY.activations_measured_stock_bytes]

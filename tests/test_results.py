@@ -1,21 +1,37 @@
-"""SQLite results store: round trip, CSV export, delete, concurrent writers, atomic writes."""
+"""SQLite results store: round trip, CSV export, delete, concurrent writers, atomic writes, migration from
+older schemas, the one run -> table builder."""
 
 import csv
 import io
+import json
 import multiprocessing as mp
 import sqlite3
+from dataclasses import asdict
 
+import pandas as pd
 import pytest
 
-from tinytl_core.results import ENV_DB, ResultsStore, default_db_path
+from tinytl_core.quantities import RunMemory, RunStatus
+from tinytl_core.results import (
+    COLUMNS,
+    ENV_DB,
+    MEMORY,
+    RUN,
+    SCHEMA_VERSION,
+    ResultsStore,
+    default_db_path,
+    run_headers,
+    run_table,
+)
+
+FIGURES = RunMemory(weights_bytes=100, total_modelled_bytes=1000, activations_measured_bytes=700)
 
 
 def record(**overrides):
     base = {
         "status": "finished", "backbone": "resnet10t", "mode": "bias", "dataset": "shapes", "num_classes": 10,
         "batch_size": 4, "lr": 1e-3, "seed": 0, "steps_done": 3, "final_val_acc": 0.5, "pretrained": False,
-        "memory": {"weights_bytes": 100, "total_modelled_bytes": 1000, "activations_measured_bytes": 700,
-                   "extra_key": 1},
+        "memory": {**asdict(FIGURES), "extra_key": 1},
         "history": [{"kind": "step", "step": 1, "loss": 2.3}, {"kind": "eval", "step": 3, "val_acc": 0.5}],
         "config": {"backbone": "resnet10t", "lr": 1e-3}, "versions": {"torch": "x"},
     }
@@ -29,9 +45,12 @@ def test_round_trip_filter_and_delete(tmp_path):
     b = store.save_run(record(status="cancelled", mode="full", message="cancelled at step 2"))
     run = store.get_run(a)
     assert run["history"][1]["val_acc"] == 0.5 and run["config"]["lr"] == 1e-3
-    assert run["memory"]["extra_key"] == 1 and run["weights_bytes"] == 100
-    assert run["total_modelled_bytes"] == 1000
+    assert run["memory"]["extra_key"] == 1 and run[MEMORY.weights_bytes] == FIGURES.weights_bytes
+    assert run[MEMORY.total_modelled_bytes] == FIGURES.total_modelled_bytes
+    assert run[MEMORY.activations_measured_stock_bytes] is None  # not in the figures: an empty column
+    assert RunMemory.from_dict(run["memory"]) == FIGURES  # the stored dict reads back (extra keys ignored)
     assert run["pretrained"] is False and run["final_val_acc"] == 0.5
+    assert run["status"] is RunStatus.FINISHED
     assert [r["id"] for r in store.list_runs()] == [b, a]  # newest first
     assert [r["id"] for r in store.list_runs(status="cancelled")] == [b]
     assert store.list_runs(mode="bias", limit=5)[0]["id"] == a
@@ -109,3 +128,131 @@ def test_two_processes_writing_at_once_lose_nothing(tmp_path):
     for tag in ("a", "b"):
         assert sorted(r["seed"] for r in runs if r["dataset"] == tag) == list(range(25))
         assert all(len(r["history"]) == 200 for r in runs if r["dataset"] == tag)
+
+
+# ------------------------------------------------------------------------------------------ migration
+SCHEMA_1 = (  # the table the first version (schema 1) created, verbatim
+    "CREATE TABLE IF NOT EXISTS runs (id INTEGER PRIMARY KEY AUTOINCREMENT, status TEXT NOT NULL, "
+    "message TEXT, backbone TEXT NOT NULL, mode TEXT NOT NULL, dataset TEXT NOT NULL, num_classes "
+    "INTEGER, n_train INTEGER, n_val INTEGER, skipped_files INTEGER, resolution INTEGER, batch_size "
+    "INTEGER, optimizer TEXT, lr REAL, label_smoothing REAL, seed INTEGER, steps_planned INTEGER, "
+    "steps_done INTEGER, epochs_done REAL, device TEXT, pretrained INTEGER, pretrained_loaded "
+    "INTEGER, n_trainable INTEGER, n_total INTEGER, final_val_acc REAL, final_val_loss REAL, "
+    "best_val_acc REAL, final_train_acc REAL, weights_bytes INTEGER, grads_optimizer_bytes INTEGER, "
+    "activations_necessary_bytes INTEGER, activations_stock_bytes INTEGER, total_modelled_bytes "
+    "INTEGER, activations_measured_bytes INTEGER, total_measured_bytes INTEGER, setup_time_s REAL, "
+    "train_time_s REAL, eval_time_s REAL, total_time_s REAL, images_per_s REAL, started_at TEXT, "
+    "ended_at TEXT, config_json TEXT, history_json TEXT, memory_json TEXT, versions_json TEXT, CHECK "
+    "(status IN ('finished', 'cancelled', 'failed')))"
+)
+# A run as the first version wrote it: its memory JSON held every figure of training_memory_figures, the
+# seven of them with columns filled, the two measured stock / engine figures only in the JSON.
+SCHEMA_1_MEMORY = {
+    "weights_bytes": 9e6, "grads_optimizer_bytes": 1e6, "activations_necessary_bytes": 2e6,
+    "activations_stock_bytes": 20e6, "total_modelled_bytes": 13e6, "activations_measured_bytes": 2.1e6,
+    "total_measured_bytes": 13.5e6, "activations_measured_stock_bytes": 19.5e6,
+    "activations_measured_engine_bytes": 2.1e6,
+}
+SCHEMA_1_COLUMNS = (
+    "weights_bytes", "grads_optimizer_bytes", "activations_necessary_bytes", "activations_stock_bytes",
+    "total_modelled_bytes", "activations_measured_bytes", "total_measured_bytes",
+)
+
+
+def _schema_1_database(path) -> None:
+    con = sqlite3.connect(path, isolation_level=None)
+    con.execute("PRAGMA journal_mode = WAL")
+    con.execute("BEGIN IMMEDIATE")
+    con.execute(SCHEMA_1)
+    con.execute("PRAGMA user_version = 1")
+    con.execute("COMMIT")
+    values = {
+        "status": "finished", "message": "", "backbone": "mobilenetv2_050", "mode": "bias",
+        "dataset": "digits", "num_classes": 10, "resolution": 32, "batch_size": 4, "optimizer": "adam",
+        "lr": 1e-3, "steps_done": 3, "pretrained": 1, "pretrained_loaded": 0, "n_trainable": 1234,
+        "final_val_acc": 0.5, "best_val_acc": 0.6, "total_time_s": 2.5, "images_per_s": 7.25,
+        "started_at": "2025-01-01T00:00:00+00:00", **{k: int(SCHEMA_1_MEMORY[k]) for k in SCHEMA_1_COLUMNS},
+        "config_json": json.dumps({"backbone": "mobilenetv2_050"}),
+        "memory_json": json.dumps(SCHEMA_1_MEMORY),
+        "history_json": json.dumps([{"kind": "step", "step": 1, "loss": 2.0}]), "versions_json": None,
+    }
+    con.execute(f"INSERT INTO runs ({', '.join(values)}) VALUES ({', '.join('?' for _ in values)})",
+                list(values.values()))
+    con.execute("INSERT INTO runs (status, backbone, mode, dataset) VALUES (?, ?, ?, ?)",
+                ("failed", "resnet18", "full", "digits"))
+    con.close()
+
+
+def test_a_schema_1_database_opens_lists_and_shows_its_runs(tmp_path):
+    path = tmp_path / "old.sqlite"
+    _schema_1_database(path)
+    store = ResultsStore(path)
+    with sqlite3.connect(path) as con:
+        assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        table = [r[1] for r in con.execute("PRAGMA table_info(runs)")]
+    assert set(table) == {RUN.id, *COLUMNS, "config_json", "history_json", "memory_json", "versions_json"}
+    assert table[-2:] == [MEMORY.activations_measured_stock_bytes, MEMORY.activations_measured_engine_bytes]
+    failed, old = store.list_runs()
+    assert old["status"] is RunStatus.FINISHED and old["history"][0]["loss"] == 2.0
+    assert old[MEMORY.total_modelled_bytes] == 13_000_000
+    # The columns schema 2 added are filled from the run's memory JSON; a run without one leaves them empty.
+    assert old[MEMORY.activations_measured_stock_bytes] == 19_500_000
+    assert old[MEMORY.activations_measured_engine_bytes] == 2_100_000
+    assert failed[MEMORY.activations_measured_stock_bytes] is None and failed["memory"] is None
+    assert store.get_run(old[RUN.id]) == old
+    frame = run_table([old], (RUN.id, RUN.mode, RUN.final_val_acc, MEMORY.activations_measured_stock_bytes))
+    assert frame.to_dict("records") == [{"id": old[RUN.id], "mode": "bias", "val acc %": 50.0,
+                                         "act. stock measured MB": 19.5}]
+    # The migrated store takes new runs, and opening it again changes nothing.
+    new = store.save_run(record())
+    assert ResultsStore(path).count() == 3 and ResultsStore(path).get_run(new)["mode"] == "bias"
+    buffer = io.StringIO()
+    assert store.export_csv(buffer) == 3
+    rows = list(csv.DictReader(io.StringIO(buffer.getvalue())))
+    assert rows[2][MEMORY.activations_measured_stock_bytes] == "19500000"
+
+
+def test_a_newer_schema_is_refused(tmp_path):
+    path = tmp_path / "future.sqlite"
+    with sqlite3.connect(path) as con:
+        con.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(ValueError, match="newer TinyTL Lab"):
+        ResultsStore(path)
+
+
+def test_the_store_keeps_only_runs_that_ended(tmp_path):
+    store = ResultsStore(tmp_path / "r.sqlite")
+    for status in RunStatus:
+        if status.ended:
+            assert store.get_run(store.save_run(record(status=status)))["status"] is status
+        else:
+            with pytest.raises(ValueError, match="status must be one of finished, cancelled, failed"):
+                store.save_run(record(status=status))
+    with sqlite3.connect(store.path) as con, pytest.raises(sqlite3.IntegrityError, match="CHECK"):
+        con.execute("INSERT INTO runs (status, backbone, mode, dataset) VALUES ('running', 'a', 'b', 'c')")
+
+
+# ---------------------------------------------------------------------------------------- run tables
+def test_run_table_converts_units_rounds_and_labels():
+    runs = [
+        {RUN.id: 2, RUN.status: RunStatus.CANCELLED, RUN.final_val_acc: None,
+         MEMORY.total_modelled_bytes: None, RUN.total_time_s: 12.3456, RUN.images_per_s: 3.14159},
+        {RUN.id: 1, RUN.status: "finished", RUN.final_val_acc: 0.83333,
+         MEMORY.total_modelled_bytes: 12_345_678, RUN.total_time_s: 1.0, RUN.images_per_s: 10.0, "x": 1},
+    ]
+    columns = (RUN.id, RUN.status, RUN.final_val_acc, MEMORY.total_modelled_bytes, RUN.total_time_s,
+               RUN.images_per_s)
+    frame = run_table(runs, columns)
+    assert list(frame.columns) == ["id", "status", "val acc %", "total modelled MB", "time s", "images/s"]
+    assert list(frame["status"]) == ["cancelled", "finished"] and type(frame["status"][0]) is str
+    assert pd.isna(frame["val acc %"][0]) and frame["val acc %"][1] == 83.3  # fractions in %, 1 decimal
+    assert pd.isna(frame["total modelled MB"][0]) and frame["total modelled MB"][1] == 12.35  # MB, 2
+    assert list(frame["time s"]) == [12.3, 1.0] and list(frame["images/s"]) == [3.1, 10.0]
+    keyed = run_table(runs, columns, headers=False, digits=2)
+    assert list(keyed.columns) == ["id", "status", "final_val_acc_pct", "total_modelled_MB", "total_time_s",
+                                   "images_per_s"]
+    assert list(keyed["total_time_s"]) == [12.35, 1.0] and keyed["final_val_acc_pct"][1] == 83.33
+    assert run_headers(columns)["total_modelled_MB"] == "total modelled MB"
+    assert run_table([], columns).empty and list(run_table([], columns).columns) == list(frame.columns)
+    with pytest.raises(KeyError, match="no quantity 'accuracy'"):
+        run_table(runs, ("accuracy",))

@@ -16,6 +16,8 @@ from tinytl_core.backbones import LOCAL_BACKBONES
 from tinytl_core.comparisons import mode_reports, table_from_reports
 from tinytl_core.data import DatasetUnavailable
 from tinytl_core.memory import MB
+from tinytl_core.memory.report import MEMORY, TOTALS
+from tinytl_core.quantities import RunMemory
 from tinytl_core.results import ResultsStore
 from tinytl_core.ui import checks, explorer, figures, runs
 from tinytl_core.ui.jobs import JobBusyError, JobSlot, TrainingJob
@@ -94,12 +96,14 @@ def test_components_add_up_to_the_totals(tiny_reports):
     long = explorer.components_frame(table)
     sums = long.groupby("mode")["MB"].sum()
     for _, row in table[table["applicable"]].iterrows():
-        assert sums[row["mode"]] == pytest.approx(row["total_bytes"] / MB)
+        assert sums[row["mode"]] == pytest.approx(row[TOTALS.total_modelled_bytes] / MB)
+    assert list(long["component"].unique()) == list(explorer.COMPONENT_LABELS)
+    assert explorer.COMPONENT_LABELS[2] == explorer.label(TOTALS.activations_necessary_bytes)  # metadata
     fig = figures.mode_memory_bars(table, title="t", selected="bias")
     assert [t.type for t in fig.data].count("bar") == len(explorer.COMPONENTS)
-    assert fig.data[-1].text[0] == f"{table.loc[0, 'total_bytes'] / MB:,.1f} MB"
+    assert fig.data[-1].text[0] == f"{table.loc[0, TOTALS.total_modelled_bytes] / MB:,.1f} MB"
     shown = explorer.totals_in_mb(table)
-    assert "total_MB" in shown and "total_bytes" not in shown
+    assert "total_modelled_MB" in shown and TOTALS.total_modelled_bytes not in shown
 
 
 def test_measured_step_stock_vs_engine(tiny_reports):
@@ -109,12 +113,13 @@ def test_measured_step_stock_vs_engine(tiny_reports):
     assert step.engine_bytes < step.stock_bytes / 5  # the engine drops what frozen layers keep
     table = explorer.layer_table(report, step)
     assert len(table) == len(report.layers)
-    assert table["activation_measured_stock_bytes"].sum() <= step.stock_bytes
-    assert table["activation_measured_engine_bytes"].sum() <= step.engine_bytes
-    assert table["activation_measured_stock_bytes"].sum() > 0.9 * step.stock_bytes  # rows matched
+    stock, engine = MEMORY.activations_measured_stock_bytes, MEMORY.activations_measured_engine_bytes
+    assert table[stock].sum() <= step.stock_bytes
+    assert table[engine].sum() <= step.engine_bytes
+    assert table[stock].sum() > 0.9 * step.stock_bytes  # rows matched
     bias_table = table_from_reports({"bias": report})
     long = explorer.activation_frame(bias_table, {"bias": step})
-    assert list(long["figure"]) == list(explorer.ACTIVATION_FIGURES.values())
+    assert list(long["figure"]) == list(explorer.ACTIVATION_LABELS)
     assert long["MB"].iloc[2] == pytest.approx(step.stock_bytes / MB)
     fig = figures.layer_depth_chart(table, title="layers", log_y=True)
     assert len(fig.data) == len(figures.LAYER_SERIES) and fig.layout.yaxis.type == "log"
@@ -127,7 +132,7 @@ def test_layer_table_without_measurement_is_a_copy_of_the_report(tiny_reports):
     table = explorer.layer_table(report)
     assert table.equals(report.layers)  # the modelled table as it is: no measured columns added
     assert not [c for c in table.columns if "measured" in c]
-    table["activation_stock_bytes"] = 0  # the page may change its table: the report stays as it was
+    table[TOTALS.activations_stock_bytes] = 0  # the page may change its table: the report stays as it was
     table["extra"] = 1
     assert report.layers.equals(before) and "extra" not in report.layers.columns
 
@@ -159,7 +164,7 @@ class FakeRunner:
             done = step
         progress(EvalEvent(self.steps, self.steps, 0.75, 0.9, 0.2, final=True))
         return AdaptResult(config, status="finished", steps_done=done, steps_planned=self.steps,
-                           final_val_acc=0.75, best_val_acc=0.75, memory={"total_modelled_bytes": 2e6},
+                           final_val_acc=0.75, best_val_acc=0.75, memory=RunMemory(total_modelled_bytes=2e6),
                            total_time_s=0.3, run_id=7)
 
 
@@ -178,8 +183,12 @@ def test_job_runs_every_mode_and_reports():
     assert snap.fraction == 1.0 and not snap.running and snap.owner == "me"
     assert [len(m.steps) for m in snap.modes] == [3, 3] and snap.modes[0].evals[0]["val_acc"] == 0.75
     frame = snap.results_frame()
-    assert list(frame["val acc %"]) == [75.0, 75.0] and list(frame["memory modelled MB"]) == [2.0, 2.0]
-    assert list(frame["run id"]) == [7, 7]
+    assert list(frame.columns) == ["mode", "status", "val acc %", "best val acc %", "steps",
+                                   "total modelled MB", "total measured MB", "time s", "images/s", "id",
+                                   "message"]
+    assert list(frame["val acc %"]) == [75.0, 75.0] and list(frame["total modelled MB"]) == [2.0, 2.0]
+    assert list(frame["id"]) == [7, 7] and list(frame["status"]) == ["finished", "finished"]
+    assert frame["total measured MB"].isna().all()  # not measured: blank, not "None"
 
 
 def test_job_failure_is_a_message_and_the_next_mode_runs():
@@ -253,7 +262,7 @@ def test_curves_figure_draws_steps_and_evals():
 def _record(**overrides):
     base = {"status": "finished", "backbone": "mobilenetv2_050", "mode": "bias", "dataset": "digits",
             "resolution": 32, "batch_size": 4, "steps_done": 3, "final_val_acc": 0.5,
-            "memory": {"total_modelled_bytes": 3_000_000},
+            "memory": {MEMORY.total_modelled_bytes: 3_000_000},
             "history": [{"kind": "step", "step": 1, "loss": 2.0}]}
     base.update(overrides)
     return base
@@ -266,15 +275,18 @@ def test_runs_frame_filter_label_and_export(tmp_path):
                                final_val_acc=None, memory=None, status="cancelled"))
     frame = runs.runs_frame(store.list_runs())
     assert list(frame["id"]) == [b, a]
-    assert frame.set_index("id").loc[a, "val_acc_pct"] == 50.0
-    assert frame.set_index("id").loc[a, "total_modelled_MB"] == 3.0
+    x, title = runs.memory_axis(MEMORY.total_modelled_bytes)
+    assert (x, title) == ("total_modelled_MB", "training memory, modelled (MB)")
+    assert frame.set_index("id").loc[a, runs.ACCURACY.key] == 50.0
+    assert frame.set_index("id").loc[a, x] == 3.0
+    assert list(frame.columns) == list(runs.RUN_HEADERS) and runs.RUN_HEADERS[x] == "total modelled MB"
     assert frame.set_index("id").loc[b, "dataset"] == "pets-1234.zip"
     assert list(runs.filter_runs(frame, mode=["bias"], status=None)["id"]) == [a]
     assert len(runs.filter_runs(frame, mode=[])) == 2
     assert runs.run_label(frame.iloc[1]) == f"#{a} bias · mobilenetv2_050 · digits · 50.0%"
     text = runs.export_csv_text(store, [a])
     assert text.count("\n") == 2 and "digits" in text
-    fig = figures.memory_accuracy_scatter(frame, x="total_modelled_MB", x_label="MB", title="s")
+    fig = figures.memory_accuracy_scatter(frame, x=x, x_label=title, title="s")
     assert sum(len(t.x) for t in fig.data) == 1  # the run without memory or accuracy is left out
 
 

@@ -13,7 +13,8 @@ contract is in ``pyproject.toml`` and ``lint-imports`` checks it), top to bottom
 - :mod:`~tinytl_core.tracing` -- trace records, saved-tensor counting, the meta-device tracer;
 - :mod:`~tinytl_core.layer_kinds` -- one table of what a layer is and what its backward needs;
 - :mod:`~tinytl_core.backbones`, :mod:`~tinytl_core.data`, :mod:`~tinytl_core.results`;
-- :mod:`~tinytl_core.paths`.
+- :mod:`~tinytl_core.paths`, :mod:`~tinytl_core.quantities` (each figure's label and unit as dataclass field
+  metadata, the MB formatter, run statuses, a run's memory figures).
 """
 
 __version__ = "0.1.0"

@@ -5,8 +5,9 @@
 - ``progress(event)`` is called with small frozen dataclasses: :class:`PhaseEvent` (setup stages),
   :class:`StepEvent` after every optimisation step and :class:`EvalEvent` after every evaluation;
 - ``cancel`` (a ``threading.Event``) is checked before every step and every evaluation batch; a cancelled
-  run returns what it did so far with ``status == "cancelled"`` (Ctrl-C does the same);
-- a non-finite loss stops the run with ``status == "failed"`` and a message that says what to change;
+  run returns what it did so far with status :attr:`RunStatus.CANCELLED` (Ctrl-C does the same);
+- a non-finite loss stops the run with status :attr:`RunStatus.FAILED` and a message that says what to
+  change;
 - with ``store`` the run is written to the :class:`~tinytl_core.results.ResultsStore` in one transaction,
   whatever its outcome (an unexpected error is recorded as failed, then re-raised).
 
@@ -31,9 +32,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from tinytl_core import __version__
 from tinytl_core.data import DatasetSplits, attach_transforms, load_dataset
 from tinytl_core.memory import training_memory_figures
 from tinytl_core.modes import get_mode, prepare_model
+from tinytl_core.quantities import RunMemory, RunStatus, format_mb
 from tinytl_core.results import ResultsStore
 
 OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
@@ -164,10 +167,11 @@ ProgressCallback = Callable[[ProgressEvent], None]
 
 @dataclass
 class AdaptResult:
-    """What one run did. ``status`` is finished, cancelled or failed (``message`` says why)."""
+    """What one run did. ``status`` is finished, cancelled or failed (``message`` says why); ``memory`` the
+    run's memory figures (None when not recorded; ``memory_error`` says why when they failed)."""
 
     config: AdaptConfig
-    status: str = "failed"
+    status: RunStatus = RunStatus.FAILED
     message: str = ""
     device: str = ""
     num_classes: int = 0
@@ -187,7 +191,7 @@ class AdaptResult:
     final_val_loss: float | None = None
     best_val_acc: float | None = None
     final_train_acc: float | None = None
-    memory: dict[str, float | None] | None = None
+    memory: RunMemory | None = None
     memory_error: str = ""
     history: list[dict[str, Any]] = field(default_factory=list)
     setup_time_s: float = 0.0
@@ -198,6 +202,11 @@ class AdaptResult:
     started_at: str = ""
     ended_at: str = ""
     run_id: int | None = None
+
+    def __post_init__(self) -> None:
+        self.status = RunStatus(self.status)
+        if isinstance(self.memory, dict):  # figures read back from a stored run
+            self.memory = RunMemory.from_dict(self.memory)
 
     @property
     def steps(self) -> list[dict[str, Any]]:
@@ -213,26 +222,28 @@ class AdaptResult:
         """One line: mode, accuracy, memory, time, status."""
         c = self.config
         acc = "-" if self.final_val_acc is None else f"{100 * self.final_val_acc:.1f}%"
-        mem = ""
-        if self.memory:
-            mem = f", memory {_mb(self.memory.get('total_modelled_bytes'))} MB modelled"
-            if self.memory.get("total_measured_bytes") is not None:
-                mem += f" / {_mb(self.memory['total_measured_bytes'])} MB measured"
+        mem, m = "", self.memory
+        if m is not None:
+            mem = f", memory {format_mb(m.total_modelled_bytes)} MB modelled"
+            if m.total_measured_bytes is not None:
+                mem += f" / {format_mb(m.total_measured_bytes)} MB measured"
         layers = "engine" if self.engine_layers else "stock layers"
         text = (f"{c.backbone} {c.mode} on {c.dataset}: val acc {acc} after {self.steps_done} steps"
                 f"{mem}, {self.total_time_s:.1f} s ({self.images_per_s:.1f} img/s, {layers}) [{self.status}]")
-        return text + (f": {self.message}" if self.message and self.status != "finished" else "")
+        return text + (f": {self.message}" if self.message and self.status != RunStatus.FINISHED else "")
 
     def to_record(self) -> dict[str, Any]:
-        """The row written to the results store."""
+        """The row written to the results store: its columns (memory figures included) and JSON fields."""
         c = self.config
+        memory = asdict(self.memory) if self.memory is not None else None
         record = {
             "status": self.status, "message": self.message, "backbone": c.backbone, "mode": c.mode,
             "dataset": c.dataset, "batch_size": c.batch_size, "optimizer": c.optimizer, "lr": c.lr,
             "label_smoothing": c.label_smoothing, "seed": c.seed, "pretrained": c.pretrained,
             "config": c.to_dict(), "history": self.history, "versions": versions(),
-            "memory": self.memory if self.memory is not None else (
+            "memory": memory if memory is not None else (
                 {"error": self.memory_error} if self.memory_error else None),
+            **(memory or {}),
         }
         for name in ("num_classes", "n_train", "n_val", "skipped_files", "resolution", "steps_planned",
                      "steps_done", "epochs_done", "device", "pretrained_loaded", "n_trainable", "n_total",
@@ -242,17 +253,11 @@ class AdaptResult:
         return record
 
 
-def _mb(nbytes: float | None) -> str:
-    return "-" if nbytes is None else f"{nbytes / 1e6:.1f}"
-
-
 def versions() -> dict[str, str]:
     """Library versions recorded with each run."""
     import numpy
     import timm
     import torchvision
-
-    from tinytl_core import __version__
 
     return {"tinytl_core": __version__, "python": platform.python_version(), "torch": torch.__version__,
             "torchvision": torchvision.__version__, "timm": timm.__version__, "numpy": numpy.__version__}
@@ -281,7 +286,7 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _memory_figures(model: nn.Module, config: AdaptConfig, resolution: int) -> dict[str, float | None]:
+def _memory_figures(model: nn.Module, config: AdaptConfig, resolution: int) -> RunMemory:
     """Modelled (and measured) memory of this configuration, leaving the model and RNG as they were."""
     state = copy.deepcopy(model.state_dict())
     rng = torch.get_rng_state()
@@ -336,7 +341,7 @@ def adapt(config: AdaptConfig, *, data: DatasetSplits | None = None, progress: P
         store: results store to record the run in.
 
     Setup errors (unknown backbone/dataset, mode not applicable, dataset unavailable) raise before
-    anything is recorded. A non-finite loss returns ``status="failed"``; any other error during the run
+    anything is recorded. A non-finite loss returns status failed; any other error during the run
     is recorded as failed and re-raised.
     """
     config.validate()
@@ -395,12 +400,12 @@ def adapt(config: AdaptConfig, *, data: DatasetSplits | None = None, progress: P
         _train(model, config, data, train_loader, val_loader, device, total, per_epoch, emit, cancel, result,
                t0)
     except NonFiniteLossError as exc:
-        result.status, result.message = "failed", str(exc)
+        result.status, result.message = RunStatus.FAILED, str(exc)
     except (_Cancelled, KeyboardInterrupt):
-        result.status = "cancelled"
+        result.status = RunStatus.CANCELLED
         result.message = f"cancelled after {result.steps_done} of {total} steps"
     except Exception as exc:
-        result.status, result.message = "failed", f"{type(exc).__name__}: {exc}"
+        result.status, result.message = RunStatus.FAILED, f"{type(exc).__name__}: {exc}"
         _finish(result, t0, store)
         raise
     _finish(result, t0, store)
@@ -489,4 +494,4 @@ def _train(model: nn.Module, config: AdaptConfig, data: DatasetSplits, train_loa
         if config.eval_every and step % config.eval_every == 0 and step < total:
             evaluate(final=False)
     evaluate(final=True)
-    result.status, result.message = "finished", ""
+    result.status, result.message = RunStatus.FINISHED, ""

@@ -7,16 +7,20 @@ The memory model's comparisons live here, above :mod:`tinytl_core.modes` (which 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 
 import pandas as pd
 
 from tinytl_core.memory import MemoryReport, analyze
+from tinytl_core.memory.report import TOTALS
 from tinytl_core.modes import ModeNotApplicable, prepare_model, resolve_modes
 
-TOTAL_KEYS = (
-    "weights_bytes", "grads_optimizer_bytes", "activations_necessary_bytes", "activations_stock_bytes",
-    "transient_bytes", "total_bytes", "total_stock_bytes",
+TABLE_COLUMNS: tuple[str, ...] = (
+    TOTALS.weights_bytes, TOTALS.grads_optimizer_bytes, TOTALS.activations_necessary_bytes,
+    TOTALS.activations_stock_bytes, TOTALS.transient_bytes, TOTALS.total_modelled_bytes,
+    TOTALS.total_stock_bytes,
 )
+"""The :class:`~tinytl_core.memory.ReportTotals` fields of a :func:`compare_modes` row, in order."""
 
 
 def mode_reports(
@@ -41,7 +45,7 @@ def mode_reports(
             continue
         report = analyze(prepared.model, input_size=prepared.data.input_size, batch_size=batch_size,
                          optimizer=optimizer, accounting=accounting)
-        report.totals.update(mode=mode.name, backbone=backbone)
+        report.totals = replace(report.totals, mode=mode.name, backbone=backbone)
         out[mode.name] = report
     return out
 
@@ -77,11 +81,12 @@ def table_from_reports(reports: dict[str, MemoryReport | str]) -> pd.DataFrame:
         t = report.totals
         records.append({
             "mode": name, "applicable": True, "reason": "",
-            "trainable_params": t["n_trainable"], "params": t["n_params"],
-            **{k: t[k] for k in TOTAL_KEYS},
+            "trainable_params": t.n_trainable, "params": t.n_params,
+            **{k: getattr(t, k) for k in TABLE_COLUMNS},
         })
     table = pd.DataFrame.from_records(records, columns=["mode", "applicable", "reason", "trainable_params",
-                                                        "params", *TOTAL_KEYS])
-    full = table.loc[(table["mode"] == "full") & table["applicable"], "total_bytes"]
-    table["ratio_to_full"] = table["total_bytes"] / float(full.iloc[0]) if len(full) else float("nan")
+                                                        "params", *TABLE_COLUMNS])
+    total = table[TOTALS.total_modelled_bytes]
+    full = total[(table["mode"] == "full") & table["applicable"]]
+    table["ratio_to_full"] = total / float(full.iloc[0]) if len(full) else float("nan")
     return table

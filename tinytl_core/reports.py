@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import pandas as pd
 
 from tinytl_core.modes import MODES, ModeResult
+from tinytl_core.quantities import MB
 
 FP32_BYTES = 4
 
@@ -21,7 +22,7 @@ def trainable_table(results: Sequence[ModeResult]) -> pd.DataFrame:
                 "title": MODES[r.mode].title if r.mode in MODES else r.mode,
                 "applicable": r.applicable,
                 "trainable_params": r.n_trainable if r.applicable else None,
-                "trainable_MB": r.n_trainable * FP32_BYTES / 1e6 if r.applicable else None,
+                "trainable_MB": r.n_trainable * FP32_BYTES / MB if r.applicable else None,
                 "trainable_%": 100 * r.trainable_fraction if r.applicable else None,
                 "total_params": r.n_total if r.applicable else None,
                 "lite_residual_blocks": len(r.lite_residual_blocks),

@@ -17,42 +17,111 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from tinytl_core.paths import data_home
+from tinytl_core.quantities import (
+    ENDED_STATUSES,
+    Quantity,
+    RunMemory,
+    RunStatus,
+    Unit,
+    describe,
+    names,
+    quantities,
+    quantity,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
 
 T = TypeVar("T")
 ENV_DB = "TINYTL_RESULTS_DB"
-STATUSES: tuple[str, ...] = ("finished", "cancelled", "failed")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""1: the first version. 2: ``activations_measured_stock_bytes`` and ``activations_measured_engine_bytes``
+columns (filled from the stored memory JSON when an older database is opened)."""
 
-# Scalar columns, in display order, with their SQLite types. JSON columns are stored as TEXT.
-COLUMNS: dict[str, str] = {
-    "status": "TEXT NOT NULL", "message": "TEXT",
-    "backbone": "TEXT NOT NULL", "mode": "TEXT NOT NULL", "dataset": "TEXT NOT NULL",
-    "num_classes": "INTEGER", "n_train": "INTEGER", "n_val": "INTEGER", "skipped_files": "INTEGER",
-    "resolution": "INTEGER", "batch_size": "INTEGER", "optimizer": "TEXT", "lr": "REAL",
-    "label_smoothing": "REAL", "seed": "INTEGER", "steps_planned": "INTEGER", "steps_done": "INTEGER",
-    "epochs_done": "REAL", "device": "TEXT", "pretrained": "INTEGER", "pretrained_loaded": "INTEGER",
-    "n_trainable": "INTEGER", "n_total": "INTEGER",
-    "final_val_acc": "REAL", "final_val_loss": "REAL", "best_val_acc": "REAL", "final_train_acc": "REAL",
-    "weights_bytes": "INTEGER", "grads_optimizer_bytes": "INTEGER", "activations_necessary_bytes": "INTEGER",
-    "activations_stock_bytes": "INTEGER", "total_modelled_bytes": "INTEGER",
-    "activations_measured_bytes": "INTEGER", "total_measured_bytes": "INTEGER",
-    "setup_time_s": "REAL", "train_time_s": "REAL", "eval_time_s": "REAL", "total_time_s": "REAL",
-    "images_per_s": "REAL", "started_at": "TEXT", "ended_at": "TEXT",
-}
+
+@dataclass
+class RunInfo:
+    """The scalar columns of a stored run besides its memory figures (:class:`RunMemory`), each with its
+    label and unit, declared once: the store's schema, its CSV export and every run table
+    (:func:`run_table`) read them from here. ``id`` is the store's key (``AdaptResult.run_id``)."""
+
+    id: int | None = quantity("run id", Unit.COUNT, short="id")
+    status: str | None = quantity("status", Unit.TEXT)
+    message: str | None = quantity("message", Unit.TEXT)
+    backbone: str | None = quantity("backbone", Unit.TEXT)
+    mode: str | None = quantity("mode", Unit.TEXT)
+    dataset: str | None = quantity("dataset", Unit.TEXT)
+    num_classes: int | None = quantity("classes", Unit.COUNT)
+    n_train: int | None = quantity("training images", Unit.COUNT, short="train images")
+    n_val: int | None = quantity("validation images", Unit.COUNT, short="val images")
+    skipped_files: int | None = quantity("skipped files", Unit.COUNT, short="skipped")
+    resolution: int | None = quantity("resolution (px)", Unit.COUNT, short="px")
+    batch_size: int | None = quantity("batch size", Unit.COUNT, short="batch")
+    optimizer: str | None = quantity("optimizer", Unit.TEXT)
+    lr: float | None = quantity("learning rate", Unit.NUMBER, short="lr")
+    label_smoothing: float | None = quantity("label smoothing", Unit.NUMBER)
+    seed: int | None = quantity("seed", Unit.COUNT)
+    steps_planned: int | None = quantity("steps planned", Unit.COUNT)
+    steps_done: int | None = quantity("steps done", Unit.COUNT, short="steps")
+    epochs_done: float | None = quantity("epochs done", Unit.NUMBER, short="epochs")
+    device: str | None = quantity("device", Unit.TEXT)
+    pretrained: bool | None = quantity("pretrained weights asked for", Unit.FLAG, short="pretrained")
+    pretrained_loaded: bool | None = quantity("pretrained weights loaded", Unit.FLAG, short="loaded")
+    n_trainable: int | None = quantity("trainable parameters", Unit.COUNT, short="trainable params")
+    n_total: int | None = quantity("parameters", Unit.COUNT, short="params")
+    final_val_acc: float | None = quantity(
+        "validation accuracy", Unit.FRACTION, short="val acc",
+        help="Validation accuracy at the end of the run.")
+    final_val_loss: float | None = quantity("validation loss", Unit.NUMBER, short="val loss")
+    best_val_acc: float | None = quantity("best validation accuracy", Unit.FRACTION, short="best val acc")
+    final_train_acc: float | None = quantity(
+        "training accuracy (running)", Unit.FRACTION, short="train acc")
+    setup_time_s: float | None = quantity("setup time", Unit.SECONDS, short="setup")
+    train_time_s: float | None = quantity("training time", Unit.SECONDS, short="train time")
+    eval_time_s: float | None = quantity("evaluation time", Unit.SECONDS, short="eval time")
+    total_time_s: float | None = quantity("time", Unit.SECONDS)
+    images_per_s: float | None = quantity(
+        "training images per second", Unit.NUMBER, short="images/s", digits=1
+    )
+    started_at: str | None = quantity("started (UTC)", Unit.TEXT)
+    ended_at: str | None = quantity("ended (UTC)", Unit.TEXT)
+
+
+RUN = names(RunInfo)
+MEMORY = names(RunMemory)
+REQUIRED: tuple[str, ...] = (RUN.status, RUN.backbone, RUN.mode, RUN.dataset)
+_SQL_TYPES = {Unit.TEXT: "TEXT", Unit.COUNT: "INTEGER", Unit.FLAG: "INTEGER", Unit.BYTES: "INTEGER",
+              Unit.FRACTION: "REAL", Unit.NUMBER: "REAL", Unit.SECONDS: "REAL"}
+
+
+def _columns() -> dict[str, str]:
+    """Scalar columns in display order (memory after the accuracies) with their SQLite types."""
+    info = [q for q in quantities(RunInfo) if q.name != RUN.id]
+    cut = [q.name for q in info].index(RUN.final_train_acc) + 1
+    return {q.name: _SQL_TYPES[q.unit] + (" NOT NULL" if q.name in REQUIRED else "")
+            for q in (*info[:cut], *quantities(RunMemory), *info[cut:])}
+
+
+COLUMNS: dict[str, str] = _columns()
+"""Scalar columns, in display order, with their SQLite types (from :class:`RunInfo` and :class:`RunMemory`).
+JSON columns are stored as TEXT."""
 JSON_COLUMNS: tuple[str, ...] = ("config", "history", "memory", "versions")
-MEMORY_KEYS: tuple[str, ...] = (
-    "weights_bytes", "grads_optimizer_bytes", "activations_necessary_bytes", "activations_stock_bytes",
-    "total_modelled_bytes", "activations_measured_bytes", "total_measured_bytes",
-)
-"""Keys of ``tinytl_core.memory.training_memory_figures`` that get their own columns."""
+FLAGS: tuple[str, ...] = tuple(q.name for q in quantities(RunInfo) if q.unit is Unit.FLAG)
+
+
+def _memory_columns(memory: Mapping[str, Any] | None) -> dict[str, int]:
+    """The memory figures of a stored ``memory`` dict that get their own columns (as integers)."""
+    figures = RunMemory.from_dict(memory)
+    if figures is None:
+        return {}
+    return {q.name: int(getattr(figures, q.name)) for q in quantities(RunMemory)
+            if getattr(figures, q.name) is not None}
 
 
 def default_db_path() -> Path:
@@ -122,47 +191,73 @@ class ResultsStore:
             raise ValueError(f"{self.path} was written by a newer TinyTL Lab (schema {version}); upgrade")
         if version == SCHEMA_VERSION:
             return
-        cols = ", ".join(f"{name} {kind}" for name, kind in COLUMNS.items())
-        json_cols = ", ".join(f"{name}_json TEXT" for name in JSON_COLUMNS)
         with self._transaction(con):
-            con.execute(
-                "CREATE TABLE IF NOT EXISTS runs (id INTEGER PRIMARY KEY AUTOINCREMENT, "
-                f"{cols}, {json_cols}, CHECK (status IN ({', '.join(repr(s) for s in STATUSES)})))")
+            version = con.execute("PRAGMA user_version").fetchone()[0]  # another process may have been first
+            if version == SCHEMA_VERSION:
+                return
+            if version == 0:
+                cols = ", ".join(f"{name} {kind}" for name, kind in COLUMNS.items())
+                json_cols = ", ".join(f"{name}_json TEXT" for name in JSON_COLUMNS)
+                ended = ", ".join(repr(s.value) for s in ENDED_STATUSES)
+                con.execute(
+                    f"CREATE TABLE IF NOT EXISTS runs (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+                    f"{cols}, {json_cols}, CHECK (status IN ({ended})))")
+            else:
+                self._upgrade(con)
             con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @staticmethod
+    def _upgrade(con: sqlite3.Connection) -> None:
+        """Bring a table written by an older version up to :data:`COLUMNS`: add the columns it lacks and
+        fill the memory ones from each run's stored memory JSON (other new columns stay empty)."""
+        present = {row["name"] for row in con.execute("PRAGMA table_info(runs)")}
+        added = [name for name in COLUMNS if name not in present]
+        for name in added:
+            con.execute(f"ALTER TABLE runs ADD COLUMN {name} {COLUMNS[name]}")
+        if not added:
+            return
+        for row in con.execute("SELECT id, memory_json FROM runs WHERE memory_json IS NOT NULL").fetchall():
+            figures = {k: v for k, v in _memory_columns(json.loads(row["memory_json"])).items() if k in added}
+            if figures:
+                assignments = ", ".join(f"{name} = ?" for name in figures)
+                con.execute(f"UPDATE runs SET {assignments} WHERE id = ?", [*figures.values(), row["id"]])
+
+    @staticmethod
     def _row(row: sqlite3.Row) -> dict[str, Any]:
-        out = {"id": row["id"]}
+        out = {RUN.id: row[RUN.id]}
         out.update({name: row[name] for name in COLUMNS})
         for name in JSON_COLUMNS:
             raw = row[f"{name}_json"]
             out[name] = json.loads(raw) if raw is not None else None
-        for flag in ("pretrained", "pretrained_loaded"):
+        for flag in FLAGS:
             out[flag] = None if out[flag] is None else bool(out[flag])
+        out[RUN.status] = RunStatus(out[RUN.status])
         return out
 
     # ---------------------------------------------------------------------------------------- public
     def save_run(self, record: Mapping[str, Any]) -> int:
         """Insert one run in a single transaction and return its id.
 
-        ``record`` holds :data:`COLUMNS` keys (``status``, ``backbone``, ``mode``, ``dataset`` are
-        required) and optionally the JSON fields ``config``, ``history``, ``memory``, ``versions``.
-        Memory figures given in ``memory`` also fill the memory columns unless set explicitly.
+        ``record`` holds :data:`COLUMNS` keys (:data:`REQUIRED`: ``status``, ``backbone``, ``mode``,
+        ``dataset``) and optionally the JSON fields ``config``, ``history``, ``memory``, ``versions``.
+        Memory figures given in ``memory`` (a :class:`RunMemory` as a dict) also fill the memory columns
+        unless set explicitly.
         """
-        unknown = set(record) - set(COLUMNS) - set(JSON_COLUMNS) - {"id"}
+        unknown = set(record) - set(COLUMNS) - set(JSON_COLUMNS) - {RUN.id}
         if unknown:
             raise ValueError(f"unknown run field(s): {', '.join(sorted(unknown))}")
-        missing = [k for k in ("status", "backbone", "mode", "dataset") if not record.get(k)]
+        missing = [k for k in REQUIRED if not record.get(k)]
         if missing:
             raise ValueError(f"a run needs {', '.join(missing)}")
-        if record["status"] not in STATUSES:
-            raise ValueError(f"status must be one of {', '.join(STATUSES)}, got {record['status']!r}")
+        if record[RUN.status] not in ENDED_STATUSES:
+            raise ValueError(f"status must be one of {', '.join(s.value for s in ENDED_STATUSES)}, "
+                             f"got {record[RUN.status]!r}")
         values = {name: record.get(name) for name in COLUMNS}
-        memory = record.get("memory") or {}
-        for key in MEMORY_KEYS:
-            if values[key] is None and memory.get(key) is not None:
-                values[key] = int(memory[key])
-        for flag in ("pretrained", "pretrained_loaded"):
+        values[RUN.status] = RunStatus(values[RUN.status]).value
+        for key, value in _memory_columns(record.get("memory")).items():
+            if values[key] is None:
+                values[key] = value
+        for flag in FLAGS:
             if values[flag] is not None:
                 values[flag] = int(bool(values[flag]))
         for name in JSON_COLUMNS:
@@ -187,7 +282,8 @@ class ResultsStore:
                   backbone: str | None = None, mode: str | None = None) -> list[dict[str, Any]]:
         """Stored runs, newest first, optionally filtered by exact field values."""
         where, args = [], []
-        for col, value in (("status", status), ("dataset", dataset), ("backbone", backbone), ("mode", mode)):
+        for col, value in ((RUN.status, status), (RUN.dataset, dataset), (RUN.backbone, backbone),
+                           (RUN.mode, mode)):
             if value is not None:
                 where.append(f"{col} = ?")
                 args.append(value)
@@ -220,8 +316,8 @@ class ResultsStore:
         runs = self.list_runs()
         if run_ids is not None:
             wanted = {int(i) for i in run_ids}
-            runs = [r for r in runs if r["id"] in wanted]
-        header = ["id", *COLUMNS, "config"] + (["history"] if include_history else [])
+            runs = [r for r in runs if r[RUN.id] in wanted]
+        header = [RUN.id, *COLUMNS, "config"] + (["history"] if include_history else [])
         with contextlib.ExitStack() as stack:
             fh = dest if hasattr(dest, "write") else stack.enter_context(
                 open(dest, "w", newline="", encoding="utf-8"))  # type: ignore[arg-type]
@@ -233,25 +329,41 @@ class ResultsStore:
         return len(runs)
 
 
-SUMMARY_COLUMNS: dict[str, str] = {
-    "id": "id", "status": "status", "backbone": "backbone", "mode": "mode", "dataset": "dataset",
-    "resolution": "px", "batch_size": "batch", "steps_done": "steps", "final_val_acc": "val acc %",
-    "best_val_acc": "best %", "n_trainable": "trainable", "total_modelled_bytes": "modelled MB",
-    "total_measured_bytes": "measured MB", "activations_measured_bytes": "act. measured MB",
-    "total_time_s": "time s", "started_at": "started",
-}
-"""Columns of :func:`summary_frame` and their display names."""
+def run_table(
+    runs: Iterable[Mapping[str, Any]],
+    columns: Sequence[str],
+    *,
+    headers: bool = True,
+    digits: int | None = None,
+) -> pd.DataFrame:
+    """One row per run, the ``columns`` (fields of :class:`RunInfo` or :class:`RunMemory`, in order) in
+    their display units: bytes in MB (10^6 bytes), fractions in %, each rounded to its quantity's digits
+    (or to ``digits``); missing figures are blank (NaN), statuses their text.
 
-
-def summary_frame(runs: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
-    """A compact ``pandas.DataFrame`` of runs for display: accuracy in %, memory in MB (10^6 bytes)."""
+    ``runs``: stored runs (:meth:`ResultsStore.list_runs`), ``AdaptResult.to_record()`` dicts, a job's
+    result summaries -- any mappings with those keys. Columns are headed by each quantity's header
+    (``val acc %``, ``total modelled MB``), or with ``headers=False`` by its key (``final_val_acc_pct``,
+    ``total_modelled_MB``) for code that picks columns; :func:`run_headers` maps keys to headers.
+    """
     import pandas as pd
 
-    rows = [{k: r.get(k) for k in SUMMARY_COLUMNS} for r in runs]
-    frame = pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
-    for col in ("final_val_acc", "best_val_acc"):
-        frame[col] = (pd.to_numeric(frame[col]) * 100).round(1)
-    for col in ("total_modelled_bytes", "total_measured_bytes", "activations_measured_bytes"):
-        frame[col] = (pd.to_numeric(frame[col]) / 1e6).round(2)
-    frame["total_time_s"] = pd.to_numeric(frame["total_time_s"]).round(1)
-    return frame.rename(columns=SUMMARY_COLUMNS)
+    specs = [describe(name, RunInfo, RunMemory) for name in columns]
+    rows = [[q.convert(run.get(q.name)) for q in specs] for run in runs]
+    frame = pd.DataFrame(rows, columns=[q.header if headers else q.key for q in specs])
+    for q, col in zip(specs, frame.columns):
+        if q.unit.numeric:
+            frame[col] = pd.to_numeric(frame[col])
+            places = q.digits if digits is None or q.digits is None else digits
+            if places is not None:
+                frame[col] = frame[col].round(places)
+    return frame
+
+
+def run_headers(columns: Sequence[str]) -> dict[str, str]:
+    """Key -> header of each of ``columns`` (for a :func:`run_table` built with ``headers=False``)."""
+    return {q.key: q.header for q in (describe(name, RunInfo, RunMemory) for name in columns)}
+
+
+def run_quantity(name: str) -> Quantity:
+    """The declared quantity of a run column (:class:`RunInfo` or :class:`RunMemory` field)."""
+    return describe(name, RunInfo, RunMemory)

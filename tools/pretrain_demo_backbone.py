@@ -46,6 +46,7 @@ from tinytl_core.data.source_task import (
     SOURCE_TASK_DESCRIPTION,
     source_batch,
 )
+from tinytl_core.quantities import format_mb
 
 FACTORS: tuple[str, ...] = ("shape", "colour", "fill", "background")
 
@@ -265,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     card_path = args.out_dir / spec.card_file
     text = json.dumps(card, indent=2) + "\n"
     write_atomic(card_path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-    print(f"wrote {weights_path} ({card['weights_bytes'] / 1e6:.1f} MB) and {card_path}")
+    print(f"wrote {weights_path} ({format_mb(card['weights_bytes'])} MB) and {card_path}")
     print(f"source held-out top-1 {final['top1']:.3f} (chance {1 / len(SOURCE_CLASSES):.4f}), "
           f"top-5 {final['top5']:.3f}; {total_time / 60:.1f} min")
     return 0

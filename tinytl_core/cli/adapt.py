@@ -8,9 +8,11 @@ import torch
 from tqdm.auto import tqdm
 
 from tinytl_core.adapt import OPTIMIZERS, SCHEDULES, AdaptConfig, EvalEvent, PhaseEvent, StepEvent, adapt
+from tinytl_core.cli.runs import COLUMNS
 from tinytl_core.data import load_dataset
 from tinytl_core.modes import ModeNotApplicable, resolve_modes
-from tinytl_core.results import ResultsStore, summary_frame
+from tinytl_core.quantities import RunStatus
+from tinytl_core.results import RUN, ResultsStore, run_table
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -129,14 +131,15 @@ def run(args: argparse.Namespace) -> int:
         if result.backbone_message and not result.pretrained_loaded and config.pretrained:
             notes.append(result.backbone_message)
         print(result.summary() + (f"  [run {result.run_id}]" if result.run_id is not None else ""))
-        if result.status == "cancelled":
+        if result.status == RunStatus.CANCELLED:
             break
     if len(results) > 1:
-        frame = summary_frame([{**r.to_record(), "id": r.run_id, **(r.memory or {})} for r in results])
+        columns = [c for c in COLUMNS if c not in (RUN.started_at, RUN.backbone, RUN.dataset)]
+        frame = run_table([{**r.to_record(), RUN.id: r.run_id} for r in results], columns)
         print()
-        print(frame.drop(columns=["started", "backbone", "dataset"]).to_string(index=False))
+        print(frame.to_string(index=False))
     for note in dict.fromkeys(notes):
         print(f"note: {note}")
-    if any(r.status == "cancelled" for r in results):
+    if any(r.status == RunStatus.CANCELLED for r in results):
         return 130
-    return 1 if any(r.status == "failed" for r in results) else 0
+    return 1 if any(r.status == RunStatus.FAILED for r in results) else 0

@@ -15,7 +15,7 @@ from tinytl_core.memory import (
     format_modes,
     measure_stock_and_engine,
 )
-from tinytl_core.memory.report import MemoryReport
+from tinytl_core.memory.report import MEMORY, MemoryReport
 from tinytl_core.modes import MODES, prepare_model
 
 
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
             prepared = prepare_model(args.model, name, resolution=resolution, group_norm=args.group_norm,
                                      device=device, engine=False)
             both = measure_stock_and_engine(
-                prepared.model, input_size=report.totals["input_size"], batch_size=args.batch_size,
+                prepared.model, input_size=report.totals.input_size, batch_size=args.batch_size,
                 optimizer=args.optimizer, per_layer=args.csv is not None,
                 modelled=report if args.accounting == "complete" else None,
             )
@@ -67,13 +67,13 @@ def run(args: argparse.Namespace) -> int:
                 errors.append(f"{name}: the engine could not run this model ({both.engine_error})")
             layers[name] = both.layer_table(layers[name])
             del prepared
-        table["activations_measured_stock_bytes"] = table["mode"].map(stock)
-        table["activations_measured_engine_bytes"] = table["mode"].map(engine)
+        table[MEMORY.activations_measured_stock_bytes] = table["mode"].map(stock)
+        table[MEMORY.activations_measured_engine_bytes] = table["mode"].map(engine)
         for line in errors:
             print(f"note: {line}")
     first = next((r for r in reports.values() if isinstance(r, MemoryReport)), None)
     if first is not None:
-        c, h, w = first.totals["input_size"]
+        c, h, w = first.totals.input_size
         print(f"{args.model}, {c}x{h}x{w}, batch {args.batch_size}, optimizer {args.optimizer}, "
               f"{args.accounting} accounting")
     print(format_modes(table))

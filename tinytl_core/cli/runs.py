@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 
-from tinytl_core.results import ResultsStore, summary_frame
+from tinytl_core.quantities import ENDED_STATUSES
+from tinytl_core.results import MEMORY, RUN, ResultsStore, run_table
+
+COLUMNS: tuple[str, ...] = (
+    RUN.id, RUN.status, RUN.backbone, RUN.mode, RUN.dataset, RUN.resolution, RUN.batch_size, RUN.steps_done,
+    RUN.final_val_acc, RUN.best_val_acc, RUN.n_trainable, MEMORY.total_modelled_bytes,
+    MEMORY.total_measured_bytes, MEMORY.activations_measured_bytes, RUN.total_time_s, RUN.started_at,
+)
+"""The compact run table the CLI prints (``runs``; ``adapt --modes`` without backbone, dataset, start)."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -13,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("runs", help="list stored adaptation runs; export them as CSV; delete one")
     p.add_argument("--db", default=None, help="results database (default: $TINYTL_RESULTS_DB or data folder)")
     p.add_argument("--limit", type=int, default=None, help="show only the newest N runs")
-    p.add_argument("--status", choices=("finished", "cancelled", "failed"), default=None)
+    p.add_argument("--status", choices=[s.value for s in ENDED_STATUSES], default=None)
     p.add_argument("--dataset", default=None, help="only runs on this dataset")
     p.add_argument("--csv", metavar="FILE", default=None, help="export the runs shown to a CSV file")
     p.add_argument("--history", action="store_true", help="include the per-step history in the CSV")
@@ -35,12 +43,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     runs = store.list_runs(limit=args.limit, status=args.status, dataset=args.dataset)
     if args.csv:
-        n = store.export_csv(args.csv, [r["id"] for r in runs], include_history=args.history)
+        n = store.export_csv(args.csv, [r[RUN.id] for r in runs], include_history=args.history)
         print(f"wrote {n} run(s) to {args.csv}")
         return 0
     if not runs:
         print(f"no runs stored in {store.path} yet; try `python -m tinytl_core adapt`")
         return 0
-    print(summary_frame(runs).to_string(index=False))
+    print(run_table(runs, COLUMNS).to_string(index=False))
     print(f"{len(runs)} run(s) in {store.path}")
     return 0

@@ -13,12 +13,12 @@ layer is, in :mod:`tinytl_core.layer_kinds`; per-mode comparisons of a backbone,
 from tinytl_core.memory.accounting import ACCOUNTINGS
 from tinytl_core.memory.analysis import analyze, training_memory_figures
 from tinytl_core.memory.measure import Measurement, MemoryLimitError, measure
-from tinytl_core.memory.report import MB, MemoryReport, format_modes
+from tinytl_core.memory.report import MB, MemoryReport, ReportTotals, format_modes
 from tinytl_core.memory.stock_vs_engine import StockAndEngine, measure_stock_and_engine
 from tinytl_core.tracing import OPTIMIZER_HELP, OPTIMIZER_STATES
 
 __all__ = [
     "ACCOUNTINGS", "MB", "OPTIMIZER_HELP", "OPTIMIZER_STATES", "Measurement", "MemoryLimitError",
-    "MemoryReport", "StockAndEngine", "analyze", "format_modes", "measure", "measure_stock_and_engine",
-    "training_memory_figures",
+    "MemoryReport", "ReportTotals", "StockAndEngine", "analyze", "format_modes", "measure",
+    "measure_stock_and_engine", "training_memory_figures",
 ]

@@ -5,22 +5,27 @@ optimizer state of trainable parameters, the activations stored for backward (Ti
 and stock PyTorch's saved bytes beside them), and the transient part of the step's peak: at its worst
 layer a step holds what earlier layers stored plus that layer's working set (input, output and the pending
 residual inputs of enclosing blocks; in the backward pass, gradients of the same shapes), see
-:func:`step_peak`. ``transient_bytes`` = peak - stored activations. ``total_bytes`` uses the necessary
-activations, ``total_stock_bytes`` the stock ones (with their own transient, ``transient_stock_bytes``).
+:func:`step_peak`. ``transient_bytes`` = peak - stored activations. ``total_modelled_bytes`` uses the
+necessary activations, ``total_stock_bytes`` the stock ones (with their own transient,
+``transient_stock_bytes``).
 
 Paper: see :mod:`tinytl_core.memory.rules`. The activation figure is the peak (stored so far + working
-set), so ``transient_bytes`` is 0 and ``total_bytes = weights + peak``; gradients and optimizer state are
-not counted.
+set), so ``transient_bytes`` is 0 and ``total_modelled_bytes = weights + peak``; gradients and optimizer
+state are not counted.
+
+The totals are a :class:`~tinytl_core.memory.report.ReportTotals`; per-layer columns of the same
+quantities carry its field names (per layer, ``activations_necessary_bytes`` sums to the total's).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pandas as pd
 
 from tinytl_core.memory import rules
-from tinytl_core.memory.report import MemoryReport
+from tinytl_core.memory.report import TOTALS, MemoryReport, ReportTotals
 from tinytl_core.tracing import ParamRef, Row, Trace, optimizer_states
 
 ACCOUNTINGS = ("complete", "paper")
@@ -28,8 +33,8 @@ ACCOUNTINGS = ("complete", "paper")
 PAPER_FROZEN_BITS = 8
 LAYER_COLUMNS = (
     "layer", "call", "type", "kind", "rule", "input_shape", "output_shape", "input_bytes", "output_bytes",
-    "param_bytes", "trainable_param_bytes", "grad_optimizer_bytes", "activation_necessary_bytes",
-    "necessary_reason", "activation_stock_bytes", "pending_residual_bytes", "working_bytes",
+    "param_bytes", "trainable_param_bytes", TOTALS.grads_optimizer_bytes, TOTALS.activations_necessary_bytes,
+    "necessary_reason", TOTALS.activations_stock_bytes, "pending_residual_bytes", "working_bytes",
 )
 
 
@@ -70,25 +75,25 @@ def _base(row: Row, states: int, frozen_bits: int, paper: bool) -> dict:
             for p in row.params
         ),
         "trainable_param_bytes": sum(p.nbytes for p in trainable),
-        "grad_optimizer_bytes": 0 if paper else sum(p.nbytes for p in trainable) * (1 + states),
-        "activation_stock_bytes": row.saved_bytes,
+        TOTALS.grads_optimizer_bytes: 0 if paper else sum(p.nbytes for p in trainable) * (1 + states),
+        TOTALS.activations_stock_bytes: row.saved_bytes,
         "pending_residual_bytes": row.pending_bytes,
         "working_bytes": row.input_bytes + row.output_bytes + row.pending_bytes,
     }
 
 
-def _common_totals(trace: Trace, states: int) -> dict:
+def _common_totals(trace: Trace, states: int) -> ReportTotals:
     trainable = [p for p in trace.params if p.trainable]
-    return {
-        "n_params": sum(p.numel for p in trace.params),
-        "n_trainable": sum(p.numel for p in trainable),
-        "grads_optimizer_bytes": sum(p.nbytes for p in trainable) * (1 + states),
-        "activations_stock_bytes": trace.saved_bytes,
-        "n_rows": len(trace.rows),
-    }
+    return ReportTotals(
+        n_params=sum(p.numel for p in trace.params),
+        n_trainable=sum(p.numel for p in trainable),
+        grads_optimizer_bytes=sum(p.nbytes for p in trainable) * (1 + states),
+        activations_stock_bytes=trace.saved_bytes,
+        n_rows=len(trace.rows),
+    )
 
 
-def complete(trace: Trace, *, optimizer: str, frozen_weight_bits: int) -> tuple[pd.DataFrame, dict]:
+def complete(trace: Trace, *, optimizer: str, frozen_weight_bits: int) -> tuple[pd.DataFrame, ReportTotals]:
     """The complete accounting of a trace: per-layer table and totals."""
     states = optimizer_states(optimizer)
     verdicts = [rules.necessary(r) for r in trace.rows]
@@ -110,24 +115,25 @@ def complete(trace: Trace, *, optimizer: str, frozen_weight_bits: int) -> tuple[
                     keys.add(need.key[0])
         necessary_keys.append(keys)
         rec = _base(row, states, frozen_weight_bits, paper=False)
-        rec["activation_necessary_bytes"] = nbytes
+        rec[TOTALS.activations_necessary_bytes] = nbytes
         rec["necessary_reason"] = verdict.reason + (f" ({'; '.join(dict.fromkeys(notes))})" if notes else "")
         records.append(rec)
     layers = pd.DataFrame.from_records(records, columns=list(LAYER_COLUMNS))
     totals = _common_totals(trace, states)
     weights = sum(param_bytes(p, frozen_weight_bits) for p in trace.params) + trace.buffer_bytes
-    necessary = int(layers["activation_necessary_bytes"].sum())
-    stock = totals["activations_stock_bytes"]
-    peak = step_peak(trace.rows, list(layers["activation_necessary_bytes"]), necessary_keys)
+    necessary = int(layers[TOTALS.activations_necessary_bytes].sum())
+    stock = totals.activations_stock_bytes
+    peak = step_peak(trace.rows, list(layers[TOTALS.activations_necessary_bytes]), necessary_keys)
     peak_stock = step_peak(trace.rows, [r.saved_bytes for r in trace.rows],
                            [{s.key for s in r.saved} for r in trace.rows])
-    fixed = weights + totals["grads_optimizer_bytes"]
-    totals.update(
+    fixed = weights + totals.grads_optimizer_bytes
+    totals = replace(
+        totals,
         weights_bytes=weights,
         activations_necessary_bytes=necessary,
         transient_bytes=peak - necessary,
         transient_stock_bytes=peak_stock - stock,
-        total_bytes=fixed + peak,
+        total_modelled_bytes=fixed + peak,
         total_stock_bytes=fixed + peak_stock,
     )
     return layers, totals
@@ -147,14 +153,14 @@ def step_peak(rows: list[Row], stored: list[int], stored_keys: list[set[int]]) -
     return max(peak, so_far)
 
 
-def paper(trace: Trace) -> tuple[pd.DataFrame, dict]:
+def paper(trace: Trace) -> tuple[pd.DataFrame, ReportTotals]:
     """The paper's accounting of a trace: per-layer table (stored bytes per rule) and totals (peak)."""
     records = []
     stored_so_far = peak = stored_total = 0
     for row in trace.rows:
         cost = rules.paper(row)
         rec = _base(row, 0, PAPER_FROZEN_BITS, paper=True)
-        rec["activation_necessary_bytes"] = cost.stored
+        rec[TOTALS.activations_necessary_bytes] = cost.stored
         rec["necessary_reason"] = cost.reason
         rec["working_bytes"] = cost.working + row.pending_bytes if cost.counted else 0
         if cost.counted:
@@ -167,14 +173,15 @@ def paper(trace: Trace) -> tuple[pd.DataFrame, dict]:
     weights = sum(
         4 * p.numel if p.trainable else math.ceil(p.numel * PAPER_FROZEN_BITS / 8) for p in trace.params
     )
-    totals.update(
+    totals = replace(
+        totals,
         grads_optimizer_bytes=0,
         weights_bytes=weights,
         activations_necessary_bytes=peak,
         activations_stored_bytes=stored_total,
         transient_bytes=0,
-        total_bytes=weights + peak,
-        total_stock_bytes=weights + totals["activations_stock_bytes"],
+        total_modelled_bytes=weights + peak,
+        total_stock_bytes=weights + totals.activations_stock_bytes,
     )
     return layers, totals
 
@@ -193,7 +200,8 @@ def report_from_trace(
         layers, totals = paper(trace)
     else:
         layers, totals = complete(trace, optimizer=optimizer, frozen_weight_bits=frozen_weight_bits)
-    totals.update(
+    totals = replace(
+        totals,
         accounting=accounting,
         input_size=tuple(input_size),
         batch_size=batch_size,

@@ -8,6 +8,7 @@ from tinytl_core.engine import engine_enabled, is_converted
 from tinytl_core.memory import accounting as acc
 from tinytl_core.memory.report import MemoryReport
 from tinytl_core.memory.stock_vs_engine import measure_stock_and_engine
+from tinytl_core.quantities import RunMemory
 from tinytl_core.tracing import check_input, optimizer_states, trace_model
 
 
@@ -39,7 +40,8 @@ def analyze(
             paper; the paper accounting always uses 8).
 
     Returns:
-        a :class:`MemoryReport` (``.layers`` DataFrame, ``.totals`` dict, ``.summary()``).
+        a :class:`MemoryReport` (``.layers`` DataFrame, ``.totals``
+        :class:`~tinytl_core.memory.ReportTotals`, ``.summary()``).
     """
     input_size, batch_size = check_input(input_size, batch_size)
     optimizer_states(optimizer)
@@ -61,12 +63,12 @@ def training_memory_figures(
     batch_size: int,
     optimizer: str,
     measure: bool = True,
-) -> dict[str, float | None]:
-    """The memory figures a training run records: modelled (complete accounting) and measured.
+) -> RunMemory:
+    """The memory figures a training run records (:class:`~tinytl_core.quantities.RunMemory`): modelled
+    (complete accounting) and measured.
 
-    Modelled: ``weights_bytes``, ``grads_optimizer_bytes``, ``activations_necessary_bytes``,
-    ``activations_stock_bytes``, ``total_modelled_bytes`` (weights + grads/optimizer + necessary
-    activations + transient).
+    Modelled: the report's weights, gradients + optimizer state, necessary and stock activations and
+    ``total_modelled_bytes`` (weights + grads/optimizer + necessary activations + transient).
 
     Measured (None when ``measure`` is False), in one real step each, on this very model
     (:func:`~tinytl_core.memory.stock_vs_engine.measure_stock_and_engine`; weights unchanged):
@@ -81,17 +83,13 @@ def training_memory_figures(
     """
     report = analyze(model, input_size=input_size, batch_size=batch_size, optimizer=optimizer)
     t = report.totals
-    figures: dict[str, float | None] = {
-        "weights_bytes": float(t["weights_bytes"]),
-        "grads_optimizer_bytes": float(t["grads_optimizer_bytes"]),
-        "activations_necessary_bytes": float(t["activations_necessary_bytes"]),
-        "activations_stock_bytes": float(t["activations_stock_bytes"]),
-        "total_modelled_bytes": float(t["total_bytes"]),
-        "activations_measured_bytes": None,
-        "total_measured_bytes": None,
-        "activations_measured_stock_bytes": None,
-        "activations_measured_engine_bytes": None,
-    }
+    figures = RunMemory(
+        weights_bytes=float(t.weights_bytes),
+        grads_optimizer_bytes=float(t.grads_optimizer_bytes),
+        activations_necessary_bytes=float(t.activations_necessary_bytes),
+        activations_stock_bytes=float(t.activations_stock_bytes),
+        total_modelled_bytes=float(t.total_modelled_bytes),
+    )
     if measure:
         converted = is_converted(model)
         both = measure_stock_and_engine(model, input_size=input_size, batch_size=batch_size,
@@ -99,14 +97,14 @@ def training_memory_figures(
         if converted and both.engine is None:
             raise RuntimeError(f"the engine could not measure this model: {both.engine_error}")
         trained = both.engine if converted else both.stock
-        figures["activations_measured_stock_bytes"] = float(both.stock_bytes)
-        figures["activations_measured_engine_bytes"] = (
+        figures.activations_measured_stock_bytes = float(both.stock_bytes)
+        figures.activations_measured_engine_bytes = (
             None if both.engine_bytes is None else float(both.engine_bytes)
         )
-        figures["activations_measured_bytes"] = float(trained.saved_bytes)
-        figures["total_measured_bytes"] = float(
+        figures.activations_measured_bytes = float(trained.saved_bytes)
+        figures.total_measured_bytes = float(
             trained.peak_cuda_bytes if trained.peak_cuda_bytes is not None
-            else t["weights_bytes"] + t["grads_optimizer_bytes"] + trained.saved_bytes
-            + (t["transient_bytes"] if converted else t["transient_stock_bytes"])
+            else t.weights_bytes + t.grads_optimizer_bytes + trained.saved_bytes
+            + (t.transient_bytes if converted else t.transient_stock_bytes)
         )
     return figures

@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from tinytl_core.memory import accounting as acc
-from tinytl_core.memory.report import MemoryReport, megabytes
+from tinytl_core.memory.report import MEMORY, MemoryReport
+from tinytl_core.quantities import format_mb
 from tinytl_core.tracing import (
     available_memory,
     check_input,
@@ -45,7 +46,7 @@ class Measurement:
     """What one real training step saved for backward.
 
     ``saved_bytes``: distinct activation storages autograd kept for backward; ``per_layer``: a DataFrame
-    (``layer``, ``call``, ``type``, ``kind``, ``activation_measured_bytes``) in execution order, or None;
+    (``layer``, ``call``, ``type``, ``kind``, ``activations_measured_bytes``) in execution order, or None;
     ``peak_cuda_bytes``: peak allocated CUDA memory during the step (None off CUDA).
     """
 
@@ -124,10 +125,10 @@ def measure(
         table = pd.DataFrame.from_records(
             [
                 {"layer": r.name, "call": r.call, "type": r.type, "kind": r.kind,
-                 "activation_measured_bytes": r.saved_bytes}
+                 MEMORY.activations_measured_bytes: r.saved_bytes}
                 for r in trace.rows
             ],
-            columns=["layer", "call", "type", "kind", "activation_measured_bytes"],
+            columns=["layer", "call", "type", "kind", MEMORY.activations_measured_bytes],
         )
     return Measurement(
         saved_bytes=trace.saved_bytes,
@@ -154,17 +155,17 @@ def _check_fits(model, modelled, input_size, batch_size, optimizer, here, target
             return None
     t = modelled.totals
     c, h, w = input_size
-    required = t["grads_optimizer_bytes"] + t["activations_stock_bytes"] + t["transient_stock_bytes"] + (
+    required = t.grads_optimizer_bytes + t.activations_stock_bytes + t.transient_stock_bytes + (
         batch_size * c * h * w * 4
     )
     if target != here:
-        required += t["weights_bytes"]
+        required += t.weights_bytes
     free = available_memory(target)
     if free is not None and required > free:
         raise MemoryLimitError(
-            f"measuring this step needs about {megabytes(required)} MB on {target} (modelled: gradients + "
+            f"measuring this step needs about {format_mb(required)} MB on {target} (modelled: gradients + "
             f"optimizer state, activations stock PyTorch saves and its transient peak) but only "
-            f"{megabytes(free)} MB are free; lower the batch size or resolution, or use analyze(), which "
+            f"{format_mb(free)} MB are free; lower the batch size or resolution, or use analyze(), which "
             "allocates nothing"
         )
     return int(required)

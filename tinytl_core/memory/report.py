@@ -6,26 +6,71 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-MB = 1_000_000
+from tinytl_core.quantities import (
+    MB,
+    ModelledMemory,
+    RunMemory,
+    Unit,
+    describe,
+    format_mb,
+    names,
+    quantity,
+)
 
-# Per-mode columns shown by the CLI (bytes) and their short headers.
-MODE_COLUMNS = {
-    "weights_bytes": "weights",
-    "grads_optimizer_bytes": "grads+opt",
-    "activations_necessary_bytes": "act. necessary",
-    "activations_stock_bytes": "act. stock",
-    "activations_measured_stock_bytes": "act. stock measured",
-    "activations_measured_engine_bytes": "act. engine measured",
-    "total_bytes": "total",
-    "ratio_to_full": "x full",
-}
+__all__ = ["MB", "MODE_COLUMNS", "MemoryReport", "ReportTotals", "format_modes", "merge_measured"]
 
 
-def megabytes(nbytes: float | None, digits: int = 1) -> str:
-    """``nbytes`` as a string in MB (10^6 bytes); '-' for None/NaN."""
-    if nbytes is None or pd.isna(nbytes):
-        return "-"
-    return f"{nbytes / MB:,.{digits}f}"
+@dataclass
+class ReportTotals(ModelledMemory):
+    """The totals of a :class:`MemoryReport` (bytes) and the settings it was modelled with.
+
+    The modelled figures shared with a run's (:class:`~tinytl_core.quantities.ModelledMemory`: weights,
+    gradients + optimizer state, necessary and stock activations, ``total_modelled_bytes``), plus the
+    transient working sets, the total with stock activations and, in the paper accounting, the stored
+    activations. See :mod:`tinytl_core.memory.accounting`.
+    """
+
+    n_params: int | None = quantity("parameters", Unit.COUNT, short="params")
+    n_trainable: int | None = quantity("trainable parameters", Unit.COUNT, short="trainable params")
+    activations_stored_bytes: float | None = quantity(
+        "activations stored (paper accounting)", short="act. stored",
+        help="Paper accounting: the sum of what each layer stores (the necessary figure is the peak).")
+    transient_bytes: float | None = quantity(
+        "transient working set", short="transient",
+        help="The step's peak minus the stored activations: inputs, outputs and pending residual inputs "
+             "of the layer running.")
+    transient_stock_bytes: float | None = quantity(
+        "transient working set, stock PyTorch", short="transient stock")
+    total_stock_bytes: float | None = quantity(
+        "total with stock activations", short="total stock",
+        help="Weights + gradients + optimizer state + what stock PyTorch stores + its transient.")
+    n_rows: int | None = quantity("trace rows", Unit.COUNT, short="rows")
+    accounting: str = "complete"
+    input_size: tuple[int, int, int] = (0, 0, 0)
+    batch_size: int | None = None
+    optimizer: str = ""
+    frozen_weight_bits: int | None = None
+    output_shape: tuple[int, ...] | None = None
+    mode: str = ""
+    backbone: str = ""
+
+
+TOTALS = names(ReportTotals)
+MEMORY = names(RunMemory)
+
+MODE_COLUMNS: tuple[str, ...] = (
+    TOTALS.weights_bytes, TOTALS.grads_optimizer_bytes, TOTALS.activations_necessary_bytes,
+    TOTALS.activations_stock_bytes, MEMORY.activations_measured_stock_bytes,
+    MEMORY.activations_measured_engine_bytes, TOTALS.total_modelled_bytes,
+)
+"""Per-mode byte columns the CLI shows (in MB), in order, headed by their short labels; then ``x full``."""
+RATIO_COLUMN, RATIO_HEADER = "ratio_to_full", "x full"
+SUMMARY_FIELDS: tuple[str, ...] = (
+    TOTALS.weights_bytes, TOTALS.grads_optimizer_bytes, TOTALS.activations_necessary_bytes,
+    TOTALS.activations_stock_bytes, TOTALS.transient_bytes, TOTALS.total_modelled_bytes,
+    TOTALS.total_stock_bytes,
+)
+"""The totals :meth:`MemoryReport.summary` lists."""
 
 
 @dataclass
@@ -33,51 +78,46 @@ class MemoryReport:
     """Per-layer memory table and totals of one model, mode, input size, batch size and optimizer.
 
     ``layers``: one row per layer call in execution order (see
-    :data:`tinytl_core.memory.accounting.LAYER_COLUMNS`); ``totals``: the sums (bytes) and settings.
+    :data:`tinytl_core.memory.accounting.LAYER_COLUMNS`); ``totals``: the sums (bytes) and settings
+    (:class:`ReportTotals`).
     """
 
     layers: pd.DataFrame
-    totals: dict = field(default_factory=dict)
+    totals: ReportTotals = field(default_factory=ReportTotals)
 
     def summary(self) -> str:
         """A short multi-line text summary of the totals."""
         t = self.totals
-        c, h, w = t.get("input_size", (0, 0, 0))
+        c, h, w = t.input_size
         lines = [
-            f"{t.get('accounting', '?')} accounting, batch {t.get('batch_size')}, {c}x{h}x{w}, "
-            f"optimizer {t.get('optimizer')}: {t.get('n_trainable', 0):,} of {t.get('n_params', 0):,} "
-            "parameters train",
+            f"{t.accounting} accounting, batch {t.batch_size}, {c}x{h}x{w}, "
+            f"optimizer {t.optimizer}: {t.n_trainable or 0:,} of {t.n_params or 0:,} parameters train",
         ]
-        necessary = "paper: peak, stored + working set" if t.get("accounting") == "paper" else "necessary"
-        for label, key in (
-            ("weights", "weights_bytes"),
-            ("gradients + optimizer state", "grads_optimizer_bytes"),
-            (f"activations ({necessary})", "activations_necessary_bytes"),
-            ("activations (stock PyTorch saves)", "activations_stock_bytes"),
-            ("transient working set", "transient_bytes"),
-            ("total", "total_bytes"),
-            ("total with stock activations", "total_stock_bytes"),
-        ):
-            lines.append(f"  {label:<44}{megabytes(t.get(key)):>12} MB")
+        for name in SUMMARY_FIELDS:
+            label = describe(name, ReportTotals).label
+            if name == TOTALS.activations_necessary_bytes and t.accounting == "paper":
+                label = "activations (paper: peak, stored + working set)"
+            lines.append(f"  {label:<44}{format_mb(getattr(t, name)):>12} MB")
         return "\n".join(lines)
 
-    def top_layers(self, n: int = 10, column: str = "activation_necessary_bytes") -> pd.DataFrame:
+    def top_layers(self, n: int = 10, column: str = TOTALS.activations_necessary_bytes) -> pd.DataFrame:
         """The ``n`` rows storing the most bytes in ``column``."""
         return self.layers.nlargest(n, column)
 
 
 def format_modes(table: pd.DataFrame) -> str:
-    """Render a :func:`~tinytl_core.memory.compare.compare_modes` table as aligned text (MB)."""
+    """Render a :func:`~tinytl_core.comparisons.compare_modes` table as aligned text (MB)."""
     cols = [c for c in MODE_COLUMNS if c in table.columns]
-    header = ["mode", *(MODE_COLUMNS[c] for c in cols)]
+    ratio = [RATIO_HEADER] if RATIO_COLUMN in table.columns else []
+    header = ["mode", *(describe(c, ReportTotals, RunMemory).short for c in cols), *ratio]
     rows = []
     for _, r in table.iterrows():
         if not r.get("applicable", True):
             rows.append([r["mode"], f"not applicable: {r.get('reason', '')}"])
             continue
-        cells = [r["mode"]]
-        for c in cols:
-            cells.append("-" if pd.isna(r[c]) else f"{r[c]:.2f}" if c == "ratio_to_full" else megabytes(r[c]))
+        cells = [r["mode"], *(format_mb(r[c]) for c in cols)]
+        if ratio:
+            cells.append("-" if pd.isna(r[RATIO_COLUMN]) else f"{r[RATIO_COLUMN]:.2f}")
         rows.append(cells)
     full_rows = [r for r in rows if len(r) == len(header)]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *full_rows)]
@@ -93,14 +133,14 @@ def format_modes(table: pd.DataFrame) -> str:
 
 
 def merge_measured(
-    layers: pd.DataFrame, measured: pd.DataFrame, column: str = "activation_measured_bytes"
+    layers: pd.DataFrame, measured: pd.DataFrame, column: str = MEMORY.activations_measured_bytes
 ) -> pd.DataFrame:
-    """``layers`` (an analysis table) with the ``activation_measured_bytes`` column of a measurement's
+    """``layers`` (an analysis table) with the ``activations_measured_bytes`` column of a measurement's
     ``per_layer`` table beside it as ``column``, matched by layer name, call number and row kind (rows
     the measurement did not keep saved nothing: 0)."""
     keys = ["layer", "call", "kind"]
-    part = measured[[*keys, "activation_measured_bytes"]].rename(
-        columns={"activation_measured_bytes": column}
+    part = measured[[*keys, MEMORY.activations_measured_bytes]].rename(
+        columns={MEMORY.activations_measured_bytes: column}
     )
     merged = layers.merge(part, on=keys, how="left")
     merged[column] = merged[column].fillna(0).astype("int64")

@@ -15,10 +15,10 @@ from torch import nn
 
 from tinytl_core.engine import engine_enabled
 from tinytl_core.memory.measure import Measurement, measure
-from tinytl_core.memory.report import MemoryReport, merge_measured
+from tinytl_core.memory.report import MEMORY, MemoryReport, merge_measured
 
-STOCK_COLUMN = "activation_measured_stock_bytes"
-ENGINE_COLUMN = "activation_measured_engine_bytes"
+STOCK_COLUMN = MEMORY.activations_measured_stock_bytes
+ENGINE_COLUMN = MEMORY.activations_measured_engine_bytes
 
 
 @dataclass
@@ -45,7 +45,7 @@ class StockAndEngine:
 
     def layer_table(self, layers: pd.DataFrame) -> pd.DataFrame:
         """``layers`` (an :func:`~tinytl_core.memory.analyze` table, with its necessary bytes) plus the
-        measured ``activation_measured_stock_bytes`` and ``activation_measured_engine_bytes`` per layer,
+        measured ``activations_measured_stock_bytes`` and ``activations_measured_engine_bytes`` per layer,
         where the measurements were taken per layer. Each storage is counted on the layer that saved it
         first, so a per-layer column can differ from the necessary one while the totals agree."""
         table = layers
@@ -80,7 +80,7 @@ def measure_stock_and_engine(
     with engine_enabled(model, False):
         stock = measure(model, **kwargs)
     try:
-        with engine_enabled(model, True, input_size=input_size):
+        with engine_enabled(model, True, input_size=input_size, channels_last=True):
             engine = measure(model, **kwargs)
     except Exception as exc:  # a bonus figure: a model the engine cannot run keeps its stock figure
         first_line = str(exc).splitlines()[0] if str(exc) else ""

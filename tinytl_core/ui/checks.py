@@ -27,8 +27,8 @@ from tinytl_core.backbones import WeightsAvailability as WeightsAvailability  # 
 from tinytl_core.backbones import backbone_info, create_backbone, data_config, weights_availability
 from tinytl_core.data import BadArchiveError, DatasetError, dataset_display_name, discard_upload, load_dataset
 from tinytl_core.data.uploads import display_filename, safe_stem, save_archive
-from tinytl_core.memory.report import megabytes
 from tinytl_core.modes import MODES
+from tinytl_core.quantities import format_mb
 from tinytl_core.tracing import available_memory
 
 RESOLUTION_STEP = 16
@@ -94,8 +94,8 @@ def memory_problem(
     if free is None or required_bytes <= free:
         return None
     return (
-        f"{what} needs about {megabytes(required_bytes)} MB by the model's own estimate, but only "
-        f"{megabytes(free)} MB are free on {device}. Lower the batch size or the resolution."
+        f"{what} needs about {format_mb(required_bytes)} MB by the model's own estimate, but only "
+        f"{format_mb(free)} MB are free on {device}. Lower the batch size or the resolution."
     )
 
 

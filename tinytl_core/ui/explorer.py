@@ -13,24 +13,38 @@ from dataclasses import dataclass
 import pandas as pd
 
 from tinytl_core.adapt import resolve_device
-from tinytl_core.memory import MB, MemoryReport, StockAndEngine, measure, measure_stock_and_engine
+from tinytl_core.memory import (
+    MB,
+    MemoryReport,
+    ReportTotals,
+    StockAndEngine,
+    measure,
+    measure_stock_and_engine,
+)
+from tinytl_core.memory.report import MEMORY, TOTALS
 from tinytl_core.modes import prepare_model
+from tinytl_core.quantities import RunMemory, describe
 
-COMPONENTS: dict[str, str] = {
-    "weights_bytes": "weights",
-    "grads_optimizer_bytes": "gradients + optimizer",
-    "activations_necessary_bytes": "activations (stored for backward)",
-    "transient_bytes": "transient working set",
-}
-"""The stacked parts of a mode's modelled total (complete accounting), bottom to top, and their labels."""
 
-ACTIVATION_FIGURES: dict[str, str] = {
-    "necessary": "necessary (model, TinyTL rules)",
-    "stock_model": "stock PyTorch (model)",
-    "stock_measured": "stock PyTorch (measured)",
-    "engine_measured": "engine (measured)",
-}
-"""The activation figures compared per mode, and their labels."""
+def label(name: str) -> str:
+    """The label of a memory quantity (a :class:`~tinytl_core.memory.ReportTotals` or
+    :class:`~tinytl_core.quantities.RunMemory` field)."""
+    return describe(name, ReportTotals, RunMemory).label
+
+
+COMPONENTS: tuple[str, ...] = (
+    TOTALS.weights_bytes, TOTALS.grads_optimizer_bytes, TOTALS.activations_necessary_bytes,
+    TOTALS.transient_bytes,
+)
+"""The stacked parts of a mode's modelled total (complete accounting), bottom to top."""
+COMPONENT_LABELS: tuple[str, ...] = tuple(label(c) for c in COMPONENTS)
+
+ACTIVATION_FIGURES: tuple[str, ...] = (
+    TOTALS.activations_necessary_bytes, TOTALS.activations_stock_bytes,
+    MEMORY.activations_measured_stock_bytes, MEMORY.activations_measured_engine_bytes,
+)
+"""The activation figures compared per mode: modelled necessary and stock, measured stock and engine."""
+ACTIVATION_LABELS: tuple[str, ...] = tuple(label(f) for f in ACTIVATION_FIGURES)
 
 
 @dataclass
@@ -63,7 +77,7 @@ def measure_mode(
     ValueError for a bad configuration.
     """
     target = resolve_device(device)
-    if modelled is not None and modelled.totals.get("accounting") != "complete":
+    if modelled is not None and modelled.totals.accounting != "complete":
         modelled = None  # the memory check needs the complete accounting (gradients, working set)
     prepared = prepare_model(backbone, mode, resolution=resolution, group_norm=group_norm, device=target,
                              engine=False)
@@ -76,8 +90,8 @@ def measure_mode(
 
 
 def layer_table(report: MemoryReport, measured: StockAndEngine | None = None) -> pd.DataFrame:
-    """The per-layer table of ``report`` with ``activation_measured_stock_bytes`` and
-    ``activation_measured_engine_bytes`` beside the modelled columns when ``measured`` is given
+    """The per-layer table of ``report`` with ``activations_measured_stock_bytes`` and
+    ``activations_measured_engine_bytes`` beside the modelled columns when ``measured`` is given
     (:meth:`~tinytl_core.memory.StockAndEngine.layer_table`)."""
     table = report.layers.copy()
     return table if measured is None else measured.layer_table(table)
@@ -88,8 +102,8 @@ def components_frame(table: pd.DataFrame) -> pd.DataFrame:
     applicable mode and component (``mode``, ``component``, ``MB``), modes in the table's order."""
     rows = []
     for _, r in table[table["applicable"]].iterrows():
-        for key, label in COMPONENTS.items():
-            rows.append({"mode": r["mode"], "component": label, "MB": float(r[key]) / MB})
+        for key, text in zip(COMPONENTS, COMPONENT_LABELS):
+            rows.append({"mode": r["mode"], "component": text, "MB": float(r[key]) / MB})
     return pd.DataFrame(rows, columns=["mode", "component", "MB"])
 
 
@@ -99,14 +113,15 @@ def activation_frame(table: pd.DataFrame, measured: dict[str, StepMeasurement] |
     measured = measured or {}
     rows = []
     for _, r in table[table["applicable"]].iterrows():
-        values = {"necessary": r["activations_necessary_bytes"], "stock_model": r["activations_stock_bytes"]}
+        necessary, stock, stock_measured, engine_measured = ACTIVATION_FIGURES
+        values = {necessary: r[necessary], stock: r[stock]}
         m = measured.get(r["mode"])
         if m is not None:
-            values["stock_measured"] = m.stock_bytes
+            values[stock_measured] = m.stock_bytes
             if m.engine_bytes is not None:
-                values["engine_measured"] = m.engine_bytes
+                values[engine_measured] = m.engine_bytes
         for key, value in values.items():
-            rows.append({"mode": r["mode"], "figure": ACTIVATION_FIGURES[key], "MB": float(value) / MB})
+            rows.append({"mode": r["mode"], "figure": label(key), "MB": float(value) / MB})
     return pd.DataFrame(rows, columns=["mode", "figure", "MB"])
 
 

@@ -15,11 +15,19 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from tinytl_core.memory import MB
+from tinytl_core.memory.report import MEMORY, TOTALS
 from tinytl_core.modes import MODES
-from tinytl_core.ui.explorer import ACTIVATION_FIGURES, COMPONENTS, activation_frame, components_frame
+from tinytl_core.ui.explorer import (
+    ACTIVATION_LABELS,
+    COMPONENT_LABELS,
+    activation_frame,
+    components_frame,
+)
+from tinytl_core.ui.explorer import label as quantity_label
+from tinytl_core.ui.runs import ACCURACY
 
-COMPONENT_COLORS = dict(zip(COMPONENTS.values(), ("#4c78a8", "#f58518", "#e45756", "#bab0ac")))
-FIGURE_COLORS = dict(zip(ACTIVATION_FIGURES.values(), ("#54a24b", "#e45756", "#b279a2", "#4c78a8")))
+COMPONENT_COLORS = dict(zip(COMPONENT_LABELS, ("#4c78a8", "#f58518", "#e45756", "#bab0ac")))
+FIGURE_COLORS = dict(zip(ACTIVATION_LABELS, ("#54a24b", "#e45756", "#b279a2", "#4c78a8")))
 MODE_COLORS = dict(zip(MODES, px.colors.qualitative.D3))
 _LAYOUT = {
     "template": "plotly_white",
@@ -51,7 +59,7 @@ def mode_memory_bars(table: pd.DataFrame, *, title: str, selected: str | None = 
         color="component",
         title=title,
         color_discrete_map=COMPONENT_COLORS,
-        category_orders={"component": list(COMPONENTS.values())},
+        category_orders={"component": list(COMPONENT_LABELS)},
         labels={"MB": "training memory (MB)", "mode": ""},
         hover_data={"MB": ":.2f"},
     )
@@ -118,7 +126,7 @@ def activation_bars(
         barmode="group",
         title=title,
         color_discrete_map=FIGURE_COLORS,
-        category_orders={"figure": list(ACTIVATION_FIGURES.values())},
+        category_orders={"figure": list(ACTIVATION_LABELS)},
         labels={"MB": "activations stored for backward (MB)", "mode": "", "figure": ""},
         hover_data={"MB": ":.2f"},
     )
@@ -128,12 +136,16 @@ def activation_bars(
     return fig
 
 
+_SERIES_COLORS = {
+    "param_bytes": "#4c78a8",
+    TOTALS.activations_necessary_bytes: "#54a24b",
+    TOTALS.activations_stock_bytes: "#e45756",
+    MEMORY.activations_measured_stock_bytes: "#b279a2",
+    MEMORY.activations_measured_engine_bytes: "#1f77b4",
+}
 LAYER_SERIES: dict[str, tuple[str, str]] = {
-    "param_bytes": ("parameters", "#4c78a8"),
-    "activation_necessary_bytes": ("activations necessary (model)", "#54a24b"),
-    "activation_stock_bytes": ("activations stock PyTorch (model)", "#e45756"),
-    "activation_measured_stock_bytes": ("stock PyTorch (measured)", "#b279a2"),
-    "activation_measured_engine_bytes": ("engine (measured)", "#1f77b4"),
+    name: ("parameters" if name == "param_bytes" else quantity_label(name), color)
+    for name, color in _SERIES_COLORS.items()
 }
 """Per-layer columns drawn along the depth of the network, with their labels and colours."""
 
@@ -158,7 +170,7 @@ def layer_depth_chart(layers: pd.DataFrame, *, title: str, log_y: bool = False) 
         label, color = LAYER_SERIES[col]
         y = rows[col].astype(float) / MB
         common = {"x": x, "y": y, "name": label, "customdata": custom, "hovertemplate": hover, "meta": label}
-        if col in ("param_bytes", "activation_necessary_bytes"):
+        if col in ("param_bytes", TOTALS.activations_necessary_bytes):
             fig.add_trace(go.Bar(marker_color=color, opacity=0.85, **common))
         else:
             dash = "dot" if "measured" in col else "solid"
@@ -181,19 +193,21 @@ def layer_depth_chart(layers: pd.DataFrame, *, title: str, log_y: bool = False) 
 
 def memory_accuracy_scatter(frame: pd.DataFrame, *, x: str, x_label: str, title: str) -> go.Figure:
     """Stored runs on a memory-accuracy plane (the shape of the paper's headline figure): ``x`` is a
-    memory column in MB, y the validation accuracy in %, colour the mode, symbol the backbone."""
-    data = frame.dropna(subset=[x, "val_acc_pct"])
+    memory column in MB, y the validation accuracy in %, colour the mode, symbol the backbone (a
+    :func:`~tinytl_core.ui.runs.runs_frame`)."""
+    y = ACCURACY.key
+    data = frame.dropna(subset=[x, y])
     fig = px.scatter(
         data,
         x=x,
-        y="val_acc_pct",
+        y=y,
         color="mode",
         symbol="backbone",
         title=title,
         color_discrete_map=MODE_COLORS,
         category_orders={"mode": list(MODES)},
         hover_data={"id": True, "dataset": True, "resolution": True, "batch_size": True, "steps_done": True},
-        labels={x: x_label, "val_acc_pct": "validation accuracy (%)"},
+        labels={x: x_label, y: ACCURACY.title},
     )
     fig.update_traces(marker={"size": 13, "line": {"width": 1, "color": "#333"}})
     fig.update_layout(**{**_LAYOUT, "legend": {"orientation": "v", "title": {"text": "mode, backbone"}}})

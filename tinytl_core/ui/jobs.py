@@ -23,11 +23,22 @@ import pandas as pd
 
 from tinytl_core.adapt import AdaptConfig, AdaptResult, EvalEvent, PhaseEvent, ProgressEvent, StepEvent, adapt
 from tinytl_core.data import DatasetUnavailable
-from tinytl_core.results import ResultsStore
+from tinytl_core.quantities import RunStatus
+from tinytl_core.results import MEMORY, RUN, ResultsStore, run_table
 
 log = logging.getLogger(__name__)
 
-MODE_STATES: tuple[str, ...] = ("waiting", "running", "finished", "cancelled", "failed")
+RESULT_COLUMNS: tuple[str, ...] = (
+    RUN.mode, RUN.status, RUN.final_val_acc, RUN.best_val_acc, RUN.steps_done, MEMORY.total_modelled_bytes,
+    MEMORY.total_measured_bytes, RUN.total_time_s, RUN.images_per_s, RUN.id, RUN.message,
+)
+"""The columns of :meth:`JobSnapshot.results_frame` (one row per mode), in order."""
+SUMMARY_FIELDS: tuple[str, ...] = (
+    RUN.status, RUN.message, RUN.final_val_acc, RUN.best_val_acc, RUN.final_train_acc, RUN.steps_done,
+    RUN.total_time_s, RUN.images_per_s, RUN.n_trainable, RUN.n_total, RUN.pretrained_loaded, RUN.device,
+    RUN.resolution,
+)
+"""The :class:`~tinytl_core.adapt.AdaptResult` fields :func:`result_summary` keeps."""
 
 
 class JobBusyError(RuntimeError):
@@ -50,7 +61,7 @@ class ModeProgress:
     and :class:`~tinytl_core.adapt.EvalEvent` fields as dicts; ``result`` the summary once it ended."""
 
     mode: str
-    status: str = "waiting"
+    status: RunStatus = RunStatus.WAITING
     phase: str = ""
     message: str = ""
     total_steps: int = 0
@@ -64,7 +75,7 @@ class ModeProgress:
 
     @property
     def ended(self) -> bool:
-        return self.status in ("finished", "cancelled", "failed")
+        return RunStatus(self.status).ended
 
 
 @dataclass(frozen=True)
@@ -97,65 +108,29 @@ class JobSnapshot:
     @property
     def current(self) -> ModeProgress | None:
         """The mode being trained now (None when none is)."""
-        return next((m for m in self.modes if m.status == "running"), None)
+        return next((m for m in self.modes if m.status == RunStatus.RUNNING), None)
 
     def results_frame(self) -> pd.DataFrame:
-        """One row per mode: status, accuracy (%), memory (MB), time, run id."""
-        rows = []
-        for m in self.modes:
-            r = m.result or {}
-            rows.append(
-                {
-                    "mode": m.mode,
-                    "status": m.status,
-                    "val acc %": _pct(r.get("final_val_acc")),
-                    "best val acc %": _pct(r.get("best_val_acc")),
-                    "steps": r.get("steps_done", m.steps_done),
-                    "memory modelled MB": _mb(r.get("total_modelled_bytes")),
-                    "memory measured MB": _mb(r.get("total_measured_bytes")),
-                    "time s": None if r.get("total_time_s") is None else round(r["total_time_s"], 1),
-                    "images/s": None if r.get("images_per_s") is None else round(r["images_per_s"], 1),
-                    "run id": r.get("run_id"),
-                    "message": m.message,
-                }
-            )
-        frame = pd.DataFrame(rows)
-        for col in frame.columns.drop(["mode", "status", "message"]):
-            frame[col] = pd.to_numeric(frame[col])  # missing figures show as blanks, not "None"
-        return frame
-
-
-def _pct(value: float | None) -> float | None:
-    return None if value is None else round(100 * value, 1)
-
-
-def _mb(value: float | None) -> float | None:
-    return None if value is None else round(value / 1e6, 2)
+        """One row per mode (:data:`RESULT_COLUMNS`): status, accuracy (%), memory (MB), time, run id;
+        missing figures are blanks."""
+        rows = [
+            {**(m.result or {}), RUN.mode: m.mode, RUN.status: m.status, RUN.message: m.message,
+             RUN.steps_done: (m.result or {}).get(RUN.steps_done, m.steps_done)}
+            for m in self.modes
+        ]
+        return run_table(rows, RESULT_COLUMNS)
 
 
 def result_summary(result: AdaptResult) -> dict[str, Any]:
-    """The figures of a finished (or cancelled / failed) run that the page shows."""
-    memory = result.memory or {}
+    """The figures of a finished (or cancelled / failed) run that the page shows: :data:`SUMMARY_FIELDS`,
+    the run's id in the store (``id``), its memory figures (:class:`~tinytl_core.quantities.RunMemory`
+    fields, when recorded), ``memory_error`` and ``backbone_message``."""
     return {
-        "status": result.status,
-        "message": result.message,
-        "run_id": result.run_id,
-        "final_val_acc": result.final_val_acc,
-        "best_val_acc": result.best_val_acc,
-        "final_train_acc": result.final_train_acc,
-        "steps_done": result.steps_done,
-        "total_modelled_bytes": memory.get("total_modelled_bytes"),
-        "total_measured_bytes": memory.get("total_measured_bytes"),
-        "activations_measured_bytes": memory.get("activations_measured_bytes"),
+        **{name: getattr(result, name) for name in SUMMARY_FIELDS},
+        RUN.id: result.run_id,
+        **(asdict(result.memory) if result.memory is not None else {}),
         "memory_error": result.memory_error,
-        "total_time_s": result.total_time_s,
-        "images_per_s": result.images_per_s,
-        "n_trainable": result.n_trainable,
-        "n_total": result.n_total,
-        "pretrained_loaded": result.pretrained_loaded,
         "backbone_message": result.backbone_message,
-        "device": result.device,
-        "resolution": result.resolution,
     }
 
 
@@ -269,9 +244,9 @@ class TrainingJob:
         try:
             for i, config in enumerate(self.configs):
                 if self._cancel.is_set():
-                    self._set(i, status="cancelled", message="not started: the job was stopped")
+                    self._set(i, status=RunStatus.CANCELLED, message="not started: the job was stopped")
                     continue
-                self._set(i, status="running", phase="starting")
+                self._set(i, status=RunStatus.RUNNING, phase="starting")
                 try:
                     result = self._runner(
                         config, progress=self._progress(i), cancel=self._cancel, store=self.store
@@ -281,7 +256,7 @@ class TrainingJob:
                     return
                 except Exception as exc:  # shown in the page, not as a traceback
                     log.exception("adaptation of %s in mode %s failed", config.backbone, config.mode)
-                    self._set(i, status="failed", message=f"{type(exc).__name__}: {exc}")
+                    self._set(i, status=RunStatus.FAILED, message=f"{type(exc).__name__}: {exc}")
                     continue
                 self._set(
                     i,
@@ -298,7 +273,7 @@ class TrainingJob:
         with self._lock:
             self._error = message
             for m in self._modes[index:]:
-                m.status, m.message = "failed", message
+                m.status, m.message = RunStatus.FAILED, message
 
 
 class JobSlot:

@@ -9,38 +9,30 @@ from typing import Any
 
 import pandas as pd
 
-from tinytl_core.memory import MB
-from tinytl_core.results import ResultsStore
+from tinytl_core.results import MEMORY, RUN, ResultsStore, run_headers, run_quantity, run_table
 
-MEMORY_AXES: dict[str, str] = {
-    "total_modelled_MB": "training memory, modelled (MB)",
-    "total_measured_MB": "training memory, measured (MB)",
-    "activations_measured_MB": "activations measured in one step (MB)",
-}
-"""Memory columns a run can be plotted against, and their axis titles."""
+RUN_COLUMNS: tuple[str, ...] = (
+    RUN.id, RUN.status, RUN.backbone, RUN.mode, RUN.dataset, RUN.resolution, RUN.batch_size, RUN.steps_done,
+    RUN.final_val_acc, RUN.best_val_acc, MEMORY.total_modelled_bytes, MEMORY.total_measured_bytes,
+    MEMORY.activations_measured_bytes, RUN.n_trainable, RUN.total_time_s, RUN.images_per_s, RUN.started_at,
+    RUN.message,
+)
+"""The run fields the Compare runs table shows, in order."""
+RUN_HEADERS: dict[str, str] = run_headers(RUN_COLUMNS)
+"""Column key of :func:`runs_frame` -> its header (from each quantity's metadata)."""
+MEMORY_AXES: tuple[str, ...] = (
+    MEMORY.total_modelled_bytes, MEMORY.total_measured_bytes, MEMORY.activations_measured_bytes,
+)
+"""Memory figures a run can be plotted against (:func:`memory_axis` gives the column and title of one)."""
+ACCURACY = run_quantity(RUN.final_val_acc)
+"""The accuracy runs are plotted and labelled with (column :attr:`~tinytl_core.quantities.Quantity.key`)."""
 
-RUN_LABELS: dict[str, str] = {
-    "id": "id",
-    "status": "status",
-    "backbone": "backbone",
-    "mode": "mode",
-    "dataset": "dataset",
-    "resolution": "px",
-    "batch_size": "batch",
-    "steps_done": "steps",
-    "val_acc_pct": "val acc %",
-    "best_val_acc_pct": "best val acc %",
-    "total_modelled_MB": "memory modelled MB",
-    "total_measured_MB": "memory measured MB",
-    "activations_measured_MB": "act. measured MB",
-    "n_trainable": "trainable params",
-    "total_time_s": "time s",
-    "images_per_s": "images/s",
-    "started_at": "started (UTC)",
-    "message": "message",
-}
-"""Columns of :func:`runs_frame`, in order, and their display names."""
-RUN_COLUMNS: tuple[str, ...] = tuple(RUN_LABELS)
+
+def memory_axis(name: str) -> tuple[str, str]:
+    """The :func:`runs_frame` column of a memory figure and its axis title (``training memory, modelled
+    (MB)``)."""
+    q = run_quantity(name)
+    return q.key, q.title
 
 
 def dataset_label(name: str | None) -> str:
@@ -50,56 +42,13 @@ def dataset_label(name: str | None) -> str:
     return Path(name).name if ("/" in name or "\\" in name) else name
 
 
-def runs_frame(runs: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
-    """One row per run with accuracy in % and memory in MB (10^6 bytes), in :data:`RUN_COLUMNS` order."""
-    rows = []
-    for r in runs:
-
-        def mb(key: str, run: Mapping[str, Any] = r) -> float | None:
-            return None if run.get(key) is None else run[key] / MB
-
-        def pct(key: str, run: Mapping[str, Any] = r) -> float | None:
-            return None if run.get(key) is None else 100 * run[key]
-
-        rows.append(
-            {
-                **{
-                    k: r.get(k)
-                    for k in (
-                        "id",
-                        "status",
-                        "backbone",
-                        "mode",
-                        "resolution",
-                        "batch_size",
-                        "steps_done",
-                        "n_trainable",
-                        "total_time_s",
-                        "images_per_s",
-                        "started_at",
-                        "message",
-                    )
-                },
-                "dataset": dataset_label(r.get("dataset")),
-                "val_acc_pct": pct("final_val_acc"),
-                "best_val_acc_pct": pct("best_val_acc"),
-                "total_modelled_MB": mb("total_modelled_bytes"),
-                "total_measured_MB": mb("total_measured_bytes"),
-                "activations_measured_MB": mb("activations_measured_bytes"),
-            }
-        )
-    frame = pd.DataFrame(rows, columns=list(RUN_COLUMNS))
-    for col in (
-        "val_acc_pct",
-        "best_val_acc_pct",
-        "total_modelled_MB",
-        "total_measured_MB",
-        "activations_measured_MB",
-        "total_time_s",
-        "images_per_s",
-    ):
-        frame[col] = pd.to_numeric(frame[col]).round(2)
-    return frame
+def runs_frame(runs: Iterable[Mapping[str, Any]], columns: Sequence[str] = RUN_COLUMNS) -> pd.DataFrame:
+    """One row per run, the ``columns`` (default :data:`RUN_COLUMNS`) with accuracy in % and memory in MB
+    (10^6 bytes), rounded to 2 decimals, keyed by each quantity's key (``final_val_acc_pct``,
+    ``total_modelled_MB``; headers: :func:`~tinytl_core.results.run_headers`); uploaded datasets by file
+    name."""
+    shown = ({**r, RUN.dataset: dataset_label(r.get(RUN.dataset))} for r in runs)
+    return run_table(shown, columns, headers=False, digits=2)
 
 
 def filter_runs(frame: pd.DataFrame, **allowed: Sequence[Any] | None) -> pd.DataFrame:
@@ -113,7 +62,7 @@ def filter_runs(frame: pd.DataFrame, **allowed: Sequence[Any] | None) -> pd.Data
 
 def run_label(run: Mapping[str, Any]) -> str:
     """How a run is named in pickers and legends: ``#id mode · backbone · dataset · acc``."""
-    acc = run.get("val_acc_pct")
+    acc = run.get(ACCURACY.key)
     acc_text = "" if acc is None or pd.isna(acc) else f" · {acc:.1f}%"
     return f"#{run['id']} {run['mode']} · {run['backbone']} · {dataset_label(run.get('dataset'))}{acc_text}"
 

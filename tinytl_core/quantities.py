@@ -1,0 +1,292 @@
+"""Figures, typed: each quantity's label, unit and help declared once, as dataclass field metadata.
+
+A dataclass of figures declares its fields with :func:`quantity`; tables, cards, charts, CSV exports and
+the results store read the label and unit from there (:func:`describe`, :func:`quantities`) instead of
+spelling keys and labels of their own. :func:`names` gives checked attribute access to field names
+(``names(RunMemory).total_modelled_bytes == "total_modelled_bytes"``, a typo is an AttributeError), for
+tables that select or order fields.
+
+Also here, at the bottom of the package (it imports nothing from ``tinytl_core``): :data:`MB` and the one
+MB formatter :func:`format_mb`; :class:`RunStatus`; and :class:`RunMemory`, the memory figures a training
+run records (modelled and measured), which the adaptation loop fills and the results store keeps.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import Field, dataclass, field, fields, is_dataclass
+from enum import Enum
+from typing import Any
+
+MB = 1_000_000
+"""One megabyte: 10^6 bytes, as in the paper."""
+
+
+class Unit(str, Enum):
+    """What a quantity counts, and so how it is shown (:attr:`display`)."""
+
+    BYTES = "bytes"  # shown in MB (10^6 bytes)
+    FRACTION = "fraction"  # 0..1, shown in %
+    SECONDS = "seconds"
+    COUNT = "count"  # an integer
+    NUMBER = "number"  # any other real number
+    FLAG = "flag"  # a yes/no
+    TEXT = "text"
+
+    @property
+    def display(self) -> str:
+        """The unit a value is shown in: ``MB``, ``%``, ``s``; empty for plain numbers and text."""
+        return {Unit.BYTES: "MB", Unit.FRACTION: "%", Unit.SECONDS: "s"}.get(self, "")
+
+    @property
+    def digits(self) -> int | None:
+        """Decimals a value is rounded to when shown in a table (None: as it is)."""
+        return {Unit.BYTES: 2, Unit.FRACTION: 1, Unit.SECONDS: 1}.get(self)
+
+    @property
+    def numeric(self) -> bool:
+        return self not in (Unit.TEXT, Unit.FLAG)
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def format_mb(nbytes: float | None, digits: int = 1, missing: str = "-", *, unit: bool = False) -> str:
+    """``nbytes`` in MB (10^6 bytes) with thousands separators (``12_345_678`` -> ``'12.3'``); ``missing``
+    for None / NaN. ``unit`` appends `` MB`` to a figure."""
+    if _missing(nbytes):
+        return missing
+    return f"{nbytes / MB:,.{digits}f}" + (" MB" if unit else "")
+
+
+def quantity(
+    label: str,
+    unit: Unit = Unit.BYTES,
+    *,
+    short: str | None = None,
+    help: str = "",
+    digits: int | None = None,
+    default: Any = None,
+) -> Any:
+    """A dataclass field (default None) carrying a quantity's ``label`` (cards, legends, axis titles),
+    ``short`` label (table headers; default: the label), :class:`Unit`, ``help`` text and the ``digits`` a
+    table rounds it to (default: the unit's)."""
+    meta = {
+        "label": label,
+        "unit": Unit(unit),
+        "short": short or label,
+        "help": help,
+        "digits": Unit(unit).digits if digits is None else digits,
+    }
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class Quantity:
+    """A declared quantity: its field name, labels, unit and help (see :func:`quantity`)."""
+
+    name: str
+    label: str
+    unit: Unit
+    short: str
+    help: str = ""
+    digits: int | None = None
+
+    @property
+    def header(self) -> str:
+        """Table header: short label and display unit (``total modelled MB``, ``val acc %``)."""
+        return f"{self.short} {self.unit.display}".rstrip()
+
+    @property
+    def title(self) -> str:
+        """Axis title: label and display unit (``training memory, modelled (MB)``)."""
+        return f"{self.label} ({self.unit.display})" if self.unit.display else self.label
+
+    @property
+    def key(self) -> str:
+        """Column name of the displayed value: ``*_bytes`` -> ``*_MB``, fractions get ``_pct``."""
+        if self.unit is Unit.BYTES:
+            return self.name.removesuffix("_bytes") + "_MB"
+        return self.name + "_pct" if self.unit is Unit.FRACTION else self.name
+
+    def convert(self, raw: Any) -> Any:
+        """``raw`` in the display unit (bytes -> MB, fraction -> %), unrounded; None for a missing value;
+        enum members (a :class:`RunStatus`) as their value."""
+        if _missing(raw):
+            return None
+        if isinstance(raw, Enum):
+            return raw.value
+        if self.unit is Unit.BYTES:
+            return raw / MB
+        return 100 * raw if self.unit is Unit.FRACTION else raw
+
+    def value(self, raw: Any, digits: int | None = None) -> Any:
+        """:meth:`convert`, rounded to ``digits`` (default: the quantity's)."""
+        shown = self.convert(raw)
+        digits = self.digits if digits is None else digits
+        if shown is None or digits is None or not self.unit.numeric:
+            return shown
+        return round(shown, digits)
+
+    def text(self, raw: Any, missing: str = "-") -> str:
+        """``raw`` as text with its unit: ``12.3 MB``, ``75.0 %``, ``1.5 s``; ``missing`` when absent."""
+        if _missing(raw):
+            return missing
+        if self.unit is Unit.BYTES:
+            return format_mb(raw, unit=True)
+        if self.unit is Unit.FRACTION:
+            return f"{100 * raw:.1f} %"
+        if self.unit is Unit.SECONDS:
+            return f"{raw:.1f} s"
+        if self.unit is Unit.COUNT:
+            return f"{int(raw):,}"
+        return str(raw.value if isinstance(raw, Enum) else raw)
+
+
+def _quantity_fields(cls: Any) -> tuple[Field, ...]:
+    if not is_dataclass(cls):
+        raise TypeError(f"{cls!r} is not a dataclass")
+    return tuple(f for f in fields(cls) if "unit" in f.metadata)
+
+
+def _from_field(f: Field) -> Quantity:
+    m = f.metadata
+    return Quantity(f.name, m["label"], m["unit"], m["short"], m["help"], m["digits"])
+
+
+def quantities(cls: Any) -> tuple[Quantity, ...]:
+    """Every quantity field of a dataclass (or instance), in declaration order."""
+    return tuple(_from_field(f) for f in _quantity_fields(cls))
+
+
+def describe(name: str, *where: Any) -> Quantity:
+    """The quantity ``name`` as declared by the first of the dataclasses ``where`` that has it
+    (``KeyError`` if none does)."""
+    for cls in where:
+        for f in _quantity_fields(cls):
+            if f.name == name:
+                return _from_field(f)
+    raise KeyError(f"no quantity {name!r} in {', '.join(getattr(c, '__name__', str(c)) for c in where)}")
+
+
+class FieldNames:
+    """Checked attribute access to a dataclass's field names (see :func:`names`); iterating gives them all,
+    in order."""
+
+    def __init__(self, cls: Any):
+        self._cls = cls
+        self._names = tuple(f.name for f in fields(cls))
+
+    def __getattr__(self, name: str) -> str:
+        if name.startswith("_") or name not in self._names:
+            raise AttributeError(f"{self._cls.__name__} has no field {name!r}")
+        return name
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names
+
+
+def names(cls: Any) -> FieldNames:
+    """The field names of dataclass ``cls`` as checked attributes: ``names(RunMemory).weights_bytes``."""
+    return FieldNames(cls)
+
+
+class RunStatus(str, Enum):
+    """Where a training run stands. The store keeps the :attr:`ended` ones."""
+
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+    @property
+    def ended(self) -> bool:
+        """True for finished, cancelled and failed."""
+        return self in (RunStatus.FINISHED, RunStatus.CANCELLED, RunStatus.FAILED)
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+
+ENDED_STATUSES: tuple[RunStatus, ...] = tuple(s for s in RunStatus if s.ended)
+"""The statuses of a run that ended (what the results store accepts)."""
+
+
+@dataclass
+class ModelledMemory:
+    """The modelled training memory of one configuration (complete accounting unless said otherwise),
+    in bytes. Shared by a memory report's totals and a run's figures."""
+
+    weights_bytes: float | None = quantity(
+        "weights",
+        short="weights",
+        help="Weights and buffers (frozen weights at the report's frozen_weight_bits).",
+    )
+    grads_optimizer_bytes: float | None = quantity(
+        "gradients + optimizer state",
+        short="grads+opt",
+        help="Gradients of the trainable parameters and the optimizer's state for them.",
+    )
+    activations_necessary_bytes: float | None = quantity(
+        "activations necessary, TinyTL rules",
+        short="act. necessary",
+        help="Activations backward must store under TinyTL's rules (paper accounting: the peak).",
+    )
+    activations_stock_bytes: float | None = quantity(
+        "activations stock PyTorch, modelled",
+        short="act. stock",
+        help="Activations PyTorch's autograd stores by default (modelled from the traced ops).",
+    )
+    total_modelled_bytes: float | None = quantity(
+        "training memory, modelled",
+        short="total modelled",
+        help="Weights + gradients + optimizer state + necessary activations + the transient working set "
+        "of the largest layer.",
+    )
+
+
+@dataclass
+class RunMemory(ModelledMemory):
+    """The memory figures a training run records (bytes): modelled (:class:`ModelledMemory`) and
+    measured in one real step (None when not measured; see
+    :func:`tinytl_core.memory.training_memory_figures`)."""
+
+    activations_measured_bytes: float | None = quantity(
+        "activations measured in one step",
+        short="act. measured",
+        help="What autograd saved for backward in one real step, with the layers the model trains with.",
+    )
+    total_measured_bytes: float | None = quantity(
+        "training memory, measured",
+        short="total measured",
+        help="Peak CUDA memory of one real step; elsewhere its measured activations plus the modelled "
+        "weights, gradients, optimizer state and transient.",
+    )
+    activations_measured_stock_bytes: float | None = quantity(
+        "activations stock PyTorch, measured",
+        short="act. stock measured",
+        help="Saved for backward in one real step with stock PyTorch layers.",
+    )
+    activations_measured_engine_bytes: float | None = quantity(
+        "activations engine, measured",
+        short="act. engine measured",
+        help="Saved for backward in one real step with the training engine's layers.",
+    )
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any] | None) -> RunMemory | None:
+        """Read figures back from a stored dict (unknown keys ignored); None for None or a dict without any
+        figure (e.g. ``{"error": ...}``)."""
+        if not values:
+            return None
+        known = {k: v for k, v in values.items() if k in names(cls)}
+        return cls(**known) if known else None
