@@ -111,12 +111,65 @@ def test_cancel_from_another_thread_returns_partial_result(digits, tmp_path):
     assert row["status"] == "cancelled" and row["steps_done"] == 3 and len(row["history"]) == 3
 
 
-def test_non_finite_loss_stops_the_run(digits, tmp_path):
+def test_non_finite_loss_stops_the_run_as_diverged(digits, tmp_path):
     store = ResultsStore(tmp_path / "r.sqlite")
     result = adapt(tiny(optimizer="sgd", lr=1e30, steps=20), data=digits, store=store)
-    assert result.status == "failed" and result.steps_done < 20
+    assert result.status == RunStatus.DIVERGED and result.steps_done < 20
     assert "loss became nan" in result.message and "lower learning rate" in result.message
-    assert store.get_run(result.run_id)["status"] == "failed"
+    assert store.get_run(result.run_id)["status"] == "diverged"
+
+
+def test_an_exploding_but_finite_loss_stops_the_run_as_diverged(digits, tmp_path):
+    """lr 1e6 with Adam: the loss climbs into the billions without becoming NaN; it must not be stored as
+    finished at chance."""
+    store = ResultsStore(tmp_path / "r.sqlite")
+    result = adapt(tiny(lr=1e6, steps=40), data=digits, store=store)
+    assert result.status == RunStatus.DIVERGED and result.steps_done < 40, result.summary()
+    assert "lower learning rate (now 1e+06)" in result.message
+    assert "exploded" in result.message or "loss became" in result.message
+    assert store.get_run(result.run_id)["status"] is RunStatus.DIVERGED
+
+
+def test_a_collapsing_accuracy_stops_the_run_as_diverged(digits, monkeypatch):
+    import tinytl_core.adapt as adapt_module
+
+    accuracies = iter([0.9, 0.05])  # well above chance (10 classes), then back to chance
+    monkeypatch.setattr(adapt_module, "_evaluate", lambda *a: (next(accuracies), 1.0))
+    result = adapt(tiny(steps=4, eval_every=2), data=digits)
+    assert result.status == RunStatus.DIVERGED and "accuracy collapsed to 5.0%" in result.message
+
+
+def test_settings_the_run_adjusts_are_recorded_as_they_ran_and_said(tinytl_home, tmp_path):
+    """batch 100000 on 30 training images trains on all 30: record batch 30, images/s from the images
+    actually seen, memory modelled at batch 30; shots / val_cap beyond the data and rounded epochs are
+    said too."""
+    store = ResultsStore(tmp_path / "r.sqlite")
+    events = []
+    config = tiny(batch_size=100000, steps=None, epochs=1.5, shots=1000, val_cap=1000, record_memory=True,
+                  measure_memory=False)
+    data = load_dataset("digits", shots=3, val_cap=2)  # 30 training images, 20 validation
+    result = adapt(config, data=data, store=store, progress=events.append)
+    assert result.status == RunStatus.FINISHED and result.n_train == 30
+    assert result.batch_size == 30 and result.images_seen == 30 * result.steps_done == 60
+    assert result.images_per_s == pytest.approx(60 / result.train_time_s)
+    assert all(e.images_per_s < 30 * e.step / 1e-9 for e in events if isinstance(e, StepEvent))
+    assert result.memory is not None and result.memory.total_modelled_bytes > 0
+    row = store.get_run(result.run_id)
+    assert row["batch_size"] == 30 and row["config"]["batch_size"] == 100000  # what ran; what was asked
+    notes = " | ".join(result.notes)
+    assert "batch size 100000 is larger than the 30 training images" in notes
+    assert "1.5 epochs asked for: 2 whole step(s) of 30 images make 2 epochs" in notes
+    assert "shots 1000 is more than the data has: at most 3 training images" in notes
+    assert "val_cap 1000 is more than the data has: at most 2 validation images" in notes
+    assert all(n in row["message"] for n in result.notes) and "batch size 100000" in result.summary()
+    assert [e.message for e in events if isinstance(e, PhaseEvent) and e.phase == "note"] == result.notes
+
+
+def test_a_resolution_that_collapses_the_feature_maps_is_said(digits):
+    result = adapt(tiny(resolution=16, steps=1), data=digits)
+    assert result.status == RunStatus.FINISHED
+    assert any("16 px is below 32 px" in n and "Use at least 32 px" in n for n in result.notes)
+    assert not adapt(tiny(steps=1), data=digits).notes  # 32 px: the last stage is 1x1, nothing to say
 
 
 def test_unexpected_error_is_recorded_as_failed_and_raised(digits, tmp_path):
@@ -164,6 +217,10 @@ def test_folder_with_bad_files_trains_on_the_rest_with_batch_size_one(tinytl_hom
         ({"label_smoothing": 1.0}, "label smoothing"),
         ({"mode": "everything"}, "unknown mode"),
         ({"device": "cuda:7"} , "CUDA is not available"),
+        ({"backbone": "resnet5O"}, "unknown backbone 'resnet5O'. Did you mean: resnet50"),
+        ({"dataset": "digitz"}, "unknown dataset 'digitz'"),
+        ({"shots": 0}, "shots must be >= 1"),
+        ({"val_fraction": 1.0}, "val_fraction must be between 0 and 1"),
     ],
 )
 def test_bad_configuration_is_a_clear_error(overrides, message, tmp_path):
@@ -180,3 +237,13 @@ def test_bad_configuration_is_a_clear_error(overrides, message, tmp_path):
 def test_config_round_trips_through_a_dict():
     config = tiny(shots=3, eval_every=5)
     assert AdaptConfig.from_dict({**config.to_dict(), "unknown": 1}) == config
+
+
+def test_the_default_backbone_is_the_same_everywhere():
+    from tinytl_core.backbones import DEMO_BACKBONE, default_backbone
+    from tinytl_core.cli import build_parser
+    from tinytl_core.ui.settings import Settings
+
+    assert default_backbone() == DEMO_BACKBONE == AdaptConfig().backbone == Settings.defaults().backbone
+    for command in (["adapt"], ["memory"], ["modes"]):
+        assert build_parser().parse_args(command).model == DEMO_BACKBONE

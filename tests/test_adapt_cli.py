@@ -52,8 +52,65 @@ def test_adapt_errors_are_one_line(tinytl_home, tmp_path, capsys):
     assert main(["adapt", *TINY, "--mode", "full", "--optimizer", "sgd", "--lr", "1e30", "--steps", "5",
                  "--no-memory", "--db", db]) == 1
     assert "loss became nan" in capsys.readouterr().out
-    assert main(["runs", "--db", db, "--status", "failed"]) == 0
+    assert main(["runs", "--db", db, "--status", "diverged"]) == 0
     assert "1 run(s)" in capsys.readouterr().out
+
+
+def test_every_argument_is_checked_before_the_dataset_loads(tinytl_home, tmp_path, capsys, monkeypatch):
+    import tinytl_core.cli.adapt as cli_adapt
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the dataset was loaded before the arguments were checked")
+
+    monkeypatch.setattr(cli_adapt, "load_dataset", no_loading)
+    db = str(tmp_path / "runs.sqlite")
+    for args, message in (
+        (["--model", "resnet5O"], "error: unknown backbone 'resnet5O'. Did you mean: resnet50"),
+        (["--dataset", "digitz"], "error: unknown dataset 'digitz'"),
+        (["--dataset", str(tmp_path / "nope.zip")], "error: no such image folder or .zip archive"),
+        (["--modes", "bias,everything"], "error: unknown mode 'everything'"),
+        (["--shots", "0"], "error: shots must be >= 1"),
+        (["--batch-size", "0"], "error: batch sizes must be >= 1"),
+        (["--model", "vit_tiny_patch16_224", "--resolution", "8"], "error: 8 px is too small"),
+        (["--threads", "0"], "error: --threads must be >= 1"),
+    ):
+        assert main(["adapt", *args, "--db", db]) == 2, args
+        err = capsys.readouterr().err
+        assert err.startswith(message) and err.count("\n") == 1 and "Traceback" not in err, err
+
+
+def test_cli_error_messages_print_clean(tmp_path, capsys):
+    """A KeyError's text is printed without the quotes str() adds; OS errors give their reason and file."""
+    from tinytl_core.cli import error_message
+
+    db = str(tmp_path / "runs.sqlite")
+    assert main(["runs", "--db", db, "--delete", "9999"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: no run with id 9999 in {db}\n"
+    assert main(["runs", "--db", db, "--show", "7"]) == 2
+    assert capsys.readouterr().err.startswith("error: no run with id 7 in")
+    assert main(["runs", "--db", str(tmp_path), "--limit", "1"]) == 2  # a folder is no database
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err and err.count("\n") == 1
+    assert main(["runs", "--db", db, "--csv", str(tmp_path / "missing" / "x.csv")]) == 2
+    assert capsys.readouterr().err.startswith("error: No such file or directory: ")
+    assert error_message(KeyError("no run with id 3")) == "no run with id 3"
+    assert error_message(KeyError(3)) == "3"
+    missing = FileNotFoundError(2, "No such file or directory", "/x")
+    assert error_message(missing) == "No such file or directory: /x"
+    assert error_message(ValueError()) == "ValueError"
+
+
+def test_memory_uses_the_models_own_resolution_and_warns_when_maps_collapse(capsys):
+    assert main(["memory", "--mode", "bias"]) == 0  # the default: the demo backbone at its own 64 px
+    out = capsys.readouterr().out
+    assert "demo_mobilenetv2_050, 3x64x64, batch 8" in out
+    assert main(["memory", "--model", "resnet10t", "--resolution", "16", "--mode", "bias"]) == 0
+    captured = capsys.readouterr()
+    assert "3x16x16" in captured.out
+    assert captured.err.startswith("warning: 16 px is below 32 px") and "Use at least 32 px" in captured.err
+    assert main(["memory", "--model", "resnet5O"]) == 2
+    assert "unknown backbone" in capsys.readouterr().err
 
 
 def test_datasets_commands(tinytl_home, tmp_path, capsys):

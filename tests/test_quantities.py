@@ -70,8 +70,10 @@ def test_field_names_are_checked_attributes():
 
 
 def test_run_status():
-    assert [s.value for s in RunStatus] == ["waiting", "running", "finished", "cancelled", "failed"]
-    assert ENDED_STATUSES == (RunStatus.FINISHED, RunStatus.CANCELLED, RunStatus.FAILED)
+    assert [s.value for s in RunStatus] == ["waiting", "running", "finished", "cancelled", "failed",
+                                            "diverged"]
+    assert ENDED_STATUSES == (RunStatus.FINISHED, RunStatus.CANCELLED, RunStatus.FAILED, RunStatus.DIVERGED)
+    assert [s for s in RunStatus if s.unsuccessful] == [RunStatus.FAILED, RunStatus.DIVERGED]
     assert not RunStatus.RUNNING.ended and RunStatus.FAILED.ended
     assert RunStatus("finished") is RunStatus.FINISHED and RunStatus.FINISHED == "finished"
     assert f"[{RunStatus.CANCELLED}]" == "[cancelled]" and str(RunStatus.FAILED) == "failed"

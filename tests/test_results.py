@@ -188,10 +188,10 @@ def test_a_schema_1_database_opens_lists_and_shows_its_runs(tmp_path):
     _schema_1_database(path)
     store = ResultsStore(path)
     with sqlite3.connect(path) as con:
-        assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
         table = [r[1] for r in con.execute("PRAGMA table_info(runs)")]
-    assert set(table) == {RUN.id, *COLUMNS, "config_json", "history_json", "memory_json", "versions_json"}
-    assert table[-2:] == [MEMORY.activations_measured_stock_bytes, MEMORY.activations_measured_engine_bytes]
+    # Rebuilt for schema 3 (the new status check): today's columns in today's order.
+    assert table == [RUN.id, *COLUMNS, "config_json", "history_json", "memory_json", "versions_json"]
     failed, old = store.list_runs()
     assert old["status"] is RunStatus.FINISHED and old["history"][0]["loss"] == 2.0
     assert old[MEMORY.total_modelled_bytes] == 13_000_000
@@ -226,7 +226,7 @@ def test_the_store_keeps_only_runs_that_ended(tmp_path):
         if status.ended:
             assert store.get_run(store.save_run(record(status=status)))["status"] is status
         else:
-            with pytest.raises(ValueError, match="status must be one of finished, cancelled, failed"):
+            with pytest.raises(ValueError, match="must be one of finished, cancelled, failed, diverged"):
                 store.save_run(record(status=status))
     with sqlite3.connect(store.path) as con, pytest.raises(sqlite3.IntegrityError, match="CHECK"):
         con.execute("INSERT INTO runs (status, backbone, mode, dataset) VALUES ('running', 'a', 'b', 'c')")
@@ -256,3 +256,32 @@ def test_run_table_converts_units_rounds_and_labels():
     assert run_table([], columns).empty and list(run_table([], columns).columns) == list(frame.columns)
     with pytest.raises(KeyError, match="no quantity 'accuracy'"):
         run_table(runs, ("accuracy",))
+
+
+def test_a_schema_2_database_is_rebuilt_to_accept_diverged_runs(tmp_path):
+    """Schema 2's CHECK allowed finished/cancelled/failed only; SQLite cannot alter a CHECK, so opening it
+    rebuilds the table: every run kept with its id, the id sequence kept (a deleted id is not reused)."""
+    path = tmp_path / "v2.sqlite"
+    _schema_1_database(path)
+    con = sqlite3.connect(path, isolation_level=None)
+    for name in (MEMORY.activations_measured_stock_bytes, MEMORY.activations_measured_engine_bytes):
+        con.execute(f"ALTER TABLE runs ADD COLUMN {name} INTEGER")
+    con.execute("INSERT INTO runs (status, backbone, mode, dataset) VALUES ('failed', 'x', 'full', 'd')")
+    con.execute("DELETE FROM runs WHERE id = 3")  # the sequence stays at 3
+    con.execute("PRAGMA user_version = 2")
+    with pytest.raises(sqlite3.IntegrityError):
+        con.execute("INSERT INTO runs (status, backbone, mode, dataset) VALUES ('diverged', 'x', 'f', 'd')")
+    con.close()
+    store = ResultsStore(path)
+    assert [r[RUN.id] for r in store.list_runs()] == [2, 1]
+    assert store.get_run(1)[MEMORY.total_modelled_bytes] == 13_000_000
+    new = store.save_run(record(status=RunStatus.DIVERGED, message="the loss exploded"))
+    assert new == 4 and store.get_run(new)["status"] is RunStatus.DIVERGED
+    assert store.list_runs(status="diverged")[0][RUN.id] == 4
+    with sqlite3.connect(path) as con:
+        assert con.execute("PRAGMA user_version").fetchone()[0] == 3
+        (sql,) = con.execute("SELECT sql FROM sqlite_master WHERE name = 'runs'").fetchone()
+        assert "'diverged'" in sql and "runs_rebuild" not in sql
+        assert [n for (n,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+                if n.startswith("runs")] == ["runs"]
+    assert ResultsStore(path).count() == 3  # opening again changes nothing

@@ -6,8 +6,14 @@
   :class:`StepEvent` after every optimisation step and :class:`EvalEvent` after every evaluation;
 - ``cancel`` (a ``threading.Event``) is checked before every step and every evaluation batch; a cancelled
   run returns what it did so far with status :attr:`RunStatus.CANCELLED` (Ctrl-C does the same);
-- a non-finite loss stops the run with status :attr:`RunStatus.FAILED` and a message that says what to
-  change;
+- a run that diverges stops with status :attr:`RunStatus.DIVERGED` and a message that says what to change:
+  a non-finite loss at once, a loss far above its start (:data:`EXPLODED_FACTOR`) for
+  :data:`DIVERGED_PATIENCE` steps in a row, or a validation accuracy that collapses to chance after it had
+  been well above (a NaN is one way of diverging, so it is the same status, not ``failed``);
+- a setting the code adjusts is recorded as it ran and said (``AdaptResult.notes``, also in ``message``
+  and as a ``PhaseEvent("note", ...)``): a batch larger than the training set trains on the whole set and
+  records that batch (memory figures and images/s at it); epochs rounded to whole steps; shots / val_cap
+  larger than the data; a resolution other than asked; a resolution so small the feature maps collapse;
 - with ``store`` the run is written to the :class:`~tinytl_core.results.ResultsStore` in one transaction,
   whatever its outcome (an unexpected error is recorded as failed, then re-raised).
 
@@ -33,7 +39,14 @@ import torch
 from torch import nn
 
 from tinytl_core import __version__
-from tinytl_core.data import DatasetSplits, attach_transforms, load_dataset
+from tinytl_core.backbones import check_backbone_name, default_backbone, small_resolution_warning
+from tinytl_core.data import (
+    DatasetSplits,
+    attach_transforms,
+    check_dataset_name,
+    dataset_display_name,
+    load_dataset,
+)
 from tinytl_core.memory import training_memory_figures
 from tinytl_core.modes import get_mode, prepare_model
 from tinytl_core.quantities import RunMemory, RunStatus, format_mb
@@ -43,10 +56,24 @@ OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
 SCHEDULES: tuple[str, ...] = ("cosine", "constant")
 TRAIN_ACC_WINDOW = 20
 """Steps over which :attr:`StepEvent.train_acc` is averaged (a running window)."""
+EXPLODED_FACTOR = 10.0
+"""A loss above this many times its reference (the larger of the first step's loss and ln(classes), the
+loss of a uniform guess) counts as exploded."""
+DIVERGED_PATIENCE = 5
+"""Steps in a row with an exploded loss after which a run stops as diverged."""
 
 
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite."""
+class DivergedError(RuntimeError):
+    """Training diverged: the loss exploded or became non-finite, or the accuracy collapsed."""
+
+
+class NonFiniteLossError(DivergedError):
+    """The training loss became NaN or infinite (one way of diverging)."""
+
+
+def _advice(config: AdaptConfig) -> str:
+    return (f"Try a lower learning rate (now {config.lr:g})"
+            f"{' or Adam' if config.optimizer == 'sgd' else ''}.")
 
 
 @dataclass
@@ -61,7 +88,7 @@ class AdaptConfig:
     and gradients as stock PyTorch, less stored for backward); False trains with stock PyTorch layers.
     """
 
-    backbone: str = "mobilenetv2_100"
+    backbone: str = field(default_factory=default_backbone)
     mode: str = "lite_residual+bias"
     dataset: str = "shapes"
     steps: int | None = 200
@@ -90,7 +117,9 @@ class AdaptConfig:
     engine: bool = True
 
     def validate(self) -> None:
-        """Raise ``ValueError`` with a helpful message for an inconsistent configuration."""
+        """Raise ``ValueError`` with a helpful message for an inconsistent configuration (cheap: no data
+        and no model are loaded, so callers check every configuration before any slow work)."""
+        check_backbone_name(self.backbone)
         get_mode(self.mode)
         if (self.steps is None) == (self.epochs is None):
             raise ValueError("give either steps or epochs (exactly one of them)")
@@ -112,6 +141,13 @@ class AdaptConfig:
             raise ValueError(f"eval_every must be >= 0 (0 = only at the end), got {self.eval_every}")
         if self.resolution is not None and self.resolution < 8:
             raise ValueError(f"resolution must be >= 8 px, got {self.resolution}")
+        for name in ("shots", "val_cap"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1 (or not given), got {getattr(self, name)}")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be between 0 and 1, got {self.val_fraction}")
+        if self.weight_decay < 0 or self.momentum < 0:
+            raise ValueError("weight decay and momentum must be >= 0")
         resolve_device(self.device)
 
     def to_dict(self) -> dict[str, Any]:
@@ -167,8 +203,10 @@ ProgressCallback = Callable[[ProgressEvent], None]
 
 @dataclass
 class AdaptResult:
-    """What one run did. ``status`` is finished, cancelled or failed (``message`` says why); ``memory`` the
-    run's memory figures (None when not recorded; ``memory_error`` says why when they failed)."""
+    """What one run did. ``status`` is finished, cancelled, failed or diverged (``message`` says why);
+    ``memory`` the run's memory figures (None when not recorded; ``memory_error`` says why when they
+    failed). ``batch_size`` is the batch that ran (the config keeps the one asked for); ``notes`` say every
+    setting the run adjusted and every warning about it (also appended to ``message``)."""
 
     config: AdaptConfig
     status: RunStatus = RunStatus.FAILED
@@ -179,6 +217,9 @@ class AdaptResult:
     n_val: int = 0
     skipped_files: int = 0
     resolution: int = 0
+    batch_size: int = 0
+    notes: list[str] = field(default_factory=list)
+    images_seen: int = 0
     steps_planned: int = 0
     steps_done: int = 0
     epochs_done: float = 0.0
@@ -228,9 +269,10 @@ class AdaptResult:
             if m.total_measured_bytes is not None:
                 mem += f" / {format_mb(m.total_measured_bytes)} MB measured"
         layers = "engine" if self.engine_layers else "stock layers"
-        text = (f"{c.backbone} {c.mode} on {c.dataset}: val acc {acc} after {self.steps_done} steps"
-                f"{mem}, {self.total_time_s:.1f} s ({self.images_per_s:.1f} img/s, {layers}) [{self.status}]")
-        return text + (f": {self.message}" if self.message and self.status != RunStatus.FINISHED else "")
+        text = (f"{c.backbone} {c.mode} on {dataset_display_name(c.dataset)}: val acc {acc} after "
+                f"{self.steps_done} steps{mem}, {self.total_time_s:.1f} s ({self.images_per_s:.1f} img/s, "
+                f"{layers}) [{self.status}]")
+        return text + (f": {self.message}" if self.message else "")
 
     def to_record(self) -> dict[str, Any]:
         """The row written to the results store: its columns (memory figures included) and JSON fields."""
@@ -238,7 +280,8 @@ class AdaptResult:
         memory = asdict(self.memory) if self.memory is not None else None
         record = {
             "status": self.status, "message": self.message, "backbone": c.backbone, "mode": c.mode,
-            "dataset": c.dataset, "batch_size": c.batch_size, "optimizer": c.optimizer, "lr": c.lr,
+            "dataset": c.dataset, "batch_size": self.batch_size or c.batch_size, "optimizer": c.optimizer,
+            "lr": c.lr,
             "label_smoothing": c.label_smoothing, "seed": c.seed, "pretrained": c.pretrained,
             "config": c.to_dict(), "history": self.history, "versions": versions(),
             "memory": memory if memory is not None else (
@@ -286,7 +329,7 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _memory_figures(model: nn.Module, config: AdaptConfig, resolution: int) -> RunMemory:
+def _memory_figures(model: nn.Module, config: AdaptConfig, resolution: int, batch_size: int) -> RunMemory:
     """Modelled (and measured) memory of this configuration, leaving the model and RNG as they were."""
     state = copy.deepcopy(model.state_dict())
     rng = torch.get_rng_state()
@@ -294,7 +337,7 @@ def _memory_figures(model: nn.Module, config: AdaptConfig, resolution: int) -> R
     optimizer = config.optimizer if config.optimizer == "adam" or config.momentum else "none"
     try:
         return training_memory_figures(model, input_size=(3, resolution, resolution),
-                                       batch_size=config.batch_size, optimizer=optimizer,
+                                       batch_size=batch_size, optimizer=optimizer,
                                        measure=config.measure_memory)
     finally:
         model.load_state_dict(state)
@@ -341,10 +384,12 @@ def adapt(config: AdaptConfig, *, data: DatasetSplits | None = None, progress: P
         store: results store to record the run in.
 
     Setup errors (unknown backbone/dataset, mode not applicable, dataset unavailable) raise before
-    anything is recorded. A non-finite loss returns status failed; any other error during the run
-    is recorded as failed and re-raised.
+    anything is recorded. A diverging run (non-finite or exploded loss, collapsed accuracy) returns status
+    diverged; any other error during the run is recorded as failed and re-raised.
     """
     config.validate()
+    if data is None:
+        check_dataset_name(config.dataset)  # an unknown name fails before anything slow
     emit = progress or (lambda event: None)
     t0 = time.perf_counter()
     result = AdaptResult(config=config, started_at=_now())
@@ -355,7 +400,7 @@ def adapt(config: AdaptConfig, *, data: DatasetSplits | None = None, progress: P
         emit(PhaseEvent(name, message, time.perf_counter() - t0))
 
     # ----------------------------------------------------------------------------------- setup
-    phase("data", f"loading {config.dataset}")
+    phase("data", f"loading {dataset_display_name(config.dataset)}")
     if data is None:
         data = load_dataset(config.dataset, val_fraction=config.val_fraction, seed=config.split_seed,
                             shots=config.shots, val_cap=config.val_cap)
@@ -378,29 +423,31 @@ def adapt(config: AdaptConfig, *, data: DatasetSplits | None = None, progress: P
     if len(data.train) == 0 or len(data.val) == 0:
         raise ValueError(f"{data.summary()}: need at least one training and one validation image")
 
-    drop_last = len(data.train) >= config.batch_size
-    per_epoch = len(data.train) // config.batch_size if drop_last else 1
+    batch = result.batch_size = min(config.batch_size, len(data.train))
+    per_epoch = len(data.train) // batch
     total = config.steps if config.steps is not None else max(1, math.ceil(config.epochs * per_epoch))
     result.steps_planned = total
+    for note in _adjustments(config, data, result, per_epoch):
+        result.notes.append(note)
+        phase("note", note)
     gen = torch.Generator().manual_seed(config.seed)
-    train_loader = torch.utils.data.DataLoader(data.train, batch_size=config.batch_size, shuffle=True,
-                                               drop_last=drop_last, generator=gen)
-    val_batch = max(config.batch_size, config.eval_batch_size)
-    val_loader = torch.utils.data.DataLoader(data.val, batch_size=val_batch)
+    train_loader = torch.utils.data.DataLoader(data.train, batch_size=batch, shuffle=True, drop_last=True,
+                                               generator=gen)
+    val_loader = torch.utils.data.DataLoader(data.val, batch_size=config.eval_batch_size)
 
     try:
         if config.record_memory:
             phase("memory", "modelling" + (" and measuring" if config.measure_memory else "") + " memory")
             try:
-                result.memory = _memory_figures(model, config, result.resolution)
+                result.memory = _memory_figures(model, config, result.resolution, batch)
             except Exception as exc:  # the figures are a bonus: a model the tracer cannot handle still trains
                 result.memory_error = f"{type(exc).__name__}: {exc}"
                 phase("memory", f"memory figures unavailable: {result.memory_error}")
         result.setup_time_s = time.perf_counter() - t0
         _train(model, config, data, train_loader, val_loader, device, total, per_epoch, emit, cancel, result,
                t0)
-    except NonFiniteLossError as exc:
-        result.status, result.message = RunStatus.FAILED, str(exc)
+    except DivergedError as exc:
+        result.status, result.message = RunStatus.DIVERGED, str(exc)
     except (_Cancelled, KeyboardInterrupt):
         result.status = RunStatus.CANCELLED
         result.message = f"cancelled after {result.steps_done} of {total} steps"
@@ -412,11 +459,37 @@ def adapt(config: AdaptConfig, *, data: DatasetSplits | None = None, progress: P
     return result
 
 
+def _adjustments(config: AdaptConfig, data: DatasetSplits, result: AdaptResult, per_epoch: int) -> list[str]:
+    """What this run does differently from what ``config`` asked, and warnings about it, one line each."""
+    notes = []
+    n_train = len(data.train)
+    if result.batch_size < config.batch_size:
+        notes.append(f"batch size {config.batch_size} is larger than the {n_train} training images: each "
+                     f"step trains on all {n_train} (recorded as batch {result.batch_size})")
+    if config.epochs is not None and not math.isclose(result.steps_planned / per_epoch, config.epochs):
+        notes.append(f"{config.epochs:g} epochs asked for: {result.steps_planned} whole step(s) of "
+                     f"{result.batch_size} images make {result.steps_planned / per_epoch:.3g} epochs")
+    caps = ((config.shots, data.train, "training"), (config.val_cap, data.val, "validation"))
+    for asked, split, what in caps:
+        most = max((int(n) for n in split.class_counts()), default=0) if asked is not None else 0
+        if asked is not None and most < asked:
+            notes.append(f"{'shots' if split is data.train else 'val_cap'} {asked} is more than the data "
+                         f"has: at most {most} {what} images per class are used")
+    if config.resolution is not None and result.resolution != config.resolution:
+        notes.append(f"resolution {config.resolution} px asked for: the model runs at {result.resolution} px")
+    warning = small_resolution_warning(config.backbone, result.resolution)
+    if warning:
+        notes.append(warning)
+    return notes
+
+
 def _finish(result: AdaptResult, t0: float, store: ResultsStore | None) -> None:
     result.total_time_s = time.perf_counter() - t0
     result.ended_at = _now()
     if result.train_time_s > 0:
-        result.images_per_s = result.steps_done * result.config.batch_size / result.train_time_s
+        result.images_per_s = result.images_seen / result.train_time_s
+    if result.notes:
+        result.message = "; ".join(m for m in (result.message, *result.notes) if m)
     if store is not None:
         result.run_id = store.save_run(result.to_record())
 
@@ -445,11 +518,24 @@ def _train(model: nn.Module, config: AdaptConfig, data: DatasetSplits, train_loa
             acc, loss = _evaluate(model, val_loader, device, cancel)
         finally:
             result.eval_time_s += time.perf_counter() - start
+        best_before = result.best_val_acc or 0.0
         result.final_val_acc, result.final_val_loss = acc, loss
         result.best_val_acc = max(acc, result.best_val_acc or 0.0)
         event = EvalEvent(result.steps_done, total, acc, loss, time.perf_counter() - t0, final)
         result.history.append({"kind": "eval", **asdict(event)})
         emit(event)
+        check_collapse(acc, best_before)
+
+    reference, exploded = None, 0
+    chance = 1 / max(1, result.num_classes)
+
+    def check_collapse(acc: float, best: float) -> None:
+        """Diverged when the accuracy falls back to chance after being at least halfway to perfect."""
+        if result.num_classes > 1 and best >= chance + 0.5 * (1 - chance) and acc <= 1.1 * chance:
+            raise DivergedError(
+                f"the validation accuracy collapsed to {100 * acc:.1f}% (chance is {100 * chance:.1f}%) at "
+                f"step {result.steps_done}, after {100 * best:.1f}% before; training stopped. "
+                f"{_advice(config)}")
 
     iterator = iter(train_loader)
     for step in range(1, total + 1):
@@ -474,9 +560,17 @@ def _train(model: nn.Module, config: AdaptConfig, data: DatasetSplits, train_loa
                 "group_norm (--group-norm), or a mode with a frozen backbone") from None
         loss = criterion(logits, y)
         if not torch.isfinite(loss):
-            raise NonFiniteLossError(
-                f"the loss became {loss.item()} at step {step}; training stopped. Try a lower learning rate "
-                f"(now {config.lr:g}){' or Adam' if config.optimizer == 'sgd' else ''}.")
+            raise NonFiniteLossError(f"the loss became {loss.item()} at step {step}; training stopped. "
+                                     f"{_advice(config)}")
+        value = loss.item()
+        if reference is None:
+            reference = max(value, math.log(max(2, result.num_classes)))
+        exploded = exploded + 1 if value > EXPLODED_FACTOR * reference else 0
+        if exploded >= DIVERGED_PATIENCE:
+            raise DivergedError(
+                f"the loss exploded to {value:.3g} at step {step} (it started at {reference:.3g}; above "
+                f"{EXPLODED_FACTOR:g}x that for {exploded} steps in a row); training stopped. "
+                f"{_advice(config)}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -484,11 +578,12 @@ def _train(model: nn.Module, config: AdaptConfig, data: DatasetSplits, train_loa
         scheduler.step()
         window.append((int((logits.detach().argmax(1) == y).sum()), len(y)))
         result.train_time_s += time.perf_counter() - start
+        result.images_seen += len(y)
         result.steps_done = step
         result.epochs_done = step / per_epoch
         result.final_train_acc = sum(c for c, _ in window) / sum(n for _, n in window)
         event = StepEvent(step, total, result.epochs_done, loss.item(), result.final_train_acc, lr,
-                          step * config.batch_size / result.train_time_s, time.perf_counter() - t0)
+                          result.images_seen / result.train_time_s, time.perf_counter() - t0)
         result.history.append({"kind": "step", **asdict(event)})
         emit(event)
         if config.eval_every and step % config.eval_every == 0 and step < total:

@@ -204,11 +204,17 @@ class RunStatus(str, Enum):
     FINISHED = "finished"
     CANCELLED = "cancelled"
     FAILED = "failed"
+    DIVERGED = "diverged"  # stopped because the loss became non-finite or exploded, or accuracy collapsed
 
     @property
     def ended(self) -> bool:
-        """True for finished, cancelled and failed."""
-        return self in (RunStatus.FINISHED, RunStatus.CANCELLED, RunStatus.FAILED)
+        """True for finished, cancelled, failed and diverged."""
+        return self in (RunStatus.FINISHED, RunStatus.CANCELLED, RunStatus.FAILED, RunStatus.DIVERGED)
+
+    @property
+    def unsuccessful(self) -> bool:
+        """True for the statuses of a run that stopped on a problem: failed and diverged."""
+        return self in (RunStatus.FAILED, RunStatus.DIVERGED)
 
     def __str__(self) -> str:
         return self.value

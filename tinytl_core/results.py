@@ -40,9 +40,12 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 ENV_DB = "TINYTL_RESULTS_DB"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """1: the first version. 2: ``activations_measured_stock_bytes`` and ``activations_measured_engine_bytes``
-columns (filled from the stored memory JSON when an older database is opened)."""
+columns (filled from the stored memory JSON when an older database is opened). 3: the status CHECK
+accepts ``diverged``; SQLite cannot alter a CHECK constraint, so an older table is rebuilt (copied into a
+new table in one transaction, ids and the id sequence kept). Whenever :data:`ENDED_STATUSES` changes the
+check text changes, and opening a database whose check differs rebuilds it the same way."""
 
 
 @dataclass
@@ -124,6 +127,19 @@ def _memory_columns(memory: Mapping[str, Any] | None) -> dict[str, int]:
             if getattr(figures, q.name) is not None}
 
 
+def _status_check() -> str:
+    """The table's CHECK on ``status``: exactly the :data:`ENDED_STATUSES`."""
+    return f"CHECK (status IN ({', '.join(repr(s.value) for s in ENDED_STATUSES)}))"
+
+
+def _create_table_sql(table: str) -> str:
+    """``CREATE TABLE`` of the runs table (under ``table``) with today's columns and status check."""
+    cols = ", ".join(f"{name} {kind}" for name, kind in COLUMNS.items())
+    json_cols = ", ".join(f"{name}_json TEXT" for name in JSON_COLUMNS)
+    return (f"CREATE TABLE IF NOT EXISTS {table} (id INTEGER PRIMARY KEY AUTOINCREMENT, {cols}, {json_cols}, "
+            f"{_status_check()})")
+
+
 def default_db_path() -> Path:
     """``$TINYTL_RESULTS_DB`` if set, else ``data_home()/results.sqlite``."""
     env = os.environ.get(ENV_DB)
@@ -196,15 +212,31 @@ class ResultsStore:
             if version == SCHEMA_VERSION:
                 return
             if version == 0:
-                cols = ", ".join(f"{name} {kind}" for name, kind in COLUMNS.items())
-                json_cols = ", ".join(f"{name}_json TEXT" for name in JSON_COLUMNS)
-                ended = ", ".join(repr(s.value) for s in ENDED_STATUSES)
-                con.execute(
-                    f"CREATE TABLE IF NOT EXISTS runs (id INTEGER PRIMARY KEY AUTOINCREMENT, "
-                    f"{cols}, {json_cols}, CHECK (status IN ({ended})))")
+                con.execute(_create_table_sql("runs"))
             else:
                 self._upgrade(con)
+                self._rebuild_if_check_differs(con)
             con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    @staticmethod
+    def _rebuild_if_check_differs(con: sqlite3.Connection) -> None:
+        """Rebuild ``runs`` with today's status CHECK (:data:`ENDED_STATUSES`) when its own differs: create
+        the new table, copy every row (ids included), drop the old one, rename, keep the id sequence so
+        deleted ids are not reused. Runs inside the caller's transaction: all of it or nothing."""
+        sql = con.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'runs'").fetchone()
+        if sql is None or _status_check() in sql[0]:
+            return
+        old_cols = [row["name"] for row in con.execute("PRAGMA table_info(runs)")]
+        cols = ", ".join(c for c in (RUN.id, *COLUMNS, *(f"{n}_json" for n in JSON_COLUMNS)) if c in old_cols)
+        seq = con.execute("SELECT seq FROM sqlite_sequence WHERE name = 'runs'").fetchone()
+        con.execute("DROP TABLE IF EXISTS runs_rebuild")
+        con.execute(_create_table_sql("runs_rebuild"))
+        con.execute(f"INSERT INTO runs_rebuild ({cols}) SELECT {cols} FROM runs")
+        con.execute("DROP TABLE runs")
+        con.execute("ALTER TABLE runs_rebuild RENAME TO runs")
+        if seq is not None:
+            con.execute("DELETE FROM sqlite_sequence WHERE name = 'runs'")
+            con.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('runs', ?)", (seq[0],))
 
     @staticmethod
     def _upgrade(con: sqlite3.Connection) -> None:

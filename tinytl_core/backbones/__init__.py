@@ -32,7 +32,14 @@ from tinytl_core.backbones.catalog import (
     list_backbones,
     pretrained_architectures,
 )
-from tinytl_core.backbones.config import DataConfig, data_config
+from tinytl_core.backbones.config import (
+    DataConfig,
+    data_config,
+    feature_stride,
+    resolution_problem,
+    small_resolution_warning,
+    smallest_resolution,
+)
 from tinytl_core.backbones.hub import (
     DEFAULT_DOWNLOAD_TIMEOUT_S,
     PROBE_TIMEOUT_S,
@@ -44,6 +51,7 @@ from tinytl_core.backbones.local import (
     LOCAL_BACKBONES,
     WEIGHTS_DIR,
     LocalBackbone,
+    default_backbone,
     load_local_backbone,
 )
 
@@ -65,11 +73,16 @@ __all__ = [
     "check_backbone_name",
     "create_backbone",
     "data_config",
+    "default_backbone",
     "families",
+    "feature_stride",
     "family_kind",
     "list_backbones",
     "load_local_backbone",
     "meta_backbone",
     "pretrained_architectures",
+    "resolution_problem",
+    "small_resolution_warning",
+    "smallest_resolution",
     "weights_availability",
 ]

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import timm
+import torch
 from torch import nn
 
-from tinytl_core.backbones.builder import meta_backbone
+from tinytl_core.backbones.builder import create_backbone, meta_backbone
+from tinytl_core.backbones.catalog import backbone_info
 
 
 @dataclass(frozen=True)
@@ -39,4 +42,94 @@ def data_config(model_or_name: nn.Module | str) -> DataConfig:
         std=tuple(float(v) for v in cfg["std"]),
         crop_pct=float(cfg.get("crop_pct", 0.875)),
         interpolation=str(cfg.get("interpolation", "bilinear")),
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def feature_stride(name: str) -> int | None:
+    """How many times smaller than the input the backbone's last feature map is (32 for resnet50 and
+    MobileNetV2), from one shape-only forward at its own resolution on the ``meta`` device; None when its
+    features are not a spatial map (e.g. a ViT's tokens) or the model cannot say."""
+    try:
+        model = meta_backbone(name)
+        size = data_config(model).resolution
+        with torch.no_grad():
+            out = model.forward_features(torch.empty(1, 3, size, size, device="meta"))
+    except (RuntimeError, ValueError, AssertionError, TypeError, AttributeError):
+        return None
+    if not isinstance(out, torch.Tensor) or out.ndim != 4:
+        return None
+    info = getattr(model, "feature_info", None)
+    if isinstance(info, list) and info and isinstance(info[-1], dict) and info[-1].get("reduction"):
+        return int(info[-1]["reduction"])  # timm's declared reduction (exact; a forward at odd sizes rounds)
+    channels = getattr(model, "num_features", None)
+    height = out.shape[1] if channels == out.shape[-1] and channels != out.shape[1] else out.shape[2]
+    return max(1, round(size / int(height))) if height else None
+
+
+def small_resolution_warning(name: str, resolution: int) -> str | None:
+    """A warning when ``resolution`` px is below the size at which ``name``'s last stage is 1x1 (its
+    :func:`feature_stride`): the network still runs, but its last stages see no spatial extent at all, so
+    what it learns says little. None when the size is sensible (or the backbone's features are not maps).
+    Shape-only and cached per backbone: cheap to call on every page run."""
+    stride = feature_stride(name)
+    if stride is None or resolution >= stride:
+        return None
+    default = data_config(name).resolution
+    return (f"{resolution} px is below {stride} px, the size at which {name}'s last stage is 1x1 (it "
+            f"reduces its input {stride}x): its feature maps collapse to 1x1 early and the last stages see "
+            f"no spatial extent. Use at least {stride} px (its default is {default} px).")
+
+
+RESOLUTION_STEP = 16
+"""Granularity of the smallest-working-resolution search."""
+
+
+def _runs_at(backbone: str, resolution: int) -> str | None:
+    """None when one sample of ``resolution`` px goes through ``backbone`` (on ``meta``), else the error."""
+    try:
+        model, _ = create_backbone(backbone, 10, False, device="meta", resolution=resolution)
+        model.eval()  # batch statistics of one sample are no concern here: only sizes
+        with torch.no_grad():
+            model(torch.empty(1, 3, resolution, resolution, device="meta"))
+    except (RuntimeError, ValueError, AssertionError, TypeError) as exc:
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return None
+
+
+def smallest_resolution(backbone: str, upper: int | None = None) -> int | None:
+    """The smallest multiple of :data:`RESOLUTION_STEP` px (up to ``upper``, default: the backbone's own
+    input size) at which ``backbone`` runs, found by bisection; None if it does not even run at ``upper``."""
+    upper = upper or data_config(backbone).resolution
+    hi = max(1, upper // RESOLUTION_STEP)
+    if _runs_at(backbone, hi * RESOLUTION_STEP) is not None:
+        return None
+    lo = 0  # multiples <= lo are known (or assumed) not to work
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if _runs_at(backbone, mid * RESOLUTION_STEP) is None:
+            hi = mid
+        else:
+            lo = mid
+    return hi * RESOLUTION_STEP
+
+
+def resolution_problem(backbone: str, resolution: int) -> str | None:
+    """None when ``backbone`` accepts ``resolution`` px inputs; otherwise why not and what would work.
+
+    Checked with a shape-only forward on the ``meta`` device (no memory, well under a second for common
+    models). Raises ValueError for an unknown backbone.
+    """
+    backbone_info(backbone)  # unknown name -> ValueError with close matches
+    if resolution < 8:
+        return f"{resolution} px is too small: use at least 8 px"
+    error = _runs_at(backbone, resolution)
+    if error is None:
+        return None
+    default = data_config(backbone).resolution
+    smallest = smallest_resolution(backbone, max(default, resolution))
+    hint = f" The smallest multiple of {RESOLUTION_STEP} px that works is {smallest} px." if smallest else ""
+    return (
+        f"{resolution} px is too small (or unsupported) for {backbone} (its default is {default} px): "
+        f"{error}.{hint}"
     )

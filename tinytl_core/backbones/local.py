@@ -89,6 +89,16 @@ class LocalBackbone:
 DEMO_BACKBONE = "demo_mobilenetv2_050"
 """The offline default: a width-0.5 MobileNetV2 (ReLU6) pretrained here on a synthetic source task."""
 
+
+
+def default_backbone() -> str:
+    """The backbone every entry point uses when none is chosen (CLI ``adapt`` / ``memory`` / ``modes``,
+    :class:`~tinytl_core.adapt.AdaptConfig`, the app's sidebar): always :data:`DEMO_BACKBONE`. It ships
+    with its pretrained weights, so the default works offline and gives the same answer online and off;
+    its default resolution is its own (64 px), as for every model (``data_config(name).resolution``)."""
+    return DEMO_BACKBONE
+
+
 LOCAL_BACKBONES: dict[str, LocalBackbone] = {
     DEMO_BACKBONE: LocalBackbone(
         name=DEMO_BACKBONE,

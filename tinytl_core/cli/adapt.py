@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 import torch
 from tqdm.auto import tqdm
 
 from tinytl_core.adapt import OPTIMIZERS, SCHEDULES, AdaptConfig, EvalEvent, PhaseEvent, StepEvent, adapt
+from tinytl_core.backbones import default_backbone, resolution_problem, small_resolution_warning
 from tinytl_core.cli.runs import COLUMNS
-from tinytl_core.data import load_dataset
+from tinytl_core.data import check_dataset_name, dataset_display_name, load_dataset
 from tinytl_core.modes import ModeNotApplicable, resolve_modes
 from tinytl_core.quantities import RunStatus
 from tinytl_core.results import RUN, ResultsStore, run_table
@@ -21,7 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("adapt", help="train a backbone in a fine-tuning mode on a dataset, record the run",
                        description="Short adaptation with accuracy and memory figures, stored in the "
                                    "results database (see the `runs` command).")
-    p.add_argument("--model", default=d.backbone, help="timm architecture (default: %(default)s)")
+    p.add_argument("--model", default=default_backbone(),
+                   help="shipped or timm architecture (default: %(default)s, the demo backbone, offline)")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--mode", default=None, help=f"fine-tuning mode (default: {d.mode})")
     which.add_argument("--modes", default=None,
@@ -37,7 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--schedule", choices=SCHEDULES, default=d.schedule, help="learning-rate schedule")
     p.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
     p.add_argument("--seed", type=int, default=d.seed, help="training seed (init, order, augmentation)")
-    p.add_argument("--resolution", type=int, default=None, help="input size in px (default: the model's)")
+    p.add_argument("--resolution", type=int, default=None,
+                   help="input size in px (default: the model's own, e.g. 64 for the demo backbone)")
     p.add_argument("--shots", type=int, default=None, help="at most this many training images per class")
     p.add_argument("--val-cap", type=int, default=None, help="at most this many validation images per class")
     p.add_argument("--val-fraction", type=float, default=d.val_fraction,
@@ -93,6 +97,8 @@ class _Bar:
             (self.bar.write if self.bar is not None else print)(text)
         elif event.phase in ("model", "memory"):
             print(f"  {event.message}")
+        elif event.phase == "note":
+            print(f"  note: {event.message}")
 
     def close(self) -> None:
         if self.bar is not None:
@@ -100,13 +106,26 @@ class _Bar:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the adaptation(s); exit 1 if one failed, 130 if cancelled (Ctrl-C)."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    """Run the adaptation(s); exit 1 if one failed or diverged, 130 if cancelled (Ctrl-C).
+
+    Every argument is checked first (backbone, modes, dataset name, numbers, resolution), before the
+    dataset or a model is loaded."""
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
     modes = [m.name for m in resolve_modes(args.modes)] if args.modes else [args.mode or AdaptConfig.mode]
     configs = [_config(args, m) for m in modes]
     for config in configs:
         config.validate()  # every configuration before the first (possibly long) run
+    check_dataset_name(args.dataset)
+    if args.resolution is not None:
+        problem = resolution_problem(args.model, args.resolution)
+        if problem:
+            raise ValueError(problem)
+        warning = small_resolution_warning(args.model, args.resolution)
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     store = ResultsStore(args.db) if args.save else None
     data = load_dataset(args.dataset, val_fraction=args.val_fraction, seed=configs[0].split_seed,
                         shots=args.shots, val_cap=args.val_cap, progress=True)
@@ -115,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"  skipped: {', '.join(data.skipped_examples)}{' ...' if data.skipped > 10 else ''}")
     results, notes = [], []
     for config in configs:
-        print(f"{config.backbone} / {config.mode} / {config.dataset}")
+        print(f"{config.backbone} / {config.mode} / {dataset_display_name(config.dataset)}")
         bar = _Bar(config.mode)
         try:
             result = adapt(config, data=data, progress=bar, store=store)
@@ -142,4 +161,4 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: {note}")
     if any(r.status == RunStatus.CANCELLED for r in results):
         return 130
-    return 1 if any(r.status == RunStatus.FAILED for r in results) else 0
+    return 1 if any(r.status.unsuccessful for r in results) else 0

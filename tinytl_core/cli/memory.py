@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from tinytl_core.backbones import (
+    check_backbone_name,
+    default_backbone,
+    resolution_problem,
+    small_resolution_warning,
+)
 from tinytl_core.comparisons import mode_reports, table_from_reports
 from tinytl_core.memory import (
     ACCOUNTINGS,
@@ -16,14 +23,16 @@ from tinytl_core.memory import (
     measure_stock_and_engine,
 )
 from tinytl_core.memory.report import MEMORY, MemoryReport
-from tinytl_core.modes import MODES, prepare_model
+from tinytl_core.modes import MODES, prepare_model, resolve_modes
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``memory`` command."""
     p = sub.add_parser("memory", help="training memory per mode: weights, gradients+optimizer, activations")
-    p.add_argument("--model", default="mobilenetv2_100", help="timm architecture")
-    p.add_argument("--resolution", type=int, default=224, help="input size in pixels (0: model default)")
+    p.add_argument("--model", default=default_backbone(),
+                   help="shipped or timm architecture (default: %(default)s, the demo backbone, offline)")
+    p.add_argument("--resolution", type=int, default=None,
+                   help="input size in pixels (default or 0: the model's own, e.g. 64 for the demo backbone)")
     p.add_argument("--batch-size", type=int, default=8, help="samples per training step")
     p.add_argument("--mode", default="all", help=f"'all' or a comma-separated list of: {', '.join(MODES)}")
     p.add_argument("--optimizer", default="adam", choices=list(OPTIMIZER_STATES),
@@ -43,7 +52,17 @@ def run(args: argparse.Namespace) -> int:
     """Print the per-mode totals table; optionally measure and write the per-layer CSV."""
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.resolution is not None and args.resolution < 0:
+        raise ValueError(f"--resolution must be >= 0 (0: the model's own), got {args.resolution}")
+    check_backbone_name(args.model)  # every argument before the (possibly slow) analysis
+    resolve_modes(args.mode)
     resolution = args.resolution or None
+    problem = resolution_problem(args.model, resolution) if resolution else None
+    if problem:
+        raise ValueError(problem)
+    warning = small_resolution_warning(args.model, resolution) if resolution else None
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     reports = mode_reports(
         args.model, resolution=resolution, batch_size=args.batch_size, optimizer=args.optimizer,
         accounting=args.accounting, modes=args.mode, group_norm=args.group_norm,

@@ -25,6 +25,7 @@ from tinytl_core.data.errors import (
 from tinytl_core.data.images import to_rgb
 from tinytl_core.data.registry import (
     DatasetInfo,
+    check_dataset_name,
     dataset_info,
     extract_archive_cached,
     list_datasets,
@@ -44,7 +45,8 @@ from tinytl_core.data.uploads import (
 __all__ = [
     "BadArchiveError", "DatasetError", "DatasetInfo", "DatasetNotFoundError", "DatasetSplits",
     "DatasetUnavailable", "ImageFolderError", "ImageSplit", "UnsafeArchiveError", "UploadQuotaError",
-    "UploadsUsage", "attach_transforms", "build_transform", "dataset_display_name", "dataset_info",
+    "UploadsUsage", "attach_transforms", "build_transform", "check_dataset_name", "dataset_display_name",
+    "dataset_info",
     "discard_upload", "extract_archive", "extract_archive_cached", "kept_uploads", "list_datasets",
     "load_dataset", "save_archive", "to_rgb", "upload_quota_bytes",
 ]

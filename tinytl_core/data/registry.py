@@ -122,6 +122,23 @@ def load_dataset(name: str | Path, *, val_fraction: float = 0.2, seed: int = 0, 
     return splits
 
 
+def check_dataset_name(name: str | Path) -> None:
+    """Raise the error :func:`load_dataset` would raise for a name that cannot be a dataset (unknown name,
+    missing path, a file that is neither a folder nor a .zip), without loading anything: cheap, so
+    commands check it before any slow work. A name that passes may still fail to load (bad content,
+    a torchvision set offline)."""
+    key = str(name)
+    if key.lower() in BUILTIN_SETS or key.lower() in TORCHVISION_SETS:
+        return
+    path, kind = _local(key)
+    if kind == "other":
+        raise DatasetError(f"{path} is neither a folder nor a .zip archive")
+    if kind == "missing":
+        if "/" in key or os.sep in key or path.suffix.lower() == ".zip":
+            raise DatasetNotFoundError(f"no such image folder or .zip archive: {path}")
+        dataset_info(key)
+
+
 def _local(key: str) -> tuple[Path, str]:
     """What a local dataset name points to: ``zip``, ``dir``, ``other`` (exists) or ``missing``."""
     try:

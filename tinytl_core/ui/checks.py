@@ -24,65 +24,19 @@ import pandas as pd
 import torch
 
 from tinytl_core.backbones import WeightsAvailability as WeightsAvailability  # re-exported for the app
-from tinytl_core.backbones import backbone_info, create_backbone, data_config, weights_availability
+from tinytl_core.backbones import weights_availability
+
+# The resolution checks live with the backbones (the CLI uses them too); re-exported for the app.
+# small_resolution_warning: the run works but the feature maps collapse to 1x1 (say so, do not refuse).
+from tinytl_core.backbones.config import RESOLUTION_STEP as RESOLUTION_STEP
+from tinytl_core.backbones.config import resolution_problem as resolution_problem
+from tinytl_core.backbones.config import small_resolution_warning as small_resolution_warning
+from tinytl_core.backbones.config import smallest_resolution as smallest_resolution
 from tinytl_core.data import BadArchiveError, DatasetError, dataset_display_name, discard_upload, load_dataset
 from tinytl_core.data.uploads import display_filename, safe_stem, save_archive
 from tinytl_core.modes import MODES
 from tinytl_core.quantities import format_mb
 from tinytl_core.tracing import available_memory
-
-RESOLUTION_STEP = 16
-"""Granularity of the smallest-working-resolution search."""
-
-
-def _runs_at(backbone: str, resolution: int) -> str | None:
-    """None when one sample of ``resolution`` px goes through ``backbone`` (on ``meta``), else the error."""
-    try:
-        model, _ = create_backbone(backbone, 10, False, device="meta", resolution=resolution)
-        model.eval()  # batch statistics of one sample are no concern here: only sizes
-        with torch.no_grad():
-            model(torch.empty(1, 3, resolution, resolution, device="meta"))
-    except (RuntimeError, ValueError, AssertionError, TypeError) as exc:
-        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return None
-
-
-def smallest_resolution(backbone: str, upper: int | None = None) -> int | None:
-    """The smallest multiple of :data:`RESOLUTION_STEP` px (up to ``upper``, default: the backbone's own
-    input size) at which ``backbone`` runs, found by bisection; None if it does not even run at ``upper``."""
-    upper = upper or data_config(backbone).resolution
-    hi = max(1, upper // RESOLUTION_STEP)
-    if _runs_at(backbone, hi * RESOLUTION_STEP) is not None:
-        return None
-    lo = 0  # multiples <= lo are known (or assumed) not to work
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if _runs_at(backbone, mid * RESOLUTION_STEP) is None:
-            hi = mid
-        else:
-            lo = mid
-    return hi * RESOLUTION_STEP
-
-
-def resolution_problem(backbone: str, resolution: int) -> str | None:
-    """None when ``backbone`` accepts ``resolution`` px inputs; otherwise why not and what would work.
-
-    Checked with a shape-only forward on the ``meta`` device (no memory, well under a second for common
-    models). Raises ValueError for an unknown backbone.
-    """
-    backbone_info(backbone)  # unknown name -> ValueError with close matches
-    if resolution < 8:
-        return f"{resolution} px is too small: use at least 8 px"
-    error = _runs_at(backbone, resolution)
-    if error is None:
-        return None
-    default = data_config(backbone).resolution
-    smallest = smallest_resolution(backbone, max(default, resolution))
-    hint = f" The smallest multiple of {RESOLUTION_STEP} px that works is {smallest} px." if smallest else ""
-    return (
-        f"{resolution} px is too small (or unsupported) for {backbone} (its default is {default} px): "
-        f"{error}.{hint}"
-    )
 
 
 def memory_problem(

@@ -2,8 +2,8 @@
 
 The sidebar (``app.py``) writes its widgets' values to the session state under :data:`KEYS`; every page
 reads them with :meth:`Settings.from_state`, so no page keeps defaults of its own: a value the sidebar
-has not set yet falls back to :meth:`Settings.defaults` -- the first backbone of the catalog (the shipped
-demo backbone, which works offline), at its own input resolution.
+has not set yet falls back to :meth:`Settings.defaults` -- ``tinytl_core.backbones.default_backbone()`` (the
+shipped demo backbone, which works offline; the CLI uses the same function), at its own input resolution.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from tinytl_core.backbones import data_config, list_backbones
+from tinytl_core.backbones import data_config, default_backbone
 
 DEFAULT_BATCH_SIZE = 8
 
@@ -29,9 +29,9 @@ class Settings:
 
     @classmethod
     def defaults(cls, backbone: str | None = None) -> Settings:
-        """The settings before the user changes anything: ``backbone`` (default: the catalog's first, the
-        shipped demo backbone) at its own input resolution."""
-        name = backbone or list_backbones()[0].name
+        """The settings before the user changes anything: ``backbone`` (default: :func:`default_backbone`,
+        the shipped demo backbone) at its own input resolution."""
+        name = backbone or default_backbone()
         return cls(backbone=name, resolution=data_config(name).resolution)
 
     @classmethod
