@@ -10,6 +10,7 @@ import uuid
 import streamlit as st
 
 from app_pages import _cache
+from app_pages._guard import run_page
 from tinytl_core.ui.settings import KEYS, Settings
 
 st.set_page_config(page_title="TinyTL Lab", page_icon=":material/memory:", layout="wide")
@@ -80,4 +81,4 @@ with st.sidebar:
         else:
             st.warning(availability.message, icon=":material/cloud_off:")
 
-st.navigation(PAGES).run()
+run_page(st.navigation(PAGES))  # what escapes a page's work: a short message, the traceback to the log

@@ -7,6 +7,7 @@ second. One job runs at a time in the whole app: a second start, from any tab, g
 import streamlit as st
 
 from app_pages import _cache
+from app_pages._guard import guarded
 from tinytl_core.adapt import OPTIMIZERS, AdaptConfig, resolve_device
 from tinytl_core.data import list_datasets
 from tinytl_core.modes import MODES
@@ -23,15 +24,11 @@ backbone, resolution, batch_size = settings.backbone, settings.resolution, setti
 pretrained, session_id = settings.pretrained, settings.session_id
 
 
-@st.cache_data(show_spinner="Reading the archive...", max_entries=16)
-def upload_summary(path: str) -> str:
-    return checks.load_upload(path).summary()
-
-
 def render_job(job: TrainingJob, *, live: bool) -> None:
     """Progress, Stop button, live curves and the per-mode table of ``job``."""
     snap = job.snapshot()
     done = sum(m.ended for m in snap.modes)
+    mine = job.may_stop(session_id)
     who = "" if snap.owner == session_id else " (started in another tab)"
     if snap.running:
         st.subheader(f"Training {snap.backbone} on {snap.dataset_label}{who}")
@@ -44,20 +41,25 @@ def render_job(job: TrainingJob, *, live: bool) -> None:
             text += f" · {current.phase}" if current.phase else ""
         st.progress(min(1.0, snap.fraction), text=text)
         left, right = st.columns([1, 4], vertical_alignment="center")
-        if left.button(
+        if not mine:  # only the session that started a run stops it
+            right.caption(
+                f":material/lock: Another session's run: only the tab that started it can stop it. "
+                f"{snap.elapsed_s:.0f} s elapsed; you can start yours when it ends."
+            )
+        elif left.button(
             "Stop",
             icon=":material/stop_circle:",
             key=f"stop_{snap.job_id}",
             width="stretch",
             disabled=snap.cancelling,
         ):
-            job.cancel()
+            job.cancel(session_id)
             snap = job.snapshot()
-        if snap.cancelling:
+        if mine and snap.cancelling:
             right.warning(
                 "Stopping at the next step; the run is kept as *cancelled*.", icon=":material/hourglass_top:"
             )
-        else:
+        elif mine:
             right.caption(
                 f"{snap.elapsed_s:.0f} s elapsed. You can switch pages: the run goes on and this "
                 "page picks it up again."
@@ -111,6 +113,7 @@ st.caption(
 )
 
 
+@guarded  # a fragment reruns outside the page: it gets the page's guard itself
 def live_panel() -> None:
     current = JOBS.job
     if current is not None:
@@ -148,12 +151,14 @@ with left:
     if dataset == UPLOAD:
         upload = st.file_uploader("A .zip with one folder of images per class", type=["zip"], key="ad_upload")
         if upload is not None:
-            try:
-                dataset_path = str(checks.save_upload(upload.name, upload.getvalue()))
-                st.success(upload_summary(dataset_path), icon=":material/folder_zip:")
-            except ValueError as exc:
-                st.error(str(exc), icon=":material/error:")
-                dataset_path = None
+            with st.spinner("Reading the archive..."):
+                checked = checks.check_upload(upload.name, upload.getvalue())  # once per content
+            if checked.path is not None:
+                dataset_path = str(checked.path)
+                st.success(checked.summary, icon=":material/folder_zip:")
+            else:
+                st.error(checked.error, icon=":material/error:")
+            st.caption(f":material/inventory_2: {checked.kept}")
     else:
         info = datasets[dataset]
         st.caption(info.description)

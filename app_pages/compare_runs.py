@@ -9,16 +9,29 @@ from tinytl_core.ui import figures
 from tinytl_core.ui.runs import (
     ACCURACY,
     MEMORY_AXES,
-    RUN_HEADERS,
+    column_formats,
     export_csv_text,
     filter_runs,
     memory_axis,
+    parse_run_ids,
+    restore_runs,
     run_label,
     runs_frame,
+    stored_run_label,
 )
 
 st.header("Compare runs")
 store = ResultsStore()
+deleted = st.session_state.get("cr_deleted") or []
+if deleted:  # this session's last delete can be undone
+    names = ", ".join(stored_run_label(r) for r in deleted)
+    note, undo = st.columns([5, 1], vertical_alignment="center")
+    note.info(f"Deleted {len(deleted)} run(s): {names}.", icon=":material/delete:")
+    if undo.button("Undo", icon=":material/undo:", key="cr_undo", width="stretch"):
+        back = restore_runs(store, deleted)
+        st.session_state.pop("cr_deleted", None)
+        st.toast(f"Restored run(s) {', '.join(f'#{i}' for i in back)}.")
+        st.rerun()
 runs = {r["id"]: r for r in store.list_runs()}
 if not runs:
     st.info(
@@ -89,9 +102,9 @@ st.dataframe(
     width="stretch",
     placeholder="–",
     key="cr_table",
-    column_config={
-        **RUN_HEADERS,
-        ACCURACY.key: st.column_config.NumberColumn(ACCURACY.header, format="%.1f"),
+    column_config={  # every column's header and format from its quantity (no figure left unformatted)
+        key: header if fmt is None else st.column_config.NumberColumn(header, format=fmt)
+        for key, (header, fmt) in column_formats().items()
     },
 )
 st.download_button(
@@ -121,15 +134,34 @@ if chosen:
     st.plotly_chart(figures.curves_figure(series), width="stretch", key="cr_curves")
 
 with st.expander("Delete runs", icon=":material/delete:"):
-    doomed = st.multiselect("Runs to delete", list(labels), format_func=labels.get, key="cr_delete")
-    sure = st.checkbox("Yes, delete them for good", key="cr_sure", disabled=not doomed)
+    typed = st.text_input(
+        "Ids of the runs to delete",
+        key="cr_delete_ids",
+        placeholder="e.g. 3, 7 or #3 #7",
+        help="Exact run ids (the table's id column): #3 is run 3, never run 13.",
+    )
+    doomed, problems = parse_run_ids(typed, runs)
+    for problem in problems:
+        st.warning(f"{problem}: nothing is deleted for it.", icon=":material/warning:")
+    if doomed:
+        st.markdown(
+            f"These {len(doomed)} run(s) will be deleted:\n"
+            + "\n".join(f"- {stored_run_label(runs[i])}" for i in doomed)
+        )
+    ids_text = ", ".join(f"#{i}" for i in doomed)
+    sure = st.checkbox(
+        f"Yes, delete {ids_text}" if doomed else "Yes, delete them",
+        key=f"cr_sure_{'_'.join(map(str, doomed))}",  # a new selection needs a new confirmation
+        disabled=not doomed,
+    )
     if st.button("Delete", type="primary", disabled=not (doomed and sure), key="cr_delete_button"):
+        gone = []
         for run_id in doomed:
             try:
                 store.delete_run(run_id)
             except KeyError:
-                pass  # already deleted from another tab
-        for key in ("cr_delete", "cr_sure"):
-            st.session_state.pop(key, None)
-        st.toast(f"Deleted {len(doomed)} run(s).")
+                continue  # already deleted from another tab
+            gone.append(runs[run_id])
+        st.session_state["cr_deleted"] = gone  # kept for Undo during this session
+        st.session_state.pop("cr_delete_ids", None)
         st.rerun()

@@ -4,8 +4,10 @@ import streamlit as st
 
 from app_pages import _cache
 from tinytl_core.modes import MODES, compare_trainable
+from tinytl_core.quantities import MB, format_mb
 from tinytl_core.reports import trainable_table
 from tinytl_core.ui import figures
+from tinytl_core.ui.modes_view import trainable_display
 
 st.header("Fine-tuning modes")
 st.write(
@@ -29,7 +31,10 @@ except ValueError as exc:
     st.error(str(exc))
     st.stop()
 
-mode = st.radio("Mode", list(MODES), horizontal=True, key="mode", format_func=lambda m: MODES[m].title)
+mode = st.segmented_control(
+    "Mode", list(MODES), default=next(iter(MODES)), required=True, key="mode",
+    format_func=lambda m: MODES[m].title,
+)
 st.info(f"**{MODES[mode].title}** — {MODES[mode].description}")
 row = table.set_index("mode").loc[mode]
 if not row["applicable"]:
@@ -37,14 +42,22 @@ if not row["applicable"]:
 else:
     c1, c2, c3 = st.columns(3)
     c1.metric("Trainable parameters", f"{int(row['trainable_params']):,}")
-    c2.metric("Trainable bytes (fp32)", f"{row['trainable_MB']:.2f} MB")
+    c2.metric("Trainable bytes (fp32)", format_mb(row["trainable_MB"] * MB, 2, unit=True))
     c3.metric("Share of the model", f"{row['trainable_%']:.2f} %")
 
 fig = figures.trainable_bars(
     table, mode, title=f"Trainable parameter bytes per mode — {backbone} @ {resolution}px"
 )
 st.plotly_chart(fig, width="stretch")
-st.dataframe(table, hide_index=True, width="stretch", placeholder="–")
+shown, formats = trainable_display(table)
+st.dataframe(
+    shown,
+    hide_index=True,
+    width="stretch",
+    placeholder="–",
+    key="md_table",
+    column_config={h: st.column_config.NumberColumn(h, format=f) for h, f in formats.items() if f},
+)
 st.caption(
     "Trainable parameters are only part of training memory: the next pages show that the activations "
     "stored for backward dominate."

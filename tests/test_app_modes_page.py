@@ -21,7 +21,7 @@ def test_modes_page_renders_and_switches():
     assert not at.exception
     full = [m.value for m in at.metric]
     assert full[0] == f"{int(full[0].replace(',', '')):,}"
-    at.radio(key="mode").set_value("bias").run()
+    at.segmented_control(key="mode").set_value("bias").run()
     assert not at.exception
     bias = [m.value for m in at.metric]
     assert bias != full
@@ -29,8 +29,23 @@ def test_modes_page_renders_and_switches():
     assert at.get("plotly_chart")
 
 
+def test_modes_table_is_readable():
+    """Issue 14: headers from the quantities (no raw ``trainable_MB`` / ``trainable_%``), rounded figures,
+    no empty column, and the same segmented buttons as the other pages."""
+    at = modes_page("mobilenetv2_100")
+    assert not at.exception and not at.get("radio")
+    table = at.dataframe[0].value
+    columns = list(table.columns)
+    assert not {"trainable_MB", "trainable_%", "note", "applicable", "total_params"} & set(columns), columns
+    assert {"trainable MB", "share %", "trainable params"} <= set(columns), columns
+    assert "Full fine-tuning" in list(table["mode"])  # titles, not raw mode names
+    assert all(not table[c].isna().all() for c in columns)  # no empty column
+    for column, decimals in (("trainable MB", 3), ("share %", 2)):
+        assert (table[column].round(decimals) == table[column]).all(), column
+
+
 def test_not_applicable_mode_is_explained():
     at = modes_page("vit_tiny_patch16_224")
-    at.radio(key="mode").set_value("lite_residual").run()
+    at.segmented_control(key="mode").set_value("lite_residual").run()
     assert not at.exception
     assert any("Not applicable" in w.value for w in at.warning)

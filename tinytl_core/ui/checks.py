@@ -15,9 +15,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
+import threading
 import zipfile
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -32,7 +36,15 @@ from tinytl_core.backbones.config import RESOLUTION_STEP as RESOLUTION_STEP
 from tinytl_core.backbones.config import resolution_problem as resolution_problem
 from tinytl_core.backbones.config import small_resolution_warning as small_resolution_warning
 from tinytl_core.backbones.config import smallest_resolution as smallest_resolution
-from tinytl_core.data import BadArchiveError, DatasetError, dataset_display_name, discard_upload, load_dataset
+from tinytl_core.data import (
+    BadArchiveError,
+    DatasetError,
+    UploadQuotaError,
+    dataset_display_name,
+    discard_upload,
+    kept_uploads,
+    load_dataset,
+)
 from tinytl_core.data.uploads import display_filename, safe_stem, save_archive
 from tinytl_core.modes import MODES
 from tinytl_core.quantities import format_mb
@@ -143,3 +155,47 @@ def load_upload(path: str | Path, **kwargs):
         discard_upload(path)
         kind = type(exc) if isinstance(exc, DatasetError) else DatasetError
         raise kind(f"cannot use {label}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class UploadCheck:
+    """The outcome of :func:`check_upload`: the saved archive's ``path`` and the dataset's ``summary``, or
+    the ``error`` that refused it; ``kept`` says what the server keeps (``kept_uploads().message()``)."""
+
+    path: Path | None
+    summary: str = ""
+    error: str = ""
+    kept: str = ""
+
+
+_CHECKED: OrderedDict[str, UploadCheck] = OrderedDict()
+_CHECKED_LOCK = threading.Lock()
+CHECKED_UPLOADS = 64
+"""How many upload outcomes :func:`check_upload` remembers (by content hash and name)."""
+
+
+def check_upload(filename: str, data: bytes) -> UploadCheck:
+    """Save and load an uploaded archive once per content: :func:`save_upload` then :func:`load_upload`.
+
+    The outcome is remembered by the upload's SHA-256 (and file name), so the page's reruns do not save,
+    extract and refuse the same archive again and again. A refusal for room (the uploads quota) is not
+    remembered: it may fit later. A remembered success whose archive was since evicted is checked again.
+    """
+    key = f"{hashlib.sha256(data).hexdigest()}:{filename}"
+    with _CHECKED_LOCK:
+        known = _CHECKED.get(key)
+        if known is not None:
+            _CHECKED.move_to_end(key)
+    if known is None or (known.path is not None and not known.path.exists()):
+        try:
+            path = save_upload(filename, data)
+            known = UploadCheck(path, summary=load_upload(path).summary())
+        except UploadQuotaError as exc:
+            return UploadCheck(None, error=str(exc), kept=kept_uploads().message())
+        except DatasetError as exc:
+            known = UploadCheck(None, error=str(exc))
+        with _CHECKED_LOCK:
+            _CHECKED[key] = known
+            while len(_CHECKED) > CHECKED_UPLOADS:
+                _CHECKED.popitem(last=False)
+    return UploadCheck(known.path, known.summary, known.error, kept_uploads().message())

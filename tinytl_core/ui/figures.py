@@ -225,6 +225,7 @@ def curves_figure(
     :mod:`tinytl_core.adapt` (``step``, ``loss``, ``train_acc`` / ``val_acc``).
     """
     fig = make_subplots(rows=1, cols=2, subplot_titles=("training loss", "accuracy (%)"))
+    series = list(series)  # read twice: traces, then the step axis
     colors = px.colors.qualitative.D3
     for i, (label, steps, evals) in enumerate(series):
         color = MODE_COLORS.get(label, colors[i % len(colors)])
@@ -269,9 +270,26 @@ def curves_figure(
             )
     # Legend below the panels: above them it overlaps the subplot titles.
     fig.update_layout(**{**_LAYOUT, "legend": {**_LEGEND_BELOW, "y": -0.25}}, title=title, height=400)
-    fig.update_xaxes(title_text="step")
+    last_step = max((p["step"] for _, steps, evals in series for p in (*steps, *evals)), default=1)
+    fig.update_xaxes(title_text="step", **step_ticks(last_step))
     fig.update_yaxes(range=[0, 100], row=1, col=2)
     return fig
+
+
+def step_ticks(last_step: float, most: int = 8) -> dict[str, Any]:
+    """Axis settings for a step axis up to ``last_step``: ticks on whole steps only (never 1.5), at most
+    ``most`` of them, every 1, 2, 5, 10, 20, 50... steps."""
+    span, step = max(1, int(-(-last_step // 1))), 1
+    while span / step > most:
+        step = _next_nice(step)
+    return {"tickmode": "linear", "tick0": 0, "dtick": step, "tickformat": "d"}
+
+
+def _next_nice(step: int) -> int:
+    """1 -> 2 -> 5 -> 10 -> 20 -> 50 -> 100 ..."""
+    exponent = 10 ** (len(str(step)) - 1)
+    lead = step // exponent
+    return {1: 2, 2: 5, 5: 10}[lead] * exponent
 
 
 def lite_residual_dot() -> str:

@@ -25,6 +25,7 @@ from tinytl_core.adapt import AdaptConfig, AdaptResult, EvalEvent, PhaseEvent, P
 from tinytl_core.data import DatasetUnavailable
 from tinytl_core.quantities import RunStatus
 from tinytl_core.results import MEMORY, RUN, ResultsStore, run_table
+from tinytl_core.ui.errors import failure_message, failure_reference, log_failure
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,10 @@ SUMMARY_FIELDS: tuple[str, ...] = (
     RUN.resolution,
 )
 """The :class:`~tinytl_core.adapt.AdaptResult` fields :func:`result_summary` keeps."""
+
+
+class NotYourJobError(PermissionError):
+    """Someone other than the session that started a job asked to stop it."""
 
 
 class JobBusyError(RuntimeError):
@@ -65,13 +70,18 @@ class ModeProgress:
     phase: str = ""
     message: str = ""
     total_steps: int = 0
+    step: int = 0
+    """The one step count shown everywhere (progress bar, table): the last step trained, or once the mode
+    ended, the steps its result records."""
+    training_phase: str = ""
+    """The phase text while training (what ``phase`` returns to when an evaluation ends)."""
     steps: list[dict[str, Any]] = field(default_factory=list)
     evals: list[dict[str, Any]] = field(default_factory=list)
     result: dict[str, Any] | None = None
 
     @property
     def steps_done(self) -> int:
-        return self.steps[-1]["step"] if self.steps else 0
+        return self.step
 
     @property
     def ended(self) -> bool:
@@ -115,7 +125,7 @@ class JobSnapshot:
         missing figures are blanks."""
         rows = [
             {**(m.result or {}), RUN.mode: m.mode, RUN.status: m.status, RUN.message: m.message,
-             RUN.steps_done: (m.result or {}).get(RUN.steps_done, m.steps_done)}
+             RUN.steps_done: m.steps_done}
             for m in self.modes
         ]
         return run_table(rows, RESULT_COLUMNS)
@@ -135,6 +145,17 @@ def result_summary(result: AdaptResult) -> dict[str, Any]:
 
 
 Runner = Callable[..., AdaptResult]
+
+
+def failed_message(exc: Exception) -> str:
+    """What a failed mode shows: the library's own message for the problems it explains (``ValueError``,
+    ``RuntimeError``: bad settings, a diverging loss), a short text without the exception's own (which may
+    hold server paths) for anything else, e.g. an ``OSError``; the traceback is in the log."""
+    if isinstance(exc, (ValueError, RuntimeError)) and not isinstance(exc, OSError):
+        return f"{type(exc).__name__}: {exc}"
+    reference = failure_reference()
+    log_failure(exc, reference, "a training run")
+    return failure_message(exc, reference, "this run")
 
 
 class TrainingJob:
@@ -188,8 +209,21 @@ class TrainingJob:
             self._thread = threading.Thread(target=self._work, name=f"tinytl-job-{self.job_id}", daemon=True)
         self._thread.start()
 
-    def cancel(self) -> None:
-        """Ask the worker to stop at its next step; the current run is stored as cancelled."""
+    def may_stop(self, requester: str | None) -> bool:
+        """Whether ``requester`` may stop this job: the session that started it (its ``owner``), or the
+        process itself (``None``: shutdown, tests, an admin action)."""
+        return requester is None or not self.owner or requester == self.owner
+
+    def cancel(self, requester: str | None = None) -> None:
+        """Ask the worker to stop at its next step; the current run is stored as cancelled.
+
+        ``requester`` is who asks (the app passes its session id); only the job's ``owner`` may stop it
+        (``None``: the process itself). Anyone else gets :class:`NotYourJobError` and the job goes on.
+        """
+        if not self.may_stop(requester):
+            raise NotYourJobError(
+                "this run was started in another session; only that session can stop it"
+            )
         self._cancel.set()
 
     @property
@@ -226,11 +260,17 @@ class TrainingJob:
                 m = self._modes[index]
                 if isinstance(event, PhaseEvent):
                     m.phase = event.message
+                    if event.phase != "eval":
+                        m.training_phase = event.message
                 elif isinstance(event, StepEvent):
                     m.total_steps = event.total_steps
+                    m.step = event.step
+                    m.phase = m.training_phase  # a step means no evaluation is going on
                     m.steps.append(asdict(event))
                 elif isinstance(event, EvalEvent):
                     m.total_steps = event.total_steps
+                    m.step = max(m.step, event.step)
+                    m.phase = "" if event.final else m.training_phase  # the evaluation has ended
                     m.evals.append(asdict(event))
 
         return on_event
@@ -256,7 +296,7 @@ class TrainingJob:
                     return
                 except Exception as exc:  # shown in the page, not as a traceback
                     log.exception("adaptation of %s in mode %s failed", config.backbone, config.mode)
-                    self._set(i, status=RunStatus.FAILED, message=f"{type(exc).__name__}: {exc}")
+                    self._set(i, status=RunStatus.FAILED, message=failed_message(exc), phase="")
                     continue
                 self._set(
                     i,
@@ -264,6 +304,8 @@ class TrainingJob:
                     message=result.message,
                     result=result_summary(result),
                     total_steps=result.steps_planned,
+                    step=result.steps_done,
+                    phase="",
                 )
         finally:
             with self._lock:
@@ -273,7 +315,7 @@ class TrainingJob:
         with self._lock:
             self._error = message
             for m in self._modes[index:]:
-                m.status, m.message = RunStatus.FAILED, message
+                m.status, m.message, m.phase = RunStatus.FAILED, message, ""
 
 
 class JobSlot:

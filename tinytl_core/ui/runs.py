@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import io
+import re
+import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from tinytl_core.quantities import Unit
 from tinytl_core.results import MEMORY, RUN, ResultsStore, run_headers, run_quantity, run_table
 
 RUN_COLUMNS: tuple[str, ...] = (
@@ -26,6 +29,65 @@ MEMORY_AXES: tuple[str, ...] = (
 """Memory figures a run can be plotted against (:func:`memory_axis` gives the column and title of one)."""
 ACCURACY = run_quantity(RUN.final_val_acc)
 """The accuracy runs are plotted and labelled with (column :attr:`~tinytl_core.quantities.Quantity.key`)."""
+
+
+def column_formats(columns: Sequence[str] = RUN_COLUMNS) -> dict[str, tuple[str, str | None]]:
+    """Key -> ``(header, printf format)`` of each of ``columns``, from the quantities' metadata: every
+    rounded figure (%, MB, s) with its own decimals (``%.1f``), counts as integers (``%d``), text as it is
+    (None). One rule for every column, so no figure is left unformatted."""
+    out: dict[str, tuple[str, str | None]] = {}
+    for name in columns:
+        q = run_quantity(name)
+        if q.digits is not None and q.unit.numeric:
+            fmt: str | None = f"%.{q.digits}f"
+        elif q.unit is Unit.COUNT:
+            fmt = "%d"
+        else:
+            fmt = None
+        out[q.key] = (q.header, fmt)
+    return out
+
+
+_ID = re.compile(r"^#?(\d+)$")
+
+
+def parse_run_ids(text: str, known: Iterable[int]) -> tuple[list[int], list[str]]:
+    """The run ids typed in ``text`` (``3``, ``#3``, separated by commas or spaces), exactly: ``#3`` is run 3
+    and never run 13. Returns ``(ids in the order typed, without repeats; problems)``; a token that is not
+    an id, or an id not among ``known``, is a problem and selects nothing."""
+    known = set(known)
+    ids: list[int] = []
+    problems: list[str] = []
+    for token in re.split(r"[,;\s]+", re.sub(r"#\s+", "#", text.strip())):
+        if not token:
+            continue
+        match = _ID.match(token)
+        if match is None:
+            problems.append(f"{token!r} is not a run id (type numbers such as 3 or #3)")
+            continue
+        run_id = int(match.group(1))
+        if run_id not in known:
+            problems.append(f"there is no run #{run_id}")
+        elif run_id not in ids:
+            ids.append(run_id)
+    return ids, problems
+
+
+def restore_runs(store: ResultsStore, records: Iterable[Mapping[str, Any]]) -> list[int]:
+    """Put back runs deleted in this session (``records`` as :meth:`ResultsStore.get_run` gave them), each
+    under its own id when that id is still free (the store never reuses ids); returns the ids they have."""
+    restored = []
+    for record in records:
+        old_id = int(record[RUN.id])
+        new_id = store.save_run({k: v for k, v in record.items() if k != RUN.id})
+        if new_id != old_id:
+            with sqlite3.connect(store.path, timeout=30) as con:
+                if con.execute("SELECT 1 FROM runs WHERE id = ?", (old_id,)).fetchone() is None:
+                    con.execute("UPDATE runs SET id = ? WHERE id = ?", (old_id, new_id))
+                    new_id = old_id
+            con.close()
+        restored.append(new_id)
+    return restored
 
 
 def memory_axis(name: str) -> tuple[str, str]:
@@ -65,6 +127,11 @@ def run_label(run: Mapping[str, Any]) -> str:
     acc = run.get(ACCURACY.key)
     acc_text = "" if acc is None or pd.isna(acc) else f" · {acc:.1f}%"
     return f"#{run['id']} {run['mode']} · {run['backbone']} · {dataset_label(run.get('dataset'))}{acc_text}"
+
+
+def stored_run_label(record: Mapping[str, Any]) -> str:
+    """:func:`run_label` of a run as the store returns it (raw fields, accuracy as a fraction)."""
+    return run_label(runs_frame([record]).to_dict("records")[0])
 
 
 def export_csv_text(store: ResultsStore, run_ids: Iterable[int] | None = None) -> str:

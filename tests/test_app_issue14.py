@@ -1,0 +1,159 @@
+"""Issue 14 in the app (AppTest): an exception from a page's work is a short message, never a traceback
+or a server path; deleting runs names exactly the runs it deletes and can be undone; another session's
+run has no Stop button; an upload says what the server keeps."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+import tinytl_core.modes
+from tinytl_core.adapt import AdaptConfig, AdaptResult
+from tinytl_core.results import ResultsStore
+from tinytl_core.ui.jobs import JOBS, TrainingJob
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = str(ROOT / "app.py")
+TINY = {"backbone": "mobilenetv2_050", "resolution": 48, "batch_size": 2, "pretrained": False}
+SERVER_PATH = "/srv/tinytl/uploads/" + "x" * 300
+
+
+@pytest.fixture
+def app(tinytl_home):
+    at = AppTest.from_file(APP, default_timeout=180)
+    for key, value in TINY.items():
+        at.session_state[key] = value
+    return at
+
+
+def visit(at, page):
+    at.switch_page(f"app_pages/{page}.py").run()
+    return at
+
+
+def _no_traceback(at):
+    assert not at.exception, at.exception
+    shown = " ".join(str(e.value) for e in [*at.error, *at.markdown, *at.caption])
+    assert "/srv" not in shown and "Traceback" not in shown and "xxxxxxxxxx" not in shown
+
+
+def _raise(*args, **kwargs):
+    raise OSError(36, "File name too long", SERVER_PATH)
+
+
+@pytest.mark.parametrize(
+    "page, target, name",
+    [("modes", tinytl_core.modes, "compare_trainable"), ("compare_runs", ResultsStore, "list_runs")],
+)
+def test_an_exception_in_a_page_is_a_short_message(app, monkeypatch, caplog, page, target, name):
+    monkeypatch.setattr(target, name, _raise)
+    app.run()
+    with caplog.at_level("ERROR", logger="tinytl_core.ui.pages"):
+        visit(app, page)
+    _no_traceback(app)
+    (message,) = [e.value for e in app.error if "Something went wrong" in e.value]
+    assert "file could not be read or written" in message and "reference" in message
+    assert any("File name too long" in r.getMessage() or r.exc_info for r in caplog.records)  # in the log
+    assert app.sidebar.selectbox(key="backbone").value == "mobilenetv2_050"  # the app stays usable
+
+
+def test_streamlit_control_flow_passes_through_the_guard(app):
+    app.run()
+    visit(app, "compare_runs")  # empty store: the page calls st.stop() after its message
+    assert not app.exception and not app.error
+    assert any("No stored runs yet" in i.value for i in app.info)
+
+
+def test_client_error_details_are_off():
+    import tomllib
+
+    config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
+    assert config["client"]["showErrorDetails"] == "none"
+
+
+def _store_runs(n):
+    store = ResultsStore()
+    for _ in range(n):
+        store.save_run({"status": "finished", "backbone": "resnet18", "mode": "bias", "dataset": "digits",
+                        "final_val_acc": 0.5, "best_val_acc": 0.5, "steps_done": 3})
+    return store
+
+
+def test_delete_names_exactly_its_runs_and_undo_brings_them_back(app):
+    store = _store_runs(13)
+    app.run()
+    visit(app, "compare_runs")
+    app.text_input(key="cr_delete_ids").input("#3").run()
+    listed = [m.value for m in app.markdown if "will be deleted" in m.value]
+    assert len(listed) == 1 and "#3 bias" in listed[0] and "#13" not in listed[0], listed
+    sure = app.checkbox(key="cr_sure_3")
+    assert sure.label == "Yes, delete #3"
+    sure.check().run()
+    app.button(key="cr_delete_button").click().run()
+    assert not app.exception
+    ids = {r["id"] for r in store.list_runs()}
+    assert 3 not in ids and 13 in ids and len(ids) == 12
+    assert any("Deleted 1 run(s): #3" in i.value for i in app.info)
+    app.button(key="cr_undo").click().run()
+    assert not app.exception and store.get_run(3)["id"] == 3 and store.count() == 13
+
+
+def test_a_changed_selection_needs_a_new_confirmation(app):
+    store = _store_runs(13)
+    app.run()
+    visit(app, "compare_runs")
+    app.text_input(key="cr_delete_ids").input("3").run()
+    app.checkbox(key="cr_sure_3").check().run()
+    app.text_input(key="cr_delete_ids").input("3 13").run()
+    assert not app.checkbox(key="cr_sure_3_13").value
+    assert app.button(key="cr_delete_button").disabled
+    assert store.count() == 13
+
+
+def test_another_sessions_run_has_no_stop_button(app):
+    def blocked(config, *, progress, cancel, store):
+        cancel.wait(60)
+        return AdaptResult(config, status="cancelled" if cancel.is_set() else "finished")
+
+    leftover = JOBS.job
+    if leftover is not None and leftover.running:
+        leftover.cancel()
+        assert leftover.wait(60)
+    config = AdaptConfig(backbone="resnet18", mode="full", dataset="shapes", steps=5)
+    job = JOBS.submit(TrainingJob([config], owner="another-session", runner=blocked))
+    try:
+        app.run()
+        visit(app, "adapt")
+        assert not app.exception
+        assert not [b for b in app.button if b.key == f"stop_{job.job_id}"]
+        assert any("only the tab that started it can stop it" in c.value for c in app.caption)
+        assert job.running and not job.snapshot().cancelling
+    finally:
+        job.cancel()
+        job.wait(30)
+
+
+def _zip(classes):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for c in range(classes):
+            for i in range(3):
+                image = io.BytesIO()
+                Image.fromarray(np.full((8, 8, 3), 50 * c + i, dtype=np.uint8)).save(image, format="PNG")
+                zf.writestr(f"class{c}/{i}.png", image.getvalue())
+    return buffer.getvalue()
+
+
+def test_an_upload_says_what_is_kept(app):
+    app.run()
+    visit(app, "adapt")
+    app.selectbox(key="ad_dataset").set_value("upload").run()
+    app.file_uploader(key="ad_upload").upload("pets.zip", _zip(2), "application/zip").run()
+    assert not app.exception and any("2 classes" in s.value for s in app.success)
+    assert any("kept on the server" in c.value and "pets" in c.value for c in app.caption)
