@@ -9,7 +9,7 @@ from tinytl_core.memory import ACCOUNTINGS, OPTIMIZER_HELP, OPTIMIZER_STATES, Me
 from tinytl_core.memory.report import TOTALS
 from tinytl_core.modes import MODES
 from tinytl_core.quantities import describe, format_mb
-from tinytl_core.ui import checks, explorer, figures
+from tinytl_core.ui import checks, explorer, figures, step_chart
 
 settings = _cache.settings()
 backbone, resolution, batch_size = settings.backbone, settings.resolution, settings.batch_size
@@ -171,8 +171,34 @@ if step is not None and not isinstance(report, str):
         )
     else:
         s[2].warning(f"The training engine could not run this model: {step.engine_error}")
-    if step.stock.peak_cuda_bytes is not None:
-        st.caption(f"Peak CUDA memory of the stock step: {format_mb(step.stock.peak_cuda_bytes, unit=True)}")
+    peaks = st.columns(3)
+    modelled_peak = {"stock PyTorch": complete_reports[mode].totals.total_stock_bytes,
+                     "engine": complete_reports[mode].totals.total_modelled_bytes}
+    for card, (name, measurement) in zip(peaks[1:], (("stock PyTorch", step.stock), ("engine", step.engine))):
+        if measurement is not None and measurement.step_peak is not None:
+            card.metric(
+                f"Step peak, {name} (measured)",
+                format_mb(measurement.step_peak, unit=True),
+                delta=f"modelled {format_mb(modelled_peak[name], unit=True)}",
+                delta_color="off",
+                delta_arrow="off",
+                help="The most memory alive at once in the step (what the OS or torch.cuda shows), "
+                f"reached in the {measurement.peak_phase or 'step'}.",
+            )
+    peaks[0].caption(
+        "**Step peak**: weights, optimizer state, the input, stored activations, gradients and temporaries "
+        "alive at once — the number you can check yourself. Measured with PyTorch's profiler "
+        "(torch.cuda.max_memory_allocated on CUDA); modelled by the memory model."
+    )
+    timelines = {n: m.timeline for n, m in (("stock PyTorch", step.stock), ("engine", step.engine))
+                 if m is not None and m.timeline is not None}
+    if timelines:
+        st.plotly_chart(
+            step_chart.step_timeline_figure(timelines, modelled=modelled_peak,
+                                            title=f"{title}: memory over one training step"),
+            width="stretch",
+            key="mx_step_timeline",
+        )
 
 # ------------------------------------------------------------------------------------------- charts
 a, b = st.columns(2)

@@ -67,7 +67,7 @@ def test_mode_trains_exactly_the_intended_parameters(backbone, mode):
 def test_lite_residual_at_init_equals_backbone(backbone):
     torch.manual_seed(1)
     plain = timm.create_model(backbone, num_classes=4).eval()
-    prepared = prepare_model(backbone, "lite_residual", num_classes=4, resolution=RES)
+    prepared = prepare_model(backbone, "lite_residual", num_classes=4, resolution=RES, engine=False)
     wrapped = prepared.model.eval()
     state = {
         k.replace(".block.", "."): v for k, v in wrapped.state_dict().items() if ".lite_residual." not in k

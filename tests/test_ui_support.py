@@ -276,7 +276,7 @@ def test_runs_frame_filter_label_and_export(tmp_path):
     frame = runs.runs_frame(store.list_runs())
     assert list(frame["id"]) == [b, a]
     x, title = runs.memory_axis(MEMORY.total_modelled_bytes)
-    assert (x, title) == ("total_modelled_MB", "training memory, modelled (MB)")
+    assert (x, title) == ("total_modelled_MB", "training memory (step peak), modelled (MB)")
     assert frame.set_index("id").loc[a, runs.ACCURACY.key] == 50.0
     assert frame.set_index("id").loc[a, x] == 3.0
     assert list(frame.columns) == list(runs.RUN_HEADERS) and runs.RUN_HEADERS[x] == "total modelled MB"

@@ -137,17 +137,31 @@ def _names(*names: str) -> frozenset[str]:
 
 _ENTRIES: tuple[Activation, ...] = (
     Activation(
-        "identity", LayerKind.FREE, Needs.NOTHING, (nn.Identity,), _names("identity"),
-        forward=lambda x, p: x, backward=lambda g, x, p: g,
+        "identity",
+        LayerKind.FREE,
+        Needs.NOTHING,
+        (nn.Identity,),
+        _names("identity"),
+        forward=lambda x, p: x,
+        backward=lambda g, x, p: g,
     ),
     Activation(
-        "relu", LayerKind.RELU, Needs.MASK, (nn.ReLU,), _names("relu", "threshold"),
-        forward=lambda x, p: torch.relu(x), backward=lambda g, x, p: _aten.threshold_backward(g, x, 0.0),
+        "relu",
+        LayerKind.RELU,
+        Needs.MASK,
+        (nn.ReLU,),
+        _names("relu", "threshold"),
+        forward=lambda x, p: torch.relu(x),
+        backward=lambda g, x, p: _aten.threshold_backward(g, x, 0.0),
         mask=MaskRule(lambda x, p: x > 0, lambda x, p: torch.relu_(x)),
         mask_from_output=True,
     ),
     Activation(
-        "hardtanh", LayerKind.RELU, Needs.MASK, (nn.ReLU6, nn.Hardtanh), _names("relu6", "hardtanh"),
+        "hardtanh",
+        LayerKind.RELU,
+        Needs.MASK,
+        (nn.ReLU6, nn.Hardtanh),
+        _names("relu6", "hardtanh"),
         param=_hardtanh_bound,
         forward=lambda x, p: F.hardtanh(x, 0.0, p),
         backward=lambda g, x, p: _aten.hardtanh_backward(g, x, 0.0, p),
@@ -155,7 +169,11 @@ _ENTRIES: tuple[Activation, ...] = (
         mask_from_output=True,
     ),
     Activation(
-        "leaky_relu", LayerKind.RELU, Needs.MASK, (nn.LeakyReLU,), _names("leakyrelu"),
+        "leaky_relu",
+        LayerKind.RELU,
+        Needs.MASK,
+        (nn.LeakyReLU,),
+        _names("leakyrelu"),
         param=lambda m: float(m.negative_slope),
         forward=lambda x, p: F.leaky_relu(x, p),
         backward=lambda g, x, p: _aten.leaky_relu_backward(g, x, p, False),
@@ -163,39 +181,73 @@ _ENTRIES: tuple[Activation, ...] = (
         mask_from_output=True,  # with a positive slope (see mask_from_output())
     ),
     Activation(
-        "hardsigmoid", LayerKind.STEP, Needs.MASK, (nn.Hardsigmoid,), _names("hardsigmoid", "hardsigmoidme"),
-        forward=lambda x, p: F.hardsigmoid(x), backward=lambda g, x, p: _aten.hardsigmoid_backward(g, x),
+        "hardsigmoid",
+        LayerKind.STEP,
+        Needs.MASK,
+        (nn.Hardsigmoid,),
+        _names("hardsigmoid", "hardsigmoidme"),
+        forward=lambda x, p: F.hardsigmoid(x),
+        backward=lambda g, x, p: _aten.hardsigmoid_backward(g, x),
         # its output rounds to 0 or 1 just inside (-3, 3): the mask is not derivable from it
-        mask=MaskRule(lambda x, p: _between(x, -3.0, 3.0), lambda x, p: F.hardsigmoid(x, inplace=True),
-                      on=1.0 / 6.0),
+        mask=MaskRule(
+            lambda x, p: _between(x, -3.0, 3.0), lambda x, p: F.hardsigmoid(x, inplace=True), on=1.0 / 6.0
+        ),
     ),
     Activation(
-        "silu", LayerKind.SMOOTH, Needs.INPUT, (nn.SiLU,), _names("silu", "swish", "swishme"),
-        forward=lambda x, p: F.silu(x), backward=lambda g, x, p: _aten.silu_backward(g, x),
+        "silu",
+        LayerKind.SMOOTH,
+        Needs.INPUT,
+        (nn.SiLU,),
+        _names("silu", "swish", "swishme"),
+        forward=lambda x, p: F.silu(x),
+        backward=lambda g, x, p: _aten.silu_backward(g, x),
     ),
     Activation(
-        "hardswish", LayerKind.SMOOTH, Needs.INPUT, (nn.Hardswish,), _names("hardswish", "hardswishme"),
-        forward=lambda x, p: F.hardswish(x), backward=lambda g, x, p: _aten.hardswish_backward(g, x),
+        "hardswish",
+        LayerKind.SMOOTH,
+        Needs.INPUT,
+        (nn.Hardswish,),
+        _names("hardswish", "hardswishme"),
+        forward=lambda x, p: F.hardswish(x),
+        backward=lambda g, x, p: _aten.hardswish_backward(g, x),
     ),
     Activation(
-        "gelu", LayerKind.SMOOTH, Needs.INPUT, (nn.GELU,), _names("gelu", "quickgelu"),
+        "gelu",
+        LayerKind.SMOOTH,
+        Needs.INPUT,
+        (nn.GELU,),
+        _names("gelu", "quickgelu"),
         param=lambda m: None if getattr(m, "approximate", "none") == "tanh" else 0.0,
-        forward=lambda x, p: F.gelu(x), backward=lambda g, x, p: _aten.gelu_backward(g, x),
+        forward=lambda x, p: F.gelu(x),
+        backward=lambda g, x, p: _aten.gelu_backward(g, x),
     ),
     Activation(
-        "gelu_tanh", LayerKind.SMOOTH, Needs.INPUT, (nn.GELU,), _names("gelutanh"),
+        "gelu_tanh",
+        LayerKind.SMOOTH,
+        Needs.INPUT,
+        (nn.GELU,),
+        _names("gelutanh"),
         param=lambda m: 0.0 if getattr(m, "approximate", "none") == "tanh" else None,
         forward=lambda x, p: F.gelu(x, approximate="tanh"),
         backward=lambda g, x, p: _aten.gelu_backward(g, x, approximate="tanh"),
     ),
     Activation(
-        "sigmoid", LayerKind.SMOOTH, Needs.OUTPUT, (nn.Sigmoid,), _names("sigmoid"),
+        "sigmoid",
+        LayerKind.SMOOTH,
+        Needs.OUTPUT,
+        (nn.Sigmoid,),
+        _names("sigmoid"),
         forward=lambda x, p: torch.sigmoid(x),
         backward=lambda g, x, p: _aten.sigmoid_backward(g, torch.sigmoid(x)),
     ),
     Activation(
-        "tanh", LayerKind.SMOOTH, Needs.OUTPUT, (nn.Tanh,), _names("tanh"),
-        forward=lambda x, p: torch.tanh(x), backward=lambda g, x, p: _aten.tanh_backward(g, torch.tanh(x)),
+        "tanh",
+        LayerKind.SMOOTH,
+        Needs.OUTPUT,
+        (nn.Tanh,),
+        _names("tanh"),
+        forward=lambda x, p: torch.tanh(x),
+        backward=lambda g, x, p: _aten.tanh_backward(g, torch.tanh(x)),
     ),
     # timm's memory-efficient SigmoidMe recomputes from its input, which it keeps
     Activation("sigmoid_me", LayerKind.SMOOTH, Needs.INPUT, (), _names("sigmoidme")),
@@ -210,8 +262,13 @@ _ENTRIES: tuple[Activation, ...] = (
     Activation("tanhshrink", LayerKind.SMOOTH, Needs.INPUT, (nn.Tanhshrink,), _names("tanhshrink")),
     Activation("glu", LayerKind.SMOOTH, Needs.INPUT, (nn.GLU,), _names("glu")),
     Activation("rrelu", LayerKind.SMOOTH, Needs.INPUT, (nn.RReLU,), _names("rrelu")),
-    Activation("shrink", LayerKind.SMOOTH, Needs.INPUT, (nn.Softshrink, nn.Hardshrink),
-               _names("softshrink", "hardshrink")),
+    Activation(
+        "shrink",
+        LayerKind.SMOOTH,
+        Needs.INPUT,
+        (nn.Softshrink, nn.Hardshrink),
+        _names("softshrink", "hardshrink"),
+    ),
 )
 
 ACTIVATIONS: dict[str, Activation] = {a.name: a for a in _ENTRIES}
@@ -224,14 +281,35 @@ _BY_NAME: dict[str, Activation] = {n: a for a in _ENTRIES for n in a.names}
 
 # Non-activation kinds: exact-or-subclass types, and lower-case names of timm / other layers.
 _FREE_TYPES = (
-    nn.Flatten, nn.Unflatten, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d,
-    nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.Upsample, nn.PixelShuffle, nn.PixelUnshuffle,
-    nn.ZeroPad2d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d, nn.ReflectionPad1d,
-    nn.ReflectionPad2d, nn.ReplicationPad2d, nn.ChannelShuffle,
+    nn.Flatten,
+    nn.Unflatten,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool3d,
+    nn.Upsample,
+    nn.PixelShuffle,
+    nn.PixelUnshuffle,
+    nn.ZeroPad2d,
+    nn.ConstantPad1d,
+    nn.ConstantPad2d,
+    nn.ConstantPad3d,
+    nn.ReflectionPad1d,
+    nn.ReflectionPad2d,
+    nn.ReplicationPad2d,
+    nn.ChannelShuffle,
 )
 _FREE_NAMES = _names("flatten", "fastadaptiveavgpool", "avgpool2dsame", "blurpool2d", "format")
-_MAXPOOL_TYPES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
-                  nn.AdaptiveMaxPool3d)
+_MAXPOOL_TYPES = (
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.MaxPool3d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
+    nn.AdaptiveMaxPool3d,
+)
 _MAXPOOL_NAMES = _names("maxpool2dsame", "adaptiveavgmaxpool2d", "adaptivecatavgmaxpool2d")
 _DROPOUT_TYPES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
 _DROPOUT_NAMES = _names("droppath", "dropblock2d")
@@ -312,8 +390,10 @@ def kind_of(module: nn.Module | None) -> LayerKind:
     name = _type_name(module)
     if isinstance(module, (nn.Linear, _ConvNd)):
         return LayerKind.LINEAR
-    if is_norm(module) or isinstance(module, _NormBase) or name.startswith(
-        _PER_SAMPLE_NORM_PREFIXES + _FROZEN_NORM_PREFIXES
+    if (
+        is_norm(module)
+        or isinstance(module, _NormBase)
+        or name.startswith(_PER_SAMPLE_NORM_PREFIXES + _FROZEN_NORM_PREFIXES)
     ):
         return LayerKind.NORM
     if isinstance(module, nn.PReLU):

@@ -147,7 +147,7 @@ class Mode:
         frozen = _configure_norms(model, freeze=self.frozen_backbone)
         # After the mode: the engine picks, per layer, what to store from what now trains.
         if engine:
-            engine_layers = convert(model, input_size=size).n_converted
+            engine_layers = convert(model, input_size=size, channels_last=True).n_converted
         else:
             revert(model)
             engine_layers = 0

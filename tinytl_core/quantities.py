@@ -253,10 +253,10 @@ class ModelledMemory:
         help="Activations PyTorch's autograd stores by default (modelled from the traced ops).",
     )
     total_modelled_bytes: float | None = quantity(
-        "training memory, modelled",
+        "training memory (step peak), modelled",
         short="total modelled",
-        help="Weights + gradients + optimizer state + necessary activations + the transient working set "
-        "of the largest layer.",
+        help="The modelled peak of one training step: weights + gradients + optimizer state + the "
+        "necessary activations stored so far + the working set of the layer at the peak.",
     )
 
 
@@ -272,10 +272,12 @@ class RunMemory(ModelledMemory):
         help="What autograd saved for backward in one real step, with the layers the model trains with.",
     )
     total_measured_bytes: float | None = quantity(
-        "training memory, measured",
+        "training memory (step peak), measured",
         short="total measured",
-        help="Peak CUDA memory of one real step; elsewhere its measured activations plus the modelled "
-        "weights, gradients, optimizer state and transient.",
+        help="The peak of one real training step as it trains (what the OS or "
+        "torch.cuda.max_memory_allocated shows): torch.cuda.max_memory_allocated on CUDA, PyTorch's "
+        "profiler memory timeline elsewhere; weights, optimizer state, input, activations, gradients "
+        "and temporaries alive at once.",
     )
     activations_measured_stock_bytes: float | None = quantity(
         "activations stock PyTorch, measured",

@@ -22,7 +22,7 @@ from tinytl_core.memory import (
     format_modes,
     measure_stock_and_engine,
 )
-from tinytl_core.memory.report import MEMORY, MemoryReport
+from tinytl_core.memory.report import MEMORY, PEAKS, MemoryReport
 from tinytl_core.modes import MODES, prepare_model, resolve_modes
 
 
@@ -71,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
     layers = {name: r.layers for name, r in reports.items() if isinstance(r, MemoryReport)}
     if args.measure:
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        stock, engine, errors = {}, {}, []
+        stock, engine, peaks, errors = {}, {}, {PEAKS.peak_measured_stock_bytes: {},
+                                                PEAKS.peak_measured_engine_bytes: {}}, []
         for name in tqdm(list(layers), desc="measuring stock and engine", unit="mode"):
             report = reports[name]
             prepared = prepare_model(args.model, name, resolution=resolution, group_norm=args.group_norm,
@@ -82,12 +83,17 @@ def run(args: argparse.Namespace) -> int:
                 modelled=report if args.accounting == "complete" else None,
             )
             stock[name], engine[name] = both.stock_bytes, both.engine_bytes
+            peaks[PEAKS.peak_measured_stock_bytes][name] = both.stock.step_peak
+            engine_peak = None if both.engine is None else both.engine.step_peak
+            peaks[PEAKS.peak_measured_engine_bytes][name] = engine_peak
             if both.engine is None:
                 errors.append(f"{name}: the engine could not run this model ({both.engine_error})")
             layers[name] = both.layer_table(layers[name])
             del prepared
         table[MEMORY.activations_measured_stock_bytes] = table["mode"].map(stock)
         table[MEMORY.activations_measured_engine_bytes] = table["mode"].map(engine)
+        for column, values in peaks.items():
+            table[column] = table["mode"].map(values)
         for line in errors:
             print(f"note: {line}")
     first = next((r for r in reports.values() if isinstance(r, MemoryReport)), None)
@@ -98,7 +104,9 @@ def run(args: argparse.Namespace) -> int:
     print(format_modes(table))
     if args.measure:
         print("act. necessary: TinyTL's rules (model); act. stock: what stock PyTorch saves (model); "
-              "measured: one real step with stock PyTorch layers and with the training engine's")
+              "measured: one real step with stock PyTorch layers and with the training engine's; "
+              "total modelled: the modelled step peak; peak measured: the step's peak (PyTorch's profiler, "
+              "or torch.cuda.max_memory_allocated on CUDA), what the OS or CUDA shows")
     if args.csv:
         frames = [df.assign(mode=name)[["mode", *df.columns]] for name, df in layers.items()]
         pd.concat(frames, ignore_index=True).to_csv(args.csv, index=False)

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import torch
 import torch.nn as nn
 
 from tinytl_core.engine.layers import (
@@ -23,7 +24,7 @@ from tinytl_core.engine.layers import (
     MaskedActivation,
     stock_class,
 )
-from tinytl_core.layer_kinds import is_frozen, stock_rule
+from tinytl_core.layer_kinds import LayerKind, is_frozen, kind_of, stock_rule
 from tinytl_core.norms import freeze_statistics, unfreeze_statistics
 from tinytl_core.tracing import trace_model
 
@@ -86,7 +87,9 @@ def describe(model: nn.Module) -> EngineReport:
     return EngineReport(tuple(rows))
 
 
-def convert(model: nn.Module, *, input_size: tuple[int, int, int] | None = None) -> EngineReport:
+def convert(
+    model: nn.Module, *, input_size: tuple[int, int, int] | None = None, channels_last: bool = False
+) -> EngineReport:
     """Turn every supported layer of ``model`` into its engine layer, in place; returns the report.
 
     Forward outputs are unchanged and gradients equal stock PyTorch's. Unsupported layers (any class the
@@ -97,6 +100,11 @@ def convert(model: nn.Module, *, input_size: tuple[int, int, int] | None = None)
     a squeeze-excitation multiply); those keep that shared output instead of a 1-bit mask, which then
     costs nothing. Without it every such activation keeps a mask (exact, 1 bit per element more there).
     The finding reflects the current mode: convert again after changing what trains.
+
+    ``channels_last``: also lay the model's 4-D weights out channels-last (same ``Parameter`` objects), so
+    its activations and gradients flow channels-last: the CPU's oneDNN convolutions then need no
+    reordered copy of their input (a depthwise convolution's copy is an activation-sized buffer at the
+    step's peak). Values equal the contiguous layout's up to float rounding; :func:`revert` restores it.
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"convert expects a torch.nn.Module, got {type(model).__name__}")
@@ -104,14 +112,37 @@ def convert(model: nn.Module, *, input_size: tuple[int, int, int] | None = None)
         _swap(module, lambda m: ENGINE_CLASSES.get(type(m)))
         for flag in _TRACED_FLAGS:  # a finding of an earlier conversion may not hold any more
             module.__dict__.pop(flag, None)
+    if channels_last:
+        _set_channels_last(model, True)
     if input_size is not None:
         _apply_trace_findings(model, input_size)
     return describe(model)
 
 
-_TRACED_FLAGS = ("keep_output", "inplace_input")
+_LAYOUT_FLAG = "_engine_channels_last"
+
+
+def _set_channels_last(model: nn.Module, on: bool) -> None:
+    """Lay the model's 4-D parameters and buffers out channels-last (``on``) or back to contiguous."""
+    if on == bool(model.__dict__.get(_LAYOUT_FLAG)):
+        return
+    model.to(memory_format=torch.channels_last if on else torch.contiguous_format)
+    if on:
+        model.__dict__[_LAYOUT_FLAG] = True
+    else:
+        model.__dict__.pop(_LAYOUT_FLAG, None)
+
+
+_TRACED_FLAGS = ("keep_output", "own_grad", "inplace_input")
 """Per-module flags set from a trace of the model (reset by every conversion, restored by
 :func:`engine_enabled`)."""
+
+
+# Layers whose backward returns an input gradient of their own (a new buffer, or the one they own):
+# the layer before them may then work on that gradient in place.
+_FRESH_GRADIENT = frozenset(
+    {LayerKind.LINEAR, LayerKind.NORM, LayerKind.RELU, LayerKind.STEP, LayerKind.SMOOTH}
+)
 
 
 def _apply_trace_findings(model: nn.Module, input_size: tuple[int, int, int]) -> None:
@@ -120,7 +151,9 @@ def _apply_trace_findings(model: nn.Module, input_size: tuple[int, int, int]) ->
     - ``keep_output`` on masked activations whose output another layer stores in full anyway (the mask
       is then read off that tensor: 0 extra bytes);
     - ``inplace_input`` on frozen-statistics norms whose input no one reads afterwards (a conv output used
-      only by the norm): the norm overwrites it, so input and output are never alive together.
+      only by the norm): the norm overwrites it, so input and output are never alive together;
+    - ``own_grad`` on both when their output has one reader whose backward returns a gradient of its own:
+      their backward then works on that gradient in place instead of allocating another.
     """
     modules = [m for m in model.modules() if isinstance(m, (MaskedActivation, FrozenNorm))]
     if not modules:
@@ -133,21 +166,34 @@ def _apply_trace_findings(model: nn.Module, input_size: tuple[int, int, int]) ->
         return
     stored = {(s.key, s.version) for s in trace.records}  # every (layer, tensor) stored
     produced = {t.key for row in trace.rows for t in row.outputs}  # the model's input is not among them
+    leaves = [r for r in trace.rows if r.kind == "layer"]
+    readers: dict[tuple[int, int], list] = {}  # (storage, version) -> leaf layers reading it
+    for row in leaves:
+        for t in row.inputs:
+            readers.setdefault((t.key, t.version), []).append(row)
     verdict: dict[int, dict[str, bool]] = {}
     for row in trace.rows:
         if not row.inputs or not row.outputs:
             continue
-        found = verdict.setdefault(id(row.module), {"keep_output": True, "inplace_input": True})
+        found = verdict.setdefault(id(row.module), dict.fromkeys(_TRACED_FLAGS, True))
         out, x = row.outputs[0], row.inputs[0]
         found["keep_output"] &= (out.key, out.version) in stored
+        # one reader whose backward hands back a gradient no one else holds, and no later use
+        read_by = readers.get((out.key, out.version), [])
+        found["own_grad"] &= (
+            len(read_by) == 1 and kind_of(read_by[0].module) in _FRESH_GRADIENT
+            and trace.last_use.get(out.key, -1) <= read_by[0].end
+        )
         found["inplace_input"] &= (
             x.key in produced and trace.last_use.get(x.key, -1) <= row.end
             and (x.key, x.version) not in stored
         )
     for module in modules:
-        flag = "keep_output" if isinstance(module, MaskedActivation) else "inplace_input"
-        if verdict.get(id(module), {}).get(flag, False):
-            setattr(module, flag, True)
+        flags = ("keep_output", "own_grad") if isinstance(module, MaskedActivation) else (
+            "inplace_input", "own_grad")
+        for flag in flags:
+            if verdict.get(id(module), {}).get(flag, False):
+                setattr(module, flag, True)
 
 
 def _swap(module: nn.Module, target: Callable[[nn.Module], type[nn.Module] | None]) -> bool:
@@ -171,6 +217,7 @@ def revert(model: nn.Module) -> int:
     """Turn engine layers of ``model`` back into their stock classes, in place; returns how many."""
     if not isinstance(model, nn.Module):
         raise ValueError(f"revert expects a torch.nn.Module, got {type(model).__name__}")
+    _set_channels_last(model, False)
     return sum(
         _swap(module, lambda m: stock_class(m) if isinstance(m, EngineModule) else None)
         for module in model.modules()
@@ -184,10 +231,16 @@ def is_converted(model: nn.Module) -> bool:
 
 @contextmanager
 def engine_enabled(
-    model: nn.Module, enabled: bool = True, *, input_size: tuple[int, int, int] | None = None
+    model: nn.Module,
+    enabled: bool = True,
+    *,
+    input_size: tuple[int, int, int] | None = None,
+    channels_last: bool = False,
 ) -> Iterator[EngineReport]:
-    """Run a block with ``model`` converted (``enabled=True``; ``input_size`` as in :func:`convert`) or
-    stock (``False``), then restore every layer's previous class and output-sharing flag."""
+    """Run a block with ``model`` converted (``enabled=True``; ``input_size`` and ``channels_last`` as in
+    :func:`convert`) or stock (``False``), then restore every layer's previous class, the flags found by
+    tracing and the weights' layout."""
+    layout = bool(model.__dict__.get(_LAYOUT_FLAG))
     before = {module: type(module) for module in model.modules()}
     flags = {
         (module, flag): module.__dict__[flag] for module in before for flag in _TRACED_FLAGS
@@ -195,11 +248,12 @@ def engine_enabled(
     }
     try:
         if enabled:
-            yield convert(model, input_size=input_size)
+            yield convert(model, input_size=input_size, channels_last=channels_last)
         else:
             revert(model)
             yield describe(model)
     finally:
+        _set_channels_last(model, layout)
         for module, cls in before.items():
             module.__class__ = cls
             for flag in _TRACED_FLAGS:

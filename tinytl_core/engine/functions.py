@@ -46,6 +46,27 @@ __all__ = [
 ]
 
 
+_NHWC = (0, 2, 3, 1)  # channels-last memory order of an NCHW tensor
+_NCHW = (0, 3, 1, 2)  # and back
+
+
+def _memory_order(x: torch.Tensor) -> tuple[int, ...] | None:
+    """``_NHWC`` when ``x`` is laid out channels-last (and not also plain contiguous), else None."""
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return _NHWC
+    return None
+
+
+def _unpack_in_order(
+    packed: torch.Tensor, shape: Sequence[int], order: tuple[int, ...] | None, dtype: torch.dtype
+) -> torch.Tensor:
+    """Unpack a mask packed by :func:`pack_bits` in the memory order ``order`` into an NCHW-shaped view."""
+    if order is None:
+        return unpack_bits(packed, tuple(shape), dtype)
+    n, c, h, w = shape
+    return unpack_bits(packed, (n, h, w, c), dtype).permute(_NCHW)
+
+
 def _placeholder(like: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     """A stand-in input for backward kernels that only read the input's shape (never its values)."""
     return like.new_empty(1).expand(tuple(shape))
@@ -114,16 +135,22 @@ class MaskedActivationFn(Function):
     1 bit per element more. The mask is recomputed from the output (``y > 0`` iff ``x > 0``, ``0 < y < max``
     iff ``0 < x < max``), so this is exact for ReLU, ReLU6 / Hardtanh(0, max) and LeakyReLU with a
     positive slope; other kinds ignore the flag.
+
+    ``own_grad``: the output's one consumer is a convolution, whose backward hands this layer a gradient
+    no one else holds; backward then masks that gradient in place instead of allocating another.
     """
 
     @staticmethod
-    def forward(ctx, x, kind, param, inplace, keep_output=False):  # type: ignore[override]
-        ctx.kind, ctx.param, ctx.shape = kind, float(param), x.shape
+    def forward(ctx, x, kind, param, inplace, keep_output=False, own_grad=False):  # type: ignore[override]
+        ctx.kind, ctx.param, ctx.shape, ctx.own_grad = kind, float(param), x.shape, bool(own_grad)
         output_tells = ACTIVATIONS[kind].mask_from_output and (kind != "leaky_relu" or param > 0)
         ctx.from_output = bool(keep_output) and output_tells
         need = ctx.needs_input_grad[0]
-        # The mask is taken before an in-place forward overwrites x.
-        mask = pack_bits(ACTIVATIONS[kind].mask.bit(x, param)) if need and not ctx.from_output else None
+        # The mask is taken before an in-place forward overwrites x, packed in x's memory order so that
+        # backward unpacks it in the layout of the gradient (no channels-last <-> NCHW copies).
+        ctx.order = _memory_order(x)
+        bits = ACTIVATIONS[kind].mask.bit(x, param) if need and not ctx.from_output else None
+        mask = None if bits is None else pack_bits(bits if ctx.order is None else bits.permute(ctx.order))
         if inplace:
             ctx.mark_dirty(x)
             out = ACTIVATIONS[kind].mask.forward_(x, param)
@@ -135,36 +162,44 @@ class MaskedActivationFn(Function):
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
         (saved,) = ctx.saved_tensors
+        rest = (None,) * 5
         if ctx.from_output:  # the stock backward kernel, fed with the output: same region test
-            return ACTIVATIONS[ctx.kind].backward(grad_out, saved, ctx.param), None, None, None, None
+            return ACTIVATIONS[ctx.kind].backward(grad_out, saved, ctx.param), *rest
         rule = ACTIVATIONS[ctx.kind].mask
-        bits = unpack_bits(saved, ctx.shape, grad_out.dtype)
-        if rule.off_is_param:
-            return torch.where(bits.bool(), grad_out, grad_out * ctx.param), None, None, None, None
-        # grad where the bit is set, else +0 (as stock; no NaN from inf * 0), written over the unpacked
-        # bits: one activation-sized allocation, like the stock backward.
-        grad = torch.ops.aten.threshold_backward.grad_input(grad_out, bits, 0.5, grad_input=bits)
+        if ctx.own_grad and not rule.off_is_param:
+            # grad_out is this layer's alone (its one consumer, a convolution, made it fresh): zero it
+            # outside the mask in place, reading a 1-byte mask -- no activation-sized buffer at all.
+            off = _unpack_in_order(saved, ctx.shape, ctx.order, torch.bool).logical_not_()
+            grad = grad_out.masked_fill_(off, 0.0)
+        else:
+            bits = _unpack_in_order(saved, ctx.shape, ctx.order, grad_out.dtype)
+            if rule.off_is_param:
+                return torch.where(bits.bool(), grad_out, grad_out * ctx.param), *rest
+            # grad where the bit is set, else +0 (as stock; no NaN from inf * 0), written over the unpacked
+            # bits: one activation-sized allocation, like the stock backward.
+            grad = torch.ops.aten.threshold_backward.grad_input(grad_out, bits, 0.5, grad_input=bits)
         # The stock kernels compute grad * c with c rounded to the tensor's dtype: same here.
-        return (grad if rule.on == 1.0 else grad.mul_(rule.on)), None, None, None, None
+        return (grad if rule.on == 1.0 else grad.mul_(rule.on)), *rest
 
 
 # ----------------------------------------------------------------------------------------------------
 # Normalisation with frozen statistics
 # ----------------------------------------------------------------------------------------------------
-def _norm_backward(ctx, grad_y, x, weight, mean, var, eps):
+def _norm_backward(ctx, grad_y, x, weight, mean, var, eps, inplace=False):
     """Gradients of ``y = (x - mean) / sqrt(var + eps) * weight + bias`` with fixed mean / var; the
-    formulas of PyTorch's eval-mode ``batch_norm`` backward (``dot(g, x - mean) * invstd`` etc.)."""
+    formulas of PyTorch's eval-mode ``batch_norm`` backward (``dot(g, x - mean) * invstd`` etc.).
+    ``inplace``: ``grad_y`` is this layer's alone; the input gradient is scaled over it (last)."""
     need_x, need_w, need_b = ctx.needs_input_grad[:3]
     dims = [0] + list(range(2, grad_y.ndim))
     invstd = None if var is None else 1.0 / torch.sqrt(var + eps)
     grad_x = grad_w = grad_b = None
-    if need_x:
-        scale = invstd if weight is None else invstd * weight
-        grad_x = grad_y * _channel_view(scale, grad_y.ndim)
     if need_w:
         grad_w = (grad_y * (x - _channel_view(mean, x.ndim))).sum(dims) * invstd
     if need_b:
         grad_b = grad_y.sum(dims)
+    if need_x:
+        scale = _channel_view(invstd if weight is None else invstd * weight, grad_y.ndim)
+        grad_x = grad_y.mul_(scale) if inplace else grad_y * scale
     return grad_x, grad_w, grad_b
 
 
@@ -178,9 +213,9 @@ class FrozenNormFn(Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, mean, var, eps, inplace=False):  # type: ignore[override]
+    def forward(ctx, x, weight, bias, mean, var, eps, inplace=False, own_grad=False):  # type: ignore[override]
         need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        ctx.eps = float(eps)
+        ctx.eps, ctx.own_grad = float(eps), bool(own_grad)
         ctx.save_for_backward(
             x if need_w else None,
             weight if need_x else None,
@@ -202,7 +237,8 @@ class FrozenNormFn(Function):
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
         x, weight, mean, var = ctx.saved_tensors
-        return (*_norm_backward(ctx, grad_out, x, weight, mean, var, ctx.eps), None, None, None, None)
+        grads = _norm_backward(ctx, grad_out, x, weight, mean, var, ctx.eps, inplace=ctx.own_grad)
+        return (*grads, None, None, None, None, None)
 
 
 class FrozenNormActFn(Function):

@@ -107,13 +107,15 @@ class MaskedActivation(EngineModule):
 
     # Set by convert(model, input_size=...) when every call's output is stored in full by a later layer.
     keep_output = False
+    # Set by convert(model, input_size=...) when every call's output is read by one convolution only.
+    own_grad = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         spec = activation_kind(self)
         if spec is None or spec[0] not in MASKED_KINDS or not _recording(x):
             return super().forward(x)  # type: ignore[misc]
         inplace = bool(getattr(self, "inplace", False))
-        return MaskedActivationFn.apply(x, spec[0], spec[1], inplace, self.keep_output)
+        return MaskedActivationFn.apply(x, spec[0], spec[1], inplace, self.keep_output, self.own_grad)
 
     def engine_rule(self) -> str:
         spec = activation_kind(self)
@@ -216,6 +218,7 @@ class FrozenNorm(EngineModule):
     scale the norm then writes its output over its input."""
 
     inplace_input = False
+    own_grad = False  # the output's one reader hands back a gradient no one else holds
 
 
 class EngineBatchNorm2d(FrozenNorm, nn.BatchNorm2d):
@@ -229,7 +232,8 @@ class EngineBatchNorm2d(FrozenNorm, nn.BatchNorm2d):
             return super().forward(x)
         self._check_input_dim(x)
         return FrozenNormFn.apply(
-            x, self.weight, self.bias, self.running_mean, self.running_var, self.eps, self.inplace_input
+            x, self.weight, self.bias, self.running_mean, self.running_var, self.eps, self.inplace_input,
+            self.own_grad,
         )
 
     def engine_rule(self) -> str:
@@ -259,7 +263,7 @@ class EngineBatchNormAct2d(FrozenNorm, BatchNormAct2d):
         fused = self._fused_kind()
         if fused is not None:
             return FrozenNormActFn.apply(x, self.weight, self.bias, *stats, *fused)
-        x = FrozenNormFn.apply(x, self.weight, self.bias, *stats, self.inplace_input)
+        x = FrozenNormFn.apply(x, self.weight, self.bias, *stats, self.inplace_input, self.own_grad)
         return self.act(self.drop(x))
 
     def engine_rule(self) -> str:

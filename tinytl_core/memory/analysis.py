@@ -75,9 +75,9 @@ def training_memory_figures(
     ``activations_measured_stock_bytes`` with stock PyTorch layers, ``activations_measured_engine_bytes``
     with the training engine's (None if the engine cannot run the model), and the figures of the model *as
     it trains* -- converted to the engine (:func:`tinytl_core.engine.is_converted`) or stock:
-    ``activations_measured_bytes`` and ``total_measured_bytes`` (on CUDA the peak allocated memory of
-    that step; elsewhere its measured saved bytes plus the modelled weights, gradients/optimizer state and
-    the transient of the layers it runs: the engine's (TinyTL's) or stock PyTorch's). The second step costs
+    ``activations_measured_bytes`` and ``total_measured_bytes``, the step's measured peak (on CUDA
+    ``torch.cuda.max_memory_allocated``; elsewhere the peak of PyTorch's profiler memory timeline, see
+    :mod:`tinytl_core.memory.timeline`). The second step costs
     less than the first (the engine stores less) and is a small part of any run, so both are always taken:
     a run records what it used and what the other layers would have stored.
     """
@@ -102,9 +102,5 @@ def training_memory_figures(
             None if both.engine_bytes is None else float(both.engine_bytes)
         )
         figures.activations_measured_bytes = float(trained.saved_bytes)
-        figures.total_measured_bytes = float(
-            trained.peak_cuda_bytes if trained.peak_cuda_bytes is not None
-            else t.weights_bytes + t.grads_optimizer_bytes + trained.saved_bytes
-            + (t.transient_bytes if converted else t.transient_stock_bytes)
-        )
+        figures.total_measured_bytes = None if trained.step_peak is None else float(trained.step_peak)
     return figures

@@ -3,7 +3,8 @@
 Saved tensors are counted with :class:`~tinytl_core.tracing.SavedTensorCounter` (each storage once,
 parameters and buffers excluded, any dtype at its real size), attributed to the layer running, so the same
 function measures stock PyTorch and a model whose layers were replaced by custom autograd functions (the
-training engine). On CUDA the peak allocated memory of the step is recorded too. Before allocating, the
+training engine). The step's peak -- what a user checks with the OS or ``torch.cuda.max_memory_allocated``
+-- is measured too, with PyTorch's profiler (:mod:`tinytl_core.memory.timeline`). Before allocating, the
 modelled memory of the step is compared with the memory available; :class:`MemoryLimitError` refuses a
 step that would not fit.
 
@@ -23,10 +24,12 @@ from torch import nn
 
 from tinytl_core.memory import accounting as acc
 from tinytl_core.memory.report import MEMORY, MemoryReport
+from tinytl_core.memory.timeline import StepTimeline, phase, profile_step
 from tinytl_core.quantities import format_mb
 from tinytl_core.tracing import (
     available_memory,
     check_input,
+    default_loss,
     make_optimizer,
     model_device,
     model_dtype,
@@ -47,7 +50,9 @@ class Measurement:
 
     ``saved_bytes``: distinct activation storages autograd kept for backward; ``per_layer``: a DataFrame
     (``layer``, ``call``, ``type``, ``kind``, ``activations_measured_bytes``) in execution order, or None;
-    ``peak_cuda_bytes``: peak allocated CUDA memory during the step (None off CUDA).
+    ``peak_cuda_bytes``: peak allocated CUDA memory during the step (None off CUDA); ``timeline``: the
+    step's memory over time by category from PyTorch's profiler (:mod:`tinytl_core.memory.timeline`;
+    None when not profiled), whose maximum is :attr:`peak_bytes`.
     """
 
     saved_bytes: int
@@ -59,6 +64,23 @@ class Measurement:
     batch_size: int
     optimizer: str
     required_bytes: int | None = None
+    timeline: StepTimeline | None = None
+
+    @property
+    def peak_bytes(self) -> int | None:
+        """The step's measured peak: the most bytes alive at once (weights, optimizer state, input batch,
+        stored activations, gradients and temporaries), from the profiler; None when not profiled."""
+        return None if self.timeline is None else self.timeline.peak_bytes
+
+    @property
+    def step_peak(self) -> int | None:
+        """The peak a user checks: ``torch.cuda.max_memory_allocated`` on CUDA, else :attr:`peak_bytes`."""
+        return self.peak_cuda_bytes if self.peak_cuda_bytes is not None else self.peak_bytes
+
+    @property
+    def peak_phase(self) -> str:
+        """Where the peak happened: forward, backward or optimizer ('' when not profiled)."""
+        return "" if self.timeline is None else self.timeline.peak_phase
 
 
 def measure(
@@ -70,6 +92,7 @@ def measure(
     device: str | torch.device | None = None,
     per_layer: bool = True,
     modelled: MemoryReport | None = None,
+    profile: bool = True,
 ) -> Measurement:
     """Run one real training step of ``model`` and record what autograd saves for backward.
 
@@ -79,6 +102,8 @@ def measure(
         optimizer: ``none``, ``sgd``, ``adam`` or ``adamw`` (its state is allocated; weights do not move).
         device: where to run (default: where the model is).
         per_layer: attribute saved bytes to layers (a ``per_layer`` table); False is a bit cheaper.
+        profile: also run the step under PyTorch's profiler (after one step that allocates the optimizer
+            state, as in training) for its memory timeline and peak; two more steps.
         modelled: a complete-accounting :func:`~tinytl_core.memory.analysis.analyze` report of this model at
             this size, if already computed (used for the memory check).
 
@@ -119,6 +144,7 @@ def measure(
             torch.cuda.synchronize(target)
             peak = int(torch.cuda.max_memory_allocated(target))
         opt.zero_grad(set_to_none=True)
+        timeline = _profiled_step(model, x, opt, target) if profile else None
         del opt, x
     table = None
     if per_layer:
@@ -140,7 +166,25 @@ def measure(
         batch_size=batch_size,
         optimizer=optimizer.lower(),
         required_bytes=required,
+        timeline=timeline,
     )
+
+
+def _profiled_step(model: nn.Module, x: torch.Tensor, opt: torch.optim.Optimizer, device) -> StepTimeline:
+    """One training step as a training loop runs it (optimizer state allocated by the step before,
+    gradients set to None), profiled; gradients are cleared again afterwards."""
+
+    def step() -> None:
+        with phase("forward"):
+            loss = default_loss(model(x))
+        with phase("backward"):
+            loss.backward()
+        del loss
+        with phase("optimizer"):
+            opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return profile_step(step, device)
 
 
 def _check_fits(model, modelled, input_size, batch_size, optimizer, here, target) -> int | None:

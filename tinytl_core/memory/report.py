@@ -17,7 +17,9 @@ from tinytl_core.quantities import (
     quantity,
 )
 
-__all__ = ["MB", "MODE_COLUMNS", "MemoryReport", "ReportTotals", "format_modes", "merge_measured"]
+__all__ = [
+    "MB", "MODE_COLUMNS", "MeasuredPeaks", "MemoryReport", "ReportTotals", "format_modes", "merge_measured",
+]
 
 
 @dataclass
@@ -55,13 +57,30 @@ class ReportTotals(ModelledMemory):
     backbone: str = ""
 
 
+@dataclass
+class MeasuredPeaks:
+    """The measured peak of one real training step (bytes), with stock PyTorch layers and with the
+    engine's: what a user checks (see :mod:`tinytl_core.memory.timeline`)."""
+
+    peak_measured_stock_bytes: float | None = quantity(
+        "step peak, stock PyTorch, measured", short="peak stock measured",
+        help="The most bytes alive at once in one real step with stock PyTorch layers (weights, optimizer "
+             "state, input, activations, gradients, temporaries): PyTorch's profiler, or "
+             "torch.cuda.max_memory_allocated on CUDA.")
+    peak_measured_engine_bytes: float | None = quantity(
+        "step peak, engine, measured", short="peak engine measured",
+        help="The same with the training engine's layers.")
+
+
 TOTALS = names(ReportTotals)
 MEMORY = names(RunMemory)
+PEAKS = names(MeasuredPeaks)
 
 MODE_COLUMNS: tuple[str, ...] = (
     TOTALS.weights_bytes, TOTALS.grads_optimizer_bytes, TOTALS.activations_necessary_bytes,
     TOTALS.activations_stock_bytes, MEMORY.activations_measured_stock_bytes,
-    MEMORY.activations_measured_engine_bytes, TOTALS.total_modelled_bytes,
+    MEMORY.activations_measured_engine_bytes, TOTALS.total_modelled_bytes, PEAKS.peak_measured_stock_bytes,
+    PEAKS.peak_measured_engine_bytes,
 )
 """Per-mode byte columns the CLI shows (in MB), in order, headed by their short labels; then ``x full``."""
 RATIO_COLUMN, RATIO_HEADER = "ratio_to_full", "x full"
@@ -109,7 +128,7 @@ def format_modes(table: pd.DataFrame) -> str:
     """Render a :func:`~tinytl_core.comparisons.compare_modes` table as aligned text (MB)."""
     cols = [c for c in MODE_COLUMNS if c in table.columns]
     ratio = [RATIO_HEADER] if RATIO_COLUMN in table.columns else []
-    header = ["mode", *(describe(c, ReportTotals, RunMemory).short for c in cols), *ratio]
+    header = ["mode", *(describe(c, ReportTotals, RunMemory, MeasuredPeaks).short for c in cols), *ratio]
     rows = []
     for _, r in table.iterrows():
         if not r.get("applicable", True):

@@ -16,9 +16,12 @@ touches nothing of it); the total per instant is exact, and the peak is the tota
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import os
+import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -26,7 +29,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 PRIVATE_API = (
     "torch.profiler._memory_profiler.MemoryProfile.timeline",
-    "torch.profiler._memory_profiler.MemoryProfile._categories",
+    "torch.profiler._memory_profiler.CategoryDict.get",
     "torch.profiler._memory_profiler.Category",
     "torch.profiler._memory_profiler.Action",
     "torch.profiler._memory_profiler.TensorKey",
@@ -108,6 +111,24 @@ class StepTimeline:
         return self.phase_at(self.peak_index) if self.bytes else ""
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """Send file descriptor 2 to /dev/null meanwhile (native libraries write there directly)."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real stderr (e.g. some notebook kernels): nothing to silence
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def profile_step(step: Callable[[], None], device: torch.device) -> StepTimeline:
     """Run ``step()`` (one training step; it may mark its phases with
     ``record_function("tinytl::forward")`` etc.) under the profiler and return its memory timeline."""
@@ -115,10 +136,16 @@ def profile_step(step: Callable[[], None], device: torch.device) -> StepTimeline
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
+    prof = profile(activities=activities, profile_memory=True, record_shapes=True, with_stack=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # e.g. "memory block allocated before profiling started"
-        with profile(activities=activities, profile_memory=True, record_shapes=True, with_stack=True) as prof:
+        with _native_stderr_silenced():  # kineto prints start/stop (and "no GPU") lines from C++
+            prof.__enter__()
+        try:
             step()
+        finally:
+            with _native_stderr_silenced():
+                prof.__exit__(None, None, None)
     peak_cuda = None
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -145,7 +172,6 @@ def _walk(memory_profile, device: torch.device) -> tuple[list[int], list[dict[Ca
     running: dict[Category, int] = {}
     times: list[int] = []
     sizes: list[dict[Category, int]] = []
-    start = None
 
     def add(key, version, delta: int) -> None:
         found = categories.get(key, version) if isinstance(key, mp.TensorKey) else None
@@ -155,6 +181,9 @@ def _walk(memory_profile, device: torch.device) -> tuple[list[int], list[dict[Ca
     for t, action, (key, version), nbytes in memory_profile.timeline:
         if key.device != device:
             continue
+        if t >= 0 and not times:  # the first event of the step: what existed before is the start point
+            times.append(t // 1000)
+            sizes.append({c: v for c, v in running.items() if v})
         if action in (mp.Action.PREEXISTING, mp.Action.CREATE):
             add(key, version, nbytes)
         elif action == mp.Action.INCREMENT_VERSION:
@@ -164,12 +193,12 @@ def _walk(memory_profile, device: torch.device) -> tuple[list[int], list[dict[Ca
             add(key, version, -nbytes)
         else:
             raise ValueError(f"unknown profiler memory action {action!r}: torch changed its memory profiler")
-        if t >= 0 and start is None:
-            start = t
-        times.append(t // 1000 if t >= 0 else -1)
-        sizes.append({c: v for c, v in running.items() if v})
-    first = (start or 0) // 1000
-    return [first if t < 0 else t for t in times], sizes
+        if t >= 0:
+            times.append(t // 1000)
+            sizes.append({c: v for c, v in running.items() if v})
+    if not times:  # nothing happened during the step
+        times, sizes = [0], [{c: v for c, v in running.items() if v}]
+    return times, sizes
 
 
 def phase(name: str) -> record_function:

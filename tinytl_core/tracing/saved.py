@@ -106,8 +106,15 @@ class SavedTensorCounter:
         if record in self._recorded:
             return tensor
         self._recorded.add(record)
-        saved = SavedTensor(key, tensor._version, storage_nbytes(tensor), tensor.dtype, tuple(tensor.shape),
-                            owner, self._clock())
+        saved = SavedTensor(
+            key,
+            tensor._version,
+            storage_nbytes(tensor),
+            tensor.dtype,
+            tuple(tensor.shape),
+            owner,
+            self._clock(),
+        )
         self.records.append(saved)
         if key not in self._seen:
             self._seen.add(key)

@@ -52,7 +52,12 @@ def attention_as_on_cpu(args: tuple, kwargs: dict) -> torch.Tensor:
     if torch._fused_sdp_choice(*stand_in, attn_mask=mask_in, **choice_args) != _FLASH:
         return F.scaled_dot_product_attention(*args, **kwargs)
     return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-        q, k, v, bound.get("dropout_p", 0.0), bound.get("is_causal", False), attn_mask=mask,
+        q,
+        k,
+        v,
+        bound.get("dropout_p", 0.0),
+        bound.get("is_causal", False),
+        attn_mask=mask,
         scale=bound.get("scale"),
     )[0]
 
@@ -81,8 +86,15 @@ def batch_norm_unchecked(args: tuple, kwargs: dict) -> torch.Tensor:
     if b["training"] and x.numel() == x.shape[1]:  # one value per channel: skip the running update
         b["running_mean"] = b["running_var"] = None  # (buffers: not activations, so nothing changes)
     return torch.batch_norm(
-        b["input"], b["weight"], b["bias"], b["running_mean"], b["running_var"], b["training"],
-        b["momentum"], b["eps"], torch.backends.cudnn.enabled,
+        b["input"],
+        b["weight"],
+        b["bias"],
+        b["running_mean"],
+        b["running_var"],
+        b["training"],
+        b["momentum"],
+        b["eps"],
+        torch.backends.cudnn.enabled,
     )
 
 

@@ -23,8 +23,9 @@ def optimizer_states(optimizer: str) -> int:
     """Number of parameter-sized state tensors ``optimizer`` keeps; ValueError for unknown names."""
     key = optimizer.lower()
     if key not in OPTIMIZER_STATES:
-        raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZER_STATES)} "
-                         f"({OPTIMIZER_HELP})")
+        raise ValueError(
+            f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZER_STATES)} ({OPTIMIZER_HELP})"
+        )
     return OPTIMIZER_STATES[key]
 
 

@@ -133,8 +133,11 @@ def run_traced(
         name = names.get(id(module), "")
         counts[id(module)] = counts.get(id(module), 0) + 1
         leaf = next(module.children(), None) is None
-        own = [by_name[f"{name}.{n}" if name else n] for n, _ in module.named_parameters(recurse=False)
-               if (f"{name}.{n}" if name else n) in by_name]
+        own = [
+            by_name[f"{name}.{n}" if name else n]
+            for n, _ in module.named_parameters(recurse=False)
+            if (f"{name}.{n}" if name else n) in by_name
+        ]
         now = tick()
         row = Row(
             name=name or "(model)",
@@ -194,6 +197,7 @@ def run_traced(
     del loss
 
     if inputs.device.type == "meta":
+
         def row_of(owner: int) -> Row:
             return calls[owner].row
 

@@ -1,0 +1,134 @@
+"""Memory over one training step: measured timelines (stock PyTorch vs the engine) stacked by category, with
+the measured and the modelled peaks marked (the Memory Explorer's and the first notebook's chart)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from tinytl_core.memory.timeline import Category, StepTimeline
+from tinytl_core.quantities import MB
+
+MAX_POINTS = 400
+"""Points per timeline in the chart; bins keep their largest instant so the peak survives."""
+
+CATEGORY_ORDER: tuple[Category, ...] = (
+    Category.PARAMETER,
+    Category.OPTIMIZER_STATE,
+    Category.INPUT,
+    Category.ACTIVATION,
+    Category.AUTOGRAD_DETAIL,
+    Category.GRADIENT,
+    Category.TEMPORARY,
+    Category.UNKNOWN,
+)
+CATEGORY_COLORS: dict[Category, str] = dict(
+    zip(
+        CATEGORY_ORDER,
+        (
+            "#0072B2",
+            "#56B4E9",
+            "#999999",
+            "#E69F00",
+            "#D55E00",
+            "#009E73",
+            "#CC79A7",
+            "#BBBBBB",
+        ),
+    )
+)  # Okabe-Ito: told apart by colour-blind readers
+
+
+def timeline_frame(timeline: StepTimeline, max_points: int = MAX_POINTS) -> pd.DataFrame:
+    """The timeline in long form (``ms`` since the step started, ``category``, ``MB``), at most
+    ``max_points`` instants: each bin of consecutive instants is represented by its largest one."""
+    totals = timeline.totals
+    if not totals:
+        return pd.DataFrame(columns=["ms", "category", "MB"])
+    size = max(1, -(-len(totals) // max_points))
+    picks = [
+        max(range(i, min(i + size, len(totals))), key=totals.__getitem__) for i in range(0, len(totals), size)
+    ]
+    start = timeline.times_us[0]
+    rows = [
+        {
+            "ms": (timeline.times_us[i] - start) / 1000,
+            "category": cat.value,
+            "MB": timeline.bytes[i].get(cat, 0) / MB,
+        }
+        for i in picks
+        for cat in CATEGORY_ORDER
+    ]
+    return pd.DataFrame(rows)
+
+
+def step_timeline_figure(
+    timelines: dict[str, StepTimeline], *, modelled: dict[str, float | None] | None = None, title: str
+) -> go.Figure:
+    """One panel per timeline (e.g. ``{"stock PyTorch": ..., "engine": ...}``): bytes alive over the step,
+    stacked by the profiler's categories, the measured peak marked with its phase, and the modelled peak
+    (``modelled[name]``, bytes) as a dashed line."""
+    modelled = modelled or {}
+    names = list(timelines)
+    fig = make_subplots(
+        rows=1, cols=max(1, len(names)), shared_yaxes=True, subplot_titles=names, horizontal_spacing=0.04
+    )
+    for col, name in enumerate(names, start=1):
+        timeline = timelines[name]
+        frame = timeline_frame(timeline)
+        for cat in CATEGORY_ORDER:
+            part = frame[frame["category"] == cat.value]
+            if not part["MB"].any():
+                continue
+            fig.add_trace(
+                go.Scatter(
+                    x=part["ms"],
+                    y=part["MB"],
+                    name=cat.value,
+                    legendgroup=cat.value,
+                    showlegend=col == 1,
+                    stackgroup=f"s{col}",
+                    line={"width": 0.5},
+                    fillcolor=CATEGORY_COLORS[cat],
+                    marker={"color": CATEGORY_COLORS[cat]},
+                    hovertemplate=f"{cat.value}: %{{y:,.1f}} MB<extra>%{{x:,.0f}} ms</extra>",
+                ),
+                row=1,
+                col=col,
+            )
+        if timeline.bytes:
+            i = timeline.peak_index
+            fig.add_trace(
+                go.Scatter(
+                    x=[(timeline.times_us[i] - timeline.times_us[0]) / 1000],
+                    y=[timeline.peak_bytes / MB],
+                    mode="markers+text",
+                    marker={"color": "black", "size": 8},
+                    text=[f"peak {timeline.peak_bytes / MB:,.1f} MB ({timeline.peak_phase or 'step'})"],
+                    textposition="top center",
+                    showlegend=False,
+                    hoverinfo="skip",
+                ),
+                row=1,
+                col=col,
+            )
+        if modelled.get(name) is not None:
+            fig.add_hline(
+                y=modelled[name] / MB,
+                line_dash="dash",
+                line_color="#444444",
+                row=1,
+                col=col,
+                annotation_text=f"modelled {modelled[name] / MB:,.1f} MB",
+                annotation_position="bottom right",
+            )
+        fig.update_xaxes(title_text="ms since the step started", row=1, col=col)
+    fig.update_yaxes(title_text="MB alive", row=1, col=1)
+    fig.update_layout(
+        title=title,
+        template="plotly_white",
+        margin={"l": 10, "r": 10, "t": 70, "b": 10},
+        legend={"orientation": "h", "yanchor": "top", "y": -0.25, "xanchor": "left", "x": 0},
+    )
+    return fig
