@@ -82,7 +82,9 @@ def test_memory_explorer_follows_mode_accounting_and_measures(app):
     measured = metrics(app)
     stock, engine = megabytes(measured["Stock PyTorch (measured)"]), megabytes(measured["Engine (measured)"])
     assert 0 < engine < stock
-    assert len(app.get("plotly_chart")) == 3
+    peak_stock = megabytes(measured["Step peak, stock PyTorch (measured)"])
+    assert 0 < megabytes(measured["Step peak, engine (measured)"]) < peak_stock  # the number a user checks
+    assert len(app.get("plotly_chart")) == 4  # with memory over the step
     assert app.get("download_button")
 
 
