@@ -24,6 +24,7 @@ from dataclasses import replace
 
 import pandas as pd
 
+from tinytl_core.layer_kinds import LayerKind, kind_of
 from tinytl_core.memory import rules
 from tinytl_core.memory.report import TOTALS, MemoryReport, ReportTotals
 from tinytl_core.tracing import ParamRef, Row, Trace, optimizer_states
@@ -101,8 +102,9 @@ def complete(trace: Trace, *, optimizer: str, frozen_weight_bits: int) -> tuple[
     counted: set = set()
     records = []
     necessary_keys: list[set[int]] = []  # storages each row keeps in full (for the peak)
+    packing: list[int] = []  # bytes a row allocates to compute its bit-packed mask (for the peak)
     for row, verdict in zip(trace.rows, verdicts):
-        nbytes, notes, keys = 0, [], set()
+        nbytes, notes, keys, temp = 0, [], set(), 0
         for need in verdict.needs:
             if need.mask and need.key in full_keys:
                 notes.append("mask free: the tensor is stored in full")
@@ -113,7 +115,10 @@ def complete(trace: Trace, *, optimizer: str, frozen_weight_bits: int) -> tuple[
                 if need.key is not None and not need.mask:
                     counted.add(need.key)
                     keys.add(need.key[0])
+                if need.mask:  # a byte per element, then packed 8 to a byte
+                    temp += 8 * need.nbytes
         necessary_keys.append(keys)
+        packing.append(temp)
         rec = _base(row, states, frozen_weight_bits, paper=False)
         rec[TOTALS.activations_necessary_bytes] = nbytes
         rec["necessary_reason"] = verdict.reason + (f" ({'; '.join(dict.fromkeys(notes))})" if notes else "")
@@ -123,9 +128,13 @@ def complete(trace: Trace, *, optimizer: str, frozen_weight_bits: int) -> tuple[
     weights = sum(param_bytes(p, frozen_weight_bits) for p in trace.params) + trace.buffer_bytes
     necessary = int(layers[TOTALS.activations_necessary_bytes].sum())
     stock = totals.activations_stock_bytes
-    peak = step_peak(trace.rows, list(layers[TOTALS.activations_necessary_bytes]), necessary_keys)
+    all_necessary = set().union(*necessary_keys) if necessary_keys else set()
+    peak = step_peak(trace.rows, list(layers[TOTALS.activations_necessary_bytes]), necessary_keys,
+                     extra=packing,
+                     overwritten=[overwritten_inputs(r, trace, all_necessary) for r in trace.rows])
     peak_stock = step_peak(trace.rows, [r.saved_bytes for r in trace.rows],
-                           [{s.key for s in r.saved} for r in trace.rows])
+                           [{s.key for s in r.saved} for r in trace.rows],
+                           extra=[stock_temporaries(r) for r in trace.rows])
     fixed = weights + totals.grads_optimizer_bytes
     totals = replace(
         totals,
@@ -139,18 +148,51 @@ def complete(trace: Trace, *, optimizer: str, frozen_weight_bits: int) -> tuple[
     return layers, totals
 
 
-def step_peak(rows: list[Row], stored: list[int], stored_keys: list[set[int]]) -> int:
+def step_peak(
+    rows: list[Row],
+    stored: list[int],
+    stored_keys: list[set[int]],
+    extra: list[int] | None = None,
+    overwritten: list[set[int]] | None = None,
+) -> int:
     """Peak activation memory of a training step: the largest, over rows in execution order, of what is
     stored for backward before the row plus the row's live tensors not among them (input, output, pending
-    residual inputs), and at least everything stored. The backward pass has the same peak: at each layer
-    it holds what earlier layers stored plus gradients shaped like the layer's input and output."""
-    so_far, keys, peak = 0, set(), 0
-    for row, nbytes, row_keys in zip(rows, stored, stored_keys):
-        live = {t.key: t.nbytes for t in row.live if t.key not in keys}
-        peak = max(peak, so_far + sum(live.values()))
+    residual inputs, less the ``overwritten`` inputs a layer writes its output over) plus the row's
+    ``extra`` temporaries, and at least everything stored. The backward pass has the same peak: at each
+    layer it holds what earlier layers stored plus gradients shaped like the layer's input and output."""
+    extra = extra or [0] * len(rows)
+    overwritten = overwritten or [set()] * len(rows)
+    so_far, keys, gone, peak = 0, set(), set(), 0
+    for row, nbytes, row_keys, temp, written_over in zip(rows, stored, stored_keys, extra, overwritten):
+        gone |= written_over  # from this layer on, its output lives in that memory
+        live = {t.key: t.nbytes for t in row.live if t.key not in keys and t.key not in gone}
+        peak = max(peak, so_far + sum(live.values()) + temp)
         so_far += nbytes
         keys |= row_keys
     return max(peak, so_far)
+
+
+def stock_temporaries(row: Row) -> int:
+    """Bytes a stock layer allocates besides its output while it runs, on the CPU: oneDNN convolutions on
+    (default) contiguous tensors reorder the larger of their input and output into a blocked copy. (The
+    training engine runs channels-last, where they need no copy.)"""
+    if kind_of(row.module) is LayerKind.LINEAR and row.kind == "layer" and row.outputs and row.inputs:
+        if len(row.outputs[0].shape) == 4:
+            return max(row.inputs[0].nbytes, row.outputs[0].nbytes)
+    return 0
+
+
+def overwritten_inputs(row: Row, trace: Trace, stored_keys: set[int]) -> set[int]:
+    """Inputs the training engine overwrites with a layer's output: a frozen-statistics norm whose scale
+    does not train, reading a tensor no one reads after it and no one stores (see
+    :func:`tinytl_core.engine.convert`)."""
+    if kind_of(row.module) is not LayerKind.NORM or row.batch_statistics or not row.inputs:
+        return set()
+    weight = row.param("weight")
+    x = row.inputs[0]
+    if (weight is not None and weight.trainable) or x.key in stored_keys:
+        return set()
+    return {x.key} if trace.last_use.get(x.key, -1) <= row.end else set()
 
 
 def paper(trace: Trace) -> tuple[pd.DataFrame, ReportTotals]:

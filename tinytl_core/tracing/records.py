@@ -80,6 +80,7 @@ class Row:
     saved: list[SavedTensor] = field(default_factory=list)  # storages first saved here (stock bytes)
     saved_all: list[SavedTensor] = field(default_factory=list)  # everything its backward keeps
     pending: list[TensorRef] = field(default_factory=list)  # enclosing blocks' inputs needed later
+    held: list[TensorRef] = field(default_factory=list)  # every enclosing call's inputs (frames hold them)
 
     @property
     def needs_input_grad(self) -> bool:
@@ -101,8 +102,9 @@ class Row:
 
     @property
     def live(self) -> list[TensorRef]:
-        """Tensors live while this row runs: its inputs, outputs and the pending residual inputs."""
-        return [*self.inputs, *self.outputs, *self.pending]
+        """Tensors alive while this row runs: its inputs, its outputs and every enclosing call's inputs
+        (the Python frames of the enclosing modules hold them, whether used again or not)."""
+        return [*self.inputs, *self.outputs, *self.held]
 
     @property
     def saved_bytes(self) -> int:

@@ -239,16 +239,21 @@ def _select_rows(
 
 
 def _set_pending(calls: list[_Call], last_use: dict[int, int]) -> None:
-    """For each kept row: bytes of enclosing calls' inputs that are used again after the row ends."""
+    """For each kept row: enclosing calls' inputs that are used again after the row ends (``pending``, the
+    residual inputs) and all of them (``held``: the callers' frames keep a reference to each, used or not)."""
     for c in calls:
         row = c.row
         own = {t.key for t in row.inputs}
         pending: dict[int, TensorRef] = {}
+        held: dict[int, TensorRef] = {}
         for p in c.parents:
             for t in calls[p].row.inputs:
-                if t.key not in own and last_use.get(t.key, -1) > row.end:
-                    pending.setdefault(t.key, t)
+                if t.key not in own:
+                    held.setdefault(t.key, t)
+                    if last_use.get(t.key, -1) > row.end:
+                        pending.setdefault(t.key, t)
         row.pending = list(pending.values())
+        row.held = list(held.values())
 
 
 def trace_model(
