@@ -87,9 +87,11 @@ def render_job(job: TrainingJob, *, live: bool) -> None:
         st.plotly_chart(figures.curves_figure(series), width="stretch", key="ad_curves")
     st.dataframe(snap.results_frame(), hide_index=True, width="stretch", key="ad_results", placeholder="–")
     for m in snap.modes:
-        if m.status == RunStatus.FAILED:
-            st.error(f"{MODES[m.mode].title} failed: {m.message}", icon=":material/error:")
+        if RunStatus(m.status).unsuccessful:
+            st.error(f"{MODES[m.mode].title} {m.status}: {m.message}", icon=":material/error:")
         result = m.result or {}
+        for note in result.get("notes") or []:
+            st.info(f"{MODES[m.mode].title}: {note}", icon=":material/info:")
         if result.get("memory_error"):
             st.caption(f"{m.mode}: memory figures unavailable ({result['memory_error']})")
     first = next((m.result for m in snap.modes if m.result), None)

@@ -16,7 +16,7 @@ from tinytl_core.adapt import AdaptConfig, AdaptResult, EvalEvent, PhaseEvent, S
 from tinytl_core.results import ResultsStore
 from tinytl_core.ui import checks, figures
 from tinytl_core.ui.errors import failure_message
-from tinytl_core.ui.jobs import NotYourJobError, TrainingJob, failed_message
+from tinytl_core.ui.jobs import NotYourJobError, TrainingJob, failed_message, result_summary
 from tinytl_core.ui.runs import column_formats, parse_run_ids, restore_runs, runs_frame
 
 CONFIG = AdaptConfig(backbone="mobilenetv2_050", mode="bias", dataset="digits", steps=16, record_memory=False)
@@ -173,3 +173,10 @@ def test_failure_messages_hide_paths_and_say_what_to_do():
     assert "/srv" not in text and "a" * 20 not in text and "abc12345" in text and "Try" in text
     assert "/srv" not in failed_message(exc)
     assert failed_message(RuntimeError("boom")) == "RuntimeError: boom"
+
+
+def test_adjusted_settings_reach_the_adapt_page():
+    result = AdaptResult(AdaptConfig(dataset="digits"), status="finished",
+                         notes=["batch 100000 is more than the 960 training images: trained with 960"])
+    summary = result_summary(result)
+    assert summary["notes"] == result.notes  # shown under the run on the Adapt page

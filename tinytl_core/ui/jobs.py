@@ -141,6 +141,7 @@ def result_summary(result: AdaptResult) -> dict[str, Any]:
         **(asdict(result.memory) if result.memory is not None else {}),
         "memory_error": result.memory_error,
         "backbone_message": result.backbone_message,
+        "notes": list(result.notes),  # settings the run adjusted (e.g. a batch larger than the data)
     }
 
 
