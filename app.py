@@ -5,13 +5,12 @@ values every page reads from ``st.session_state``. Pages hold layout only; compu
 ``tinytl_core`` (the app-specific logic in ``tinytl_core.ui``).
 """
 
+import sys
 import uuid
 
 import streamlit as st
 
-from app_pages import _cache
 from app_pages._guard import run_page
-from tinytl_core.ui.settings import KEYS, Settings
 
 st.set_page_config(page_title="TinyTL Lab", page_icon=":material/memory:", layout="wide")
 
@@ -33,16 +32,46 @@ PAGES = {
     ],
 }
 
+page = st.navigation(PAGES)
+# First paint: on the server's first run, importing PyTorch and timm (the catalog below) takes seconds;
+# show the page's title at once and let the page fill in as its parts come.
+loading = st.empty()
+if "tinytl_core.backbones" not in sys.modules:
+    with loading.container():
+        st.header(page.title)
+        st.caption(":material/hourglass_top: Loading PyTorch and the model catalog (first page only).")
+
+from app_pages import _cache  # noqa: E402 -- after the first paint
+from tinytl_core.ui.settings import KEYS, LIMITS, Settings, accept_setting, backbone_label  # noqa: E402
+
 st.session_state.setdefault("session_id", uuid.uuid4().hex)  # before the defaults: one id per session
+
+
+def _check_setting(key: str) -> None:
+    """Reject an out-of-range value in place: the field goes back to the value the charts use and the
+    reason shows under it (:func:`tinytl_core.ui.settings.accept_setting`)."""
+    valid = st.session_state.setdefault("settings_valid", {})
+    value, problem = accept_setting(key, st.session_state[key], valid.get(key, st.session_state[key]))
+    st.session_state[key] = value
+    st.session_state.setdefault("settings_problems", {})[key] = problem
+
+
+def _setting_problem(key: str) -> None:
+    """Show the reason the last value of ``key`` was rejected, right under its field."""
+    problem = st.session_state.get("settings_problems", {}).get(key)
+    if problem:
+        st.error(problem, icon=":material/block:")
+
 
 with st.sidebar:
     st.subheader("Settings")
     st.caption("Shared by every page and kept while you move between them.")
     names = _cache.backbone_names()
     curated = _cache.curated_names()
-    defaults = Settings.defaults(names[0])  # the catalog lists the shipped demo backbone first
-    for key in KEYS:
-        st.session_state.setdefault(key, getattr(defaults, key))
+    if any(key not in st.session_state for key in KEYS):  # a new session: the defaults, looked up once
+        defaults = Settings.defaults(names[0])  # the catalog lists the shipped demo backbone first
+        for key in KEYS:
+            st.session_state.setdefault(key, getattr(defaults, key))
     st.selectbox(
         "Backbone",
         names,
@@ -50,27 +79,33 @@ with st.sidebar:
         on_change=lambda: st.session_state.update(
             resolution=_cache.default_resolution(st.session_state.backbone)
         ),
-        format_func=lambda n: f"{n}  ★" if n in curated else n,
-        help=f"Type to search all {len(names):,} timm architectures. ★ = curated mobile CNNs (the paper's "
-        "setting) and a few contrasts, listed first.",
+        format_func=backbone_label,  # the bare name: an exact match ranks first in the search
+        help=f"Type to search all {len(names):,} timm architectures; an exact name comes first. Curated "
+        f"mobile CNNs (the paper's setting) and a few contrasts are listed first ({len(curated)}).",
     )
     st.number_input(
         "Input resolution (px)",
-        min_value=8,
-        max_value=1024,
         step=16,
         key="resolution",
-        help="Square input size; picking a backbone sets its own default. Activation memory grows with "
-        "its square.",
+        on_change=_check_setting,
+        args=("resolution",),
+        help="Square input size, {} to {} px; picking a backbone sets its own default. Activation memory "
+        "grows with its square.".format(*LIMITS["resolution"]),
     )
+    _setting_problem("resolution")
     st.number_input(
         "Batch size",
-        min_value=1,
-        max_value=512,
         step=1,
         key="batch_size",
-        help="Activation memory grows linearly with it; parameters do not.",
+        on_change=_check_setting,
+        args=("batch_size",),
+        help="{} to {}. Activation memory grows linearly with it; parameters do not.".format(
+            *LIMITS["batch_size"]
+        ),
     )
+    _setting_problem("batch_size")
+    # What the charts use now: the value a rejected entry falls back to.
+    st.session_state["settings_valid"] = {k: st.session_state[k] for k in LIMITS}
     st.toggle(
         "Pretrained weights", key="pretrained", help="Start training from ImageNet weights (Adapt page)."
     )
@@ -81,4 +116,5 @@ with st.sidebar:
         else:
             st.warning(availability.message, icon=":material/cloud_off:")
 
-run_page(st.navigation(PAGES))  # what escapes a page's work: a short message, the traceback to the log
+loading.empty()
+run_page(page)  # what escapes a page's work: a short message, the traceback to the log

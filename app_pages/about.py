@@ -15,9 +15,11 @@ saved for the backward pass, and that **TinyTL** (Cai, Gan, Zhu, Han — *TinyTL
 Parameters for Efficient On-Device Learning*, NeurIPS 2020) removes most of it.
 
 ### Why activations, not parameters
-For a layer `y = a·W + b` the weight gradient `dL/dW = aᵀ·dL/dy` needs the layer's **input** `a`, so
-training a weight means keeping its input until backward. The bias gradient `dL/db = dL/dy` and the input
-gradient `dL/da = dL/dy·Wᵀ` need no stored input. Freezing the weights and training the biases (TinyTL-B)
+For a layer $y = aW + b$ the weight gradient $\\frac{\\partial L}{\\partial W} = a^\\top
+\\frac{\\partial L}{\\partial y}$ needs the layer's **input** $a$, so training a weight means keeping its
+input until backward. The bias gradient $\\frac{\\partial L}{\\partial b} = \\frac{\\partial L}{\\partial y}$
+and the input gradient $\\frac{\\partial L}{\\partial a} = \\frac{\\partial L}{\\partial y} W^\\top$ need no
+stored input. Freezing the weights and training the biases (TinyTL-B)
 therefore removes most stored activations — non-linearities still need something: ReLU a 1-bit mask,
 smooth activations (sigmoid, h-swish, SiLU) their input.
 """
@@ -27,8 +29,12 @@ st.graphviz_chart(lite_residual_dot(), width="stretch")
 st.markdown(
     """
 Bias-only training cannot change the features much, so TinyTL adds a small **lite residual** branch beside
-each block's frozen main branch (Eq. 4): `a_{i+1} = F_W(a_i) + b + F_{w_r}(reduce(a_i))`.
-
+each block's frozen main branch (Eq. 4):
+"""
+)
+st.latex(r"a_{i+1} = \mathcal{F}_{W}(a_i) + b + \mathcal{F}_{w_r}\big(\mathrm{reduce}(a_i)\big)")
+st.markdown(
+    """
 - it works at **half resolution** (2x2 average pooling, upsampled back): 4x fewer activations;
 - it uses a **5x5 group convolution** (2 groups) and a 1x1 conv **without the 6x expansion** of an inverted
   bottleneck: (6·2+1)/(1+1) = 6.5x fewer channels;

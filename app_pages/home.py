@@ -5,7 +5,7 @@ import streamlit as st
 from app_pages import _cache
 from tinytl_core.memory.report import TOTALS
 from tinytl_core.modes import MODES
-from tinytl_core.quantities import format_mb
+from tinytl_core.quantities import format_bytes, format_ratio
 from tinytl_core.ui.figures import mode_memory_bars
 
 settings = _cache.settings()
@@ -44,7 +44,7 @@ if "full" in rows.index:
     cols = st.columns(3)
     cols[0].metric(
         "Full fine-tuning",
-        format_mb(full[total], unit=True),
+        format_bytes(full[total]),
         help="Weights + gradients + Adam state + stored activations + working set (complete accounting).",
     )
     cols[1].metric("of which activations", f"{100 * full[necessary] / full[total]:.0f} %")
@@ -53,8 +53,8 @@ if "full" in rows.index:
         tiny = "lite_residual+bias" if "lite_residual+bias" in best.index else best.idxmin()
         cols[2].metric(
             MODES[tiny].title,
-            format_mb(rows.loc[tiny, total], unit=True),
-            delta=f"{full[total] / rows.loc[tiny, total]:.1f}x less than full",
+            format_bytes(rows.loc[tiny, total]),
+            delta=format_ratio(rows.loc[tiny, total], full[total]),
             delta_color="off",
             delta_arrow="off",
         )

@@ -8,7 +8,7 @@ from tinytl_core.adapt import resolve_device
 from tinytl_core.memory import ACCOUNTINGS, OPTIMIZER_HELP, OPTIMIZER_STATES, MemoryLimitError, ReportTotals
 from tinytl_core.memory.report import TOTALS
 from tinytl_core.modes import MODES
-from tinytl_core.quantities import describe, format_mb
+from tinytl_core.quantities import describe, format_bytes, format_ratio
 from tinytl_core.ui import checks, explorer, figures, step_chart
 
 settings = _cache.settings()
@@ -85,24 +85,24 @@ else:
     m = st.columns(6)
     m[0].metric(
         "Total",
-        format_mb(t.total_modelled_bytes, unit=True),
+        format_bytes(t.total_modelled_bytes),
         help=describe(TOTALS.total_modelled_bytes, ReportTotals).help,
         delta=None
         if mode == "full" or pd.isna(row["ratio_to_full"])
-        else f"{row['ratio_to_full']:.2f}x full",
+        else format_ratio(row["ratio_to_full"], 1.0),
         delta_color="off",
         delta_arrow="off",
     )
-    m[1].metric("Weights", format_mb(t.weights_bytes, unit=True))
-    m[2].metric("Grads + optimizer", format_mb(t.grads_optimizer_bytes, unit=True))
+    m[1].metric("Weights", format_bytes(t.weights_bytes))
+    m[2].metric("Grads + optimizer", format_bytes(t.grads_optimizer_bytes))
     m[3].metric(
         "Act. necessary",
-        format_mb(t.activations_necessary_bytes, unit=True),
+        format_bytes(t.activations_necessary_bytes),
         help=describe(TOTALS.activations_necessary_bytes, ReportTotals).help,
     )
     m[4].metric(
         "Act. stock PyTorch",
-        format_mb(t.activations_stock_bytes, unit=True),
+        format_bytes(t.activations_stock_bytes),
         help=describe(TOTALS.activations_stock_bytes, ReportTotals).help,
     )
     m[5].metric("Trainable params", f"{t.n_trainable:,}", help=f"of {t.n_params:,}")
@@ -152,20 +152,20 @@ if step is not None and not isinstance(report, str):
     necessary = complete_reports[mode].totals.activations_necessary_bytes
     s = st.columns(3)
     s[0].metric(
-        "Necessary (model)", format_mb(necessary, 2, unit=True), help="TinyTL's rules, summed per layer."
+        "Necessary (model)", format_bytes(necessary), help="TinyTL's rules, summed per layer."
     )
     s[1].metric(
         "Stock PyTorch (measured)",
-        format_mb(step.stock_bytes, 2, unit=True),
-        delta=f"{step.stock_bytes / max(necessary, 1):.1f}x necessary",
+        format_bytes(step.stock_bytes),
+        delta=format_ratio(step.stock_bytes, necessary, "necessary"),
         delta_color="off",
         delta_arrow="off",
     )
     if step.engine_bytes is not None:
         s[2].metric(
             "Engine (measured)",
-            format_mb(step.engine_bytes, 2, unit=True),
-            delta=f"{step.engine_bytes / max(necessary, 1):.2f}x necessary",
+            format_bytes(step.engine_bytes),
+            delta=format_ratio(step.engine_bytes, necessary, "necessary", digits=2),
             delta_color="off",
             delta_arrow="off",
         )
@@ -178,8 +178,8 @@ if step is not None and not isinstance(report, str):
         if measurement is not None and measurement.step_peak is not None:
             card.metric(
                 f"Step peak, {name} (measured)",
-                format_mb(measurement.step_peak, unit=True),
-                delta=f"modelled {format_mb(modelled_peak[name], unit=True)}",
+                format_bytes(measurement.step_peak),
+                delta=f"modelled {format_bytes(modelled_peak[name])}",
                 delta_color="off",
                 delta_arrow="off",
                 help="The most memory alive at once in the step (what the OS or torch.cuda shows), "

@@ -50,8 +50,9 @@ def metrics(at: AppTest) -> dict[str, str]:
     return {m.label: m.value for m in at.metric}
 
 
-def megabytes(value: str) -> float:
-    return float(value.split()[0].replace(",", ""))
+def megabytes(value: str) -> float:  # cards scale their unit to the value (format_bytes)
+    number, unit = value.split()[:2]
+    return float(number.replace(",", "")) * {"B": 1e-6, "KB": 1e-3, "MB": 1, "GB": 1e3, "TB": 1e6}[unit]
 
 
 def test_every_page_renders(app):

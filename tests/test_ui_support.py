@@ -17,7 +17,7 @@ from tinytl_core.comparisons import mode_reports, table_from_reports
 from tinytl_core.data import DatasetUnavailable
 from tinytl_core.memory import MB
 from tinytl_core.memory.report import MEMORY, TOTALS
-from tinytl_core.quantities import RunMemory
+from tinytl_core.quantities import RunMemory, bytes_unit, format_bytes
 from tinytl_core.results import ResultsStore
 from tinytl_core.ui import checks, explorer, figures, runs
 from tinytl_core.ui.jobs import JobBusyError, JobSlot, TrainingJob
@@ -101,7 +101,8 @@ def test_components_add_up_to_the_totals(tiny_reports):
     assert explorer.COMPONENT_LABELS[2] == explorer.label(TOTALS.activations_necessary_bytes)  # metadata
     fig = figures.mode_memory_bars(table, title="t", selected="bias")
     assert [t.type for t in fig.data].count("bar") == len(explorer.COMPONENTS)
-    assert fig.data[-1].text[0] == f"{table.loc[0, TOTALS.total_modelled_bytes] / MB:,.1f} MB"
+    unit = bytes_unit(table[TOTALS.total_modelled_bytes].max())  # one unit for every bar label
+    assert fig.data[-1].text[0] == format_bytes(table.loc[0, TOTALS.total_modelled_bytes], unit=unit)
     shown = explorer.totals_in_mb(table)
     assert "total_modelled_MB" in shown and TOTALS.total_modelled_bytes not in shown
 
@@ -320,5 +321,5 @@ def test_trainable_bars_highlight_the_selected_mode():
     fig = figures.trainable_bars(table, "bias", title="t")
     shown = [x for trace in fig.data for x in trace.x]
     assert "lite_residual" not in shown and "bias" in shown  # not applicable on a ViT: left out
-    highlighted = [t for t in fig.data if t.name == "True"]
-    assert list(highlighted[0].x) == ["bias"]
+    highlighted = [t for t in fig.data if t.marker.line.width]  # a neutral outline, the mode's own colour
+    assert len(highlighted) == 1 and list(highlighted[0].x) == ["bias"]

@@ -7,7 +7,8 @@ spelling keys and labels of their own. :func:`names` gives checked attribute acc
 tables that select or order fields.
 
 Also here, at the bottom of the package (it imports nothing from ``tinytl_core``): :data:`MB` and the one
-MB formatter :func:`format_mb`; :class:`RunStatus`; and :class:`RunMemory`, the memory figures a training
+MB formatter :func:`format_mb`, :func:`format_bytes` (unit by magnitude) and :func:`format_ratio`;
+:class:`RunStatus`; and :class:`RunMemory`, the memory figures a training
 run records (modelled and measured), which the adaptation loop fills and the results store keeps.
 """
 
@@ -59,6 +60,53 @@ def format_mb(nbytes: float | None, digits: int = 1, missing: str = "-", *, unit
     if _missing(nbytes):
         return missing
     return f"{nbytes / MB:,.{digits}f}" + (" MB" if unit else "")
+
+
+BYTE_UNITS: tuple[tuple[str, int], ...] = (("B", 1), ("KB", 10**3), ("MB", MB), ("GB", 10**9), ("TB", 10**12))
+"""Decimal byte units (10^3 steps, as :data:`MB`), smallest first."""
+
+
+def bytes_unit(nbytes: float) -> tuple[str, int]:
+    """The unit a figure of ``nbytes`` (or an axis whose largest value it is) reads best in: the largest
+    of :data:`BYTE_UNITS` that leaves at least 1 (``2_654e6`` -> ``('GB', 10**9)``)."""
+    size = abs(nbytes) if not _missing(nbytes) else 0.0
+    chosen = BYTE_UNITS[0]
+    for name, factor in BYTE_UNITS:
+        if size >= factor:
+            chosen = (name, factor)
+    return chosen
+
+
+def format_bytes(nbytes: float | None, missing: str = "-", *, unit: tuple[str, int] | None = None) -> str:
+    """``nbytes`` in the unit its size calls for (:func:`bytes_unit`: B, KB, MB, GB, TB), three significant
+    figures, so a card never needs more than about eight characters: ``110_150e6`` -> ``'110 GB'``,
+    ``2_654e6`` -> ``'2.65 GB'``, ``12_345`` -> ``'12.3 KB'``; ``unit`` forces one (bar labels of one chart).
+    ``missing`` for None / NaN."""
+    if _missing(nbytes):
+        return missing
+    name, factor = unit or bytes_unit(nbytes)
+    value = nbytes / factor
+    digits = 0 if factor == 1 or abs(value) >= 100 else 1 if abs(value) >= 10 else 2
+    return f"{value:,.{digits}f} {name}"
+
+
+def format_ratio(value: float | None, reference: float | None, name: str = "full", digits: int = 1) -> str:
+    """How ``value`` compares with ``reference`` (called ``name``), in its true direction: ``'2.5x more than
+    full'``, ``'4.4x less than full'``, ``'same as full'`` (``'about the same as full'`` when the ratio
+    rounds to 1); ``'none, unlike full'`` for 0 and ``'-'`` when either is missing or the reference is 0.
+    The one place a comparison is phrased (Home, Memory Explorer, CLI)."""
+    if _missing(value) or _missing(reference) or not reference:
+        return "-"
+    if value == reference:
+        return f"same as {name}"
+    if not value:
+        return f"none, unlike {name}"
+    ratio = value / reference
+    if ratio > 1 and round(ratio, digits) > 1:
+        return f"{ratio:.{digits}f}x more than {name}"
+    if ratio < 1 and round(1 / ratio, digits) > 1:
+        return f"{1 / ratio:.{digits}f}x less than {name}"
+    return f"about the same as {name}"
 
 
 def quantity(

@@ -17,6 +17,7 @@ from plotly.subplots import make_subplots
 from tinytl_core.memory import MB
 from tinytl_core.memory.report import MEMORY, TOTALS
 from tinytl_core.modes import MODES
+from tinytl_core.quantities import bytes_unit, format_bytes
 from tinytl_core.ui.explorer import (
     ACTIVATION_LABELS,
     COMPONENT_LABELS,
@@ -26,9 +27,32 @@ from tinytl_core.ui.explorer import (
 from tinytl_core.ui.explorer import label as quantity_label
 from tinytl_core.ui.runs import ACCURACY
 
-COMPONENT_COLORS = dict(zip(COMPONENT_LABELS, ("#4c78a8", "#f58518", "#e45756", "#bab0ac")))
-FIGURE_COLORS = dict(zip(ACTIVATION_LABELS, ("#54a24b", "#e45756", "#b279a2", "#4c78a8")))
-MODE_COLORS = dict(zip(MODES, px.colors.qualitative.D3))
+OKABE_ITO = {
+    "black": "#000000",
+    "orange": "#E69F00",
+    "sky blue": "#56B4E9",
+    "bluish green": "#009E73",
+    "yellow": "#F0E442",
+    "blue": "#0072B2",
+    "vermillion": "#D55E00",
+    "reddish purple": "#CC79A7",
+    "grey": "#999999",
+}
+"""The Okabe-Ito palette (told apart with every common colour-vision deficiency), plus a neutral grey."""
+MODE_COLORS = {
+    "full": OKABE_ITO["black"],
+    "last": OKABE_ITO["orange"],
+    "bn+last": OKABE_ITO["sky blue"],
+    "bias": OKABE_ITO["reddish purple"],
+    "lite_residual": OKABE_ITO["blue"],
+    "lite_residual+bias": OKABE_ITO["bluish green"],
+}
+"""One colour per mode, on every chart that tells modes apart (scatter, curves, bars)."""
+COMPONENT_COLORS = dict(zip(COMPONENT_LABELS, ("#0072B2", "#56B4E9", "#D55E00", "#999999")))
+FIGURE_COLORS = dict(zip(ACTIVATION_LABELS, ("#009E73", "#D55E00", "#CC79A7", "#0072B2")))
+SELECTION_COLOR = "#333333"
+"""The neutral outline of a selected item: never a hue that means something else elsewhere."""
+UNSELECTED_OPACITY = 0.45
 _LAYOUT = {
     "template": "plotly_white",
     "margin": {"l": 10, "r": 10, "t": 60, "b": 10},
@@ -45,6 +69,16 @@ def _mode_tick(mode: str) -> str:
     return title.replace(" ", "<br>", 1) if len(title) > 10 else title
 
 
+def _bytes_axis(fig: go.Figure, largest_bytes: float, title: str, axis: str = "y") -> tuple[str, int]:
+    """Scale a bytes axis to the unit its largest value reads best in (:func:`bytes_unit`): ``title (GB)``,
+    plain numbers with thousands separators (never ``1M MB``).
+    Returns the unit; data go in as bytes / unit."""
+    unit = bytes_unit(largest_bytes)
+    update = fig.update_yaxes if axis == "y" else fig.update_xaxes
+    update(title_text=f"{title} ({unit[0]})", exponentformat="none", separatethousands=True)
+    return unit
+
+
 def mode_memory_bars(table: pd.DataFrame, *, title: str, selected: str | None = None) -> go.Figure:
     """Stacked bars of modelled training memory per mode: weights, gradients + optimizer state,
     activations stored for backward, transient working set; the total on top of each bar.
@@ -52,25 +86,29 @@ def mode_memory_bars(table: pd.DataFrame, *, title: str, selected: str | None = 
     ``table`` is a :func:`~tinytl_core.comparisons.compare_modes` table; ``selected`` outlines one mode.
     """
     long = components_frame(table)
+    totals_bytes = long.groupby("mode", sort=False)["MB"].sum() * MB
+    unit = bytes_unit(float(totals_bytes.max()) if len(totals_bytes) else 0.0)
+    long = long.assign(value=long["MB"] * MB / unit[1])
     fig = px.bar(
         long,
         x="mode",
-        y="MB",
+        y="value",
         color="component",
         title=title,
         color_discrete_map=COMPONENT_COLORS,
         category_orders={"component": list(COMPONENT_LABELS)},
-        labels={"MB": "training memory (MB)", "mode": ""},
-        hover_data={"MB": ":.2f"},
+        labels={"value": f"training memory ({unit[0]})", "mode": ""},
+        hover_data={"MB": ":,.2f", "value": False},
     )
-    totals = long.groupby("mode", sort=False)["MB"].sum()
+    totals = long.groupby("mode", sort=False)["value"].sum()
     fig.add_trace(
         go.Scatter(
             x=list(totals.index),
             y=list(totals.values),
             mode="text",
             showlegend=False,
-            text=[f"{v:,.1f} MB" for v in totals.values],
+            text=[format_bytes(v, unit=unit) for v in totals_bytes.values],
+            textfont={"size": 11},
             textposition="top center",
             hoverinfo="skip",
         )
@@ -80,7 +118,7 @@ def mode_memory_bars(table: pd.DataFrame, *, title: str, selected: str | None = 
             x0=list(totals.index).index(selected) - 0.45,
             x1=list(totals.index).index(selected) + 0.45,
             line_width=2,
-            line_color="#333",
+            line_color=SELECTION_COLOR,
             fillcolor="rgba(0,0,0,0)",
         )
     fig.update_layout(
@@ -88,6 +126,7 @@ def mode_memory_bars(table: pd.DataFrame, *, title: str, selected: str | None = 
         legend_title_text="",
         yaxis_range=[0, 1.15 * max(totals.max(), 1e-9)],
     )
+    _bytes_axis(fig, float(totals_bytes.max()) if len(totals_bytes) else 0.0, "training memory")
     fig.update_xaxes(tickvals=list(totals.index), ticktext=[_mode_tick(m) for m in totals.index], tickangle=0)
     return fig
 
@@ -96,17 +135,27 @@ def trainable_bars(table: pd.DataFrame, selected: str, *, title: str) -> go.Figu
     """Bars of trainable parameter bytes per mode (from :func:`tinytl_core.reports.trainable_table`), the
     ``selected`` mode highlighted; modes that do not apply are left out."""
     chart = table.dropna(subset=["trainable_params"]).assign(selected=lambda t: t["mode"] == selected)
+    unit = bytes_unit(float(chart["trainable_MB"].max() * MB) if len(chart) else 0.0)
+    chart = chart.assign(value=chart["trainable_MB"] * MB / unit[1])
     fig = px.bar(
         chart,
         x="mode",
-        y="trainable_MB",
-        color="selected",
-        text_auto=".2f",
-        labels={"trainable_MB": "trainable parameters (MB, fp32)", "mode": ""},
-        color_discrete_map={True: "#d62728", False: "#1f77b4"},
+        y="value",
+        color="mode",
+        text=[format_bytes(v * MB, unit=unit) for v in chart["trainable_MB"]],
+        labels={"value": f"trainable parameters ({unit[0]}, fp32)", "mode": ""},
+        color_discrete_map=MODE_COLORS,
+        hover_data={"trainable_MB": ":,.3f", "value": False},
         title=title,
     )
+    # The mode keeps its colour; the selection is a neutral outline, the others fade.
+    for trace in fig.data:
+        chosen = selected in list(trace.x)
+        trace.marker.line = {"color": SELECTION_COLOR, "width": 3 if chosen else 0}
+        trace.marker.opacity = 1.0 if chosen else UNSELECTED_OPACITY
+        trace.textposition = "outside"
     fig.update_layout(**_LAYOUT, showlegend=False)
+    _bytes_axis(fig, float(chart["trainable_MB"].max() * MB) if len(chart) else 0.0, "trainable parameters")
     modes = list(chart["mode"])
     fig.update_xaxes(tickvals=modes, ticktext=[_mode_tick(m) for m in modes], tickangle=0)
     return fig
@@ -118,18 +167,22 @@ def activation_bars(
     """Grouped bars of activation memory per mode: necessary (model) and stock PyTorch (model) for every
     mode, plus stock PyTorch (measured) and engine (measured) for the modes in ``measured``."""
     long = activation_frame(table, dict(measured or {}))
+    unit = bytes_unit(float(long["MB"].max() * MB) if len(long) else 0.0)
+    long = long.assign(value=long["MB"] * MB / unit[1])
     fig = px.bar(
         long,
         x="mode",
-        y="MB",
+        y="value",
         color="figure",
         barmode="group",
         title=title,
         color_discrete_map=FIGURE_COLORS,
         category_orders={"figure": list(ACTIVATION_LABELS)},
-        labels={"MB": "activations stored for backward (MB)", "mode": "", "figure": ""},
-        hover_data={"MB": ":.2f"},
+        labels={"value": f"activations stored for backward ({unit[0]})", "mode": "", "figure": ""},
+        hover_data={"MB": ":,.2f", "value": False},
     )
+    largest = unit[1] * float(long["value"].max()) if len(long) else 0.0
+    _bytes_axis(fig, largest, "activations stored for backward")
     modes = list(dict.fromkeys(long["mode"]))
     fig.update_xaxes(tickvals=modes, ticktext=[_mode_tick(m) for m in modes], tickangle=0)
     fig.update_layout(**{**_LAYOUT, "legend": _LEGEND_BELOW}, legend_title_text="")
@@ -160,15 +213,16 @@ def layer_depth_chart(layers: pd.DataFrame, *, title: str, log_y: bool = False) 
     cols = [c for c in LAYER_SERIES if c in layers.columns]
     rows = layers[layers[cols].sum(axis=1) > 0].reset_index(drop=True)
     x = list(range(1, len(rows) + 1))
+    unit = bytes_unit(float(rows[cols].max().max()) if len(rows) else 0.0)
     custom = rows[["layer", "type", "input_shape", "output_shape", "necessary_reason"]].astype(str).to_numpy()
     hover = (
         "<b>%{customdata[0]}</b> (%{customdata[1]})<br>in %{customdata[2]} → out %{customdata[3]}<br>"
-        "%{meta}: %{y:.3f} MB<br><i>%{customdata[4]}</i><extra></extra>"
+        f"%{{meta}}: %{{y:,.3f}} {unit[0]}<br><i>%{{customdata[4]}}</i><extra></extra>"
     )
     fig = go.Figure()
     for col in cols:
         label, color = LAYER_SERIES[col]
-        y = rows[col].astype(float) / MB
+        y = rows[col].astype(float) / unit[1]
         common = {"x": x, "y": y, "name": label, "customdata": custom, "hovertemplate": hover, "meta": label}
         if col in ("param_bytes", TOTALS.activations_necessary_bytes):
             fig.add_trace(go.Bar(marker_color=color, opacity=0.85, **common))
@@ -184,8 +238,8 @@ def layer_depth_chart(layers: pd.DataFrame, *, title: str, log_y: bool = False) 
         bargap=0.1,
         hovermode="closest",
         xaxis_title="layer (execution order, input → classifier)",
-        yaxis_title="MB",
     )
+    _bytes_axis(fig, unit[1], "memory")
     if log_y:
         fig.update_yaxes(type="log")
     return fig
@@ -209,9 +263,9 @@ def memory_accuracy_scatter(frame: pd.DataFrame, *, x: str, x_label: str, title:
         hover_data={"id": True, "dataset": True, "resolution": True, "batch_size": True, "steps_done": True},
         labels={x: x_label, y: ACCURACY.title},
     )
-    fig.update_traces(marker={"size": 13, "line": {"width": 1, "color": "#333"}})
+    fig.update_traces(marker={"size": 13, "line": {"width": 1, "color": SELECTION_COLOR}})
     fig.update_layout(**{**_LAYOUT, "legend": {"orientation": "v", "title": {"text": "mode, backbone"}}})
-    fig.update_xaxes(rangemode="tozero")
+    fig.update_xaxes(rangemode="tozero", exponentformat="none", separatethousands=True)
     fig.update_yaxes(rangemode="tozero")
     return fig
 
@@ -219,16 +273,19 @@ def memory_accuracy_scatter(frame: pd.DataFrame, *, x: str, x_label: str, title:
 def curves_figure(
     series: Iterable[tuple[str, Sequence[Mapping[str, Any]], Sequence[Mapping[str, Any]]]], *, title: str = ""
 ) -> go.Figure:
-    """Training curves, one colour per series: loss (left), running train and validation accuracy (right).
+    """Training curves, coloured by mode (:data:`MODE_COLORS`, as every chart): loss (left), running train
+    and validation accuracy (right); runs of the same mode differ by marker symbol.
 
     ``series`` yields ``(label, steps, evals)`` with the step and eval history dicts of
-    :mod:`tinytl_core.adapt` (``step``, ``loss``, ``train_acc`` / ``val_acc``).
+    :mod:`tinytl_core.adapt` (``step``, ``loss``, ``train_acc`` / ``val_acc``); the mode is the label or a
+    word of it (``'#3 bias'``).
     """
     fig = make_subplots(rows=1, cols=2, subplot_titles=("training loss", "accuracy (%)"))
     series = list(series)  # read twice: traces, then the step axis
-    colors = px.colors.qualitative.D3
+    symbols = ("circle", "square", "diamond", "triangle-up", "x", "star")
     for i, (label, steps, evals) in enumerate(series):
-        color = MODE_COLORS.get(label, colors[i % len(colors)])
+        color = mode_color(label, i)
+        symbol = symbols[i % len(symbols)]
         if steps:
             fig.add_trace(
                 go.Scatter(
@@ -262,7 +319,7 @@ def curves_figure(
                     legendgroup=label,
                     showlegend=False,
                     mode="lines+markers",
-                    marker={"size": 9},
+                    marker={"size": 9, "symbol": symbol},
                     line={"color": color},
                 ),
                 row=1,
@@ -274,6 +331,15 @@ def curves_figure(
     fig.update_xaxes(title_text="step", **step_ticks(last_step))
     fig.update_yaxes(range=[0, 100], row=1, col=2)
     return fig
+
+
+def mode_color(label: str, index: int = 0) -> str:
+    """The colour of the mode a series ``label`` names (the label itself or one of its words); a neutral
+    grey for a label that names none."""
+    for word in (label, *label.split()):
+        if word in MODE_COLORS:
+            return MODE_COLORS[word]
+    return OKABE_ITO["grey"]
 
 
 def step_ticks(last_step: float, most: int = 8) -> dict[str, Any]:

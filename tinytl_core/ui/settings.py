@@ -36,10 +36,13 @@ class Settings:
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> Settings:
-        """Read the settings from a session state (any mapping); missing values take the defaults."""
-        base = cls.defaults(state.get("backbone") or None)
+        """Read the settings from a session state (any mapping); missing values take the defaults (looked up
+        only when one is missing: every page reads this on every run)."""
         values = {f.name: state[f.name] for f in fields(cls) if state.get(f.name) is not None}
-        merged = {**base.__dict__, **values}
+        if "backbone" in values and "resolution" in values:
+            merged = {**{f.name: f.default for f in fields(cls)}, **values}
+        else:
+            merged = {**cls.defaults(state.get("backbone") or None).__dict__, **values}
         return cls(
             backbone=str(merged["backbone"]),
             resolution=int(merged["resolution"]),
@@ -51,3 +54,38 @@ class Settings:
 
 KEYS: tuple[str, ...] = tuple(f.name for f in fields(Settings))
 """Session-state keys the sidebar writes (one per :class:`Settings` field)."""
+
+LIMITS: dict[str, tuple[int, int, str]] = {
+    "resolution": (8, 1024, "Input resolution"),
+    "batch_size": (1, 512, "Batch size"),
+}
+"""The sidebar's numeric settings: (smallest, largest, name). The widgets take any number and
+:func:`accept_setting` rejects what is outside, in place, with the reason shown under the field."""
+
+
+def setting_problem(key: str, value: Any) -> str | None:
+    """Why ``value`` cannot be the sidebar's ``key`` setting, with what to do; None when it can."""
+    if key not in LIMITS:
+        return None
+    low, high, name = LIMITS[key]
+    if value is None or not float(value).is_integer():
+        return f"{name} must be a whole number from {low:,} to {high:,}."
+    if not low <= value <= high:
+        return f"{name} {value:,} is out of range: choose {low:,} to {high:,}. Kept {{kept}}."
+    return None
+
+
+def accept_setting(key: str, value: Any, last_valid: Any) -> tuple[Any, str | None]:
+    """What the sidebar keeps for ``key`` after the user entered ``value``: ``(value, None)`` when it is
+    valid, else ``(last_valid, reason)`` -- the field shows the value the charts use, the reason beside it."""
+    problem = setting_problem(key, value)
+    if problem is None:
+        return value, None
+    return last_valid, problem.replace("{kept}", f"{last_valid:,}")
+
+
+def backbone_label(name: str) -> str:
+    """The backbone picker's label of ``name``: the name alone. Streamlit's fuzzy search ranks an option
+    whose label equals the typed text first, so any decoration (a star for curated names) would let
+    ``resnet50c`` win over ``resnet50``."""
+    return name

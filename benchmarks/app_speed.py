@@ -1,0 +1,182 @@
+"""How fast the app feels, in a real browser: ``python benchmarks/app_speed.py``.
+
+Starts ``streamlit run app.py`` headless on a free local port with a temporary ``TINYTL_HOME`` holding 200
+stored runs (seeded with :meth:`tinytl_core.results.ResultsStore.save_run`), drives Debian's Chromium with
+Playwright, and prints three timings beside their targets (issue 14):
+
+- **first paint**: from the server answering its health check to the first page's heading on screen (the
+  server's first script run: PyTorch, timm and the catalog are imported while the page already shows);
+- **new session's Home**: a new tab (a new Streamlit session; the browser has loaded the app before) opening
+  Home until its chart is drawn;
+- **Compare runs, 200 runs**: a new tab opening Compare runs until its scatter is drawn.
+
+Each warm timing is the median of ``--repeat`` visits; the same visits with a cold browser cache (a fresh
+browser context: the app's JavaScript downloaded again) are printed too, without a target.
+
+Timings vary with the machine; the README keeps the table measured on the dev container.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGETS = {"first paint": 3.0, "new session's Home": 1.5, "Compare runs, 200 runs": 1.5}
+CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
+TIMEOUT_MS = 180_000
+
+
+def seed_runs(home: Path, count: int) -> None:
+    """``count`` finished runs with histories, memory and accuracy, in ``home``'s results store."""
+    os.environ["TINYTL_HOME"] = str(home)
+    from tinytl_core.modes import MODES
+    from tinytl_core.results import ResultsStore
+
+    store = ResultsStore()
+    rng = random.Random(0)
+    modes = list(MODES)
+    for i in range(count):
+        steps = [
+            {"kind": "step", "step": s, "loss": 2.0 / s, "train_acc": min(1.0, 0.1 * s)} for s in range(1, 31)
+        ]
+        evals = [{"kind": "eval", "step": s, "val_acc": min(1.0, 0.03 * s)} for s in (10, 20, 30)]
+        total = rng.uniform(5e6, 3e9)
+        store.save_run(
+            {
+                "status": "finished",
+                "backbone": rng.choice(["mobilenetv2_050", "resnet18", "demo_mobilenetv2_050"]),
+                "mode": modes[i % len(modes)],
+                "dataset": "digits",
+                "resolution": 64,
+                "batch_size": 8,
+                "steps_planned": 30,
+                "steps_done": 30,
+                "final_val_acc": rng.uniform(0.2, 0.95),
+                "best_val_acc": rng.uniform(0.2, 0.95),
+                "history": steps + evals,
+                "memory": {"total_modelled_bytes": total, "activations_necessary_bytes": total / 3},
+            }
+        )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 120) -> float:
+    """Wait for the server's health check; the moment it answers."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit("streamlit exited before it was healthy")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                if r.read().strip() == b"ok":
+                    return time.monotonic()
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit("streamlit did not become healthy")
+
+
+def timed_visit(browser, url: str, ready: str, context=None) -> float:
+    """Seconds from opening ``url`` in a new tab (a new Streamlit session) of ``context`` -- a fresh browser
+    context (cold cache) when None -- until ``ready`` is visible."""
+    own = context is None
+    context = context or browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    start = time.monotonic()
+    page.goto(url)
+    page.locator(ready).first.wait_for(state="visible", timeout=TIMEOUT_MS)
+    took = time.monotonic() - start
+    page.close()
+    if own:
+        context.close()
+    return took
+
+
+def median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=200, help="stored runs to seed (default 200)")
+    parser.add_argument("--repeat", type=int, default=3, help="visits per warm timing; the median is shown")
+    args = parser.parse_args()
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        raise SystemExit("no Chromium (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    home = Path(tempfile.mkdtemp(prefix="tinytl-speed-"))
+    seed_runs(home, args.runs)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = dict(os.environ, TINYTL_HOME=str(home), TINYTL_OFFLINE="1", HF_HUB_OFFLINE="1")
+    log = open(home / "streamlit.log", "wb")  # noqa: SIM115 - closed with the server
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+         "--server.port", str(port), "--browser.gatherUsageStats", "false",
+         "--server.fileWatcherType", "none"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    results: dict[str, float] = {}
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+            healthy = wait_healthy(url, proc)
+            context = browser.new_context(viewport={"width": 1400, "height": 1000})
+            page = context.new_page()
+            page.goto(url)
+            heading = '[data-testid="stMain"] h1, [data-testid="stMain"] h2'
+            page.locator(heading).first.wait_for(state="visible", timeout=TIMEOUT_MS)
+            results["first paint"] = time.monotonic() - healthy
+            chart = '[data-testid="stPlotlyChart"] .main-svg'
+            page.locator(chart).first.wait_for(timeout=TIMEOUT_MS)
+            results["first page complete (info)"] = time.monotonic() - healthy
+            compare = f"{url}/compare_runs"
+            visits = range(args.repeat)
+            results["new session's Home"] = median(
+                [timed_visit(browser, url, chart, context) for _ in visits]
+            )
+            results[f"Compare runs, {args.runs} runs"] = median(
+                [timed_visit(browser, compare, chart, context) for _ in visits]
+            )
+            context.close()
+            results["Home, cold browser (info)"] = median([timed_visit(browser, url, chart) for _ in visits])
+            results["Compare runs, cold browser (info)"] = median(
+                [timed_visit(browser, compare, chart) for _ in visits]
+            )
+            browser.close()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+        shutil.rmtree(home, ignore_errors=True)
+    print(f"{'timing':<34} {'measured':>9} {'target':>8}")
+    for name, seconds in results.items():
+        target = TARGETS.get(name.replace(f"{args.runs} runs", "200 runs"))
+        if target is None:
+            print(f"{name:<34} {seconds:>8.2f}s {'-':>8}")
+        else:
+            print(f"{name:<34} {seconds:>8.2f}s {target:>7.1f}s  {'ok' if seconds <= target else 'SLOW'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
