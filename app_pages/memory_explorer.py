@@ -151,9 +151,7 @@ step = measured.get(mode)
 if step is not None and not isinstance(report, str):
     necessary = complete_reports[mode].totals.activations_necessary_bytes
     s = st.columns(3)
-    s[0].metric(
-        "Necessary (model)", format_bytes(necessary), help="TinyTL's rules, summed per layer."
-    )
+    s[0].metric("Necessary (model)", format_bytes(necessary), help="TinyTL's rules, summed per layer.")
     s[1].metric(
         "Stock PyTorch (measured)",
         format_bytes(step.stock_bytes),
@@ -172,8 +170,10 @@ if step is not None and not isinstance(report, str):
     else:
         s[2].warning(f"The training engine could not run this model: {step.engine_error}")
     peaks = st.columns(3)
-    modelled_peak = {"stock PyTorch": complete_reports[mode].totals.total_stock_bytes,
-                     "engine": complete_reports[mode].totals.total_modelled_bytes}
+    modelled_peak = {
+        "stock PyTorch": complete_reports[mode].totals.total_stock_bytes,
+        "engine": complete_reports[mode].totals.total_modelled_bytes,
+    }
     for card, (name, measurement) in zip(peaks[1:], (("stock PyTorch", step.stock), ("engine", step.engine))):
         if measurement is not None and measurement.step_peak is not None:
             card.metric(
@@ -190,12 +190,16 @@ if step is not None and not isinstance(report, str):
         "alive at once — the number you can check yourself. Measured with PyTorch's profiler "
         "(torch.cuda.max_memory_allocated on CUDA); modelled by the memory model."
     )
-    timelines = {n: m.timeline for n, m in (("stock PyTorch", step.stock), ("engine", step.engine))
-                 if m is not None and m.timeline is not None}
+    timelines = {
+        n: m.timeline
+        for n, m in (("stock PyTorch", step.stock), ("engine", step.engine))
+        if m is not None and m.timeline is not None
+    }
     if timelines:
         st.plotly_chart(
-            step_chart.step_timeline_figure(timelines, modelled=modelled_peak,
-                                            title=f"{title}: memory over one training step"),
+            step_chart.step_timeline_figure(
+                timelines, modelled=modelled_peak, title=f"{title}: memory over one training step"
+            ),
             width="stretch",
             key="mx_step_timeline",
         )

@@ -32,7 +32,11 @@ except ValueError as exc:
     st.stop()
 
 mode = st.segmented_control(
-    "Mode", list(MODES), default=next(iter(MODES)), required=True, key="mode",
+    "Mode",
+    list(MODES),
+    default=next(iter(MODES)),
+    required=True,
+    key="mode",
     format_func=lambda m: MODES[m].title,
 )
 st.info(f"**{MODES[mode].title}** — {MODES[mode].description}")

@@ -65,8 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample", type=int, default=None, help="analyse a random sample of N architectures")
     parser.add_argument("--seed", type=int, default=0, help="seed of --sample")
     parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--failures", default=None,
-                        help="file for the failures (TSV; default: coverage_failures.tsv in the data folder)")
+    parser.add_argument(
+        "--failures",
+        default=None,
+        help="file for the failures (TSV; default: coverage_failures.tsv in the data folder)",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)

@@ -77,8 +77,9 @@ class Row:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--backbones", nargs="+", help=f"default: {' '.join(BACKBONES)}")
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     p.add_argument("--resolution", type=int, help="input size in pixels (default 224, --quick 64)")
@@ -133,23 +134,33 @@ def bench_one(backbone: str, mode: str, args: argparse.Namespace) -> Row:
     size, batch = (3, args.resolution, args.resolution), args.batch_size
     model = prepare_model(backbone, mode, resolution=args.resolution, engine=False).model
     modelled = analyze(model, input_size=size, batch_size=batch, optimizer=args.optimizer)
-    both = measure_stock_and_engine(model, input_size=size, batch_size=batch, optimizer=args.optimizer,
-                                    per_layer=False, modelled=modelled)
+    both = measure_stock_and_engine(
+        model, input_size=size, batch_size=batch, optimizer=args.optimizer, per_layer=False, modelled=modelled
+    )
     if both.engine is None:
         raise RuntimeError(f"{backbone} / {mode}: {both.engine_error}")
     convert(model, input_size=size)  # as the modes convert: activations share outputs stored in full
     stock_s, engine_s = step_times(model, size, batch, args.repeats)
     t = modelled.totals
     return Row(
-        backbone, mode, both.stock_bytes, both.engine.saved_bytes, int(t.activations_necessary_bytes),
-        int(t.weights_bytes), int(t.grads_optimizer_bytes), stock_s, engine_s,
+        backbone,
+        mode,
+        both.stock_bytes,
+        both.engine.saved_bytes,
+        int(t.activations_necessary_bytes),
+        int(t.weights_bytes),
+        int(t.grads_optimizer_bytes),
+        stock_s,
+        engine_s,
     )
 
 
 def table(rows: list[Row]) -> str:
     """Markdown table of the rows."""
-    head = ("| backbone | mode | stock act. MB | engine act. MB | nec MB | engine/nec "
-            "| stock/engine | total stock MB | total engine MB | step stock s | step engine s | time ratio |")
+    head = (
+        "| backbone | mode | stock act. MB | engine act. MB | nec MB | engine/nec "
+        "| stock/engine | total stock MB | total engine MB | step stock s | step engine s | time ratio |"
+    )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         lines.append(
@@ -166,20 +177,26 @@ def targets(rows: list[Row]) -> list[str]:
     lines = []
     worst = max(rows, key=lambda r: abs(r.vs_necessary - 1))
     ok = abs(worst.vs_necessary - 1) <= NECESSARY_TOLERANCE
-    lines.append(f"- engine within {NECESSARY_TOLERANCE:.0%} of necessary in every mode: "
-                 f"{'met' if ok else 'NOT met'} (worst {worst.backbone} / {worst.mode}: "
-                 f"{worst.vs_necessary:.3f})")
+    lines.append(
+        f"- engine within {NECESSARY_TOLERANCE:.0%} of necessary in every mode: "
+        f"{'met' if ok else 'NOT met'} (worst {worst.backbone} / {worst.mode}: "
+        f"{worst.vs_necessary:.3f})"
+    )
     by_key = {(r.backbone, r.mode): r for r in rows}
     full, lrb = by_key.get(("mobilenetv2_100", "full")), by_key.get(("mobilenetv2_100", "lite_residual+bias"))
     if full and lrb:
         ratio = full.stock_total / lrb.engine_total
-        lines.append(f"- total memory, mobilenetv2_100 stock full / engine lite_residual+bias: {ratio:.1f}x "
-                     f"({'met' if ratio >= TOTAL_TARGET else 'NOT met'}, target >= {TOTAL_TARGET:.0f}x)")
+        lines.append(
+            f"- total memory, mobilenetv2_100 stock full / engine lite_residual+bias: {ratio:.1f}x "
+            f"({'met' if ratio >= TOTAL_TARGET else 'NOT met'}, target >= {TOTAL_TARGET:.0f}x)"
+        )
     slowest = max(rows, key=lambda r: r.time_ratio)
     met = "met" if slowest.time_ratio <= TIME_TARGET else "NOT met"
     median = statistics.median(r.time_ratio for r in rows)
-    lines.append(f"- engine step time <= {TIME_TARGET}x stock: {met} (worst {slowest.backbone} / "
-                 f"{slowest.mode}: {slowest.time_ratio:.2f}x; median over rows {median:.2f}x)")
+    lines.append(
+        f"- engine step time <= {TIME_TARGET}x stock: {met} (worst {slowest.backbone} / "
+        f"{slowest.mode}: {slowest.time_ratio:.2f}x; median over rows {median:.2f}x)"
+    )
     return lines
 
 
@@ -190,13 +207,17 @@ def main(argv: list[str] | None = None) -> int:
     jobs = [(b, m) for b in args.backbones for m in args.modes]
     for backbone, mode in tqdm(jobs, desc="engine benchmark", unit="mode", dynamic_ncols=True):
         rows.append(bench_one(backbone, mode, args))
-    print(f"\n{args.resolution} px, batch {args.batch_size}, optimizer {args.optimizer}, "
-          f"{args.threads} thread(s), step time: best of {args.repeats}\n")
+    print(
+        f"\n{args.resolution} px, batch {args.batch_size}, optimizer {args.optimizer}, "
+        f"{args.threads} thread(s), step time: best of {args.repeats}\n"
+    )
     print(table(rows))
     print()
     if (args.resolution, args.batch_size) != (224, 8):
-        print("(the targets are set for 224 px, batch 8: at small sizes weights and per-call overhead weigh "
-              "more)")
+        print(
+            "(the targets are set for 224 px, batch 8: at small sizes weights and per-call overhead weigh "
+            "more)"
+        )
     print("\n".join(targets(rows)))
     if args.out:
         args.out.write_text(json.dumps([asdict(r) for r in rows], indent=2))

@@ -50,8 +50,9 @@ class Run:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     builtin = [d.name for d in list_datasets(kind="builtin")]
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--backbone", default=DEMO_BACKBONE, choices=list(LOCAL_BACKBONES))
     p.add_argument("--datasets", nargs="+", default=builtin, choices=builtin)
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
@@ -77,16 +78,33 @@ def run_benchmark(args: argparse.Namespace) -> list[Run]:
                 for init in INITS:
                     for seed in args.seeds:
                         config = AdaptConfig(
-                            backbone=args.backbone, mode=mode, dataset=dataset, steps=args.steps,
-                            batch_size=args.batch_size, lr=LEARNING_RATES[mode], seed=seed,
-                            pretrained=init == "pretrained", record_memory=False, device="cpu")
+                            backbone=args.backbone,
+                            mode=mode,
+                            dataset=dataset,
+                            steps=args.steps,
+                            batch_size=args.batch_size,
+                            lr=LEARNING_RATES[mode],
+                            seed=seed,
+                            pretrained=init == "pretrained",
+                            record_memory=False,
+                            device="cpu",
+                        )
                         result = adapt(config, data=data)
                         if result.status != RunStatus.FINISHED:
                             raise RuntimeError(f"{dataset} {mode} {init} seed {seed}: {result.message}")
                         if init == "pretrained" and not result.pretrained_loaded:
                             raise RuntimeError(f"the demo checkpoint did not load: {result.backbone_message}")
-                        runs.append(Run(dataset, mode, init, seed, float(result.final_val_acc),
-                                        result.n_trainable, result.total_time_s))
+                        runs.append(
+                            Run(
+                                dataset,
+                                mode,
+                                init,
+                                seed,
+                                float(result.final_val_acc),
+                                result.n_trainable,
+                                result.total_time_s,
+                            )
+                        )
                         bar.set_postfix_str(f"{dataset} {mode} {init}: {100 * result.final_val_acc:.1f}%")
                         bar.update(1)
     return runs
@@ -105,16 +123,22 @@ def _cell(values: list[float]) -> str:
 
 def table(runs: list[Run]) -> str:
     """Markdown table: one row per (dataset, mode), validation accuracy (%) per starting point."""
-    lines = ["| dataset | mode | trainable params | pretrained demo | random init | gain |",
-             "|---|---|---:|---:|---:|---:|"]
+    lines = [
+        "| dataset | mode | trainable params | pretrained demo | random init | gain |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
     keys = dict.fromkeys((r.dataset, r.mode) for r in runs)
     for dataset, mode in keys:
-        acc = {init: [r.val_acc for r in runs if (r.dataset, r.mode, r.init) == (dataset, mode, init)]
-               for init in INITS}
+        acc = {
+            init: [r.val_acc for r in runs if (r.dataset, r.mode, r.init) == (dataset, mode, init)]
+            for init in INITS
+        }
         params = next(r.n_trainable for r in runs if (r.dataset, r.mode) == (dataset, mode))
         gain = 100 * (_mean(acc["pretrained"]) - _mean(acc["random"]))
-        lines.append(f"| {dataset} | {mode} | {params:,} | {_cell(acc['pretrained'])} | "
-                     f"{_cell(acc['random'])} | {gain:+.1f} |")
+        lines.append(
+            f"| {dataset} | {mode} | {params:,} | {_cell(acc['pretrained'])} | "
+            f"{_cell(acc['random'])} | {gain:+.1f} |"
+        )
     return "\n".join(lines)
 
 
@@ -128,18 +152,29 @@ def main(argv: list[str] | None = None) -> int:
     card = LOCAL_BACKBONES[args.backbone].card() or {}
     source = card.get("source_accuracy", {})
     if source:
-        print(f"\n{args.backbone}: {card['architecture']} at {card['resolution']} px, pretrained for "
-              f"{card['training']['steps']} steps on {card['source_task']['num_classes']} synthetic classes "
-              f"(held-out top-1 {100 * source['top1']:.1f}%, shape {100 * source['shape']:.1f}%)")
-    print(f"\n{args.backbone}: {args.steps} steps x batch {args.batch_size}, Adam (lr per mode "
-          f"{', '.join(f'{m} {LEARNING_RATES[m]:g}' for m in args.modes)}), cosine, label smoothing 0.1, "
-          f"seeds {seeds}; validation accuracy %, mean ± half range over seeds; {minutes:.1f} min on CPU\n")
+        print(
+            f"\n{args.backbone}: {card['architecture']} at {card['resolution']} px, pretrained for "
+            f"{card['training']['steps']} steps on {card['source_task']['num_classes']} synthetic classes "
+            f"(held-out top-1 {100 * source['top1']:.1f}%, shape {100 * source['shape']:.1f}%)"
+        )
+    print(
+        f"\n{args.backbone}: {args.steps} steps x batch {args.batch_size}, Adam (lr per mode "
+        f"{', '.join(f'{m} {LEARNING_RATES[m]:g}' for m in args.modes)}), cosine, label smoothing 0.1, "
+        f"seeds {seeds}; validation accuracy %, mean ± half range over seeds; {minutes:.1f} min on CPU\n"
+    )
     print(table(runs))
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"args": {k: str(v) if isinstance(v, Path) else v
-                                                 for k, v in vars(args).items()},
-                                        "runs": [r.__dict__ for r in runs]}, indent=2) + "\n")
+        args.out.write_text(
+            json.dumps(
+                {
+                    "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                    "runs": [r.__dict__ for r in runs],
+                },
+                indent=2,
+            )
+            + "\n"
+        )
         print(f"\nwrote {args.out}")
     return 0
 

@@ -12,9 +12,19 @@ from tinytl_core.results import MEMORY, ResultsStore
 
 def tiny(**overrides) -> AdaptConfig:
     """resnet10t from random init at 32 px on the digits: learns within a few dozen steps on a CPU."""
-    base = {"backbone": "resnet10t", "mode": "full", "dataset": "digits", "steps": 6, "batch_size": 8,
-            "lr": 3e-3, "resolution": 32, "pretrained": False, "record_memory": False, "device": "cpu",
-            "val_cap": 10}
+    base = {
+        "backbone": "resnet10t",
+        "mode": "full",
+        "dataset": "digits",
+        "steps": 6,
+        "batch_size": 8,
+        "lr": 3e-3,
+        "resolution": 32,
+        "pretrained": False,
+        "record_memory": False,
+        "device": "cpu",
+        "val_cap": 10,
+    }
     base.update(overrides)
     return AdaptConfig(**base)
 
@@ -99,9 +109,11 @@ def test_cancel_from_another_thread_returns_partial_result(digits, tmp_path):
             cancel.set()
 
     out = {}
-    worker = threading.Thread(target=lambda: out.update(r=adapt(tiny(steps=50), data=digits,
-                                                                  progress=on_progress, cancel=cancel,
-                                                                  store=store)))
+    worker = threading.Thread(
+        target=lambda: out.update(
+            r=adapt(tiny(steps=50), data=digits, progress=on_progress, cancel=cancel, store=store)
+        )
+    )
     worker.start()
     worker.join(120)
     result = out["r"]
@@ -145,8 +157,15 @@ def test_settings_the_run_adjusts_are_recorded_as_they_ran_and_said(tinytl_home,
     said too."""
     store = ResultsStore(tmp_path / "r.sqlite")
     events = []
-    config = tiny(batch_size=100000, steps=None, epochs=1.5, shots=1000, val_cap=1000, record_memory=True,
-                  measure_memory=False)
+    config = tiny(
+        batch_size=100000,
+        steps=None,
+        epochs=1.5,
+        shots=1000,
+        val_cap=1000,
+        record_memory=True,
+        measure_memory=False,
+    )
     data = load_dataset("digits", shots=3, val_cap=2)  # 30 training images, 20 validation
     result = adapt(config, data=data, store=store, progress=events.append)
     assert result.status == RunStatus.FINISHED and result.n_train == 30
@@ -195,8 +214,15 @@ def test_folder_with_bad_files_trains_on_the_rest_with_batch_size_one(tinytl_hom
     (tmp_path / "pics" / "red" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff garbage")
     (tmp_path / "pics" / "blue" / "readme.txt").write_text("hello")
     store = ResultsStore()
-    config = tiny(dataset=str(tmp_path / "pics"), batch_size=1, epochs=1, steps=None, val_fraction=0.25,
-                  val_cap=None, resolution=64)
+    config = tiny(
+        dataset=str(tmp_path / "pics"),
+        batch_size=1,
+        epochs=1,
+        steps=None,
+        val_fraction=0.25,
+        val_cap=None,
+        resolution=64,
+    )
     result = adapt(config, store=store)
     assert result.status == "finished" and result.skipped_files == 2
     assert result.n_train == 6 and result.n_val == 2 and result.steps_planned == 6 == result.steps_done
@@ -216,7 +242,7 @@ def test_folder_with_bad_files_trains_on_the_rest_with_batch_size_one(tinytl_hom
         ({"batch_size": 0}, "batch sizes"),
         ({"label_smoothing": 1.0}, "label smoothing"),
         ({"mode": "everything"}, "unknown mode"),
-        ({"device": "cuda:7"} , "CUDA is not available"),
+        ({"device": "cuda:7"}, "CUDA is not available"),
         ({"backbone": "resnet5O"}, "unknown backbone 'resnet5O'. Did you mean: resnet50"),
         ({"dataset": "digitz"}, "unknown dataset 'digitz'"),
         ({"shots": 0}, "shots must be >= 1"),

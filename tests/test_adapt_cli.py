@@ -5,14 +5,29 @@ import csv
 from tinytl_core.cli import main
 from tinytl_core.results import MEMORY
 
-TINY = ["--model", "resnet10t", "--dataset", "digits", "--batch-size", "4", "--resolution", "32",
-        "--no-pretrained", "--val-cap", "2", "--device", "cpu"]
+TINY = [
+    "--model",
+    "resnet10t",
+    "--dataset",
+    "digits",
+    "--batch-size",
+    "4",
+    "--resolution",
+    "32",
+    "--no-pretrained",
+    "--val-cap",
+    "2",
+    "--device",
+    "cpu",
+]
 
 
 def test_adapt_then_list_export_show_delete(tinytl_home, tmp_path, capsys):
     db = str(tmp_path / "runs.sqlite")
-    assert main(["adapt", *TINY, "--mode", "full", "--steps", "3", "--no-memory", "--no-engine",
-                 "--db", db]) == 0
+    assert (
+        main(["adapt", *TINY, "--mode", "full", "--steps", "3", "--no-memory", "--no-engine", "--db", db])
+        == 0
+    )
     out = capsys.readouterr().out
     assert "digits: 10 classes" in out and "resnet10t full on digits: val acc" in out and "[run 1]" in out
     assert "img/s, stock layers)" in out
@@ -49,8 +64,26 @@ def test_adapt_errors_are_one_line(tinytl_home, tmp_path, capsys):
     assert err.startswith("error: CIFAR-10 is not in") and "Traceback" not in err
     assert main(["adapt", *TINY, "--mode", "full", "--lr", "-1", "--db", db]) == 2
     assert "learning rate" in capsys.readouterr().err
-    assert main(["adapt", *TINY, "--mode", "full", "--optimizer", "sgd", "--lr", "1e30", "--steps", "5",
-                 "--no-memory", "--db", db]) == 1
+    assert (
+        main(
+            [
+                "adapt",
+                *TINY,
+                "--mode",
+                "full",
+                "--optimizer",
+                "sgd",
+                "--lr",
+                "1e30",
+                "--steps",
+                "5",
+                "--no-memory",
+                "--db",
+                db,
+            ]
+        )
+        == 1
+    )
     assert "loss became nan" in capsys.readouterr().out
     assert main(["runs", "--db", db, "--status", "diverged"]) == 0
     assert "1 run(s)" in capsys.readouterr().out

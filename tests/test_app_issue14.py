@@ -80,8 +80,17 @@ def test_client_error_details_are_off():
 def _store_runs(n):
     store = ResultsStore()
     for _ in range(n):
-        store.save_run({"status": "finished", "backbone": "resnet18", "mode": "bias", "dataset": "digits",
-                        "final_val_acc": 0.5, "best_val_acc": 0.5, "steps_done": 3})
+        store.save_run(
+            {
+                "status": "finished",
+                "backbone": "resnet18",
+                "mode": "bias",
+                "dataset": "digits",
+                "final_val_acc": 0.5,
+                "best_val_acc": 0.5,
+                "steps_done": 3,
+            }
+        )
     return store
 
 

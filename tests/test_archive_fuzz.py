@@ -35,15 +35,54 @@ def _png(value: int) -> bytes:
 PNGS = [_png(v) for v in (0, 90, 180, 255)]
 
 PLAIN = st.one_of(
-    st.sampled_from(["a", "A", "b", "cats", "Cats", "dogs", "img.png", "IMG.PNG", "1.png", "caf\u00e9",
-                     "cafe\u0301", "\u4e00", ".hidden", "__MACOSX", "a?b", "a:b", "CON", "nul.png", "~",
-                     "$HOME", "x" * 100]),
-    st.text(st.characters(min_codepoint=32, blacklist_categories=("Cs", "Cc")), min_size=1, max_size=12)
-    .filter(lambda s: s.strip() not in ("", ".", "..") and "/" not in s and "\\" not in s),
+    st.sampled_from(
+        [
+            "a",
+            "A",
+            "b",
+            "cats",
+            "Cats",
+            "dogs",
+            "img.png",
+            "IMG.PNG",
+            "1.png",
+            "caf\u00e9",
+            "cafe\u0301",
+            "\u4e00",
+            ".hidden",
+            "__MACOSX",
+            "a?b",
+            "a:b",
+            "CON",
+            "nul.png",
+            "~",
+            "$HOME",
+            "x" * 100,
+        ]
+    ),
+    st.text(
+        st.characters(min_codepoint=32, blacklist_categories=("Cs", "Cc")), min_size=1, max_size=12
+    ).filter(lambda s: s.strip() not in ("", ".", "..") and "/" not in s and "\\" not in s),
 )
 HOSTILE = st.one_of(
-    st.sampled_from(["..", ".", "", " ", "x" * 300, "é" * 130, "bell\x07", "tab\t", "new\nline", "C:",
-                     "c:evil", "..\\..", "/", "\\"]),
+    st.sampled_from(
+        [
+            "..",
+            ".",
+            "",
+            " ",
+            "x" * 300,
+            "é" * 130,
+            "bell\x07",
+            "tab\t",
+            "new\nline",
+            "C:",
+            "c:evil",
+            "..\\..",
+            "/",
+            "\\",
+        ]
+    ),
     st.text(st.characters(blacklist_categories=("Cs",)), max_size=12),
 )
 
@@ -97,10 +136,10 @@ def archives(draw):
         raw = raw.replace("\u4e00".encode(), b"\xff\xfe\xfd")
     elif damage == "encrypted" and b"PK\x01\x02" in raw:
         at = raw.index(b"PK\x01\x02")
-        raw = raw[:at + 8] + bytes([raw[at + 8] | 1]) + raw[at + 9:]
+        raw = raw[: at + 8] + bytes([raw[at + 8] | 1]) + raw[at + 9 :]
     elif damage == "flip":
         at = draw(st.integers(0, len(raw) - 1))
-        raw = raw[:at] + bytes([raw[at] ^ draw(st.integers(1, 255))]) + raw[at + 1:]
+        raw = raw[:at] + bytes([raw[at] ^ draw(st.integers(1, 255))]) + raw[at + 1 :]
     elif damage == "truncate":
         raw = raw[: draw(st.integers(0, len(raw) - 1))]
     return raw
@@ -111,8 +150,13 @@ def _snapshot(root: Path) -> set[str]:
 
 
 @pytest.mark.timeout(300)
-@settings(max_examples=150, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(
+    max_examples=150,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 @given(archives())
 def test_any_archive_gives_a_dataset_or_a_dataset_error(raw):
     with tempfile.TemporaryDirectory() as tmp:

@@ -71,15 +71,35 @@ def browser():
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     port = _free_port()
-    env = dict(os.environ, TINYTL_HOME=str(tmp_path_factory.mktemp("home")), TINYTL_OFFLINE="1",
-               HF_HUB_OFFLINE="1", OMP_NUM_THREADS="2")
+    env = dict(
+        os.environ,
+        TINYTL_HOME=str(tmp_path_factory.mktemp("home")),
+        TINYTL_OFFLINE="1",
+        HF_HUB_OFFLINE="1",
+        OMP_NUM_THREADS="2",
+    )
     log = tmp_path_factory.mktemp("log") / "streamlit.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-             "--server.port", str(port), "--browser.gatherUsageStats", "false",
-             "--server.fileWatcherType", "none"],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "streamlit",
+                "run",
+                "app.py",
+                "--server.headless",
+                "true",
+                "--server.port",
+                str(port),
+                "--browser.gatherUsageStats",
+                "false",
+                "--server.fileWatcherType",
+                "none",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
@@ -133,7 +153,8 @@ def screenshot(page, name: str) -> None:
     stretched to the content's height first."""
     height = page.evaluate(
         "() => Math.max(document.body.scrollHeight,"
-        " (document.querySelector('[data-testid=\"stMain\"]') || document.body).scrollHeight)")
+        " (document.querySelector('[data-testid=\"stMain\"]') || document.body).scrollHeight)"
+    )
     tall = max(VIEWPORT["height"], min(height + 40, 8000))
     page.set_viewport_size({"width": VIEWPORT["width"], "height": tall})
     page.wait_for_timeout(800)  # let plotly re-layout to the new size
@@ -206,8 +227,11 @@ def test_measure_adapt_and_compare_in_a_real_browser(browser, server):
             field.press("Enter")
             wait_until_idle(page)
         page.get_by_text("More options").click()
-        field = page.locator('[data-testid="stNumberInput"]').filter(
-            has_text="Validation images per class").locator("input")
+        field = (
+            page.locator('[data-testid="stNumberInput"]')
+            .filter(has_text="Validation images per class")
+            .locator("input")
+        )
         field.fill("2")
         field.press("Enter")
         wait_until_idle(page)

@@ -18,8 +18,13 @@ from tinytl_core.data import procedural as P
 from tinytl_core.data.builtin import BUILTIN_SETS, builtin_cache_path, load_builtin
 from tinytl_core.data.dataset import cap_per_class, stratified_split
 
-CONFIG = {"input_size": (3, 224, 224), "mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25),
-          "crop_pct": 0.875, "interpolation": "bicubic"}
+CONFIG = {
+    "input_size": (3, 224, 224),
+    "mean": (0.5, 0.5, 0.5),
+    "std": (0.25, 0.25, 0.25),
+    "crop_pct": 0.875,
+    "interpolation": "bicubic",
+}
 
 
 # ------------------------------------------------------------------------------------------ procedural

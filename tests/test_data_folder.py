@@ -78,8 +78,9 @@ def test_folder_errors_are_clear(tmp_path):
 
 
 def test_zip_with_wrapper_folder_loads(tinytl_home, tmp_path):
-    entries = {f"data/{c}/{i}.png": _png(col) for c, col in (("a", (9, 9, 9)), ("b", (200, 9, 9)))
-               for i in range(3)}
+    entries = {
+        f"data/{c}/{i}.png": _png(col) for c, col in (("a", (9, 9, 9)), ("b", (200, 9, 9))) for i in range(3)
+    }
     entries["__MACOSX/data/._a"] = b"resource fork"
     entries["data/b/bad.png"] = b"\x89PNG truncated"
     archive = tmp_path / "upload.zip"
@@ -143,13 +144,16 @@ def _raw_zip(entries, *, flag_utf8_garbage=False, encrypted=False) -> bytes:
         data = data.replace("\u4e00".encode(), b"\xff\xfe\xfd")
     if encrypted:
         at = data.index(b"PK\x01\x02")
-        data = data[:at + 8] + bytes([data[at + 8] | 1]) + data[at + 9:]
+        data = data[: at + 8] + bytes([data[at + 8] | 1]) + data[at + 9 :]
     return data
 
 
 BAD_NAMES = [
-    ({"a/" + "x" * 300 + ".png": b"x", "b/1.png": b"x"}, r"\(306 characters\) has a name of 304 bytes; the"
-                                                         " limit is 255"),
+    (
+        {"a/" + "x" * 300 + ".png": b"x", "b/1.png": b"x"},
+        r"\(306 characters\) has a name of 304 bytes; the"
+        " limit is 255",
+    ),
     ({"a/" + "é" * 130 + ".png": b"x", "b/1.png": b"x"}, "name of 264 bytes"),
     ({"/".join(["d" * 200] * 6) + "/1.png": b"x"}, "path of 1211 bytes; the limit is 1024"),
     ({"/".join("d" * 40) + "/1.png": b"x"}, "nested 40 folders deep; the limit is 32"),
@@ -267,7 +271,10 @@ def test_every_mode_converts_to_the_right_rgb():
     assert _rgb(_image("RGBX", [(1, 2, 3, 0)])) == [[1, 2, 3]]
     # transparency: composited over white, not dropped onto black
     assert _rgb(_image("RGBA", [(255, 0, 0, 0), (255, 0, 0, 255), (0, 0, 0, 128)])) == [
-        [255, 255, 255], [255, 0, 0], [127, 127, 127]]
+        [255, 255, 255],
+        [255, 0, 0],
+        [127, 127, 127],
+    ]
     assert _rgb(_image("LA", [(100, 0), (100, 255)])) == grey(255, 100)
     assert _rgb(_image("La", [(0, 0), (100, 255)])) == grey(255, 100)
     assert _rgb(_image("RGBa", [(0, 0, 0, 0), (10, 20, 30, 255)])) == [[255, 255, 255], [10, 20, 30]]
@@ -285,12 +292,19 @@ def test_every_mode_converts_to_the_right_rgb():
     assert _rgb(l_trns) == grey(255, 50)
     # colour spaces
     assert _rgb(_image("CMYK", [(0, 0, 0, 0), (0, 255, 0, 128), (255, 255, 255, 255)])) == [
-        [255, 255, 255], [127, 0, 127], [0, 0, 0]]
+        [255, 255, 255],
+        [127, 0, 127],
+        [0, 0, 0],
+    ]
     ycc = np.asarray(_image("RGB", [(255, 0, 0), (128, 128, 128)]).convert("YCbCr")).reshape(-1, 3)
-    assert np.allclose(_rgb(_image("YCbCr", [tuple(p) for p in ycc.tolist()])), [[255, 0, 0], [128] * 3],
-                       atol=3)
-    assert np.allclose(_rgb(_image("HSV", [(0, 255, 255), (85, 255, 255), (0, 0, 200)])),
-                       [[255, 0, 0], [0, 255, 0], [200, 200, 200]], atol=2)
+    assert np.allclose(
+        _rgb(_image("YCbCr", [tuple(p) for p in ycc.tolist()])), [[255, 0, 0], [128] * 3], atol=3
+    )
+    assert np.allclose(
+        _rgb(_image("HSV", [(0, 255, 255), (85, 255, 255), (0, 0, 200)])),
+        [[255, 0, 0], [0, 255, 0], [200, 200, 200]],
+        atol=2,
+    )
     lab = _rgb(_image("LAB", [(255, 128, 128), (0, 128, 128), (138, 209, 198)]))
     assert np.allclose(lab, [[255, 255, 255], [0, 0, 0], [255, 0, 0]], atol=6)
     # high bit depth: scaled by bit depth or range, never clipped
@@ -357,10 +371,16 @@ def test_unconvertible_images_are_skipped_and_counted_with_their_reason(tmp_path
     (root / "loose.txt").write_text("not in a class")
     splits = load_dataset(root)
     assert splits.skipped == 4
-    assert splits.skipped_reasons == {"damaged or truncated image": 1, "not an image": 1,
-                                      "unsupported image mode LAB": 1, "not in a class folder": 1}
-    assert "4 file(s) skipped (1 damaged or truncated image, 1 not an image, 1 not in a class folder, " \
-           "1 unsupported image mode LAB)" in splits.summary()
+    assert splits.skipped_reasons == {
+        "damaged or truncated image": 1,
+        "not an image": 1,
+        "unsupported image mode LAB": 1,
+        "not in a class folder": 1,
+    }
+    assert (
+        "4 file(s) skipped (1 damaged or truncated image, 1 not an image, 1 not in a class folder, "
+        "1 unsupported image mode LAB)" in splits.summary()
+    )
     (root / "blue" / "notes.txt").unlink()
     for p in (root / "blue").glob("*.png"):
         p.unlink()

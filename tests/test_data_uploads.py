@@ -156,9 +156,17 @@ def test_a_lease_held_by_another_process_protects_the_extraction(tinytl_home, mo
     gc.collect()
     lock = U._lock_path(folder)
     holder = subprocess.Popen(  # another process (a CLI run) holds the shared lock
-        [sys.executable, "-c", "import fcntl,sys;f=open(sys.argv[1],'a+b');fcntl.flock(f,fcntl.LOCK_SH);"
-         "print('held',flush=True);sys.stdin.read()", str(lock)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import fcntl,sys;f=open(sys.argv[1],'a+b');fcntl.flock(f,fcntl.LOCK_SH);"
+            "print('held',flush=True);sys.stdin.read()",
+            str(lock),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         monkeypatch.setenv(U.ENV_QUOTA, "0.001")

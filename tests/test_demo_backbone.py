@@ -110,8 +110,18 @@ def test_last_layer_transfer_beats_random_init(tinytl_home, no_network):
     data = make_splits("shapes", source, val_fraction=0.25, seed=0, hflip=True, center_crop=False)
     acc = {}
     for pretrained in (True, False):
-        config = AdaptConfig(backbone=DEMO_BACKBONE, mode="last", dataset="shapes", steps=40, batch_size=16,
-                             lr=3e-3, seed=0, pretrained=pretrained, record_memory=False, device="cpu")
+        config = AdaptConfig(
+            backbone=DEMO_BACKBONE,
+            mode="last",
+            dataset="shapes",
+            steps=40,
+            batch_size=16,
+            lr=3e-3,
+            seed=0,
+            pretrained=pretrained,
+            record_memory=False,
+            device="cpu",
+        )
         result = adapt(config, data=data)
         assert result.status == "finished" and result.pretrained_loaded == pretrained
         acc[pretrained] = result.final_val_acc

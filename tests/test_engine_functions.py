@@ -114,8 +114,13 @@ def _activation_input() -> torch.Tensor:
 @pytest.mark.parametrize("inplace", [False, True])
 @pytest.mark.parametrize(
     "make",
-    [nn.ReLU, nn.ReLU6, nn.Hardsigmoid, lambda inplace: nn.LeakyReLU(0.1, inplace),
-     lambda inplace: nn.Hardtanh(0, 3, inplace)],
+    [
+        nn.ReLU,
+        nn.ReLU6,
+        nn.Hardsigmoid,
+        lambda inplace: nn.LeakyReLU(0.1, inplace),
+        lambda inplace: nn.Hardtanh(0, 3, inplace),
+    ],
 )
 def test_masked_activation_matches_stock_with_one_bit(make, inplace):
     module = make(inplace=inplace)
@@ -298,8 +303,13 @@ def test_dropout_one_bit_mask_same_randomness():
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(kernel_size=3, stride=2, padding=1), dict(kernel_size=2), dict(kernel_size=3, stride=1, dilation=2),
-     dict(kernel_size=3, stride=2, ceil_mode=True), dict(kernel_size=5, stride=3, padding=2)],
+    [
+        dict(kernel_size=3, stride=2, padding=1),
+        dict(kernel_size=2),
+        dict(kernel_size=3, stride=1, dilation=2),
+        dict(kernel_size=3, stride=2, ceil_mode=True),
+        dict(kernel_size=5, stride=3, padding=2),
+    ],
 )
 def test_max_pool_argmax_offsets(kwargs):
     pool = nn.MaxPool2d(**kwargs)
@@ -314,9 +324,13 @@ def test_max_pool_argmax_offsets(kwargs):
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(kernel_size=2), dict(kernel_size=2, ceil_mode=True), dict(kernel_size=3, stride=2, padding=1),
-     dict(kernel_size=3, stride=2, padding=1, count_include_pad=False),
-     dict(kernel_size=2, divisor_override=3)],
+    [
+        dict(kernel_size=2),
+        dict(kernel_size=2, ceil_mode=True),
+        dict(kernel_size=3, stride=2, padding=1),
+        dict(kernel_size=3, stride=2, padding=1, count_include_pad=False),
+        dict(kernel_size=2, divisor_override=3),
+    ],
 )
 def test_avg_pool_stores_nothing(kwargs):
     pool = nn.AvgPool2d(**kwargs)
@@ -328,8 +342,12 @@ def test_avg_pool_stores_nothing(kwargs):
 def test_engine_runs_on_meta():
     """analyze() traces models on the meta device: every engine function must run there."""
     model = nn.Sequential(
-        nn.Conv2d(3, 5, 3, padding=1), _bn(BatchNormAct2d, act_layer=nn.ReLU6).eval(), nn.MaxPool2d(3, 2, 1),
-        nn.AvgPool2d(2), nn.Dropout(0.2), nn.Conv2d(5, 4, 1),
+        nn.Conv2d(3, 5, 3, padding=1),
+        _bn(BatchNormAct2d, act_layer=nn.ReLU6).eval(),
+        nn.MaxPool2d(3, 2, 1),
+        nn.AvgPool2d(2),
+        nn.Dropout(0.2),
+        nn.Conv2d(5, 4, 1),
     )
     for p in model.parameters():
         p.requires_grad_(p.ndim == 1)

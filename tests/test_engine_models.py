@@ -16,8 +16,6 @@ SIZE = (3, 64, 64)
 BATCH = 2
 
 
-
-
 def _train_step(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor):
     """One forward + backward: (logits, {param name: grad}, saved activation bytes)."""
     model.train()
@@ -110,8 +108,10 @@ def test_convert_after_optimizer_creation_keeps_training():
     reference = prepare_model("resnet18", "lite_residual+bias", resolution=64, engine=False).model
     reference.load_state_dict(model.state_dict())
     x, target = torch.randn(BATCH, *SIZE), torch.tensor([2, 5])
-    optimizers = [torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.1, momentum=0.9)
-                  for m in (model, reference)]
+    optimizers = [
+        torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.1, momentum=0.9)
+        for m in (model, reference)
+    ]
     convert(model)  # after the optimizer was built: same Parameter objects, so it still updates them
     for _ in range(2):
         for m, opt in zip((model, reference), optimizers):

@@ -44,8 +44,12 @@ def _step(n):
 
 
 def test_phase_text_ends_with_the_evaluation_and_one_step_count_is_shown():
-    events = [PhaseEvent("train", "training 10 of 100 parameters", 0.0), *(_step(n) for n in range(1, 16)),
-              PhaseEvent("eval", "evaluating on 200 images", 0.5), EvalEvent(15, 16, 0.5, 1.0, 0.6)]
+    events = [
+        PhaseEvent("train", "training 10 of 100 parameters", 0.0),
+        *(_step(n) for n in range(1, 16)),
+        PhaseEvent("eval", "evaluating on 200 images", 0.5),
+        EvalEvent(15, 16, 0.5, 1.0, 0.6),
+    ]
     runner = Scripted(events, steps_done=15)
     job = TrainingJob([CONFIG], runner=runner, owner="me")
     job.start()
@@ -64,8 +68,10 @@ def test_phase_text_ends_with_the_evaluation_and_one_step_count_is_shown():
 
 
 def test_a_final_evaluation_clears_the_phase_and_the_result_is_the_one_step_source():
-    events = [_step(n) for n in range(1, 17)] + [PhaseEvent("eval", "evaluating on 200 images", 0.5),
-                                                EvalEvent(16, 16, 0.5, 1.0, 0.6, final=True)]
+    events = [_step(n) for n in range(1, 17)] + [
+        PhaseEvent("eval", "evaluating on 200 images", 0.5),
+        EvalEvent(16, 16, 0.5, 1.0, 0.6, final=True),
+    ]
     runner = Scripted(events, steps_done=15)  # the run records 15 steps although 16 were announced
     job = TrainingJob([CONFIG], runner=runner, owner="me")
     job.start()
@@ -107,9 +113,16 @@ def test_run_ids_are_exact():
 
 
 def _record(i):
-    return {"status": "finished", "backbone": "resnet18", "mode": "bias", "dataset": "digits",
-            "final_val_acc": i / 100, "best_val_acc": i / 100, "steps_done": i,
-            "history": [{"kind": "step", "step": 1, "loss": 1.0}]}
+    return {
+        "status": "finished",
+        "backbone": "resnet18",
+        "mode": "bias",
+        "dataset": "digits",
+        "final_val_acc": i / 100,
+        "best_val_acc": i / 100,
+        "steps_done": i,
+        "history": [{"kind": "step", "step": 1, "loss": 1.0}],
+    }
 
 
 def test_deleted_runs_come_back_with_their_ids(tmp_path):
@@ -176,7 +189,10 @@ def test_failure_messages_hide_paths_and_say_what_to_do():
 
 
 def test_adjusted_settings_reach_the_adapt_page():
-    result = AdaptResult(AdaptConfig(dataset="digits"), status="finished",
-                         notes=["batch 100000 is more than the 960 training images: trained with 960"])
+    result = AdaptResult(
+        AdaptConfig(dataset="digits"),
+        status="finished",
+        notes=["batch 100000 is more than the 960 training images: trained with 960"],
+    )
     summary = result_summary(result)
     assert summary["notes"] == result.notes  # shown under the run on the Adapt page

@@ -19,8 +19,6 @@ RES, BATCH = 64, 2
 NECESSARY, STOCK = TOTALS.activations_necessary_bytes, TOTALS.activations_stock_bytes  # per layer and total
 
 
-
-
 class Tiny(nn.Module):
     """conv -> BN -> ReLU -> conv -> SiLU -> max pool -> pool -> linear, with hand-checkable sizes."""
 
@@ -134,8 +132,11 @@ def test_activations_scale_with_batch_parameters_do_not(name):
     for key in (TOTALS.weights_bytes, TOTALS.grads_optimizer_bytes):
         assert getattr(t[2], key) == getattr(t[3], key) == getattr(t[4], key)
     figures = {
-        b: {"necessary": x.activations_necessary_bytes, "stock": x.activations_stock_bytes,
-            "peak": x.activations_necessary_bytes + x.transient_bytes}
+        b: {
+            "necessary": x.activations_necessary_bytes,
+            "stock": x.activations_stock_bytes,
+            "peak": x.activations_necessary_bytes + x.transient_bytes,
+        }
         for b, x in t.items()
     }
     intercept = {}
@@ -230,9 +231,7 @@ def test_compare_modes_table():
     assert rows.loc["full", "ratio_to_full"] == 1.0
     # TinyTL's point: activations, not parameters, dominate full fine-tuning; TinyTL cuts them.
     assert rows.loc["full", NECESSARY] > rows.loc["full", TOTALS.weights_bytes]
-    assert rows.loc["lite_residual+bias", NECESSARY] < (
-        0.1 * rows.loc["full", NECESSARY]
-    )
+    assert rows.loc["lite_residual+bias", NECESSARY] < (0.1 * rows.loc["full", NECESSARY])
     assert rows.loc["bias", STOCK] > 0.9 * rows.loc["full", STOCK]
     text = format_modes(table)
     assert "lite_residual+bias" in text and "MB" in text

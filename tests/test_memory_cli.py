@@ -9,8 +9,24 @@ from tinytl_core.memory.report import MEMORY, TOTALS
 
 def test_memory_command_table_and_csv(tmp_path, capsys):
     csv = tmp_path / "layers.csv"
-    code = main(["memory", "--model", "resnet18", "--resolution", "32", "--batch-size", "2",
-                 "--mode", "full,bias", "--optimizer", "sgd", "--measure", "--csv", str(csv)])
+    code = main(
+        [
+            "memory",
+            "--model",
+            "resnet18",
+            "--resolution",
+            "32",
+            "--batch-size",
+            "2",
+            "--mode",
+            "full,bias",
+            "--optimizer",
+            "sgd",
+            "--measure",
+            "--csv",
+            str(csv),
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert "resnet18, 3x32x32, batch 2, optimizer sgd, complete accounting" in out
@@ -28,8 +44,11 @@ def test_memory_command_table_and_csv(tmp_path, capsys):
 
     layers = pd.read_csv(csv)
     assert set(layers["mode"]) == {"full", "bias"}
-    necessary, stock, engine = (TOTALS.activations_necessary_bytes, MEMORY.activations_measured_stock_bytes,
-                                MEMORY.activations_measured_engine_bytes)
+    necessary, stock, engine = (
+        TOTALS.activations_necessary_bytes,
+        MEMORY.activations_measured_stock_bytes,
+        MEMORY.activations_measured_engine_bytes,
+    )
     assert {necessary, TOTALS.activations_stock_bytes, stock, engine} <= set(layers)
     full = layers[layers["mode"] == "full"]
     assert (full[stock] == full[TOTALS.activations_stock_bytes]).all()

@@ -17,8 +17,6 @@ RES, BATCH = 32, 2
 measure_module = importlib.import_module("tinytl_core.memory.measure")  # the function shadows it
 
 
-
-
 @pytest.mark.parametrize("name", ["resnet18", "mobilenetv2_100", "efficientnet_b0"])
 def test_modelled_stock_matches_measured_every_mode(name):
     for mode in MODES:
@@ -134,18 +132,21 @@ def test_training_memory_figures_measure_the_model_as_it_trains():
     model = prepare_model("mobilenetv2_100", "lite_residual+bias", resolution=RES, device="cpu").model
     assert is_converted(model)  # modes convert to the training engine by default
     size = (3, RES, RES)
-    modelled = training_memory_figures(model, input_size=size, batch_size=BATCH, optimizer="sgd",
-                                       measure=False)
+    modelled = training_memory_figures(
+        model, input_size=size, batch_size=BATCH, optimizer="sgd", measure=False
+    )
     assert isinstance(modelled, RunMemory)
     measured_names = [n for n in MEMORY if "measured" in n]
     assert len(measured_names) == 4 and all(getattr(modelled, n) is None for n in measured_names)
     assert all(getattr(modelled, n) is not None for n in MEMORY if n not in measured_names)
     figures = training_memory_figures(model, input_size=size, batch_size=BATCH, optimizer="sgd")
     # Stock layers save what the model says stock PyTorch saves; the engine what TinyTL says is necessary.
-    assert figures.activations_measured_stock_bytes == pytest.approx(figures.activations_stock_bytes,
-                                                                     rel=0.02)
+    assert figures.activations_measured_stock_bytes == pytest.approx(
+        figures.activations_stock_bytes, rel=0.02
+    )
     assert figures.activations_measured_engine_bytes == pytest.approx(
-        figures.activations_necessary_bytes, rel=0.05)
+        figures.activations_necessary_bytes, rel=0.05
+    )
     assert figures.activations_measured_bytes == figures.activations_measured_engine_bytes  # trains so
     assert is_converted(model)  # left as it was
     parts = figures.weights_bytes + figures.grads_optimizer_bytes + figures.activations_necessary_bytes

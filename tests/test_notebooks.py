@@ -22,7 +22,7 @@ NOTEBOOKS = (
 )
 PLOTLY = "application/vnd.plotly.v1+json"
 # Plotly figures each notebook shows at least (a cell that silently stops drawing is a regression too).
-MIN_FIGURES = {NOTEBOOKS[0]: 5, NOTEBOOKS[1]: 3, NOTEBOOKS[2]: 4}
+MIN_FIGURES = {NOTEBOOKS[0]: 6, NOTEBOOKS[1]: 3, NOTEBOOKS[2]: 4}
 
 
 def read(name: str) -> nbformat.NotebookNode:
@@ -48,13 +48,20 @@ def test_stored_valid_with_outputs_cleared(name):
 
 def execute(name: str, home: Path, monkeypatch) -> nbformat.NotebookNode:
     """Run ``name`` in a fresh python3 kernel with small settings; raises on the first failing cell."""
-    for var, value in {"TINYTL_HOME": str(home), "TINYTL_NOTEBOOK_FAST": "1", "TINYTL_OFFLINE": "1",
-                       "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}.items():
+    for var, value in {
+        "TINYTL_HOME": str(home),
+        "TINYTL_NOTEBOOK_FAST": "1",
+        "TINYTL_OFFLINE": "1",
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+    }.items():
         monkeypatch.setenv(var, value)  # the kernel inherits this process's environment
     monkeypatch.delenv("TINYTL_RESULTS_DB", raising=False)
     nb = read(name)
-    NotebookClient(nb, timeout=300, kernel_name="python3",
-                   resources={"metadata": {"path": str(NOTEBOOK_DIR)}}).execute()
+    NotebookClient(
+        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK_DIR)}}
+    ).execute()
     return nb
 
 

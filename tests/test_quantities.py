@@ -70,8 +70,14 @@ def test_field_names_are_checked_attributes():
 
 
 def test_run_status():
-    assert [s.value for s in RunStatus] == ["waiting", "running", "finished", "cancelled", "failed",
-                                            "diverged"]
+    assert [s.value for s in RunStatus] == [
+        "waiting",
+        "running",
+        "finished",
+        "cancelled",
+        "failed",
+        "diverged",
+    ]
     assert ENDED_STATUSES == (RunStatus.FINISHED, RunStatus.CANCELLED, RunStatus.FAILED, RunStatus.DIVERGED)
     assert [s for s in RunStatus if s.unsuccessful] == [RunStatus.FAILED, RunStatus.DIVERGED]
     assert not RunStatus.RUNNING.ended and RunStatus.FAILED.ended

@@ -29,11 +29,21 @@ FIGURES = RunMemory(weights_bytes=100, total_modelled_bytes=1000, activations_me
 
 def record(**overrides):
     base = {
-        "status": "finished", "backbone": "resnet10t", "mode": "bias", "dataset": "shapes", "num_classes": 10,
-        "batch_size": 4, "lr": 1e-3, "seed": 0, "steps_done": 3, "final_val_acc": 0.5, "pretrained": False,
+        "status": "finished",
+        "backbone": "resnet10t",
+        "mode": "bias",
+        "dataset": "shapes",
+        "num_classes": 10,
+        "batch_size": 4,
+        "lr": 1e-3,
+        "seed": 0,
+        "steps_done": 3,
+        "final_val_acc": 0.5,
+        "pretrained": False,
         "memory": {**asdict(FIGURES), "extra_key": 1},
         "history": [{"kind": "step", "step": 1, "loss": 2.3}, {"kind": "eval", "step": 3, "val_acc": 0.5}],
-        "config": {"backbone": "resnet10t", "lr": 1e-3}, "versions": {"torch": "x"},
+        "config": {"backbone": "resnet10t", "lr": 1e-3},
+        "versions": {"torch": "x"},
     }
     base.update(overrides)
     return base
@@ -148,14 +158,24 @@ SCHEMA_1 = (  # the table the first version (schema 1) created, verbatim
 # A run as the first version wrote it: its memory JSON held every figure of training_memory_figures, the
 # seven of them with columns filled, the two measured stock / engine figures only in the JSON.
 SCHEMA_1_MEMORY = {
-    "weights_bytes": 9e6, "grads_optimizer_bytes": 1e6, "activations_necessary_bytes": 2e6,
-    "activations_stock_bytes": 20e6, "total_modelled_bytes": 13e6, "activations_measured_bytes": 2.1e6,
-    "total_measured_bytes": 13.5e6, "activations_measured_stock_bytes": 19.5e6,
+    "weights_bytes": 9e6,
+    "grads_optimizer_bytes": 1e6,
+    "activations_necessary_bytes": 2e6,
+    "activations_stock_bytes": 20e6,
+    "total_modelled_bytes": 13e6,
+    "activations_measured_bytes": 2.1e6,
+    "total_measured_bytes": 13.5e6,
+    "activations_measured_stock_bytes": 19.5e6,
     "activations_measured_engine_bytes": 2.1e6,
 }
 SCHEMA_1_COLUMNS = (
-    "weights_bytes", "grads_optimizer_bytes", "activations_necessary_bytes", "activations_stock_bytes",
-    "total_modelled_bytes", "activations_measured_bytes", "total_measured_bytes",
+    "weights_bytes",
+    "grads_optimizer_bytes",
+    "activations_necessary_bytes",
+    "activations_stock_bytes",
+    "total_modelled_bytes",
+    "activations_measured_bytes",
+    "total_measured_bytes",
 )
 
 
@@ -167,19 +187,39 @@ def _schema_1_database(path) -> None:
     con.execute("PRAGMA user_version = 1")
     con.execute("COMMIT")
     values = {
-        "status": "finished", "message": "", "backbone": "mobilenetv2_050", "mode": "bias",
-        "dataset": "digits", "num_classes": 10, "resolution": 32, "batch_size": 4, "optimizer": "adam",
-        "lr": 1e-3, "steps_done": 3, "pretrained": 1, "pretrained_loaded": 0, "n_trainable": 1234,
-        "final_val_acc": 0.5, "best_val_acc": 0.6, "total_time_s": 2.5, "images_per_s": 7.25,
-        "started_at": "2025-01-01T00:00:00+00:00", **{k: int(SCHEMA_1_MEMORY[k]) for k in SCHEMA_1_COLUMNS},
+        "status": "finished",
+        "message": "",
+        "backbone": "mobilenetv2_050",
+        "mode": "bias",
+        "dataset": "digits",
+        "num_classes": 10,
+        "resolution": 32,
+        "batch_size": 4,
+        "optimizer": "adam",
+        "lr": 1e-3,
+        "steps_done": 3,
+        "pretrained": 1,
+        "pretrained_loaded": 0,
+        "n_trainable": 1234,
+        "final_val_acc": 0.5,
+        "best_val_acc": 0.6,
+        "total_time_s": 2.5,
+        "images_per_s": 7.25,
+        "started_at": "2025-01-01T00:00:00+00:00",
+        **{k: int(SCHEMA_1_MEMORY[k]) for k in SCHEMA_1_COLUMNS},
         "config_json": json.dumps({"backbone": "mobilenetv2_050"}),
         "memory_json": json.dumps(SCHEMA_1_MEMORY),
-        "history_json": json.dumps([{"kind": "step", "step": 1, "loss": 2.0}]), "versions_json": None,
+        "history_json": json.dumps([{"kind": "step", "step": 1, "loss": 2.0}]),
+        "versions_json": None,
     }
-    con.execute(f"INSERT INTO runs ({', '.join(values)}) VALUES ({', '.join('?' for _ in values)})",
-                list(values.values()))
-    con.execute("INSERT INTO runs (status, backbone, mode, dataset) VALUES (?, ?, ?, ?)",
-                ("failed", "resnet18", "full", "digits"))
+    con.execute(
+        f"INSERT INTO runs ({', '.join(values)}) VALUES ({', '.join('?' for _ in values)})",
+        list(values.values()),
+    )
+    con.execute(
+        "INSERT INTO runs (status, backbone, mode, dataset) VALUES (?, ?, ?, ?)",
+        ("failed", "resnet18", "full", "digits"),
+    )
     con.close()
 
 
@@ -201,8 +241,9 @@ def test_a_schema_1_database_opens_lists_and_shows_its_runs(tmp_path):
     assert failed[MEMORY.activations_measured_stock_bytes] is None and failed["memory"] is None
     assert store.get_run(old[RUN.id]) == old
     frame = run_table([old], (RUN.id, RUN.mode, RUN.final_val_acc, MEMORY.activations_measured_stock_bytes))
-    assert frame.to_dict("records") == [{"id": old[RUN.id], "mode": "bias", "val acc %": 50.0,
-                                         "act. stock measured MB": 19.5}]
+    assert frame.to_dict("records") == [
+        {"id": old[RUN.id], "mode": "bias", "val acc %": 50.0, "act. stock measured MB": 19.5}
+    ]
     # The migrated store takes new runs, and opening it again changes nothing.
     new = store.save_run(record())
     assert ResultsStore(path).count() == 3 and ResultsStore(path).get_run(new)["mode"] == "bias"
@@ -235,13 +276,32 @@ def test_the_store_keeps_only_runs_that_ended(tmp_path):
 # ---------------------------------------------------------------------------------------- run tables
 def test_run_table_converts_units_rounds_and_labels():
     runs = [
-        {RUN.id: 2, RUN.status: RunStatus.CANCELLED, RUN.final_val_acc: None,
-         MEMORY.total_modelled_bytes: None, RUN.total_time_s: 12.3456, RUN.images_per_s: 3.14159},
-        {RUN.id: 1, RUN.status: "finished", RUN.final_val_acc: 0.83333,
-         MEMORY.total_modelled_bytes: 12_345_678, RUN.total_time_s: 1.0, RUN.images_per_s: 10.0, "x": 1},
+        {
+            RUN.id: 2,
+            RUN.status: RunStatus.CANCELLED,
+            RUN.final_val_acc: None,
+            MEMORY.total_modelled_bytes: None,
+            RUN.total_time_s: 12.3456,
+            RUN.images_per_s: 3.14159,
+        },
+        {
+            RUN.id: 1,
+            RUN.status: "finished",
+            RUN.final_val_acc: 0.83333,
+            MEMORY.total_modelled_bytes: 12_345_678,
+            RUN.total_time_s: 1.0,
+            RUN.images_per_s: 10.0,
+            "x": 1,
+        },
     ]
-    columns = (RUN.id, RUN.status, RUN.final_val_acc, MEMORY.total_modelled_bytes, RUN.total_time_s,
-               RUN.images_per_s)
+    columns = (
+        RUN.id,
+        RUN.status,
+        RUN.final_val_acc,
+        MEMORY.total_modelled_bytes,
+        RUN.total_time_s,
+        RUN.images_per_s,
+    )
     frame = run_table(runs, columns)
     assert list(frame.columns) == ["id", "status", "val acc %", "total modelled MB", "time s", "images/s"]
     assert list(frame["status"]) == ["cancelled", "finished"] and type(frame["status"][0]) is str
@@ -249,8 +309,14 @@ def test_run_table_converts_units_rounds_and_labels():
     assert pd.isna(frame["total modelled MB"][0]) and frame["total modelled MB"][1] == 12.35  # MB, 2
     assert list(frame["time s"]) == [12.3, 1.0] and list(frame["images/s"]) == [3.1, 10.0]
     keyed = run_table(runs, columns, headers=False, digits=2)
-    assert list(keyed.columns) == ["id", "status", "final_val_acc_pct", "total_modelled_MB", "total_time_s",
-                                   "images_per_s"]
+    assert list(keyed.columns) == [
+        "id",
+        "status",
+        "final_val_acc_pct",
+        "total_modelled_MB",
+        "total_time_s",
+        "images_per_s",
+    ]
     assert list(keyed["total_time_s"]) == [12.35, 1.0] and keyed["final_val_acc_pct"][1] == 83.33
     assert run_headers(columns)["total_modelled_MB"] == "total modelled MB"
     assert run_table([], columns).empty and list(run_table([], columns).columns) == list(frame.columns)
@@ -282,6 +348,9 @@ def test_a_schema_2_database_is_rebuilt_to_accept_diverged_runs(tmp_path):
         assert con.execute("PRAGMA user_version").fetchone()[0] == 3
         (sql,) = con.execute("SELECT sql FROM sqlite_master WHERE name = 'runs'").fetchone()
         assert "'diverged'" in sql and "runs_rebuild" not in sql
-        assert [n for (n,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-                if n.startswith("runs")] == ["runs"]
+        assert [
+            n
+            for (n,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            if n.startswith("runs")
+        ] == ["runs"]
     assert ResultsStore(path).count() == 3  # opening again changes nothing

@@ -29,8 +29,16 @@ def _table(**over):
 
 
 def _problems(**kwargs):
-    args = dict(backbone="resnet18", resolution=64, batch_size=8, modes=["bias"], dataset_ready=True,
-                resolution_problem=None, mode_table=_table, device="cpu")
+    args = dict(
+        backbone="resnet18",
+        resolution=64,
+        batch_size=8,
+        modes=["bias"],
+        dataset_ready=True,
+        resolution_problem=None,
+        mode_table=_table,
+        device="cpu",
+    )
     return run_problems(**{**args, **kwargs})
 
 
@@ -42,8 +50,9 @@ def test_each_problem_is_reported_with_what_to_do():
     assert _problems(modes=[]) == ["Choose at least one mode."]
     assert "Upload a valid .zip" in _problems(dataset_ready=False)[0]
     assert _problems(resolution_problem="too small") == ["too small"]
-    not_applicable = _problems(modes=["bias", "lite_residual"],
-                               mode_table=lambda: _table(applicable=False, reason="no blocks found"))
+    not_applicable = _problems(
+        modes=["bias", "lite_residual"], mode_table=lambda: _table(applicable=False, reason="no blocks found")
+    )
     assert not_applicable == [
         "TinyTL-L (lite residual) does not apply to resnet18: no blocks found. Deselect it."
     ]

@@ -159,19 +159,34 @@ class FakeRunner:
                 self.gate.wait(5)
             time.sleep(self.delay)
             if cancel.is_set():
-                return AdaptResult(config, status="cancelled", message=f"cancelled after {done} steps",
-                                   steps_done=done, steps_planned=self.steps)
+                return AdaptResult(
+                    config,
+                    status="cancelled",
+                    message=f"cancelled after {done} steps",
+                    steps_done=done,
+                    steps_planned=self.steps,
+                )
             progress(StepEvent(step, self.steps, 0.1, 2.0 / step, 0.5, 1e-3, 10.0, 0.1))
             done = step
         progress(EvalEvent(self.steps, self.steps, 0.75, 0.9, 0.2, final=True))
-        return AdaptResult(config, status="finished", steps_done=done, steps_planned=self.steps,
-                           final_val_acc=0.75, best_val_acc=0.75, memory=RunMemory(total_modelled_bytes=2e6),
-                           total_time_s=0.3, run_id=7)
+        return AdaptResult(
+            config,
+            status="finished",
+            steps_done=done,
+            steps_planned=self.steps,
+            final_val_acc=0.75,
+            best_val_acc=0.75,
+            memory=RunMemory(total_modelled_bytes=2e6),
+            total_time_s=0.3,
+            run_id=7,
+        )
 
 
 def configs(*modes):
-    return [AdaptConfig(backbone="mobilenetv2_050", mode=m, dataset="digits", steps=3, record_memory=False)
-            for m in modes]
+    return [
+        AdaptConfig(backbone="mobilenetv2_050", mode=m, dataset="digits", steps=3, record_memory=False)
+        for m in modes
+    ]
 
 
 def test_job_runs_every_mode_and_reports():
@@ -184,9 +199,19 @@ def test_job_runs_every_mode_and_reports():
     assert snap.fraction == 1.0 and not snap.running and snap.owner == "me"
     assert [len(m.steps) for m in snap.modes] == [3, 3] and snap.modes[0].evals[0]["val_acc"] == 0.75
     frame = snap.results_frame()
-    assert list(frame.columns) == ["mode", "status", "val acc %", "best val acc %", "steps",
-                                   "total modelled MB", "total measured MB", "time s", "images/s", "id",
-                                   "message"]
+    assert list(frame.columns) == [
+        "mode",
+        "status",
+        "val acc %",
+        "best val acc %",
+        "steps",
+        "total modelled MB",
+        "total measured MB",
+        "time s",
+        "images/s",
+        "id",
+        "message",
+    ]
     assert list(frame["val acc %"]) == [75.0, 75.0] and list(frame["total modelled MB"]) == [2.0, 2.0]
     assert list(frame["id"]) == [7, 7] and list(frame["status"]) == ["finished", "finished"]
     assert frame["total measured MB"].isna().all()  # not measured: blank, not "None"
@@ -261,10 +286,18 @@ def test_curves_figure_draws_steps_and_evals():
 
 # ---------------------------------------------------------------------------------------------- runs
 def _record(**overrides):
-    base = {"status": "finished", "backbone": "mobilenetv2_050", "mode": "bias", "dataset": "digits",
-            "resolution": 32, "batch_size": 4, "steps_done": 3, "final_val_acc": 0.5,
-            "memory": {MEMORY.total_modelled_bytes: 3_000_000},
-            "history": [{"kind": "step", "step": 1, "loss": 2.0}]}
+    base = {
+        "status": "finished",
+        "backbone": "mobilenetv2_050",
+        "mode": "bias",
+        "dataset": "digits",
+        "resolution": 32,
+        "batch_size": 4,
+        "steps_done": 3,
+        "final_val_acc": 0.5,
+        "memory": {MEMORY.total_modelled_bytes: 3_000_000},
+        "history": [{"kind": "step", "step": 1, "loss": 2.0}],
+    }
     base.update(overrides)
     return base
 
@@ -272,8 +305,15 @@ def _record(**overrides):
 def test_runs_frame_filter_label_and_export(tmp_path):
     store = ResultsStore(tmp_path / "runs.sqlite")
     a = store.save_run(_record())
-    b = store.save_run(_record(mode="full", dataset=str(tmp_path / "uploads" / "pets-1234.zip"),
-                               final_val_acc=None, memory=None, status="cancelled"))
+    b = store.save_run(
+        _record(
+            mode="full",
+            dataset=str(tmp_path / "uploads" / "pets-1234.zip"),
+            final_val_acc=None,
+            memory=None,
+            status="cancelled",
+        )
+    )
     frame = runs.runs_frame(store.list_runs())
     assert list(frame["id"]) == [b, a]
     x, title = runs.memory_axis(MEMORY.total_modelled_bytes)

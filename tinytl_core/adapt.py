@@ -72,8 +72,7 @@ class NonFiniteLossError(DivergedError):
 
 
 def _advice(config: AdaptConfig) -> str:
-    return (f"Try a lower learning rate (now {config.lr:g})"
-            f"{' or Adam' if config.optimizer == 'sgd' else ''}.")
+    return f"Try a lower learning rate (now {config.lr:g}){' or Adam' if config.optimizer == 'sgd' else ''}."
 
 
 @dataclass
@@ -269,9 +268,11 @@ class AdaptResult:
             if m.total_measured_bytes is not None:
                 mem += f" / {format_mb(m.total_measured_bytes)} MB measured"
         layers = "engine" if self.engine_layers else "stock layers"
-        text = (f"{c.backbone} {c.mode} on {dataset_display_name(c.dataset)}: val acc {acc} after "
-                f"{self.steps_done} steps{mem}, {self.total_time_s:.1f} s ({self.images_per_s:.1f} img/s, "
-                f"{layers}) [{self.status}]")
+        text = (
+            f"{c.backbone} {c.mode} on {dataset_display_name(c.dataset)}: val acc {acc} after "
+            f"{self.steps_done} steps{mem}, {self.total_time_s:.1f} s ({self.images_per_s:.1f} img/s, "
+            f"{layers}) [{self.status}]"
+        )
         return text + (f": {self.message}" if self.message else "")
 
     def to_record(self) -> dict[str, Any]:
@@ -279,19 +280,50 @@ class AdaptResult:
         c = self.config
         memory = asdict(self.memory) if self.memory is not None else None
         record = {
-            "status": self.status, "message": self.message, "backbone": c.backbone, "mode": c.mode,
-            "dataset": c.dataset, "batch_size": self.batch_size or c.batch_size, "optimizer": c.optimizer,
+            "status": self.status,
+            "message": self.message,
+            "backbone": c.backbone,
+            "mode": c.mode,
+            "dataset": c.dataset,
+            "batch_size": self.batch_size or c.batch_size,
+            "optimizer": c.optimizer,
             "lr": c.lr,
-            "label_smoothing": c.label_smoothing, "seed": c.seed, "pretrained": c.pretrained,
-            "config": c.to_dict(), "history": self.history, "versions": versions(),
-            "memory": memory if memory is not None else (
-                {"error": self.memory_error} if self.memory_error else None),
+            "label_smoothing": c.label_smoothing,
+            "seed": c.seed,
+            "pretrained": c.pretrained,
+            "config": c.to_dict(),
+            "history": self.history,
+            "versions": versions(),
+            "memory": memory
+            if memory is not None
+            else ({"error": self.memory_error} if self.memory_error else None),
             **(memory or {}),
         }
-        for name in ("num_classes", "n_train", "n_val", "skipped_files", "resolution", "steps_planned",
-                     "steps_done", "epochs_done", "device", "pretrained_loaded", "n_trainable", "n_total",
-                     "final_val_acc", "final_val_loss", "best_val_acc", "final_train_acc", "setup_time_s",
-                     "train_time_s", "eval_time_s", "total_time_s", "images_per_s", "started_at", "ended_at"):
+        for name in (
+            "num_classes",
+            "n_train",
+            "n_val",
+            "skipped_files",
+            "resolution",
+            "steps_planned",
+            "steps_done",
+            "epochs_done",
+            "device",
+            "pretrained_loaded",
+            "n_trainable",
+            "n_total",
+            "final_val_acc",
+            "final_val_loss",
+            "best_val_acc",
+            "final_train_acc",
+            "setup_time_s",
+            "train_time_s",
+            "eval_time_s",
+            "total_time_s",
+            "images_per_s",
+            "started_at",
+            "ended_at",
+        ):
             record[name] = getattr(self, name)
         return record
 
@@ -302,8 +334,14 @@ def versions() -> dict[str, str]:
     import timm
     import torchvision
 
-    return {"tinytl_core": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "timm": timm.__version__, "numpy": numpy.__version__}
+    return {
+        "tinytl_core": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "timm": timm.__version__,
+        "numpy": numpy.__version__,
+    }
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -336,9 +374,13 @@ def _memory_figures(model: nn.Module, config: AdaptConfig, resolution: int, batc
     cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
     optimizer = config.optimizer if config.optimizer == "adam" or config.momentum else "none"
     try:
-        return training_memory_figures(model, input_size=(3, resolution, resolution),
-                                       batch_size=batch_size, optimizer=optimizer,
-                                       measure=config.measure_memory)
+        return training_memory_figures(
+            model,
+            input_size=(3, resolution, resolution),
+            batch_size=batch_size,
+            optimizer=optimizer,
+            measure=config.measure_memory,
+        )
     finally:
         model.load_state_dict(state)
         for p in model.parameters():
@@ -348,8 +390,12 @@ def _memory_figures(model: nn.Module, config: AdaptConfig, resolution: int, batc
             torch.cuda.set_rng_state_all(cuda_rng)
 
 
-def _evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, device: torch.device,
-              cancel: threading.Event | None) -> tuple[float, float]:
+def _evaluate(
+    model: nn.Module,
+    loader: torch.utils.data.DataLoader,
+    device: torch.device,
+    cancel: threading.Event | None,
+) -> tuple[float, float]:
     """Accuracy and mean cross-entropy over a loader (raises _Cancelled when asked to stop)."""
     model.eval()
     correct, total, loss_sum = 0, 0, 0.0
@@ -371,8 +417,14 @@ def _make_optimizer(params: list[nn.Parameter], config: AdaptConfig) -> torch.op
     return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
 
 
-def adapt(config: AdaptConfig, *, data: DatasetSplits | None = None, progress: ProgressCallback | None = None,
-          cancel: threading.Event | None = None, store: ResultsStore | None = None) -> AdaptResult:
+def adapt(
+    config: AdaptConfig,
+    *,
+    data: DatasetSplits | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+    store: ResultsStore | None = None,
+) -> AdaptResult:
     """Run one short adaptation and return its :class:`AdaptResult` (also stored when ``store`` is given).
 
     Args:
@@ -402,16 +454,29 @@ def adapt(config: AdaptConfig, *, data: DatasetSplits | None = None, progress: P
     # ----------------------------------------------------------------------------------- setup
     phase("data", f"loading {dataset_display_name(config.dataset)}")
     if data is None:
-        data = load_dataset(config.dataset, val_fraction=config.val_fraction, seed=config.split_seed,
-                            shots=config.shots, val_cap=config.val_cap)
+        data = load_dataset(
+            config.dataset,
+            val_fraction=config.val_fraction,
+            seed=config.split_seed,
+            shots=config.shots,
+            val_cap=config.val_cap,
+        )
     torch.manual_seed(config.seed)
     phase("model", f"building {config.backbone} in mode {config.mode}")
-    prepared = prepare_model(config.backbone, config.mode, num_classes=data.num_classes,
-                             pretrained=config.pretrained, resolution=config.resolution,
-                             group_norm=config.group_norm, device=device, engine=config.engine)
+    prepared = prepare_model(
+        config.backbone,
+        config.mode,
+        num_classes=data.num_classes,
+        pretrained=config.pretrained,
+        resolution=config.resolution,
+        group_norm=config.group_norm,
+        device=device,
+        engine=config.engine,
+    )
     model = prepared.model
-    result.resolution = attach_transforms(data, prepared.data, resolution=config.resolution,
-                                          augment=config.augment)
+    result.resolution = attach_transforms(
+        data, prepared.data, resolution=config.resolution, augment=config.augment
+    )
     result.num_classes, result.n_train, result.n_val = data.num_classes, len(data.train), len(data.val)
     result.skipped_files = data.skipped
     result.n_trainable, result.n_total = prepared.result.n_trainable, prepared.result.n_total
@@ -431,8 +496,9 @@ def adapt(config: AdaptConfig, *, data: DatasetSplits | None = None, progress: P
         result.notes.append(note)
         phase("note", note)
     gen = torch.Generator().manual_seed(config.seed)
-    train_loader = torch.utils.data.DataLoader(data.train, batch_size=batch, shuffle=True, drop_last=True,
-                                               generator=gen)
+    train_loader = torch.utils.data.DataLoader(
+        data.train, batch_size=batch, shuffle=True, drop_last=True, generator=gen
+    )
     val_loader = torch.utils.data.DataLoader(data.val, batch_size=config.eval_batch_size)
 
     try:
@@ -444,8 +510,9 @@ def adapt(config: AdaptConfig, *, data: DatasetSplits | None = None, progress: P
                 result.memory_error = f"{type(exc).__name__}: {exc}"
                 phase("memory", f"memory figures unavailable: {result.memory_error}")
         result.setup_time_s = time.perf_counter() - t0
-        _train(model, config, data, train_loader, val_loader, device, total, per_epoch, emit, cancel, result,
-               t0)
+        _train(
+            model, config, data, train_loader, val_loader, device, total, per_epoch, emit, cancel, result, t0
+        )
     except DivergedError as exc:
         result.status, result.message = RunStatus.DIVERGED, str(exc)
     except (_Cancelled, KeyboardInterrupt):
@@ -464,17 +531,23 @@ def _adjustments(config: AdaptConfig, data: DatasetSplits, result: AdaptResult, 
     notes = []
     n_train = len(data.train)
     if result.batch_size < config.batch_size:
-        notes.append(f"batch size {config.batch_size} is larger than the {n_train} training images: each "
-                     f"step trains on all {n_train} (recorded as batch {result.batch_size})")
+        notes.append(
+            f"batch size {config.batch_size} is larger than the {n_train} training images: each "
+            f"step trains on all {n_train} (recorded as batch {result.batch_size})"
+        )
     if config.epochs is not None and not math.isclose(result.steps_planned / per_epoch, config.epochs):
-        notes.append(f"{config.epochs:g} epochs asked for: {result.steps_planned} whole step(s) of "
-                     f"{result.batch_size} images make {result.steps_planned / per_epoch:.3g} epochs")
+        notes.append(
+            f"{config.epochs:g} epochs asked for: {result.steps_planned} whole step(s) of "
+            f"{result.batch_size} images make {result.steps_planned / per_epoch:.3g} epochs"
+        )
     caps = ((config.shots, data.train, "training"), (config.val_cap, data.val, "validation"))
     for asked, split, what in caps:
         most = max((int(n) for n in split.class_counts()), default=0) if asked is not None else 0
         if asked is not None and most < asked:
-            notes.append(f"{'shots' if split is data.train else 'val_cap'} {asked} is more than the data "
-                         f"has: at most {most} {what} images per class are used")
+            notes.append(
+                f"{'shots' if split is data.train else 'val_cap'} {asked} is more than the data "
+                f"has: at most {most} {what} images per class are used"
+            )
     if config.resolution is not None and result.resolution != config.resolution:
         notes.append(f"resolution {config.resolution} px asked for: the model runs at {result.resolution} px")
     warning = small_resolution_warning(config.backbone, result.resolution)
@@ -494,22 +567,40 @@ def _finish(result: AdaptResult, t0: float, store: ResultsStore | None) -> None:
         result.run_id = store.save_run(result.to_record())
 
 
-def _train(model: nn.Module, config: AdaptConfig, data: DatasetSplits, train_loader: Any, val_loader: Any,
-           device: torch.device, total: int, per_epoch: int, emit: ProgressCallback,
-           cancel: threading.Event | None, result: AdaptResult, t0: float) -> None:
+def _train(
+    model: nn.Module,
+    config: AdaptConfig,
+    data: DatasetSplits,
+    train_loader: Any,
+    val_loader: Any,
+    device: torch.device,
+    total: int,
+    per_epoch: int,
+    emit: ProgressCallback,
+    cancel: threading.Event | None,
+    result: AdaptResult,
+    t0: float,
+) -> None:
     """The optimisation loop; fills ``result`` as it goes so a cancel or failure keeps what was done."""
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = _make_optimizer(params, config)
     if config.schedule == "cosine":
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+            optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
+        )
     else:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     window: deque[tuple[int, int]] = deque(maxlen=TRAIN_ACC_WINDOW)
     layers = f"{result.engine_layers} layers on the engine" if result.engine_layers else "stock layers"
-    emit(PhaseEvent("train", f"training {result.n_trainable:,} of {result.n_total:,} parameters for {total} "
-                             f"steps on {result.device} ({layers})", time.perf_counter() - t0))
+    emit(
+        PhaseEvent(
+            "train",
+            f"training {result.n_trainable:,} of {result.n_total:,} parameters for {total} "
+            f"steps on {result.device} ({layers})",
+            time.perf_counter() - t0,
+        )
+    )
 
     def evaluate(final: bool) -> None:
         start = time.perf_counter()
@@ -535,7 +626,8 @@ def _train(model: nn.Module, config: AdaptConfig, data: DatasetSplits, train_loa
             raise DivergedError(
                 f"the validation accuracy collapsed to {100 * acc:.1f}% (chance is {100 * chance:.1f}%) at "
                 f"step {result.steps_done}, after {100 * best:.1f}% before; training stopped. "
-                f"{_advice(config)}")
+                f"{_advice(config)}"
+            )
 
     iterator = iter(train_loader)
     for step in range(1, total + 1):
@@ -557,11 +649,13 @@ def _train(model: nn.Module, config: AdaptConfig, data: DatasetSplits, train_loa
             raise ValueError(
                 f"batch size {len(x)} is too small for BatchNorm layers that use batch statistics at "
                 f"{result.resolution} px (a feature map shrinks to 1x1); use a larger batch or resolution, "
-                "group_norm (--group-norm), or a mode with a frozen backbone") from None
+                "group_norm (--group-norm), or a mode with a frozen backbone"
+            ) from None
         loss = criterion(logits, y)
         if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"the loss became {loss.item()} at step {step}; training stopped. "
-                                     f"{_advice(config)}")
+            raise NonFiniteLossError(
+                f"the loss became {loss.item()} at step {step}; training stopped. {_advice(config)}"
+            )
         value = loss.item()
         if reference is None:
             reference = max(value, math.log(max(2, result.num_classes)))
@@ -570,7 +664,8 @@ def _train(model: nn.Module, config: AdaptConfig, data: DatasetSplits, train_loa
             raise DivergedError(
                 f"the loss exploded to {value:.3g} at step {step} (it started at {reference:.3g}; above "
                 f"{EXPLODED_FACTOR:g}x that for {exploded} steps in a row); training stopped. "
-                f"{_advice(config)}")
+                f"{_advice(config)}"
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -582,8 +677,16 @@ def _train(model: nn.Module, config: AdaptConfig, data: DatasetSplits, train_loa
         result.steps_done = step
         result.epochs_done = step / per_epoch
         result.final_train_acc = sum(c for c, _ in window) / sum(n for _, n in window)
-        event = StepEvent(step, total, result.epochs_done, loss.item(), result.final_train_acc, lr,
-                          result.images_seen / result.train_time_s, time.perf_counter() - t0)
+        event = StepEvent(
+            step,
+            total,
+            result.epochs_done,
+            loss.item(),
+            result.final_train_acc,
+            lr,
+            result.images_seen / result.train_time_s,
+            time.perf_counter() - t0,
+        )
         result.history.append({"kind": "step", **asdict(event)})
         emit(event)
         if config.eval_every and step % config.eval_every == 0 and step < total:

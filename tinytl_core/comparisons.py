@@ -16,8 +16,12 @@ from tinytl_core.memory.report import TOTALS
 from tinytl_core.modes import ModeNotApplicable, prepare_model, resolve_modes
 
 TABLE_COLUMNS: tuple[str, ...] = (
-    TOTALS.weights_bytes, TOTALS.grads_optimizer_bytes, TOTALS.activations_necessary_bytes,
-    TOTALS.activations_stock_bytes, TOTALS.transient_bytes, TOTALS.total_modelled_bytes,
+    TOTALS.weights_bytes,
+    TOTALS.grads_optimizer_bytes,
+    TOTALS.activations_necessary_bytes,
+    TOTALS.activations_stock_bytes,
+    TOTALS.transient_bytes,
+    TOTALS.total_modelled_bytes,
     TOTALS.total_stock_bytes,
 )
 """The :class:`~tinytl_core.memory.ReportTotals` fields of a :func:`compare_modes` row, in order."""
@@ -43,8 +47,13 @@ def mode_reports(
         except ModeNotApplicable as exc:
             out[mode.name] = str(exc)
             continue
-        report = analyze(prepared.model, input_size=prepared.data.input_size, batch_size=batch_size,
-                         optimizer=optimizer, accounting=accounting)
+        report = analyze(
+            prepared.model,
+            input_size=prepared.data.input_size,
+            batch_size=batch_size,
+            optimizer=optimizer,
+            accounting=accounting,
+        )
         report.totals = replace(report.totals, mode=mode.name, backbone=backbone)
         out[mode.name] = report
     return out
@@ -65,10 +74,17 @@ def compare_modes(
     ``applicable`` and ``reason`` (why a mode does not apply). Built on the ``meta`` device.
     ``resolution`` None means the backbone's default input size.
     """
-    return table_from_reports(mode_reports(
-        backbone, resolution=resolution, batch_size=batch_size, optimizer=optimizer, accounting=accounting,
-        modes=modes, group_norm=group_norm,
-    ))
+    return table_from_reports(
+        mode_reports(
+            backbone,
+            resolution=resolution,
+            batch_size=batch_size,
+            optimizer=optimizer,
+            accounting=accounting,
+            modes=modes,
+            group_norm=group_norm,
+        )
+    )
 
 
 def table_from_reports(reports: dict[str, MemoryReport | str]) -> pd.DataFrame:
@@ -79,13 +95,19 @@ def table_from_reports(reports: dict[str, MemoryReport | str]) -> pd.DataFrame:
             records.append({"mode": name, "applicable": False, "reason": report})
             continue
         t = report.totals
-        records.append({
-            "mode": name, "applicable": True, "reason": "",
-            "trainable_params": t.n_trainable, "params": t.n_params,
-            **{k: getattr(t, k) for k in TABLE_COLUMNS},
-        })
-    table = pd.DataFrame.from_records(records, columns=["mode", "applicable", "reason", "trainable_params",
-                                                        "params", *TABLE_COLUMNS])
+        records.append(
+            {
+                "mode": name,
+                "applicable": True,
+                "reason": "",
+                "trainable_params": t.n_trainable,
+                "params": t.n_params,
+                **{k: getattr(t, k) for k in TABLE_COLUMNS},
+            }
+        )
+    table = pd.DataFrame.from_records(
+        records, columns=["mode", "applicable", "reason", "trainable_params", "params", *TABLE_COLUMNS]
+    )
     total = table[TOTALS.total_modelled_bytes]
     full = total[(table["mode"] == "full") & table["applicable"]]
     table["ratio_to_full"] = total / float(full.iloc[0]) if len(full) else float("nan")

@@ -79,12 +79,14 @@ class RunInfo:
     n_trainable: int | None = quantity("trainable parameters", Unit.COUNT, short="trainable params")
     n_total: int | None = quantity("parameters", Unit.COUNT, short="params")
     final_val_acc: float | None = quantity(
-        "validation accuracy", Unit.FRACTION, short="val acc",
-        help="Validation accuracy at the end of the run.")
+        "validation accuracy",
+        Unit.FRACTION,
+        short="val acc",
+        help="Validation accuracy at the end of the run.",
+    )
     final_val_loss: float | None = quantity("validation loss", Unit.NUMBER, short="val loss")
     best_val_acc: float | None = quantity("best validation accuracy", Unit.FRACTION, short="best val acc")
-    final_train_acc: float | None = quantity(
-        "training accuracy (running)", Unit.FRACTION, short="train acc")
+    final_train_acc: float | None = quantity("training accuracy (running)", Unit.FRACTION, short="train acc")
     setup_time_s: float | None = quantity("setup time", Unit.SECONDS, short="setup")
     train_time_s: float | None = quantity("training time", Unit.SECONDS, short="train time")
     eval_time_s: float | None = quantity("evaluation time", Unit.SECONDS, short="eval time")
@@ -99,16 +101,25 @@ class RunInfo:
 RUN = names(RunInfo)
 MEMORY = names(RunMemory)
 REQUIRED: tuple[str, ...] = (RUN.status, RUN.backbone, RUN.mode, RUN.dataset)
-_SQL_TYPES = {Unit.TEXT: "TEXT", Unit.COUNT: "INTEGER", Unit.FLAG: "INTEGER", Unit.BYTES: "INTEGER",
-              Unit.FRACTION: "REAL", Unit.NUMBER: "REAL", Unit.SECONDS: "REAL"}
+_SQL_TYPES = {
+    Unit.TEXT: "TEXT",
+    Unit.COUNT: "INTEGER",
+    Unit.FLAG: "INTEGER",
+    Unit.BYTES: "INTEGER",
+    Unit.FRACTION: "REAL",
+    Unit.NUMBER: "REAL",
+    Unit.SECONDS: "REAL",
+}
 
 
 def _columns() -> dict[str, str]:
     """Scalar columns in display order (memory after the accuracies) with their SQLite types."""
     info = [q for q in quantities(RunInfo) if q.name != RUN.id]
     cut = [q.name for q in info].index(RUN.final_train_acc) + 1
-    return {q.name: _SQL_TYPES[q.unit] + (" NOT NULL" if q.name in REQUIRED else "")
-            for q in (*info[:cut], *quantities(RunMemory), *info[cut:])}
+    return {
+        q.name: _SQL_TYPES[q.unit] + (" NOT NULL" if q.name in REQUIRED else "")
+        for q in (*info[:cut], *quantities(RunMemory), *info[cut:])
+    }
 
 
 COLUMNS: dict[str, str] = _columns()
@@ -123,8 +134,11 @@ def _memory_columns(memory: Mapping[str, Any] | None) -> dict[str, int]:
     figures = RunMemory.from_dict(memory)
     if figures is None:
         return {}
-    return {q.name: int(getattr(figures, q.name)) for q in quantities(RunMemory)
-            if getattr(figures, q.name) is not None}
+    return {
+        q.name: int(getattr(figures, q.name))
+        for q in quantities(RunMemory)
+        if getattr(figures, q.name) is not None
+    }
 
 
 def _status_check() -> str:
@@ -136,8 +150,10 @@ def _create_table_sql(table: str) -> str:
     """``CREATE TABLE`` of the runs table (under ``table``) with today's columns and status check."""
     cols = ", ".join(f"{name} {kind}" for name, kind in COLUMNS.items())
     json_cols = ", ".join(f"{name}_json TEXT" for name in JSON_COLUMNS)
-    return (f"CREATE TABLE IF NOT EXISTS {table} (id INTEGER PRIMARY KEY AUTOINCREMENT, {cols}, {json_cols}, "
-            f"{_status_check()})")
+    return (
+        f"CREATE TABLE IF NOT EXISTS {table} (id INTEGER PRIMARY KEY AUTOINCREMENT, {cols}, {json_cols}, "
+        f"{_status_check()})"
+    )
 
 
 def default_db_path() -> Path:
@@ -282,8 +298,10 @@ class ResultsStore:
         if missing:
             raise ValueError(f"a run needs {', '.join(missing)}")
         if record[RUN.status] not in ENDED_STATUSES:
-            raise ValueError(f"status must be one of {', '.join(s.value for s in ENDED_STATUSES)}, "
-                             f"got {record[RUN.status]!r}")
+            raise ValueError(
+                f"status must be one of {', '.join(s.value for s in ENDED_STATUSES)}, "
+                f"got {record[RUN.status]!r}"
+            )
         values = {name: record.get(name) for name in COLUMNS}
         values[RUN.status] = RunStatus(values[RUN.status]).value
         for key, value in _memory_columns(record.get("memory")).items():
@@ -310,12 +328,23 @@ class ResultsStore:
             raise KeyError(f"no run with id {run_id} in {self.path}")
         return self._row(row)
 
-    def list_runs(self, *, limit: int | None = None, status: str | None = None, dataset: str | None = None,
-                  backbone: str | None = None, mode: str | None = None) -> list[dict[str, Any]]:
+    def list_runs(
+        self,
+        *,
+        limit: int | None = None,
+        status: str | None = None,
+        dataset: str | None = None,
+        backbone: str | None = None,
+        mode: str | None = None,
+    ) -> list[dict[str, Any]]:
         """Stored runs, newest first, optionally filtered by exact field values."""
         where, args = [], []
-        for col, value in ((RUN.status, status), (RUN.dataset, dataset), (RUN.backbone, backbone),
-                           (RUN.mode, mode)):
+        for col, value in (
+            (RUN.status, status),
+            (RUN.dataset, dataset),
+            (RUN.backbone, backbone),
+            (RUN.mode, mode),
+        ):
             if value is not None:
                 where.append(f"{col} = ?")
                 args.append(value)
@@ -332,6 +361,7 @@ class ResultsStore:
 
     def delete_run(self, run_id: int) -> None:
         """Delete one run (``KeyError`` if there is none)."""
+
         def delete(con: sqlite3.Connection) -> int:
             with self._transaction(con):
                 return con.execute("DELETE FROM runs WHERE id = ?", (int(run_id),)).rowcount
@@ -339,8 +369,13 @@ class ResultsStore:
         if self._retry(delete) == 0:
             raise KeyError(f"no run with id {run_id} in {self.path}")
 
-    def export_csv(self, dest: str | Path | IO[str], run_ids: Iterable[int] | None = None, *,
-                   include_history: bool = False) -> int:
+    def export_csv(
+        self,
+        dest: str | Path | IO[str],
+        run_ids: Iterable[int] | None = None,
+        *,
+        include_history: bool = False,
+    ) -> int:
         """Write runs (all, or ``run_ids``) as CSV to a path or text file; return the number of rows.
 
         Scalar columns come first; ``config`` (and ``history`` if asked) follow as JSON strings.
@@ -351,13 +386,20 @@ class ResultsStore:
             runs = [r for r in runs if r[RUN.id] in wanted]
         header = [RUN.id, *COLUMNS, "config"] + (["history"] if include_history else [])
         with contextlib.ExitStack() as stack:
-            fh = dest if hasattr(dest, "write") else stack.enter_context(
-                open(dest, "w", newline="", encoding="utf-8"))  # type: ignore[arg-type]
+            fh = (
+                dest
+                if hasattr(dest, "write")
+                else stack.enter_context(open(dest, "w", newline="", encoding="utf-8"))
+            )  # type: ignore[arg-type]
             writer = csv.writer(fh)  # type: ignore[arg-type]
             writer.writerow(header)
             for run in runs:
-                writer.writerow([json.dumps(run[h]) if h in JSON_COLUMNS and run[h] is not None else run[h]
-                                 for h in header])
+                writer.writerow(
+                    [
+                        json.dumps(run[h]) if h in JSON_COLUMNS and run[h] is not None else run[h]
+                        for h in header
+                    ]
+                )
         return len(runs)
 
 

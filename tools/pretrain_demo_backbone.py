@@ -79,10 +79,15 @@ class Normalize(nn.Module):
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--backbone", default=next(iter(LOCAL_BACKBONES)), choices=list(LOCAL_BACKBONES),
-                   help="shipped backbone to pretrain (its entry fixes architecture and input size)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument(
+        "--backbone",
+        default=next(iter(LOCAL_BACKBONES)),
+        choices=list(LOCAL_BACKBONES),
+        help="shipped backbone to pretrain (its entry fixes architecture and input size)",
+    )
     p.add_argument("--steps", type=int, default=3000, help="optimisation steps")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=3e-3, help="peak AdamW learning rate")
@@ -113,21 +118,28 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, prep: Normalize, images: torch.Tensor, labels: torch.Tensor,
-             batch: int = 256) -> dict[str, float]:
+def evaluate(
+    model: nn.Module, prep: Normalize, images: torch.Tensor, labels: torch.Tensor, batch: int = 256
+) -> dict[str, float]:
     """Top-1 / top-5 accuracy on the held-out set, plus accuracy of each factor of the predicted class."""
     model.eval()
     preds, top5 = [], 0
     for i in range(0, len(labels), batch):
-        logits = model(prep(images[i:i + batch]))
+        logits = model(prep(images[i : i + batch]))
         preds.append(logits.argmax(1))
-        top5 += int((logits.topk(5, 1).indices == labels[i:i + batch, None]).any(1).sum())
+        top5 += int((logits.topk(5, 1).indices == labels[i : i + batch, None]).any(1).sum())
     pred = torch.cat(preds).numpy()
     true = labels.numpy()
     out = {"top1": float((pred == true).mean()), "top5": top5 / len(true)}
     for factor in FACTORS:
-        out[factor] = float(np.mean([getattr(SOURCE_CLASSES[p], factor) == getattr(SOURCE_CLASSES[t], factor)
-                                     for p, t in zip(pred, true)]))
+        out[factor] = float(
+            np.mean(
+                [
+                    getattr(SOURCE_CLASSES[p], factor) == getattr(SOURCE_CLASSES[t], factor)
+                    for p, t in zip(pred, true)
+                ]
+            )
+        )
     return out
 
 
@@ -155,8 +167,9 @@ def write_atomic(path: Path, write) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    command = "python " + " ".join(shlex.quote(a) for a in [
-        str(Path(sys.argv[0]).as_posix()), *(sys.argv[1:] if argv is None else argv)])
+    command = "python " + " ".join(
+        shlex.quote(a) for a in [str(Path(sys.argv[0]).as_posix()), *(sys.argv[1:] if argv is None else argv)]
+    )
     t_start = time.perf_counter()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -167,16 +180,23 @@ def main(argv: list[str] | None = None) -> int:
     model = model.to(memory_format=torch.channels_last)
     prep = Normalize(cfg.mean, cfg.std)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"{spec.name} ({spec.architecture}, {n_params / 1e6:.2f} M params) on {len(SOURCE_CLASSES)} source "
-          f"classes at {size} px; {args.steps} steps x {args.batch_size} images", flush=True)
+    print(
+        f"{spec.name} ({spec.architecture}, {n_params / 1e6:.2f} M params) on {len(SOURCE_CLASSES)} source "
+        f"classes at {size} px; {args.steps} steps x {args.batch_size} images",
+        flush=True,
+    )
 
     heldout_x, heldout_y = source_batch(args.seed, 0, args.eval_images, size, split="heldout")
     heldout_x = torch.from_numpy(heldout_x).permute(0, 3, 1, 2)
     heldout_y = torch.from_numpy(heldout_y)
 
     loader = torch.utils.data.DataLoader(
-        SourceBatches(args.seed, args.batch_size, size), batch_size=None, sampler=range(args.steps),
-        num_workers=args.workers, prefetch_factor=4 if args.workers else None)
+        SourceBatches(args.seed, args.batch_size, size),
+        batch_size=None,
+        sampler=range(args.steps),
+        num_workers=args.workers,
+        prefetch_factor=4 if args.workers else None,
+    )
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, args.warmup, args.steps))
     criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
@@ -201,12 +221,20 @@ def main(argv: list[str] | None = None) -> int:
         bar.set_postfix(loss=f"{loss_avg:.3f}", acc=f"{acc_avg:.3f}", img_s=f"{speed:.0f}")
         if step % args.eval_every == 0 or step == args.steps:
             metrics = evaluate(model, prep, heldout_x, heldout_y)
-            history.append({"step": step, "train_loss": round(loss_avg, 4), "train_acc": round(acc_avg, 4),
-                            **{k: round(v, 4) for k, v in metrics.items()},
-                            "elapsed_s": round(time.perf_counter() - t_start, 1)})
-            bar.write(f"step {step}: held-out top-1 {metrics['top1']:.3f}, top-5 {metrics['top5']:.3f} "
-                      f"(shape {metrics['shape']:.3f}, colour {metrics['colour']:.3f}, "
-                      f"fill {metrics['fill']:.3f}, background {metrics['background']:.3f})")
+            history.append(
+                {
+                    "step": step,
+                    "train_loss": round(loss_avg, 4),
+                    "train_acc": round(acc_avg, 4),
+                    **{k: round(v, 4) for k, v in metrics.items()},
+                    "elapsed_s": round(time.perf_counter() - t_start, 1),
+                }
+            )
+            bar.write(
+                f"step {step}: held-out top-1 {metrics['top1']:.3f}, top-5 {metrics['top5']:.3f} "
+                f"(shape {metrics['shape']:.3f}, colour {metrics['colour']:.3f}, "
+                f"fill {metrics['fill']:.3f}, background {metrics['background']:.3f})"
+            )
     bar.close()
     train_time = time.perf_counter() - t_train
 
@@ -214,8 +242,18 @@ def main(argv: list[str] | None = None) -> int:
 
     weights_path = args.out_dir / spec.weights_file
     state = export_state(model, args.fp32)
-    write_atomic(weights_path, lambda tmp: save_file(state, tmp, metadata={
-        "backbone": spec.name, "architecture": spec.architecture, "num_classes": str(len(SOURCE_CLASSES))}))
+    write_atomic(
+        weights_path,
+        lambda tmp: save_file(
+            state,
+            tmp,
+            metadata={
+                "backbone": spec.name,
+                "architecture": spec.architecture,
+                "num_classes": str(len(SOURCE_CLASSES)),
+            },
+        ),
+    )
     # The card reports the checkpoint as shipped: reload it into a fresh model and measure again.
     check, _ = create_backbone(spec.name, num_classes=len(SOURCE_CLASSES), pretrained=False)
     check.load_state_dict(load_file(str(weights_path)))
@@ -227,8 +265,8 @@ def main(argv: list[str] | None = None) -> int:
         "architecture": spec.architecture,
         "architecture_note": "timm MobileNetV2, width multiplier 0.5, ReLU6 activations, BatchNorm",
         "parameters": n_params,
-        "parameters_without_classifier": n_params - sum(
-            p.numel() for p in model.get_classifier().parameters()),
+        "parameters_without_classifier": n_params
+        - sum(p.numel() for p in model.get_classifier().parameters()),
         "weights_file": spec.weights_file,
         "weights_dtype": "float32" if args.fp32 else "float16",
         "weights_bytes": weights_path.stat().st_size,
@@ -240,8 +278,12 @@ def main(argv: list[str] | None = None) -> int:
             "module": "tinytl_core.data.source_task",
             "description": SOURCE_TASK_DESCRIPTION,
             "num_classes": len(SOURCE_CLASSES),
-            "factors": {"shape": list(SOURCE_SHAPES), "colour": list(SOURCE_COLOURS),
-                        "fill": list(SOURCE_FILLS), "background": list(SOURCE_BACKGROUNDS)},
+            "factors": {
+                "shape": list(SOURCE_SHAPES),
+                "colour": list(SOURCE_COLOURS),
+                "fill": list(SOURCE_FILLS),
+                "background": list(SOURCE_BACKGROUNDS),
+            },
             "class_names_example": list(SOURCE_CLASS_NAMES[:3]),
             "train_images_seen": args.steps * args.batch_size,
             "heldout_images": args.eval_images,
@@ -249,15 +291,25 @@ def main(argv: list[str] | None = None) -> int:
         "source_accuracy": {k: round(v, 4) for k, v in final.items()},
         "chance_accuracy": round(1 / len(SOURCE_CLASSES), 4),
         "training": {
-            "steps": args.steps, "batch_size": args.batch_size, "optimizer": "AdamW", "lr": args.lr,
-            "weight_decay": args.weight_decay, "warmup_steps": args.warmup,
+            "steps": args.steps,
+            "batch_size": args.batch_size,
+            "optimizer": "AdamW",
+            "lr": args.lr,
+            "weight_decay": args.weight_decay,
+            "warmup_steps": args.warmup,
             "schedule": "linear warm-up + cosine",
-            "label_smoothing": args.label_smoothing, "seed": args.seed, "threads": args.threads,
-            "workers": args.workers, "device": "cpu",
+            "label_smoothing": args.label_smoothing,
+            "seed": args.seed,
+            "threads": args.threads,
+            "workers": args.workers,
+            "device": "cpu",
         },
         "history": history,
-        "time": {"train_s": round(train_time, 1), "total_s": round(total_time, 1),
-                 "images_per_s": round(args.steps * args.batch_size / train_time, 1)},
+        "time": {
+            "train_s": round(train_time, 1),
+            "total_s": round(total_time, 1),
+            "images_per_s": round(args.steps * args.batch_size / train_time, 1),
+        },
         "command": command,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores (shared), {platform.python_version()}",
@@ -267,8 +319,10 @@ def main(argv: list[str] | None = None) -> int:
     text = json.dumps(card, indent=2) + "\n"
     write_atomic(card_path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     print(f"wrote {weights_path} ({format_mb(card['weights_bytes'])} MB) and {card_path}")
-    print(f"source held-out top-1 {final['top1']:.3f} (chance {1 / len(SOURCE_CLASSES):.4f}), "
-          f"top-5 {final['top5']:.3f}; {total_time / 60:.1f} min")
+    print(
+        f"source held-out top-1 {final['top1']:.3f} (chance {1 / len(SOURCE_CLASSES):.4f}), "
+        f"top-5 {final['top5']:.3f}; {total_time / 60:.1f} min"
+    )
     return 0
 
 

@@ -76,9 +76,11 @@ def small_resolution_warning(name: str, resolution: int) -> str | None:
     if stride is None or resolution >= stride:
         return None
     default = data_config(name).resolution
-    return (f"{resolution} px is below {stride} px, the size at which {name}'s last stage is 1x1 (it "
-            f"reduces its input {stride}x): its feature maps collapse to 1x1 early and the last stages see "
-            f"no spatial extent. Use at least {stride} px (its default is {default} px).")
+    return (
+        f"{resolution} px is below {stride} px, the size at which {name}'s last stage is 1x1 (it "
+        f"reduces its input {stride}x): its feature maps collapse to 1x1 early and the last stages see "
+        f"no spatial extent. Use at least {stride} px (its default is {default} px)."
+    )
 
 
 RESOLUTION_STEP = 16

@@ -90,7 +90,6 @@ DEMO_BACKBONE = "demo_mobilenetv2_050"
 """The offline default: a width-0.5 MobileNetV2 (ReLU6) pretrained here on a synthetic source task."""
 
 
-
 def default_backbone() -> str:
     """The backbone every entry point uses when none is chosen (CLI ``adapt`` / ``memory`` / ``modes``,
     :class:`~tinytl_core.adapt.AdaptConfig`, the app's sidebar): always :data:`DEMO_BACKBONE`. It ships

@@ -60,6 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if os.environ.get("TINYTL_DEBUG"):
             traceback.print_exc()
-        print(f"error: {type(exc).__name__}: {error_message(exc)} (set TINYTL_DEBUG=1 for the traceback)",
-              file=sys.stderr)
+        print(
+            f"error: {type(exc).__name__}: {error_message(exc)} (set TINYTL_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
         return 1

@@ -20,17 +20,29 @@ from tinytl_core.results import RUN, ResultsStore, run_table
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``adapt`` command."""
     d = AdaptConfig()
-    p = sub.add_parser("adapt", help="train a backbone in a fine-tuning mode on a dataset, record the run",
-                       description="Short adaptation with accuracy and memory figures, stored in the "
-                                   "results database (see the `runs` command).")
-    p.add_argument("--model", default=default_backbone(),
-                   help="shipped or timm architecture (default: %(default)s, the demo backbone, offline)")
+    p = sub.add_parser(
+        "adapt",
+        help="train a backbone in a fine-tuning mode on a dataset, record the run",
+        description="Short adaptation with accuracy and memory figures, stored in the "
+        "results database (see the `runs` command).",
+    )
+    p.add_argument(
+        "--model",
+        default=default_backbone(),
+        help="shipped or timm architecture (default: %(default)s, the demo backbone, offline)",
+    )
     which = p.add_mutually_exclusive_group()
     which.add_argument("--mode", default=None, help=f"fine-tuning mode (default: {d.mode})")
-    which.add_argument("--modes", default=None,
-                       help="'all' or a comma-separated list: run each in turn and print a comparison table")
-    p.add_argument("--dataset", default=d.dataset,
-                   help="built-in or torchvision name, image folder or .zip of one (default: %(default)s)")
+    which.add_argument(
+        "--modes",
+        default=None,
+        help="'all' or a comma-separated list: run each in turn and print a comparison table",
+    )
+    p.add_argument(
+        "--dataset",
+        default=d.dataset,
+        help="built-in or torchvision name, image folder or .zip of one (default: %(default)s)",
+    )
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--steps", type=int, default=None, help=f"optimisation steps (default: {d.steps})")
     budget.add_argument("--epochs", type=float, default=None, help="epochs instead of steps")
@@ -40,26 +52,49 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--schedule", choices=SCHEDULES, default=d.schedule, help="learning-rate schedule")
     p.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
     p.add_argument("--seed", type=int, default=d.seed, help="training seed (init, order, augmentation)")
-    p.add_argument("--resolution", type=int, default=None,
-                   help="input size in px (default: the model's own, e.g. 64 for the demo backbone)")
+    p.add_argument(
+        "--resolution",
+        type=int,
+        default=None,
+        help="input size in px (default: the model's own, e.g. 64 for the demo backbone)",
+    )
     p.add_argument("--shots", type=int, default=None, help="at most this many training images per class")
     p.add_argument("--val-cap", type=int, default=None, help="at most this many validation images per class")
-    p.add_argument("--val-fraction", type=float, default=d.val_fraction,
-                   help="share held out for validation where the set has no official split")
-    p.add_argument("--eval-every", type=int, default=d.eval_every,
-                   help="also evaluate every N steps (default 0: only at the end)")
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=d.val_fraction,
+        help="share held out for validation where the set has no official split",
+    )
+    p.add_argument(
+        "--eval-every",
+        type=int,
+        default=d.eval_every,
+        help="also evaluate every N steps (default 0: only at the end)",
+    )
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--no-pretrained", dest="pretrained", action="store_false",
-                   help="random init instead of pretrained weights")
+    p.add_argument(
+        "--no-pretrained",
+        dest="pretrained",
+        action="store_false",
+        help="random init instead of pretrained weights",
+    )
     p.add_argument("--group-norm", action="store_true", help="replace BatchNorm by GroupNorm")
     p.add_argument("--no-augment", dest="augment", action="store_false", help="no training augmentation")
-    p.add_argument("--no-memory", dest="record_memory", action="store_false",
-                   help="skip the memory figures")
-    p.add_argument("--no-measure", dest="measure_memory", action="store_false",
-                   help="model memory only; do not measure real steps")
-    p.add_argument("--no-engine", dest="engine", action="store_false",
-                   help="train with stock PyTorch layers instead of the training engine's (same gradients, "
-                        "more stored for backward)")
+    p.add_argument("--no-memory", dest="record_memory", action="store_false", help="skip the memory figures")
+    p.add_argument(
+        "--no-measure",
+        dest="measure_memory",
+        action="store_false",
+        help="model memory only; do not measure real steps",
+    )
+    p.add_argument(
+        "--no-engine",
+        dest="engine",
+        action="store_false",
+        help="train with stock PyTorch layers instead of the training engine's (same gradients, "
+        "more stored for backward)",
+    )
     p.add_argument("--db", default=None, help="results database (default: $TINYTL_RESULTS_DB or data folder)")
     p.add_argument("--no-save", dest="save", action="store_false", help="do not store the run(s)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -69,12 +104,28 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _config(args: argparse.Namespace, mode: str) -> AdaptConfig:
     steps = args.steps if args.steps is not None else (None if args.epochs is not None else AdaptConfig.steps)
     return AdaptConfig(
-        backbone=args.model, mode=mode, dataset=args.dataset, steps=steps, epochs=args.epochs,
-        batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer, schedule=args.schedule,
-        label_smoothing=args.label_smoothing, seed=args.seed, resolution=args.resolution,
-        pretrained=args.pretrained, group_norm=args.group_norm, augment=args.augment,
-        val_fraction=args.val_fraction, shots=args.shots, val_cap=args.val_cap, eval_every=args.eval_every,
-        device=args.device, record_memory=args.record_memory, measure_memory=args.measure_memory,
+        backbone=args.model,
+        mode=mode,
+        dataset=args.dataset,
+        steps=steps,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        optimizer=args.optimizer,
+        schedule=args.schedule,
+        label_smoothing=args.label_smoothing,
+        seed=args.seed,
+        resolution=args.resolution,
+        pretrained=args.pretrained,
+        group_norm=args.group_norm,
+        augment=args.augment,
+        val_fraction=args.val_fraction,
+        shots=args.shots,
+        val_cap=args.val_cap,
+        eval_every=args.eval_every,
+        device=args.device,
+        record_memory=args.record_memory,
+        measure_memory=args.measure_memory,
         engine=args.engine,
     )
 
@@ -90,8 +141,12 @@ class _Bar:
             if self.bar is None:
                 self.bar = tqdm(total=event.total_steps, desc=self.label, unit="step", leave=True)
             self.bar.update(1)
-            self.bar.set_postfix(loss=f"{event.loss:.3f}", acc=f"{100 * event.train_acc:.0f}%",
-                                 ips=f"{event.images_per_s:.1f}", refresh=False)
+            self.bar.set_postfix(
+                loss=f"{event.loss:.3f}",
+                acc=f"{100 * event.train_acc:.0f}%",
+                ips=f"{event.images_per_s:.1f}",
+                refresh=False,
+            )
         elif isinstance(event, EvalEvent):
             text = f"  step {event.step}: val acc {100 * event.val_acc:.1f}%, val loss {event.val_loss:.3f}"
             (self.bar.write if self.bar is not None else print)(text)
@@ -127,8 +182,14 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     store = ResultsStore(args.db) if args.save else None
-    data = load_dataset(args.dataset, val_fraction=args.val_fraction, seed=configs[0].split_seed,
-                        shots=args.shots, val_cap=args.val_cap, progress=True)
+    data = load_dataset(
+        args.dataset,
+        val_fraction=args.val_fraction,
+        seed=configs[0].split_seed,
+        shots=args.shots,
+        val_cap=args.val_cap,
+        progress=True,
+    )
     print(data.summary())
     if data.skipped:
         print(f"  skipped: {', '.join(data.skipped_examples)}{' ...' if data.skipped > 10 else ''}")

@@ -43,8 +43,9 @@ def run_list(args: argparse.Namespace) -> int:
     for d in list_datasets(args.kind):
         if d.kind == "builtin":
             spec = BUILTIN_SETS[d.name]
-            cached = builtin_cache_path(d.name, n_per_class=spec.n_per_class, image_size=spec.image_size,
-                                        seed=0).exists()
+            cached = builtin_cache_path(
+                d.name, n_per_class=spec.n_per_class, image_size=spec.image_size, seed=0
+            ).exists()
             state = "cached" if cached else "built on first use"
         elif is_downloaded(d.name):
             state = "downloaded"
@@ -69,16 +70,24 @@ def run_build(args: argparse.Namespace) -> int:
         start = time.perf_counter()
         source = load_builtin(name, progress=True)
         took = time.perf_counter() - start
-        print(f"{name}: {len(source)} images, {len(source.classes)} classes, "
-              f"{source.images.shape[1]} px, {'loaded from cache' if cached else 'built'} in {took:.2f} s "
-              f"-> {path}")
+        print(
+            f"{name}: {len(source)} images, {len(source.classes)} classes, "
+            f"{source.images.shape[1]} px, {'loaded from cache' if cached else 'built'} in {took:.2f} s "
+            f"-> {path}"
+        )
     return 0
 
 
 def run_info(args: argparse.Namespace) -> int:
     """Load a dataset and print split sizes, classes and skipped files."""
-    data = load_dataset(args.name, val_fraction=args.val_fraction, seed=args.seed, shots=args.shots,
-                        download=args.download, progress=True)
+    data = load_dataset(
+        args.name,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        shots=args.shots,
+        download=args.download,
+        progress=True,
+    )
     print(data.summary())
     if data.description:
         print(data.description)
@@ -93,6 +102,9 @@ def run_info(args: argparse.Namespace) -> int:
 def run_download(args: argparse.Namespace) -> int:
     """Download a torchvision dataset (both splits)."""
     train, val = load_torchvision(args.name, download=True, timeout=args.timeout, progress=True)
-    print(f"{args.name}: {len(train)} training" + (f" / {len(val)} test or validation" if val else "")
-          + " images ready")
+    print(
+        f"{args.name}: {len(train)} training"
+        + (f" / {len(val)} test or validation" if val else "")
+        + " images ready"
+    )
     return 0

@@ -29,20 +29,38 @@ from tinytl_core.modes import MODES, prepare_model, resolve_modes
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``memory`` command."""
     p = sub.add_parser("memory", help="training memory per mode: weights, gradients+optimizer, activations")
-    p.add_argument("--model", default=default_backbone(),
-                   help="shipped or timm architecture (default: %(default)s, the demo backbone, offline)")
-    p.add_argument("--resolution", type=int, default=None,
-                   help="input size in pixels (default or 0: the model's own, e.g. 64 for the demo backbone)")
+    p.add_argument(
+        "--model",
+        default=default_backbone(),
+        help="shipped or timm architecture (default: %(default)s, the demo backbone, offline)",
+    )
+    p.add_argument(
+        "--resolution",
+        type=int,
+        default=None,
+        help="input size in pixels (default or 0: the model's own, e.g. 64 for the demo backbone)",
+    )
     p.add_argument("--batch-size", type=int, default=8, help="samples per training step")
     p.add_argument("--mode", default="all", help=f"'all' or a comma-separated list of: {', '.join(MODES)}")
-    p.add_argument("--optimizer", default="adam", choices=list(OPTIMIZER_STATES),
-                   help="none = plain SGD, sgd = with momentum, adam/adamw = two moments")
-    p.add_argument("--accounting", default="complete", choices=list(ACCOUNTINGS),
-                   help="complete (weights, grads+optimizer, activations, transient) or the paper's")
+    p.add_argument(
+        "--optimizer",
+        default="adam",
+        choices=list(OPTIMIZER_STATES),
+        help="none = plain SGD, sgd = with momentum, adam/adamw = two moments",
+    )
+    p.add_argument(
+        "--accounting",
+        default="complete",
+        choices=list(ACCOUNTINGS),
+        help="complete (weights, grads+optimizer, activations, transient) or the paper's",
+    )
     p.add_argument("--group-norm", action="store_true", help="replace BatchNorm by GroupNorm (as the paper)")
-    p.add_argument("--measure", action="store_true",
-                   help="also run real training steps per mode on the CPU (or --device) and record what "
-                        "autograd saves, with stock PyTorch layers and with the training engine's")
+    p.add_argument(
+        "--measure",
+        action="store_true",
+        help="also run real training steps per mode on the CPU (or --device) and record what "
+        "autograd saves, with stock PyTorch layers and with the training engine's",
+    )
     p.add_argument("--device", default=None, help="device for --measure (default: cuda if any, else cpu)")
     p.add_argument("--csv", default=None, metavar="FILE", help="write every mode's per-layer table to FILE")
     p.set_defaults(func=run)
@@ -64,22 +82,40 @@ def run(args: argparse.Namespace) -> int:
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
     reports = mode_reports(
-        args.model, resolution=resolution, batch_size=args.batch_size, optimizer=args.optimizer,
-        accounting=args.accounting, modes=args.mode, group_norm=args.group_norm,
+        args.model,
+        resolution=resolution,
+        batch_size=args.batch_size,
+        optimizer=args.optimizer,
+        accounting=args.accounting,
+        modes=args.mode,
+        group_norm=args.group_norm,
     )
     table = table_from_reports(reports)
     layers = {name: r.layers for name, r in reports.items() if isinstance(r, MemoryReport)}
     if args.measure:
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        stock, engine, peaks, errors = {}, {}, {PEAKS.peak_measured_stock_bytes: {},
-                                                PEAKS.peak_measured_engine_bytes: {}}, []
+        stock, engine, peaks, errors = (
+            {},
+            {},
+            {PEAKS.peak_measured_stock_bytes: {}, PEAKS.peak_measured_engine_bytes: {}},
+            [],
+        )
         for name in tqdm(list(layers), desc="measuring stock and engine", unit="mode"):
             report = reports[name]
-            prepared = prepare_model(args.model, name, resolution=resolution, group_norm=args.group_norm,
-                                     device=device, engine=False)
+            prepared = prepare_model(
+                args.model,
+                name,
+                resolution=resolution,
+                group_norm=args.group_norm,
+                device=device,
+                engine=False,
+            )
             both = measure_stock_and_engine(
-                prepared.model, input_size=report.totals.input_size, batch_size=args.batch_size,
-                optimizer=args.optimizer, per_layer=args.csv is not None,
+                prepared.model,
+                input_size=report.totals.input_size,
+                batch_size=args.batch_size,
+                optimizer=args.optimizer,
+                per_layer=args.csv is not None,
                 modelled=report if args.accounting == "complete" else None,
             )
             stock[name], engine[name] = both.stock_bytes, both.engine_bytes
@@ -99,14 +135,18 @@ def run(args: argparse.Namespace) -> int:
     first = next((r for r in reports.values() if isinstance(r, MemoryReport)), None)
     if first is not None:
         c, h, w = first.totals.input_size
-        print(f"{args.model}, {c}x{h}x{w}, batch {args.batch_size}, optimizer {args.optimizer}, "
-              f"{args.accounting} accounting")
+        print(
+            f"{args.model}, {c}x{h}x{w}, batch {args.batch_size}, optimizer {args.optimizer}, "
+            f"{args.accounting} accounting"
+        )
     print(format_modes(table))
     if args.measure:
-        print("act. necessary: TinyTL's rules (model); act. stock: what stock PyTorch saves (model); "
-              "measured: one real step with stock PyTorch layers and with the training engine's; "
-              "total modelled: the modelled step peak; peak measured: the step's peak (PyTorch's profiler, "
-              "or torch.cuda.max_memory_allocated on CUDA), what the OS or CUDA shows")
+        print(
+            "act. necessary: TinyTL's rules (model); act. stock: what stock PyTorch saves (model); "
+            "measured: one real step with stock PyTorch layers and with the training engine's; "
+            "total modelled: the modelled step peak; peak measured: the step's peak (PyTorch's profiler, "
+            "or torch.cuda.max_memory_allocated on CUDA), what the OS or CUDA shows"
+        )
     if args.csv:
         frames = [df.assign(mode=name)[["mode", *df.columns]] for name, df in layers.items()]
         pd.concat(frames, ignore_index=True).to_csv(args.csv, index=False)

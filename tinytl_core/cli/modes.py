@@ -12,8 +12,11 @@ from tinytl_core.reports import trainable_table
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``modes`` command."""
     p = sub.add_parser("modes", help="trainable parameters of every fine-tuning mode on a backbone")
-    p.add_argument("--model", default=default_backbone(),
-                   help="shipped or timm architecture (default: %(default)s, the demo backbone, offline)")
+    p.add_argument(
+        "--model",
+        default=default_backbone(),
+        help="shipped or timm architecture (default: %(default)s, the demo backbone, offline)",
+    )
     p.add_argument("--resolution", type=int, default=None, help="input size in pixels (default: model's)")
     p.add_argument("--group-norm", action="store_true", help="replace BatchNorm by GroupNorm")
     p.add_argument("--describe", action="store_true", help="print each mode's description and exit")

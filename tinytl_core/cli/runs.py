@@ -9,9 +9,22 @@ from tinytl_core.quantities import ENDED_STATUSES
 from tinytl_core.results import MEMORY, RUN, ResultsStore, run_table
 
 COLUMNS: tuple[str, ...] = (
-    RUN.id, RUN.status, RUN.backbone, RUN.mode, RUN.dataset, RUN.resolution, RUN.batch_size, RUN.steps_done,
-    RUN.final_val_acc, RUN.best_val_acc, RUN.n_trainable, MEMORY.total_modelled_bytes,
-    MEMORY.total_measured_bytes, MEMORY.activations_measured_bytes, RUN.total_time_s, RUN.started_at,
+    RUN.id,
+    RUN.status,
+    RUN.backbone,
+    RUN.mode,
+    RUN.dataset,
+    RUN.resolution,
+    RUN.batch_size,
+    RUN.steps_done,
+    RUN.final_val_acc,
+    RUN.best_val_acc,
+    RUN.n_trainable,
+    MEMORY.total_modelled_bytes,
+    MEMORY.total_measured_bytes,
+    MEMORY.activations_measured_bytes,
+    RUN.total_time_s,
+    RUN.started_at,
 )
 """The compact run table the CLI prints (``runs``; ``adapt --modes`` without backbone, dataset, start)."""
 

@@ -42,8 +42,16 @@ from tinytl_core.data.errors import (
 from tinytl_core.paths import cache_dir
 
 __all__ = [
-    "MAX_ARCHIVE_BYTES", "MAX_ARCHIVE_FILES", "MAX_DEPTH", "MAX_NAME_BYTES", "MAX_PATH_BYTES",
-    "BadArchiveError", "UnsafeArchiveError", "check_archive", "declared_size", "extract_archive",
+    "MAX_ARCHIVE_BYTES",
+    "MAX_ARCHIVE_FILES",
+    "MAX_DEPTH",
+    "MAX_NAME_BYTES",
+    "MAX_PATH_BYTES",
+    "BadArchiveError",
+    "UnsafeArchiveError",
+    "check_archive",
+    "declared_size",
+    "extract_archive",
 ]
 
 log = logging.getLogger(__name__)
@@ -66,8 +74,14 @@ _IGNORED_DIRS = ("__MACOSX",)  # resource forks macOS adds to zips: never images
 _CHUNK = 1 << 20
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _WINDOWS_CHARS = re.compile(r'[<>:"|?*]')
-_WINDOWS_DEVICES = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(10)),
-                    *(f"LPT{i}" for i in range(10))}
+_WINDOWS_DEVICES = {
+    "CON",
+    "PRN",
+    "AUX",
+    "NUL",
+    *(f"COM{i}" for i in range(10)),
+    *(f"LPT{i}" for i in range(10)),
+}
 _SPECIAL_TYPES = (stat.S_IFLNK, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK)
 _ENCRYPTED = 0x1 | 0x40  # traditional (and AES, which also sets bit 0) and "strong" encryption
 _FIX = "; fix the name (short, plain file and folder names) and zip again"
@@ -126,20 +140,27 @@ def _safe_member_path(name: str, *, windows: bool | None = None) -> PurePosixPat
     if _utf8_len(longest) > MAX_NAME_BYTES:
         raise UnsafeArchiveError(
             f"archive entry {shown} has a name of {_utf8_len(longest)} bytes; the limit is "
-            f"{MAX_NAME_BYTES}{_FIX}")
+            f"{MAX_NAME_BYTES}{_FIX}"
+        )
     if _utf8_len("/".join(parts)) > MAX_PATH_BYTES:
         raise UnsafeArchiveError(
             f"archive entry {shown} has a path of {_utf8_len('/'.join(parts))} bytes; the limit is "
-            f"{MAX_PATH_BYTES}{_FIX}")
+            f"{MAX_PATH_BYTES}{_FIX}"
+        )
     if len(parts) > MAX_DEPTH + 1:
         raise UnsafeArchiveError(
-            f"archive entry {shown} is nested {len(parts) - 1} folders deep; the limit is {MAX_DEPTH}{_FIX}")
+            f"archive entry {shown} is nested {len(parts) - 1} folders deep; the limit is {MAX_DEPTH}{_FIX}"
+        )
     if windows:
         for part in parts:
-            if (_WINDOWS_CHARS.search(part) or part[-1] in ". "
-                    or part.split(".")[0].upper() in _WINDOWS_DEVICES):
+            if (
+                _WINDOWS_CHARS.search(part)
+                or part[-1] in ". "
+                or part.split(".")[0].upper() in _WINDOWS_DEVICES
+            ):
                 raise UnsafeArchiveError(
-                    f"archive entry {shown} has a name this server's file system cannot hold{_FIX}")
+                    f"archive entry {shown} has a name this server's file system cannot hold{_FIX}"
+                )
     return PurePosixPath(*parts)
 
 
@@ -148,8 +169,9 @@ def _key(path: PurePosixPath | str) -> str:
     return unicodedata.normalize("NFC", str(path)).casefold()
 
 
-def check_archive(zf: zipfile.ZipFile, *, max_bytes: int = MAX_ARCHIVE_BYTES,
-                  max_files: int = MAX_ARCHIVE_FILES) -> list[tuple[zipfile.ZipInfo, PurePosixPath]]:
+def check_archive(
+    zf: zipfile.ZipFile, *, max_bytes: int = MAX_ARCHIVE_BYTES, max_files: int = MAX_ARCHIVE_FILES
+) -> list[tuple[zipfile.ZipInfo, PurePosixPath]]:
     """Check every entry of an open archive against the safety rules; return the entries to extract.
 
     Raises :class:`UnsafeArchiveError` or :class:`BadArchiveError` naming the first offending entry, and
@@ -175,11 +197,13 @@ def check_archive(zf: zipfile.ZipFile, *, max_bytes: int = MAX_ARCHIVE_BYTES,
         if info.compress_type not in _SUPPORTED_COMPRESSION:
             raise BadArchiveError(
                 f"archive entry {shown} uses compression method {info.compress_type}, which cannot be read "
-                "here; zip the folder again with standard (deflate) compression")
+                "here; zip the folder again with standard (deflate) compression"
+            )
         declared += max(info.file_size, 0)
         if declared > max_bytes:
             raise UnsafeArchiveError(
-                f"archive is too large: over {max_bytes / 1e6:.0f} MB uncompressed (limit {max_bytes} bytes)")
+                f"archive is too large: over {max_bytes / 1e6:.0f} MB uncompressed (limit {max_bytes} bytes)"
+            )
         if rel.parts[0] in _IGNORED_DIRS:
             continue
         parents = [_key(PurePosixPath(*rel.parts[:i])) for i in range(1, len(rel.parts))]
@@ -188,27 +212,35 @@ def check_archive(zf: zipfile.ZipFile, *, max_bytes: int = MAX_ARCHIVE_BYTES,
         else:
             key = _key(rel)
             if key in folders:
-                raise UnsafeArchiveError(f"archive holds {_show(str(rel))} both as a file and as a folder; "
-                                         "rename one and zip again")
+                raise UnsafeArchiveError(
+                    f"archive holds {_show(str(rel))} both as a file and as a folder; "
+                    "rename one and zip again"
+                )
             if key in files:
                 other = files[key]
                 if other == str(rel):
-                    raise UnsafeArchiveError(f"archive holds the file {_show(other)} twice; zip the folder "
-                                             "again")
+                    raise UnsafeArchiveError(
+                        f"archive holds the file {_show(other)} twice; zip the folder again"
+                    )
                 raise UnsafeArchiveError(
                     f"archive holds {_show(other)} and {_show(str(rel))}: names that differ only in letter "
                     "case (or Unicode form) overwrite each other on macOS and Windows; rename one and zip "
-                    "again")
+                    "again"
+                )
             files[key] = str(rel)
             members.append((info, rel))
         for folder in parents:
             if folder in files:
-                raise UnsafeArchiveError(f"archive holds {_show(files[folder])} both as a file and as a "
-                                         "folder; rename one and zip again")
+                raise UnsafeArchiveError(
+                    f"archive holds {_show(files[folder])} both as a file and as a "
+                    "folder; rename one and zip again"
+                )
             folders.setdefault(folder, str(rel))
     if not members:
-        raise ImageFolderError("the archive holds no files (only folders, or nothing): zip the class "
-                               "folders together with their images")
+        raise ImageFolderError(
+            "the archive holds no files (only folders, or nothing): zip the class "
+            "folders together with their images"
+        )
     return members
 
 
@@ -219,11 +251,14 @@ def declared_size(zf: zipfile.ZipFile) -> int:
 
 def _write_error(info: zipfile.ZipInfo, exc: OSError) -> DatasetError:
     if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
-        return DatasetError("the server's disk is full: the archive could not be extracted; try a smaller "
-                            "archive or ask whoever runs the app to free space")
+        return DatasetError(
+            "the server's disk is full: the archive could not be extracted; try a smaller "
+            "archive or ask whoever runs the app to free space"
+        )
     reason = exc.strerror or type(exc).__name__
-    return BadArchiveError(f"archive entry {_show(info.filename)} cannot be written on this server "
-                           f"({reason}){_FIX}")
+    return BadArchiveError(
+        f"archive entry {_show(info.filename)} cannot be written on this server ({reason}){_FIX}"
+    )
 
 
 def _open_zip(archive: str | Path | BinaryIO) -> zipfile.ZipFile:
@@ -234,15 +269,23 @@ def _open_zip(archive: str | Path | BinaryIO) -> zipfile.ZipFile:
     except zipfile.BadZipFile as exc:
         raise BadArchiveError(f"not a valid .zip archive ({exc}): upload a .zip of class folders") from None
     except OSError as exc:
-        raise BadArchiveError(f"the archive cannot be read ({exc.strerror or exc}); upload it again"
-                              ) from None
+        raise BadArchiveError(
+            f"the archive cannot be read ({exc.strerror or exc}); upload it again"
+        ) from None
     except Exception as exc:  # damaged directories raise ValueError, EOFError, struct.error, ...
-        raise BadArchiveError(f"damaged .zip archive ({type(exc).__name__}: {exc}); zip the folder again "
-                              "and upload the new file") from None
+        raise BadArchiveError(
+            f"damaged .zip archive ({type(exc).__name__}: {exc}); zip the folder again "
+            "and upload the new file"
+        ) from None
 
 
-def extract_archive(archive: str | Path | BinaryIO, dest_root: str | Path | None = None, *,
-                    max_bytes: int = MAX_ARCHIVE_BYTES, max_files: int = MAX_ARCHIVE_FILES) -> Path:
+def extract_archive(
+    archive: str | Path | BinaryIO,
+    dest_root: str | Path | None = None,
+    *,
+    max_bytes: int = MAX_ARCHIVE_BYTES,
+    max_files: int = MAX_ARCHIVE_FILES,
+) -> Path:
     """Extract an untrusted .zip (a path or a binary file object, e.g. an upload) into a fresh folder.
 
     The new folder is created inside ``dest_root`` (default ``cache_dir("uploads")``) and returned.
@@ -258,8 +301,10 @@ def extract_archive(archive: str | Path | BinaryIO, dest_root: str | Path | None
             root.mkdir(parents=True, exist_ok=True)
             dest = Path(tempfile.mkdtemp(prefix="upload-", dir=root)).resolve()
         except OSError as exc:
-            raise DatasetError(f"cannot create a folder for the extraction ({exc.strerror or exc}); ask "
-                               "whoever runs the app to check the data folder") from None
+            raise DatasetError(
+                f"cannot create a folder for the extraction ({exc.strerror or exc}); ask "
+                "whoever runs the app to check the data folder"
+            ) from None
         done = False
         try:
             written = 0
@@ -270,16 +315,19 @@ def extract_archive(archive: str | Path | BinaryIO, dest_root: str | Path | None
             raise
         except Exception as exc:  # anything unforeseen still becomes one clear error (traceback in the log)
             log.exception("unexpected error while extracting an archive")
-            raise BadArchiveError(f"the archive could not be extracted ({type(exc).__name__}); zip the "
-                                  "folder again with a standard tool and upload the new file") from None
+            raise BadArchiveError(
+                f"the archive could not be extracted ({type(exc).__name__}); zip the "
+                "folder again with a standard tool and upload the new file"
+            ) from None
         finally:
             if not done:
                 shutil.rmtree(dest, ignore_errors=True)
     return dest
 
 
-def _extract_one(zf: zipfile.ZipFile, info: zipfile.ZipInfo, dest: Path, target: Path, written: int,
-                 max_bytes: int) -> int:
+def _extract_one(
+    zf: zipfile.ZipFile, info: zipfile.ZipInfo, dest: Path, target: Path, written: int, max_bytes: int
+) -> int:
     """Write one checked entry to ``target``; return the running total of bytes written."""
     try:
         if not target.resolve().is_relative_to(dest):  # belt and braces after the name checks
@@ -294,22 +342,27 @@ def _extract_one(zf: zipfile.ZipFile, info: zipfile.ZipInfo, dest: Path, target:
         try:
             src = zf.open(info)
         except Exception as exc:  # header mismatch, unsupported feature, password needed, ...
-            raise BadArchiveError(f"archive entry {_show(info.filename)} cannot be read ({exc}); the .zip "
-                                  "is damaged or uses an unsupported feature: zip the folder again") from None
+            raise BadArchiveError(
+                f"archive entry {_show(info.filename)} cannot be read ({exc}); the .zip "
+                "is damaged or uses an unsupported feature: zip the folder again"
+            ) from None
         with src:
             while True:
                 try:
                     chunk = src.read(_CHUNK)
                 except Exception as exc:  # bad CRC, truncated stream, corrupt deflate/bz2/lzma data
-                    raise BadArchiveError(f"damaged .zip archive: entry {_show(info.filename)} ({exc}); "
-                                          "zip the folder again and upload the new file") from None
+                    raise BadArchiveError(
+                        f"damaged .zip archive: entry {_show(info.filename)} ({exc}); "
+                        "zip the folder again and upload the new file"
+                    ) from None
                 if not chunk:
                     return written
                 written += len(chunk)
                 if written > max_bytes:
                     raise UnsafeArchiveError(
                         f"archive is too large: over {max_bytes / 1e6:.0f} MB uncompressed "
-                        f"(limit {max_bytes} bytes)")
+                        f"(limit {max_bytes} bytes)"
+                    )
                 try:
                     out.write(chunk)
                 except OSError as exc:

@@ -148,8 +148,10 @@ class DatasetSplits:
 
     def summary(self) -> str:
         """One line: classes, images per split, skipped files and why."""
-        text = (f"{self.name}: {self.num_classes} classes, {len(self.train)} train / {len(self.val)} "
-                f"validation images")
+        text = (
+            f"{self.name}: {self.num_classes} classes, {len(self.train)} train / {len(self.val)} "
+            f"validation images"
+        )
         if self.skipped:
             reasons = sorted(self.skipped_reasons.items(), key=lambda kv: (-kv[1], kv[0]))
             why = ", ".join(f"{n} {reason}" for reason, n in reasons) or "unreadable or not images"
@@ -191,10 +193,22 @@ def cap_per_class(indices: np.ndarray, labels: np.ndarray, shots: int | None, se
     return np.sort(np.concatenate(keep))
 
 
-def make_splits(name: str, source: ImageSource, *, val_fraction: float = 0.2, seed: int = 0,
-                shots: int | None = None, **notes: Any) -> DatasetSplits:
+def make_splits(
+    name: str,
+    source: ImageSource,
+    *,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    shots: int | None = None,
+    **notes: Any,
+) -> DatasetSplits:
     """Split one source into train/validation (stratified, seeded) and cap the train images per class."""
     train, val = stratified_split(source.labels, val_fraction, seed)
     train = cap_per_class(train, source.labels, shots, seed)
-    return DatasetSplits(name=name, classes=list(source.classes), train=ImageSplit(source, train),
-                         val=ImageSplit(source, val), **notes)
+    return DatasetSplits(
+        name=name,
+        classes=list(source.classes),
+        train=ImageSplit(source, train),
+        val=ImageSplit(source, val),
+        **notes,
+    )

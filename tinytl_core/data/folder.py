@@ -59,8 +59,11 @@ def _effective_root(root: Path) -> Path:
     while True:
         entries = [e for e in os.scandir(root) if not _hidden(e.name)]
         dirs = [e for e in entries if e.is_dir(follow_symlinks=False)]
-        if len(entries) == 1 and len(dirs) == 1 and any(
-                e.is_dir(follow_symlinks=False) and not _hidden(e.name) for e in os.scandir(dirs[0].path)):
+        if (
+            len(entries) == 1
+            and len(dirs) == 1
+            and any(e.is_dir(follow_symlinks=False) and not _hidden(e.name) for e in os.scandir(dirs[0].path))
+        ):
             root = Path(dirs[0].path)
         else:
             return root
@@ -82,22 +85,27 @@ def scan_image_folder(root: str | Path, *, progress: bool = False, label: str | 
     try:
         return _scan(root, progress, label or root.name or str(root))
     except OSError as exc:  # unreadable sub-folder, names the file system refuses, ...
-        raise ImageFolderError(f"cannot read the image folder {label or root.name}: {exc.strerror or exc}; "
-                               "check that its files are readable") from None
+        raise ImageFolderError(
+            f"cannot read the image folder {label or root.name}: {exc.strerror or exc}; "
+            "check that its files are readable"
+        ) from None
 
 
 def _scan(root: Path, progress: bool, shown: str) -> FolderScan:
     root = _effective_root(root)
-    classes = sorted(e.name for e in os.scandir(root)
-                     if e.is_dir(follow_symlinks=False) and not _hidden(e.name))
+    classes = sorted(
+        e.name for e in os.scandir(root) if e.is_dir(follow_symlinks=False) and not _hidden(e.name)
+    )
     scan = FolderScan(root=root, classes=classes)
-    for loose in sorted(e.name for e in os.scandir(root) if not e.is_dir(follow_symlinks=False)
-                        and not _hidden(e.name)):
+    for loose in sorted(
+        e.name for e in os.scandir(root) if not e.is_dir(follow_symlinks=False) and not _hidden(e.name)
+    ):
         scan.skip(loose, "not in a class folder")
     if len(classes) < 2:
         raise ImageFolderError(
             f"found {len(classes)} class folder(s) in {shown}; need at least 2 "
-            "(one sub-folder per class, each holding that class's images)")
+            "(one sub-folder per class, each holding that class's images)"
+        )
     files: list[tuple[Path, int]] = []
     for label, name in enumerate(classes):
         for dirpath, dirnames, filenames in os.walk(root / name, followlinks=False):
@@ -112,9 +120,11 @@ def _scan(root: Path, progress: bool, shown: str) -> FolderScan:
             scan.skip(str(path.relative_to(root)), problem)
     empty = [c for c, n in scan.counts().items() if n == 0]
     if empty:
-        raise ImageFolderError(f"class folder(s) without any usable image in {shown}: {', '.join(empty)}"
-                               + (f" ({_why(scan)})" if scan.skipped else "")
-                               + "; add images (PNG, JPEG, ...) to each class folder")
+        raise ImageFolderError(
+            f"class folder(s) without any usable image in {shown}: {', '.join(empty)}"
+            + (f" ({_why(scan)})" if scan.skipped else "")
+            + "; add images (PNG, JPEG, ...) to each class folder"
+        )
     return scan
 
 
@@ -123,11 +133,26 @@ def _why(scan: FolderScan) -> str:
     return "skipped: " + ", ".join(f"{n} {reason}" for reason, n in reasons)
 
 
-def load_image_folder(root: str | Path, *, val_fraction: float = 0.2, seed: int = 0, shots: int | None = None,
-                      progress: bool = False, name: str | None = None) -> DatasetSplits:
+def load_image_folder(
+    root: str | Path,
+    *,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    shots: int | None = None,
+    progress: bool = False,
+    name: str | None = None,
+) -> DatasetSplits:
     """Load a class-per-sub-folder image folder as train/validation splits (stratified, seeded)."""
     scan = scan_image_folder(root, progress=progress, label=name)
     source = FileSource(scan.paths, scan.labels, scan.classes)
-    return make_splits(name or scan.root.name, source, val_fraction=val_fraction, seed=seed, shots=shots,
-                       description=f"images from {name or scan.root}", skipped=len(scan.skipped),
-                       skipped_examples=scan.skipped[:10], skipped_reasons=scan.skipped_by_reason())
+    return make_splits(
+        name or scan.root.name,
+        source,
+        val_fraction=val_fraction,
+        seed=seed,
+        shots=shots,
+        description=f"images from {name or scan.root}",
+        skipped=len(scan.skipped),
+        skipped_examples=scan.skipped[:10],
+        skipped_reasons=scan.skipped_by_reason(),
+    )

@@ -50,15 +50,18 @@ def _lab_transform():
         from PIL import ImageCms
 
         return ImageCms.buildTransformFromOpenProfiles(
-            ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"), "LAB", "RGB")
+            ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"), "LAB", "RGB"
+        )
     except Exception:  # Pillow built without LittleCMS
         return None
 
 
 _LAB = _lab_transform()
 
-SUPPORTED_MODES = frozenset({"RGB", *_PIL_CONVERTS, *_ALPHA, "CMYK", "I", "F", *_SIXTEEN_BIT}
-                            | ({"LAB"} if _LAB is not None else set()))
+SUPPORTED_MODES = frozenset(
+    {"RGB", *_PIL_CONVERTS, *_ALPHA, "CMYK", "I", "F", *_SIXTEEN_BIT}
+    | ({"LAB"} if _LAB is not None else set())
+)
 """Every image mode :func:`to_rgb` converts."""
 
 
@@ -147,8 +150,10 @@ def open_rgb(path: str | Path, background: tuple[int, int, int] = BACKGROUND) ->
     except DatasetError as exc:
         raise DatasetError(f"{Path(path).name}: {exc}") from None
     except Exception as exc:
-        raise DatasetError(f"image {Path(path).name} cannot be read any more ({type(exc).__name__}: {exc}); "
-                           "load the dataset again") from None
+        raise DatasetError(
+            f"image {Path(path).name} cannot be read any more ({type(exc).__name__}: {exc}); "
+            "load the dataset again"
+        ) from None
 
 
 def image_problem(path: str | Path) -> str | None:

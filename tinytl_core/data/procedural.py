@@ -37,14 +37,34 @@ Color = tuple[float, float, float]
 """An RGB colour with components in ``[0, 1]``."""
 
 SHAPE_KINDS: tuple[str, ...] = (
-    "circle", "square", "triangle", "star", "cross", "hexagon", "ring", "crescent", "arrow", "heart",
-    "diamond", "pentagon",
+    "circle",
+    "square",
+    "triangle",
+    "star",
+    "cross",
+    "hexagon",
+    "ring",
+    "crescent",
+    "arrow",
+    "heart",
+    "diamond",
+    "pentagon",
 )
 """Shape classes :func:`shape_mask` can draw. All are centred and scaled to the same bounding circle."""
 
 TEXTURE_KINDS: tuple[str, ...] = (
-    "stripes", "checker", "dots", "waves", "grid", "rings", "zigzag", "crosshatch", "blobs", "marble",
-    "bricks", "spots",
+    "stripes",
+    "checker",
+    "dots",
+    "waves",
+    "grid",
+    "rings",
+    "zigzag",
+    "crosshatch",
+    "blobs",
+    "marble",
+    "bricks",
+    "spots",
 )
 """Texture classes :func:`texture` can make. Each is a two-colour pattern controlled by scale and angle."""
 
@@ -86,8 +106,10 @@ def contrasting_color(rng: np.random.Generator, other: Color, *, min_distance: f
 
 # ---------------------------------------------------------------------------------------------- shapes
 def _regular_polygon(n: int, radius: float, phase: float = -math.pi / 2) -> list[tuple[float, float]]:
-    return [(radius * math.cos(phase + 2 * math.pi * k / n), radius * math.sin(phase + 2 * math.pi * k / n))
-            for k in range(n)]
+    return [
+        (radius * math.cos(phase + 2 * math.pi * k / n), radius * math.sin(phase + 2 * math.pi * k / n))
+        for k in range(n)
+    ]
 
 
 def _star(points: int, outer: float, inner: float) -> list[tuple[float, float]]:
@@ -129,8 +151,20 @@ def shape_polygon(kind: str, radius: float = 1.0, angle: float = 0.0) -> list[tu
         pts = _star(5, 1.0, 0.42)
     elif kind == "cross":
         w = 0.33
-        pts = [(-w, -1), (w, -1), (w, -w), (1, -w), (1, w), (w, w), (w, 1), (-w, 1), (-w, w), (-1, w),
-               (-1, -w), (-w, -w)]
+        pts = [
+            (-w, -1),
+            (w, -1),
+            (w, -w),
+            (1, -w),
+            (1, w),
+            (w, w),
+            (w, 1),
+            (-w, 1),
+            (-w, w),
+            (-1, w),
+            (-1, -w),
+            (-w, -w),
+        ]
     elif kind == "arrow":
         pts = [(-1, -0.3), (0.15, -0.3), (0.15, -0.75), (1, 0), (0.15, 0.75), (0.15, 0.3), (-1, 0.3)]
     elif kind == "heart":
@@ -143,8 +177,9 @@ def shape_polygon(kind: str, radius: float = 1.0, angle: float = 0.0) -> list[tu
     return [(radius * (x * c - y * s), radius * (x * s + y * c)) for x, y in pts]
 
 
-def shape_mask(kind: str, size: int, angle: float = 0.0, *, supersample: int = 4,
-               thickness: float = 0.35) -> np.ndarray:
+def shape_mask(
+    kind: str, size: int, angle: float = 0.0, *, supersample: int = 4, thickness: float = 0.35
+) -> np.ndarray:
     """Return an anti-aliased ``(size, size)`` coverage mask of ``kind`` filling its bounding circle.
 
     ``angle`` rotates the shape (degrees); ``thickness`` is the ring/crescent width as a fraction of the
@@ -186,8 +221,14 @@ def _fill_array(fill: Color | np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.broadcast_to(np.asarray(fill, dtype=np.float32).reshape(1, 1, 3), (*shape, 3))
 
 
-def composite(image: np.ndarray, mask: np.ndarray, fill: Color | np.ndarray, top_left: tuple[int, int],
-              *, opacity: float = 1.0) -> np.ndarray:
+def composite(
+    image: np.ndarray,
+    mask: np.ndarray,
+    fill: Color | np.ndarray,
+    top_left: tuple[int, int],
+    *,
+    opacity: float = 1.0,
+) -> np.ndarray:
     """Blend ``fill`` into ``image`` where ``mask`` covers, with the mask's top-left at ``(x, y)``.
 
     ``fill`` is a colour or an image the size of ``image`` (for textured shapes). Parts of the mask
@@ -200,15 +241,25 @@ def composite(image: np.ndarray, mask: np.ndarray, fill: Color | np.ndarray, top
     ix0, iy0, ix1, iy1 = max(x0, 0), max(y0, 0), min(x0 + mw, w), min(y0 + mh, h)
     if ix0 >= ix1 or iy0 >= iy1:
         return out
-    m = mask[iy0 - y0:iy1 - y0, ix0 - x0:ix1 - x0, None] * opacity
+    m = mask[iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0, None] * opacity
     src = _fill_array(fill, (h, w))[iy0:iy1, ix0:ix1]
     out[iy0:iy1, ix0:ix1] = out[iy0:iy1, ix0:ix1] * (1 - m) + src * m
     return out
 
 
-def draw_shape(image: np.ndarray, kind: str, center: tuple[float, float], size: int, angle: float = 0.0,
-               *, fill: Color | np.ndarray = (1.0, 1.0, 1.0), outline: Color | None = None,
-               outline_width: int = 2, opacity: float = 1.0, shadow: float = 0.0) -> np.ndarray:
+def draw_shape(
+    image: np.ndarray,
+    kind: str,
+    center: tuple[float, float],
+    size: int,
+    angle: float = 0.0,
+    *,
+    fill: Color | np.ndarray = (1.0, 1.0, 1.0),
+    outline: Color | None = None,
+    outline_width: int = 2,
+    opacity: float = 1.0,
+    shadow: float = 0.0,
+) -> np.ndarray:
     """Draw shape ``kind`` of diameter ``size`` px centred at ``(x, y)`` onto ``image`` (returns a copy).
 
     ``fill`` is a colour or a texture image of the same size as ``image``; ``outline`` adds a border of
@@ -221,15 +272,23 @@ def draw_shape(image: np.ndarray, kind: str, center: tuple[float, float], size: 
         off = max(1, size // 16)
         out = composite(out, mask, (0.0, 0.0, 0.0), (x0 + off, y0 + off), opacity=shadow)
     if outline is not None and outline_width > 0:
-        border = np.asarray(Image.fromarray((mask * 255).astype(np.uint8))
-                            .filter(ImageFilter.MaxFilter(2 * outline_width + 1)), dtype=np.float32) / 255.0
+        border = (
+            np.asarray(
+                Image.fromarray((mask * 255).astype(np.uint8)).filter(
+                    ImageFilter.MaxFilter(2 * outline_width + 1)
+                ),
+                dtype=np.float32,
+            )
+            / 255.0
+        )
         out = composite(out, border, outline, (x0, y0), opacity=opacity)
     return composite(out, mask, fill, (x0, y0), opacity=opacity)
 
 
 # -------------------------------------------------------------------------------------------- textures
-def _coords(shape: tuple[int, int], scale: float, angle: float, rng: np.random.Generator | None = None
-            ) -> tuple[np.ndarray, np.ndarray]:
+def _coords(
+    shape: tuple[int, int], scale: float, angle: float, rng: np.random.Generator | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Rotated pixel coordinates divided by ``scale`` (one pattern period ~ ``scale`` px), random offset."""
     h, w = shape
     y, x = np.mgrid[0:h, 0:w].astype(np.float32)
@@ -242,8 +301,14 @@ def _coords(shape: tuple[int, int], scale: float, angle: float, rng: np.random.G
     return u, v
 
 
-def value_noise(shape: tuple[int, int], rng: np.random.Generator, *, scale: float = 16.0, octaves: int = 3,
-                persistence: float = 0.5) -> np.ndarray:
+def value_noise(
+    shape: tuple[int, int],
+    rng: np.random.Generator,
+    *,
+    scale: float = 16.0,
+    octaves: int = 3,
+    persistence: float = 0.5,
+) -> np.ndarray:
     """Smooth fractal value noise in ``[0, 1]`` of ``shape`` (H, W); ``scale`` is the coarsest cell in px."""
     h, w = shape
     total = np.zeros((h, w), dtype=np.float32)
@@ -256,7 +321,7 @@ def value_noise(shape: tuple[int, int], rng: np.random.Generator, *, scale: floa
         arr = np.asarray(big, dtype=np.float32)
         oy = int(rng.integers(0, max(1, arr.shape[0] - h)))
         ox = int(rng.integers(0, max(1, arr.shape[1] - w)))
-        total += amp * arr[oy:oy + h, ox:ox + w]
+        total += amp * arr[oy : oy + h, ox : ox + w]
         norm += amp
         amp *= persistence
         cell = max(1.0, cell / 2)
@@ -265,8 +330,9 @@ def value_noise(shape: tuple[int, int], rng: np.random.Generator, *, scale: floa
     return (total - lo) / (hi - lo + 1e-8)
 
 
-def _pattern(kind: str, shape: tuple[int, int], rng: np.random.Generator, scale: float, angle: float
-             ) -> np.ndarray:
+def _pattern(
+    kind: str, shape: tuple[int, int], rng: np.random.Generator, scale: float, angle: float
+) -> np.ndarray:
     """Return a ``(H, W)`` pattern in ``[0, 1]`` for texture ``kind`` (1 = first colour)."""
     u, v = _coords(shape, scale, angle, rng)
     tau = 2 * math.pi
@@ -314,9 +380,16 @@ def _pattern(kind: str, shape: tuple[int, int], rng: np.random.Generator, scale:
     raise ValueError(f"unknown texture kind {kind!r}; choose from {', '.join(TEXTURE_KINDS)}")
 
 
-def texture(kind: str, shape: tuple[int, int], rng: np.random.Generator, *, scale: float = 8.0,
-            angle: float = 0.0, colors: tuple[Color, Color] = ((1.0, 1.0, 1.0), (0.0, 0.0, 0.0)),
-            softness: float = 0.0) -> np.ndarray:
+def texture(
+    kind: str,
+    shape: tuple[int, int],
+    rng: np.random.Generator,
+    *,
+    scale: float = 8.0,
+    angle: float = 0.0,
+    colors: tuple[Color, Color] = ((1.0, 1.0, 1.0), (0.0, 0.0, 0.0)),
+    softness: float = 0.0,
+) -> np.ndarray:
     """Make an ``(H, W, 3)`` two-colour texture of ``kind`` (see :data:`TEXTURE_KINDS`).
 
     ``scale`` is the pattern period in pixels, ``angle`` its orientation in degrees, ``colors`` the
@@ -333,19 +406,36 @@ def texture(kind: str, shape: tuple[int, int], rng: np.random.Generator, *, scal
     return (p[..., None] * fg + (1 - p[..., None]) * bg).astype(np.float32)
 
 
-def random_texture(shape: tuple[int, int], rng: np.random.Generator, *, kinds: Sequence[str] = TEXTURE_KINDS,
-                   scale: tuple[float, float] = (4.0, 14.0)) -> np.ndarray:
+def random_texture(
+    shape: tuple[int, int],
+    rng: np.random.Generator,
+    *,
+    kinds: Sequence[str] = TEXTURE_KINDS,
+    scale: tuple[float, float] = (4.0, 14.0),
+) -> np.ndarray:
     """A texture of a random kind, scale, angle and contrasting colour pair (for fills and backgrounds)."""
     fg = random_color(rng)
     bg = contrasting_color(rng, fg, min_distance=0.3)
-    return texture(str(rng.choice(list(kinds))), shape, rng, scale=rng.uniform(*scale),
-                   angle=rng.uniform(0, 180), colors=(fg, bg))
+    return texture(
+        str(rng.choice(list(kinds))),
+        shape,
+        rng,
+        scale=rng.uniform(*scale),
+        angle=rng.uniform(0, 180),
+        colors=(fg, bg),
+    )
 
 
 # ----------------------------------------------------------------------------------------- backgrounds
-def add_clutter(image: np.ndarray, rng: np.random.Generator, *, count: int = 12,
-                size: tuple[float, float] = (0.05, 0.2), opacity: tuple[float, float] = (0.3, 0.8),
-                kinds: Sequence[str] = ("line", "rect", "ellipse")) -> np.ndarray:
+def add_clutter(
+    image: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    count: int = 12,
+    size: tuple[float, float] = (0.05, 0.2),
+    opacity: tuple[float, float] = (0.3, 0.8),
+    kinds: Sequence[str] = ("line", "rect", "ellipse"),
+) -> np.ndarray:
     """Scatter ``count`` random distractors (lines, rectangles, ellipses) over ``image``; returns a copy.
 
     ``size`` is the distractor extent as a fraction of the image side. Distractors are deliberately not
@@ -371,8 +461,9 @@ def add_clutter(image: np.ndarray, rng: np.random.Generator, *, count: int = 12,
         else:
             raise ValueError(f"unknown clutter kind {kind!r}; use line, rect or ellipse")
         mask = np.asarray(layer, dtype=np.float32) / 255.0
-        out = composite(out, mask, random_color(rng, saturation=(0.0, 0.8)), (0, 0),
-                        opacity=rng.uniform(*opacity))
+        out = composite(
+            out, mask, random_color(rng, saturation=(0.0, 0.8)), (0, 0), opacity=rng.uniform(*opacity)
+        )
     return out
 
 
@@ -425,8 +516,9 @@ def blur(image: np.ndarray, radius: float) -> np.ndarray:
     return np.asarray(to_pil(image).filter(ImageFilter.GaussianBlur(radius)), dtype=np.float32) / 255.0
 
 
-def jitter_brightness_contrast(image: np.ndarray, rng: np.random.Generator, *, brightness: float = 0.15,
-                               contrast: float = 0.2) -> np.ndarray:
+def jitter_brightness_contrast(
+    image: np.ndarray, rng: np.random.Generator, *, brightness: float = 0.15, contrast: float = 0.2
+) -> np.ndarray:
     """Random global brightness shift (+-``brightness``) and contrast scale (1 +- ``contrast``)."""
     mean = image.mean()
     c = 1 + rng.uniform(-contrast, contrast)

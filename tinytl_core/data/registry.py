@@ -45,8 +45,12 @@ class DatasetInfo:
 def list_datasets(kind: str | None = None) -> list[DatasetInfo]:
     """Every named dataset (built-in first, then torchvision); ``kind`` filters by kind."""
     rows = [DatasetInfo(s.name, s.title, "builtin", 10, s.description) for s in BUILTIN_SETS.values()]
-    rows += [DatasetInfo(s.name, s.title, "torchvision", s.num_classes, s.description, s.size, s.paper,
-                         s.downloadable) for s in TORCHVISION_SETS.values()]
+    rows += [
+        DatasetInfo(
+            s.name, s.title, "torchvision", s.num_classes, s.description, s.size, s.paper, s.downloadable
+        )
+        for s in TORCHVISION_SETS.values()
+    ]
     if kind is not None:
         if kind not in ("builtin", "torchvision"):
             raise ValueError(f"unknown dataset kind {kind!r}; use builtin or torchvision")
@@ -59,13 +63,23 @@ def dataset_info(name: str) -> DatasetInfo:
     for row in list_datasets():
         if row.name == name.lower():
             return row
-    raise DatasetError(f"unknown dataset {name!r}; choose from {', '.join(r.name for r in list_datasets())} "
-                     "or give a folder / .zip of class sub-folders")
+    raise DatasetError(
+        f"unknown dataset {name!r}; choose from {', '.join(r.name for r in list_datasets())} "
+        "or give a folder / .zip of class sub-folders"
+    )
 
 
-def load_dataset(name: str | Path, *, val_fraction: float = 0.2, seed: int = 0, shots: int | None = None,
-                 val_cap: int | None = None, download: bool = True, timeout: float = DEFAULT_TIMEOUT_S,
-                 progress: bool = False) -> DatasetSplits:
+def load_dataset(
+    name: str | Path,
+    *,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    shots: int | None = None,
+    val_cap: int | None = None,
+    download: bool = True,
+    timeout: float = DEFAULT_TIMEOUT_S,
+    progress: bool = False,
+) -> DatasetSplits:
     """Load a dataset as deterministic train/validation splits (transforms are attached later).
 
     Args:
@@ -81,35 +95,61 @@ def load_dataset(name: str | Path, *, val_fraction: float = 0.2, seed: int = 0, 
     key = str(name)
     if key.lower() in BUILTIN_SETS:
         spec = BUILTIN_SETS[key.lower()]
-        splits = make_splits(spec.name, load_builtin(spec.name, progress=progress), val_fraction=val_fraction,
-                             seed=seed, shots=shots, description=spec.description, hflip=spec.hflip,
-                             center_crop=False)
+        splits = make_splits(
+            spec.name,
+            load_builtin(spec.name, progress=progress),
+            val_fraction=val_fraction,
+            seed=seed,
+            shots=shots,
+            description=spec.description,
+            hflip=spec.hflip,
+            center_crop=False,
+        )
     elif key.lower() in TORCHVISION_SETS:
         spec_tv = TORCHVISION_SETS[key.lower()]
         train, val = load_torchvision(spec_tv.name, download=download, timeout=timeout, progress=progress)
         if val is None:
-            splits = make_splits(spec_tv.name, train, val_fraction=val_fraction, seed=seed, shots=shots,
-                                 description=spec_tv.description, hflip=spec_tv.hflip)
+            splits = make_splits(
+                spec_tv.name,
+                train,
+                val_fraction=val_fraction,
+                seed=seed,
+                shots=shots,
+                description=spec_tv.description,
+                hflip=spec_tv.hflip,
+            )
         else:
             train_idx = cap_per_class(range(len(train)), train.labels, shots, seed)
-            splits = DatasetSplits(spec_tv.name, train.classes, ImageSplit(train, train_idx),
-                                   ImageSplit(val, range(len(val))), description=spec_tv.description,
-                                   hflip=spec_tv.hflip)
+            splits = DatasetSplits(
+                spec_tv.name,
+                train.classes,
+                ImageSplit(train, train_idx),
+                ImageSplit(val, range(len(val))),
+                description=spec_tv.description,
+                hflip=spec_tv.hflip,
+            )
     else:
         path, kind = _local(key)
         if kind == "zip":
             folder, lease = extract_leased(path)
             try:
-                splits = load_image_folder(folder, val_fraction=val_fraction, seed=seed, shots=shots,
-                                           progress=progress, name=Path(dataset_display_name(str(path))).stem)
+                splits = load_image_folder(
+                    folder,
+                    val_fraction=val_fraction,
+                    seed=seed,
+                    shots=shots,
+                    progress=progress,
+                    name=Path(dataset_display_name(str(path))).stem,
+                )
             except DatasetError:
                 lease.release()
                 discard_extraction(folder)  # refused: nothing of it is kept
                 raise
             splits.train.source.lease = lease  # no eviction while these splits are alive
         elif kind == "dir":
-            splits = load_image_folder(path, val_fraction=val_fraction, seed=seed, shots=shots,
-                                       progress=progress)
+            splits = load_image_folder(
+                path, val_fraction=val_fraction, seed=seed, shots=shots, progress=progress
+            )
         elif kind == "other":
             raise DatasetError(f"{path} is neither a folder nor a .zip archive")
         elif "/" in key or os.sep in key or path.suffix.lower() == ".zip":
@@ -151,5 +191,7 @@ def _local(key: str) -> tuple[Path, str]:
     except (OSError, ValueError, RuntimeError) as exc:  # too long, NUL byte, unknown ~user, no permission
         shown = key if len(key) <= 80 else f"{key[:50]}…{key[-20:]} ({len(key)} characters)"
         reason = getattr(exc, "strerror", None) or str(exc)
-        raise DatasetNotFoundError(f"no usable image folder or .zip archive at {shown!r} ({reason}); "
-                                   "give a built-in name, a folder or a .zip") from None
+        raise DatasetNotFoundError(
+            f"no usable image folder or .zip archive at {shown!r} ({reason}); "
+            "give a built-in name, a folder or a .zip"
+        ) from None

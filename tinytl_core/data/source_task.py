@@ -81,24 +81,44 @@ def _desaturate(image: np.ndarray, amount: float) -> np.ndarray:
     return (image * (1 - amount) + grey * amount).astype(np.float32)
 
 
-def draw_source_image(cls: SourceClass, rng: np.random.Generator, size: int = DEFAULT_IMAGE_SIZE
-                      ) -> np.ndarray:
+def draw_source_image(
+    cls: SourceClass, rng: np.random.Generator, size: int = DEFAULT_IMAGE_SIZE
+) -> np.ndarray:
     """Draw one image of class ``cls`` as a float ``(size, size, 3)`` array in ``[0, 1]``."""
     kind = str(rng.choice(SOURCE_BACKGROUNDS[cls.background]))
     img = _desaturate(P.background(kind, (size, size), rng), rng.uniform(0.4, 0.8))
     diameter = max(8, int(size * rng.uniform(0.45, 0.8)))
     half = diameter / 2
     center = (rng.uniform(half, size - half), rng.uniform(half, size - half))
-    color = P.random_color(rng, hue=SOURCE_COLOURS[cls.colour] + rng.uniform(-HUE_JITTER, HUE_JITTER),
-                           saturation=(0.65, 1.0), value=(0.55, 1.0))
+    color = P.random_color(
+        rng,
+        hue=SOURCE_COLOURS[cls.colour] + rng.uniform(-HUE_JITTER, HUE_JITTER),
+        saturation=(0.65, 1.0),
+        value=(0.55, 1.0),
+    )
     fill: P.Color | np.ndarray = color
     if cls.fill != "solid":
         dark = tuple(c * rng.uniform(0.25, 0.5) for c in color)
-        fill = P.texture(cls.fill, (size, size), rng, scale=rng.uniform(0.07, 0.12) * size,
-                         angle=rng.uniform(0, 180), colors=(color, dark))
+        fill = P.texture(
+            cls.fill,
+            (size, size),
+            rng,
+            scale=rng.uniform(0.07, 0.12) * size,
+            angle=rng.uniform(0, 180),
+            colors=(color, dark),
+        )
     outline = tuple(0.15 * c for c in color) if rng.random() < 0.3 else None
-    img = P.draw_shape(img, cls.shape, center, diameter, rng.uniform(0, 360), fill=fill, outline=outline,
-                       outline_width=max(1, size // 48), shadow=rng.uniform(0, 0.4))
+    img = P.draw_shape(
+        img,
+        cls.shape,
+        center,
+        diameter,
+        rng.uniform(0, 360),
+        fill=fill,
+        outline=outline,
+        outline_width=max(1, size // 48),
+        shadow=rng.uniform(0, 0.4),
+    )
     if rng.random() < 0.25:  # small occluders: the label must survive partial views
         img = P.add_clutter(img, rng, count=int(rng.integers(1, 3)), size=(0.03, 0.08))
     if rng.random() < 0.2:
@@ -117,8 +137,9 @@ def _image_rng(seed: int, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, SPLITS[split], index])
 
 
-def source_batch(seed: int, start: int, count: int, size: int = DEFAULT_IMAGE_SIZE, *, split: str = "train"
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def source_batch(
+    seed: int, start: int, count: int, size: int = DEFAULT_IMAGE_SIZE, *, split: str = "train"
+) -> tuple[np.ndarray, np.ndarray]:
     """Generate images ``start .. start+count-1`` of a stream: ``uint8 (N, H, W, 3)`` images and labels.
 
     Image ``i`` uses its own generator seeded with ``(seed, split, i)``: its label (uniform over

@@ -59,38 +59,156 @@ class TorchvisionSet:
     hflip: bool = True
 
 
-TORCHVISION_SETS: dict[str, TorchvisionSet] = {s.name: s for s in (
-    TorchvisionSet("flowers102", "Flowers102", "Oxford Flowers-102", "102 flower species (train 1020 / "
-                   "val 1020).", "www.robots.ox.ac.uk", "345 MB", 102, {"split": "train"}, {"split": "val"},
-                   paper=True),
-    TorchvisionSet("pets", "OxfordIIITPet", "Oxford-IIIT Pets", "37 cat and dog breeds (trainval 3680 / "
-                   "test 3669).", "www.robots.ox.ac.uk", "800 MB", 37, {"split": "trainval"},
-                   {"split": "test"}, {"target_types": "category"}, paper=True),
-    TorchvisionSet("aircraft", "FGVCAircraft", "FGVC-Aircraft", "100 aircraft variants (train 3334 / val "
-                   "3333).", "www.robots.ox.ac.uk", "2.7 GB", 100, {"split": "train"}, {"split": "val"},
-                   {"annotation_level": "variant"}, paper=True),
-    TorchvisionSet("food101", "Food101", "Food-101", "101 dishes (train 75750 / test 25250).",
-                   "data.vision.ee.ethz.ch", "5 GB", 101, {"split": "train"}, {"split": "test"}, paper=True),
-    TorchvisionSet("cifar10", "CIFAR10", "CIFAR-10", "10 object classes, 32 px (train 50000 / test 10000).",
-                   "www.cs.toronto.edu", "170 MB", 10, {"train": True}, {"train": False}, paper=True),
-    TorchvisionSet("cifar100", "CIFAR100", "CIFAR-100", "100 object classes, 32 px (train 50000 / test "
-                   "10000).", "www.cs.toronto.edu", "170 MB", 100, {"train": True}, {"train": False},
-                   paper=True),
-    TorchvisionSet("cars", "StanfordCars", "Stanford Cars", "196 car models. torchvision can no longer "
-                   "download it: place the files in the cache folder by hand.", "", "1.9 GB", 196,
-                   {"split": "train"}, {"split": "test"}, paper=True, downloadable=False),
-    TorchvisionSet("dtd", "DTD", "Describable Textures", "47 texture classes (train 1880 / val 1880).",
-                   "www.robots.ox.ac.uk", "625 MB", 47, {"split": "train"}, {"split": "val"}),
-    TorchvisionSet("eurosat", "EuroSAT", "EuroSAT (RGB)", "10 land-use classes from Sentinel-2, 64 px "
-                   "(27000 images, split here).", "huggingface.co", "90 MB", 10, {}, None),
-    TorchvisionSet("svhn", "SVHN", "SVHN", "house-number digits, 32 px (train 73257 / test 26032).",
-                   "ufldl.stanford.edu", "400 MB", 10, {"split": "train"}, {"split": "test"}, hflip=False),
-    TorchvisionSet("stl10", "STL10", "STL-10", "10 object classes, 96 px (train 5000 / test 8000).",
-                   "ai.stanford.edu", "2.6 GB", 10, {"split": "train"}, {"split": "test"}),
-    TorchvisionSet("gtsrb", "GTSRB", "German Traffic Signs", "43 traffic-sign classes (train 26640 / test "
-                   "12630).", "sid.erda.dk", "350 MB", 43, {"split": "train"}, {"split": "test"},
-                   hflip=False),
-)}
+TORCHVISION_SETS: dict[str, TorchvisionSet] = {
+    s.name: s
+    for s in (
+        TorchvisionSet(
+            "flowers102",
+            "Flowers102",
+            "Oxford Flowers-102",
+            "102 flower species (train 1020 / val 1020).",
+            "www.robots.ox.ac.uk",
+            "345 MB",
+            102,
+            {"split": "train"},
+            {"split": "val"},
+            paper=True,
+        ),
+        TorchvisionSet(
+            "pets",
+            "OxfordIIITPet",
+            "Oxford-IIIT Pets",
+            "37 cat and dog breeds (trainval 3680 / test 3669).",
+            "www.robots.ox.ac.uk",
+            "800 MB",
+            37,
+            {"split": "trainval"},
+            {"split": "test"},
+            {"target_types": "category"},
+            paper=True,
+        ),
+        TorchvisionSet(
+            "aircraft",
+            "FGVCAircraft",
+            "FGVC-Aircraft",
+            "100 aircraft variants (train 3334 / val 3333).",
+            "www.robots.ox.ac.uk",
+            "2.7 GB",
+            100,
+            {"split": "train"},
+            {"split": "val"},
+            {"annotation_level": "variant"},
+            paper=True,
+        ),
+        TorchvisionSet(
+            "food101",
+            "Food101",
+            "Food-101",
+            "101 dishes (train 75750 / test 25250).",
+            "data.vision.ee.ethz.ch",
+            "5 GB",
+            101,
+            {"split": "train"},
+            {"split": "test"},
+            paper=True,
+        ),
+        TorchvisionSet(
+            "cifar10",
+            "CIFAR10",
+            "CIFAR-10",
+            "10 object classes, 32 px (train 50000 / test 10000).",
+            "www.cs.toronto.edu",
+            "170 MB",
+            10,
+            {"train": True},
+            {"train": False},
+            paper=True,
+        ),
+        TorchvisionSet(
+            "cifar100",
+            "CIFAR100",
+            "CIFAR-100",
+            "100 object classes, 32 px (train 50000 / test 10000).",
+            "www.cs.toronto.edu",
+            "170 MB",
+            100,
+            {"train": True},
+            {"train": False},
+            paper=True,
+        ),
+        TorchvisionSet(
+            "cars",
+            "StanfordCars",
+            "Stanford Cars",
+            "196 car models. torchvision can no longer "
+            "download it: place the files in the cache folder by hand.",
+            "",
+            "1.9 GB",
+            196,
+            {"split": "train"},
+            {"split": "test"},
+            paper=True,
+            downloadable=False,
+        ),
+        TorchvisionSet(
+            "dtd",
+            "DTD",
+            "Describable Textures",
+            "47 texture classes (train 1880 / val 1880).",
+            "www.robots.ox.ac.uk",
+            "625 MB",
+            47,
+            {"split": "train"},
+            {"split": "val"},
+        ),
+        TorchvisionSet(
+            "eurosat",
+            "EuroSAT",
+            "EuroSAT (RGB)",
+            "10 land-use classes from Sentinel-2, 64 px (27000 images, split here).",
+            "huggingface.co",
+            "90 MB",
+            10,
+            {},
+            None,
+        ),
+        TorchvisionSet(
+            "svhn",
+            "SVHN",
+            "SVHN",
+            "house-number digits, 32 px (train 73257 / test 26032).",
+            "ufldl.stanford.edu",
+            "400 MB",
+            10,
+            {"split": "train"},
+            {"split": "test"},
+            hflip=False,
+        ),
+        TorchvisionSet(
+            "stl10",
+            "STL10",
+            "STL-10",
+            "10 object classes, 96 px (train 5000 / test 8000).",
+            "ai.stanford.edu",
+            "2.6 GB",
+            10,
+            {"split": "train"},
+            {"split": "test"},
+        ),
+        TorchvisionSet(
+            "gtsrb",
+            "GTSRB",
+            "German Traffic Signs",
+            "43 traffic-sign classes (train 26640 / test 12630).",
+            "sid.erda.dk",
+            "350 MB",
+            43,
+            {"split": "train"},
+            {"split": "test"},
+            hflip=False,
+        ),
+    )
+}
 """Supported torchvision datasets by short name (``paper=True``: used in the TinyTL paper)."""
 
 
@@ -158,8 +276,9 @@ def _construct(spec: TorchvisionSet, split: dict[str, Any], root: Path, download
     return cls(root=str(root), download=download, **spec.extra, **split)
 
 
-def _open_split(spec: TorchvisionSet, split: dict[str, Any], root: Path, *, download: bool,
-                timeout: float) -> Any:
+def _open_split(
+    spec: TorchvisionSet, split: dict[str, Any], root: Path, *, download: bool, timeout: float
+) -> Any:
     """Open one split from disk, downloading it first if allowed and possible."""
     try:
         return _construct(spec, split, root, download=False)
@@ -167,18 +286,24 @@ def _open_split(spec: TorchvisionSet, split: dict[str, Any], root: Path, *, down
         pass  # not on disk (torchvision raises RuntimeError "Dataset not found ..." for most sets)
     where = f"{spec.title} is not in {root}"
     if not spec.downloadable:
-        raise DatasetUnavailable(f"{where}, and torchvision cannot download it; place its files there "
-                                 "by hand, or use a built-in dataset (shapes, textures, digits) or an image "
-                                 "folder")
+        raise DatasetUnavailable(
+            f"{where}, and torchvision cannot download it; place its files there "
+            "by hand, or use a built-in dataset (shapes, textures, digits) or an image "
+            "folder"
+        )
     if not download:
         raise DatasetUnavailable(f"{where} and downloading was turned off")
     if offline():
-        raise DatasetUnavailable(f"{where} and {ENV_OFFLINE} is set (offline); use a built-in dataset "
-                                 "(shapes, textures, digits) or your own image folder")
+        raise DatasetUnavailable(
+            f"{where} and {ENV_OFFLINE} is set (offline); use a built-in dataset "
+            "(shapes, textures, digits) or your own image folder"
+        )
     if not _reachable(spec.host, timeout):
-        raise DatasetUnavailable(f"{where} and {spec.host} cannot be reached within {timeout:.0f} s (no "
-                                 "network?); use a built-in dataset (shapes, textures, digits) or your own "
-                                 "image folder")
+        raise DatasetUnavailable(
+            f"{where} and {spec.host} cannot be reached within {timeout:.0f} s (no "
+            "network?); use a built-in dataset (shapes, textures, digits) or your own "
+            "image folder"
+        )
     try:
         with _socket_timeout(timeout):
             return _construct(spec, split, root, download=True)
@@ -186,8 +311,9 @@ def _open_split(spec: TorchvisionSet, split: dict[str, Any], root: Path, *, down
         raise DatasetUnavailable(f"downloading {spec.title} failed: {exc}") from None
 
 
-def load_torchvision(name: str, *, download: bool = True, timeout: float = DEFAULT_TIMEOUT_S,
-                     progress: bool = False) -> tuple[TorchvisionSource, TorchvisionSource | None]:
+def load_torchvision(
+    name: str, *, download: bool = True, timeout: float = DEFAULT_TIMEOUT_S, progress: bool = False
+) -> tuple[TorchvisionSource, TorchvisionSource | None]:
     """Return (train, validation) sources of torchvision set ``name``; validation is None for one-split sets.
 
     Raises ``ValueError`` for an unknown name and :class:`DatasetUnavailable` when the data is missing and
@@ -217,4 +343,3 @@ def is_downloaded(name: str) -> bool:
         return True
     except (RuntimeError, FileNotFoundError, ValueError, OSError):
         return False
-

@@ -37,8 +37,15 @@ def resolve_resolution(config: Any, resolution: int | None) -> int:
     return int(_field(config, "input_size")[-1])
 
 
-def build_transform(config: Any, *, train: bool, resolution: int | None = None, augment: bool = True,
-                    hflip: bool = True, center_crop: bool = True) -> T.Compose:
+def build_transform(
+    config: Any,
+    *,
+    train: bool,
+    resolution: int | None = None,
+    augment: bool = True,
+    hflip: bool = True,
+    center_crop: bool = True,
+) -> T.Compose:
     """Build a torchvision transform from a backbone data config.
 
     ``config`` is a :class:`tinytl_core.backbones.DataConfig` or a timm data-config dict (``input_size``,
@@ -66,14 +73,17 @@ def build_transform(config: Any, *, train: bool, resolution: int | None = None, 
     return T.Compose(steps)
 
 
-def attach_transforms(splits: DatasetSplits, config: Any, *, resolution: int | None = None,
-                      augment: bool = True) -> int:
+def attach_transforms(
+    splits: DatasetSplits, config: Any, *, resolution: int | None = None, augment: bool = True
+) -> int:
     """Attach train/eval transforms for a backbone to both splits, honouring the set's flip/crop notes.
 
     Returns the resolution used.
     """
     size = resolve_resolution(config, resolution)
     common = {"resolution": size, "hflip": splits.hflip, "center_crop": splits.center_crop}
-    splits.set_transforms(build_transform(config, train=True, augment=augment, **common),
-                          build_transform(config, train=False, **common))
+    splits.set_transforms(
+        build_transform(config, train=True, augment=augment, **common),
+        build_transform(config, train=False, **common),
+    )
     return size

@@ -154,7 +154,8 @@ def save_archive(filename: str, data: bytes) -> Path:
             raise UploadQuotaError(
                 f"{original} is {_size_text(len(data))}, more than the whole uploads quota "
                 f"({_size_text(upload_quota_bytes())}); upload a smaller archive or ask whoever runs the "
-                f"app to raise {ENV_QUOTA}")
+                f"app to raise {ENV_QUOTA}"
+            )
         new = not path.exists()
         try:
             if new:
@@ -169,8 +170,10 @@ def save_archive(filename: str, data: bytes) -> Path:
         except OSError as exc:
             if new:
                 path.unlink(missing_ok=True)
-            raise DatasetError(f"cannot keep the upload {original} on the server ({exc.strerror or exc}); "
-                               "try again later or ask whoever runs the app to free space") from None
+            raise DatasetError(
+                f"cannot keep the upload {original} on the server ({exc.strerror or exc}); "
+                "try again later or ask whoever runs the app to free space"
+            ) from None
         usage = enforce_upload_quota(keep=[path])
         if usage.total_bytes > usage.quota_bytes:
             if new:
@@ -184,7 +187,8 @@ def _quota_error(name: str, need: int, usage: UploadsUsage) -> UploadQuotaError:
     return UploadQuotaError(
         f"{name} needs {_size_text(need)} but the uploads quota ({_size_text(usage.quota_bytes)}) is "
         f"taken by uploads in use ({_size_text(busy)} held by running trainings); try again when they have "
-        f"ended, or ask whoever runs the app to raise {ENV_QUOTA}")
+        f"ended, or ask whoever runs the app to raise {ENV_QUOTA}"
+    )
 
 
 # ---------------------------------------------------------------------------------------------- leases
@@ -289,9 +293,11 @@ class UploadsUsage:
         """A sentence for people: what is kept, how much room it takes, and what was just deleted."""
         n = len(self.items)
         names = ", ".join(item.name for item in self.items[:5]) + (", …" if n > 5 else "")
-        text = (f"{n} upload{'s' if n != 1 else ''} kept on the server ({_size_text(self.total_bytes)} of "
-                f"the {_size_text(self.quota_bytes)} uploads quota){': ' + names if n else ''}. The least "
-                "recently used are deleted when the quota is reached; uploads in use never are.")
+        text = (
+            f"{n} upload{'s' if n != 1 else ''} kept on the server ({_size_text(self.total_bytes)} of "
+            f"the {_size_text(self.quota_bytes)} uploads quota){': ' + names if n else ''}. The least "
+            "recently used are deleted when the quota is reached; uploads in use never are."
+        )
         if self.evicted:
             text += " Deleted to make room: " + ", ".join(item.name for item in self.evicted) + "."
         return text
@@ -346,10 +352,12 @@ def kept_uploads(root: Path | None = None, *, quota_bytes: int | None = None) ->
             group["archives"].append(path)
         elif extracted and not extracted["lock"] and entry.is_dir(follow_symlinks=False):
             groups.setdefault(extracted["digest"][:16], {"archives": [], "extracted": None, "locks": []})[
-                "extracted"] = path
+                "extracted"
+            ] = path
         elif extracted and extracted["lock"]:
             groups.setdefault(extracted["digest"][:16], {"archives": [], "extracted": None, "locks": []})[
-                "locks"].append(path)
+                "locks"
+            ].append(path)
         elif entry.name.startswith("upload-") and entry.is_dir(follow_symlinks=False):
             partial += _tree_size(path)  # an extraction under way (or a crash's leftover)
         elif entry.name.endswith(".tmp") and entry.is_file(follow_symlinks=False):
@@ -361,8 +369,9 @@ def kept_uploads(root: Path | None = None, *, quota_bytes: int | None = None) ->
             continue  # only a lock file left
         size = sum(_size_or_zero(a) for a in archives) + (_tree_size(folder) if folder is not None else 0)
         used = max([_mtime(p) for p in (*archives, *group["locks"])] + [_mtime(folder) if folder else 0.0])
-        names = [_read_name(a.with_suffix(".json")) or f"{_ARCHIVE.match(a.name)['stem']}.zip"
-                 for a in archives]
+        names = [
+            _read_name(a.with_suffix(".json")) or f"{_ARCHIVE.match(a.name)['stem']}.zip" for a in archives
+        ]
         in_use = folder is not None and _in_use(folder)
         name = ", ".join(dict.fromkeys(names)) or "an archive given on the command line"
         items.append(KeptUpload(key, name, archives, folder, size, used, in_use))
@@ -411,8 +420,9 @@ def _evict(item: KeptUpload) -> bool:
     return True
 
 
-def enforce_upload_quota(*, keep: list[Path] | tuple[Path, ...] = (), extra_bytes: int = 0,
-                         root: Path | None = None) -> UploadsUsage:
+def enforce_upload_quota(
+    *, keep: list[Path] | tuple[Path, ...] = (), extra_bytes: int = 0, root: Path | None = None
+) -> UploadsUsage:
     """Delete least-recently-used uploads until everything (plus ``extra_bytes`` about to be written)
     fits the quota; never those in ``keep`` or in use. Returns what is kept afterwards (``evicted``
     lists what was deleted); its ``total_bytes`` can still exceed the quota when nothing more may go."""
@@ -525,12 +535,16 @@ def extract_leased(archive: str | Path | bytes) -> tuple[Path, ExtractionLease]:
             raise UploadQuotaError(
                 f"{name} expands to {_size_text(declared)}, more than the whole uploads quota "
                 f"({_size_text(quota)}); use a smaller archive or ask whoever runs the app to raise "
-                f"{ENV_QUOTA}")
+                f"{ENV_QUOTA}"
+            )
         usage = enforce_upload_quota(keep=keep, extra_bytes=declared)
         if usage.total_bytes + declared > usage.quota_bytes:
             raise _quota_error(name, declared, usage)
-        fresh = extract_archive(io.BytesIO(archive) if isinstance(archive, bytes) else archive, root,
-                                max_bytes=min(MAX_ARCHIVE_BYTES, quota))
+        fresh = extract_archive(
+            io.BytesIO(archive) if isinstance(archive, bytes) else archive,
+            root,
+            max_bytes=min(MAX_ARCHIVE_BYTES, quota),
+        )
         try:
             os.rename(fresh, final)  # atomic; fails if a concurrent extraction won the race
         except OSError:

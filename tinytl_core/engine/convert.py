@@ -161,8 +161,11 @@ def _apply_trace_findings(model: nn.Module, input_size: tuple[int, int, int]) ->
     try:
         trace = trace_model(model, tuple(input_size), 2, allow_real=False)  # 2: BatchNorm needs > 1 value
     except ValueError as exc:  # cannot run on meta: masks everywhere, norms out of place: exact, not minimal
-        warnings.warn(f"engine: could not trace the model to share stored outputs ({exc}); "
-                      "ReLU-like layers keep 1-bit masks", stacklevel=3)
+        warnings.warn(
+            f"engine: could not trace the model to share stored outputs ({exc}); "
+            "ReLU-like layers keep 1-bit masks",
+            stacklevel=3,
+        )
         return
     stored = {(s.key, s.version) for s in trace.records}  # every (layer, tensor) stored
     produced = {t.key for row in trace.rows for t in row.outputs}  # the model's input is not among them
@@ -181,16 +184,21 @@ def _apply_trace_findings(model: nn.Module, input_size: tuple[int, int, int]) ->
         # one reader whose backward hands back a gradient no one else holds, and no later use
         read_by = readers.get((out.key, out.version), [])
         found["own_grad"] &= (
-            len(read_by) == 1 and kind_of(read_by[0].module) in _FRESH_GRADIENT
+            len(read_by) == 1
+            and kind_of(read_by[0].module) in _FRESH_GRADIENT
             and trace.last_use.get(out.key, -1) <= read_by[0].end
         )
         found["inplace_input"] &= (
-            x.key in produced and trace.last_use.get(x.key, -1) <= row.end
+            x.key in produced
+            and trace.last_use.get(x.key, -1) <= row.end
             and (x.key, x.version) not in stored
         )
     for module in modules:
-        flags = ("keep_output", "own_grad") if isinstance(module, MaskedActivation) else (
-            "inplace_input", "own_grad")
+        flags = (
+            ("keep_output", "own_grad")
+            if isinstance(module, MaskedActivation)
+            else ("inplace_input", "own_grad")
+        )
         for flag in flags:
             if verdict.get(id(module), {}).get(flag, False):
                 setattr(module, flag, True)
@@ -243,7 +251,9 @@ def engine_enabled(
     layout = bool(model.__dict__.get(_LAYOUT_FLAG))
     before = {module: type(module) for module in model.modules()}
     flags = {
-        (module, flag): module.__dict__[flag] for module in before for flag in _TRACED_FLAGS
+        (module, flag): module.__dict__[flag]
+        for module in before
+        for flag in _TRACED_FLAGS
         if flag in module.__dict__
     }
     try:

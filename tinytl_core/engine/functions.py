@@ -321,8 +321,14 @@ class MaxPool2dFn(Function):
         rows = row0 + torch.div(offsets, kernel_size[1], rounding_mode="floor") * dilation[0]
         cols = col0 + (offsets % kernel_size[1]) * dilation[1]
         grad_x = torch.ops.aten.max_pool2d_with_indices_backward(
-            grad_out, _shape_only(grad_out, ctx.input_shape, ctx.channels_last), kernel_size, stride,
-            padding, dilation, ceil_mode, rows * width + cols,
+            grad_out,
+            _shape_only(grad_out, ctx.input_shape, ctx.channels_last),
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            ceil_mode,
+            rows * width + cols,
         )
         return grad_x, None, None, None, None, None
 

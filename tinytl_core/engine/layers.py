@@ -232,7 +232,13 @@ class EngineBatchNorm2d(FrozenNorm, nn.BatchNorm2d):
             return super().forward(x)
         self._check_input_dim(x)
         return FrozenNormFn.apply(
-            x, self.weight, self.bias, self.running_mean, self.running_var, self.eps, self.inplace_input,
+            x,
+            self.weight,
+            self.bias,
+            self.running_mean,
+            self.running_var,
+            self.eps,
+            self.inplace_input,
             self.own_grad,
         )
 
@@ -303,8 +309,14 @@ class EngineMaxPool2d(EngineModule, nn.MaxPool2d):
         if not self._supported() or not _recording(x):
             return super().forward(x)
         stride = _pair(self.stride if self.stride else self.kernel_size)
-        return MaxPool2dFn.apply(x, _pair(self.kernel_size), stride, _pair(self.padding),
-                                 _pair(self.dilation), bool(self.ceil_mode))
+        return MaxPool2dFn.apply(
+            x,
+            _pair(self.kernel_size),
+            stride,
+            _pair(self.padding),
+            _pair(self.dilation),
+            bool(self.ceil_mode),
+        )
 
     def engine_rule(self) -> str:
         if not self._supported():
@@ -324,8 +336,13 @@ class EngineAvgPool2d(EngineModule, nn.AvgPool2d):
             return super().forward(x)
         stride = _pair(self.stride if self.stride else self.kernel_size)
         return AvgPool2dFn.apply(
-            x, _pair(self.kernel_size), stride, _pair(self.padding), bool(self.ceil_mode),
-            bool(self.count_include_pad), self.divisor_override,
+            x,
+            _pair(self.kernel_size),
+            stride,
+            _pair(self.padding),
+            bool(self.ceil_mode),
+            bool(self.count_include_pad),
+            self.divisor_override,
         )
 
     def engine_rule(self) -> str:
@@ -334,9 +351,20 @@ class EngineAvgPool2d(EngineModule, nn.AvgPool2d):
 
 ENGINE_CLASSES: dict[type[nn.Module], type[nn.Module]] = {
     cls._stock_class: cls
-    for cls in (EngineReLU, EngineReLU6, EngineHardtanh, EngineLeakyReLU, EngineHardsigmoid, EngineConv2d,
-                EngineConv2dSame, EngineBatchNorm2d, EngineBatchNormAct2d, EngineDropout, EngineMaxPool2d,
-                EngineAvgPool2d)
+    for cls in (
+        EngineReLU,
+        EngineReLU6,
+        EngineHardtanh,
+        EngineLeakyReLU,
+        EngineHardsigmoid,
+        EngineConv2d,
+        EngineConv2dSame,
+        EngineBatchNorm2d,
+        EngineBatchNormAct2d,
+        EngineDropout,
+        EngineMaxPool2d,
+        EngineAvgPool2d,
+    )
 }
 """Stock class -> engine class. Only exact classes convert: a subclass may compute something else."""
 

@@ -18,7 +18,18 @@ from tinytl_core.memory.stock_vs_engine import StockAndEngine, measure_stock_and
 from tinytl_core.tracing import OPTIMIZER_HELP, OPTIMIZER_STATES
 
 __all__ = [
-    "ACCOUNTINGS", "MB", "OPTIMIZER_HELP", "OPTIMIZER_STATES", "Measurement", "MemoryLimitError",
-    "MemoryReport", "ReportTotals", "StockAndEngine", "analyze", "format_modes", "measure",
-    "measure_stock_and_engine", "training_memory_figures",
+    "ACCOUNTINGS",
+    "MB",
+    "OPTIMIZER_HELP",
+    "OPTIMIZER_STATES",
+    "Measurement",
+    "MemoryLimitError",
+    "MemoryReport",
+    "ReportTotals",
+    "StockAndEngine",
+    "analyze",
+    "format_modes",
+    "measure",
+    "measure_stock_and_engine",
+    "training_memory_figures",
 ]

@@ -33,9 +33,23 @@ ACCOUNTINGS = ("complete", "paper")
 
 PAPER_FROZEN_BITS = 8
 LAYER_COLUMNS = (
-    "layer", "call", "type", "kind", "rule", "input_shape", "output_shape", "input_bytes", "output_bytes",
-    "param_bytes", "trainable_param_bytes", TOTALS.grads_optimizer_bytes, TOTALS.activations_necessary_bytes,
-    "necessary_reason", TOTALS.activations_stock_bytes, "pending_residual_bytes", "working_bytes",
+    "layer",
+    "call",
+    "type",
+    "kind",
+    "rule",
+    "input_shape",
+    "output_shape",
+    "input_bytes",
+    "output_bytes",
+    "param_bytes",
+    "trainable_param_bytes",
+    TOTALS.grads_optimizer_bytes,
+    TOTALS.activations_necessary_bytes,
+    "necessary_reason",
+    TOTALS.activations_stock_bytes,
+    "pending_residual_bytes",
+    "working_bytes",
 )
 
 
@@ -71,7 +85,8 @@ def _base(row: Row, states: int, frozen_bits: int, paper: bool) -> dict:
         "input_bytes": row.input_bytes,
         "output_bytes": row.output_bytes,
         "param_bytes": sum(
-            (4 * p.numel if p.trainable else math.ceil(p.numel * frozen_bits / 8)) if paper
+            (4 * p.numel if p.trainable else math.ceil(p.numel * frozen_bits / 8))
+            if paper
             else param_bytes(p, frozen_bits)
             for p in row.params
         ),
@@ -129,12 +144,19 @@ def complete(trace: Trace, *, optimizer: str, frozen_weight_bits: int) -> tuple[
     necessary = int(layers[TOTALS.activations_necessary_bytes].sum())
     stock = totals.activations_stock_bytes
     all_necessary = set().union(*necessary_keys) if necessary_keys else set()
-    peak = step_peak(trace.rows, list(layers[TOTALS.activations_necessary_bytes]), necessary_keys,
-                     extra=packing,
-                     overwritten=[overwritten_inputs(r, trace, all_necessary) for r in trace.rows])
-    peak_stock = step_peak(trace.rows, [r.saved_bytes for r in trace.rows],
-                           [{s.key for s in r.saved} for r in trace.rows],
-                           extra=[stock_temporaries(r) for r in trace.rows])
+    peak = step_peak(
+        trace.rows,
+        list(layers[TOTALS.activations_necessary_bytes]),
+        necessary_keys,
+        extra=packing,
+        overwritten=[overwritten_inputs(r, trace, all_necessary) for r in trace.rows],
+    )
+    peak_stock = step_peak(
+        trace.rows,
+        [r.saved_bytes for r in trace.rows],
+        [{s.key for s in r.saved} for r in trace.rows],
+        extra=[stock_temporaries(r) for r in trace.rows],
+    )
     fixed = weights + totals.grads_optimizer_bytes
     totals = replace(
         totals,

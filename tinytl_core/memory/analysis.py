@@ -51,7 +51,11 @@ def analyze(
     with engine_enabled(model, False):
         trace = trace_model(model, input_size, batch_size)
     return acc.report_from_trace(
-        trace, input_size=input_size, batch_size=batch_size, optimizer=optimizer, accounting=accounting,
+        trace,
+        input_size=input_size,
+        batch_size=batch_size,
+        optimizer=optimizer,
+        accounting=accounting,
         frozen_weight_bits=frozen_weight_bits,
     )
 
@@ -92,8 +96,14 @@ def training_memory_figures(
     )
     if measure:
         converted = is_converted(model)
-        both = measure_stock_and_engine(model, input_size=input_size, batch_size=batch_size,
-                                        optimizer=optimizer, per_layer=False, modelled=report)
+        both = measure_stock_and_engine(
+            model,
+            input_size=input_size,
+            batch_size=batch_size,
+            optimizer=optimizer,
+            per_layer=False,
+            modelled=report,
+        )
         if converted and both.engine is None:
             raise RuntimeError(f"the engine could not measure this model: {both.engine_error}")
         trained = both.engine if converted else both.stock

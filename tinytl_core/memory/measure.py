@@ -116,8 +116,10 @@ def measure(
     here = model_device(model)
     target = torch.device(device) if device is not None else here
     if "meta" in (target.type, here.type):
-        raise ValueError("measure() runs a real step: build the model on a real device (e.g. device='cpu'), "
-                         "or use analyze() for the modelled numbers")
+        raise ValueError(
+            "measure() runs a real step: build the model on a real device (e.g. device='cpu'), "
+            "or use analyze() for the modelled numbers"
+        )
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
         raise ValueError("nothing to measure: no parameter of the model requires grad (apply a mode first)")
@@ -136,8 +138,9 @@ def measure(
         if cuda:
             torch.cuda.synchronize(target)
             torch.cuda.reset_peak_memory_stats(target)
-        trace = run_traced(model, x, record_modules=per_layer, record_uses=False,
-                           after_forward=lambda loss: loss.backward())
+        trace = run_traced(
+            model, x, record_modules=per_layer, record_uses=False, after_forward=lambda loss: loss.backward()
+        )
         opt.step()
         peak = None
         if cuda:
@@ -150,8 +153,13 @@ def measure(
     if per_layer:
         table = pd.DataFrame.from_records(
             [
-                {"layer": r.name, "call": r.call, "type": r.type, "kind": r.kind,
-                 MEMORY.activations_measured_bytes: r.saved_bytes}
+                {
+                    "layer": r.name,
+                    "call": r.call,
+                    "type": r.type,
+                    "kind": r.kind,
+                    MEMORY.activations_measured_bytes: r.saved_bytes,
+                }
                 for r in trace.rows
             ],
             columns=["layer", "call", "type", "kind", MEMORY.activations_measured_bytes],
@@ -192,15 +200,24 @@ def _check_fits(model, modelled, input_size, batch_size, optimizer, here, target
     if modelled is None:
         try:  # meta only: a fallback trace on the real device would allocate before the check
             trace = trace_model(model, input_size, batch_size, allow_real=False)
-            modelled = acc.report_from_trace(trace, input_size=input_size, batch_size=batch_size,
-                                         optimizer=optimizer, accounting="complete", frozen_weight_bits=32)
+            modelled = acc.report_from_trace(
+                trace,
+                input_size=input_size,
+                batch_size=batch_size,
+                optimizer=optimizer,
+                accounting="complete",
+                frozen_weight_bits=32,
+            )
         except ValueError as exc:  # a model the meta trace cannot run: measure without the check
             warnings.warn(f"memory check skipped: the model could not be analysed ({exc})", stacklevel=3)
             return None
     t = modelled.totals
     c, h, w = input_size
-    required = t.grads_optimizer_bytes + t.activations_stock_bytes + t.transient_stock_bytes + (
-        batch_size * c * h * w * 4
+    required = (
+        t.grads_optimizer_bytes
+        + t.activations_stock_bytes
+        + t.transient_stock_bytes
+        + (batch_size * c * h * w * 4)
     )
     if target != here:
         required += t.weights_bytes

@@ -18,7 +18,13 @@ from tinytl_core.quantities import (
 )
 
 __all__ = [
-    "MB", "MODE_COLUMNS", "MeasuredPeaks", "MemoryReport", "ReportTotals", "format_modes", "merge_measured",
+    "MB",
+    "MODE_COLUMNS",
+    "MeasuredPeaks",
+    "MemoryReport",
+    "ReportTotals",
+    "format_modes",
+    "merge_measured",
 ]
 
 
@@ -35,17 +41,24 @@ class ReportTotals(ModelledMemory):
     n_params: int | None = quantity("parameters", Unit.COUNT, short="params")
     n_trainable: int | None = quantity("trainable parameters", Unit.COUNT, short="trainable params")
     activations_stored_bytes: float | None = quantity(
-        "activations stored (paper accounting)", short="act. stored",
-        help="Paper accounting: the sum of what each layer stores (the necessary figure is the peak).")
+        "activations stored (paper accounting)",
+        short="act. stored",
+        help="Paper accounting: the sum of what each layer stores (the necessary figure is the peak).",
+    )
     transient_bytes: float | None = quantity(
-        "transient working set", short="transient",
+        "transient working set",
+        short="transient",
         help="The step's peak minus the stored activations: inputs, outputs and pending residual inputs "
-             "of the layer running.")
+        "of the layer running.",
+    )
     transient_stock_bytes: float | None = quantity(
-        "transient working set, stock PyTorch", short="transient stock")
+        "transient working set, stock PyTorch", short="transient stock"
+    )
     total_stock_bytes: float | None = quantity(
-        "total with stock activations", short="total stock",
-        help="Weights + gradients + optimizer state + what stock PyTorch stores + its transient.")
+        "total with stock activations",
+        short="total stock",
+        help="Weights + gradients + optimizer state + what stock PyTorch stores + its transient.",
+    )
     n_rows: int | None = quantity("trace rows", Unit.COUNT, short="rows")
     accounting: str = "complete"
     input_size: tuple[int, int, int] = (0, 0, 0)
@@ -63,13 +76,17 @@ class MeasuredPeaks:
     engine's: what a user checks (see :mod:`tinytl_core.memory.timeline`)."""
 
     peak_measured_stock_bytes: float | None = quantity(
-        "step peak, stock PyTorch, measured", short="peak stock measured",
+        "step peak, stock PyTorch, measured",
+        short="peak stock measured",
         help="The most bytes alive at once in one real step with stock PyTorch layers (weights, optimizer "
-             "state, input, activations, gradients, temporaries): PyTorch's profiler, or "
-             "torch.cuda.max_memory_allocated on CUDA.")
+        "state, input, activations, gradients, temporaries): PyTorch's profiler, or "
+        "torch.cuda.max_memory_allocated on CUDA.",
+    )
     peak_measured_engine_bytes: float | None = quantity(
-        "step peak, engine, measured", short="peak engine measured",
-        help="The same with the training engine's layers.")
+        "step peak, engine, measured",
+        short="peak engine measured",
+        help="The same with the training engine's layers.",
+    )
 
 
 TOTALS = names(ReportTotals)
@@ -77,16 +94,25 @@ MEMORY = names(RunMemory)
 PEAKS = names(MeasuredPeaks)
 
 MODE_COLUMNS: tuple[str, ...] = (
-    TOTALS.weights_bytes, TOTALS.grads_optimizer_bytes, TOTALS.activations_necessary_bytes,
-    TOTALS.activations_stock_bytes, MEMORY.activations_measured_stock_bytes,
-    MEMORY.activations_measured_engine_bytes, TOTALS.total_modelled_bytes, PEAKS.peak_measured_stock_bytes,
+    TOTALS.weights_bytes,
+    TOTALS.grads_optimizer_bytes,
+    TOTALS.activations_necessary_bytes,
+    TOTALS.activations_stock_bytes,
+    MEMORY.activations_measured_stock_bytes,
+    MEMORY.activations_measured_engine_bytes,
+    TOTALS.total_modelled_bytes,
+    PEAKS.peak_measured_stock_bytes,
     PEAKS.peak_measured_engine_bytes,
 )
 """Per-mode byte columns the CLI shows (in MB), in order, headed by their short labels; then ``x full``."""
 RATIO_COLUMN, RATIO_HEADER = "ratio_to_full", "x full"
 SUMMARY_FIELDS: tuple[str, ...] = (
-    TOTALS.weights_bytes, TOTALS.grads_optimizer_bytes, TOTALS.activations_necessary_bytes,
-    TOTALS.activations_stock_bytes, TOTALS.transient_bytes, TOTALS.total_modelled_bytes,
+    TOTALS.weights_bytes,
+    TOTALS.grads_optimizer_bytes,
+    TOTALS.activations_necessary_bytes,
+    TOTALS.activations_stock_bytes,
+    TOTALS.transient_bytes,
+    TOTALS.total_modelled_bytes,
     TOTALS.total_stock_bytes,
 )
 """The totals :meth:`MemoryReport.summary` lists."""

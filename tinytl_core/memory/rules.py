@@ -125,7 +125,7 @@ def _window(module: nn.Module, row: Row) -> int:
         ks = (kernel,) * max(1, dims) if isinstance(kernel, int) else tuple(kernel)
         return max(1, math.prod(ks))
     if row.inputs and row.outputs:  # adaptive: the largest window is ceil(in / out) per spatial dim
-        ins, outs = row.inputs[0].shape[2:], row.outputs[0].shape[-len(row.inputs[0].shape[2:]):]
+        ins, outs = row.inputs[0].shape[2:], row.outputs[0].shape[-len(row.inputs[0].shape[2:]) :]
         return max(1, math.prod(math.ceil(i / max(1, o)) for i, o in zip(ins, outs)))
     return 1
 

@@ -75,8 +75,13 @@ def measure_stock_and_engine(
         MemoryLimitError: the stock step does not fit in the available memory (before allocating).
         ValueError: a ``meta`` model or nothing to train (see :func:`~tinytl_core.memory.measure`).
     """
-    kwargs = {"input_size": input_size, "batch_size": batch_size, "optimizer": optimizer,
-              "per_layer": per_layer, "modelled": modelled}
+    kwargs = {
+        "input_size": input_size,
+        "batch_size": batch_size,
+        "optimizer": optimizer,
+        "per_layer": per_layer,
+        "modelled": modelled,
+    }
     with engine_enabled(model, False):
         stock = measure(model, **kwargs)
     try:

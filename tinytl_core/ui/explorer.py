@@ -33,15 +33,19 @@ def label(name: str) -> str:
 
 
 COMPONENTS: tuple[str, ...] = (
-    TOTALS.weights_bytes, TOTALS.grads_optimizer_bytes, TOTALS.activations_necessary_bytes,
+    TOTALS.weights_bytes,
+    TOTALS.grads_optimizer_bytes,
+    TOTALS.activations_necessary_bytes,
     TOTALS.transient_bytes,
 )
 """The stacked parts of a mode's modelled total (complete accounting), bottom to top."""
 COMPONENT_LABELS: tuple[str, ...] = tuple(label(c) for c in COMPONENTS)
 
 ACTIVATION_FIGURES: tuple[str, ...] = (
-    TOTALS.activations_necessary_bytes, TOTALS.activations_stock_bytes,
-    MEMORY.activations_measured_stock_bytes, MEMORY.activations_measured_engine_bytes,
+    TOTALS.activations_necessary_bytes,
+    TOTALS.activations_stock_bytes,
+    MEMORY.activations_measured_stock_bytes,
+    MEMORY.activations_measured_engine_bytes,
 )
 """The activation figures compared per mode: modelled necessary and stock, measured stock and engine."""
 ACTIVATION_LABELS: tuple[str, ...] = tuple(label(f) for f in ACTIVATION_FIGURES)
@@ -79,10 +83,15 @@ def measure_mode(
     target = resolve_device(device)
     if modelled is not None and modelled.totals.accounting != "complete":
         modelled = None  # the memory check needs the complete accounting (gradients, working set)
-    prepared = prepare_model(backbone, mode, resolution=resolution, group_norm=group_norm, device=target,
-                             engine=False)
-    kwargs = {"input_size": prepared.data.input_size, "batch_size": batch_size, "optimizer": optimizer,
-              "modelled": modelled}
+    prepared = prepare_model(
+        backbone, mode, resolution=resolution, group_norm=group_norm, device=target, engine=False
+    )
+    kwargs = {
+        "input_size": prepared.data.input_size,
+        "batch_size": batch_size,
+        "optimizer": optimizer,
+        "modelled": modelled,
+    }
     if not engine:
         return StepMeasurement(measure(prepared.model, **kwargs), None, "engine not requested", mode)
     both = measure_stock_and_engine(prepared.model, **kwargs)

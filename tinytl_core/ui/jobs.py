@@ -30,13 +30,32 @@ from tinytl_core.ui.errors import failure_message, failure_reference, log_failur
 log = logging.getLogger(__name__)
 
 RESULT_COLUMNS: tuple[str, ...] = (
-    RUN.mode, RUN.status, RUN.final_val_acc, RUN.best_val_acc, RUN.steps_done, MEMORY.total_modelled_bytes,
-    MEMORY.total_measured_bytes, RUN.total_time_s, RUN.images_per_s, RUN.id, RUN.message,
+    RUN.mode,
+    RUN.status,
+    RUN.final_val_acc,
+    RUN.best_val_acc,
+    RUN.steps_done,
+    MEMORY.total_modelled_bytes,
+    MEMORY.total_measured_bytes,
+    RUN.total_time_s,
+    RUN.images_per_s,
+    RUN.id,
+    RUN.message,
 )
 """The columns of :meth:`JobSnapshot.results_frame` (one row per mode), in order."""
 SUMMARY_FIELDS: tuple[str, ...] = (
-    RUN.status, RUN.message, RUN.final_val_acc, RUN.best_val_acc, RUN.final_train_acc, RUN.steps_done,
-    RUN.total_time_s, RUN.images_per_s, RUN.n_trainable, RUN.n_total, RUN.pretrained_loaded, RUN.device,
+    RUN.status,
+    RUN.message,
+    RUN.final_val_acc,
+    RUN.best_val_acc,
+    RUN.final_train_acc,
+    RUN.steps_done,
+    RUN.total_time_s,
+    RUN.images_per_s,
+    RUN.n_trainable,
+    RUN.n_total,
+    RUN.pretrained_loaded,
+    RUN.device,
     RUN.resolution,
 )
 """The :class:`~tinytl_core.adapt.AdaptResult` fields :func:`result_summary` keeps."""
@@ -124,8 +143,13 @@ class JobSnapshot:
         """One row per mode (:data:`RESULT_COLUMNS`): status, accuracy (%), memory (MB), time, run id;
         missing figures are blanks."""
         rows = [
-            {**(m.result or {}), RUN.mode: m.mode, RUN.status: m.status, RUN.message: m.message,
-             RUN.steps_done: m.steps_done}
+            {
+                **(m.result or {}),
+                RUN.mode: m.mode,
+                RUN.status: m.status,
+                RUN.message: m.message,
+                RUN.steps_done: m.steps_done,
+            }
             for m in self.modes
         ]
         return run_table(rows, RESULT_COLUMNS)
@@ -222,9 +246,7 @@ class TrainingJob:
         (``None``: the process itself). Anyone else gets :class:`NotYourJobError` and the job goes on.
         """
         if not self.may_stop(requester):
-            raise NotYourJobError(
-                "this run was started in another session; only that session can stop it"
-            )
+            raise NotYourJobError("this run was started in another session; only that session can stop it")
         self._cancel.set()
 
     @property

@@ -15,16 +15,32 @@ from tinytl_core.quantities import Unit
 from tinytl_core.results import MEMORY, RUN, ResultsStore, run_headers, run_quantity, run_table
 
 RUN_COLUMNS: tuple[str, ...] = (
-    RUN.id, RUN.status, RUN.backbone, RUN.mode, RUN.dataset, RUN.resolution, RUN.batch_size, RUN.steps_done,
-    RUN.final_val_acc, RUN.best_val_acc, MEMORY.total_modelled_bytes, MEMORY.total_measured_bytes,
-    MEMORY.activations_measured_bytes, RUN.n_trainable, RUN.total_time_s, RUN.images_per_s, RUN.started_at,
+    RUN.id,
+    RUN.status,
+    RUN.backbone,
+    RUN.mode,
+    RUN.dataset,
+    RUN.resolution,
+    RUN.batch_size,
+    RUN.steps_done,
+    RUN.final_val_acc,
+    RUN.best_val_acc,
+    MEMORY.total_modelled_bytes,
+    MEMORY.total_measured_bytes,
+    MEMORY.activations_measured_bytes,
+    RUN.n_trainable,
+    RUN.total_time_s,
+    RUN.images_per_s,
+    RUN.started_at,
     RUN.message,
 )
 """The run fields the Compare runs table shows, in order."""
 RUN_HEADERS: dict[str, str] = run_headers(RUN_COLUMNS)
 """Column key of :func:`runs_frame` -> its header (from each quantity's metadata)."""
 MEMORY_AXES: tuple[str, ...] = (
-    MEMORY.total_modelled_bytes, MEMORY.total_measured_bytes, MEMORY.activations_measured_bytes,
+    MEMORY.total_modelled_bytes,
+    MEMORY.total_measured_bytes,
+    MEMORY.activations_measured_bytes,
 )
 """Memory figures a run can be plotted against (:func:`memory_axis` gives the column and title of one)."""
 ACCURACY = run_quantity(RUN.final_val_acc)
