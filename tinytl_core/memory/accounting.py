@@ -157,6 +157,9 @@ def complete(trace: Trace, *, optimizer: str, frozen_weight_bits: int) -> tuple[
         [{s.key for s in r.saved} for r in trace.rows],
         extra=[stock_temporaries(r) for r in trace.rows],
     )
+    # The backward pass: its own peak where residual gradients wait beside a block's branch.
+    peak = max(peak, backward_peak(trace.rows, list(layers[TOTALS.activations_necessary_bytes]), engine=True))
+    peak_stock = max(peak_stock, backward_peak(trace.rows, [r.saved_bytes for r in trace.rows], engine=False))
     fixed = weights + totals.grads_optimizer_bytes
     totals = replace(
         totals,
@@ -192,6 +195,30 @@ def step_peak(
         so_far += nbytes
         keys |= row_keys
     return max(peak, so_far)
+
+
+def backward_peak(rows: list[Row], stored: list[int], *, engine: bool) -> int:
+    """Peak activation memory of the backward pass, rows in reverse: what is still stored (the rows not
+    yet processed, this one included), the gradient of the row's output and of its input, and the gradients
+    of pending residual inputs waiting for the branch to finish. Only rows a gradient flows through count.
+    ``engine``: frozen-statistics norms and mask activations scale the output gradient in place (their
+    input gradient takes its memory), as the training engine does."""
+    total = sum(stored)
+    peak = 0
+    for row, nbytes in zip(reversed(rows), reversed(stored)):
+        if row.needs_input_grad and row.kind in ("layer", "module"):
+            grad_out, grad_in = row.output_bytes, row.input_bytes
+            kind = kind_of(row.module)
+            in_place = engine and (
+                kind in (LayerKind.RELU, LayerKind.STEP)
+                or (kind is LayerKind.NORM and not row.batch_statistics)
+            )
+            working = max(grad_out, grad_in) if in_place else grad_out + grad_in
+            if engine and kind is LayerKind.MAXPOOL:  # int64 indices rebuilt from the stored argmax
+                working += 2 * grad_out
+            peak = max(peak, total + working + row.pending_bytes)
+        total -= nbytes
+    return peak
 
 
 def stock_temporaries(row: Row) -> int:
