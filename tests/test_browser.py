@@ -10,6 +10,7 @@ page, sees it on Compare runs, and saves a full-height screenshot of each page u
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -208,8 +209,12 @@ def test_measure_adapt_and_compare_in_a_real_browser(browser, server):
         # Memory Explorer: measure a real step, stock PyTorch and the engine.
         go(page, "Memory Explorer")
         page.get_by_role("button", name="Measure a real step").click()
-        metric = page.locator('[data-testid="stMetricLabel"]').filter(has_text="Engine (measured)")
+        metric = page.locator('[data-testid="stMetricLabel"]').filter(
+            has_text=re.compile(r"^Engine \(measured\)$")
+        )
         metric.wait_for(timeout=PAGE_TIMEOUT_S * 1000)
+        peak = page.locator('[data-testid="stMetricLabel"]').filter(has_text="Step peak, engine (measured)")
+        peak.wait_for(timeout=PAGE_TIMEOUT_S * 1000)  # the measured step peak, beside the stored bytes
         check_page(page, "memory_explorer_measured")
 
         # Adapt: a small run on the built-in digits, one mode, 60 steps, clicked through the form.

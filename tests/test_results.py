@@ -6,6 +6,7 @@ import io
 import json
 import multiprocessing as mp
 import sqlite3
+import sys
 from dataclasses import asdict
 
 import pandas as pd
@@ -121,7 +122,12 @@ def _writer(path: str, tag: str, n: int, start) -> None:
         raise
 
 
-def test_two_processes_writing_at_once_lose_nothing(tmp_path):
+def test_two_processes_writing_at_once_lose_nothing(tmp_path, monkeypatch):
+    # Spawned children re-run the parent's __main__ by its path; after an AppTest in this process that is
+    # app.py, which must not run in a writer: children import this module by name instead.
+    main = sys.modules["__main__"]
+    monkeypatch.delattr(main, "__file__", raising=False)
+    monkeypatch.setattr(main, "__spec__", None, raising=False)
     path = str(tmp_path / "shared.sqlite")
     ctx = mp.get_context("spawn")  # no torch state forked into the children
     start = ctx.Barrier(2)  # both children begin inserting at the same moment
