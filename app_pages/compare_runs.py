@@ -2,6 +2,7 @@
 
 import streamlit as st
 
+from app_pages import _cache
 from tinytl_core.modes import MODES
 from tinytl_core.quantities import ENDED_STATUSES, RunStatus
 from tinytl_core.results import ResultsStore, run_quantity
@@ -80,14 +81,9 @@ figure = st.segmented_control(
 )
 axis, axis_title = memory_axis(figure)
 plotted = shown.dropna(subset=[axis, ACCURACY.key])
-if len(plotted):
-    st.plotly_chart(
-        figures.memory_accuracy_scatter(
-            shown, x=axis, x_label=axis_title, title="Validation accuracy vs training memory"
-        ),
-        width="stretch",
-        key="cr_scatter",
-    )
+# The scatter's place, filled after the table: the runs show at once, the chart (the browser loads
+# Plotly's bundle for it, seconds in a new tab) fills in after them.
+scatter = st.empty()
 if len(plotted) < len(shown):
     st.caption(
         f"{len(shown) - len(plotted)} run(s) without this memory figure or an accuracy are not "
@@ -116,6 +112,13 @@ st.download_button(
     disabled=shown.empty,
     key="cr_export",
 )
+
+if len(plotted):
+    scatter.plotly_chart(
+        _cache.memory_accuracy_scatter(shown, axis, axis_title, "Validation accuracy vs training memory"),
+        width="stretch",
+        key="cr_scatter",
+    )
 
 st.subheader("Training curves")
 labels = {int(r["id"]): run_label(r) for r in shown.to_dict("records")}

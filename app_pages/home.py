@@ -30,13 +30,9 @@ except (ValueError, RuntimeError) as exc:
     st.error(f"Cannot model {backbone} at {resolution} px, batch {batch_size}: {exc}")
     st.stop()
 
-st.plotly_chart(
-    mode_memory_bars(
-        table,
-        title=f"Training memory per mode: {backbone}, {resolution} px, batch {batch_size}, Adam (modelled)",
-    ),
-    width="stretch",
-)
+# The chart's place, filled at the end: the numbers and links show at once, the chart (the browser loads
+# Plotly's bundle for it, seconds in a new tab) fills in after them.
+chart = st.empty()
 rows = table[table["applicable"]].set_index("mode")
 total, necessary = TOTALS.total_modelled_bytes, TOTALS.activations_necessary_bytes
 if "full" in rows.index:
@@ -80,3 +76,10 @@ with right:
     st.page_link("app_pages/compare_runs.py", label="Compare runs", icon=":material/scatter_plot:")
     st.caption("Every stored run on a memory-accuracy plot, like the paper's headline figure.")
 st.page_link("app_pages/about.py", label="About the method and the memory rules", icon=":material/info:")
+chart.plotly_chart(
+    mode_memory_bars(
+        table,
+        title=f"Training memory per mode: {backbone}, {resolution} px, batch {batch_size}, Adam (modelled)",
+    ),
+    width="stretch",
+)

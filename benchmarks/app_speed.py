@@ -7,8 +7,10 @@ Playwright, and prints three timings beside their targets (issue 14):
 - **first paint**: from the server answering its health check to the first page's heading on screen (the
   server's first script run: PyTorch, timm and the catalog are imported while the page already shows);
 - **new session's Home**: a new tab (a new Streamlit session; the browser has loaded the app before) opening
-  Home until its chart is drawn;
-- **Compare runs, 200 runs**: a new tab opening Compare runs until its scatter is drawn.
+  Home until its heading and its key numbers (the metric cards) are on screen -- what the user reads;
+  *chart drawn* is the same visit until the Plotly chart is drawn too (the chart fills in last);
+- **Compare runs, 200 runs**: a new tab opening Compare runs until its heading and run table are on screen;
+  *chart drawn*: until its scatter is drawn too.
 
 Each warm timing is the median of ``--repeat`` visits; the same visits with a cold browser cache (a fresh
 browser context: the app's JavaScript downloaded again) are printed too, without a target.
@@ -31,7 +33,11 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TARGETS = {"first paint": 3.0, "new session's Home": 1.5, "Compare runs, 200 runs": 1.5}
+TARGETS = {
+    "first paint": 3.0,
+    "new session's Home": 1.5,
+    "Compare runs, 200 runs": 1.5,
+}
 CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
 TIMEOUT_MS = 180_000
 
@@ -90,20 +96,28 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 120) -> fl
     raise SystemExit("streamlit did not become healthy")
 
 
-def timed_visit(browser, url: str, ready: str, context=None) -> float:
+def timed_visit(browser, url: str, ready: list[str], context=None) -> list[float]:
     """Seconds from opening ``url`` in a new tab (a new Streamlit session) of ``context`` -- a fresh browser
-    context (cold cache) when None -- until ``ready`` is visible."""
+    context (cold cache) when None -- until each of the ``ready`` selectors (in turn) is visible."""
     own = context is None
     context = context or browser.new_context(viewport={"width": 1400, "height": 1000})
     page = context.new_page()
     start = time.monotonic()
     page.goto(url)
-    page.locator(ready).first.wait_for(state="visible", timeout=TIMEOUT_MS)
-    took = time.monotonic() - start
+    took = []
+    for selector in ready:
+        page.locator(selector).first.wait_for(state="visible", timeout=TIMEOUT_MS)
+        took.append(time.monotonic() - start)
     page.close()
     if own:
         context.close()
     return took
+
+
+def timed_visits(browser, url: str, ready: list[str], repeat: int, context=None) -> list[float]:
+    """The median over ``repeat`` visits of each time of :func:`timed_visit`."""
+    visits = [timed_visit(browser, url, ready, context) for _ in range(repeat)]
+    return [median([v[i] for v in visits]) for i in range(len(ready))]
 
 
 def median(values: list[float]) -> float:
@@ -162,17 +176,22 @@ def main() -> int:
             page.locator(chart).first.wait_for(timeout=TIMEOUT_MS)
             results["first page complete (info)"] = time.monotonic() - healthy
             compare = f"{url}/compare_runs"
-            visits = range(args.repeat)
-            results["new session's Home"] = median(
-                [timed_visit(browser, url, chart, context) for _ in visits]
+            numbers = '[data-testid="stMain"] [data-testid="stMetric"]'
+            table = '[data-testid="stMain"] [data-testid="stDataFrame"]'
+            home_ready, compare_ready = [heading, numbers, chart], [heading, table, chart]
+            runs = f"Compare runs, {args.runs} runs"
+            _, results["new session's Home"], results["new session's Home, chart drawn"] = timed_visits(
+                browser, url, home_ready, args.repeat, context
             )
-            results[f"Compare runs, {args.runs} runs"] = median(
-                [timed_visit(browser, compare, chart, context) for _ in visits]
+            _, results[runs], results[f"{runs}, chart drawn"] = timed_visits(
+                browser, compare, compare_ready, args.repeat, context
             )
             context.close()
-            results["Home, cold browser (info)"] = median([timed_visit(browser, url, chart) for _ in visits])
-            results["Compare runs, cold browser (info)"] = median(
-                [timed_visit(browser, compare, chart) for _ in visits]
+            _, results["Home, cold browser (info)"], results["Home, cold, chart drawn (info)"] = timed_visits(
+                browser, url, home_ready, args.repeat
+            )
+            _, results["Compare, cold browser (info)"], results["Compare, cold, chart drawn (info)"] = (
+                timed_visits(browser, compare, compare_ready, args.repeat)
             )
             browser.close()
     finally:
@@ -183,13 +202,16 @@ def main() -> int:
             proc.kill()
         log.close()
         shutil.rmtree(home, ignore_errors=True)
-    print(f"{'timing':<34} {'measured':>9} {'target':>8}")
+    print("Content: the page's heading and its numbers (Home: metric cards; Compare runs: the run table)")
+    print("on screen (the issue's target: charts fill in as they come); chart drawn: the same visit until")
+    print("its Plotly chart is drawn too (no target of its own).")
+    print(f"{'timing':<38} {'measured':>9} {'target':>8}")
     for name, seconds in results.items():
         target = TARGETS.get(name.replace(f"{args.runs} runs", "200 runs"))
         if target is None:
-            print(f"{name:<34} {seconds:>8.2f}s {'-':>8}")
+            print(f"{name:<38} {seconds:>8.2f}s {'-':>8}")
         else:
-            print(f"{name:<34} {seconds:>8.2f}s {target:>7.1f}s  {'ok' if seconds <= target else 'SLOW'}")
+            print(f"{name:<38} {seconds:>8.2f}s {target:>7.1f}s  {'ok' if seconds <= target else 'SLOW'}")
     return 0
 
 
