@@ -26,8 +26,10 @@ import argparse
 import json
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +45,7 @@ QUICK_BACKBONES: tuple[str, ...] = ("mobilenetv2_100", "resnet18")
 NECESSARY_TOLERANCE = 0.05
 TOTAL_TARGET = 6.0  # stock full / engine lite_residual+bias, mobilenetv2_100
 TIME_TARGET = 1.3
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -200,13 +203,19 @@ def targets(rows: list[Row]) -> list[str]:
     return lines
 
 
+def run_all(
+    args: argparse.Namespace, bench: Callable[[str, str, argparse.Namespace], T], desc: str
+) -> list[T]:
+    """``bench(backbone, mode, args)`` for every backbone x mode of ``args``, with a progress bar (shared
+    by ``benchmarks/peak.py``)."""
+    torch.set_num_threads(args.threads)
+    jobs = [(b, m) for b in args.backbones for m in args.modes]
+    return [bench(b, m, args) for b, m in tqdm(jobs, desc=desc, unit="mode", dynamic_ncols=True)]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    rows: list[Row] = []
-    jobs = [(b, m) for b in args.backbones for m in args.modes]
-    for backbone, mode in tqdm(jobs, desc="engine benchmark", unit="mode", dynamic_ncols=True):
-        rows.append(bench_one(backbone, mode, args))
+    rows = run_all(args, bench_one, "engine benchmark")
     print(
         f"\n{args.resolution} px, batch {args.batch_size}, optimizer {args.optimizer}, "
         f"{args.threads} thread(s), step time: best of {args.repeats}\n"

@@ -278,6 +278,12 @@ MASKED: frozenset[str] = frozenset(a.name for a in _ENTRIES if a.mask is not Non
 """Activations the engine stores as a 1-bit mask."""
 
 _BY_NAME: dict[str, Activation] = {n: a for a in _ENTRIES for n in a.names}
+# Exact class -> the entries the engine can run for it (GELU has two: exact and tanh): read every forward.
+_ENGINE_BY_CLASS: dict[type[nn.Module], tuple[Activation, ...]] = {}
+for _entry in _ENTRIES:
+    if _entry.forward is not None:
+        for _cls in _entry.classes:
+            _ENGINE_BY_CLASS[_cls] = (*_ENGINE_BY_CLASS.get(_cls, ()), _entry)
 
 # Non-activation kinds: exact-or-subclass types, and lower-case names of timm / other layers.
 _FREE_TYPES = (
@@ -374,12 +380,10 @@ def engine_activation(
 ) -> tuple[Activation, float] | None:
     """``(entry, param)`` for a module whose *exact* class ``cls`` (default: its own) is an activation the
     engine can run itself (stock kernels known), or None (unknown class, subclass, unsupported settings)."""
-    cls = cls or type(module)
-    for entry in _ENTRIES:
-        if cls in entry.classes and entry.forward is not None:
-            param = entry.param(module)
-            if param is not None:
-                return entry, param
+    for entry in _ENGINE_BY_CLASS.get(cls or type(module), ()):
+        param = entry.param(module)
+        if param is not None:
+            return entry, param
     return None
 
 

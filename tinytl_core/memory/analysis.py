@@ -103,6 +103,7 @@ def training_memory_figures(
             optimizer=optimizer,
             per_layer=False,
             modelled=report,
+            profile=(not converted, converted),  # the peak recorded is that of the layers it trains with
         )
         if converted and both.engine is None:
             raise RuntimeError(f"the engine could not measure this model: {both.engine_error}")

@@ -103,7 +103,7 @@ def measure(
         device: where to run (default: where the model is).
         per_layer: attribute saved bytes to layers (a ``per_layer`` table); False is a bit cheaper.
         profile: also run the step under PyTorch's profiler (after one step that allocates the optimizer
-            state, as in training) for its memory timeline and peak; two more steps.
+            state, as in training) for its memory timeline and peak: one more step.
         modelled: a complete-accounting :func:`~tinytl_core.memory.analysis.analyze` report of this model at
             this size, if already computed (used for the memory check).
 

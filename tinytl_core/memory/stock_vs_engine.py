@@ -63,8 +63,12 @@ def measure_stock_and_engine(
     optimizer: str = "adam",
     per_layer: bool = True,
     modelled: MemoryReport | None = None,
+    profile: tuple[bool, bool] = (True, True),
 ) -> StockAndEngine:
     """Measure one real training step of ``model`` with stock PyTorch layers, then with the engine's.
+
+    ``profile``: whether the stock and the engine measurement also profile the step for its peak (one more
+    step each; see :func:`~tinytl_core.memory.measure`).
 
     The model may be stock or already converted; it is left as it was. The engine step converts with
     ``input_size`` (activations share outputs that later layers store in full). ``modelled`` (a
@@ -83,10 +87,10 @@ def measure_stock_and_engine(
         "modelled": modelled,
     }
     with engine_enabled(model, False):
-        stock = measure(model, **kwargs)
+        stock = measure(model, **kwargs, profile=profile[0])
     try:
         with engine_enabled(model, True, input_size=input_size, channels_last=True):
-            engine = measure(model, **kwargs)
+            engine = measure(model, **kwargs, profile=profile[1])
     except Exception as exc:  # a bonus figure: a model the engine cannot run keeps its stock figure
         first_line = str(exc).splitlines()[0] if str(exc) else ""
         return StockAndEngine(stock, None, f"{type(exc).__name__}: {first_line}")
