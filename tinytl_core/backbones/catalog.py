@@ -20,11 +20,13 @@ from dataclasses import dataclass
 import timm
 
 from tinytl_core.backbones.local import LOCAL_BACKBONES
+from tinytl_core.backbones.proxyless import PROXYLESS_MOBILE, PROXYLESS_MOBILE_NOTE
 
-# The shipped demo first (works offline), then mobile CNNs (the paper's setting), two ResNets for
-# contrast and two modern small CNNs.
+# The shipped demo first (works offline), the paper's own backbone, then mobile CNNs (the paper's
+# setting), two ResNets for contrast and two modern small CNNs.
 CURATED_BACKBONES: tuple[str, ...] = (
     *LOCAL_BACKBONES,
+    PROXYLESS_MOBILE,
     "mobilenetv2_100",
     "mobilenetv3_large_100",
     "efficientnet_b0",
@@ -39,6 +41,9 @@ CURATED_BACKBONES: tuple[str, ...] = (
 )
 
 KINDS: tuple[str, ...] = ("cnn", "transformer", "hybrid", "mlp")
+
+NOTES: dict[str, str] = {PROXYLESS_MOBILE: PROXYLESS_MOBILE_NOTE}
+"""Catalog notes on timm architectures registered by this project (shipped backbones have their own)."""
 
 # timm module -> kind. Everything not listed is a CNN; the split follows how each family computes.
 # timm has no metadata for this, hence the lists (a name timm does not have is harmless: it never matches).
@@ -167,6 +172,7 @@ def backbone_info(name: str) -> BackboneInfo:
         kind=family_kind(module),
         has_pretrained=name in pretrained_architectures(),
         curated=name in CURATED_BACKBONES,
+        description=NOTES.get(name, ""),
     )
 
 
