@@ -283,6 +283,20 @@ class ResultsStore:
         return out
 
     # ---------------------------------------------------------------------------------------- public
+    def execute(self, work: Callable[[sqlite3.Connection], T], *, write: bool = False) -> T:
+        """Run ``work`` on a fresh connection to this database (rows as :class:`sqlite3.Row`), retrying while
+        it is locked; with ``write``, inside one ``BEGIN IMMEDIATE`` transaction (all of it or nothing, and
+        no other writer in between). For the other tables sharing this file (the job queue,
+        :mod:`tinytl_core.jobs`), so they use the same connection, retry and WAL settings as the runs."""
+        if not write:
+            return self._retry(work)
+
+        def in_transaction(con: sqlite3.Connection) -> T:
+            with self._transaction(con):
+                return work(con)
+
+        return self._retry(in_transaction)
+
     def save_run(self, record: Mapping[str, Any]) -> int:
         """Insert one run in a single transaction and return its id.
 

@@ -1,0 +1,547 @@
+"""The persistent job queue: adaptation runs waiting for, or trained by, worker processes.
+
+Jobs live in the results store's SQLite file (tables ``jobs`` and ``job_events``, next to ``runs``), so a
+restart of the app or of the workers loses nothing: queued jobs stay queued, and whatever claims next
+picks them up. Every write is one ``BEGIN IMMEDIATE`` transaction through
+:meth:`~tinytl_core.results.ResultsStore.execute` (WAL mode, busy time-out, retry on "locked"), so two
+workers never claim the same job and thirty submitters wait for each other instead of failing.
+
+A job goes ``queued`` -> ``running`` -> ``finished`` / ``failed`` / ``cancelled``. Its worker writes
+progress (:class:`JobEvent` rows and the job's step / phase) at a bounded rate, with a heartbeat; a job
+whose worker died -- the pool saw the process end (:meth:`JobQueue.fail_worker_jobs`), its process is gone
+from this machine, or its heartbeat stopped (:meth:`JobQueue.recover`) -- is marked failed with the reason,
+never left running. A job's run, once trained, is an ordinary row of ``runs`` (:attr:`Job.run_id`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from tinytl_core.adapt import AdaptConfig
+from tinytl_core.quantities import RunStatus
+from tinytl_core.results import ResultsStore
+
+JOBS_SCHEMA_VERSION = 1
+"""Version of the ``jobs`` / ``job_events`` tables, kept in ``schema_versions`` (the runs table has its own
+``PRAGMA user_version``)."""
+STALE_AFTER_S = 120.0
+"""A running job whose heartbeat is older than this is failed by :meth:`JobQueue.recover` (workers beat
+every fraction of a second from a thread of their own, whatever a training step costs)."""
+DEAD_GRACE_S = 2.0
+"""A job whose worker process is gone from this host is failed by :meth:`JobQueue.recover` only once its
+last report is this old: the pool that watched the process says why it ended first (e.g. SIGKILL)."""
+
+
+class JobState(str, Enum):
+    """Where a job stands in the queue."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    FINISHED = "finished"  # trained; its run's own status (finished, diverged) is Job.run_status
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def ended(self) -> bool:
+        """True for finished, failed and cancelled."""
+        return self in ENDED_JOB_STATES
+
+    def __str__(self) -> str:
+        return self.value
+
+
+ENDED_JOB_STATES: frozenset[JobState] = frozenset({JobState.FINISHED, JobState.FAILED, JobState.CANCELLED})
+
+
+class NotYourJobError(PermissionError):
+    """Someone other than a job's owner asked to cancel it."""
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """One progress event of a job: ``kind`` is phase, step or eval, ``data`` the fields of the matching
+    :mod:`tinytl_core.adapt` event (:class:`~tinytl_core.adapt.StepEvent`, ...). ``id`` grows with time:
+    pass the last one seen as ``after`` to :meth:`JobQueue.events` to read only what is new."""
+
+    id: int
+    job_id: int
+    at: float
+    kind: str
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Job:
+    """One queued, running or ended adaptation run. Times are Unix seconds (``time.time()``).
+
+    ``label`` names the dataset to people (an upload's file name, never a server path); ``owner`` is who
+    submitted it (the app: its session id) and alone may cancel it; ``sweep`` the sweep it belongs to.
+    ``step`` / ``total_steps`` / ``phase`` are the latest progress, ``heartbeat_at`` when its worker last
+    reported. Once ended: ``run_id`` (the run in the results store, when one was stored), ``run_status``
+    (the run's own status: finished, diverged, cancelled, failed), ``error`` (why it failed or stopped),
+    ``result`` (the run's figures the app shows: accuracy, memory, time...)."""
+
+    id: int
+    state: JobState
+    config: AdaptConfig
+    label: str = ""
+    owner: str | None = None
+    sweep: str | None = None
+    submitted_at: float = 0.0
+    started_at: float | None = None
+    ended_at: float | None = None
+    worker: str | None = None
+    heartbeat_at: float | None = None
+    cancel_requested: bool = False
+    step: int = 0
+    total_steps: int = 0
+    phase: str = ""
+    run_id: int | None = None
+    run_status: RunStatus | None = None
+    error: str = ""
+    result: dict[str, Any] | None = field(default=None, compare=False)
+
+    @property
+    def ended(self) -> bool:
+        """True once the job is finished, failed or cancelled."""
+        return self.state.ended
+
+    @property
+    def run_ids(self) -> tuple[int, ...]:
+        """The runs this job stored (one, or none when it failed before training or was cancelled while
+        queued)."""
+        return () if self.run_id is None else (self.run_id,)
+
+    @property
+    def fraction(self) -> float:
+        """Share of the planned steps done (1 once ended)."""
+        if self.ended:
+            return 1.0
+        return min(1.0, self.step / self.total_steps) if self.total_steps else 0.0
+
+    def elapsed_s(self, now: float | None = None) -> float:
+        """Seconds since it started (0 while queued), up to its end once ended."""
+        if self.started_at is None:
+            return 0.0
+        end = self.ended_at if self.ended_at is not None else (now or time.time())
+        return max(0.0, end - self.started_at)
+
+
+_STATE_CHECK = f"CHECK (state IN ({', '.join(repr(s.value) for s in JobState)}))"
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS schema_versions (part TEXT PRIMARY KEY, version INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS jobs (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+    f"state TEXT NOT NULL {_STATE_CHECK}, config_json TEXT NOT NULL, label TEXT NOT NULL DEFAULT '', "
+    "owner TEXT, sweep TEXT, submitted_at REAL NOT NULL, started_at REAL, ended_at REAL, worker TEXT, "
+    "heartbeat_at REAL, cancel_requested INTEGER NOT NULL DEFAULT 0, step INTEGER NOT NULL DEFAULT 0, "
+    "total_steps INTEGER NOT NULL DEFAULT 0, phase TEXT NOT NULL DEFAULT '', run_id INTEGER, "
+    "run_status TEXT, error TEXT NOT NULL DEFAULT '', result_json TEXT)",
+    "CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, id)",
+    "CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, id)",
+    "CREATE INDEX IF NOT EXISTS jobs_by_sweep ON jobs (sweep, id)",
+    "CREATE TABLE IF NOT EXISTS job_events (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+    "job_id INTEGER NOT NULL, at REAL NOT NULL, kind TEXT NOT NULL, data_json TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS job_events_by_job ON job_events (job_id, id)",
+)
+
+
+def worker_name(pid: int | None = None) -> str:
+    """The id a worker process goes by: ``host:pid`` (what :meth:`JobQueue.recover` checks for a dead
+    process on this host)."""
+    return f"{socket.gethostname()}:{os.getpid() if pid is None else pid}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def _local_pid(worker: str | None) -> int | None:
+    """The pid of a worker running on this host (None for another host or a name not ``host:pid``)."""
+    host, _, pid = (worker or "").rpartition(":")
+    return int(pid) if host == socket.gethostname() and pid.isdigit() else None
+
+
+class JobQueue:
+    """The job queue in the results database at ``db_path`` (default: the results store's own, see
+    :func:`~tinytl_core.results.default_db_path`). Cheap to create; every call opens its own connection, so
+    one object serves several threads, and several processes may open the same file."""
+
+    def __init__(self, db_path: str | Path | None = None, *, timeout: float = 30.0):
+        self.store = ResultsStore(db_path, timeout=timeout)
+        self.path = self.store.path
+        self.store.execute(self._migrate, write=True)
+
+    @staticmethod
+    def _migrate(con: sqlite3.Connection) -> None:
+        for sql in _SCHEMA:
+            con.execute(sql)
+        row = con.execute("SELECT version FROM schema_versions WHERE part = 'jobs'").fetchone()
+        if row is not None and row[0] > JOBS_SCHEMA_VERSION:
+            raise ValueError("the job queue was written by a newer TinyTL Lab; upgrade")
+        sql = "INSERT OR REPLACE INTO schema_versions (part, version) VALUES ('jobs', ?)"
+        con.execute(sql, (JOBS_SCHEMA_VERSION,))
+
+    @staticmethod
+    def _job(row: sqlite3.Row) -> Job:
+        return Job(
+            id=row["id"],
+            state=JobState(row["state"]),
+            config=AdaptConfig.from_dict(json.loads(row["config_json"])),
+            label=row["label"],
+            owner=row["owner"],
+            sweep=row["sweep"],
+            submitted_at=row["submitted_at"],
+            started_at=row["started_at"],
+            ended_at=row["ended_at"],
+            worker=row["worker"],
+            heartbeat_at=row["heartbeat_at"],
+            cancel_requested=bool(row["cancel_requested"]),
+            step=row["step"],
+            total_steps=row["total_steps"],
+            phase=row["phase"],
+            run_id=row["run_id"],
+            run_status=None if row["run_status"] is None else RunStatus(row["run_status"]),
+            error=row["error"],
+            result=None if row["result_json"] is None else json.loads(row["result_json"]),
+        )
+
+    # ------------------------------------------------------------------------------------ submitting
+    def submit(
+        self, config: AdaptConfig, *, owner: str | None = None, sweep: str | None = None, label: str = ""
+    ) -> int:
+        """Queue one run and return its job id. The configuration is checked first (``ValueError`` with
+        the reason, nothing queued)."""
+        return self.submit_many([config], owner=owner, sweep=sweep, label=label)[0]
+
+    def submit_many(
+        self,
+        configs: Sequence[AdaptConfig],
+        *,
+        owner: str | None = None,
+        sweep: str | None = None,
+        label: str = "",
+    ) -> list[int]:
+        """Queue several runs in one transaction (all or none, in this order, next to each other in the
+        queue); return their job ids. Every configuration is checked before anything is queued."""
+        if not configs:
+            raise ValueError("nothing to queue: give at least one configuration")
+        for config in configs:
+            config.validate()
+        now = time.time()
+        rows = [
+            (JobState.QUEUED.value, json.dumps(c.to_dict()), label or c.dataset, owner, sweep, now)
+            for c in configs
+        ]
+
+        def insert(con: sqlite3.Connection) -> list[int]:
+            return [
+                int(
+                    con.execute(
+                        "INSERT INTO jobs (state, config_json, label, owner, sweep, submitted_at) "
+                        "VALUES (?, ?, ?, ?, ?, ?)",
+                        row,
+                    ).lastrowid
+                )
+                for row in rows
+            ]
+
+        return self.store.execute(insert, write=True)
+
+    # --------------------------------------------------------------------------------------- reading
+    def get(self, job_id: int) -> Job:
+        """One job by id (``KeyError`` if there is none)."""
+        row = self.store.execute(
+            lambda con: con.execute("SELECT * FROM jobs WHERE id = ?", (int(job_id),)).fetchone()
+        )
+        if row is None:
+            raise KeyError(f"no job with id {job_id}")
+        return self._job(row)
+
+    def list_jobs(
+        self,
+        *,
+        owner: str | None = None,
+        sweep: str | None = None,
+        states: Iterable[JobState | str] | None = None,
+        ids: Iterable[int] | None = None,
+        limit: int | None = None,
+    ) -> list[Job]:
+        """Jobs in queue order (oldest first), optionally only ``owner``'s, a ``sweep``'s, in ``states``
+        or with the given ``ids``; ``limit`` keeps the newest N of them."""
+        where, args = [], []
+        if owner is not None:
+            where.append("owner = ?")
+            args.append(owner)
+        if sweep is not None:
+            where.append("sweep = ?")
+            args.append(sweep)
+        for column, values in (
+            ("state", None if states is None else [JobState(s).value for s in states]),
+            ("id", None if ids is None else [int(i) for i in ids]),
+        ):
+            if values is not None:
+                where.append(f"{column} IN ({', '.join('?' for _ in values)})" if values else "0")
+                args.extend(values)
+        sql = "SELECT * FROM jobs" + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY id DESC"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        rows = self.store.execute(lambda con: con.execute(sql, args).fetchall())
+        return [self._job(r) for r in reversed(rows)]
+
+    def position(self, job_id: int) -> int | None:
+        """Place of a queued job in line (1: next to be claimed); None once it is no longer queued."""
+
+        def count(con: sqlite3.Connection) -> int | None:
+            row = con.execute("SELECT state FROM jobs WHERE id = ?", (int(job_id),)).fetchone()
+            if row is None:
+                raise KeyError(f"no job with id {job_id}")
+            if row["state"] != JobState.QUEUED.value:
+                return None
+            return int(
+                con.execute(
+                    "SELECT COUNT(*) FROM jobs WHERE state = ? AND id <= ?", (JobState.QUEUED.value, job_id)
+                ).fetchone()[0]
+            )
+
+        return self.store.execute(count)
+
+    def counts(self) -> dict[JobState, int]:
+        """How many jobs are in each state."""
+        rows = self.store.execute(
+            lambda con: con.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
+        )
+        out = dict.fromkeys(JobState, 0)
+        out.update({JobState(state): int(n) for state, n in rows})
+        return out
+
+    def events(self, job_id: int, after: int = 0, *, kinds: Iterable[str] | None = None) -> list[JobEvent]:
+        """Progress events of a job with an id above ``after``, oldest first (optionally only ``kinds``)."""
+        sql, args = "SELECT * FROM job_events WHERE job_id = ? AND id > ?", [int(job_id), int(after)]
+        if kinds is not None:
+            wanted = list(kinds)
+            sql += f" AND kind IN ({', '.join('?' for _ in wanted)})"
+            args.extend(wanted)
+        rows = self.store.execute(lambda con: con.execute(sql + " ORDER BY id", args).fetchall())
+        return [JobEvent(r["id"], r["job_id"], r["at"], r["kind"], json.loads(r["data_json"])) for r in rows]
+
+    # -------------------------------------------------------------------------------------- cancelling
+    def cancel(self, job_id: int, requester: str | None) -> Job:
+        """Cancel a job on behalf of ``requester`` and return it as it now stands.
+
+        A queued job is cancelled at once; a running one is asked to stop, and its worker stops within a
+        step or so (its run is stored as cancelled); an ended job stays as it is. Only the job's owner may
+        cancel it (``requester=None``: the server itself, e.g. an operator's command); anyone else gets
+        :class:`NotYourJobError` and the job goes on.
+        """
+
+        def work(con: sqlite3.Connection) -> None:
+            row = con.execute("SELECT owner, state FROM jobs WHERE id = ?", (int(job_id),)).fetchone()
+            if row is None:
+                raise KeyError(f"no job with id {job_id}")
+            if requester is not None and row["owner"] is not None and requester != row["owner"]:
+                raise NotYourJobError(
+                    f"job {job_id} was submitted by another session; only that session can cancel it"
+                )
+            if row["state"] == JobState.QUEUED.value:
+                con.execute(
+                    "UPDATE jobs SET state = ?, ended_at = ?, cancel_requested = 1, "
+                    "error = 'cancelled before it started' WHERE id = ?",
+                    (JobState.CANCELLED.value, time.time(), int(job_id)),
+                )
+            elif row["state"] == JobState.RUNNING.value:
+                con.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (int(job_id),))
+
+        self.store.execute(work, write=True)
+        return self.get(job_id)
+
+    # ------------------------------------------------------------------------------------ the workers
+    def claim(self, worker: str) -> Job | None:
+        """Give the oldest queued job to ``worker`` (marked running, atomically: no other worker gets it);
+        None when nothing is queued. Jobs of dead workers on this host are failed first (:meth:`recover`)."""
+        self.recover()
+        now = time.time()
+
+        def take(con: sqlite3.Connection) -> sqlite3.Row | None:
+            row = con.execute(
+                "SELECT id FROM jobs WHERE state = ? ORDER BY id LIMIT 1", (JobState.QUEUED.value,)
+            ).fetchone()
+            if row is None:
+                return None
+            con.execute(
+                "UPDATE jobs SET state = ?, worker = ?, started_at = ?, heartbeat_at = ?, phase = 'starting' "
+                "WHERE id = ?",
+                (JobState.RUNNING.value, worker, now, now, row["id"]),
+            )
+            return con.execute("SELECT * FROM jobs WHERE id = ?", (row["id"],)).fetchone()
+
+        row = self.store.execute(take, write=True)
+        return None if row is None else self._job(row)
+
+    def report(
+        self,
+        job_id: int,
+        worker: str,
+        events: Sequence[tuple[float, str, Mapping[str, Any]]] = (),
+        *,
+        step: int | None = None,
+        total_steps: int | None = None,
+        phase: str | None = None,
+    ) -> bool:
+        """A worker's progress report, in one transaction: new ``events`` as ``(time, kind, data)``, the
+        latest step / total / phase, and a heartbeat. Returns True when the job should stop (cancel asked,
+        or the job is no longer this worker's: recovered as dead)."""
+        now = time.time()
+        sets, args = ["heartbeat_at = ?"], [now]
+        for column, value in (("step", step), ("total_steps", total_steps), ("phase", phase)):
+            if value is not None:
+                sets.append(f"{column} = ?")
+                args.append(value)
+
+        def work(con: sqlite3.Connection) -> bool:
+            sql = "SELECT state, worker, cancel_requested FROM jobs WHERE id = ?"
+            row = con.execute(sql, (job_id,)).fetchone()
+            if row is None or row["state"] != JobState.RUNNING.value or row["worker"] != worker:
+                return True
+            con.executemany(
+                "INSERT INTO job_events (job_id, at, kind, data_json) VALUES (?, ?, ?, ?)",
+                [(job_id, at, kind, json.dumps(dict(data))) for at, kind, data in events],
+            )
+            con.execute(f"UPDATE jobs SET {', '.join(sets)} WHERE id = ?", (*args, job_id))
+            return bool(row["cancel_requested"])
+
+        return self.store.execute(work, write=True)
+
+    def finish(
+        self,
+        job_id: int,
+        worker: str,
+        state: JobState,
+        *,
+        run_id: int | None = None,
+        run_status: RunStatus | None = None,
+        error: str = "",
+        result: Mapping[str, Any] | None = None,
+        step: int | None = None,
+        total_steps: int | None = None,
+    ) -> bool:
+        """End a running job of ``worker`` in ``state`` with its run and figures. False (and nothing
+        written) when the job was no longer this worker's (e.g. failed by :meth:`recover` meanwhile)."""
+        state = JobState(state)
+        if not state.ended:
+            raise ValueError(f"a job ends finished, failed or cancelled, not {state.value}")
+        values = {
+            "state": state.value,
+            "ended_at": time.time(),
+            "run_id": run_id,
+            "run_status": None if run_status is None else RunStatus(run_status).value,
+            "error": error,
+            "result_json": None if result is None else json.dumps(dict(result)),
+            "phase": "",
+        }
+        if step is not None:
+            values["step"] = step
+        if total_steps is not None:
+            values["total_steps"] = total_steps
+        sets = ", ".join(f"{k} = ?" for k in values)
+        sql = f"UPDATE jobs SET {sets} WHERE id = ? AND state = ? AND worker = ?"
+        args = (*values.values(), job_id, JobState.RUNNING.value, worker)
+        return self.store.execute(lambda con: con.execute(sql, args).rowcount == 1, write=True)
+
+    def requeue(self, job_id: int, worker: str) -> bool:
+        """Put a running job of ``worker`` back at its place in the queue (the worker is shutting down and
+        did not store a run); its progress events are dropped so it starts clean. False when it was no
+        longer this worker's."""
+
+        def work(con: sqlite3.Connection) -> bool:
+            done = con.execute(
+                "UPDATE jobs SET state = ?, worker = NULL, started_at = NULL, heartbeat_at = NULL, "
+                "step = 0, total_steps = 0, phase = '' "
+                "WHERE id = ? AND state = ? AND worker = ? AND cancel_requested = 0",
+                (JobState.QUEUED.value, job_id, JobState.RUNNING.value, worker),
+            ).rowcount
+            if done:
+                con.execute("DELETE FROM job_events WHERE job_id = ?", (job_id,))
+            return bool(done)
+
+        return self.store.execute(work, write=True)
+
+    def fail_worker_jobs(self, worker: str, reason: str) -> list[int]:
+        """Mark every running job of ``worker`` failed with ``reason`` (its process is gone); return their
+        ids."""
+
+        def work(con: sqlite3.Connection) -> list[int]:
+            ids = [
+                r["id"]
+                for r in con.execute(
+                    "SELECT id FROM jobs WHERE state = ? AND worker = ?", (JobState.RUNNING.value, worker)
+                )
+            ]
+            con.executemany(
+                "UPDATE jobs SET state = ?, ended_at = ?, error = ?, phase = '' WHERE id = ?",
+                [(JobState.FAILED.value, time.time(), reason, i) for i in ids],
+            )
+            return ids
+
+        return self.store.execute(work, write=True)
+
+    def recover(self, stale_after_s: float = STALE_AFTER_S) -> list[int]:
+        """Fail the running jobs whose worker is gone: its process no longer exists on this host, or it has
+        not reported for ``stale_after_s`` (another host, or a hung process). Returns their ids. Reads
+        first and writes only when there is something to recover."""
+        now = time.time()
+        running = self.store.execute(
+            lambda con: con.execute(
+                "SELECT id, worker, heartbeat_at FROM jobs WHERE state = ?", (JobState.RUNNING.value,)
+            ).fetchall()
+        )
+        dead: dict[str, str] = {}
+        for row in running:
+            pid = _local_pid(row["worker"])
+            beat = row["heartbeat_at"] or 0.0
+            if pid is not None and not _pid_alive(pid) and now - beat > DEAD_GRACE_S:
+                dead[row["worker"]] = (
+                    f"the worker process ({pid}) ended without finishing the job (killed, out of memory, "
+                    "or the server stopped)"
+                )
+            elif now - beat > stale_after_s:
+                dead[row["worker"]] = (
+                    f"the worker stopped responding (no progress report for over {stale_after_s:.0f} s)"
+                )
+        return [i for worker, reason in dead.items() for i in self.fail_worker_jobs(worker, reason)]
+
+    def wait(self, job_ids: Iterable[int], timeout: float | None = None, *, poll_s: float = 0.2) -> list[Job]:
+        """Wait until every job of ``job_ids`` has ended and return them; ``TimeoutError`` (saying how
+        many are left) when ``timeout`` seconds pass first."""
+        ids = [int(i) for i in job_ids]
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            jobs = self.list_jobs(ids=ids)
+            missing = set(ids) - {j.id for j in jobs}
+            if missing:
+                raise KeyError(f"no job with id {min(missing)}")
+            left = [j for j in jobs if not j.ended]
+            if not left:
+                return jobs
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"{len(left)} of {len(ids)} job(s) still queued or running")
+            time.sleep(poll_s)
+
+    def integrity_check(self) -> str:
+        """SQLite's ``PRAGMA integrity_check`` of the whole database ('ok' when sound)."""
+        rows = self.store.execute(lambda con: con.execute("PRAGMA integrity_check").fetchall())
+        return "; ".join(str(r[0]) for r in rows)
