@@ -20,11 +20,11 @@ quantities carry its field names (per layer, ``activations_necessary_bytes`` sum
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import pandas as pd
 
-from tinytl_core.layer_kinds import LayerKind, kind_of
+from tinytl_core.layer_kinds import LayerKind, kind_of, uses_sign_mask
 from tinytl_core.memory import rules
 from tinytl_core.memory.report import TOTALS, MemoryReport, ReportTotals
 from tinytl_core.tracing import ParamRef, Row, Trace, optimizer_states
@@ -109,16 +109,23 @@ def _common_totals(trace: Trace, states: int) -> ReportTotals:
     )
 
 
-def complete(trace: Trace, *, optimizer: str, frozen_weight_bits: int) -> tuple[pd.DataFrame, ReportTotals]:
-    """The complete accounting of a trace: per-layer table and totals."""
-    states = optimizer_states(optimizer)
+@dataclass(frozen=True)
+class NecessaryRows:
+    """TinyTL's necessary activations of a trace, row by row (rule verdicts, each storage counted once)."""
+
+    nbytes: list[int]  # bytes each row stores
+    reasons: list[str]  # why (the rule's reason and de-duplication notes)
+    keys: list[set[int]]  # storages each row keeps in full (for the peak)
+    packing: list[int]  # bytes a row allocates to compute its bit-packed mask (for the peak)
+
+
+def necessary_rows(trace: Trace) -> NecessaryRows:
+    """Apply :func:`tinytl_core.memory.rules.necessary` to every row, counting a stored tensor once."""
     verdicts = [rules.necessary(r) for r in trace.rows]
     full_keys = {n.key for v in verdicts for n in v.needs if not n.mask and n.key is not None}
     counted: set = set()
-    records = []
-    necessary_keys: list[set[int]] = []  # storages each row keeps in full (for the peak)
-    packing: list[int] = []  # bytes a row allocates to compute its bit-packed mask (for the peak)
-    for row, verdict in zip(trace.rows, verdicts):
+    out = NecessaryRows([], [], [], [])
+    for verdict in verdicts:
         nbytes, notes, keys, temp = 0, [], set(), 0
         for need in verdict.needs:
             if need.mask and need.key in full_keys:
@@ -132,34 +139,77 @@ def complete(trace: Trace, *, optimizer: str, frozen_weight_bits: int) -> tuple[
                     keys.add(need.key[0])
                 if need.mask:  # a byte per element, then packed 8 to a byte
                     temp += 8 * need.nbytes
-        necessary_keys.append(keys)
-        packing.append(temp)
-        rec = _base(row, states, frozen_weight_bits, paper=False)
-        rec[TOTALS.activations_necessary_bytes] = nbytes
-        rec["necessary_reason"] = verdict.reason + (f" ({'; '.join(dict.fromkeys(notes))})" if notes else "")
-        records.append(rec)
-    layers = pd.DataFrame.from_records(records, columns=list(LAYER_COLUMNS))
-    totals = _common_totals(trace, states)
-    weights = sum(param_bytes(p, frozen_weight_bits) for p in trace.params) + trace.buffer_bytes
-    necessary = int(layers[TOTALS.activations_necessary_bytes].sum())
-    stock = totals.activations_stock_bytes
-    all_necessary = set().union(*necessary_keys) if necessary_keys else set()
-    peak = step_peak(
+        out.nbytes.append(nbytes)
+        out.reasons.append(verdict.reason + (f" ({'; '.join(dict.fromkeys(notes))})" if notes else ""))
+        out.keys.append(keys)
+        out.packing.append(temp)
+    return out
+
+
+@dataclass(frozen=True)
+class PeakTerms:
+    """The candidates of a step's peak activation memory: the peak is the largest of them. Every candidate
+    is a sum of tensor sizes, so a planner can follow each one across batch sizes
+    (:mod:`tinytl_core.planner`)."""
+
+    engine: list[int]  # with the necessary activations and the engine's working sets
+    stock: list[int]  # with what stock PyTorch stores and its working sets
+
+    @property
+    def engine_peak(self) -> int:
+        return max(self.engine, default=0)
+
+    @property
+    def stock_peak(self) -> int:
+        return max(self.stock, default=0)
+
+
+def peak_terms(trace: Trace, necessary: NecessaryRows) -> PeakTerms:
+    """Forward (:func:`step_peak_terms`) and backward (:func:`backward_peak_terms`) candidates of the
+    step's peak, for the engine and for stock PyTorch."""
+    all_necessary = set().union(*necessary.keys) if necessary.keys else set()
+    engine = step_peak_terms(
         trace.rows,
-        list(layers[TOTALS.activations_necessary_bytes]),
-        necessary_keys,
-        extra=packing,
+        necessary.nbytes,
+        necessary.keys,
+        extra=necessary.packing,
         overwritten=[overwritten_inputs(r, trace, all_necessary) for r in trace.rows],
     )
-    peak_stock = step_peak(
+    stock_stored = [r.saved_bytes for r in trace.rows]
+    stock = step_peak_terms(
         trace.rows,
-        [r.saved_bytes for r in trace.rows],
+        stock_stored,
         [{s.key for s in r.saved} for r in trace.rows],
         extra=[stock_temporaries(r) for r in trace.rows],
     )
     # The backward pass: its own peak where residual gradients wait beside a block's branch.
-    peak = max(peak, backward_peak(trace.rows, list(layers[TOTALS.activations_necessary_bytes]), engine=True))
-    peak_stock = max(peak_stock, backward_peak(trace.rows, [r.saved_bytes for r in trace.rows], engine=False))
+    engine += backward_peak_terms(trace.rows, necessary.nbytes, engine=True)
+    stock += backward_peak_terms(trace.rows, stock_stored, engine=False)
+    return PeakTerms(engine, stock)
+
+
+def weights_bytes(trace: Trace, frozen_weight_bits: int) -> int:
+    """Weights (frozen ones at ``frozen_weight_bits``, see :func:`param_bytes`) and buffers of a trace."""
+    return sum(param_bytes(p, frozen_weight_bits) for p in trace.params) + trace.buffer_bytes
+
+
+def complete(trace: Trace, *, optimizer: str, frozen_weight_bits: int) -> tuple[pd.DataFrame, ReportTotals]:
+    """The complete accounting of a trace: per-layer table and totals."""
+    states = optimizer_states(optimizer)
+    nec = necessary_rows(trace)
+    records = []
+    for row, nbytes, reason in zip(trace.rows, nec.nbytes, nec.reasons):
+        rec = _base(row, states, frozen_weight_bits, paper=False)
+        rec[TOTALS.activations_necessary_bytes] = nbytes
+        rec["necessary_reason"] = reason
+        records.append(rec)
+    layers = pd.DataFrame.from_records(records, columns=list(LAYER_COLUMNS))
+    totals = _common_totals(trace, states)
+    weights = weights_bytes(trace, frozen_weight_bits)
+    necessary = sum(nec.nbytes)
+    stock = totals.activations_stock_bytes
+    terms = peak_terms(trace, nec)
+    peak, peak_stock = terms.engine_peak, terms.stock_peak
     fixed = weights + totals.grads_optimizer_bytes
     totals = replace(
         totals,
@@ -173,6 +223,33 @@ def complete(trace: Trace, *, optimizer: str, frozen_weight_bits: int) -> tuple[
     return layers, totals
 
 
+def step_peak_terms(
+    rows: list[Row],
+    stored: list[int],
+    stored_keys: list[set[int]],
+    extra: list[int] | None = None,
+    overwritten: list[set[int]] | None = None,
+) -> list[int]:
+    """The candidates of :func:`step_peak` (one per row, then everything stored).
+
+    Peak activation memory of a training step: the largest, over rows in execution order, of what is
+    stored for backward before the row plus the row's live tensors not among them (input, output, pending
+    residual inputs, less the ``overwritten`` inputs a layer writes its output over) plus the row's
+    ``extra`` temporaries, and at least everything stored. The backward pass has the same peak: at each
+    layer it holds what earlier layers stored plus gradients shaped like the layer's input and output."""
+    extra = extra or [0] * len(rows)
+    overwritten = overwritten or [set()] * len(rows)
+    so_far, keys, gone, terms = 0, set(), set(), []
+    for row, nbytes, row_keys, temp, written_over in zip(rows, stored, stored_keys, extra, overwritten):
+        gone |= written_over  # from this layer on, its output lives in that memory
+        live = {t.key: t.nbytes for t in row.live if t.key not in keys and t.key not in gone}
+        terms.append(so_far + sum(live.values()) + temp)
+        so_far += nbytes
+        keys |= row_keys
+    terms.append(so_far)
+    return terms
+
+
 def step_peak(
     rows: list[Row],
     stored: list[int],
@@ -180,31 +257,20 @@ def step_peak(
     extra: list[int] | None = None,
     overwritten: list[set[int]] | None = None,
 ) -> int:
-    """Peak activation memory of a training step: the largest, over rows in execution order, of what is
-    stored for backward before the row plus the row's live tensors not among them (input, output, pending
-    residual inputs, less the ``overwritten`` inputs a layer writes its output over) plus the row's
-    ``extra`` temporaries, and at least everything stored. The backward pass has the same peak: at each
-    layer it holds what earlier layers stored plus gradients shaped like the layer's input and output."""
-    extra = extra or [0] * len(rows)
-    overwritten = overwritten or [set()] * len(rows)
-    so_far, keys, gone, peak = 0, set(), set(), 0
-    for row, nbytes, row_keys, temp, written_over in zip(rows, stored, stored_keys, extra, overwritten):
-        gone |= written_over  # from this layer on, its output lives in that memory
-        live = {t.key: t.nbytes for t in row.live if t.key not in keys and t.key not in gone}
-        peak = max(peak, so_far + sum(live.values()) + temp)
-        so_far += nbytes
-        keys |= row_keys
-    return max(peak, so_far)
+    """Peak activation memory of a training step's forward: the largest of :func:`step_peak_terms`."""
+    return max(step_peak_terms(rows, stored, stored_keys, extra, overwritten))
 
 
-def backward_peak(rows: list[Row], stored: list[int], *, engine: bool) -> int:
-    """Peak activation memory of the backward pass, rows in reverse: what is still stored (the rows not
+def backward_peak_terms(rows: list[Row], stored: list[int], *, engine: bool) -> list[int]:
+    """The candidates of :func:`backward_peak` (one per row a gradient flows through).
+
+    Peak activation memory of the backward pass, rows in reverse: what is still stored (the rows not
     yet processed, this one included), the gradient of the row's output and of its input, and the gradients
     of pending residual inputs waiting for the branch to finish. Only rows a gradient flows through count.
     ``engine``: frozen-statistics norms and mask activations scale the output gradient in place (their
     input gradient takes its memory), as the training engine does."""
     total = sum(stored)
-    peak = 0
+    terms = []
     for row, nbytes in zip(reversed(rows), reversed(stored)):
         if row.needs_input_grad and row.kind in ("layer", "module"):
             grad_out, grad_in = row.output_bytes, row.input_bytes
@@ -212,13 +278,20 @@ def backward_peak(rows: list[Row], stored: list[int], *, engine: bool) -> int:
             in_place = engine and (
                 kind in (LayerKind.RELU, LayerKind.STEP)
                 or (kind is LayerKind.NORM and not row.batch_statistics)
+                or uses_sign_mask(row.module)  # MobileTL's sign mask: masked like a ReLU
             )
             working = max(grad_out, grad_in) if in_place else grad_out + grad_in
             if engine and kind is LayerKind.MAXPOOL:  # int64 indices rebuilt from the stored argmax
                 working += 2 * grad_out
-            peak = max(peak, total + working + row.pending_bytes)
+            terms.append(total + working + row.pending_bytes)
         total -= nbytes
-    return peak
+    return terms
+
+
+def backward_peak(rows: list[Row], stored: list[int], *, engine: bool) -> int:
+    """Peak activation memory of the backward pass: the largest of :func:`backward_peak_terms` (0 without
+    any)."""
+    return max(backward_peak_terms(rows, stored, engine=engine), default=0)
 
 
 def stock_temporaries(row: Row) -> int:

@@ -1,0 +1,150 @@
+"""Memory budgets: parsing a size the user types, and device presets with what their number means.
+
+Units are decimal, as everywhere in TinyTL Lab (:data:`tinytl_core.quantities.MB` = 10^6 bytes): KB = 10^3,
+MB = 10^6, GB = 10^9 bytes. The binary units KiB, MiB and GiB (2^10, 2^20, 2^30) are accepted when written
+as such. A bare number is in MB.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+from tinytl_core.quantities import MB
+
+UNITS: dict[str, int] = {
+    "b": 1,
+    "kb": 1000,
+    "k": 1000,
+    "mb": MB,
+    "m": MB,
+    "gb": 1000 * MB,
+    "g": 1000 * MB,
+    "kib": 1 << 10,
+    "mib": 1 << 20,
+    "gib": 1 << 30,
+}
+"""Units a budget may be written in (case-insensitive); decimal unless written KiB/MiB/GiB."""
+
+_BUDGET = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-z]*)\s*$", re.IGNORECASE)
+
+
+class BudgetError(ValueError):
+    """A budget that cannot be used; the message says what to type instead."""
+
+
+def parse_budget(text: str | float | int) -> int:
+    """Bytes of a budget written as ``"256KB"``, ``"0.5 GB"``, ``"300 MB"``, ``"2GiB"`` or ``"300"`` (MB).
+
+    A number (int or float) is taken in MB too. Raises :class:`BudgetError` for an empty, zero, negative or
+    unparseable budget or an unknown unit.
+    """
+    if isinstance(text, bool):
+        raise BudgetError(f"budget must be a size such as '256 KB' or '300 MB', got {text!r}")
+    if isinstance(text, (int, float)):
+        value, unit = float(text), "mb"
+    else:
+        raw = str(text).strip()
+        if not raw:
+            raise BudgetError("budget is empty: type a size such as '256 KB', '300 MB' or '4 GB'")
+        if raw.lstrip().startswith("-"):
+            raise BudgetError(f"budget must be positive, got {raw!r}")
+        match = _BUDGET.match(raw)
+        if not match:
+            raise BudgetError(
+                f"cannot read budget {raw!r}: type a number and a unit, e.g. '256 KB' or '0.5 GB'"
+            )
+        value, unit = float(match.group(1)), (match.group(2).lower() or "mb")
+        if unit not in UNITS:
+            raise BudgetError(
+                f"unknown unit {match.group(2)!r} in budget {raw!r}: use B, KB, MB, GB (10^3 steps) "
+                "or KiB, MiB, GiB (2^10 steps)"
+            )
+    if not math.isfinite(value) or value <= 0:
+        raise BudgetError(f"budget must be a positive size, got {text!r}")
+    nbytes = int(round(value * UNITS[unit]))
+    if nbytes < 1:
+        raise BudgetError(f"budget {text!r} is less than one byte")
+    return nbytes
+
+
+@dataclass(frozen=True)
+class DevicePreset:
+    """A device's memory budget and how to read it.
+
+    ``weights_in_flash``: frozen weights live in flash/ROM (read in place), so they do not count against
+    the budget (RAM); ``frozen_weight_bits`` is how they are stored (8 = quantised, as in the paper).
+    """
+
+    name: str
+    label: str
+    budget_bytes: int
+    note: str
+    frozen_weight_bits: int = 32
+    weights_in_flash: bool = False
+
+
+PRESETS: dict[str, DevicePreset] = {
+    p.name: p
+    for p in (
+        DevicePreset(
+            "mcu-256k",
+            "Microcontroller, 256 KB SRAM",
+            256_000,
+            "A Cortex-M class MCU (e.g. STM32F4): 256 KB of SRAM hold trainable weights, their gradients "
+            "and optimizer state and the step's activations; frozen weights stay in flash at 8 bits.",
+            frozen_weight_bits=8,
+            weights_in_flash=True,
+        ),
+        DevicePreset(
+            "mcu-512k",
+            "Microcontroller, 512 KB SRAM",
+            512_000,
+            "A larger MCU (e.g. STM32F7/H7): 512 KB of SRAM for everything that changes during training; "
+            "frozen weights in flash at 8 bits.",
+            frozen_weight_bits=8,
+            weights_in_flash=True,
+        ),
+        DevicePreset(
+            "board-512m",
+            "Single-board computer, 512 MB",
+            512 * MB,
+            "A 512 MB board (e.g. Raspberry Pi Zero 2 W): the whole step (fp32 weights, gradients, optimizer "
+            "state, activations) must fit next to the OS; in practice leave some room.",
+        ),
+        DevicePreset(
+            "phone-300m",
+            "Phone app, 300 MB",
+            300 * MB,
+            "What a mobile app can use before the OS may stop it in the background: the whole step "
+            "in 300 MB.",
+        ),
+        DevicePreset(
+            "edge-gpu-4g",
+            "Edge GPU, 4 GB",
+            4000 * MB,
+            "A 4 GB edge GPU module (e.g. Jetson Nano): memory is shared by CPU and GPU, so the step gets "
+            "less than the whole 4 GB.",
+        ),
+    )
+}
+"""Device presets by name (``python -m tinytl_core plan --budget mcu-256k``)."""
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What the planner checks configurations against: bytes, and whether frozen weights count."""
+
+    nbytes: int
+    weights_in_flash: bool = False
+    label: str = ""
+
+    @classmethod
+    def of(cls, text: str | float | int) -> Budget:
+        """A preset by name (see :data:`PRESETS`) or a size (:func:`parse_budget`)."""
+        if isinstance(text, str) and text.strip().lower() in PRESETS:
+            preset = PRESETS[text.strip().lower()]
+            return cls(preset.budget_bytes, preset.weights_in_flash, preset.label)
+        nbytes = parse_budget(text)
+        return cls(nbytes, False, str(text).strip())

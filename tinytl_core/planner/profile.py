@@ -1,0 +1,298 @@
+"""Memory profiles: what one (backbone, resolution, mode) costs at *every* batch size, from two traces.
+
+The step's modelled peak (:mod:`tinytl_core.memory.accounting`) is the largest of a few hundred candidate
+sums of tensor sizes (:class:`~tinytl_core.memory.accounting.PeakTerms`). Each tensor is either
+batch-sized or fixed (normalisation statistics, weights), so each candidate is ``a + s * batch``; the
+profile keeps these lines, traced at two batch sizes (2 and 3) on the ``meta`` device, and checks that
+the two traces have the same structure (same rows, same candidates). Batch 1 uses GroupNorm (the paper's
+choice: batch statistics of one sample are meaningless), a different model, traced at batch 1 alone.
+Tests compare profiles with :func:`tinytl_core.memory.analyze` at every batch of 1-64.
+
+Profiles are cached in memory and on disk (``<data home>/planner-cache``, one JSON file each, safe to
+delete): the key holds the torch and timm versions, :data:`PROFILE_FORMAT` and a hash of the source of
+every module the figures come from, so a code change never serves a stale figure. Loading reads JSON
+only; nothing is executed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import timm
+import torch
+
+import tinytl_core
+from tinytl_core.memory import accounting as acc
+from tinytl_core.modes import prepare_model
+from tinytl_core.paths import cache_dir
+from tinytl_core.tracing import Trace, optimizer_states, trace_model
+
+PROFILE_FORMAT = 1
+"""Bump when :class:`MemoryProfile`'s fields or their meaning change."""
+CACHE_NAME = "planner-cache"
+LINEAR_BATCHES = (2, 3)
+"""The batch sizes a BatchNorm profile is traced at (two points fix each candidate's line)."""
+SOURCES = (
+    "memory/accounting.py",
+    "memory/rules.py",
+    "tracing",
+    "layer_kinds.py",
+    "modes.py",
+    "lite_residual.py",
+    "norms.py",
+    "backbones",
+    "planner/profile.py",
+)
+"""The code the figures depend on (relative to the package), hashed into every cache key."""
+
+
+@dataclass(frozen=True)
+class MemoryProfile:
+    """The modelled memory of one (backbone, resolution, mode, normalisation) at any batch size.
+
+    ``engine_lines`` / ``stock_lines``: ``(a, s)`` pairs, the peak activation memory at batch ``b`` is
+    ``max(a + s * b)`` (the undominated candidates only). ``min_batch``/``max_batch``: the batches the
+    profile holds for (1..1 for GroupNorm, 2..None for BatchNorm). A mode that does not apply has
+    ``applicable`` False and ``reason``.
+    """
+
+    backbone: str
+    resolution: int
+    mode: str
+    group_norm: bool
+    num_classes: int
+    applicable: bool = True
+    reason: str = ""
+    min_batch: int = 1
+    max_batch: int | None = None
+    n_params: int = 0
+    n_trainable: int = 0
+    trainable_bytes: int = 0
+    frozen_params: tuple[tuple[int, int], ...] = ()  # (numel, element size) of each frozen parameter
+    buffer_bytes: int = 0
+    engine_lines: tuple[tuple[int, int], ...] = ()
+    stock_lines: tuple[tuple[int, int], ...] = ()
+
+    def weights_bytes(self, frozen_weight_bits: int = 32) -> int:
+        """Weights and buffers, frozen weights at ``frozen_weight_bits`` (as
+        :func:`tinytl_core.memory.accounting.param_bytes`)."""
+        frozen = sum(
+            numel * size if frozen_weight_bits >= 8 * size else math.ceil(numel * frozen_weight_bits / 8)
+            for numel, size in self.frozen_params
+        )
+        return self.trainable_bytes + frozen + self.buffer_bytes
+
+    def frozen_weights_bytes(self, frozen_weight_bits: int = 32) -> int:
+        """The frozen weights alone (what a microcontroller keeps in flash)."""
+        return self.weights_bytes(frozen_weight_bits) - self.trainable_bytes - self.buffer_bytes
+
+    def grads_optimizer_bytes(self, optimizer: str) -> int:
+        """Gradients and optimizer state of the trainable parameters."""
+        return self.trainable_bytes * (1 + optimizer_states(optimizer))
+
+    def activation_peak(self, batch_size: int, *, engine: bool = True) -> int:
+        """Peak activation memory of one step at ``batch_size`` (engine or stock PyTorch)."""
+        if batch_size < self.min_batch or (self.max_batch is not None and batch_size > self.max_batch):
+            held = f"{self.min_batch}..{self.max_batch or 'any'}"
+            raise ValueError(f"this profile holds for batch {held}, not {batch_size}")
+        lines = self.engine_lines if engine else self.stock_lines
+        return max((a + s * batch_size for a, s in lines), default=0)
+
+    def step_peak(
+        self, batch_size: int, *, optimizer: str = "adam", frozen_weight_bits: int = 32, engine: bool = True
+    ) -> int:
+        """The modelled step peak: weights + gradients and optimizer state + peak activation memory, as
+        ``analyze(...).totals.total_modelled_bytes`` (engine) / ``total_stock_bytes`` (stock)."""
+        return (
+            self.weights_bytes(frozen_weight_bits)
+            + self.grads_optimizer_bytes(optimizer)
+            + self.activation_peak(batch_size, engine=engine)
+        )
+
+    def to_json(self) -> dict:
+        """A plain JSON-able dict (the cache's file content)."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> MemoryProfile:
+        """Rebuild from :meth:`to_json` (plain data: no code runs)."""
+        data = dict(data)
+        for name in ("frozen_params", "engine_lines", "stock_lines"):
+            data[name] = tuple(tuple(int(v) for v in pair) for pair in data.get(name, ()))
+        return cls(**data)
+
+
+def upper_envelope(lines: list[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
+    """The lines ``(a, s)`` not dominated by another (``a' >= a`` and ``s' >= s``): the same maximum at
+    every batch size >= 0, far fewer lines."""
+    kept: list[tuple[int, int]] = []
+    best_slope = None
+    for a, s in sorted(set(lines), key=lambda p: (-p[0], -p[1])):
+        if best_slope is None or s > best_slope:
+            kept.append((a, s))
+            best_slope = s
+    return tuple(kept)
+
+
+def _terms(trace: Trace) -> acc.PeakTerms:
+    return acc.peak_terms(trace, acc.necessary_rows(trace))
+
+
+def _fit(low: list[int], high: list[int], b_low: int, b_high: int) -> list[tuple[int, int]]:
+    step = b_high - b_low
+    lines = []
+    for lo, hi in zip(low, high):
+        slope, rest = divmod(hi - lo, step)
+        if rest:  # not a whole number of bytes per sample: fall back to the safe side
+            slope += 1
+        lines.append((lo - slope * b_low, slope))
+    return lines
+
+
+def _structure(trace: Trace) -> list[tuple[str, int, str]]:
+    return [(r.name, r.call, r.kind) for r in trace.rows]
+
+
+def build_profile(
+    backbone: str, resolution: int, mode: str, *, group_norm: bool, num_classes: int = 10
+) -> MemoryProfile:
+    """Trace ``backbone`` in ``mode`` on the ``meta`` device and fit its memory lines (see the module
+    docstring). A mode that does not apply, or an input too small for the architecture, gives a profile
+    with ``applicable=False`` and the reason."""
+    base = MemoryProfile(backbone, resolution, mode, group_norm, num_classes)
+    try:
+        prepared = prepare_model(
+            backbone,
+            mode,
+            num_classes=num_classes,
+            resolution=resolution,
+            group_norm=group_norm,
+            device="meta",
+            strict=False,
+            engine=False,  # analyze() models stock layers and the engine from the rules: no conversion
+        )
+        if not prepared.result.applicable:
+            return _inapplicable(base, prepared.result.reason)
+        size = prepared.data.input_size
+        batches = (1,) if group_norm else LINEAR_BATCHES
+        traces = [trace_model(prepared.model, size, b) for b in batches]
+    except ValueError as exc:
+        return _inapplicable(base, str(exc))
+    first = traces[0]
+    params = first.params
+    terms = [_terms(t) for t in traces]
+    if group_norm:
+        engine = [(v, 0) for v in terms[0].engine]
+        stock = [(v, 0) for v in terms[0].stock]
+        min_batch, max_batch = 1, 1
+    else:
+        if _structure(traces[0]) != _structure(traces[1]) or any(
+            len(getattr(terms[0], k)) != len(getattr(terms[1], k)) for k in ("engine", "stock")
+        ):
+            raise RuntimeError(f"{backbone} ({mode}) traces differently at batch sizes {LINEAR_BATCHES}")
+        engine = _fit(terms[0].engine, terms[1].engine, *LINEAR_BATCHES)
+        stock = _fit(terms[0].stock, terms[1].stock, *LINEAR_BATCHES)
+        min_batch, max_batch = 2, None
+    return MemoryProfile(
+        backbone,
+        resolution,
+        mode,
+        group_norm,
+        num_classes,
+        min_batch=min_batch,
+        max_batch=max_batch,
+        n_params=sum(p.numel for p in params),
+        n_trainable=sum(p.numel for p in params if p.trainable),
+        trainable_bytes=sum(p.nbytes for p in params if p.trainable),
+        frozen_params=tuple((p.numel, p.element_size) for p in params if not p.trainable),
+        buffer_bytes=first.buffer_bytes,
+        engine_lines=upper_envelope(engine),
+        stock_lines=upper_envelope(stock),
+    )
+
+
+def _inapplicable(base: MemoryProfile, reason: str) -> MemoryProfile:
+    return MemoryProfile(**{**asdict(base), "applicable": False, "reason": " ".join(reason.split())})
+
+
+def code_version() -> str:
+    """Hash of the versions and sources the figures come from (part of every cache key)."""
+    root = Path(tinytl_core.__file__).parent
+    digest = hashlib.sha256(f"{PROFILE_FORMAT}|{torch.__version__}|{timm.__version__}".encode())
+    for rel in SOURCES:
+        path = root / rel
+        files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
+        for f in files:
+            digest.update(f.relative_to(root).as_posix().encode())
+            digest.update(f.read_bytes())
+    return digest.hexdigest()[:20]
+
+
+class ProfileCache:
+    """Profiles in memory and on disk (one JSON file per profile under ``folder``).
+
+    ``folder`` None: ``<data home>/planner-cache`` (:func:`tinytl_core.paths.cache_dir`), or no disk cache
+    when ``TINYTL_PLANNER_CACHE=0``. A file that cannot be read (damaged, other version) is rebuilt.
+    """
+
+    def __init__(self, folder: str | Path | None = None, *, disk: bool | None = None) -> None:
+        if disk is None:
+            disk = os.environ.get("TINYTL_PLANNER_CACHE", "1") != "0"
+        self.folder = Path(folder) if folder is not None else (cache_dir(CACHE_NAME) if disk else None)
+        if self.folder is not None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        self.version = code_version()
+        self.memory: dict[str, MemoryProfile] = {}
+        self.built = 0  # profiles traced (cache misses)
+        self.loaded = 0  # profiles read from disk
+
+    def key(self, backbone: str, resolution: int, mode: str, group_norm: bool, num_classes: int) -> str:
+        """The cache key of one profile (a hash; the file name)."""
+        text = json.dumps([self.version, backbone, resolution, mode, group_norm, num_classes])
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+    def get(
+        self, backbone: str, resolution: int, mode: str, *, group_norm: bool, num_classes: int = 10
+    ) -> MemoryProfile:
+        """The profile, from memory, disk or a fresh trace (then stored)."""
+        key = self.key(backbone, resolution, mode, group_norm, num_classes)
+        profile = self.memory.get(key)
+        if profile is not None:
+            return profile
+        path = self.folder / f"{key}.json" if self.folder is not None else None
+        if path is not None and path.is_file():
+            try:
+                profile = MemoryProfile.from_json(json.loads(path.read_text()))
+                self.loaded += 1
+            except (OSError, ValueError, TypeError, KeyError):
+                profile = None
+        if profile is None:
+            profile = build_profile(
+                backbone, resolution, mode, group_norm=group_norm, num_classes=num_classes
+            )
+            self.built += 1
+            if path is not None:
+                tmp = path.with_suffix(f".{os.getpid()}.tmp")
+                try:
+                    tmp.write_text(json.dumps(profile.to_json()))
+                    os.replace(tmp, path)  # atomic: a reader never sees half a file
+                except OSError:
+                    tmp.unlink(missing_ok=True)
+        self.memory[key] = profile
+        return profile
+
+    def clear(self) -> int:
+        """Delete every cached file and forget the in-memory profiles; returns the files deleted."""
+        self.memory.clear()
+        if self.folder is None:
+            return 0
+        n = 0
+        for f in self.folder.glob("*.json"):
+            f.unlink(missing_ok=True)
+            n += 1
+        return n
