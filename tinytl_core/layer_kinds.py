@@ -7,7 +7,8 @@ The memory model's rules (:mod:`tinytl_core.memory.rules`), the training engine'
   activation, pooling, ...); :data:`KIND_NEEDS` says, per kind, what its backward needs.
 - :data:`ACTIVATIONS` is the table of element-wise activations: the classes and class names that are one,
   their family, what their gradient needs (a 1-bit mask, their input, or their output), and -- where the
-  engine may run them itself -- their stock forward and backward kernels and their mask rule.
+  engine may run them itself -- their stock forward and backward kernels, their mask rule and, for smooth
+  ones, MobileTL's approximate 1-bit sign-mask rule (:attr:`Activation.sign_mask`).
 
 Adding an activation is one :class:`Activation` entry in :data:`ACTIVATIONS`; ``tests/test_layer_kinds.py``
 checks that the model and the engine agree about every entry.
@@ -108,6 +109,11 @@ class Activation:
             where the engine never runs it itself.
         mask: the engine's 1-bit mask rule (``needs`` is MASK).
         mask_from_output: the mask can be read off the output exactly (``y > 0`` iff ``x > 0``).
+        sign_mask: MobileTL's approximate backward (Chiang et al., AAAI 2023), for smooth activations the
+            engine runs: the derivative is replaced by a step on the sign of the input, ``1`` where
+            ``x > 0`` and ``0`` elsewhere, so one bit per element is stored instead of the 32-bit input.
+            Used only on modules marked by :func:`set_sign_mask` (the ``mobiletl`` mode); the gradient then
+            differs from the exact one by design.
     """
 
     name: str
@@ -120,6 +126,7 @@ class Activation:
     backward: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor] | None = None
     mask: MaskRule | None = None
     mask_from_output: bool = False
+    sign_mask: MaskRule | None = None
 
 
 def _between(x: torch.Tensor, low: float, high: float) -> torch.Tensor:
@@ -133,6 +140,11 @@ def _hardtanh_bound(m: nn.Module) -> float | None:
 
 def _names(*names: str) -> frozenset[str]:
     return frozenset(names)
+
+
+def _sign_rule(forward_: Callable[[torch.Tensor, float], torch.Tensor]) -> MaskRule:
+    """MobileTL's rule: derivative 1 where the input is positive, 0 elsewhere (``forward_``: in place)."""
+    return MaskRule(lambda x, p: x > 0, forward_)
 
 
 _ENTRIES: tuple[Activation, ...] = (
@@ -201,6 +213,7 @@ _ENTRIES: tuple[Activation, ...] = (
         _names("silu", "swish", "swishme"),
         forward=lambda x, p: F.silu(x),
         backward=lambda g, x, p: _aten.silu_backward(g, x),
+        sign_mask=_sign_rule(lambda x, p: F.silu(x, inplace=True)),  # an extension: the paper has no SiLU
     ),
     Activation(
         "hardswish",
@@ -210,6 +223,7 @@ _ENTRIES: tuple[Activation, ...] = (
         _names("hardswish", "hardswishme"),
         forward=lambda x, p: F.hardswish(x),
         backward=lambda g, x, p: _aten.hardswish_backward(g, x),
+        sign_mask=_sign_rule(lambda x, p: F.hardswish(x, inplace=True)),  # the paper's own case
     ),
     Activation(
         "gelu",
@@ -220,6 +234,7 @@ _ENTRIES: tuple[Activation, ...] = (
         param=lambda m: None if getattr(m, "approximate", "none") == "tanh" else 0.0,
         forward=lambda x, p: F.gelu(x),
         backward=lambda g, x, p: _aten.gelu_backward(g, x),
+        sign_mask=_sign_rule(lambda x, p: x.copy_(F.gelu(x))),  # an extension (nn.GELU is never in place)
     ),
     Activation(
         "gelu_tanh",
@@ -230,6 +245,7 @@ _ENTRIES: tuple[Activation, ...] = (
         param=lambda m: 0.0 if getattr(m, "approximate", "none") == "tanh" else None,
         forward=lambda x, p: F.gelu(x, approximate="tanh"),
         backward=lambda g, x, p: _aten.gelu_backward(g, x, approximate="tanh"),
+        sign_mask=_sign_rule(lambda x, p: x.copy_(F.gelu(x, approximate="tanh"))),  # an extension
     ),
     Activation(
         "sigmoid",
@@ -276,6 +292,12 @@ ACTIVATIONS: dict[str, Activation] = {a.name: a for a in _ENTRIES}
 
 MASKED: frozenset[str] = frozenset(a.name for a in _ENTRIES if a.mask is not None)
 """Activations the engine stores as a 1-bit mask."""
+
+SIGN_MASKED: frozenset[str] = frozenset(a.name for a in _ENTRIES if a.sign_mask is not None)
+"""Smooth activations the engine can run through MobileTL's 1-bit sign mask (approximate gradient)."""
+
+SIGN_MASK_FLAG = "sign_mask_backward"
+"""Instance attribute marking an activation module for MobileTL's approximate backward."""
 
 _BY_NAME: dict[str, Activation] = {n: a for a in _ENTRIES for n in a.names}
 # Exact class -> the entries the engine can run for it (GELU has two: exact and tanh): read every forward.
@@ -387,6 +409,30 @@ def engine_activation(
     return None
 
 
+def sign_mask_entry(module: nn.Module, cls: type[nn.Module] | None = None) -> Activation | None:
+    """The :data:`ACTIVATIONS` entry of a module whose exact class ``cls`` (default: its own) the engine
+    can run through MobileTL's sign mask (Hardswish, SiLU, GELU), or None."""
+    found = engine_activation(module, cls)
+    return found[0] if found is not None and found[0].sign_mask is not None else None
+
+
+def set_sign_mask(module: nn.Module, on: bool, cls: type[nn.Module] | None = None) -> bool:
+    """Mark (``on``) or unmark one activation module for MobileTL's approximate backward; returns whether
+    it is marked now (only activations with a :attr:`Activation.sign_mask` rule can be). The mark is a
+    plain instance attribute: it survives conversions to and from the engine, and stock layers ignore it
+    (they compute the exact gradient)."""
+    if on and sign_mask_entry(module, cls) is not None:
+        setattr(module, SIGN_MASK_FLAG, True)
+        return True
+    module.__dict__.pop(SIGN_MASK_FLAG, None)
+    return False
+
+
+def uses_sign_mask(module: nn.Module | None) -> bool:
+    """Whether ``module`` is marked for MobileTL's 1-bit sign-mask backward (:func:`set_sign_mask`)."""
+    return module is not None and bool(module.__dict__.get(SIGN_MASK_FLAG, False))
+
+
 def kind_of(module: nn.Module | None) -> LayerKind:
     """The :class:`LayerKind` of a layer (``None``: functional code, the loss -> OTHER)."""
     if module is None:
@@ -416,6 +462,18 @@ def kind_of(module: nn.Module | None) -> LayerKind:
     if isinstance(module, (nn.Identity, *_FREE_TYPES)) or name in _FREE_NAMES:
         return LayerKind.FREE
     return LayerKind.OTHER
+
+
+def quantizable_weight(module: nn.Module | None) -> bool:
+    """Whether ``module``'s weight, when frozen, can be stored as 8-bit codes by the training engine
+    (:func:`tinytl_core.engine.quantized.quantize_frozen_weights`): a Conv2d or Linear, its engine layer or a
+    class that declares ``weight_quantizable`` (the weight-standardised conv); not other subclasses, which
+    may compute something else (timm's Conv2dSame). The memory model's 8-bit option reads it too."""
+    if module is None:
+        return False
+    cls = type(module)
+    cls = getattr(cls, "_stock_class", cls)
+    return cls in (nn.Conv2d, nn.Linear) or bool(getattr(cls, "weight_quantizable", False))
 
 
 def mask_from_output(module: nn.Module | None) -> bool:

@@ -9,7 +9,13 @@ bn+last                normalisation scale and shift + classifier (norms use bat
 bias (TinyTL-B)        every bias (conv, linear, normalisation) + classifier
 lite_residual          lite residual branches + classifier (TinyTL-L)
 lite_residual+bias     lite residual branches + every bias + classifier (TinyTL-L+B)
+mobiletl               every bias and norm shift + classifier; smooth activations (h-swish, and as an
+                       extension SiLU / GELU) backward through a 1-bit sign mask: approximate gradients
 =====================  ======================================================================
+
+MobileTL (Chiang et al., AAAI 2023) is a mode rather than a switch on the frozen-backbone modes: a run
+stores its mode, so its accuracy and memory appear as their own points and colour on every chart, and the
+mode's name says that its gradients are approximate (runs of other modes stay exact).
 
 In every mode with a frozen backbone (all but ``full`` and ``bn+last``) the backbone's BatchNorm layers
 keep their running statistics, as in the paper. The classifier (``model.get_classifier()``) always trains.
@@ -29,7 +35,8 @@ from torch import nn
 
 from tinytl_core.backbones import BackboneStatus, DataConfig, create_backbone, data_config
 from tinytl_core.engine import convert, revert
-from tinytl_core.layer_kinds import is_norm
+from tinytl_core.engine.layers import stock_class
+from tinytl_core.layer_kinds import is_norm, set_sign_mask
 from tinytl_core.lite_residual import LiteResidual, LiteResidualConfig, attach_lite_residuals
 from tinytl_core.norms import batchnorm_to_groupnorm, freeze_statistics, unfreeze_statistics
 
@@ -52,6 +59,7 @@ class ModeResult:
     lite_residual_params: int = 0
     frozen_norms: int = 0
     engine_layers: int = 0  # layers running on the training engine (0: stock PyTorch layers)
+    sign_masked: int = 0  # activations whose backward is MobileTL's 1-bit sign mask (approximate)
 
     @property
     def trainable_fraction(self) -> float:
@@ -77,6 +85,11 @@ class Mode:
     def uses_lite_residual(self) -> bool:
         """True when the mode adds lite residual branches."""
         return "lite_residual" in self.parts
+
+    @property
+    def approximate_gradients(self) -> bool:
+        """True when the mode's gradients differ from the exact ones by design (MobileTL's sign mask)."""
+        return "sign_mask" in self.parts
 
     def check(self, model: nn.Module) -> str | None:
         """Return why the mode cannot apply to ``model``, or None when it can (lite residual is checked
@@ -145,6 +158,11 @@ class Mode:
             if wanted:
                 trainable.append(name)
         frozen = _configure_norms(model, freeze=self.frozen_backbone)
+        # MobileTL marks its smooth activations for the engine's sign-mask backward; every other mode
+        # clears the mark, so a model that changes mode computes exact gradients again.
+        sign_masked = sum(
+            set_sign_mask(m, self.approximate_gradients, stock_class(m)) for m in model.modules()
+        )
         # After the mode: the engine picks, per layer, what to store from what now trains.
         if engine:
             engine_layers = convert(model, input_size=size, channels_last=True).n_converted
@@ -164,6 +182,7 @@ class Mode:
             lite_residual_params=sum(p.numel() for n, p in params.items() if id(p) in branches),
             frozen_norms=frozen,
             engine_layers=engine_layers,
+            sign_masked=sign_masked,
         )
 
 
@@ -218,6 +237,14 @@ MODES: dict[str, Mode] = {
             "TinyTL-L+B",
             "Lite residual branches + every bias + classifier: the paper's default.",
             frozenset({"lite_residual", "bias"}),
+        ),
+        Mode(
+            "mobiletl",
+            "MobileTL",
+            "MobileTL: biases and norm shifts (scales and statistics frozen) + classifier; smooth "
+            "activations (h-swish; SiLU/GELU as an extension) backward through a 1-bit sign mask, so "
+            "gradients are approximate by design (exact forward).",
+            frozenset({"bias", "sign_mask"}),
         ),
     )
 }

@@ -14,7 +14,8 @@ function                      stored
 :class:`FrozenNormFn`          nothing, or the input when the scale trains (its gradient needs x-hat);
                                in place over its input when no one reads that input afterwards
 :class:`FrozenNormActFn`       the norm input only (trainable scale); the activation is recomputed
-:class:`MaskedActivationFn`    a 1-bit packed mask (ReLU, ReLU6, Hardtanh, LeakyReLU, Hardsigmoid)
+:class:`MaskedActivationFn`    a 1-bit packed mask (ReLU, ReLU6, Hardtanh, LeakyReLU, Hardsigmoid; with
+                               ``approx``: Hardswish / SiLU / GELU's sign, MobileTL's approximate backward)
 :class:`BitDropoutFn`          a 1-bit packed keep mask
 :class:`MaxPool2dFn`           the arg-max offset inside each window, 4 bits per output for 3x3
 :class:`AvgPool2dFn`           nothing
@@ -31,7 +32,7 @@ import torch.nn.functional as F
 from torch.autograd import Function
 
 from tinytl_core.engine.bitmask import bits_for, pack_bits, pack_uint, unpack_bits, unpack_uint
-from tinytl_core.layer_kinds import ACTIVATIONS, MASKED
+from tinytl_core.layer_kinds import ACTIVATIONS, MASKED, MaskRule
 
 __all__ = [
     "AvgPool2dFn",
@@ -138,22 +139,30 @@ class MaskedActivationFn(Function):
 
     ``own_grad``: the output's one consumer is a convolution, whose backward hands this layer a gradient
     no one else holds; backward then masks that gradient in place instead of allocating another.
+
+    ``approx``: MobileTL's approximate backward for a smooth activation (Hardswish, SiLU, GELU): the mask
+    is the sign of the input (:attr:`tinytl_core.layer_kinds.Activation.sign_mask`) and the input gradient
+    ``grad * (x > 0)`` -- not the exact derivative, by design. The forward output is exact.
     """
 
     @staticmethod
-    def forward(ctx, x, kind, param, inplace, keep_output=False, own_grad=False):  # type: ignore[override]
+    def forward(ctx, x, kind, param, inplace, keep_output=False, own_grad=False, approx=False):  # type: ignore[override]
         ctx.kind, ctx.param, ctx.shape, ctx.own_grad = kind, float(param), x.shape, bool(own_grad)
-        output_tells = ACTIVATIONS[kind].mask_from_output and (kind != "leaky_relu" or param > 0)
+        ctx.approx = bool(approx)
+        rule = _rule(kind, ctx.approx)
+        output_tells = (
+            not ctx.approx and ACTIVATIONS[kind].mask_from_output and (kind != "leaky_relu" or param > 0)
+        )
         ctx.from_output = bool(keep_output) and output_tells
         need = ctx.needs_input_grad[0]
         # The mask is taken before an in-place forward overwrites x, packed in x's memory order so that
         # backward unpacks it in the layout of the gradient (no channels-last <-> NCHW copies).
         ctx.order = _memory_order(x)
-        bits = ACTIVATIONS[kind].mask.bit(x, param) if need and not ctx.from_output else None
+        bits = rule.bit(x, param) if need and not ctx.from_output else None
         mask = None if bits is None else pack_bits(bits if ctx.order is None else bits.permute(ctx.order))
         if inplace:
             ctx.mark_dirty(x)
-            out = ACTIVATIONS[kind].mask.forward_(x, param)
+            out = rule.forward_(x, param)
         else:
             out = ACTIVATIONS[kind].forward(x, param)
         ctx.save_for_backward(out if need and ctx.from_output else mask)
@@ -162,10 +171,10 @@ class MaskedActivationFn(Function):
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
         (saved,) = ctx.saved_tensors
-        rest = (None,) * 5
+        rest = (None,) * 6
         if ctx.from_output:  # the stock backward kernel, fed with the output: same region test
             return ACTIVATIONS[ctx.kind].backward(grad_out, saved, ctx.param), *rest
-        rule = ACTIVATIONS[ctx.kind].mask
+        rule = _rule(ctx.kind, ctx.approx)
         if ctx.own_grad and not rule.off_is_param:
             # grad_out is this layer's alone (its one consumer, a convolution, made it fresh): zero it
             # outside the mask in place, reading a 1-byte mask -- no activation-sized buffer at all.
@@ -180,6 +189,15 @@ class MaskedActivationFn(Function):
             grad = torch.ops.aten.threshold_backward.grad_input(grad_out, bits, 0.5, grad_input=bits)
         # The stock kernels compute grad * c with c rounded to the tensor's dtype: same here.
         return (grad if rule.on == 1.0 else grad.mul_(rule.on)), *rest
+
+
+def _rule(kind: str, approx: bool) -> MaskRule:
+    """The exact mask rule of a mask activation, or MobileTL's sign rule of a smooth one (``approx``)."""
+    entry = ACTIVATIONS[kind]
+    rule = entry.sign_mask if approx else entry.mask
+    if rule is None:
+        raise ValueError(f"activation {kind!r} has no {'sign-mask' if approx else 'mask'} rule")
+    return rule
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from tinytl_core.engine.functions import (
     MaskedActivationFn,
     MaxPool2dFn,
 )
-from tinytl_core.layer_kinds import engine_activation, is_frozen
+from tinytl_core.layer_kinds import ACTIVATIONS, SIGN_MASKED, engine_activation, is_frozen, uses_sign_mask
 
 __all__ = [
     "ENGINE_CLASSES",
@@ -43,7 +43,9 @@ __all__ = [
     "EngineConv2d",
     "EngineConv2dSame",
     "EngineDropout",
+    "EngineGELU",
     "EngineHardsigmoid",
+    "EngineHardswish",
     "EngineHardtanh",
     "EngineLeakyReLU",
     "EngineModule",
@@ -52,6 +54,7 @@ __all__ = [
     "EngineMaxPool2d",
     "EngineReLU",
     "EngineReLU6",
+    "EngineSiLU",
     "activation_kind",
     "stock_class",
 ]
@@ -103,25 +106,41 @@ def activation_kind(module: nn.Module) -> tuple[str, float] | None:
 
 class MaskedActivation(EngineModule):
     """Base of the engine activations whose gradient is a 1-bit mask (ReLU, ReLU6, Hardtanh(0, max),
-    LeakyReLU, Hardsigmoid)."""
+    LeakyReLU, Hardsigmoid), and of the smooth ones (Hardswish, SiLU, GELU) that run stock unless marked
+    for MobileTL's approximate sign-mask backward (:func:`tinytl_core.layer_kinds.set_sign_mask`)."""
 
     # Set by convert(model, input_size=...) when every call's output is stored in full by a later layer.
     keep_output = False
     # Set by convert(model, input_size=...) when every call's output is read by one convolution only.
     own_grad = False
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _spec(self) -> tuple[str, float, bool] | None:
+        """``(kind, param, approx)`` when this layer stores a 1-bit mask, else None (stock)."""
         spec = activation_kind(self)
-        if spec is None or spec[0] not in MASKED_KINDS or not _recording(x):
+        if spec is None:
+            return None
+        if spec[0] in SIGN_MASKED:
+            return (*spec, True) if uses_sign_mask(self) else None
+        return (*spec, False) if spec[0] in MASKED_KINDS else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        spec = self._spec()
+        if spec is None or not _recording(x):
             return super().forward(x)  # type: ignore[misc]
         inplace = bool(getattr(self, "inplace", False))
-        return MaskedActivationFn.apply(x, spec[0], spec[1], inplace, self.keep_output, self.own_grad)
+        kind, param, approx = spec
+        return MaskedActivationFn.apply(x, kind, param, inplace, self.keep_output, self.own_grad, approx)
 
     def engine_rule(self) -> str:
-        spec = activation_kind(self)
-        if spec is None or spec[0] not in MASKED_KINDS:
+        spec = self._spec()
+        if spec is None:
+            kind = activation_kind(self)
+            if kind is not None and kind[0] in SIGN_MASKED:
+                return "input (stock; its exact gradient needs it)"
             return "stock (unsupported bounds)"
-        if self.keep_output and spec[0] != "hardsigmoid":
+        if spec[2]:
+            return "1-bit sign mask (MobileTL: approximate gradient)"
+        if self.keep_output and ACTIVATIONS[spec[0]].mask_from_output:
             return "output, shared with a later layer that stores it in full (0 extra)"
         return "1-bit mask"
 
@@ -154,6 +173,25 @@ class EngineHardsigmoid(MaskedActivation, nn.Hardsigmoid):
     """Hardsigmoid storing a 1-bit mask (``-3 < x < 3``): its gradient is ``grad / 6`` there, else 0."""
 
     _stock_class = nn.Hardsigmoid
+
+
+class EngineHardswish(MaskedActivation, nn.Hardswish):
+    """Hardswish: stock (exact, stores its input), or with MobileTL's mark a 1-bit sign mask (``x > 0``)
+    and the approximate gradient ``grad * (x > 0)``."""
+
+    _stock_class = nn.Hardswish
+
+
+class EngineSiLU(MaskedActivation, nn.SiLU):
+    """SiLU / Swish: stock, or with MobileTL's mark a 1-bit sign mask (an extension of the paper)."""
+
+    _stock_class = nn.SiLU
+
+
+class EngineGELU(MaskedActivation, nn.GELU):
+    """GELU (exact or tanh): stock, or with MobileTL's mark a 1-bit sign mask (an extension)."""
+
+    _stock_class = nn.GELU
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -258,8 +296,8 @@ class EngineBatchNormAct2d(FrozenNorm, BatchNormAct2d):
     _stock_class = BatchNormAct2d
 
     def _fused_kind(self) -> tuple[str, float] | None:
-        if not _trains(self.weight) or not isinstance(self.drop, nn.Identity):
-            return None
+        if not _trains(self.weight) or not isinstance(self.drop, nn.Identity) or uses_sign_mask(self.act):
+            return None  # (a sign-marked activation keeps its own approximate backward)
         return activation_kind(self.act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -357,6 +395,9 @@ ENGINE_CLASSES: dict[type[nn.Module], type[nn.Module]] = {
         EngineHardtanh,
         EngineLeakyReLU,
         EngineHardsigmoid,
+        EngineHardswish,
+        EngineSiLU,
+        EngineGELU,
         EngineConv2d,
         EngineConv2dSame,
         EngineBatchNorm2d,

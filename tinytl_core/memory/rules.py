@@ -28,7 +28,10 @@ For ``y = a W + b`` the weight gradient ``dL/dW = a^T dL/dy`` needs the input ``
 6. **Smooth activations** (SiLU/Swish, GELU, Hardswish, Mish, ELU, ...) store their input at its own
    precision (32 bits for fp32 models). Sigmoid and Tanh store their output instead (their gradients are
    ``y (1 - y)`` and ``1 - y^2``), which is free when another layer stores it anyway, e.g. the gate of a
-   squeeze-excitation multiply. PReLU with a trainable slope stores its input.
+   squeeze-excitation multiply. PReLU with a trainable slope stores its input. In the ``mobiletl`` mode
+   (MobileTL, Chiang et al., AAAI 2023) Hardswish -- and, as an extension the paper did not cover, SiLU
+   and GELU -- store a 1-bit mask of their input's sign instead: their backward is approximated as
+   ``grad * (x > 0)``, so the gradients differ from the exact ones by design.
 7. **Softmax** stores its output. **Max pooling** stores, per output element, the argmax position within
    its window: ``ceil(log2(window))`` bits. **Dropout** (p > 0, training) stores a 1-bit keep mask.
    Average pooling, upsampling, padding, flatten, identity store nothing (linear, shape-only).
@@ -60,7 +63,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from tinytl_core.layer_kinds import LayerKind, Needs, activation_of, kind_of, mask_from_output
+from tinytl_core.layer_kinds import LayerKind, Needs, activation_of, kind_of, mask_from_output, uses_sign_mask
 from tinytl_core.layer_kinds import stats_from_input as _stats_from_input_of
 from tinytl_core.tracing import Row, TensorRef
 
@@ -167,6 +170,10 @@ def necessary(row: Row) -> Verdict:
         kind = LayerKind.RELU
     if kind in (LayerKind.RELU, LayerKind.STEP) and y is not None:
         return _mask(y, MASK_BITS, f"{label}: 1-bit mask", derivable=mask_from_output(row.module))
+    if kind is LayerKind.SMOOTH and y is not None and uses_sign_mask(row.module):
+        return _mask(
+            y, MASK_BITS, f"{label}: 1-bit sign mask (MobileTL, approximate gradient)", derivable=False
+        )
     activation = activation_of(row.module)
     from_output = activation is not None and activation.needs is Needs.OUTPUT
     if kind is LayerKind.SMOOTH and y is not None and from_output:
@@ -217,6 +224,6 @@ def paper(row: Row) -> PaperCost:
         if _trains(row, "weight"):
             return PaperCost(True, PAPER_ACTIVATION_BYTES * n_in, working, "weight trainable: stores input")
         return PaperCost(True, 0, working, "frozen weight: stores nothing")
-    if kind is LayerKind.RELU:
+    if kind is LayerKind.RELU or (kind is LayerKind.SMOOTH and uses_sign_mask(row.module)):
         return PaperCost(True, math.ceil(n_in / 8), working, f"{row.type}: 1-bit mask")
     return PaperCost(True, PAPER_ACTIVATION_BYTES * n_in, working, f"{row.type}: 32-bit input")

@@ -46,6 +46,7 @@ MODE_COLORS = {
     "bias": OKABE_ITO["reddish purple"],
     "lite_residual": OKABE_ITO["blue"],
     "lite_residual+bias": OKABE_ITO["bluish green"],
+    "mobiletl": OKABE_ITO["vermillion"],
 }
 """One colour per mode, on every chart that tells modes apart (scatter, curves, bars)."""
 COMPONENT_COLORS = dict(zip(COMPONENT_LABELS, ("#0072B2", "#56B4E9", "#D55E00", "#999999")))
