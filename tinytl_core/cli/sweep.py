@@ -1,0 +1,255 @@
+"""``python -m tinytl_core sweep``: a grid of adaptation runs on local worker processes or Ray, resumable."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+from tqdm.auto import tqdm
+
+from tinytl_core.adapt import OPTIMIZERS, AdaptConfig
+from tinytl_core.backbones import default_backbone, resolution_problem, small_resolution_warning
+from tinytl_core.jobs import default_pool_size
+from tinytl_core.results import ResultsStore
+from tinytl_core.sweeps import (
+    InlineExecutor,
+    QueueExecutor,
+    RayExecutor,
+    SweepGrid,
+    SweepProgress,
+    export_reference,
+    import_ray,
+    parse_list,
+    run_sweep,
+)
+from tinytl_core.sweeps.summary import SEED_GROUP_HEADERS, group_seeds
+
+LOCAL_RAY = "local"
+"""``--ray`` given without an address: start a local Ray instance for the sweep."""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``sweep`` command."""
+    d = AdaptConfig()
+    p = sub.add_parser(
+        "sweep",
+        help="run a grid of adaptations (backbones x modes x datasets x resolutions x seeds x steps)",
+        description="Expand a grid of adaptation runs, skip the configurations already finished in the "
+        "results database (an interrupted sweep resumes), and run the rest on local worker processes or, "
+        "with --ray, as tasks on a Ray cluster. Each run is stored as it comes back.",
+    )
+    p.add_argument("--backbones", default=default_backbone(), help="comma-separated (default: %(default)s)")
+    p.add_argument("--modes", default="all", help="'all' or a comma-separated list (default: all)")
+    p.add_argument("--datasets", default="shapes,digits", help="comma-separated (default: %(default)s)")
+    p.add_argument(
+        "--resolutions",
+        default="own",
+        help="comma-separated px; 'own' (or 0) is each backbone's own (default: own)",
+    )
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds (default: %(default)s)")
+    p.add_argument("--steps", default=str(d.steps), help="comma-separated step counts (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="images per step")
+    p.add_argument("--lr", type=float, default=d.lr, help="learning rate (default: %(default)g)")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer)
+    p.add_argument("--shots", type=int, default=None, help="at most this many training images per class")
+    p.add_argument("--val-cap", type=int, default=None, help="at most this many validation images per class")
+    p.add_argument("--eval-every", type=int, default=d.eval_every, help="also evaluate every N steps")
+    p.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N (on each worker)")
+    p.add_argument("--no-pretrained", dest="pretrained", action="store_false", help="random init")
+    p.add_argument("--no-memory", dest="record_memory", action="store_false", help="skip the memory figures")
+    p.add_argument("--no-measure", dest="measure_memory", action="store_false", help="model memory only")
+    p.add_argument("--no-engine", dest="engine", action="store_false", help="stock PyTorch layers")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help=f"local worker processes (default: {default_pool_size()}, half the cores; 0 = train in this "
+        "process); with --ray and no cluster address, the CPUs of the local Ray instance",
+    )
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const=LOCAL_RAY,
+        default=None,
+        metavar="ADDRESS",
+        help="run each configuration as a Ray task: no ADDRESS starts a local Ray for the sweep, 'auto' "
+        "joins the cluster running on this machine (or starts one), else a cluster address "
+        "(ray://host:10001). Needs `pip install 'tinytl-lab[ray]'`",
+    )
+    p.add_argument("--db", default=None, help="results database (default: $TINYTL_RESULTS_DB or data folder)")
+    p.add_argument("--dry-run", action="store_true", help="list the configurations and what would be skipped")
+    p.add_argument(
+        "--export-reference",
+        default=None,
+        metavar="PATH",
+        help="afterwards, write the grid's finished runs as a reference set (JSON) labelled with the command",
+    )
+    p.add_argument(
+        "--label", default="Reference sweep", help="the reference set's label (--export-reference)"
+    )
+    p.set_defaults(func=run)
+
+
+def grid_from_args(args: argparse.Namespace) -> SweepGrid:
+    """The sweep's grid from the command line (every list parsed; ``ValueError`` names a bad value)."""
+    resolutions: list[int | None] = []
+    for item in parse_list(args.resolutions, "--resolutions"):
+        if item.lower() not in ("own", "0") and not item.isdigit():
+            raise ValueError(f"--resolutions: {item!r} is not a size in px (or 'own')")
+        value = None if item.lower() in ("own", "0") else int(item)
+        if value not in resolutions:
+            resolutions.append(value)
+    base = AdaptConfig(
+        batch_size=args.batch_size,
+        lr=args.lr,
+        optimizer=args.optimizer,
+        shots=args.shots,
+        val_cap=args.val_cap,
+        eval_every=args.eval_every,
+        device=args.device,
+        pretrained=args.pretrained,
+        record_memory=args.record_memory,
+        measure_memory=args.measure_memory,
+        engine=args.engine,
+    )
+    return SweepGrid(
+        backbones=parse_list(args.backbones, "--backbones"),
+        modes=parse_list(args.modes, "--modes"),
+        datasets=parse_list(args.datasets, "--datasets"),
+        resolutions=resolutions,
+        seeds=parse_list(args.seeds, "--seeds", int),
+        steps=parse_list(args.steps, "--steps", int),
+        base=base,
+    )
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The command that reproduces this sweep's grid and settings (labels a reference set): the grid's
+    lists always, every other setting when it differs from its default; not where it ran (workers, Ray,
+    database)."""
+    d = AdaptConfig()
+    parts = ["python -m tinytl_core sweep"]
+    for flag in ("backbones", "modes", "datasets", "resolutions", "seeds", "steps"):
+        parts.append(f"--{flag} {shlex.quote(str(getattr(args, flag)))}")
+    for flag, default in (
+        ("batch_size", d.batch_size),
+        ("lr", d.lr),
+        ("optimizer", d.optimizer),
+        ("shots", None),
+        ("val_cap", None),
+        ("eval_every", d.eval_every),
+        ("device", d.device),
+    ):
+        value = getattr(args, flag)
+        if value != default:
+            parts.append(f"--{flag.replace('_', '-')} {shlex.quote(str(value))}")
+    for flag, name in (
+        ("pretrained", "--no-pretrained"),
+        ("record_memory", "--no-memory"),
+        ("measure_memory", "--no-measure"),
+        ("engine", "--no-engine"),
+    ):
+        if not getattr(args, flag):
+            parts.append(name)
+    return " ".join(parts)
+
+
+def _executor(args: argparse.Namespace, db: str | None) -> InlineExecutor | QueueExecutor | RayExecutor:
+    if args.workers is not None and args.workers < 0:
+        raise ValueError(f"--workers must be >= 0, got {args.workers}")
+    if args.ray is not None:
+        try:
+            import_ray()
+        except ImportError as exc:
+            raise ValueError(str(exc)) from None
+        address = None if args.ray == LOCAL_RAY else args.ray
+        init = {"num_cpus": args.workers} if args.workers else {}
+        return RayExecutor(address, init_kwargs=init)
+    if args.workers == 0:
+        return InlineExecutor()
+    return QueueExecutor(db, args.workers)
+
+
+class _GridBar:
+    """A tqdm bar over the configurations to run, one printed line per configuration that comes back."""
+
+    def __init__(self) -> None:
+        self.bar: tqdm | None = None
+        self.seen = 0
+
+    def __call__(self, state: SweepProgress) -> None:
+        if self.bar is None:
+            self.bar = tqdm(total=state.to_run, desc="sweep", unit="run", leave=True)
+        self.bar.set_postfix(finished=state.finished, failed=state.failed, refresh=False)
+        if state.done > self.seen:
+            self.bar.write(f"  {state.last}")
+            self.bar.update(state.done - self.seen)
+            self.seen = state.done
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the sweep; exit 0 when every configuration finished (or does not apply), 1 when one failed,
+    130 when interrupted (Ctrl-C: run the same command again to resume).
+
+    Every argument is checked first (lists, names, numbers, resolutions, Ray installed), before anything
+    is trained."""
+    grid = grid_from_args(args)
+    configs = grid.expand()
+    for backbone in grid.backbones:
+        for resolution in grid.resolutions:
+            if resolution is None:
+                continue
+            problem = resolution_problem(backbone, resolution)
+            if problem:
+                raise ValueError(problem)
+            warning = small_resolution_warning(backbone, resolution)
+            if warning:
+                print(f"warning: {warning}", file=sys.stderr)
+    store = ResultsStore(args.db)
+    executor = _executor(args, str(store.path))
+    command = command_line(args)
+    print(
+        f"sweep: {len(configs)} configurations ({len(grid.backbones)} backbone(s) x {len(grid.mode_names())} "
+        f"mode(s) x {len(grid.datasets)} dataset(s) x {len(grid.resolutions)} resolution(s) x "
+        f"{len(grid.seeds)} seed(s) x {len(grid.steps)} step count(s)) on {executor.name}; "
+        f"results in {store.path}"
+    )
+    if args.dry_run:
+        from tinytl_core.sweeps import config_key, finished_keys
+
+        done = finished_keys(store, (config_key(c) for c in configs))
+        for c in configs:
+            key = config_key(c)
+            state = f"finished (run {done[key]}), skipped" if key in done else "to run"
+            print(
+                f"  {c.backbone} {c.mode} {c.dataset} {c.resolution or 'own'} px seed {c.seed} "
+                f"{c.steps} steps: {state}"
+            )
+        return 0
+    bar = _GridBar()
+    try:
+        report = run_sweep(configs, store=store, executor=executor, progress=bar)
+    finally:
+        bar.close()
+    print(report.progress.line() + f" in {report.progress.elapsed_s:.0f} s")
+    grouped = group_seeds(store.get_run(i) for i in report.finished_run_ids(store))
+    if len(grouped):
+        table = grouped.drop(columns=["run_ids"]).rename(columns=SEED_GROUP_HEADERS).round(1)
+        print()
+        print(table.to_string(index=False))
+    if report.interrupted:
+        print(
+            f"interrupted: {report.remaining} of {len(configs)} configurations have no finished run yet. "
+            "Run the same command again to resume: finished configurations are skipped.",
+            file=sys.stderr,
+        )
+        return 130
+    if args.export_reference:
+        path = export_reference(report, store, args.export_reference, command=command, label=args.label)
+        print(f"reference set written to {path} ({len(report.finished_run_ids(store))} runs)")
+    return 1 if report.progress.failed else 0

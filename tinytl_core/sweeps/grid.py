@@ -1,0 +1,139 @@
+"""A sweep's grid: backbones x modes x datasets x resolutions x seeds x steps, expanded into
+:class:`~tinytl_core.adapt.AdaptConfig` objects, and the stable key that says whether a configuration has
+already finished in the results store (so an interrupted sweep resumes where it stopped)."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from tinytl_core.adapt import AdaptConfig
+from tinytl_core.data import check_dataset_name
+from tinytl_core.modes import resolve_modes
+from tinytl_core.quantities import RunStatus
+from tinytl_core.results import RUN, ResultsStore
+
+GRID_AXES: tuple[str, ...] = ("backbone", "dataset", "resolution", "steps", "mode", "seed")
+"""The configuration fields a grid varies, outermost first (a seed's runs of one mode come together)."""
+
+
+def config_key(config: AdaptConfig | Mapping[str, Any]) -> str:
+    """A stable key of a configuration: the SHA-256 (16 hex digits) of its fields as sorted JSON.
+
+    A stored run's ``config`` dict gets the same key as the :class:`AdaptConfig` it came from: the dict is
+    read back through :meth:`AdaptConfig.from_dict`, so fields added in later versions take their
+    defaults on both sides and keys of older runs do not change."""
+    if not isinstance(config, AdaptConfig):
+        config = AdaptConfig.from_dict(dict(config))
+    text = json.dumps(config.to_dict(), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def sweep_id(configs: Iterable[AdaptConfig]) -> str:
+    """A sweep's name in the job queue, stable across restarts: ``sweep-`` and the hash of its
+    configurations' keys (the same grid gets the same id)."""
+    keys = sorted({config_key(c) for c in configs})
+    return "sweep-" + hashlib.sha256(",".join(keys).encode()).hexdigest()[:12]
+
+
+def seedless_key(config: AdaptConfig | Mapping[str, Any]) -> str:
+    """:func:`config_key` with the seed left out: repeated seeds of one configuration share it."""
+    if not isinstance(config, AdaptConfig):
+        config = AdaptConfig.from_dict(dict(config))
+    return config_key(replace(config, seed=0))
+
+
+def parse_list(text: str | Sequence[Any] | None, what: str, cast: type = str) -> list[Any]:
+    """``"a,b, c"`` (or a list) -> ``["a", "b", "c"]`` cast to ``cast``; empty items dropped, repeats kept
+    once in order. ``ValueError`` naming ``what`` for an item that does not convert or an empty list."""
+    items = text.split(",") if isinstance(text, str) else list(text or [])
+    out: list[Any] = []
+    for item in items:
+        raw = item.strip() if isinstance(item, str) else item
+        if raw == "" or raw is None:
+            continue
+        try:
+            value = cast(raw)
+        except (TypeError, ValueError):
+            raise ValueError(f"{what}: {raw!r} is not a valid {cast.__name__}") from None
+        if value not in out:
+            out.append(value)
+    if not out:
+        raise ValueError(f"{what}: give at least one value")
+    return out
+
+
+@dataclass
+class SweepGrid:
+    """What a sweep varies, and the settings every run shares (``base``).
+
+    ``modes`` may be ``["all"]``; ``resolutions`` holds pixel sizes or None for each backbone's own;
+    ``steps`` the optimisation steps of each run. Everything else (batch size, learning rate, memory
+    figures, ...) comes from ``base``.
+    """
+
+    backbones: list[str]
+    modes: list[str] = field(default_factory=lambda: ["all"])
+    datasets: list[str] = field(default_factory=lambda: ["shapes", "digits"])
+    resolutions: list[int | None] = field(default_factory=lambda: [None])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    steps: list[int] = field(default_factory=lambda: [200])
+    base: AdaptConfig = field(default_factory=AdaptConfig)
+
+    def mode_names(self) -> list[str]:
+        """The grid's modes by name (``all`` expanded, unknown names a ``ValueError``)."""
+        if "all" in self.modes:
+            return [m.name for m in resolve_modes("all")]
+        return list(dict.fromkeys(m.name for m in resolve_modes(list(self.modes))))
+
+    def expand(self) -> list[AdaptConfig]:
+        """Every configuration of the grid, each once, in :data:`GRID_AXES` order. Checks every one
+        (backbone and mode names, numbers, dataset names) before returning, so a bad value fails before
+        any slow work; ``ValueError`` says which."""
+        for name, values in (
+            ("backbones", self.backbones),
+            ("modes", self.modes),
+            ("datasets", self.datasets),
+            ("resolutions", self.resolutions),
+            ("seeds", self.seeds),
+            ("steps", self.steps),
+        ):
+            if not values:
+                raise ValueError(f"a sweep needs at least one value in {name}")
+        for dataset in dict.fromkeys(self.datasets):
+            check_dataset_name(dataset)
+        configs: dict[str, AdaptConfig] = {}
+        for backbone, dataset, resolution, steps, mode, seed in itertools.product(
+            self.backbones, self.datasets, self.resolutions, self.steps, self.mode_names(), self.seeds
+        ):
+            config = replace(
+                self.base,
+                backbone=backbone,
+                dataset=dataset,
+                resolution=resolution,
+                steps=steps,
+                epochs=None,
+                mode=mode,
+                seed=seed,
+            )
+            config.validate()
+            configs.setdefault(config_key(config), config)
+        return list(configs.values())
+
+
+def finished_keys(store: ResultsStore, keys: Iterable[str] | None = None) -> dict[str, int]:
+    """Key -> id of the newest finished run in ``store`` for each configuration (only those in ``keys``
+    when given). Cancelled, failed and diverged runs do not count: they run again."""
+    wanted = set(keys) if keys is not None else None
+    out: dict[str, int] = {}
+    for run in store.list_runs(status=RunStatus.FINISHED.value):  # newest first
+        if not run.get("config"):
+            continue
+        key = config_key(run["config"])
+        if (wanted is None or key in wanted) and key not in out:
+            out[key] = int(run[RUN.id])
+    return out
