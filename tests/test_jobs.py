@@ -1,0 +1,266 @@
+"""The job queue and its workers (issue 13): the queue's rules in one process, workers in threads and in
+processes under 30 concurrent submitters, SIGKILL mid-job, cancel, owner-only cancel, restart, and the
+app's pool with real ``worker`` processes training real (tiny) runs."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import sys
+import threading
+import time
+
+import pytest
+
+from tinytl_core.adapt import AdaptConfig, AdaptResult, PhaseEvent, StepEvent
+from tinytl_core.cli import main as cli_main
+from tinytl_core.jobs import JobQueue, JobState, NotYourJobError, WorkerPool, exit_reason, run_worker
+from tinytl_core.jobs.queue import worker_name
+from tinytl_core.quantities import RunStatus
+from tinytl_core.results import ResultsStore
+
+STEP_S = 0.02
+"""Seconds one step of :func:`cheap_runner` takes."""
+
+
+def config(steps: int = 3, **kw) -> AdaptConfig:
+    values = dict(backbone="mobilenetv2_050", mode="bias", dataset="shapes", pretrained=False)
+    return AdaptConfig(steps=steps, **{**values, **kw})
+
+
+def cheap_runner(config, *, progress, cancel, store, data=None) -> AdaptResult:
+    """adapt()'s signature and contract without a model: ``steps`` steps of :data:`STEP_S` seconds with
+    their events, cancel honoured before each, the run stored -- what the queue sees of a real run."""
+    result = AdaptResult(config, device="cpu", steps_planned=config.steps, started_at="now")
+    progress(PhaseEvent("train", "training", 0.0))
+    result.status = RunStatus.FINISHED
+    for step in range(1, config.steps + 1):
+        if cancel is not None and cancel.is_set():
+            result.status, result.message = RunStatus.CANCELLED, f"cancelled after {result.steps_done} steps"
+            break
+        time.sleep(STEP_S)
+        result.steps_done = step
+        progress(StepEvent(step, config.steps, step / 10, 1.0 / step, 0.5, 1e-3, 100.0, step * STEP_S))
+    result.final_val_acc = 0.5
+    if store is not None:
+        result.run_id = store.save_run(result.to_record())
+    return result
+
+
+def _worker_process(db: str, worker_id: str | None = None) -> None:
+    run_worker(db, worker_id=worker_id, runner=cheap_runner, poll_s=0.05, interval=0.05)
+
+
+@pytest.fixture
+def spawn(monkeypatch):
+    """Start worker processes (spawned: no torch state forked); every one is killed at the end."""
+    # Spawned children re-run the parent's __main__ by its path (after an AppTest, app.py): import by name.
+    main = sys.modules["__main__"]
+    monkeypatch.delattr(main, "__file__", raising=False)
+    monkeypatch.setattr(main, "__spec__", None, raising=False)
+    ctx = mp.get_context("spawn")
+    started = []
+
+    def start(db: str) -> mp.Process:
+        process = ctx.Process(target=_worker_process, args=(db,), daemon=True)
+        process.start()
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.is_alive():
+            process.kill()
+        process.join(10)
+
+
+def wait_for(predicate, timeout: float = 60.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+# ------------------------------------------------------------------------------------ the queue alone
+def test_queue_order_claims_progress_and_owner_only_cancel(tmp_path):
+    queue = JobQueue(tmp_path / "r.sqlite")
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        queue.submit(config(steps=0))
+    assert queue.list_jobs() == []  # nothing queued by a bad configuration
+    a, b = queue.submit_many([config(), config(mode="last")], owner="alice", label="Shapes")
+    c = queue.submit(config(), owner="bob", sweep="grid-1")
+    assert [queue.position(i) for i in (a, b, c)] == [1, 2, 3]
+    assert [j.id for j in queue.list_jobs(owner="alice")] == [a, b]
+    assert [j.id for j in queue.list_jobs(sweep="grid-1")] == [c]
+    assert queue.get(b).config.mode == "last" and queue.get(a).label == "Shapes"
+
+    first, second = queue.claim("w1"), queue.claim("w2")
+    assert (first.id, second.id) == (a, b) and first.state is JobState.RUNNING and first.worker == "w1"
+    assert queue.position(a) is None and queue.position(c) == 1
+    assert not queue.report(a, "w1", [(1.0, "step", {"step": 1})], step=1, total_steps=3, phase="training")
+    assert queue.report(a, "w2") is True  # not w2's job: it must stop
+    job = queue.get(a)
+    assert (job.step, job.total_steps, job.phase) == (1, 3, "training") and job.fraction == pytest.approx(
+        1 / 3
+    )
+    (event,) = queue.events(a)
+    assert event.kind == "step" and event.data == {"step": 1} and queue.events(a, after=event.id) == []
+
+    with pytest.raises(NotYourJobError, match="another session"):
+        queue.cancel(a, "bob")
+    assert not queue.get(a).cancel_requested  # bob's request changed nothing
+    assert queue.cancel(a, "alice").cancel_requested and queue.report(a, "w1") is True  # running: asked
+    assert queue.cancel(c, "bob").state is JobState.CANCELLED  # queued: at once
+    assert queue.claim("w3") is None  # nothing left in line
+
+    assert queue.finish(a, "w1", JobState.CANCELLED, run_status=RunStatus.CANCELLED, result={"id": None})
+    assert not queue.finish(a, "w1", JobState.FINISHED)  # ended once, never twice
+    assert queue.requeue(b, "w2") and queue.get(b).state is JobState.QUEUED and queue.events(b) == []
+    with pytest.raises(ValueError, match="ends finished"):
+        queue.finish(b, "w2", JobState.RUNNING)
+    with pytest.raises(KeyError, match="no job with id 99"):
+        queue.get(99)
+    with pytest.raises(TimeoutError, match="1 of 1 job"):
+        queue.wait([b], timeout=0.1)
+
+
+def test_recover_fails_jobs_of_dead_or_silent_workers(tmp_path):
+    queue = JobQueue(tmp_path / "r.sqlite")
+    gone, silent, alive = queue.submit_many([config(), config(), config()])
+    dead_pid = mp.get_context("spawn").Process(target=time.sleep, args=(0,))
+    dead_pid.start()
+    dead_pid.join()  # a process that existed on this host and is gone
+    queue.claim(worker_name(dead_pid.pid))
+    queue.claim("another-host:1")
+    queue.claim(worker_name())  # this process: alive
+    past = time.time() - 1000
+    queue.store.execute(lambda con: con.execute("UPDATE jobs SET heartbeat_at = ?", (past,)), write=True)
+    queue.report(alive, worker_name())  # a fresh heartbeat
+    assert sorted(queue.recover(stale_after_s=60)) == [gone, silent]
+    assert "ended without finishing" in queue.get(gone).error
+    assert "stopped responding" in queue.get(silent).error and queue.get(alive).state is JobState.RUNNING
+    assert queue.counts()[JobState.FAILED] == 2
+
+
+def test_worker_trains_honours_cancel_and_requeues_on_shutdown(tmp_path):
+    db = tmp_path / "r.sqlite"
+    queue, shutdown = JobQueue(db), threading.Event()
+    quick, long = queue.submit(config(steps=2), owner="me"), queue.submit(config(steps=2000), owner="me")
+    thread = threading.Thread(
+        target=run_worker,
+        args=(db,),
+        kwargs=dict(shutdown=shutdown, runner=cheap_runner, poll_s=0.05, interval=0.05),
+    )
+    thread.start()
+    try:
+        wait_for(lambda: queue.get(long).step >= 2, what="the long job to train")
+        done = queue.get(quick)
+        assert done.state is JobState.FINISHED and done.run_status is RunStatus.FINISHED
+        assert (
+            ResultsStore(db).get_run(done.run_id)["steps_done"] == 2 and done.result["final_val_acc"] == 0.5
+        )
+        assert [e.kind for e in queue.events(quick)] == ["phase", "step", "step"]
+        queue.cancel(long, "me")
+        job = queue.wait([long], timeout=30)[0]
+        assert job.state is JobState.CANCELLED and job.step < 2000  # honoured within a report or two
+        assert ResultsStore(db).get_run(job.run_id)["status"] == "cancelled"
+
+        again = queue.submit(config(steps=2000))
+        wait_for(lambda: queue.get(again).step >= 1, what="the next job to start")
+        shutdown.set()  # the worker stops (SIGTERM, the app going away): its job goes back in line
+        thread.join(30)
+        requeued = queue.get(again)
+        assert requeued.state is JobState.QUEUED and queue.position(again) == 1 and requeued.run_id is None
+        assert ResultsStore(db).count() == 2  # no run stored for the interrupted job
+    finally:
+        shutdown.set()
+        thread.join(30)
+
+
+# -------------------------------------------------------------------------------- worker processes
+def test_thirty_submitters_two_workers_sigkill_and_restart(tmp_path, spawn):
+    db = str(tmp_path / "r.sqlite")
+    queue = JobQueue(db)
+    workers = [spawn(db), spawn(db)]
+    start, ids, errors = threading.Barrier(30), [], []
+
+    def submit(n: int) -> None:
+        try:
+            start.wait(30)
+            ids.append(JobQueue(db).submit(config(steps=2, seed=n), owner=f"student-{n}"))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=submit, args=(n,)) for n in range(30)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors and len(set(ids)) == 30
+    jobs = queue.wait(ids, timeout=150)
+    assert {j.state for j in jobs} == {JobState.FINISHED}, [(j.id, j.state, j.error) for j in jobs]
+    runs = ResultsStore(db).list_runs()
+    assert len(runs) == 30 and sorted(j.run_id for j in jobs) == sorted(r["id"] for r in runs)  # once each
+    assert sorted(r["seed"] for r in runs) == list(range(30))  # none lost, none twice
+    assert queue.integrity_check() == "ok"
+
+    # A worker killed mid-job: its job fails with the reason, the next job runs on the other worker.
+    doomed, after = queue.submit(config(steps=5000)), queue.submit(config(steps=2))
+    job = wait_for(lambda: (j := queue.get(doomed)).step >= 1 and j, what="the long job to start")
+    victim = next(w for w in workers if worker_name(w.pid) == job.worker)
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.join(10)
+    failed, finished = queue.wait([doomed, after], timeout=60)
+    assert failed.state is JobState.FAILED and "ended without finishing" in failed.error
+    assert finished.state is JobState.FINISHED and finished.run_id is not None
+
+    # Restart: with no worker the queue keeps its jobs; a new worker picks them up.
+    survivor = next(w for w in workers if w is not victim)
+    survivor.terminate()
+    survivor.join(30)
+    later = queue.submit_many([config(steps=2), config(steps=2)])
+    time.sleep(0.3)
+    assert [queue.position(i) for i in later] == [1, 2]
+    shutdown = threading.Event()  # the restarted worker (a thread here: the same loop, no new process)
+    restarted = threading.Thread(
+        target=run_worker, args=(db,), kwargs=dict(shutdown=shutdown, runner=cheap_runner, poll_s=0.05)
+    )
+    restarted.start()
+    try:
+        assert {j.state for j in queue.wait(later, timeout=90)} == {JobState.FINISHED}
+    finally:
+        shutdown.set()
+        restarted.join(30)
+    assert queue.integrity_check() == "ok"
+
+
+def test_pool_of_real_workers_survives_sigkill_and_stops_with_its_owner(tmp_path):
+    db = tmp_path / "r.sqlite"
+    queue = JobQueue(db)
+    tiny = dict(batch_size=2, resolution=32, record_memory=False, val_cap=1, shots=2, augment=False)
+    long, short = queue.submit(config(steps=100_000, **tiny)), queue.submit(config(steps=1, **tiny))
+    with WorkerPool(1, db, threads=1) as pool:
+        wait_for(lambda: queue.get(long).step >= 1, timeout=120, what="a real worker to train")
+        (pid,) = pool.pids
+        os.kill(pid, signal.SIGKILL)  # what the kernel's out-of-memory killer does
+        failed = queue.wait([long], timeout=30)[0]
+        assert failed.state is JobState.FAILED and "SIGKILL" in failed.error and "memory" in failed.error
+        done = queue.wait([short], timeout=120)[0]  # the pool replaced the worker
+        assert (
+            done.state is JobState.FINISHED and ResultsStore(db).get_run(done.run_id)["status"] == "finished"
+        )
+        replacement = pool.pids
+        assert replacement and replacement != [pid]
+    assert pool.pids == [] and all(not os.path.exists(f"/proc/{p}") for p in replacement)
+    assert (tmp_path / "worker-logs" / "worker-0.log").exists()
+
+
+def test_exit_reasons_and_worker_command_errors(capsys):
+    assert "SIGKILL" in exit_reason(-signal.SIGKILL) and "out of memory" in exit_reason(-signal.SIGKILL)
+    assert "SIGSEGV" in exit_reason(-signal.SIGSEGV) and "status 3" in exit_reason(3)
+    assert cli_main(["worker", "--max-jobs", "0"]) == 2
+    assert "--max-jobs must be 1 or more" in capsys.readouterr().err
