@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from tinytl_core.engine import EngineModule, convert, describe, engine_enabled, is_converted, revert
+from tinytl_core.layer_kinds import uses_sign_mask
 from tinytl_core.memory import analyze
 from tinytl_core.modes import MODES, prepare_model
 from tinytl_core.norms import freeze_statistics
@@ -53,7 +54,10 @@ def test_engine_gradients_equal_stock_in_every_mode(backbone):
         assert torch.equal(stock_out, engine_out), mode
         assert stock_grads.keys() == engine_grads.keys(), mode
         worst = max(_relative(engine_grads[n], stock_grads[n]) for n in stock_grads)
-        assert worst <= 1e-5, (mode, worst)
+        # MobileTL's sign mask approximates smooth activations' gradients by design (tests/test_mobiletl.py
+        # checks its rule); with none marked (ReLU6 networks) it is exact like every other mode.
+        if not (MODES[mode].approximate_gradients and any(uses_sign_mask(m) for m in model.modules())):
+            assert worst <= 1e-5, (mode, worst)
         assert engine_saved <= stock_saved, mode
         # Same Parameter objects and state_dict: optimizers and checkpoints keep working.
         assert {n: id(p) for n, p in model.named_parameters()} == params_before

@@ -39,6 +39,7 @@ def _expected_trainable(model, mode_name: str) -> set[str]:
         "bias": head | bias,
         "lite_residual": head | branch,
         "lite_residual+bias": head | branch | bias,
+        "mobiletl": head | bias,  # biases and norm shifts; only its backward differs from bias
     }[mode_name]
 
 

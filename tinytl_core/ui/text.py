@@ -44,5 +44,8 @@ def layer_kinds_markdown() -> str:
         needs = _NEEDS_TEXT.get(entry.needs, f"its {entry.needs.value}")
         engine = "1-bit mask" if entry.name in MASKED else "stock"
         engine += " (fused after a frozen norm)" if entry.forward and entry.name != "identity" else ""
+        engine += (
+            "; `mobiletl`: 1-bit sign mask, gradient `g * (x > 0)` (approximate)" if entry.sign_mask else ""
+        )
         lines.append(f"| {entry.name} | {classes} | {entry.kind.value} | {needs} | {engine} |")
     return "\n".join(lines)
