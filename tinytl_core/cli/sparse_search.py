@@ -1,0 +1,153 @@
+"""``python -m tinytl_core sparse-search``: propose a sparse-update scheme under a memory budget."""
+
+from __future__ import annotations
+
+import argparse
+from fractions import Fraction
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from tinytl_core.backbones import default_backbone, resolution_problem
+from tinytl_core.data import check_dataset_name, dataset_display_name
+from tinytl_core.planner.budget import parse_budget
+from tinytl_core.quantities import format_bytes
+from tinytl_core.sparse_scheme import parse_ratio
+from tinytl_core.sparse_search import SearchConfig, analyse_contributions, select_greedy
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``sparse-search`` command."""
+    d = SearchConfig(backbone="")
+    p = sub.add_parser(
+        "sparse-search",
+        help="propose a sparse-update scheme under a memory budget (contribution analysis + greedy)",
+        description="Train the classifier alone and each option alone (biases of the last k blocks, one "
+        "layer's weight at an update ratio) in short runs, model each option's memory, then pick options "
+        "by accuracy gained per byte while the modelled step peak of the whole scheme fits the budget. "
+        "Writes the scheme as JSON for `adapt --mode sparse --sparse-scheme FILE`.",
+    )
+    p.add_argument("--model", "--backbone", dest="model", default=None, help="timm backbone (default: demo)")
+    p.add_argument("--dataset", default=d.dataset, help="dataset name, folder or .zip (default: %(default)s)")
+    p.add_argument(
+        "--budget",
+        required=True,
+        help="modelled step peak the scheme must fit, e.g. 30MB, 512KB, 1.5GB (a bare number is MB)",
+    )
+    p.add_argument("--resolution", type=int, default=None, help="input size in pixels (default: model's)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument(
+        "--steps", type=int, default=d.steps, help="steps of each short run (default: %(default)s)"
+    )
+    p.add_argument(
+        "--lr", type=float, default=3e-3, help="learning rate of the short runs (default: %(default)g)"
+    )
+    p.add_argument("--optimizer", default=d.optimizer, help="adam, adamw or sgd (memory and runs)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--layers", type=int, default=d.layers, help="last weight layers searched")
+    p.add_argument(
+        "--ratios",
+        default="1/4,1",
+        help="update ratios tried per layer, from 1/8,1/4,1/2,1 (default: %(default)s)",
+    )
+    p.add_argument(
+        "--bias-fractions", default="0.25,0.5,1", help="fractions of the blocks whose biases are tried"
+    )
+    p.add_argument("--shots", type=int, default=None, help="at most this many training images per class")
+    p.add_argument("--val-cap", type=int, default=None, help="at most this many validation images per class")
+    p.add_argument("--frozen-weight-bits", type=int, choices=(8, 32), default=32, help="frozen weights' bits")
+    p.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--no-pretrained", dest="pretrained", action="store_false", help="random init")
+    p.add_argument(
+        "--out", default="sparse_scheme.json", help="where to write the scheme (default: %(default)s)"
+    )
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.set_defaults(func=run)
+
+
+def _fractions(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(Fraction(v.strip())) for v in text.split(",") if v.strip())
+    except (ValueError, ZeroDivisionError):
+        raise ValueError(
+            f"--bias-fractions must be numbers in (0, 1] separated by commas, got {text!r}"
+        ) from None
+    if not values:
+        raise ValueError("--bias-fractions is empty")
+    return values
+
+
+def run(args: argparse.Namespace) -> int:
+    """Analyse, select, print the table and the scheme, write the JSON. Arguments are checked first."""
+    budget = parse_budget(args.budget)
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    config = SearchConfig(
+        backbone=args.model or default_backbone(),
+        dataset=args.dataset,
+        resolution=args.resolution,
+        batch_size=args.batch_size,
+        steps=args.steps,
+        lr=args.lr,
+        optimizer=args.optimizer,
+        seed=args.seed,
+        layers=args.layers,
+        ratios=tuple(sorted({parse_ratio(r) for r in args.ratios.split(",") if r.strip()})),
+        bias_fractions=_fractions(args.bias_fractions),
+        shots=args.shots,
+        val_cap=args.val_cap,
+        pretrained=args.pretrained,
+        frozen_weight_bits=args.frozen_weight_bits,
+        device=args.device,
+    )
+    config.validate()
+    check_dataset_name(args.dataset)
+    if args.resolution is not None and (problem := resolution_problem(config.backbone, args.resolution)):
+        raise ValueError(problem)
+    out = Path(args.out)
+    if out.parent and not out.parent.is_dir():
+        raise ValueError(f"--out: folder {out.parent} does not exist")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"{config.backbone} on {dataset_display_name(config.dataset)}, budget {format_bytes(budget)}")
+    bar = tqdm(total=1, desc="contribution analysis", unit="run")
+
+    def progress(done: int, total: int, what: str) -> None:
+        bar.total, bar.n = total, done
+        bar.set_postfix_str(what)
+        bar.refresh()
+
+    try:
+        analysis = analyse_contributions(config, progress=progress)
+    finally:
+        bar.close()
+    print(
+        f"classifier alone: val acc {100 * analysis.baseline_accuracy:.1f}%, "
+        f"modelled peak {format_bytes(analysis.baseline_bytes)}"
+    )
+    width = max([len(c.option.label) for c in analysis.contributions] + [6])
+    print(f"{'option':<{width}}  {'acc alone':>9}  {'gain':>7}  {'peak':>10}  {'cost':>10}  {'gain/MB':>8}")
+    for c in analysis.contributions:
+        per_mb = 100 * c.gain / max(c.cost_bytes / 1e6, 1e-6)
+        print(
+            f"{c.option.label:<{width}}  {100 * c.accuracy:>8.1f}%  {100 * c.gain:>+6.1f}p  "
+            f"{format_bytes(c.peak_bytes):>10}  {format_bytes(c.cost_bytes):>10}  {per_mb:>8.1f}"
+        )
+    selection = select_greedy(analysis, budget)
+    for line in selection.log:
+        print(f"  {line}")
+    if selection.scheme is None:
+        raise ValueError(
+            f"no scheme fits {format_bytes(budget)}: the classifier alone peaks at "
+            f"{format_bytes(analysis.baseline_bytes)} (modelled); raise the budget or lower the batch size"
+        )
+    out.write_text(selection.scheme.to_json() + "\n", encoding="utf-8")
+    print(
+        f"chosen: {selection.scheme.describe()}\n"
+        f"modelled peak {format_bytes(selection.peak_bytes)} of {format_bytes(budget)}, expected gain "
+        f"{100 * selection.expected_gain:+.1f} points over the classifier alone (gains added)\n"
+        f"wrote {out}; train it: python -m tinytl_core adapt --model {config.backbone} --mode sparse "
+        f"--sparse-scheme {out} --dataset {args.dataset}"
+    )
+    return 0

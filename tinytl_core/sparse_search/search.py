@@ -1,0 +1,332 @@
+"""Propose a sparse-update scheme: contribution analysis, then greedy selection under a memory budget.
+
+As in Lin et al. (NeurIPS 2022), each option's *contribution* is the accuracy it adds when trained alone on
+top of the classifier (a short run of :func:`tinytl_core.adapt.adapt` on the chosen dataset, the same seed
+and data order for every option), and its *cost* is the memory the memory model says it adds (the modelled
+step peak, :func:`tinytl_core.memory.analyze`, of the classifier plus that option, less the classifier's
+alone). Options are the biases of the last ``k`` blocks (a few ``k``) and the weights of the last layers
+at each update ratio. Gains are taken as additive (the paper's assumption); costs are not, so every
+addition is checked on the modelled peak of the whole scheme before it is kept:
+
+1. start from the classifier alone;
+2. among options that add accuracy (an option for a layer or for the biases replaces the one chosen
+   before it), take the one with the most gain per added byte, as estimated from its own cost;
+3. keep it if the modelled peak of the scheme with it fits the budget, else drop it; repeat until nothing
+   that adds accuracy is left.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from fractions import Fraction
+
+from tinytl_core.adapt import AdaptConfig, adapt
+from tinytl_core.data import load_dataset
+from tinytl_core.lite_residual import find_blocks
+from tinytl_core.memory import analyze
+from tinytl_core.modes import get_mode, prepare_model, sparse_mode
+from tinytl_core.sparse_scheme import RATIOS, SparseScheme, WeightUpdate, format_ratio_text, weight_layers
+
+__all__ = [
+    "Contribution",
+    "ContributionAnalysis",
+    "Option",
+    "SearchConfig",
+    "Selection",
+    "analyse_contributions",
+    "candidate_options",
+    "modelled_peak",
+    "select_greedy",
+]
+
+
+@dataclass(frozen=True)
+class Option:
+    """One choice of the search: the biases of the last ``bias_blocks`` blocks, or ``layer``'s weight at
+    ``ratio`` of its output channels."""
+
+    bias_blocks: int = 0
+    layer: str = ""
+    ratio: Fraction = Fraction(0)
+
+    @property
+    def label(self) -> str:
+        """``bias: last 8 blocks`` or ``blocks.6.0.conv_pwl @ 1/4``."""
+        if self.layer:
+            return f"{self.layer} @ {format_ratio_text(self.ratio)}"
+        return f"bias: last {self.bias_blocks} blocks"
+
+    def added_to(self, scheme: SparseScheme) -> SparseScheme:
+        """``scheme`` with this option (replacing what the scheme had for the same layer, or its biases)."""
+        if not self.layer:
+            return replace(scheme, bias_blocks=self.bias_blocks)
+        kept = tuple(u for u in scheme.weights if u.layer != self.layer)
+        return replace(scheme, weights=(*kept, WeightUpdate(self.layer, self.ratio)))
+
+    def replaced_in(self, scheme: SparseScheme) -> Option | None:
+        """The option of ``scheme`` this one would replace (None: it adds a new layer or the first biases)."""
+        if not self.layer:
+            return Option(bias_blocks=scheme.bias_blocks) if scheme.bias_blocks else None
+        found = next((u for u in scheme.weights if u.layer == self.layer), None)
+        return Option(layer=found.layer, ratio=found.ratio) if found is not None else None
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """What to search over and how to measure contributions (short runs of :func:`adapt`).
+
+    ``layers``: how many of the model's last weight layers (convolutions and linear layers, the classifier
+    left out) are candidates; ``ratios``: the update ratios tried for each; ``bias_fractions``: fractions of
+    the blocks whose biases are tried. ``steps``/``batch_size``/``lr``: each short run. The memory model
+    counts at ``batch_size`` and ``resolution`` with ``optimizer``, frozen weights at
+    ``frozen_weight_bits``.
+    """
+
+    backbone: str
+    dataset: str = "digits"
+    resolution: int | None = None
+    batch_size: int = 32
+    steps: int = 40
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    seed: int = 0
+    layers: int = 6
+    ratios: tuple[Fraction, ...] = (Fraction(1, 4), Fraction(1))
+    bias_fractions: tuple[float, ...] = (0.25, 0.5, 1.0)
+    shots: int | None = None
+    val_cap: int | None = None
+    pretrained: bool = True
+    frozen_weight_bits: int = 32
+    device: str = "auto"
+
+    def validate(self) -> None:
+        """ValueError for settings that cannot work (cheap: nothing is loaded)."""
+        AdaptConfig(
+            backbone=self.backbone,
+            mode="last",
+            dataset=self.dataset,
+            steps=self.steps,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            optimizer=self.optimizer,
+            resolution=self.resolution,
+            shots=self.shots,
+            val_cap=self.val_cap,
+            device=self.device,
+        ).validate()
+        if self.layers < 0:
+            raise ValueError(f"layers must be >= 0, got {self.layers}")
+        if not self.ratios and self.layers:
+            raise ValueError("give at least one update ratio")
+        for ratio in self.ratios:
+            if ratio not in RATIOS:
+                raise ValueError(f"ratios must be among {', '.join(map(format_ratio_text, RATIOS))}")
+        if any(not 0 < f <= 1 for f in self.bias_fractions):
+            raise ValueError("bias fractions must be in (0, 1]")
+        if self.frozen_weight_bits not in (8, 32):
+            raise ValueError(f"frozen weight bits must be 8 or 32, got {self.frozen_weight_bits}")
+
+
+@dataclass(frozen=True)
+class Contribution:
+    """One option trained alone: its accuracy, gain over the classifier alone, and memory."""
+
+    option: Option
+    accuracy: float
+    gain: float
+    peak_bytes: int  # modelled step peak of the classifier + this option
+    cost_bytes: int  # that, less the classifier's alone
+
+
+@dataclass
+class ContributionAnalysis:
+    """The baseline (classifier only) and every option's contribution."""
+
+    config: SearchConfig
+    baseline_accuracy: float
+    baseline_bytes: int
+    num_classes: int
+    contributions: list[Contribution] = field(default_factory=list)
+
+    def gain_of(self, scheme: SparseScheme) -> float:
+        """The scheme's expected gain: the sum of its options' gains (0 for options not analysed)."""
+        gains = {c.option: c.gain for c in self.contributions}
+        total = gains.get(Option(bias_blocks=scheme.bias_blocks), 0.0) if scheme.bias_blocks else 0.0
+        return total + sum(gains.get(Option(layer=u.layer, ratio=u.ratio), 0.0) for u in scheme.weights)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The chosen scheme, its modelled peak and expected gain, and what the greedy search did."""
+
+    scheme: SparseScheme | None  # None: nothing that adds accuracy fits
+    peak_bytes: int
+    expected_gain: float
+    budget_bytes: int
+    log: tuple[str, ...] = ()
+
+    @property
+    def fits(self) -> bool:
+        return self.peak_bytes <= self.budget_bytes
+
+
+def candidate_options(config: SearchConfig, model) -> list[Option]:
+    """The options of the search on ``model``: biases of the last ``ceil(f * blocks)`` blocks for each
+    fraction, and each of the last ``config.layers`` weight layers at each ratio."""
+    n_blocks = len(find_blocks(model))
+    counts = sorted({max(1, math.ceil(f * n_blocks)) for f in config.bias_fractions}) if n_blocks else []
+    layers = weight_layers(model)[-config.layers :] if config.layers else []
+    return [Option(bias_blocks=k) for k in counts] + [
+        Option(layer=name, ratio=r) for name in layers for r in sorted(set(config.ratios))
+    ]
+
+
+def modelled_peak(config: SearchConfig, scheme: SparseScheme | None, num_classes: int) -> int:
+    """Modelled step peak (complete accounting) of training ``scheme`` (None: the classifier alone) at the
+    search's resolution, batch, optimizer and frozen-weight bits; on the ``meta`` device."""
+    mode = sparse_mode(scheme) if scheme is not None else get_mode("last")
+    prepared = prepare_model(
+        config.backbone,
+        mode,
+        num_classes=num_classes,
+        resolution=config.resolution,
+        device="meta",
+        engine=False,  # what is stored follows the rules, not the layers: skip the engine's trace
+    )
+    report = analyze(
+        prepared.model,
+        input_size=prepared.data.input_size,
+        batch_size=config.batch_size,
+        optimizer=config.optimizer,
+        frozen_weight_bits=config.frozen_weight_bits,
+    )
+    return int(report.totals.total_modelled_bytes)
+
+
+Progress = Callable[[int, int, str], None]
+"""``progress(done, total, what)``: called before each step of a slow search."""
+
+
+def analyse_contributions(
+    config: SearchConfig,
+    *,
+    progress: Progress | None = None,
+    cancel: threading.Event | None = None,
+    options: Sequence[Option] | None = None,
+) -> ContributionAnalysis:
+    """Train the classifier alone and each option alone (short runs), and model each one's memory.
+
+    ``options`` defaults to :func:`candidate_options`. Raises ValueError for bad settings (before
+    anything slow), the dataset's and the backbone's errors, and ``KeyboardInterrupt``-free cancellation:
+    a set ``cancel`` stops after the current run with what was analysed so far.
+    """
+    config.validate()
+    report = progress or (lambda done, total, what: None)
+    data = load_dataset(config.dataset, shots=config.shots, val_cap=config.val_cap)
+    meta = prepare_model(
+        config.backbone, "last", num_classes=data.num_classes, resolution=config.resolution, device="meta"
+    )
+    options = list(options) if options is not None else candidate_options(config, meta.model)
+    total = 1 + len(options)
+    report(0, total, "classifier alone")
+    baseline = _run(config, "last", None, data)
+    analysis = ContributionAnalysis(
+        config, baseline, modelled_peak(config, None, data.num_classes), data.num_classes
+    )
+    for i, option in enumerate(options, start=1):
+        if cancel is not None and cancel.is_set():
+            break
+        report(i, total, option.label)
+        scheme = option.added_to(SparseScheme())
+        accuracy = _run(config, "sparse", scheme, data)
+        peak = modelled_peak(config, scheme, data.num_classes)
+        analysis.contributions.append(
+            Contribution(option, accuracy, accuracy - baseline, peak, peak - analysis.baseline_bytes)
+        )
+    report(total, total, "done")
+    return analysis
+
+
+def _run(config: SearchConfig, mode: str, scheme: SparseScheme | None, data) -> float:
+    """Validation accuracy after a short run (not stored)."""
+    result = adapt(
+        AdaptConfig(
+            backbone=config.backbone,
+            mode=mode,
+            dataset=config.dataset,
+            steps=config.steps,
+            batch_size=config.batch_size,
+            lr=config.lr,
+            optimizer=config.optimizer,
+            seed=config.seed,
+            resolution=config.resolution,
+            pretrained=config.pretrained,
+            shots=config.shots,
+            val_cap=config.val_cap,
+            device=config.device,
+            record_memory=False,
+            sparse_scheme=scheme.to_dict() if scheme is not None else None,
+        ),
+        data=data,
+    )
+    if result.final_val_acc is None:
+        raise RuntimeError(
+            f"the short run for {mode} ended without an accuracy ({result.status}: {result.message})"
+        )
+    return float(result.final_val_acc)
+
+
+def select_greedy(
+    analysis: ContributionAnalysis,
+    budget_bytes: int,
+    *,
+    peak_of: Callable[[SparseScheme], int] | None = None,
+) -> Selection:
+    """Greedy selection under ``budget_bytes`` of modelled step peak (see the module docstring).
+
+    ``peak_of`` models a whole scheme's peak (default :func:`modelled_peak` with the analysis' settings).
+    """
+    if budget_bytes <= 0:
+        raise ValueError(f"the budget must be positive, got {budget_bytes} bytes")
+    peak_of = peak_of or (lambda s: modelled_peak(analysis.config, s, analysis.num_classes))
+    cost = {c.option: c.cost_bytes for c in analysis.contributions}
+    gain = {c.option: c.gain for c in analysis.contributions}
+    scheme, peak, log = SparseScheme(), analysis.baseline_bytes, []
+    if peak > budget_bytes:
+        log.append(f"even the classifier alone ({peak:,} bytes modelled) exceeds the budget")
+        return Selection(None, peak, 0.0, budget_bytes, tuple(log))
+    rejected: set[Option] = set()
+    while True:
+        best, best_score = None, -math.inf
+        for option in gain:
+            if option in rejected or gain[option] <= 0:
+                continue
+            before = option.replaced_in(scheme)
+            if before == option:
+                continue
+            added_gain = gain[option] - (gain.get(before, 0.0) if before else 0.0)
+            if added_gain <= 0:
+                continue
+            added_cost = cost[option] - (cost.get(before, 0) if before else 0)
+            if peak + max(added_cost, 0) > budget_bytes:
+                continue
+            score = added_gain / max(added_cost, 1)
+            if score > best_score:
+                best, best_score = option, score
+        if best is None:
+            break
+        candidate = best.added_to(scheme)
+        candidate_peak = peak_of(candidate)
+        if candidate_peak > budget_bytes:
+            rejected.add(best)
+            log.append(f"skip {best.label}: the scheme would peak at {candidate_peak:,} bytes")
+            continue
+        scheme, peak = candidate, candidate_peak
+        log.append(f"take {best.label}: +{gain[best]:.3f} accuracy alone, scheme peaks at {peak:,} bytes")
+    if not scheme.weights and not scheme.bias_blocks:
+        log.append("no option that adds accuracy fits the budget")
+        return Selection(None, analysis.baseline_bytes, 0.0, budget_bytes, tuple(log))
+    return Selection(scheme, peak, analysis.gain_of(scheme), budget_bytes, tuple(log))
