@@ -286,7 +286,8 @@ def plan(
             progress(i, len(jobs), f"{backbone} {mode} {resolution}px")
         profile = cache.get(backbone, resolution, mode, group_norm=gn, num_classes=space.num_classes)
         if not profile.applicable:
-            skipped.setdefault((backbone, mode, resolution), profile.reason)
+            reason = f"batch 1 (GroupNorm): {profile.reason}" if gn and linear_batches else profile.reason
+            skipped.setdefault((backbone, mode, resolution), reason)
             continue
         _add_rows(columns, profile, [1] if gn else linear_batches, budget, space, bits, engine)
     if progress is not None:
