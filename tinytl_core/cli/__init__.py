@@ -15,7 +15,7 @@ import traceback
 from collections.abc import Sequence
 
 # One module per command; add a name here when a command module lands.
-COMMANDS: tuple[str, ...] = ("backbones", "modes", "datasets", "adapt", "runs", "memory", "worker", "sweep")
+COMMANDS: tuple[str, ...] = ("backbones", "modes", "datasets", "adapt", "runs", "memory", "worker", "sweep", "plan")
 
 
 def build_parser() -> argparse.ArgumentParser:
