@@ -476,6 +476,26 @@ def quantizable_weight(module: nn.Module | None) -> bool:
     return cls in (nn.Conv2d, nn.Linear) or bool(getattr(cls, "weight_quantizable", False))
 
 
+# Blocks that always add their input (or a projection of it) to their output: ResNet's and RegNet's
+# BasicBlock / Bottleneck (timm, torchvision), ConvNeXt's block. Lower-case class names.
+_RESIDUAL_BLOCKS = frozenset({"basicblock", "bottleneck", "convnextblock"})
+
+
+def adds_block_input(module: nn.Module | None) -> bool:
+    """Whether ``module`` is a residual block: it adds its input (or a projection of it) to its output, so
+    its input stays alive while its layers run. timm's EfficientNet / MobileNet blocks say so themselves
+    (``has_skip``), as does torchvision's InvertedResidual (``use_res_connect``); ResNet, RegNet and ConvNeXt
+    blocks always are. A lite residual wrapper is not one (its branch reads the input, nothing adds it back):
+    the paper accounting, like the paper's profiler, counts only these blocks' inputs as residuals."""
+    if module is None:
+        return False
+    for attr in ("has_skip", "use_res_connect"):
+        flag = getattr(module, attr, None)
+        if isinstance(flag, bool):
+            return flag
+    return _type_name(module) in _RESIDUAL_BLOCKS
+
+
 def mask_from_output(module: nn.Module | None) -> bool:
     """Whether a mask activation's gradient region can be read off its output exactly (``y > 0`` iff
     ``x > 0``): ReLU, ReLU6 / Hardtanh(0, max), LeakyReLU with a positive slope; not PReLU, Threshold or

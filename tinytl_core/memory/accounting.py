@@ -318,17 +318,20 @@ def overwritten_inputs(row: Row, trace: Trace, stored_keys: set[int]) -> set[int
 
 
 def paper(trace: Trace) -> tuple[pd.DataFrame, ReportTotals]:
-    """The paper's accounting of a trace: per-layer table (stored bytes per rule) and totals (peak)."""
+    """The paper's accounting of a trace: per-layer table (stored bytes per rule) and totals (peak), see
+    rules P1-P3 in :mod:`tinytl_core.memory.rules`."""
     records = []
     stored_so_far = peak = stored_total = 0
+    # P1: one switch, as the profiler's require_backward: does a gradient flow into the backbone at all?
+    backward = any(r.needs_input_grad for r in trace.rows if r.kind in ("layer", "module"))
     for row in trace.rows:
-        cost = rules.paper(row)
+        cost = rules.paper(row, backward=backward)
         rec = _base(row, 0, PAPER_FROZEN_BITS, paper=True)
         rec[TOTALS.activations_necessary_bytes] = cost.stored
         rec["necessary_reason"] = cost.reason
-        rec["working_bytes"] = cost.working + row.pending_bytes if cost.counted else 0
+        rec["working_bytes"] = cost.working + row.residual_bytes if cost.counted else 0
         if cost.counted:
-            peak = max(peak, cost.working + stored_so_far + row.pending_bytes)
+            peak = max(peak, cost.working + stored_so_far + row.residual_bytes)
             stored_so_far += cost.stored
         stored_total += cost.stored
         records.append(rec)

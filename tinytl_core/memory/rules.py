@@ -46,14 +46,29 @@ For ``y = a W + b`` the weight gradient ``dL/dW = a^T dL/dy`` needs the input ``
 
 Paper accounting (``accounting="paper"``, the public TinyTL profiler's conventions)
 -----------------------------------------------------------------------------------
-Memory = peak activation x batch size + parameters, with trainable parameters at 32 bits and frozen ones
-at 8 bits (k-means quantised), no gradients or optimizer state, MB = 10^6 bytes. Activations are 4 bytes.
-Only linear, normalisation and activation layers count: linear and normalisation layers store their input
-when their weight trains (normalisation treated like a linear layer); ReLU-family activations store a
-1-bit mask and other activations their 32-bit input *always*, even where no gradient flows (that is what
-the public profiler does; it is why the paper's FT-Last is close to TinyTL-B). The peak is the largest,
-over those layers in execution order, of: the layer's input + output + everything stored for backward so
-far + the pending residual input of the enclosing blocks. Stored tensors are not de-duplicated.
+As the paper's code computes it (``profile_memory_cost`` in mit-han-lab/tinyml, ``tinytl/utils``):
+memory = peak activation of one sample x batch size + parameters, with trainable parameters at 32 bits and
+frozen ones at 8 bits (k-means quantised), no gradients or optimizer state, MB = 10^6 bytes. Activations
+are 4 bytes.
+
+P1. **What is stored for backward.** Only linear, normalisation and activation layers count. Linear and
+    normalisation layers store their input when their weight (scale) trains (normalisation treated like
+    a linear layer). ReLU-family activations store a 1-bit mask and other activations their 32-bit input
+    whenever a gradient flows into the backbone -- in every mode but ``last`` -- even at layers before
+    the first trainable one (the profiler's one ``require_backward`` switch).
+P2. **Working set of a layer** (inference, in place where it can be): a linear layer holds its input and
+    its output, a convolution its input and its output divided by its groups (a depthwise convolution
+    writes channel by channel, so it needs one channel's output beside its input); normalisation and
+    activation layers work in place over their input.
+P3. **Peak.** The largest, over those layers in execution order, of: the layer's working set +
+    everything stored for backward so far + the input of the enclosing residual block, i.e. one that adds
+    its input back (the identity shortcut, :func:`~tinytl_core.layer_kinds.adds_block_input`). A lite
+    residual branch's input is not counted as a residual (the profiler counts only shortcut blocks).
+    Stored tensors are not de-duplicated.
+
+The paper's Table 2 runs the public script's network: the lite residual branches are inserted in every
+method (frozen, so 8-bit, when the method does not train them; trained in ``full``) and sized as for
+128 px feature maps at the first stride-2 stage; :func:`tinytl_core.paper.paper_table` builds it so.
 """
 
 from __future__ import annotations
@@ -211,19 +226,26 @@ class PaperCost:
     reason: str
 
 
-def paper(row: Row) -> PaperCost:
-    """The public TinyTL profiler's rule for one row (see the module docstring)."""
+def paper(row: Row, *, backward: bool = True) -> PaperCost:
+    """The public TinyTL profiler's rule for one row (P1, P2 in the module docstring). ``backward``: a
+    gradient flows into the backbone (every mode but ``last``), so activations store their masks / inputs."""
     kind = classify(row)
     kind = {LayerKind.PRELU: LayerKind.RELU, LayerKind.STEP: LayerKind.SMOOTH}.get(kind, kind)
     if kind not in (LayerKind.LINEAR, LayerKind.NORM, LayerKind.RELU, LayerKind.SMOOTH) or not row.inputs:
         return PaperCost(False, 0, 0, "not counted by the paper's profiler")
     n_in = row.inputs[0].numel
     n_out = row.outputs[0].numel if row.outputs else n_in
-    working = PAPER_ACTIVATION_BYTES * (n_in + n_out)
+    if kind is LayerKind.LINEAR:  # a conv's output divided by its groups (depthwise: one channel's)
+        groups = getattr(row.module, "groups", 1)
+        working = PAPER_ACTIVATION_BYTES * n_in + PAPER_ACTIVATION_BYTES * n_out // max(1, groups)
+    else:  # normalisation and activations work in place
+        working = PAPER_ACTIVATION_BYTES * n_in
     if kind in (LayerKind.LINEAR, LayerKind.NORM):
         if _trains(row, "weight"):
             return PaperCost(True, PAPER_ACTIVATION_BYTES * n_in, working, "weight trainable: stores input")
         return PaperCost(True, 0, working, "frozen weight: stores nothing")
+    if not backward:
+        return PaperCost(True, 0, working, f"{row.type}: no gradient flows into the backbone")
     if kind is LayerKind.RELU or (kind is LayerKind.SMOOTH and uses_sign_mask(row.module)):
         return PaperCost(True, math.ceil(n_in / 8), working, f"{row.type}: 1-bit mask")
     return PaperCost(True, PAPER_ACTIVATION_BYTES * n_in, working, f"{row.type}: 32-bit input")

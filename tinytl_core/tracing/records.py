@@ -81,6 +81,7 @@ class Row:
     saved_all: list[SavedTensor] = field(default_factory=list)  # everything its backward keeps
     pending: list[TensorRef] = field(default_factory=list)  # enclosing blocks' inputs needed later
     held: list[TensorRef] = field(default_factory=list)  # every enclosing call's inputs (frames hold them)
+    residual: list[TensorRef] = field(default_factory=list)  # inputs of enclosing residual blocks, pending
 
     @property
     def needs_input_grad(self) -> bool:
@@ -99,6 +100,12 @@ class Row:
     def pending_bytes(self) -> int:
         """Bytes of the pending residual inputs (live while this row runs, though not its own)."""
         return _distinct_bytes(self.pending)
+
+    @property
+    def residual_bytes(self) -> int:
+        """Bytes of the pending inputs of enclosing residual blocks
+        (:func:`tinytl_core.layer_kinds.adds_block_input`): the paper accounting's residual."""
+        return _distinct_bytes(self.residual)
 
     @property
     def live(self) -> list[TensorRef]:

@@ -32,7 +32,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
-from tinytl_core.layer_kinds import uses_batch_statistics
+from tinytl_core.layer_kinds import adds_block_input, uses_batch_statistics
 from tinytl_core.tracing.records import Row, TensorRef, Trace, param_refs
 from tinytl_core.tracing.saved import SavedTensor, SavedTensorCounter, storage_key, storage_of
 from tinytl_core.tracing.shims import drop_meta_only_saves, follow_cpu
@@ -240,19 +240,26 @@ def _select_rows(
 
 def _set_pending(calls: list[_Call], last_use: dict[int, int]) -> None:
     """For each kept row: enclosing calls' inputs that are used again after the row ends (``pending``, the
-    residual inputs) and all of them (``held``: the callers' frames keep a reference to each, used or not)."""
+    residual inputs), those of them that are residual blocks' inputs (``residual``, see
+    :func:`~tinytl_core.layer_kinds.adds_block_input`) and all of them (``held``: the callers' frames keep a
+    reference to each, used or not)."""
     for c in calls:
         row = c.row
         own = {t.key for t in row.inputs}
         pending: dict[int, TensorRef] = {}
+        residual: dict[int, TensorRef] = {}
         held: dict[int, TensorRef] = {}
         for p in c.parents:
+            block = adds_block_input(calls[p].row.module)
             for t in calls[p].row.inputs:
                 if t.key not in own:
                     held.setdefault(t.key, t)
                     if last_use.get(t.key, -1) > row.end:
                         pending.setdefault(t.key, t)
+                        if block:
+                            residual.setdefault(t.key, t)
         row.pending = list(pending.values())
+        row.residual = list(residual.values())
         row.held = list(held.values())
 
 
