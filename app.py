@@ -45,6 +45,7 @@ from app_pages import _cache  # noqa: E402 -- after the first paint
 from tinytl_core.ui.settings import KEYS, LIMITS, Settings, accept_setting, backbone_label  # noqa: E402
 
 st.session_state.setdefault("session_id", uuid.uuid4().hex)  # before the defaults: one id per session
+_cache.worker_pool()  # the worker processes that train queued runs: started once per server process
 
 
 def _check_setting(key: str) -> None:

@@ -9,7 +9,9 @@ import streamlit as st
 
 from tinytl_core.backbones import data_config, list_backbones
 from tinytl_core.comparisons import mode_reports, table_from_reports
-from tinytl_core.ui import checks, figures
+from tinytl_core.jobs import WorkerPool
+from tinytl_core.results import default_db_path
+from tinytl_core.ui import checks, figures, jobs
 from tinytl_core.ui.settings import Settings
 
 
@@ -71,6 +73,24 @@ def memory_accuracy_scatter(frame, x: str, x_label: str, title: str):
     """:func:`tinytl_core.ui.figures.memory_accuracy_scatter`, cached on the runs shown: building it takes
     about 0.5 s for 200 runs, every new session and rerun of Compare runs paid it."""
     return figures.memory_accuracy_scatter(frame, x=x, x_label=x_label, title=title)
+
+
+@st.cache_resource(show_spinner=False)
+def _worker_pool(db_path: str) -> WorkerPool | None:
+    """The server's worker processes on ``db_path``: started once per server process (not per session or
+    rerun), stopped with it (:func:`tinytl_core.ui.jobs.start_pool`)."""
+    return jobs.start_pool(db_path)
+
+
+def worker_pool() -> WorkerPool | None:
+    """The pool training this server's queue (None when ``TINYTL_WORKERS=0``)."""
+    return _worker_pool(str(default_db_path()))
+
+
+def pool_size() -> int | None:
+    """Workers in this server's pool (None: none started)."""
+    pool = worker_pool()
+    return pool.size if pool is not None else None
 
 
 def settings() -> Settings:

@@ -1,7 +1,8 @@
-"""Adapt: train the selected backbone in one or several modes with live curves (layout only).
+"""Adapt: queue the selected backbone in one or several modes and follow your runs live (layout only).
 
-The training runs in a background job (``tinytl_core.ui.jobs``); a fragment polls its progress every
-second. One job runs at a time in the whole app: a second start, from any tab, gets a clear message.
+Each mode is one job in the queue; worker processes train them (``tinytl_core.jobs``), never this app's
+process. A session sees its own jobs -- place in line, progress, curves, results -- and cancels only its
+own; a fragment polls the store every couple of seconds while one of them is queued or running.
 """
 
 import streamlit as st
@@ -10,70 +11,58 @@ from app_pages import _cache
 from app_pages._guard import guarded
 from tinytl_core.adapt import OPTIMIZERS, AdaptConfig, resolve_device
 from tinytl_core.data import list_datasets
-from tinytl_core.modes import MODES
-from tinytl_core.quantities import RunStatus
-from tinytl_core.results import MEMORY, RUN, ResultsStore, run_quantity
+from tinytl_core.jobs import JobQueue
+from tinytl_core.modes import MODES, approximation_note
+from tinytl_core.results import MEMORY, RUN, run_quantity
 from tinytl_core.ui import checks, figures
-from tinytl_core.ui.jobs import JOBS, JobBusyError, TrainingJob
+from tinytl_core.ui.jobs import NotYourJobError, SessionJobs, cancel_job, session_jobs, submit_modes
 
 UPLOAD = "upload"
-POLL_SECONDS = 1.0
+POLL_SECONDS = 2.0
 
 settings = _cache.settings()
 backbone, resolution, batch_size = settings.backbone, settings.resolution, settings.batch_size
 pretrained, session_id = settings.pretrained, settings.session_id
+queue = JobQueue()
 
 
-def render_job(job: TrainingJob, *, live: bool) -> None:
-    """Progress, Stop button, live curves and the per-mode table of ``job``."""
-    snap = job.snapshot()
-    done = sum(m.ended for m in snap.modes)
-    mine = job.may_stop(session_id)
-    who = "" if snap.owner == session_id else " (started in another tab)"
-    if snap.running:
-        st.subheader(f"Training {snap.backbone} on {snap.dataset_label}{who}")
-        current = snap.current
-        text = f"mode {min(done + 1, len(snap.modes))} of {len(snap.modes)}"
-        if current is not None:
-            text += (
-                f" · {MODES[current.mode].title} · step {current.steps_done} of {current.total_steps or '?'}"
-            )
-            text += f" · {current.phase}" if current.phase else ""
-        st.progress(min(1.0, snap.fraction), text=text)
-        left, right = st.columns([1, 4], vertical_alignment="center")
-        if not mine:  # only the session that started a run stops it
-            right.caption(
-                f":material/lock: Another session's run: only the tab that started it can stop it. "
-                f"{snap.elapsed_s:.0f} s elapsed; you can start yours when it ends."
-            )
-        elif left.button(
-            "Stop",
+def render_jobs(mine: SessionJobs, *, live: bool) -> None:
+    """This session's jobs: progress and Cancel of the waiting and running ones, curves, results."""
+    st.subheader("Your runs")
+    st.caption(mine.queue_text(_cache.pool_size()))
+    for view in mine.views:
+        job = view.job
+        if job.ended:
+            continue
+        left, right = st.columns([5, 1], vertical_alignment="center")
+        left.progress(min(1.0, job.fraction), text=view.line())
+        if right.button(
+            "Cancel",
             icon=":material/stop_circle:",
-            key=f"stop_{snap.job_id}",
+            key=f"cancel_{job.id}",
             width="stretch",
-            disabled=snap.cancelling,
+            disabled=job.cancel_requested,
         ):
-            job.cancel(session_id)
-            snap = job.snapshot()
-        if mine and snap.cancelling:
-            right.warning(
-                "Stopping at the next step; the run is kept as *cancelled*.", icon=":material/hourglass_top:"
-            )
-        elif mine:
-            right.caption(
-                f"{snap.elapsed_s:.0f} s elapsed. You can switch pages: the run goes on and this "
-                "page picks it up again."
-            )
-    else:
-        st.subheader(f"Last run: {snap.backbone} on {snap.dataset_label}{who}")
-        st.caption(f"{done} mode(s) in {snap.elapsed_s:.0f} s.")
-        cards = st.columns(max(3, len(snap.modes)))
-        for card, m in zip(cards, snap.modes):
-            r = m.result or {}
-            accuracy, modelled = run_quantity(RUN.final_val_acc), run_quantity(MEMORY.total_modelled_bytes)
+            try:
+                cancel_job(queue, job.id, session_id)
+            except NotYourJobError as exc:  # cannot happen for a session's own list; said, not raised
+                st.error(str(exc), icon=":material/lock:")
+            st.rerun()
+    if mine.active:
+        st.caption(
+            "You can switch pages or close the tab: the runs go on in the workers and this page picks "
+            "them up again. A cancelled run is kept as *cancelled*."
+        )
+    ended = [v for v in mine.views if v.job.ended]
+    latest = ended[-3:]
+    if latest and not mine.active:
+        cards = st.columns(max(3, len(latest)))
+        accuracy, modelled = run_quantity(RUN.final_val_acc), run_quantity(MEMORY.total_modelled_bytes)
+        for card, view in zip(cards, latest):
+            r = view.job.result or {}
             memory = r.get(modelled.name)
             card.metric(
-                f"{MODES[m.mode].title} · {m.status}",
+                f"#{view.job.id} {MODES[view.job.config.mode].title} · {view.status}",
                 accuracy.text(r.get(accuracy.name), missing="–"),
                 delta=None if memory is None else f"{modelled.text(memory)} (modelled)",
                 delta_color="off",
@@ -81,28 +70,28 @@ def render_job(job: TrainingJob, *, live: bool) -> None:
                 border=True,
                 help="Validation accuracy at the end of the run, and its training memory.",
             )
-    series = [(m.mode, m.steps, m.evals) for m in snap.modes if m.steps or m.evals]
+    series = mine.series()
     if series:
         st.caption("Loss and accuracy per step (dotted: running training accuracy; markers: validation).")
         st.plotly_chart(figures.curves_figure(series), width="stretch", key="ad_curves")
-    st.dataframe(snap.results_frame(), hide_index=True, width="stretch", key="ad_results", placeholder="–")
-    for m in snap.modes:
-        if RunStatus(m.status).unsuccessful:
-            st.error(f"{MODES[m.mode].title} {m.status}: {m.message}", icon=":material/error:")
-        result = m.result or {}
+    st.dataframe(mine.results_frame(), hide_index=True, width="stretch", key="ad_results", placeholder="–")
+    for view in ended:
+        title = f"#{view.job.id} {MODES[view.job.config.mode].title}"
+        if view.unsuccessful:
+            st.error(f"{title} {view.status}: {view.job.error}", icon=":material/error:")
+        result = view.job.result or {}
         for note in result.get("notes") or []:
-            st.info(f"{MODES[m.mode].title}: {note}", icon=":material/info:")
+            st.info(f"{title}: {note}", icon=":material/info:")
         if result.get("memory_error"):
-            st.caption(f"{m.mode}: memory figures unavailable ({result['memory_error']})")
-    first = next((m.result for m in snap.modes if m.result), None)
-    if first and job.configs[0].pretrained and not first.get("pretrained_loaded"):
-        st.warning(f"Weights: {first.get('backbone_message', '')}", icon=":material/cloud_off:")
-    if live and not snap.running:
-        st.rerun(scope="app")  # the job ended: redraw the whole page without polling
-    if not snap.running and any(m.result and m.result.get(RUN.id) for m in snap.modes):
+            st.caption(f"{title}: memory figures unavailable ({result['memory_error']})")
+        if view.job.config.pretrained and result and not result.get("pretrained_loaded"):
+            st.warning(f"{title} weights: {result.get('backbone_message', '')}", icon=":material/cloud_off:")
+    if live and not mine.active:
+        st.rerun(scope="app")  # every run ended: redraw the page once, without polling
+    if not mine.active and any(v.job.run_id for v in ended):
         st.page_link(
             "app_pages/compare_runs.py",
-            label="See every stored run on Compare runs",
+            label="See every stored run, everyone's, on Compare runs",
             icon=":material/scatter_plot:",
         )
 
@@ -111,27 +100,27 @@ st.header("Adapt")
 weights = "pretrained weights" if pretrained else "random initialisation"
 st.caption(
     f"**{backbone}** · {resolution} px · batch {batch_size} · {weights} (change them in the sidebar). "
-    f"Runs on {resolve_device('auto')}."
+    f"Runs are queued and trained by worker processes on {resolve_device('auto')}."
 )
 
 
 @guarded  # a fragment reruns outside the page: it gets the page's guard itself
 def live_panel() -> None:
-    current = JOBS.job
-    if current is not None:
-        render_job(current, live=True)
+    render_jobs(session_jobs(queue, session_id), live=True)
 
 
-job = JOBS.job
-if job is not None and job.running:
+mine = session_jobs(queue, session_id)
+if mine.active:
     st.fragment(live_panel, run_every=POLL_SECONDS)()
     st.divider()
-elif job is not None:
-    render_job(job, live=False)
+elif mine.views:
+    render_jobs(mine, live=False)
     st.divider()
+else:
+    st.caption(mine.queue_text(_cache.pool_size()))
 
 # ------------------------------------------------------------------------------------------ the form
-if job is not None:
+if mine.views:
     st.subheader("New run")
 datasets = {d.name: d for d in list_datasets()}
 options = [*datasets, UPLOAD]
@@ -177,6 +166,8 @@ with left:
         format_func=lambda m: MODES[m].title,
         persist_state="session",
     )
+    if note := approximation_note(modes):
+        st.caption(f":material/info: {note}")
 with right:
     steps = st.number_input(
         "Steps per mode",
@@ -300,10 +291,10 @@ if start:
         ]
         label = dataset_title(dataset) if dataset != UPLOAD else upload.name
         try:
-            JOBS.submit(TrainingJob(configs, store=ResultsStore(), owner=session_id, dataset_label=label))
-        except JobBusyError as exc:
-            st.error(str(exc), icon=":material/hourglass_top:")
+            ids = submit_modes(queue, configs, owner=session_id, label=label)
         except ValueError as exc:
             st.error(f"Cannot start: {exc}", icon=":material/error:")
         else:
+            ahead = queue.position(ids[0])
+            st.toast(f"Queued {len(ids)} run(s); {max(0, (ahead or 1) - 1)} job(s) ahead of them.")
             st.rerun()

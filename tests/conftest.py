@@ -5,6 +5,8 @@ import os
 # Tests never touch the network: pretrained-weight requests must fall back at once.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TINYTL_OFFLINE", "1")
+# The app under test starts no worker processes: tests run the workers they need (tests/test_jobs.py).
+os.environ.setdefault("TINYTL_WORKERS", "0")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

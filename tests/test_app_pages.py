@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -13,10 +14,9 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from tinytl_core.adapt import AdaptConfig, AdaptResult, StepEvent, adapt
+from tinytl_core.adapt import AdaptConfig, StepEvent, adapt
+from tinytl_core.jobs import JobQueue, JobState, run_worker
 from tinytl_core.results import ResultsStore
-from tinytl_core.ui import jobs
-from tinytl_core.ui.jobs import JOBS, TrainingJob
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 PAGES = ("home", "memory_explorer", "modes", "adapt", "compare_runs", "about")
@@ -25,19 +25,30 @@ TINY = {"backbone": "mobilenetv2_050", "resolution": 32, "batch_size": 2, "pretr
 
 @pytest.fixture
 def app(tinytl_home):
-    """An AppTest of the whole app with a tiny configuration in the sidebar and its own data folder."""
-    leftover = JOBS.job
-    if leftover is not None and leftover.running:  # the slot is process-wide: free it of earlier tests' jobs
-        leftover.cancel()
-        assert leftover.wait(60)
+    """An AppTest of the whole app with a tiny configuration in the sidebar and its own data folder (and
+    job queue: the app starts no workers in tests, TINYTL_WORKERS=0)."""
     at = AppTest.from_file(APP, default_timeout=180)
     for key, value in TINY.items():
         at.session_state[key] = value
-    yield at
-    job = JOBS.job
-    if job is not None:  # never leave a training behind for the next test
-        job.cancel()
-        job.wait(60)
+    return at
+
+
+@pytest.fixture
+def worker(tinytl_home):
+    """A worker on the test's queue, in a thread (the same loop as a worker process); set
+    ``worker["runner"]`` to train with a stand-in for adapt()."""
+    shutdown, holder = threading.Event(), {"runner": adapt}
+
+    def runner(config, **kwargs):
+        return holder["runner"](config, **kwargs)
+
+    thread = threading.Thread(
+        target=run_worker, kwargs=dict(shutdown=shutdown, runner=runner, poll_s=0.05, interval=0.1)
+    )
+    thread.start()
+    yield holder
+    shutdown.set()  # a job still training goes back to the queue
+    thread.join(120)
 
 
 def visit(at: AppTest, page: str) -> AppTest:
@@ -132,7 +143,7 @@ def test_adapt_checks_uploads(app):
     assert not app.error and any("2 classes" in s.value for s in app.success)
 
 
-def test_tiny_adaptation_appears_on_compare_runs(app, monkeypatch):
+def test_tiny_adaptation_appears_on_compare_runs(app, worker):
     first_step, release = threading.Event(), threading.Event()
 
     def held(config, *, progress, cancel, store):  # the real adapt(), held after its first step
@@ -145,12 +156,7 @@ def test_tiny_adaptation_appears_on_compare_runs(app, monkeypatch):
 
         return adapt(config, progress=on_event, cancel=cancel, store=store)
 
-    class HeldJob(TrainingJob):  # the job the page submits, trained by `held`
-        def __init__(self, configs, **kwargs):
-            super().__init__(configs, runner=held, **kwargs)
-
-    monkeypatch.setattr(jobs, "TrainingJob", HeldJob)
-    before = JOBS.job
+    worker["runner"] = held
     app.run()
     visit(app, "adapt")
     app.selectbox(key="ad_dataset").set_value("digits")
@@ -161,25 +167,28 @@ def test_tiny_adaptation_appears_on_compare_runs(app, monkeypatch):
     app.toggle(key="ad_measure").set_value(False)
     app.button(key="ad_start").click().run()
     assert not app.exception and not app.error
-    job = JOBS.job
-    assert isinstance(job, HeldJob) and job is not before, "the page did not start this test's job"
-    assert job.owner == app.session_state["session_id"]
-    assert job.running  # held at its first step until released below
-    # The live panel: this session's training, a progress bar and the job's Stop button.
-    training = [s.value for s in app.subheader if s.value.startswith("Training")]
-    assert training == ["Training mobilenetv2_050 on Digits (scikit-learn)"]  # not "started in another tab"
-    assert app.get("progress") and app.button(key=f"stop_{job.job_id}")
+    queue = JobQueue()
+    (job,) = queue.list_jobs()  # the page queued this session's one run
+    assert job.owner == app.session_state["session_id"] and job.label == "Digits (scikit-learn)"
+    assert job.config.mode == "bias" and job.config.steps == 3
+    # The live panel: this session's runs, a progress bar and the job's Cancel button.
+    assert [s.value for s in app.subheader][:1] == ["Your runs"]
+    assert app.get("progress") and app.button(key=f"cancel_{job.id}")
     assert first_step.wait(120), "the run did not reach its first step"
+    deadline = time.monotonic() + 30
+    while queue.get(job.id).step < 1 and time.monotonic() < deadline:  # the worker's next report
+        time.sleep(0.05)
     app.run()
-    assert "step 1 of 3" in app.get("progress")[0].proto.text  # the panel follows the run
+    assert any("step 1 of 3" in p.proto.text for p in app.get("progress"))  # the panel follows the run
     release.set()
-    assert job.wait(150), "the tiny run did not finish in time"
+    (done,) = queue.wait([job.id], timeout=150)
+    assert done.state is JobState.FINISHED
     app.run()
     result = app.dataframe[0].value
     assert list(result["status"]) == ["finished"], result.to_dict("records")
     assert result["total modelled MB"].iloc[0] > 0  # headers from the quantities' metadata
     run_id = int(result["id"].iloc[0])
-    assert ResultsStore().get_run(run_id)["status"] == "finished"
+    assert run_id == done.run_id and ResultsStore().get_run(run_id)["status"] == "finished"
 
     visit(app, "compare_runs")
     table = app.dataframe[0].value
@@ -187,13 +196,14 @@ def test_tiny_adaptation_appears_on_compare_runs(app, monkeypatch):
     assert app.get("plotly_chart")  # the memory-accuracy scatter and the curves
 
 
-def test_an_unavailable_dataset_fails_with_a_message(app):
+def test_an_unavailable_dataset_fails_with_a_message(app, worker):
     app.run()
     visit(app, "adapt")
     app.selectbox(key="ad_dataset").set_value("cifar10")
     app.multiselect(key="ad_modes").set_value(["bias", "full"])
     app.button(key="ad_start").click().run()
-    assert JOBS.job.wait(60)
+    queue = JobQueue()
+    queue.wait([j.id for j in queue.list_jobs()], timeout=60)
     app.run()
     assert not app.exception
     errors = [e.value for e in app.error]
@@ -201,24 +211,23 @@ def test_an_unavailable_dataset_fails_with_a_message(app):
     assert list(app.dataframe[0].value["status"]) == ["failed", "failed"]
 
 
-def test_a_second_training_gets_a_clear_message_and_stop_works(app):
-    def blocked(config, *, progress, cancel, store):  # another tab's training, until someone stops it
-        cancel.wait(60)
-        return AdaptResult(config, status="cancelled" if cancel.is_set() else "finished")
-
-    config = AdaptConfig(backbone="resnet18", mode="full", dataset="shapes", steps=5)
-    job = JOBS.submit(TrainingJob([config], owner="another-session", runner=blocked))
-    try:
-        app.run()
-        visit(app, "adapt")
-        assert any("another tab" in s.value for s in app.subheader)
-        app.button(key="ad_start").click().run()
-        assert any("already going" in e.value and "wait for it to finish" in e.value for e in app.error)
-        assert not [b for b in app.button if b.key == f"stop_{job.job_id}"]  # not this session's run
-        job.cancel("another-session")  # its own session stops it
-        assert job.wait(30)
-    finally:
-        job.cancel()
+def test_runs_queue_behind_another_sessions_and_cancel_is_own_only(app):
+    queue = JobQueue()  # no worker: every job stays in line
+    config = AdaptConfig(backbone="mobilenetv2_050", mode="full", dataset="shapes", steps=5)
+    other = queue.submit(config, owner="another-session")
     app.run()
-    assert not app.exception and any(s.value.startswith("Last run") for s in app.subheader)
-    assert job.snapshot().modes[0].status == "cancelled"
+    visit(app, "adapt")
+    assert not app.get("progress")  # another session's job is not this session's to see
+    app.multiselect(key="ad_modes").set_value(["bias"])
+    app.button(key="ad_start").click().run()
+    assert not app.exception and not app.error  # no "busy" refusal: it queues
+    (mine,) = queue.list_jobs(owner=app.session_state["session_id"])
+    assert queue.position(mine.id) == 2
+    (bar,) = app.get("progress")
+    assert "1 job(s) ahead of it" in bar.proto.text
+    assert any("0 training, 2 waiting" in c.value for c in app.caption)
+    assert [b.key for b in app.button if b.key.startswith("cancel_")] == [f"cancel_{mine.id}"]
+    app.button(key=f"cancel_{mine.id}").click().run()
+    assert not app.exception
+    assert queue.get(mine.id).state is JobState.CANCELLED and queue.get(other).state is JobState.QUEUED
+    assert list(app.dataframe[0].value["status"]) == ["cancelled"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import threading
+import time
 import zipfile
 
 import numpy as np
@@ -13,10 +14,11 @@ import pytest
 from PIL import Image
 
 from tinytl_core.adapt import AdaptConfig, AdaptResult, EvalEvent, PhaseEvent, StepEvent
+from tinytl_core.jobs import JobQueue, JobState, run_worker
 from tinytl_core.results import ResultsStore
 from tinytl_core.ui import checks, figures
 from tinytl_core.ui.errors import failure_message
-from tinytl_core.ui.jobs import NotYourJobError, TrainingJob, failed_message, result_summary
+from tinytl_core.ui.jobs import NotYourJobError, cancel_job, failed_message, result_summary, session_jobs
 from tinytl_core.ui.runs import column_formats, parse_run_ids, restore_runs, runs_frame
 
 CONFIG = AdaptConfig(backbone="mobilenetv2_050", mode="bias", dataset="digits", steps=16, record_memory=False)
@@ -43,63 +45,82 @@ def _step(n):
     return StepEvent(n, 16, 0.1, 1.0, 0.5, 1e-3, 10.0, 0.1)
 
 
-def test_phase_text_ends_with_the_evaluation_and_one_step_count_is_shown():
+def _worker(db, runner):
+    """One worker (thread) that trains the next job with ``runner`` and stops."""
+    thread = threading.Thread(
+        target=run_worker, args=(db,), kwargs=dict(runner=runner, max_jobs=1, poll_s=0.02, interval=0.02)
+    )
+    thread.start()
+    return thread
+
+
+def _until(predicate, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_phase_text_ends_with_the_evaluation_and_one_step_count_is_shown(tmp_path):
     events = [
         PhaseEvent("train", "training 10 of 100 parameters", 0.0),
         *(_step(n) for n in range(1, 16)),
         PhaseEvent("eval", "evaluating on 200 images", 0.5),
         EvalEvent(15, 16, 0.5, 1.0, 0.6),
     ]
-    runner = Scripted(events, steps_done=15)
-    job = TrainingJob([CONFIG], runner=runner, owner="me")
-    job.start()
+    runner, queue = Scripted(events, steps_done=15), JobQueue(tmp_path / "r.sqlite")
+    job_id = queue.submit(CONFIG, owner="me")
+    thread = _worker(queue.path, runner)
     try:
         assert runner.played.wait(10)
-        snap = job.snapshot()
-        current = snap.current
-        assert "evaluating" not in current.phase  # the evaluation ended: back to the training text
-        assert current.phase == "training 10 of 100 parameters"
-        assert current.steps_done == 15 and snap.results_frame()["steps"].iloc[0] == 15
+        _until(lambda: queue.get(job_id).step == 15)
+        view = session_jobs(queue, "me").views[0]
+        assert "evaluating" not in view.job.phase  # the evaluation ended: back to the training text
+        assert view.job.phase == "training 10 of 100 parameters" and "step 15 of 16" in view.line()
+        assert session_jobs(queue, "me").results_frame()["steps"].iloc[0] == 15
     finally:
         runner.release.set()
-        assert job.wait(10)
-    (mode,) = job.snapshot().modes
-    assert mode.phase == "" and mode.steps_done == 15
+        thread.join(10)
+    job = queue.get(job_id)
+    assert job.phase == "" and job.step == 15 and job.state is JobState.FINISHED
 
 
-def test_a_final_evaluation_clears_the_phase_and_the_result_is_the_one_step_source():
+def test_a_final_evaluation_clears_the_phase_and_the_result_is_the_one_step_source(tmp_path):
     events = [_step(n) for n in range(1, 17)] + [
         PhaseEvent("eval", "evaluating on 200 images", 0.5),
         EvalEvent(16, 16, 0.5, 1.0, 0.6, final=True),
     ]
-    runner = Scripted(events, steps_done=15)  # the run records 15 steps although 16 were announced
-    job = TrainingJob([CONFIG], runner=runner, owner="me")
-    job.start()
+    runner, queue = Scripted(events, steps_done=15), JobQueue(tmp_path / "r.sqlite")
+    job_id = queue.submit(CONFIG, owner="me")
+    thread = _worker(queue.path, runner)  # the run records 15 steps although 16 were announced
     try:
         assert runner.played.wait(10)
-        assert job.snapshot().current.phase == ""
+        _until(lambda: queue.get(job_id).step == 16)
+        assert queue.get(job_id).phase == ""
     finally:
         runner.release.set()
-        assert job.wait(10)
-    snap = job.snapshot()
-    assert snap.modes[0].steps_done == 15 and snap.results_frame()["steps"].iloc[0] == 15
+        thread.join(10)
+    assert queue.get(job_id).step == 15 and session_jobs(queue, "me").results_frame()["steps"].iloc[0] == 15
 
 
-def test_only_the_owner_stops_a_job():
-    runner = Scripted([_step(1)], steps_done=1)
-    job = TrainingJob([CONFIG], runner=runner, owner="session-a")
-    job.start()
+def test_only_the_owner_stops_a_job(tmp_path):
+    runner, queue = Scripted([_step(1)], steps_done=1), JobQueue(tmp_path / "r.sqlite")
+    job_id = queue.submit(CONFIG, owner="session-a")
+    thread = _worker(queue.path, runner)
     try:
         assert runner.played.wait(10)
-        assert not job.may_stop("session-b") and job.may_stop("session-a")
         with pytest.raises(NotYourJobError, match="another session"):
-            job.cancel("session-b")
-        assert not job.snapshot().cancelling and job.running
-        job.cancel("session-a")
-        assert job.wait(10)
+            cancel_job(queue, job_id, "session-b")
+        with pytest.raises(NotYourJobError, match="without an id"):
+            cancel_job(queue, job_id, "")
+        assert not queue.get(job_id).cancel_requested and queue.get(job_id).state is JobState.RUNNING
+        cancel_job(queue, job_id, "session-a")
+        thread.join(10)
     finally:
         runner.release.set()
-    assert job.snapshot().modes[0].status == "cancelled"
+        thread.join(10)
+    job = queue.get(job_id)
+    assert job.state is JobState.CANCELLED and job.run_status == "cancelled"
 
 
 def test_run_ids_are_exact():

@@ -15,12 +15,13 @@ from tinytl_core.adapt import AdaptConfig, AdaptResult, EvalEvent, PhaseEvent, S
 from tinytl_core.backbones import LOCAL_BACKBONES
 from tinytl_core.comparisons import mode_reports, table_from_reports
 from tinytl_core.data import DatasetUnavailable
+from tinytl_core.jobs import JobQueue, JobState, run_worker
 from tinytl_core.memory import MB
 from tinytl_core.memory.report import MEMORY, TOTALS
 from tinytl_core.quantities import RunMemory, bytes_unit, format_bytes
 from tinytl_core.results import ResultsStore
 from tinytl_core.ui import checks, explorer, figures, runs
-from tinytl_core.ui.jobs import JobBusyError, JobSlot, TrainingJob
+from tinytl_core.ui.jobs import session_jobs, submit_modes
 from tinytl_core.ui.text import docstring_markdown
 
 TINY = {"resolution": 32, "batch_size": 2}
@@ -189,16 +190,29 @@ def configs(*modes):
     ]
 
 
-def test_job_runs_every_mode_and_reports():
-    runner = FakeRunner()
-    job = TrainingJob(configs("bias", "lite_residual+bias"), runner=runner, owner="me")
-    job.start()
-    assert job.wait(10)
-    snap = job.snapshot()
-    assert [m.status for m in snap.modes] == ["finished", "finished"]
-    assert snap.fraction == 1.0 and not snap.running and snap.owner == "me"
-    assert [len(m.steps) for m in snap.modes] == [3, 3] and snap.modes[0].evals[0]["val_acc"] == 0.75
-    frame = snap.results_frame()
+def work(queue, runner, jobs):
+    """Train ``jobs`` queued jobs with ``runner`` in a worker (a thread here, the same loop as a process)."""
+    thread = threading.Thread(
+        target=run_worker,
+        args=(queue.path,),
+        kwargs=dict(runner=runner, max_jobs=jobs, poll_s=0.02, interval=0.02),
+    )
+    thread.start()
+    return thread
+
+
+def test_each_mode_is_a_job_and_the_session_sees_its_results(tmp_path):
+    queue = JobQueue(tmp_path / "r.sqlite")
+    ids = submit_modes(queue, configs("bias", "lite_residual+bias"), owner="me", label="Digits")
+    queue.submit(configs("full")[0], owner="someone-else")
+    work(queue, FakeRunner(), 3).join(20)
+    mine = session_jobs(queue, "me")
+    assert [v.job.id for v in mine.views] == ids and not mine.active and (mine.running, mine.queued) == (0, 0)
+    assert [v.status for v in mine.views] == ["finished", "finished"] and mine.views[0].job.label == "Digits"
+    assert [len(steps) for _, steps, _ in mine.series()] == [3, 3] and mine.views[0].evals[0][
+        "val_acc"
+    ] == 0.75
+    frame = mine.results_frame()
     assert list(frame.columns) == [
         "mode",
         "status",
@@ -212,75 +226,84 @@ def test_job_runs_every_mode_and_reports():
         "id",
         "message",
     ]
+    assert list(frame["mode"]) == ["bias", "lite_residual+bias"]
     assert list(frame["val acc %"]) == [75.0, 75.0] and list(frame["total modelled MB"]) == [2.0, 2.0]
     assert list(frame["id"]) == [7, 7] and list(frame["status"]) == ["finished", "finished"]
     assert frame["total measured MB"].isna().all()  # not measured: blank, not "None"
 
 
-def test_job_failure_is_a_message_and_the_next_mode_runs():
-    job = TrainingJob(configs("full", "bias"), runner=FakeRunner(fail_mode="full"))
-    job.start()
-    job.wait(10)
-    first, second = job.snapshot().modes
-    assert first.status == "failed" and first.message == "RuntimeError: boom"
-    assert second.status == "finished"
+def test_a_failed_job_is_a_message_and_the_next_job_runs(tmp_path):
+    queue = JobQueue(tmp_path / "r.sqlite")
+    submit_modes(queue, configs("full", "bias"), owner="me", label="Digits")
+    work(queue, FakeRunner(fail_mode="full"), 2).join(20)
+    first, second = session_jobs(queue, "me").views
+    assert first.status == "failed" and first.job.error == "RuntimeError: boom" and first.unsuccessful
+    assert second.status == "finished" and not second.unsuccessful
 
 
-def test_missing_dataset_stops_the_job():
+def test_a_missing_dataset_fails_each_job_with_what_to_do(tmp_path):
+    queue = JobQueue(tmp_path / "r.sqlite")
     runner = FakeRunner(error=DatasetUnavailable("cifar10 is not downloaded and you are offline"))
-    job = TrainingJob(configs("full", "bias"), runner=runner)
-    job.start()
-    job.wait(10)
-    snap = job.snapshot()
-    assert runner.calls == ["full"] and [m.status for m in snap.modes] == ["failed", "failed"]
-    assert "offline" in snap.error
+    submit_modes(queue, configs("full", "bias"), owner="me", label="CIFAR-10")
+    work(queue, runner, 2).join(20)
+    views = session_jobs(queue, "me").views
+    assert [v.status for v in views] == ["failed", "failed"]
+    assert all(v.job.error == "cifar10 is not downloaded and you are offline" for v in views)
 
 
-def test_cancel_stops_the_run_and_skips_the_rest():
-    job = TrainingJob(configs("bias", "full"), runner=FakeRunner(steps=500, delay=0.01))
-    job.start()
-    deadline = time.monotonic() + 10
-    while job.snapshot().modes[0].steps_done < 1 and time.monotonic() < deadline:
+def test_cancel_stops_a_running_job_and_a_queued_one_at_once(tmp_path):
+    queue = JobQueue(tmp_path / "r.sqlite")
+    running, waiting = submit_modes(queue, configs("bias", "full"), owner="me", label="Digits")
+    thread = work(queue, FakeRunner(steps=500, delay=0.01), 1)
+    deadline = time.monotonic() + 20
+    while queue.get(running).step < 1 and time.monotonic() < deadline:
         time.sleep(0.01)
-    job.cancel()
-    assert job.wait(10)
-    first, second = job.snapshot().modes
-    assert first.status == "cancelled" and first.steps_done < 500
-    assert second.status == "cancelled" and "not started" in second.message
+    view = session_jobs(queue, "me").views[1]
+    assert view.position == 1 and "next in line" in view.line()
+    assert queue.cancel(waiting, "me").state is JobState.CANCELLED  # queued: at once
+    queue.cancel(running, "me")
+    thread.join(20)
+    first, second = session_jobs(queue, "me").views
+    assert first.status == "cancelled" and first.job.step < 500
+    assert second.status == "cancelled" and "before it started" in second.job.error
 
 
-def test_one_job_at_a_time():
+def test_no_busy_refusal_a_second_submission_queues(tmp_path):
+    queue = JobQueue(tmp_path / "r.sqlite")
     gate = threading.Event()
-    slot = JobSlot()
-    first = slot.submit(TrainingJob(configs("bias"), runner=FakeRunner(gate=gate)))
+    (first,) = submit_modes(queue, configs("bias"), owner="a", label="Digits")
+    thread = work(queue, FakeRunner(gate=gate), 2)
     try:
-        with pytest.raises(JobBusyError, match="already going.*wait for it to finish") as err:
-            slot.submit(TrainingJob(configs("full"), runner=FakeRunner()))
-        assert err.value.job is first and slot.busy()
+        deadline = time.monotonic() + 20
+        while queue.get(first).state is JobState.QUEUED and time.monotonic() < deadline:
+            time.sleep(0.01)
+        (second,) = submit_modes(queue, configs("full"), owner="b", label="Digits")
+        mine = session_jobs(queue, "b")
+        assert mine.active and (mine.running, mine.queued) == (1, 1) and mine.views[0].position == 1
+        assert "1 training, 1 waiting" in mine.queue_text(2) and "worker" in mine.queue_text(None)
     finally:
         gate.set()
-        first.wait(10)
-    assert not slot.busy()
-    second = slot.submit(TrainingJob(configs("full"), runner=FakeRunner()))
-    assert second.wait(10) and slot.job is second
+        thread.join(20)
+    assert [j.state for j in queue.list_jobs()] == [JobState.FINISHED, JobState.FINISHED]
 
 
-def test_bad_job_configurations_are_refused_before_starting():
+def test_bad_submissions_are_refused_before_queueing(tmp_path):
+    queue = JobQueue(tmp_path / "r.sqlite")
     with pytest.raises(ValueError, match="at least one mode"):
-        TrainingJob([])
+        submit_modes(queue, [], owner="me", label="x")
     with pytest.raises(ValueError, match="unknown mode"):
-        TrainingJob(configs("everything"))
+        submit_modes(queue, configs("everything"), owner="me", label="x")
     mixed = configs("bias") + [AdaptConfig(backbone="resnet18", mode="bias", dataset="digits", steps=3)]
     with pytest.raises(ValueError, match="same backbone and dataset"):
-        TrainingJob(mixed)
+        submit_modes(queue, mixed, owner="me", label="x")
+    assert queue.list_jobs() == []
 
 
-def test_curves_figure_draws_steps_and_evals():
-    job = TrainingJob(configs("bias"), runner=FakeRunner())
-    job.start()
-    job.wait(10)
-    m = job.snapshot().modes[0]
-    fig = figures.curves_figure([(m.mode, m.steps, m.evals)], title="c")
+def test_curves_figure_draws_steps_and_evals(tmp_path):
+    queue = JobQueue(tmp_path / "r.sqlite")
+    submit_modes(queue, configs("bias"), owner="me", label="Digits")
+    work(queue, FakeRunner(), 1).join(20)
+    fig = figures.curves_figure(session_jobs(queue, "me").series(), title="c")
     assert len(fig.data) == 3 and list(fig.data[2].y) == [75.0]
 
 

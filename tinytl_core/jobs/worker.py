@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from tinytl_core.adapt import AdaptResult, EvalEvent, PhaseEvent, ProgressEvent, StepEvent, adapt
+from tinytl_core.data import DatasetUnavailable
 from tinytl_core.jobs.queue import Job, JobQueue, JobState, worker_name
 from tinytl_core.quantities import RunStatus
 from tinytl_core.results import RUN, ResultsStore
@@ -76,6 +77,8 @@ def failed_message(exc: BaseException) -> str:
     """What a failed job says: the library's own message for the problems it explains (``ValueError``,
     ``RuntimeError``: bad settings, data unavailable, a diverging loss); for anything else (an ``OSError``
     may hold server paths) its kind and a reference to the traceback in the worker's log."""
+    if isinstance(exc, DatasetUnavailable):  # says which dataset and what to do (offline, no download)
+        return str(exc)
     if isinstance(exc, (ValueError, RuntimeError)) and not isinstance(exc, OSError):
         return f"{type(exc).__name__}: {exc}"
     reference = uuid.uuid4().hex[:8]
