@@ -3,7 +3,7 @@
 import streamlit as st
 
 from app_pages import _cache
-from tinytl_core.modes import MODES
+from tinytl_core.modes import MODES, approximation_note
 from tinytl_core.quantities import ENDED_STATUSES, RunStatus
 from tinytl_core.results import ResultsStore, run_quantity
 from tinytl_core.ui import figures
@@ -69,6 +69,8 @@ picked = {
     ),
 }
 shown = filter_runs(frame, **picked)
+if note := approximation_note(shown["mode"]):
+    st.caption(f":material/info: {note}")
 
 figure = st.segmented_control(
     "Memory axis",

@@ -13,7 +13,7 @@ from torch import nn
 from tinytl_core.engine import convert, describe
 from tinytl_core.layer_kinds import ACTIVATIONS, SIGN_MASKED, set_sign_mask, uses_sign_mask
 from tinytl_core.memory import analyze
-from tinytl_core.modes import MODES, get_mode, prepare_model
+from tinytl_core.modes import MODES, approximation_note, get_mode, prepare_model
 from tinytl_core.tracing import SavedTensorCounter
 
 SMOOTH = [nn.Hardswish, nn.SiLU, nn.GELU, lambda: nn.GELU(approximate="tanh")]
@@ -221,3 +221,9 @@ def test_engine_stores_what_the_model_counts_on_a_real_step():
     assert saved == necessary
     hswish = [m for m in model.modules() if isinstance(m, nn.Hardswish)]
     assert hswish and all(uses_sign_mask(m) for m in hswish)
+
+
+def test_pages_note_names_the_approximation_only_for_mobiletl():
+    assert approximation_note(["full", "bias", "lite_residual+bias"]) is None
+    note = approximation_note(["bias", "mobiletl", "mobiletl"])
+    assert note is not None and note.startswith("MobileTL:") and "approximate" in note

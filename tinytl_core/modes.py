@@ -258,6 +258,23 @@ def get_mode(name: str) -> Mode:
         raise ValueError(f"unknown mode {name!r}; choose one of {', '.join(MODES)}") from None
 
 
+def approximation_note(names: Iterable[str]) -> str | None:
+    """A sentence for the pages when any of the modes ``names`` trains with approximate gradients
+    (MobileTL's sign mask), or None when every one is exact."""
+    approximate = [
+        MODES[n].title for n in dict.fromkeys(names) if n in MODES and MODES[n].approximate_gradients
+    ]
+    if not approximate:
+        return None
+    return (
+        f"{', '.join(approximate)}: gradients are approximate by design. Its smooth activations (h-swish; "
+        "SiLU and GELU as an extension of the paper) pass the gradient only where their input is positive, "
+        "a 1-bit sign mask stored instead of the 32-bit input; the forward pass is exact. Compare it with "
+        "TinyTL-B (bias: the same trainable parameters, exact gradients) to see what the approximation "
+        "costs in accuracy. On ReLU/ReLU6 networks nothing is approximated: it is TinyTL-B."
+    )
+
+
 def resolve_modes(names: str | Iterable[str] | None) -> list[Mode]:
     """Turn ``"all"``, a comma-separated string or a list of names into modes (all modes for None)."""
     if names is None or names == "all":
