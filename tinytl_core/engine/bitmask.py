@@ -65,7 +65,7 @@ def pack_uint(values: torch.Tensor, bits: int) -> torch.Tensor:
     tensor, ``8 // bits`` values per byte, value i in bits ``[i * bits, (i + 1) * bits)`` of its byte."""
     if bits not in (1, 2, 4, 8):
         raise ValueError(f"bits must be 1, 2, 4 or 8, got {bits}")
-    flat = values.reshape(-1).to(torch.uint8)
+    flat = values.to(torch.uint8).reshape(-1)  # narrow first: a strided input is copied as bytes
     if bits == 8:
         return flat
     if bits == 1:

@@ -80,6 +80,29 @@ def _channel_view(vec: torch.Tensor, ndim: int) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------------------------------
 # Convolution with a frozen weight
+def _pointwise(weight: torch.Tensor, stride, padding, dilation, groups: int) -> bool:
+    """A 1x1 convolution with stride 1, no padding and one group: a matrix product over channels."""
+    return (
+        groups == 1
+        and tuple(weight.shape[-2:]) == (1, 1)
+        and tuple(stride) == (1, 1)
+        and tuple(padding) == (0, 0)
+        and tuple(dilation) == (1, 1)
+    )
+
+
+def _pointwise_input_grad(grad_out: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Input gradient of a pointwise convolution as one matrix product written straight into a tensor in
+    the output gradient's layout. (``conv_transpose2d`` takes a slow path for 1x1 kernels on one CPU
+    thread at small batch sizes, which copies its input and output into contiguous buffers.)"""
+    n, c_out, h, w = grad_out.shape
+    w2 = weight.reshape(c_out, -1)  # (C_out, C_in)
+    if _channels_last(grad_out):  # NHWC in memory: (N*H*W, C_out) @ (C_out, C_in)
+        rows = grad_out.permute(0, 2, 3, 1).reshape(-1, c_out)
+        return (rows @ w2).view(n, h, w, -1).permute(0, 3, 1, 2)
+    return torch.matmul(w2.t(), grad_out.reshape(n, c_out, h * w)).view(n, -1, h, w)
+
+
 # ----------------------------------------------------------------------------------------------------
 class FrozenConv2dFn(Function):
     """``conv2d`` whose weight does not train: the input gradient needs only the weight, the bias
@@ -99,7 +122,9 @@ class FrozenConv2dFn(Function):
         (weight,) = ctx.saved_tensors
         stride, padding, dilation, groups = ctx.conv_args
         grad_x = grad_bias = None
-        if ctx.needs_input_grad[0]:
+        if ctx.needs_input_grad[0] and _pointwise(weight, stride, padding, dilation, groups):
+            grad_x = _pointwise_input_grad(grad_out, weight)
+        elif ctx.needs_input_grad[0]:
             # The input gradient is the transposed convolution of the output gradient. Computed directly:
             # aten.convolution_backward materialises its (unused) input for depthwise kernels on the CPU,
             # an extra input-sized buffer at the step's peak.
@@ -321,32 +346,33 @@ class MaxPool2dFn(Function):
         if not ctx.needs_input_grad[0]:
             ctx.save_for_backward(None)
             return out
-        width = x.shape[-1]
+        # The offset inside the window, computed in place: at most two int64 tensors of the output's size.
         row0, col0 = _window_origins(out.shape[-2:], stride, padding, idx)
-        row = torch.div(idx, width, rounding_mode="floor")
-        d_row = torch.div(row - row0, dilation[0], rounding_mode="floor")
-        d_col = torch.div(idx % width - col0, dilation[1], rounding_mode="floor")
-        ctx.save_for_backward(pack_uint(d_row * kernel_size[1] + d_col, ctx.bits))
+        offset = torch.div(idx, x.shape[-1], rounding_mode="floor")  # input row
+        idx.sub_(offset, alpha=x.shape[-1])  # input column
+        offset.sub_(row0).div_(dilation[0], rounding_mode="floor").mul_(kernel_size[1])
+        offset.add_(idx.sub_(col0).div_(dilation[1], rounding_mode="floor"))
+        del idx
+        ctx.save_for_backward(pack_uint(offset, ctx.bits))
         return out
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
         (packed,) = ctx.saved_tensors
         kernel_size, stride, padding, dilation, ceil_mode = ctx.args
-        width = ctx.input_shape[-1]
+        # Flat input indices rebuilt in place: at most two int64 tensors of the output's size at once.
         offsets = unpack_uint(packed, grad_out.numel(), ctx.bits).view(ctx.output_shape).long()
         row0, col0 = _window_origins(grad_out.shape[-2:], stride, padding, offsets)
-        rows = row0 + torch.div(offsets, kernel_size[1], rounding_mode="floor") * dilation[0]
-        cols = col0 + (offsets % kernel_size[1]) * dilation[1]
-        grad_x = torch.ops.aten.max_pool2d_with_indices_backward(
-            grad_out,
-            _shape_only(grad_out, ctx.input_shape, ctx.channels_last),
-            kernel_size,
-            stride,
-            padding,
-            dilation,
-            ceil_mode,
-            rows * width + cols,
+        index = torch.div(offsets, kernel_size[1], rounding_mode="floor")
+        offsets.sub_(index, alpha=kernel_size[1])  # column offset inside the window
+        index.mul_(dilation[0]).add_(row0).mul_(ctx.input_shape[-1])
+        index.add_(offsets.mul_(dilation[1]).add_(col0))
+        del offsets
+        # The kernel reads only its input's sizes and memory format, never its values: the gradient's own
+        # (not yet written) buffer stands in for the input, so no input-sized placeholder is allocated.
+        grad_x = _shape_only(grad_out, ctx.input_shape, ctx.channels_last)
+        torch.ops.aten.max_pool2d_with_indices_backward.grad_input(
+            grad_out, grad_x, kernel_size, stride, padding, dilation, ceil_mode, index, grad_input=grad_x
         )
         return grad_x, None, None, None, None, None
 
@@ -356,10 +382,12 @@ def _channels_last(x: torch.Tensor) -> bool:
 
 
 def _shape_only(like: torch.Tensor, shape: Sequence[int], channels_last: bool) -> torch.Tensor:
-    """An uninitialised stand-in input for pooling backward kernels, which read only its sizes and memory
-    format (values never)."""
+    """An uninitialised tensor shaped like a pooling or padding layer's input, in its memory format. Their
+    backward kernels read only the input's sizes and format, never its values: this buffer stands in for
+    the input and receives the input gradient (the kernels' ``grad_input=`` variants), so no input-sized
+    placeholder is allocated besides the gradient."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    return like.new_empty(tuple(shape)).contiguous(memory_format=fmt)
+    return torch.empty(tuple(shape), dtype=like.dtype, device=like.device, memory_format=fmt)
 
 
 def _window_origins(out_hw, stride, padding, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -383,8 +411,8 @@ class AvgPool2dFn(Function):
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
-        shape_only = _shape_only(grad_out, ctx.input_shape, ctx.channels_last)
-        grad_x = torch.ops.aten.avg_pool2d_backward(grad_out, shape_only, *ctx.args)
+        grad_x = _shape_only(grad_out, ctx.input_shape, ctx.channels_last)
+        torch.ops.aten.avg_pool2d_backward.grad_input(grad_out, grad_x, *ctx.args, grad_input=grad_x)
         return grad_x, None, None, None, None, None, None
 
 
@@ -409,5 +437,6 @@ class EdgePad2dFn(Function):
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
-        shape_only = _shape_only(grad_out, ctx.input_shape, ctx.channels_last)
-        return _EDGE_PAD_BACKWARD[ctx.mode](grad_out, shape_only, list(ctx.padding)), None, None
+        grad_x = _shape_only(grad_out, ctx.input_shape, ctx.channels_last)
+        _EDGE_PAD_BACKWARD[ctx.mode].grad_input(grad_out, grad_x, list(ctx.padding), grad_input=grad_x)
+        return grad_x, None, None
