@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from app_pages import _cache
+from app_pages import _cache, _seed_groups
 from tinytl_core.modes import MODES, approximation_note
 from tinytl_core.quantities import ENDED_STATUSES, RunStatus
 from tinytl_core.results import ResultsStore, run_quantity
@@ -40,6 +40,7 @@ if not runs:
         icon=":material/inbox:",
     )
     st.page_link("app_pages/adapt.py", label="Go to Adapt", icon=":material/model_training:")
+    _seed_groups.render([])  # a fresh install still shows the bundled reference sweep
     st.stop()
 
 frame = runs_frame(runs.values())
@@ -121,6 +122,8 @@ if len(plotted):
         width="stretch",
         key="cr_scatter",
     )
+
+_seed_groups.render([runs[i] for i in shown["id"]])
 
 st.subheader("Training curves")
 labels = {int(r["id"]): run_label(r) for r in shown.to_dict("records")}

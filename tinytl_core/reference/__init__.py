@@ -5,7 +5,8 @@
   :meth:`tinytl_core.results.ResultsStore.list_runs`; :func:`load_reference_set` adds its provenance
   (the command that produced it, when, library versions). Written by
   ``python -m tinytl_core sweep ... --export-reference PATH`` (:func:`write_reference`).
-- :data:`PAPER_TABLE2`: the points TinyTL's paper published (Table 2: ProxylessNAS-Mobile, batch 8).
+- :data:`PAPER_TABLE2`: the points TinyTL's paper published (Table 2: ProxylessNAS-Mobile, batch 8):
+  :data:`tinytl_core.paper.TABLE2`'s methods and memory with their top-1 accuracy on each dataset.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from tinytl_core.paper import TABLE2
 from tinytl_core.quantities import RunStatus
 from tinytl_core.results import FLAGS, RUN
 
@@ -138,7 +140,6 @@ PAPER_MEMORY_NOTE = (
     "the paper's memory is analytic (activations stored for backward x batch 8 + parameters), "
     "not a measured step peak"
 )
-# Table 2 as published (REFERENCE.md): method, mode here, resolution, memory MB, then top-1 per dataset.
 _TABLE2_DATASETS = (
     ("flowers102", "Flowers"),
     ("cars", "Cars"),
@@ -149,19 +150,19 @@ _TABLE2_DATASETS = (
     ("cifar10", "CIFAR10"),
     ("cifar100", "CIFAR100"),
 )
-_TABLE2 = (
-    ("FT-Last", "last", 224, 31, (90.1, 50.9, 73.3, 68.7, 91.3, 44.9, 85.9, 68.8)),
-    ("TinyTL-B", "bias", 224, 32, (93.5, 73.4, 75.3, 75.5, 92.1, 63.2, 93.7, 78.8)),
-    ("TinyTL-L", "lite_residual", 224, 37, (95.3, 84.2, 76.8, 79.2, 91.7, 76.4, 96.1, 80.9)),
-    ("TinyTL-L+B", "lite_residual+bias", 224, 37, (95.5, 85.0, 77.1, 79.7, 91.8, 75.4, 95.9, 81.4)),
-    ("TinyTL-L+B @320", "lite_residual+bias", 320, 65, (96.8, 88.8, 81.0, 82.9, 92.9, 82.3, 96.1, 81.5)),
-    ("FT-Norm+Last", "bn+last", 224, 192, (94.3, 77.9, 76.3, 77.0, 92.2, 68.1, 94.8, 80.2)),
-    ("FT-Full", "full", 224, 391, (96.8, 90.2, 81.0, 84.6, 93.0, 86.0, 97.1, 84.1)),
-)
+_TABLE2_TOP1 = {  # Table 2's top-1 (%) per dataset above, as published (REFERENCE.md)
+    "FT-Last": (90.1, 50.9, 73.3, 68.7, 91.3, 44.9, 85.9, 68.8),
+    "TinyTL-B": (93.5, 73.4, 75.3, 75.5, 92.1, 63.2, 93.7, 78.8),
+    "TinyTL-L": (95.3, 84.2, 76.8, 79.2, 91.7, 76.4, 96.1, 80.9),
+    "TinyTL-L+B": (95.5, 85.0, 77.1, 79.7, 91.8, 75.4, 95.9, 81.4),
+    "TinyTL-L+B @320": (96.8, 88.8, 81.0, 82.9, 92.9, 82.3, 96.1, 81.5),
+    "FT-Norm+Last": (94.3, 77.9, 76.3, 77.0, 92.2, 68.1, 94.8, 80.2),
+    "FT-Full": (96.8, 90.2, 81.0, 84.6, 93.0, 86.0, 97.1, 84.1),
+}
 PAPER_TABLE2: tuple[PaperPoint, ...] = tuple(
-    PaperPoint(method, mode, px, float(mb), name, title, top1)
-    for method, mode, px, mb, accs in _TABLE2
-    for (name, title), top1 in zip(_TABLE2_DATASETS, accs)
+    PaperPoint(m.method, m.mode, m.resolution, float(m.paper_mb), name, title, top1)
+    for m in TABLE2
+    for (name, title), top1 in zip(_TABLE2_DATASETS, _TABLE2_TOP1[m.method])
 )
 """Every published point of Table 2 (7 methods x 8 datasets); ``dataset`` in this project's names where
 it has the set (``flowers102``, ``pets``...)."""

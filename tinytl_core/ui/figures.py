@@ -47,6 +47,7 @@ MODE_COLORS = {
     "lite_residual": OKABE_ITO["blue"],
     "lite_residual+bias": OKABE_ITO["bluish green"],
     "mobiletl": OKABE_ITO["vermillion"],
+    "sparse": OKABE_ITO["yellow"],  # the palette's last hue (grey stays neutral)
 }
 """One colour per mode, on every chart that tells modes apart (scatter, curves, bars)."""
 COMPONENT_COLORS = dict(zip(COMPONENT_LABELS, ("#0072B2", "#56B4E9", "#D55E00", "#999999")))
@@ -269,6 +270,96 @@ def memory_accuracy_scatter(frame: pd.DataFrame, *, x: str, x_label: str, title:
     fig.update_xaxes(rangemode="tozero", exponentformat="none", separatethousands=True)
     fig.update_yaxes(rangemode="tozero")
     return fig
+
+
+BACKBONE_SYMBOLS = ("circle", "square", "triangle-up", "diamond", "pentagon", "hexagon", "star", "x")
+"""Marker symbols told apart by backbone on the seed-grouped figure (colour is the mode)."""
+
+
+def seed_groups_figure(
+    groups: pd.DataFrame,
+    *,
+    paper: pd.DataFrame | None = None,
+    x_label: str = "step peak, measured (MB)",
+    title: str = "",
+) -> go.Figure:
+    """Memory vs accuracy per dataset, one point per backbone x mode with its seeds pooled (the shape of
+    the paper's main figure): one panel per dataset, x the mean measured step peak (MB) with its standard
+    deviation, y the mean validation accuracy (%) with its standard deviation, colour the mode, symbol
+    the backbone.
+
+    ``groups``: a :func:`tinytl_core.sweeps.summary.group_seeds` table (rows without a measured peak are
+    left out). ``paper``: :func:`tinytl_core.ui.sweep.paper_frame` rows, drawn in panels of their own
+    (``"<dataset> (paper)"``, x = the paper's analytic memory), never on the measured axis.
+    """
+    data = groups.dropna(subset=["peak_mean_MB", "acc_mean_pct"])
+    panels: list[tuple[str, pd.DataFrame, bool]] = [
+        (str(d), data[data["dataset"] == d], False) for d in dict.fromkeys(data["dataset"])
+    ]
+    if paper is not None and len(paper):
+        for dataset in dict.fromkeys(paper["dataset"]):
+            rows = paper[paper["dataset"] == dataset]
+            panels.append((f"{rows['dataset_title'].iloc[0]} (paper)", rows, True))
+    fig = make_subplots(
+        rows=1, cols=max(1, len(panels)), subplot_titles=[name for name, _, _ in panels] or [""]
+    )
+    symbols = {
+        b: BACKBONE_SYMBOLS[i % len(BACKBONE_SYMBOLS)] for i, b in enumerate(dict.fromkeys(data["backbone"]))
+    }
+    shown: set[str] = set()
+    for col, (_, rows, published) in enumerate(panels, start=1):
+        for _, row in rows.iterrows():
+            mode = row["mode"]
+            name = MODES[mode].title if mode in MODES else mode
+            if published:
+                trace = go.Scatter(
+                    x=[row["memory_MB"]],
+                    y=[row["top1_pct"]],
+                    mode="markers",
+                    marker={"size": 12, "symbol": "diamond-open", "color": MODE_COLORS.get(mode, "#999999")},
+                    name=f"{row['method']} (paper)",
+                    legendgroup="paper",
+                    showlegend=False,
+                    hovertemplate=(
+                        f"<b>{row['method']}</b> ({row['backbone']}, {row['resolution']} px)<br>"
+                        "analytic memory %{x:,.0f} MB<br>top-1 %{y:.1f}%<extra></extra>"
+                    ),
+                )
+            else:
+                trace = go.Scatter(
+                    x=[row["peak_mean_MB"]],
+                    y=[row["acc_mean_pct"]],
+                    error_x={"type": "data", "array": [_spread(row["peak_std_MB"])], "visible": True},
+                    error_y={"type": "data", "array": [_spread(row["acc_std_pct"])], "visible": True},
+                    mode="markers",
+                    marker={
+                        "size": 12,
+                        "symbol": symbols.get(row["backbone"], "circle"),
+                        "color": MODE_COLORS.get(mode, OKABE_ITO["grey"]),
+                        "line": {"width": 1, "color": SELECTION_COLOR},
+                    },
+                    name=name,
+                    legendgroup=mode,
+                    showlegend=mode not in shown,
+                    hovertemplate=(
+                        f"<b>{name}</b> · {row['backbone']} · {row['resolution']} px<br>"
+                        f"val acc %{{y:.1f}}% ± {_spread(row['acc_std_pct']):.1f} "
+                        f"over {row['seeds']} seed(s)<br>"
+                        f"step peak %{{x:,.1f}} MB ± {_spread(row['peak_std_MB']):.1f}<extra></extra>"
+                    ),
+                )
+                shown.add(mode)
+            fig.add_trace(trace, row=1, col=col)
+        label = "paper's memory, analytic (MB)" if published else x_label
+        fig.update_xaxes(title_text=label, rangemode="tozero", separatethousands=True, row=1, col=col)
+    fig.update_yaxes(title_text=ACCURACY.title, row=1, col=1)
+    fig.update_layout(**{**_LAYOUT, "legend": _LEGEND_BELOW}, title=title, height=420)
+    return fig
+
+
+def _spread(value: float) -> float:
+    """A standard deviation for an error bar: 0 when there is none to tell (one seed)."""
+    return 0.0 if value is None or pd.isna(value) else float(value)
 
 
 def curves_figure(
