@@ -65,13 +65,15 @@ def default_pool_size(cores: int | None = None) -> int:
 
 
 def default_threads(size: int, cores: int | None = None) -> int:
-    """``$TINYTL_WORKER_THREADS`` when set, else the cores shared out among ``size`` workers."""
+    """``$TINYTL_WORKER_THREADS`` when set, else the cores but one shared out among ``size`` workers (at
+    least one each): the one left keeps the app's pages responsive, and PyTorch threads that find their
+    core busy spin and slow a step down many times over."""
     env = os.environ.get(ENV_THREADS, "").strip()
     if env:
         if not env.isdigit() or int(env) < 1:
             raise ValueError(f"{ENV_THREADS} must be a whole number of threads (1 or more), got {env!r}")
         return int(env)
-    return max(1, (cores or cpu_count()) // max(1, size))
+    return max(1, ((cores or cpu_count()) - 1) // max(1, size))
 
 
 def exit_reason(returncode: int) -> str:
