@@ -325,9 +325,10 @@ def _add_rows(
     bits: int,
     engine: bool,
 ) -> None:
-    weights = profile.weights_bytes(bits)
+    frozen = profile.frozen_weights_bytes(bits)
+    weights = profile.trainable_bytes + frozen + profile.buffer_bytes  # = profile.weights_bytes(bits)
     grads = profile.grads_optimizer_bytes(space.optimizer)
-    flash = profile.frozen_weights_bytes(bits) if budget.weights_in_flash else 0
+    flash = frozen if budget.weights_in_flash else 0
     lines = profile.engine_lines if engine else profile.stock_lines
     for b in batches:
         act = max((a + s * b for a, s in lines), default=0)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,9 +29,9 @@ import tinytl_core
 from tinytl_core.memory import accounting as acc
 from tinytl_core.modes import prepare_model
 from tinytl_core.paths import cache_dir
-from tinytl_core.tracing import Trace, optimizer_states, trace_model
+from tinytl_core.tracing import ParamRef, Trace, optimizer_states, trace_model
 
-PROFILE_FORMAT = 1
+PROFILE_FORMAT = 2
 """Bump when :class:`MemoryProfile`'s fields or their meaning change."""
 CACHE_NAME = "planner-cache"
 LINEAR_BATCHES = (2, 3)
@@ -73,23 +72,19 @@ class MemoryProfile:
     n_params: int = 0
     n_trainable: int = 0
     trainable_bytes: int = 0
-    frozen_params: tuple[tuple[int, int], ...] = ()  # (numel, element size) of each frozen parameter
+    frozen_params: tuple[dict, ...] = ()  # each frozen parameter's ParamRef fields (as accounted)
     buffer_bytes: int = 0
     engine_lines: tuple[tuple[int, int], ...] = ()
     stock_lines: tuple[tuple[int, int], ...] = ()
 
     def weights_bytes(self, frozen_weight_bits: int = 32) -> int:
         """Weights and buffers, frozen weights at ``frozen_weight_bits`` (as
-        :func:`tinytl_core.memory.accounting.param_bytes`)."""
-        frozen = sum(
-            numel * size if frozen_weight_bits >= 8 * size else math.ceil(numel * frozen_weight_bits / 8)
-            for numel, size in self.frozen_params
-        )
-        return self.trainable_bytes + frozen + self.buffer_bytes
+        :func:`tinytl_core.memory.accounting.param_bytes` counts them)."""
+        return self.trainable_bytes + self.frozen_weights_bytes(frozen_weight_bits) + self.buffer_bytes
 
     def frozen_weights_bytes(self, frozen_weight_bits: int = 32) -> int:
         """The frozen weights alone (what a microcontroller keeps in flash)."""
-        return self.weights_bytes(frozen_weight_bits) - self.trainable_bytes - self.buffer_bytes
+        return sum(acc.param_bytes(ParamRef(**p), frozen_weight_bits) for p in self.frozen_params)
 
     def grads_optimizer_bytes(self, optimizer: str) -> int:
         """Gradients and optimizer state of the trainable parameters."""
@@ -122,8 +117,9 @@ class MemoryProfile:
     def from_json(cls, data: dict) -> MemoryProfile:
         """Rebuild from :meth:`to_json` (plain data: no code runs)."""
         data = dict(data)
-        for name in ("frozen_params", "engine_lines", "stock_lines"):
+        for name in ("engine_lines", "stock_lines"):
             data[name] = tuple(tuple(int(v) for v in pair) for pair in data.get(name, ()))
+        data["frozen_params"] = tuple(dict(p) for p in data.get("frozen_params", ()))
         return cls(**data)
 
 
@@ -209,7 +205,7 @@ def build_profile(
         n_params=sum(p.numel for p in params),
         n_trainable=sum(p.numel for p in params if p.trainable),
         trainable_bytes=sum(p.nbytes for p in params if p.trainable),
-        frozen_params=tuple((p.numel, p.element_size) for p in params if not p.trainable),
+        frozen_params=tuple(asdict(p) for p in params if not p.trainable),
         buffer_bytes=first.buffer_bytes,
         engine_lines=upper_envelope(engine),
         stock_lines=upper_envelope(stock),

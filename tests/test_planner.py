@@ -1,0 +1,239 @@
+"""The budget planner: budgets, profiles equal to analyze(), the disk cache, what fits, the CLI."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from tinytl_core.cli import main
+from tinytl_core.memory import analyze, measure
+from tinytl_core.modes import prepare_model
+from tinytl_core.planner.accuracy import NOT_MEASURED, accuracy_table, attach_accuracy, format_accuracy
+from tinytl_core.planner.budget import PRESETS, Budget, BudgetError, parse_budget
+from tinytl_core.planner.plan import PLANNED, SearchSpace, pareto_front, plan
+from tinytl_core.planner.profile import ProfileCache, upper_envelope
+
+DEMO = "demo_mobilenetv2_050"
+MODES = ("bias", "lite_residual+bias")
+BATCHES = (1, 2, 3, 64)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("planner-cache")
+
+
+@pytest.fixture(scope="module")
+def planned(cache_dir):
+    cache = ProfileCache(cache_dir)
+    space = SearchSpace((DEMO,), modes=MODES, resolutions=(32,), batch_sizes=BATCHES, optimizer="sgd")
+    return plan(Budget.of("6 MB"), space, cache=cache), cache
+
+
+@pytest.mark.parametrize(
+    "text, nbytes",
+    [
+        ("256KB", 256_000),
+        ("256 kb", 256_000),
+        ("0.5 GB", 500_000_000),
+        ("300 MB", 300_000_000),
+        ("300", 300_000_000),
+        (300, 300_000_000),
+        ("2 GiB", 2 << 30),
+        ("512KiB", 512 << 10),
+        ("1e3 B", 1000),
+    ],
+)
+def test_parse_budget(text, nbytes):
+    assert parse_budget(text) == nbytes
+
+
+@pytest.mark.parametrize(
+    "text", ["0", "0 MB", "-5 MB", "-1", "", "  ", "12 parsecs", "MB", "1.2.3 MB", "0.0001 B"]
+)
+def test_bad_budgets_are_clear(text):
+    with pytest.raises(BudgetError, match="budget"):
+        parse_budget(text)
+
+
+def test_presets_say_what_they_mean():
+    mcu = Budget.of("mcu-256k")
+    assert (mcu.nbytes, mcu.weights_in_flash) == (256_000, True)
+    assert PRESETS["mcu-256k"].frozen_weight_bits == 8
+    assert not Budget.of("phone-300m").weights_in_flash
+    assert all(p.note and p.budget_bytes > 0 for p in PRESETS.values())
+
+
+def test_upper_envelope_keeps_the_maximum():
+    lines = [(10, 1), (5, 2), (4, 2), (0, 3), (9, 1), (10, 0)]
+    kept = upper_envelope(lines)
+    assert set(kept) == {(10, 1), (5, 2), (0, 3)}
+    for b in range(0, 100):
+        assert max(a + s * b for a, s in kept) == max(a + s * b for a, s in lines)
+
+
+def test_planned_figures_equal_analyze(planned):
+    """The planner's figure is analyze()'s step peak for that exact configuration (engine and stock, 32-
+    and 8-bit frozen weights), batch 1 with GroupNorm."""
+    result, cache = planned
+    assert result.built == 2 * len(MODES)  # one BatchNorm and one GroupNorm profile per mode
+    configs = result.configs.set_index([PLANNED.mode, PLANNED.batch_size])
+    assert len(configs) == len(MODES) * len(BATCHES)
+    for mode in MODES:
+        models = {
+            gn: prepare_model(DEMO, mode, resolution=32, group_norm=gn, device="meta", engine=False).model
+            for gn in (True, False)
+        }
+        for batch in BATCHES:
+            bits = 8 if batch == 3 else 32  # one batch with 8-bit frozen weights (each analyze traces)
+            t = analyze(
+                models[batch == 1],
+                input_size=(3, 32, 32),
+                batch_size=batch,
+                optimizer="sgd",
+                frozen_weight_bits=bits,
+            ).totals
+            profile = cache.get(DEMO, 32, mode, group_norm=batch == 1)
+            assert (
+                profile.step_peak(batch, optimizer="sgd", frozen_weight_bits=bits) == t.total_modelled_bytes
+            )
+            stock = profile.step_peak(batch, optimizer="sgd", frozen_weight_bits=bits, engine=False)
+            assert stock == t.total_stock_bytes
+            if bits == 32:
+                assert configs.loc[(mode, batch), PLANNED.peak_bytes] == t.total_modelled_bytes
+            assert configs.loc[(mode, batch), PLANNED.group_norm] == (batch == 1)
+
+
+def test_disk_cache_is_reused_versioned_and_safe(planned, cache_dir):
+    result, _ = planned
+    again = ProfileCache(cache_dir)
+    again.version = planned[1].version  # (the tree may change under a test run while others edit it)
+    space = result.space
+    second = plan(result.budget, space, cache=again)
+    assert (again.built, again.loaded) == (0, 2 * len(MODES))
+    pd.testing.assert_frame_equal(second.configs, result.configs)
+    files = sorted(cache_dir.glob("*.json"))
+    assert len(files) == 2 * len(MODES)
+    json.loads(files[0].read_text())  # plain JSON
+    files[0].write_text("{not json")  # a damaged file is rebuilt, not trusted
+    third = ProfileCache(cache_dir)
+    third.version = "another torch"  # another version or code: other keys, a fresh trace
+    assert third.key(DEMO, 32, "bias", False, 10) != again.key(DEMO, 32, "bias", False, 10)
+    fourth = ProfileCache(cache_dir)
+    fourth.version = again.version
+    plan(result.budget, space, cache=fourth)
+    assert fourth.built == 1
+    assert fourth.clear() == 2 * len(MODES)
+
+
+def test_summary_and_nothing_fits(planned):
+    result, cache = planned
+    summary = result.summary().set_index("mode")
+    fit = result.configs[result.configs[PLANNED.fits]]
+    for mode in MODES:
+        mine = fit[fit[PLANNED.mode] == mode]
+        if len(mine):
+            assert summary.loc[mode, "max_batch"] == mine[PLANNED.batch_size].max()
+            assert summary.loc[mode, "max_resolution"] == 32
+    assert (result.configs[PLANNED.fits] == (result.configs[PLANNED.counted_bytes] <= 6_000_000)).all()
+    tiny = plan(Budget.of("1 KB"), result.space, cache=cache)
+    assert not tiny.any_fits and len(tiny.fitting) == 0
+    message = tiny.nothing_fits_message()
+    smallest = tiny.configs[PLANNED.counted_bytes].min()
+    assert "nothing fits 1.00 KB" in message and "over" in message and DEMO in message
+    assert tiny.smallest()[PLANNED.counted_bytes] == smallest
+    # Frozen weights in flash do not count against an MCU budget.
+    flash = plan(Budget(256_000, weights_in_flash=True), result.space, cache=cache).configs
+    assert (flash[PLANNED.counted_bytes] == flash[PLANNED.peak_bytes] - flash[PLANNED.flash_bytes]).all()
+    assert (flash[PLANNED.flash_bytes] > 0).all()
+
+
+def test_a_planned_fit_peaks_within_the_budget_when_measured(planned):
+    """Measured with the engine on a real step (CPU profiler), a configuration the planner says fits a
+    budget 10% above its modelled peak (the model is within 10% of measured) stays within that budget."""
+    result, _ = planned
+    row = result.configs.set_index([PLANNED.mode, PLANNED.batch_size]).loc[("bias", 3)]
+    budget = Budget(int(row[PLANNED.peak_bytes] * 1.10))
+    space = SearchSpace((DEMO,), modes=("bias",), resolutions=(32,), batch_sizes=(3,), optimizer="sgd")
+    assert plan(budget, space, cache=planned[1]).any_fits
+    p = prepare_model(DEMO, "bias", resolution=32, device="cpu")  # on the engine
+    m = measure(p.model, input_size=(3, 32, 32), batch_size=3, optimizer="sgd", per_layer=False)
+    assert 0 < m.step_peak <= budget.nbytes
+
+
+def test_pareto_front_and_accuracy():
+    frame = pd.DataFrame({"mem": [1, 2, 3, 4, 2], "acc": [0.5, 0.4, 0.8, 0.7, None]})
+    assert list(pareto_front(frame, "mem", "acc")) == [True, False, True, False, False]
+    runs = [
+        {
+            "status": "finished",
+            "backbone": DEMO,
+            "mode": "bias",
+            "resolution": 32,
+            "dataset": "digits",
+            "final_val_acc": a,
+        }
+        for a in (0.6, 0.7)
+    ] + [
+        {
+            "status": "failed",
+            "backbone": DEMO,
+            "mode": "bias",
+            "resolution": 32,
+            "dataset": "digits",
+            "final_val_acc": 0.1,
+        }
+    ]
+    table = accuracy_table(runs)
+    assert len(table) == 1
+    assert table.iloc[0]["accuracy_mean"] == pytest.approx(0.65)
+    assert table.iloc[0]["accuracy_spread"] == pytest.approx(0.05)
+    assert table.iloc[0]["n_runs"] == 2
+    configs = pd.DataFrame({"backbone": [DEMO, DEMO], "mode": ["bias", "full"], "resolution": [32, 32]})
+    merged = attach_accuracy(configs, table, "digits")
+    assert list(merged["accuracy_source"]) == ["stored", NOT_MEASURED]
+    assert format_accuracy(0.65, 0.05, 2, "stored") == "65.0 ± 5.0 % (2 runs)"
+    assert format_accuracy(None, None, 0, NOT_MEASURED) == NOT_MEASURED
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--budget", "0"], "budget must be a positive size"),
+        (["--budget", "-3 MB"], "budget must be positive"),
+        (["--budget", "12 parsecs"], "unknown unit"),
+        (["--budget", "5MB", "--backbones", "no_such_net"], "unknown backbone"),
+        (["--budget", "5MB", "--backbones", DEMO, "--modes", ","], "no mode"),
+        (["--budget", "5MB", "--backbones", DEMO, "--modes", "nope"], "unknown mode"),
+        (["--budget", "5MB", "--backbones", DEMO, "--resolutions", "0"], "resolutions must be"),
+        (["--budget", "5MB", "--backbones", DEMO, "--batch-sizes", "x"], "cannot read batch size"),
+        (["--budget", "5MB", "--search", "zzzz_nothing"], "no backbone matches"),
+    ],
+)
+def test_cli_bad_input_is_one_clear_line(args, message, capsys):
+    assert main(["plan", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "Traceback" not in err
+
+
+def test_cli_plan_csv_and_export(planned, cache_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TINYTL_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr("tinytl_core.cli.plan.ProfileCache", lambda disk=True: ProfileCache(cache_dir))
+    csv, out = tmp_path / "plan.csv", tmp_path / "plan.json"
+    args = ["plan", "--budget", "6MB", "--backbones", DEMO, "--modes", ",".join(MODES), "--resolutions", "32"]
+    args += ["--batch-sizes", "1-3,64", "--optimizer", "sgd", "--csv", str(csv), "--export-plan", str(out)]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "configurations planned" in text and DEMO in text
+    assert len(pd.read_csv(csv)) == len(MODES) * len(BATCHES)
+    # The exported plan (first mode, largest resolution then batch that fits) matches the planner's row.
+    doc = json.loads(out.read_text())
+    result = planned[0]
+    fit = result.configs[result.configs[PLANNED.fits] & (result.configs[PLANNED.mode] == MODES[0])]
+    row = fit.sort_values([PLANNED.resolution, PLANNED.batch_size]).iloc[-1]
+    assert doc["format"] == "tinytl-training-plan"
+    assert (doc["mode"], doc["batch_size"]) == (MODES[0], row[PLANNED.batch_size])
+    assert doc["memory"]["modelled_step_peak_bytes"] == row[PLANNED.peak_bytes] <= 6_000_000
+    assert doc["n_trainable"] == row[PLANNED.n_trainable]
+    assert doc["engine_layers"] and all(layer["stores"] for layer in doc["engine_layers"])
+    assert sum(r["bytes"] for r in doc["stored_for_backward"]) == doc["memory"]["activations_stored_bytes"]
