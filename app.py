@@ -26,6 +26,7 @@ PAGES = {
     "Training": [
         st.Page("app_pages/adapt.py", title="Adapt", icon=":material/model_training:"),
         st.Page("app_pages/compare_runs.py", title="Compare runs", icon=":material/scatter_plot:"),
+        st.Page("app_pages/sweep.py", title="Sweep", icon=":material/grid_view:"),
     ],
     "Background": [
         st.Page("app_pages/about.py", title="About", icon=":material/info:"),
@@ -45,7 +46,10 @@ from app_pages import _cache  # noqa: E402 -- after the first paint
 from tinytl_core.ui.settings import KEYS, LIMITS, Settings, accept_setting, backbone_label  # noqa: E402
 
 st.session_state.setdefault("session_id", uuid.uuid4().hex)  # before the defaults: one id per session
-_cache.worker_pool()  # the worker processes that train queued runs: started once per server process
+try:
+    _cache.worker_pool()  # the worker processes that train queued runs: started once per server process
+except ValueError as exc:  # a bad TINYTL_WORKERS / TINYTL_WORKER_THREADS: said, and runs still queue
+    st.sidebar.error(f"No worker pool: {exc}", icon=":material/error:")
 
 
 def _check_setting(key: str) -> None:

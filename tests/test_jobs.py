@@ -16,6 +16,7 @@ import pytest
 from tinytl_core.adapt import AdaptConfig, AdaptResult, PhaseEvent, StepEvent
 from tinytl_core.cli import main as cli_main
 from tinytl_core.jobs import JobQueue, JobState, NotYourJobError, WorkerPool, exit_reason, run_worker
+from tinytl_core.jobs.pool import default_pool_size, default_threads
 from tinytl_core.jobs.queue import worker_name
 from tinytl_core.quantities import RunStatus
 from tinytl_core.results import ResultsStore
@@ -257,6 +258,23 @@ def test_pool_of_real_workers_survives_sigkill_and_stops_with_its_owner(tmp_path
         assert replacement and replacement != [pid]
     assert pool.pids == [] and all(not os.path.exists(f"/proc/{p}") for p in replacement)
     assert (tmp_path / "worker-logs" / "worker-0.log").exists()
+
+
+def test_pool_size_and_threads_from_the_cores_or_the_environment(monkeypatch):
+    monkeypatch.delenv("TINYTL_WORKERS", raising=False)
+    monkeypatch.delenv("TINYTL_WORKER_THREADS", raising=False)
+    assert [default_pool_size(c) for c in (1, 2, 16)] == [1, 1, 8]
+    assert [default_threads(1, 2), default_threads(8, 16), default_threads(1, 16)] == [1, 1, 15]
+    monkeypatch.setenv("TINYTL_WORKERS", "3")
+    monkeypatch.setenv("TINYTL_WORKER_THREADS", "2")
+    assert default_pool_size(16) == 3 and default_threads(3, 16) == 2
+    for bad in ("lots", "-1"):
+        monkeypatch.setenv("TINYTL_WORKERS", bad)
+        with pytest.raises(ValueError, match="TINYTL_WORKERS must be"):
+            default_pool_size()
+    monkeypatch.setenv("TINYTL_WORKER_THREADS", "0")
+    with pytest.raises(ValueError, match="TINYTL_WORKER_THREADS must be"):
+        default_threads(1)
 
 
 def test_exit_reasons_and_worker_command_errors(capsys):
