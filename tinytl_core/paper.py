@@ -106,11 +106,14 @@ class PaperRow:
         return abs(self.ratio - 1.0) <= TOLERANCE
 
 
-def paper_network(mode: str, resolution: int, *, num_classes: int = PAPER_NUM_CLASSES) -> torch.nn.Module:
-    """The public script's network for ``mode`` on the ``meta`` device (see the module docstring):
-    ProxylessNAS-Mobile with lite residual branches in every mode, GroupNorm, ``num_classes`` outputs, the
-    mode's parameters trainable. Stock layers (the accounting traces stock layers)."""
-    model, _ = create_backbone(PROXYLESS_MOBILE, num_classes, device="meta")
+def paper_network(
+    mode: str, resolution: int, *, num_classes: int = PAPER_NUM_CLASSES, device: str = "meta"
+) -> torch.nn.Module:
+    """The public script's network for ``mode`` (see the module docstring): ProxylessNAS-Mobile with lite
+    residual branches in every mode, GroupNorm, ``num_classes`` outputs, the mode's parameters trainable;
+    stock layers (the accounting traces stock layers), randomly initialised on ``device`` (default
+    ``meta``: shapes only)."""
+    model, _ = create_backbone(PROXYLESS_MOBILE, num_classes, device=device)
     sizing = (3, PAPER_BRANCH_SIZING_PX, PAPER_BRANCH_SIZING_PX)
     attach_lite_residuals(model, sizing, LiteResidualConfig(group_norm=True))
     # With the branches in place the mode only sets what trains (and swaps BatchNorm for GroupNorm).
