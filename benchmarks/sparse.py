@@ -25,6 +25,7 @@ import time
 from fractions import Fraction
 from pathlib import Path
 
+import torch
 from tqdm.auto import tqdm
 
 from tinytl_core.adapt import AdaptConfig, adapt
@@ -50,8 +51,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=300, help="steps of the final full / sparse runs")
     p.add_argument("--search-steps", type=int, default=40, help="steps of each contribution run")
     p.add_argument("--layers", type=int, default=6, help="last weight layers searched")
+    p.add_argument(
+        "--search-val-cap", type=int, default=None, help="validation images per class in the search"
+    )
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     p.add_argument("--budget-fraction", type=float, default=1 / 3, help="budget: this x full's modelled peak")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 on a shared machine)")
     p.add_argument("--quick", action="store_true", help="tiny settings: checks the script runs")
     p.add_argument("--out", type=Path, help="write every figure as JSON here")
     args = p.parse_args(argv)
@@ -87,6 +92,8 @@ def measured_peak(args: argparse.Namespace, mode: str, scheme: SparseScheme | No
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     config = SearchConfig(
         args.backbone,
@@ -97,6 +104,7 @@ def main(argv: list[str] | None = None) -> None:
         layers=args.layers,
         ratios=(Fraction(1, 4), Fraction(1)),
         bias_fractions=(0.5, 1.0),
+        val_cap=args.search_val_cap,
     )
     data = load_dataset(args.dataset)
     full_modelled = modelled_peak_full(config, data.num_classes)
@@ -112,10 +120,12 @@ def main(argv: list[str] | None = None) -> None:
     analysis = analyse_contributions(config, progress=progress)
     bar.close()
     print(
-        f"\nclassifier alone: {100 * analysis.baseline_accuracy:.1f}%, {format_mb(analysis.baseline_bytes)} MB"
+        f"\nclassifier alone: {100 * analysis.baseline_accuracy:.1f}%, "
+        f"{format_mb(analysis.baseline_bytes)} MB"
     )
     print(
-        "| option | accuracy alone % | gain (points) | modelled peak MB | cost MB |\n|---|---:|---:|---:|---:|"
+        "| option | accuracy alone % | gain (points) | modelled peak MB | cost MB |\n"
+        "|---|---:|---:|---:|---:|"
     )
     for c in analysis.contributions:
         print(
@@ -124,7 +134,8 @@ def main(argv: list[str] | None = None) -> None:
         )
     selection = select_greedy(analysis, budget)
     print(
-        f"\nbudget {format_mb(budget, 2)} MB (x{args.budget_fraction:.3f} of full's modelled {format_mb(full_modelled, 2)} MB)"
+        f"\nbudget {format_mb(budget, 2)} MB (x{args.budget_fraction:.3f} of full's modelled "
+        f"{format_mb(full_modelled, 2)} MB)"
     )
     print("\n".join(selection.log))
     if selection.scheme is None:
@@ -141,8 +152,9 @@ def main(argv: list[str] | None = None) -> None:
     sparse_acc = statistics.mean(rows["sparse"]["accuracy"])
     ratio = rows["sparse"]["peak_bytes"] / rows["full"]["peak_bytes"]
     print(
-        f"\n{args.backbone} on {args.dataset}, {args.steps} steps x batch {args.batch_size}, seeds {args.seeds}\n"
-        "| method | val acc % (per seed) | mean | measured step peak MB | peak / full |\n|---|---|---:|---:|---:|"
+        f"\n{args.backbone} on {args.dataset}, {args.steps} steps x batch {args.batch_size}, "
+        f"seeds {args.seeds}\n| method | val acc % (per seed) | mean | step peak MB | peak / full |\n"
+        "|---|---|---:|---:|---:|"
     )
     for mode in ("full", "sparse"):
         r = rows[mode]

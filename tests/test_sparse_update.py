@@ -1,0 +1,303 @@
+"""Sparse update (issue 17, item 1): schemes, partial-channel weights, memory, greedy search, the mode."""
+
+from __future__ import annotations
+
+import json
+from fractions import Fraction
+
+import pytest
+import torch
+import torch.nn as nn
+
+from tinytl_core.cli import main as cli_main
+from tinytl_core.engine import PartialUpdateError, convert, split_weight
+from tinytl_core.memory import analyze, measure
+from tinytl_core.modes import MODES, prepare_model, resolve_modes, sparse_mode
+from tinytl_core.sparse_scheme import SchemeError, SparseScheme, WeightUpdate, default_scheme, read_scheme
+from tinytl_core.sparse_search import (
+    Contribution,
+    ContributionAnalysis,
+    Option,
+    SearchConfig,
+    analyse_contributions,
+    select_greedy,
+)
+
+DEMO = "demo_mobilenetv2_050"
+
+
+@pytest.fixture(scope="module")
+def meta_model() -> nn.Module:
+    return prepare_model(DEMO, "last", resolution=32, device="meta", engine=False).model
+
+
+# ------------------------------------------------------------------------------------------ schemes
+def test_scheme_json_round_trip(meta_model):
+    scheme = SparseScheme(
+        5, (WeightUpdate("conv_head", Fraction(1, 4)), WeightUpdate("blocks.6.0.conv_pwl", 1))
+    )
+    text = scheme.to_json()
+    assert json.loads(text) == {"bias_blocks": 5, "weights": {"conv_head": "1/4", "blocks.6.0.conv_pwl": "1"}}
+    back = SparseScheme.from_json(text)
+    assert back == SparseScheme(
+        5, (WeightUpdate("conv_head", Fraction(1, 4)), WeightUpdate("blocks.6.0.conv_pwl", Fraction(1)))
+    )
+    back.check(meta_model)
+    assert SparseScheme.from_dict({"weights": {"conv_head": 0.125}}).weights[0].ratio == Fraction(1, 8)
+    assert "last 5 of 17 blocks" in back.describe(meta_model)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "JSON object"),
+        ('{"bias_blocks": 2, "layers": {}}', "unknown key"),
+        ('{"bias_blocks": -1}', "bias_blocks"),
+        ('{"bias_blocks": "all"}', "bias_blocks"),
+        ('{"weights": {"conv_head": "1/3"}}', "ratio must be one of 1/8, 1/4, 1/2, 1"),
+        ('{"weights": {"conv_head": 0}}', "ratio"),
+        ('{"weights": {"conv_head": true}}', "ratio"),
+        ('{"weights": ["conv_head"]}', "mapping layer names"),
+    ],
+)
+def test_scheme_text_errors(text, message):
+    with pytest.raises(SchemeError, match=message):
+        SparseScheme.from_json(text)
+
+
+@pytest.mark.parametrize(
+    ("scheme", "message"),
+    [
+        (
+            SparseScheme(0, (WeightUpdate("conv_hed", Fraction(1)),)),
+            "unknown layer 'conv_hed'; did you mean conv_head",
+        ),
+        (SparseScheme(0, (WeightUpdate("classifier", Fraction(1)),)), "classifier"),
+        (SparseScheme(0, (WeightUpdate("bn2", Fraction(1)),)), "has no weight to update"),
+        (SparseScheme(99), "has 17 blocks"),
+        (SparseScheme(0), "trains nothing"),
+    ],
+)
+def test_scheme_model_errors(meta_model, scheme, message):
+    with pytest.raises(SchemeError, match=message):
+        scheme.check(meta_model)
+
+
+def test_read_scheme_file(tmp_path):
+    path = tmp_path / "s.json"
+    path.write_text('{"bias_blocks": 3}')
+    assert read_scheme(path) == SparseScheme(3)
+    path.write_bytes(b"\xff\xfe")
+    with pytest.raises(SchemeError, match="s.json: .*UTF-8"):
+        read_scheme(path)
+
+
+# ------------------------------------------------------------------------------ partial-channel weights
+@pytest.mark.parametrize(
+    ("groups", "cin", "cout", "rows"),
+    [(1, 8, 16, 4), (8, 8, 8, 3), (2, 8, 16, 8)],
+    ids=["dense", "dw", "grouped"],
+)
+@pytest.mark.parametrize("engine", [False, True], ids=["stock", "engine"])
+def test_partial_conv_gradients_equal_stock_rows(groups, cin, cout, rows, engine):
+    torch.manual_seed(0)
+    stock = nn.Conv2d(cin, cout, 3, padding=1, groups=groups)
+    part = nn.Conv2d(cin, cout, 3, padding=1, groups=groups)
+    part.load_state_dict(stock.state_dict())
+    split_weight(part, rows)
+    if engine:
+        convert(part, channels_last=True)
+    x = torch.randn(2, cin, 6, 6)
+    xs, xp = x.clone().requires_grad_(), x.clone().requires_grad_()
+    stock(xs).square().sum().backward()
+    out = part(xp)
+    out.square().sum().backward()
+    torch.testing.assert_close(out, stock(x), rtol=1e-5, atol=1e-5)
+    scale = stock.weight.grad.abs().max()
+    torch.testing.assert_close(
+        part.weight_train.grad / scale, stock.weight.grad[:rows] / scale, rtol=0, atol=1e-5
+    )
+    torch.testing.assert_close(xp.grad, xs.grad, rtol=1e-5, atol=1e-5 * xs.grad.abs().max().item())
+    torch.testing.assert_close(part.bias.grad, stock.bias.grad, rtol=1e-5, atol=1e-5 * scale.item())
+    assert part.weight_frozen.grad is None
+
+
+@pytest.mark.parametrize("engine", [False, True], ids=["stock", "engine"])
+def test_partial_linear_gradients_equal_stock_rows(engine):
+    torch.manual_seed(0)
+    stock, part = nn.Linear(12, 10), nn.Linear(12, 10)
+    part.load_state_dict(stock.state_dict())
+    split_weight(part, 3)
+    if engine:
+        convert(part)
+    x = torch.randn(4, 5, 12)
+    xs, xp = x.clone().requires_grad_(), x.clone().requires_grad_()
+    stock(xs).square().sum().backward()
+    part(xp).square().sum().backward()
+    torch.testing.assert_close(part.weight_train.grad, stock.weight.grad[:3], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(xp.grad, xs.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_split_weight_refuses_what_it_cannot_split():
+    with pytest.raises(PartialUpdateError, match="between 1 and 15"):
+        split_weight(nn.Conv2d(4, 16, 1), 16)
+    with pytest.raises(PartialUpdateError, match="whole groups of 4"):
+        split_weight(nn.Conv2d(8, 16, 3, groups=4), 2)
+    with pytest.raises(PartialUpdateError, match="zero padding"):
+        split_weight(nn.Conv2d(4, 8, 3, padding=1, padding_mode="reflect"), 2)
+    with pytest.raises(PartialUpdateError, match="Conv2d or Linear"):
+        split_weight(nn.BatchNorm2d(4), 2)
+
+
+def test_only_the_slice_has_gradient_and_optimizer_state():
+    conv = nn.Conv2d(16, 32, 1, bias=False)
+    split_weight(conv, 8)  # a quarter of the rows
+    convert(conv)
+    params = [p for p in conv.parameters() if p.requires_grad]
+    assert params == [conv.weight_train]
+    opt = torch.optim.Adam(params)
+    conv(torch.randn(2, 16, 4, 4, requires_grad=True)).sum().backward()
+    opt.step()
+    full_bytes = 32 * 16 * 4
+    grad_bytes = sum(p.grad.numel() * p.grad.element_size() for p in conv.parameters() if p.grad is not None)
+    state_bytes = sum(
+        t.numel() * t.element_size() for s in opt.state.values() for t in s.values() if t.dim() > 0
+    )
+    assert grad_bytes == full_bytes // 4
+    assert state_bytes == 2 * full_bytes // 4  # Adam: exp_avg and exp_avg_sq of the slice only
+    assert conv.weight.shape == (32, 16, 1, 1)
+
+
+# ---------------------------------------------------------------------------------------- the mode
+def test_memory_model_counts_the_partial_update_exactly():
+    torch.manual_seed(0)
+    scheme = SparseScheme(
+        4, (WeightUpdate("blocks.5.2.conv_pw", Fraction(1, 4)), WeightUpdate("conv_head", Fraction(1, 8)))
+    )
+    p = prepare_model(DEMO, "sparse", resolution=32, sparse_scheme=scheme)
+    report = analyze(p.model, input_size=(3, 32, 32), batch_size=2)
+    measured = measure(p.model, input_size=(3, 32, 32), batch_size=2, per_layer=False, profile=False)
+    assert report.totals.activations_necessary_bytes == measured.saved_bytes  # engine stores what rules say
+    pw = p.model.get_submodule("blocks.5.2.conv_pw")
+    assert pw.weight_train.shape[0] == pw.weight.shape[0] // 4
+    trainable = [q for q in p.model.parameters() if q.requires_grad]
+    assert report.totals.n_trainable == sum(q.numel() for q in trainable)
+    # complete accounting: gradient + Adam's two states of exactly the trainable rows
+    assert report.totals.grads_optimizer_bytes == 3 * sum(q.numel() * q.element_size() for q in trainable)
+    assert pw.weight_train.requires_grad and not pw.weight_frozen.requires_grad
+
+
+def test_default_scheme_and_mode_everywhere(meta_model):
+    scheme = default_scheme(meta_model)
+    assert scheme.bias_blocks == 9 and [str(u.ratio) for u in scheme.weights] == ["1/4", "1/2", "1", "1"]
+    assert "sparse" in MODES and MODES["sparse"].frozen_backbone
+    result = prepare_model(DEMO, "sparse", resolution=32, device="meta", engine=False).result
+    assert result.applicable and 0 < result.n_trainable < result.n_total and result.scheme == scheme
+    assert "sparse" in {m.name for m in resolve_modes("all")}
+    from tinytl_core.ui.figures import MODE_COLORS
+
+    assert "sparse" in MODE_COLORS
+    mode = sparse_mode(SparseScheme(0, (WeightUpdate("nope", Fraction(1)),)))
+    result = mode.apply(
+        prepare_model(DEMO, "last", device="meta", engine=False).model, strict=False, engine=False
+    )
+    assert not result.applicable and "unknown layer 'nope'" in result.reason
+
+
+# ------------------------------------------------------------------------------------------ search
+def _analysis(gains: dict[Option, float], costs: dict[Option, int]) -> ContributionAnalysis:
+    analysis = ContributionAnalysis(SearchConfig(DEMO), 0.5, 1000, 10)
+    analysis.contributions = [
+        Contribution(o, 0.5 + g, g, 1000 + costs[o], costs[o]) for o, g in gains.items()
+    ]
+    return analysis
+
+
+def test_greedy_selection_respects_the_budget():
+    bias4, bias8 = Option(bias_blocks=4), Option(bias_blocks=8)
+    a_q, a_1 = Option(layer="a", ratio=Fraction(1, 4)), Option(layer="a", ratio=Fraction(1))
+    b_1 = Option(layer="b", ratio=Fraction(1))
+    gains = {bias4: 0.10, bias8: 0.15, a_q: 0.06, a_1: 0.08, b_1: 0.2}
+    costs = {bias4: 100, bias8: 300, a_q: 50, a_1: 400, b_1: 5000}
+    analysis = _analysis(gains, costs)
+
+    def peak_of(scheme: SparseScheme) -> int:  # additive costs, plus an overlap penalty the estimate misses
+        opts = [Option(bias_blocks=scheme.bias_blocks)] if scheme.bias_blocks else []
+        opts += [Option(layer=u.layer, ratio=u.ratio) for u in scheme.weights]
+        return 1000 + sum(costs[o] for o in opts) + (200 if len(opts) > 1 else 0)
+
+    for budget in (1000, 1150, 1400, 2000, 10_000):
+        sel = select_greedy(analysis, budget, peak_of=peak_of)
+        assert sel.peak_bytes <= budget or sel.scheme is None
+        if sel.scheme is not None:
+            assert peak_of(sel.scheme) == sel.peak_bytes
+    assert select_greedy(analysis, 1000, peak_of=peak_of).scheme is None
+    small = select_greedy(analysis, 1150, peak_of=peak_of)  # a @ 1/4 first (most gain per byte), then
+    assert small.scheme == SparseScheme(0, (WeightUpdate("a", Fraction(1, 4)),))  # bias 4 fits alone only
+    assert any(line.startswith("skip bias: last 4 blocks") for line in small.log)
+    big = select_greedy(analysis, 10_000, peak_of=peak_of)
+    assert big.scheme.bias_blocks == 8 and {u.layer: u.ratio for u in big.scheme.weights} == {"a": 1, "b": 1}
+    assert big.expected_gain == pytest.approx(0.15 + 0.08 + 0.2)
+    with pytest.raises(ValueError, match="positive"):
+        select_greedy(analysis, 0, peak_of=peak_of)
+
+
+@pytest.mark.slow
+def test_contribution_analysis_runs_short_adaptations():
+    config = SearchConfig(DEMO, resolution=32, batch_size=4, steps=1, shots=2, val_cap=1, device="cpu")
+    analysis = analyse_contributions(config, options=[Option(layer="conv_head", ratio=Fraction(1, 8))])
+    (c,) = analysis.contributions
+    assert 0 <= c.accuracy <= 1 and c.gain == pytest.approx(c.accuracy - analysis.baseline_accuracy)
+    assert c.cost_bytes == c.peak_bytes - analysis.baseline_bytes > 0
+
+
+# --------------------------------------------------------------------------------------------- CLI
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"weights": {"conv_head": "1/3"}}')
+    assert cli_main(["adapt", "--mode", "sparse", "--sparse-scheme", str(bad), "--dataset", "digits"]) == 2
+    assert "bad.json: layer 'conv_head': ratio must be one of" in capsys.readouterr().err
+    good = tmp_path / "good.json"
+    good.write_text('{"bias_blocks": 2}')
+    assert cli_main(["adapt", "--mode", "bias", "--sparse-scheme", str(good), "--dataset", "digits"]) == 2
+    assert "needs mode sparse" in capsys.readouterr().err
+    assert cli_main(["sparse-search", "--budget=-3MB"]) == 2
+    assert "budget must be positive" in capsys.readouterr().err
+    assert cli_main(["sparse-search", "--budget", "2MB", "--ratios", "1/3"]) == 2
+    assert "ratio must be one of" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------- app
+@pytest.mark.slow
+def test_adapt_page_takes_a_pasted_scheme(tinytl_home):
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    from tinytl_core.jobs import JobQueue
+
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=180)
+    for key, value in {
+        "backbone": "mobilenetv2_050",
+        "resolution": 32,
+        "batch_size": 2,
+        "pretrained": False,
+    }.items():
+        at.session_state[key] = value
+    at.run()
+    at.switch_page("app_pages/adapt.py").run()
+    at.selectbox(key="ad_dataset").set_value("digits")
+    at.multiselect(key="ad_modes").set_value(["sparse"]).run()
+    assert any(
+        "Sparse update trains the classifier and biases of the last 9 of 17" in c.value for c in at.caption
+    )
+    at.radio(key="ad_scheme_source").set_value("Paste JSON").run()
+    at.text_area(key="ad_scheme_text").set_value('{"weights": {"conv_hed": "1/4"}}').run()
+    assert any("unknown layer 'conv_hed'; did you mean conv_head" in e.value for e in at.error)
+    at.text_area(key="ad_scheme_text").set_value('{"bias_blocks": 2, "weights": {"conv_head": "1/8"}}').run()
+    assert not at.error and not at.exception
+    at.button(key="ad_start").click().run()
+    (job,) = JobQueue().list_jobs()
+    assert job.config.mode == "sparse"
+    assert job.config.sparse_scheme == {"bias_blocks": 2, "weights": {"conv_head": "1/8"}}
