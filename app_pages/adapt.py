@@ -16,6 +16,7 @@ from tinytl_core.modes import MODES, approximation_note
 from tinytl_core.results import MEMORY, RUN, run_quantity
 from tinytl_core.ui import checks, figures
 from tinytl_core.ui.jobs import NotYourJobError, SessionJobs, cancel_job, session_jobs, submit_modes
+from tinytl_core.ui.sparse import SchemeSource, check_scheme_text, default_scheme_check
 
 UPLOAD = "upload"
 POLL_SECONDS = 2.0
@@ -168,6 +169,29 @@ with left:
     )
     if note := approximation_note(modes):
         st.caption(f":material/info: {note}")
+    scheme_check = None  # the sparse-update scheme, when mode sparse is selected
+    if "sparse" in modes:
+        source = st.radio("Sparse-update scheme", SchemeSource.ALL, horizontal=True, key="ad_scheme_source")
+        if source == SchemeSource.UPLOAD:
+            file = st.file_uploader("Scheme (.json)", type=["json"], key="ad_scheme_file")
+            scheme_check = check_scheme_text(file.getvalue(), backbone) if file is not None else None
+        elif source == SchemeSource.PASTE:
+            text = st.text_area(
+                "Scheme (JSON)",
+                placeholder='{"bias_blocks": 8, "weights": {"conv_head": "1/4"}}',
+                key="ad_scheme_text",
+                help="bias_blocks: biases of the last k blocks train; weights: layer name -> ratio of its "
+                "output channels (1/8, 1/4, 1/2 or 1). `python -m tinytl_core sparse-search` proposes one.",
+            )
+            scheme_check = check_scheme_text(text, backbone) if text.strip() else None
+        else:
+            scheme_check = default_scheme_check(backbone)
+        if scheme_check is None:
+            st.caption(":material/info: Give a scheme, or choose the default.")
+        elif scheme_check.error:
+            st.error(scheme_check.error, icon=":material/error:")
+        else:
+            st.caption(f":material/tune: Sparse update trains the classifier and {scheme_check.description}.")
 with right:
     steps = st.number_input(
         "Steps per mode",
@@ -262,6 +286,8 @@ if start:
         )[0],
         device=resolve_device("auto"),
     )
+    if "sparse" in modes and (scheme_check is None or not scheme_check.ok):
+        errors = [*errors, "Mode sparse needs a valid scheme (see above), or choose the default scheme."]
     if errors:
         for error in errors:
             st.error(error, icon=":material/error:")
@@ -286,6 +312,7 @@ if start:
                 eval_every=int(eval_every),
                 record_memory=record_memory,
                 measure_memory=record_memory and measure_memory,
+                sparse_scheme=scheme_check.scheme.to_dict() if m == "sparse" and scheme_check else None,
             )
             for m in modes
         ]

@@ -206,6 +206,13 @@ def _generic_blocks(model: nn.Module) -> list[_Candidate]:
     return found
 
 
+def find_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The model's blocks in execution order, ``(qualified name, module)``: the blocks of the main timm
+    CNN families, else the parameterised children of its (nested) Sequentials (transformer blocks too)."""
+    family = _family_blocks(model)
+    return [(c.name, c.module) for c in (family if family is not None else _generic_blocks(model))]
+
+
 def _trace_shapes(model: nn.Module, candidates: list[_Candidate], input_size: tuple[int, int, int]) -> dict:
     """Input/output shapes of each candidate block for one sample (eval mode, no grad, model's device)."""
     shapes: dict[str, tuple[torch.Size, torch.Size]] = {}

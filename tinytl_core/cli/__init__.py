@@ -15,7 +15,18 @@ import traceback
 from collections.abc import Sequence
 
 # One module per command; add a name here when a command module lands.
-COMMANDS: tuple[str, ...] = ("backbones", "modes", "datasets", "adapt", "runs", "memory", "worker", "sweep", "plan")
+COMMANDS: tuple[str, ...] = (
+    "backbones",
+    "modes",
+    "datasets",
+    "adapt",
+    "runs",
+    "memory",
+    "worker",
+    "sweep",
+    "sparse_search",
+    "plan",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

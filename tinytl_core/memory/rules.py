@@ -10,7 +10,13 @@ For ``y = a W + b`` the weight gradient ``dL/dW = a^T dL/dy`` needs the input ``
    (Decided from the traced tensors' ``requires_grad``: exact for branches, not just "below the first
    trainable layer in order".)
 2. **Linear layers** (Linear, Conv, ConvTranspose): a trainable weight stores the input; a frozen weight
-   stores nothing, whether the bias trains or not.
+   stores nothing, whether the bias trains or not. A weight trained on part of its output channels (the
+   sparse update's ratios 1/8, 1/4, 1/2) stores its input once, as a whole one does (each trained row
+   reads every input channel of its group); only the trained rows have a gradient and optimizer state.
+   Weight standardisation (GroupNorm + WS, for batch size 1) changes nothing: a frozen standardised weight
+   is a constant, computed once and held in place of the weight; a trainable one is standardised again in
+   backward from the weight (the input only). A frozen weight stored as 8-bit codes is dequantised on the
+   fly in forward and backward: nothing stored; its weight bytes are the codes and a 256-entry codebook.
 3. **Normalisation with frozen statistics** (BatchNorm on running statistics) is a per-channel affine map:
    a trainable scale stores the input, a frozen scale stores nothing (a trainable shift needs nothing).
 4. **Normalisation with statistics of its input** (BatchNorm with batch statistics, GroupNorm, LayerNorm,
@@ -80,6 +86,7 @@ from torch import nn
 
 from tinytl_core.layer_kinds import LayerKind, Needs, activation_of, kind_of, mask_from_output, uses_sign_mask
 from tinytl_core.layer_kinds import stats_from_input as _stats_from_input_of
+from tinytl_core.engine.partial import TRAINED_ROWS
 from tinytl_core.tracing import Row, TensorRef
 
 PAPER_ACTIVATION_BYTES = 4
@@ -129,6 +136,8 @@ def _as_saved(row: Row, why: str) -> Verdict:
 
 def _trains(row: Row, name: str) -> bool:
     p = row.param(name)
+    if p is None and name == "weight":  # a partial weight (sparse update) trains its first rows
+        p = row.param(TRAINED_ROWS)
     return p is not None and p.trainable
 
 

@@ -81,11 +81,30 @@ def _bytes_axis(fig: go.Figure, largest_bytes: float, title: str, axis: str = "y
     return unit
 
 
-def mode_memory_bars(table: pd.DataFrame, *, title: str, selected: str | None = None) -> go.Figure:
+def add_budget_line(
+    fig: go.Figure, budget_bytes: float | None, unit: tuple[str, int], axis: str = "y"
+) -> None:
+    """Draw a memory budget (the Budget planner's) as a dashed line across a bytes axis scaled to ``unit``;
+    nothing for None."""
+    if not budget_bytes:
+        return
+    value = budget_bytes / unit[1]
+    text = f"budget {format_bytes(budget_bytes)}"
+    style = {"line_dash": "dash", "line_color": OKABE_ITO["black"], "line_width": 2}
+    if axis == "x":
+        fig.add_vline(x=value, annotation_text=text, annotation_position="top left", **style)
+    else:
+        fig.add_hline(y=value, annotation_text=text, annotation_position="top left", **style)
+
+
+def mode_memory_bars(
+    table: pd.DataFrame, *, title: str, selected: str | None = None, budget_bytes: float | None = None
+) -> go.Figure:
     """Stacked bars of modelled training memory per mode: weights, gradients + optimizer state,
     activations stored for backward, transient working set; the total on top of each bar.
 
-    ``table`` is a :func:`~tinytl_core.comparisons.compare_modes` table; ``selected`` outlines one mode.
+    ``table`` is a :func:`~tinytl_core.comparisons.compare_modes` table; ``selected`` outlines one mode;
+    ``budget_bytes`` (the Budget planner's, when set) is drawn as a line.
     """
     long = components_frame(table)
     totals_bytes = long.groupby("mode", sort=False)["MB"].sum() * MB
@@ -126,9 +145,10 @@ def mode_memory_bars(table: pd.DataFrame, *, title: str, selected: str | None = 
     fig.update_layout(
         **{**_LAYOUT, "legend": _LEGEND_BELOW},
         legend_title_text="",
-        yaxis_range=[0, 1.15 * max(totals.max(), 1e-9)],
+        yaxis_range=[0, 1.15 * max(totals.max(), (budget_bytes or 0) / unit[1], 1e-9)],
     )
     _bytes_axis(fig, float(totals_bytes.max()) if len(totals_bytes) else 0.0, "training memory")
+    add_budget_line(fig, budget_bytes, unit)
     fig.update_xaxes(tickvals=list(totals.index), ticktext=[_mode_tick(m) for m in totals.index], tickangle=0)
     return fig
 
