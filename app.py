@@ -22,6 +22,7 @@ PAGES = {
     "Memory": [
         st.Page("app_pages/memory_explorer.py", title="Memory Explorer", icon=":material/bar_chart:"),
         st.Page("app_pages/modes.py", title="Fine-tuning modes", icon=":material/tune:"),
+        st.Page("app_pages/budget_planner.py", title="Budget planner", icon=":material/savings:"),
     ],
     "Training": [
         st.Page("app_pages/adapt.py", title="Adapt", icon=":material/model_training:"),

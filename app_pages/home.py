@@ -80,6 +80,7 @@ chart.plotly_chart(
     mode_memory_bars(
         table,
         title=f"Training memory per mode: {backbone}, {resolution} px, batch {batch_size}, Adam (modelled)",
+        budget_bytes=settings.budget_bytes,  # set on the Budget planner
     ),
     width="stretch",
 )

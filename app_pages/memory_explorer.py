@@ -207,7 +207,12 @@ if step is not None and not isinstance(report, str):
 # ------------------------------------------------------------------------------------------- charts
 a, b = st.columns(2)
 a.plotly_chart(
-    figures.mode_memory_bars(table, title="Training memory per mode (modelled)", selected=mode),
+    figures.mode_memory_bars(
+        table,
+        title="Training memory per mode (modelled)",
+        selected=mode,
+        budget_bytes=settings.budget_bytes,  # set on the Budget planner
+    ),
     width="stretch",
     key="mx_bars",
 )

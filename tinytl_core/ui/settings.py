@@ -26,6 +26,7 @@ class Settings:
     batch_size: int = DEFAULT_BATCH_SIZE
     pretrained: bool = True
     session_id: str = ""
+    budget_bytes: int | None = None  # the Budget planner's budget, drawn on Home and Memory Explorer charts
 
     @classmethod
     def defaults(cls, backbone: str | None = None) -> Settings:
@@ -49,6 +50,7 @@ class Settings:
             batch_size=int(merged["batch_size"]),
             pretrained=bool(merged["pretrained"]),
             session_id=str(merged["session_id"]),
+            budget_bytes=None if merged.get("budget_bytes") is None else int(merged["budget_bytes"]),
         )
 
 

@@ -1,0 +1,65 @@
+"""The Budget planner page under AppTest: a budget, a plan, what fits (chart, table, CSV), the answer when
+nothing fits, a bad budget refused in place, "train it" queues a job, and the budget drawn on Home."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from tinytl_core.jobs import JobQueue
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+DEMO = "demo_mobilenetv2_050"
+
+
+@pytest.fixture
+def app(tinytl_home, monkeypatch):
+    monkeypatch.setenv("TINYTL_PLANNER_CACHE", "0")  # the test's own profiles (the shared one is per process)
+    at = AppTest.from_file(APP, default_timeout=240)
+    for key, value in {"backbone": DEMO, "resolution": 32, "batch_size": 2, "pretrained": False}.items():
+        at.session_state[key] = value
+    at.switch_page("app_pages/budget_planner.py").run()
+    assert not at.exception, at.exception
+    return at
+
+
+def plan_with(at: AppTest, budget: str) -> AppTest:
+    at.text_input(key="pl_custom").set_value(budget)
+    at.multiselect(key="pl_modes").set_value(["bias", "full"])
+    at.slider(key="pl_batches").set_value((2, 4))  # BatchNorm profiles only (GroupNorm: unit tests)
+    at.button[0].click()  # the form's Plan button
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_plan_fits_and_trains(app):
+    at = plan_with(app, "4 MB")
+    assert not at.error, [e.value for e in at.error]
+    assert [m.value for m in at.metric][1] == "6"  # 2 modes x 3 batches at 32 px
+    assert at.session_state["budget_bytes"] == 4_000_000
+    tables = at.dataframe
+    assert len(tables) == 2 and len(tables[1].value) > 0  # per backbone x mode, what fits
+    assert "bias" in set(tables[1].value["mode"])
+    assert "not measured yet" in set(tables[1].value["accuracy"])
+    at.selectbox(key="pl_train_set").set_value("digits")
+    at.button(key="pl_train").click().run()
+    assert not at.exception, at.exception
+    assert any("Queued as job" in s.value for s in at.success)
+    (job,) = JobQueue().list_jobs()
+    assert job.config.dataset == "digits" and job.config.backbone == DEMO and job.config.resolution == 32
+    at.switch_page("app_pages/home.py").run()  # the budget is drawn on Home's chart
+    assert not at.exception, at.exception
+    assert "budget 4.00 MB" in str(at.get("plotly_chart")[0].proto.spec)
+
+
+def test_nothing_fits_and_bad_budgets(app):
+    at = plan_with(app, "100 KB")
+    assert any("Nothing fits 100 KB" in e.value and "over" in e.value for e in at.error)
+    at.text_input(key="pl_custom").set_value("12 parsecs").run()
+    assert any("unknown unit" in e.value for e in at.error)
+    assert not at.exception
+    at.text_input(key="pl_custom").set_value("-3 MB").run()
+    assert any("positive" in e.value for e in at.error)

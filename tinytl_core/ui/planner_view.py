@@ -1,0 +1,231 @@
+"""The Budget planner page's logic (no Streamlit): presets as options, the chart's points and figure, the
+table of what fits, accuracy from stored and reference runs, and queueing a "train it" run."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from tinytl_core.adapt import AdaptConfig
+from tinytl_core.jobs import JobQueue
+from tinytl_core.planner.accuracy import (
+    NOT_MEASURED,
+    REFERENCE,
+    STORED,
+    accuracy_table,
+    attach_accuracy,
+    format_accuracy,
+)
+from tinytl_core.planner.budget import PRESETS, Budget
+from tinytl_core.planner.plan import PLANNED, Plan, pareto_front
+from tinytl_core.planner.profile import ProfileCache
+from tinytl_core.quantities import RunStatus, bytes_unit, format_bytes
+from tinytl_core.reference import load_reference_runs
+from tinytl_core.results import ResultsStore
+from tinytl_core.ui.figures import SELECTION_COLOR, add_budget_line, mode_color
+
+CUSTOM = "custom"
+"""The preset option for a budget typed by hand."""
+TRAIN_STEPS = 200
+"""Steps of a run queued with "train it" (as the Adapt page's default)."""
+
+
+def preset_label(name: str) -> str:
+    """The preset picker's label: the preset's own, or 'Custom (KB / MB / GB)'."""
+    return PRESETS[name].label if name in PRESETS else "Custom size (KB / MB / GB)"
+
+
+def budget_from_choice(preset: str, custom: str) -> Budget:
+    """The budget the page's controls describe (raises :class:`~tinytl_core.planner.budget.BudgetError`)."""
+    return Budget.of(preset if preset in PRESETS else custom)
+
+
+def stored_runs(db_path: str | None = None) -> list[dict[str, Any]]:
+    """The finished runs of the results store (for their accuracy)."""
+    return ResultsStore(db_path).list_runs(status=RunStatus.FINISHED.value)
+
+
+@functools.cache
+def shared_cache() -> ProfileCache:
+    """One profile cache per process (memory over the disk cache), shared by every session."""
+    return ProfileCache()
+
+
+def accuracy_runs(stored: Iterable[Mapping[str, Any]], *, reference: bool = True) -> pd.DataFrame:
+    """Accuracy per (backbone, mode, resolution, dataset) of the user's runs and, with ``reference``, of
+    the bundled reference sweep (labelled as such)."""
+    tables = [accuracy_table(stored, source=STORED)]
+    if reference:
+        tables.append(accuracy_table(load_reference_runs(), source=REFERENCE))
+    tables = [t for t in tables if len(t)]
+    return pd.concat(tables, ignore_index=True) if tables else accuracy_table([])
+
+
+def chart_points(plan: Plan, accuracy: pd.DataFrame, dataset: str | None) -> pd.DataFrame:
+    """One point per fitting (backbone, mode, resolution): its largest fitting batch, with accuracy on
+    ``dataset`` where measured, and ``on_front`` (Pareto front of modelled peak vs accuracy, or vs trainable
+    parameters when no point has an accuracy). ``y`` is the plotted value, ``y_label`` says which."""
+    fit = plan.fitting
+    if not len(fit):
+        return pd.DataFrame()
+    keys = [PLANNED.backbone, PLANNED.mode, PLANNED.resolution]
+    points = fit.sort_values(PLANNED.batch_size).groupby(keys, sort=False).tail(1).reset_index(drop=True)
+    if dataset is not None and len(accuracy):
+        points = attach_accuracy(points, accuracy, dataset)
+    else:
+        points = points.assign(accuracy_mean=float("nan"), accuracy_spread=float("nan"), n_runs=0)
+        points["accuracy_source"] = NOT_MEASURED
+    measured = points["accuracy_mean"].notna().any()
+    points["y"] = 100 * points["accuracy_mean"] if measured else points[PLANNED.n_trainable].astype(float)
+    points["y_label"] = f"validation accuracy on {dataset} (%)" if measured else "trainable parameters"
+    points["on_front"] = pareto_front(points, PLANNED.peak_bytes, "y")
+    return points
+
+
+def planner_figure(points: pd.DataFrame, budget: Budget, *, title: str) -> go.Figure:
+    """Modelled peak (x) vs accuracy or trainable parameters (y), one colour per mode, the Pareto front
+    as a line through its points, the budget as a vertical line."""
+    fig = go.Figure()
+    largest = max(float(points[PLANNED.peak_bytes].max()) if len(points) else 0.0, float(budget.nbytes))
+    unit = bytes_unit(largest)
+    y_label = str(points["y_label"].iloc[0]) if len(points) else ""
+    for mode, group in points.groupby(PLANNED.mode, sort=False):
+        fig.add_trace(
+            go.Scatter(
+                x=group[PLANNED.peak_bytes] / unit[1],
+                y=group["y"],
+                mode="markers",
+                name=str(mode),
+                marker={
+                    "color": mode_color(str(mode)),
+                    "size": [13 if f else 8 for f in group["on_front"]],
+                    "line": {"width": [2 if f else 0 for f in group["on_front"]], "color": SELECTION_COLOR},
+                },
+                customdata=list(
+                    zip(
+                        group[PLANNED.backbone],
+                        group[PLANNED.resolution],
+                        group[PLANNED.batch_size],
+                        group[PLANNED.peak_bytes].map(format_bytes),
+                        group["accuracy_source"],
+                    )
+                ),
+                hovertemplate="%{customdata[0]} · " + str(mode) + "<br>%{customdata[1]} px, batch "
+                "%{customdata[2]}<br>modelled peak %{customdata[3]}<br>" + y_label + ": %{y:,.1f}"
+                "<br>%{customdata[4]}<extra></extra>",
+            )
+        )
+    front = points[points["on_front"]].sort_values(PLANNED.peak_bytes) if len(points) else points
+    if len(front) > 1:
+        fig.add_trace(
+            go.Scatter(
+                x=front[PLANNED.peak_bytes] / unit[1],
+                y=front["y"],
+                mode="lines",
+                name="Pareto front",
+                line={"color": SELECTION_COLOR, "dash": "dot", "shape": "hv"},
+                hoverinfo="skip",
+            )
+        )
+    fig.update_layout(
+        template="plotly_white",
+        title=title,
+        margin={"l": 10, "r": 10, "t": 60, "b": 10},
+        legend={"orientation": "h", "yanchor": "top", "y": -0.2, "xanchor": "left", "x": 0},
+        yaxis_title=y_label,
+    )
+    fig.update_xaxes(
+        title_text=f"modelled step peak ({unit[0]})",
+        exponentformat="none",
+        separatethousands=True,
+        rangemode="tozero",
+    )
+    add_budget_line(fig, budget.nbytes, unit, axis="x")
+    return fig
+
+
+def fits_table(plan: Plan, accuracy: pd.DataFrame, dataset: str | None) -> pd.DataFrame:
+    """What fits, for the page's table: one row per configuration, bytes in MB (10^6), accuracy as text."""
+    fit = plan.fitting
+    if dataset is not None and len(accuracy):
+        fit = attach_accuracy(fit, accuracy, dataset)
+    else:
+        fit = fit.assign(accuracy_mean=float("nan"), accuracy_spread=float("nan"), n_runs=0)
+        fit["accuracy_source"] = NOT_MEASURED
+    return pd.DataFrame(
+        {
+            "backbone": fit[PLANNED.backbone],
+            "mode": fit[PLANNED.mode],
+            "px": fit[PLANNED.resolution],
+            "batch": fit[PLANNED.batch_size],
+            "GroupNorm": fit[PLANNED.group_norm],
+            "modelled peak (MB)": fit[PLANNED.peak_bytes] / 1e6,
+            "in budget (MB)": fit[PLANNED.counted_bytes] / 1e6,
+            "activations (MB)": fit[PLANNED.activations_bytes] / 1e6,
+            "trainable params": fit[PLANNED.n_trainable],
+            "accuracy": [
+                format_accuracy(m, s, n, src)
+                for m, s, n, src in zip(
+                    fit["accuracy_mean"], fit["accuracy_spread"], fit["n_runs"], fit["accuracy_source"]
+                )
+            ],
+        }
+    ).reset_index(drop=True)
+
+
+def summary_table(plan: Plan) -> pd.DataFrame:
+    """Per backbone x mode, for the page: the largest resolution and batch that fit, the smallest peak."""
+    s = plan.summary()
+
+    def pair(a: Any, b: Any) -> str:
+        return "does not fit" if pd.isna(a) else f"{int(a)} (batch {int(b)})"
+
+    return pd.DataFrame(
+        {
+            "backbone": s["backbone"],
+            "mode": s["mode"],
+            "largest px that fits (its largest batch)": [
+                pair(a, b) for a, b in zip(s["max_resolution"], s["max_batch_at_max_resolution"])
+            ],
+            "largest batch that fits (px)": [
+                "does not fit" if pd.isna(a) else f"{int(a)} ({int(b)} px)"
+                for a, b in zip(s["max_batch"], s["resolution_at_max_batch"])
+            ],
+            "smallest modelled peak": s["smallest_peak_bytes"].map(format_bytes),
+        }
+    )
+
+
+def config_label(row: Mapping[str, Any]) -> str:
+    """``'mobilenetv2_100 · bias · 128 px · batch 8 · 45.2 MB'`` for pickers."""
+    return (
+        f"{row['backbone']} · {row['mode']} · {int(row['resolution'])} px · batch {int(row['batch_size'])} · "
+        f"{format_bytes(row['peak_bytes'])}"
+    )
+
+
+def train_config(row: Mapping[str, Any], dataset: str, *, optimizer: str, pretrained: bool) -> AdaptConfig:
+    """The adaptation run "train it" starts for a planned configuration (batch 1 with GroupNorm)."""
+    config = AdaptConfig(
+        backbone=str(row["backbone"]),
+        mode=str(row["mode"]),
+        dataset=dataset,
+        steps=TRAIN_STEPS,
+        batch_size=int(row["batch_size"]),
+        resolution=int(row["resolution"]),
+        group_norm=int(row["batch_size"]) == 1,
+        optimizer=optimizer,
+        pretrained=pretrained,
+    )
+    config.validate()
+    return config
+
+
+def queue_training(config: AdaptConfig, *, owner: str | None, db_path: str | None = None) -> int:
+    """Queue ``config`` on the persistent job queue (:class:`tinytl_core.jobs.JobQueue`); returns the job
+    id. The one place the planner starts training."""
+    return JobQueue(db_path).submit(config, owner=owner, label=f"planner: {config.dataset}")
