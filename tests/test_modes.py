@@ -5,7 +5,7 @@ import timm
 import torch
 
 from tinytl_core.layer_kinds import is_frozen, is_norm, uses_batch_statistics
-from tinytl_core.lite_residual import LiteResidual, LiteResidualBlock, LiteResidualConfig
+from tinytl_core.lite_residual import LiteResidual, LiteResidualBlock, LiteResidualConfig, find_blocks
 from tinytl_core.modes import MODES, ModeNotApplicable, compare_trainable, get_mode, prepare_model
 
 FAMILIES = [
@@ -19,8 +19,9 @@ FAMILIES = [
 RES = 64
 
 
-def _expected_trainable(model, mode_name: str) -> set[str]:
-    """Independent statement of what each mode must train, from names and module types."""
+def _expected_trainable(model, mode_name: str, scheme=None) -> set[str]:
+    """Independent statement of what each mode must train, from names and module types (``scheme``: the
+    sparse-update scheme the sparse mode applied)."""
     head_ids = {id(p) for p in model.get_classifier().parameters()}
     head = {n for n, p in model.named_parameters() if id(p) in head_ids}
     norm = {
@@ -40,7 +41,20 @@ def _expected_trainable(model, mode_name: str) -> set[str]:
         "lite_residual": head | branch,
         "lite_residual+bias": head | branch | bias,
         "mobiletl": head | bias,  # biases and norm shifts; only its backward differs from bias
+        "sparse": head | _sparse_expected(model, scheme) if scheme is not None else set(),
     }[mode_name]
+
+
+def _sparse_expected(model, scheme) -> set[str]:
+    """Biases of every module from the first of the last k blocks on, and each scheme layer's weight (its
+    trained rows, ``weight_train``, below ratio 1)."""
+    names = [n for n, _ in model.named_modules()]
+    first = [n for n, _ in find_blocks(model)][-scheme.bias_blocks] if scheme.bias_blocks else None
+    tail = set(names[names.index(first) :]) if first is not None else set()
+    biases = {n for n, _ in model.named_parameters() if n.endswith(".bias") and n.rsplit(".", 1)[0] in tail}
+    return biases | {
+        f"{u.layer}.weight" if u.ratio == 1 else f"{u.layer}.weight_train" for u in scheme.weights
+    }
 
 
 @pytest.mark.parametrize("backbone", FAMILIES)
@@ -51,7 +65,7 @@ def test_mode_trains_exactly_the_intended_parameters(backbone, mode):
     model.train()
     model(torch.randn(2, 3, RES, RES)).logsumexp(1).sum().backward()
     with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
-    expected = _expected_trainable(model, mode)
+    expected = _expected_trainable(model, mode, prepared.result.scheme)
     assert with_grad == expected
     assert set(prepared.result.trainable) == expected
     # A frozen backbone keeps running statistics even after model.train(); full/bn+last use batch stats.
