@@ -70,6 +70,13 @@ def stop_server(proc: subprocess.Popen) -> None:
         proc.kill()
 
 
+def new_context(browser):
+    """A browser context (a cookie jar: each of its pages is a new Streamlit session) with long time-outs."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    context.set_default_timeout(TIMEOUT_MS)  # a busy machine: Playwright's 30 s are not enough
+    return context
+
+
 def visits(browser, url: str, ready: list[str], repeat: int, context) -> float:
     """Median seconds until the last of ``ready`` is on screen, over ``repeat`` new sessions."""
     return median([timed_visit(browser, url, ready, context)[-1] for _ in range(repeat)])
@@ -95,7 +102,7 @@ def render_under_load(browser, home: Path, repeat: int, submitters: int, load_st
     proc, url = start_server(home, workers=2)
     out: dict[str, float] = {}
     try:
-        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        context = new_context(browser)
         timed_visit(browser, f"{url}/adapt", [HEADING, QUEUE_LINE], context)  # the server's first run
         out["Adapt page, idle"] = visits(browser, f"{url}/adapt", [HEADING, QUEUE_LINE], repeat, context)
         out["Compare runs, idle"] = visits(browser, f"{url}/compare_runs", [HEADING], repeat, context)
@@ -165,7 +172,7 @@ def throughput_with_viewers(browser, home: Path, viewers: int, steps: int) -> di
     queue = JobQueue(home / "results.sqlite")
     out: dict[str, float] = {}
     try:
-        contexts = [browser.new_context(viewport={"width": 1400, "height": 1000}) for _ in range(viewers)]
+        contexts = [new_context(browser) for _ in range(viewers)]
         pages = [c.new_page() for c in contexts]
         submit_through_page(pages[0], url, steps)  # warm-up: the worker's first run, not measured
         (warm,) = queue.list_jobs()

@@ -244,9 +244,14 @@ def test_pool_of_real_workers_survives_sigkill_and_stops_with_its_owner(tmp_path
     queue = JobQueue(db)
     tiny = dict(batch_size=2, resolution=32, record_memory=False, val_cap=1, shots=2, augment=False)
     long, short = queue.submit(config(steps=100_000, **tiny)), queue.submit(config(steps=1, **tiny))
-    with WorkerPool(1, db, threads=1) as pool:
+    pool = WorkerPool(1, db, threads=1)
+    starter = threading.Thread(target=pool.start)  # as the app does: from a script run's short-lived thread
+    starter.start()
+    starter.join()
+    with pool:
         wait_for(lambda: queue.get(long).step >= 1, timeout=120, what="a real worker to train")
         (pid,) = pool.pids
+        assert pool.restarts == 0 and queue.get(long).worker == worker_name(pid)  # outlived its starter
         os.kill(pid, signal.SIGKILL)  # what the kernel's out-of-memory killer does
         failed = queue.wait([long], timeout=30)[0]
         assert failed.state is JobState.FAILED and "SIGKILL" in failed.error and "memory" in failed.error
@@ -255,7 +260,7 @@ def test_pool_of_real_workers_survives_sigkill_and_stops_with_its_owner(tmp_path
             done.state is JobState.FINISHED and ResultsStore(db).get_run(done.run_id)["status"] == "finished"
         )
         replacement = pool.pids
-        assert replacement and replacement != [pid]
+        assert replacement and replacement != [pid] and pool.restarts == 1
     assert pool.pids == [] and all(not os.path.exists(f"/proc/{p}") for p in replacement)
     assert (tmp_path / "worker-logs" / "worker-0.log").exists()
 

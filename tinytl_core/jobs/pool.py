@@ -132,6 +132,8 @@ class WorkerPool:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._monitor: threading.Thread | None = None
+        self.restarts = 0
+        """Workers that ended on their own and were replaced."""
 
     # ------------------------------------------------------------------------------------------ control
     def start(self) -> WorkerPool:
@@ -140,8 +142,8 @@ class WorkerPool:
             if self._monitor is not None:
                 return self
             self.log_dir.mkdir(parents=True, exist_ok=True)
-            for index in range(self.size):
-                self._spawn(index)
+            # The watching thread starts the workers: Linux sends the parent-death signal when the *thread*
+            # that started a child ends, and the caller's may be short-lived (a Streamlit script run).
             self._monitor = threading.Thread(target=self._watch, name="tinytl-worker-pool", daemon=True)
             self._monitor.start()
         atexit.register(self.stop)
@@ -218,9 +220,11 @@ class WorkerPool:
 
     def _watch(self) -> None:
         last_recover = 0.0
-        while not self._stopping.wait(MONITOR_S):
+        while True:
             try:
                 with self._lock:
+                    if self._stopping.is_set():
+                        return
                     for index, slot in enumerate(self._slots):
                         self._check(index, slot)
                 if time.monotonic() - last_recover > RECOVER_EVERY_S:
@@ -228,6 +232,8 @@ class WorkerPool:
                     self.queue.recover()
             except Exception:  # the watcher must outlive a locked database or a failed start
                 log.exception("worker pool check failed; trying again")
+            if self._stopping.wait(MONITOR_S):
+                return
 
     def _check(self, index: int, slot: _Slot) -> None:
         process = slot.process
@@ -241,4 +247,5 @@ class WorkerPool:
         lived = time.monotonic() - slot.started
         slot.crashes = slot.crashes + 1 if lived < FAST_CRASH_S else 0
         slot.process = None
+        self.restarts += 1
         slot.started = time.monotonic() + (min(60.0, 2.0**slot.crashes) if slot.crashes else 0.0)

@@ -184,7 +184,16 @@ class JobQueue:
     def __init__(self, db_path: str | Path | None = None, *, timeout: float = 30.0):
         self.store = ResultsStore(db_path, timeout=timeout)
         self.path = self.store.path
-        self.store.execute(self._migrate, write=True)
+        if self.store.execute(self._version) != JOBS_SCHEMA_VERSION:  # a read: pages create one per run
+            self.store.execute(self._migrate, write=True)
+
+    @staticmethod
+    def _version(con: sqlite3.Connection) -> int | None:
+        try:
+            row = con.execute("SELECT version FROM schema_versions WHERE part = 'jobs'").fetchone()
+        except sqlite3.OperationalError:  # no such table yet
+            return None
+        return None if row is None else int(row[0])
 
     @staticmethod
     def _migrate(con: sqlite3.Connection) -> None:
