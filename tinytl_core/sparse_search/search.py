@@ -1,12 +1,14 @@
 """Propose a sparse-update scheme: contribution analysis, then greedy selection under a memory budget.
 
-As in Lin et al. (NeurIPS 2022), each option's *contribution* is the accuracy it adds when trained alone on
-top of the classifier (a short run of :func:`tinytl_core.adapt.adapt` on the chosen dataset, the same seed
-and data order for every option), and its *cost* is the memory the memory model says it adds (the modelled
-step peak, :func:`tinytl_core.memory.analyze`, of the classifier plus that option, less the classifier's
-alone). Options are the biases of the last ``k`` blocks (a few ``k``) and the weights of the last layers
-at each update ratio. Gains are taken as additive (the paper's assumption); costs are not, so every
-addition is checked on the modelled peak of the whole scheme before it is kept:
+As in Lin et al. (NeurIPS 2022), each option's *contribution* is the accuracy it adds in a short run of
+:func:`tinytl_core.adapt.adapt` on the chosen dataset (the same seed and data order for every option): a
+bias option's over the classifier alone, a weight option's over the largest bias option (the paper
+measures weights on top of a bias update, where a lone weight's gain is mostly noise). Its *cost* is the
+memory the memory model says it adds over the same reference (the modelled step peak,
+:func:`tinytl_core.memory.analyze`). Options are the biases of the last ``k`` blocks (a few ``k``) and
+the weights of the last layers at each update ratio. Gains are taken as additive (the paper's
+assumption); costs are not, so every addition is checked on the modelled peak of the whole scheme before
+it is kept:
 
 1. start from the classifier alone;
 2. among options that add accuracy (an option for a layer or for the biases replaces the one chosen
@@ -132,13 +134,14 @@ class SearchConfig:
 
 @dataclass(frozen=True)
 class Contribution:
-    """One option trained alone: its accuracy, gain over the classifier alone, and memory."""
+    """One option's short run: its accuracy, gain and memory cost over its reference (the classifier alone
+    for biases; the largest bias option for weights, trained together with it)."""
 
     option: Option
     accuracy: float
     gain: float
-    peak_bytes: int  # modelled step peak of the classifier + this option
-    cost_bytes: int  # that, less the classifier's alone
+    peak_bytes: int  # modelled step peak of the run (the option, with its reference)
+    cost_bytes: int  # that, less the reference's
 
 
 @dataclass
@@ -236,16 +239,25 @@ def analyse_contributions(
     analysis = ContributionAnalysis(
         config, baseline, modelled_peak(config, None, data.num_classes), data.num_classes
     )
+    # Bias options first: the largest one is the reference of the weight options.
+    options.sort(key=lambda o: (bool(o.layer), o.bias_blocks))
+    biases = [o for o in options if not o.layer]
+    reference = SparseScheme(biases[-1].bias_blocks) if biases else SparseScheme()
+    ref_accuracy, ref_bytes = baseline, analysis.baseline_bytes
     for i, option in enumerate(options, start=1):
         if cancel is not None and cancel.is_set():
             break
         report(i, total, option.label)
-        scheme = option.added_to(SparseScheme())
+        scheme = option.added_to(reference if option.layer else SparseScheme())
         accuracy = _run(config, "sparse", scheme, data)
         peak = modelled_peak(config, scheme, data.num_classes)
-        analysis.contributions.append(
-            Contribution(option, accuracy, accuracy - baseline, peak, peak - analysis.baseline_bytes)
-        )
+        if option.layer:
+            gain, cost = accuracy - ref_accuracy, peak - ref_bytes
+        else:
+            gain, cost = accuracy - baseline, peak - analysis.baseline_bytes
+            if scheme == reference:
+                ref_accuracy, ref_bytes = accuracy, peak
+        analysis.contributions.append(Contribution(option, accuracy, gain, peak, cost))
     report(total, total, "done")
     return analysis
 
