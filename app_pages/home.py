@@ -3,6 +3,7 @@
 import streamlit as st
 
 from app_pages import _cache
+from tinytl_core.comparisons import sign_mask_saving
 from tinytl_core.memory.report import TOTALS
 from tinytl_core.modes import MODES
 from tinytl_core.quantities import format_bytes, format_ratio
@@ -54,6 +55,8 @@ if "full" in rows.index:
             delta_color="off",
             delta_arrow="off",
         )
+if (saving := sign_mask_saving(table)) is not None:  # MobileTL vs exact bias-only, on this backbone
+    st.caption(f":material/info: {saving.sentence(backbone)}")
 st.caption(
     "Change the backbone, resolution and batch size in the sidebar: parameters stay put, activations follow "
     "the batch size and the square of the resolution. These are modelled numbers; the Memory Explorer "

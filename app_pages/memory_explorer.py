@@ -5,6 +5,7 @@ import streamlit as st
 
 from app_pages import _cache
 from tinytl_core.adapt import resolve_device
+from tinytl_core.comparisons import sign_mask_saving
 from tinytl_core.memory import ACCOUNTINGS, OPTIMIZER_HELP, OPTIMIZER_STATES, MemoryLimitError, ReportTotals
 from tinytl_core.memory.report import TOTALS
 from tinytl_core.modes import MODES
@@ -255,6 +256,8 @@ with st.expander("Totals of every mode (table)"):
         file_name=f"{backbone}-modes-{resolution}px-b{batch_size}-{accounting}.csv",
         key="mx_totals_csv",
     )
+if (saving := sign_mask_saving(complete_table)) is not None:  # MobileTL vs exact bias-only
+    st.caption(f":material/info: {saving.sentence(backbone)}")
 st.caption(
     "Modelled numbers come from shapes traced on PyTorch's meta device (nothing allocated). "
     "*Necessary* applies TinyTL's rules (a frozen weight needs no stored input, ReLU needs a 1-bit mask, "

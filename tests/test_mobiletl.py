@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tinytl_core.comparisons import compare_modes, sign_mask_saving
 from tinytl_core.engine import convert, describe
 from tinytl_core.layer_kinds import ACTIVATIONS, SIGN_MASKED, set_sign_mask, uses_sign_mask
 from tinytl_core.memory import analyze
@@ -227,3 +228,19 @@ def test_pages_note_names_the_approximation_only_for_mobiletl():
     assert approximation_note(["full", "bias", "lite_residual+bias"]) is None
     note = approximation_note(["bias", "mobiletl", "mobiletl"])
     assert note is not None and note.startswith("MobileTL:") and "approximate" in note
+
+
+PAIR = ["bias", "mobiletl"]
+
+
+def test_home_and_explorer_say_by_how_much_mobiletl_is_cheaper():
+    smooth = sign_mask_saving(compare_modes("mobilenetv3_large_100", resolution=32, batch_size=2, modes=PAIR))
+    assert smooth is not None and smooth.approximated
+    assert smooth.mobiletl_activations < 0.6 * smooth.bias_activations
+    assert "% less" in smooth.sentence("mobilenetv3_large_100")
+    relu6 = sign_mask_saving(compare_modes("demo_mobilenetv2_050", resolution=32, batch_size=2, modes=PAIR))
+    assert relu6 is not None and not relu6.approximated and "is TinyTL-B" in relu6.sentence("demo")
+    assert (
+        sign_mask_saving(compare_modes("demo_mobilenetv2_050", resolution=32, batch_size=2, modes="bias"))
+        is None
+    )

@@ -7,13 +7,14 @@ The memory model's comparisons live here, above :mod:`tinytl_core.modes` (which 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import pandas as pd
 
 from tinytl_core.memory import MemoryReport, analyze
 from tinytl_core.memory.report import TOTALS
 from tinytl_core.modes import ModeNotApplicable, prepare_model, resolve_modes
+from tinytl_core.quantities import format_bytes, format_ratio
 
 TABLE_COLUMNS: tuple[str, ...] = (
     TOTALS.weights_bytes,
@@ -112,3 +113,47 @@ def table_from_reports(reports: dict[str, MemoryReport | str]) -> pd.DataFrame:
     full = total[(table["mode"] == "full") & table["applicable"]]
     table["ratio_to_full"] = total / float(full.iloc[0]) if len(full) else float("nan")
     return table
+
+
+@dataclass(frozen=True)
+class SignMaskSaving:
+    """What MobileTL's sign mask saves against exact bias-only training (the same trainable parameters)
+    on one backbone, from a :func:`compare_modes` table (bytes)."""
+
+    bias_activations: int
+    mobiletl_activations: int
+    bias_total: int
+    mobiletl_total: int
+    approximated: bool  # False: no smooth activation to approximate (a ReLU-family network)
+
+    def sentence(self, backbone: str) -> str:
+        """One line for the pages: by how much MobileTL is cheaper here, and at what price."""
+        if not self.approximated:
+            return (
+                f"MobileTL on {backbone} is TinyTL-B: its activations are ReLU-like, whose 1-bit masks are "
+                "exact already (MobileTL's sign mask helps h-swish / SiLU networks)."
+            )
+        less = 1 - self.mobiletl_activations / max(1, self.bias_activations)
+        return (
+            f"MobileTL on {backbone}: stored activations {format_bytes(self.mobiletl_activations)} "
+            f"instead of {format_bytes(self.bias_activations)} for TinyTL-B ({less:.0%} less), training "
+            f"memory {format_ratio(self.mobiletl_total, self.bias_total, 'TinyTL-B')}; its h-swish / SiLU "
+            "activations keep 1-bit sign masks, so its gradients are approximate."
+        )
+
+
+def sign_mask_saving(table: pd.DataFrame) -> SignMaskSaving | None:
+    """MobileTL against exact bias-only training in a :func:`compare_modes` table (complete accounting),
+    or None when either mode is missing or does not apply."""
+    rows = table[table["applicable"]].set_index("mode")
+    if not {"bias", "mobiletl"} <= set(rows.index):
+        return None
+    act, total = TOTALS.activations_necessary_bytes, TOTALS.total_modelled_bytes
+    bias, mobiletl = rows.loc["bias"], rows.loc["mobiletl"]
+    return SignMaskSaving(
+        bias_activations=int(bias[act]),
+        mobiletl_activations=int(mobiletl[act]),
+        bias_total=int(bias[total]),
+        mobiletl_total=int(mobiletl[total]),
+        approximated=int(mobiletl[act]) < int(bias[act]),
+    )
