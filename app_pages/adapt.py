@@ -256,7 +256,34 @@ with st.expander("More options"):
     augment = b.toggle(
         "Augmentation (random crops, flips)", value=True, key="ad_augment", persist_state="session"
     )
-    group_norm = c.toggle("GroupNorm instead of BatchNorm", key="ad_group_norm", persist_state="session")
+    group_norm = c.toggle(
+        "GroupNorm + weight standardisation",
+        key="ad_group_norm",
+        persist_state="session",
+        help="The paper's recipe for batch size 1: BatchNorm normalises with the statistics of the batch, "
+        "and the statistics of one image are meaningless; GroupNorm normalises each image on its own, and "
+        "standardised conv weights keep it trainable. A pretrained BatchNorm backbone's features change.",
+    )
+    batch_one = c.toggle(
+        "Batch size 1 (the paper's on-device setting)",
+        key="ad_batch_one",
+        persist_state="session",
+        disabled=not group_norm,
+        help="Train one image per step instead of the sidebar's batch size: needs GroupNorm + weight "
+        "standardisation (batch statistics of one image are meaningless).",
+    )
+    if group_norm and batch_one:
+        batch_size = 1
+    weight_bits = c.selectbox(
+        "Frozen weights",
+        (32, 8),
+        format_func=lambda bits: "float (32-bit)" if bits == 32 else "8-bit codes (k-means, 256 per layer)",
+        key="ad_weight_bits",
+        persist_state="session",
+        help="8-bit: every frozen conv and linear weight stored as 8-bit codes with a 256-entry codebook "
+        "per layer, dequantised on the fly (about 4x less weight memory). Compare runs shows the "
+        "accuracy effect (column 'weight bits').",
+    )
     record_memory = c.toggle(
         "Record memory figures",
         value=True,
@@ -306,6 +333,7 @@ if start:
                 resolution=resolution,
                 pretrained=pretrained,
                 group_norm=group_norm,
+                weight_bits=int(weight_bits),
                 augment=augment,
                 shots=int(shots) or None,
                 val_cap=int(val_cap) or None,

@@ -234,7 +234,7 @@ def test_a_schema_1_database_opens_lists_and_shows_its_runs(tmp_path):
     _schema_1_database(path)
     store = ResultsStore(path)
     with sqlite3.connect(path) as con:
-        assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
         table = [r[1] for r in con.execute("PRAGMA table_info(runs)")]
     # Rebuilt for schema 3 (the new status check): today's columns in today's order.
     assert table == [RUN.id, *COLUMNS, "config_json", "history_json", "memory_json", "versions_json"]
@@ -245,6 +245,8 @@ def test_a_schema_1_database_opens_lists_and_shows_its_runs(tmp_path):
     assert old[MEMORY.activations_measured_stock_bytes] == 19_500_000
     assert old[MEMORY.activations_measured_engine_bytes] == 2_100_000
     assert failed[MEMORY.activations_measured_stock_bytes] is None and failed["memory"] is None
+    # Schema 4's settings columns come from each run's stored configuration (what it ran with if absent).
+    assert old[RUN.weight_bits] == failed[RUN.weight_bits] == 32 and old[RUN.group_norm] is False
     assert store.get_run(old[RUN.id]) == old
     frame = run_table([old], (RUN.id, RUN.mode, RUN.final_val_acc, MEMORY.activations_measured_stock_bytes))
     assert frame.to_dict("records") == [
@@ -351,7 +353,7 @@ def test_a_schema_2_database_is_rebuilt_to_accept_diverged_runs(tmp_path):
     assert new == 4 and store.get_run(new)["status"] is RunStatus.DIVERGED
     assert store.list_runs(status="diverged")[0][RUN.id] == 4
     with sqlite3.connect(path) as con:
-        assert con.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert con.execute("PRAGMA user_version").fetchone()[0] == 4
         (sql,) = con.execute("SELECT sql FROM sqlite_master WHERE name = 'runs'").fetchone()
         assert "'diverged'" in sql and "runs_rebuild" not in sql
         assert [

@@ -47,6 +47,7 @@ from tinytl_core.data import (
     dataset_display_name,
     load_dataset,
 )
+from tinytl_core.engine.quantized import WeightQuantization, check_weight_bits
 from tinytl_core.memory import training_memory_figures
 from tinytl_core.modes import get_mode, prepare_model
 from tinytl_core.quantities import RunMemory, RunStatus, format_mb
@@ -85,6 +86,9 @@ class AdaptConfig:
     step (stock PyTorch layers and the training engine's); turn it off for quick experiments and tests.
     ``engine`` trains on the training engine's layers (:func:`tinytl_core.engine.convert`: same outputs
     and gradients as stock PyTorch, less stored for backward); False trains with stock PyTorch layers.
+    ``group_norm``: GroupNorm + weight standardisation, the paper's recipe for batch size 1.
+    ``weight_bits=8`` stores the frozen conv and linear weights as 8-bit codes (``weight_quantization``
+    ``kmeans`` or ``linear``), dequantised on the fly: about 4x less weight memory, a small accuracy effect.
     """
 
     backbone: str = field(default_factory=default_backbone)
@@ -114,6 +118,8 @@ class AdaptConfig:
     record_memory: bool = True
     measure_memory: bool = True
     engine: bool = True
+    weight_bits: int = 32  # 8: frozen conv/linear weights as 8-bit codes (tinytl_core.engine.quantized)
+    weight_quantization: str = "kmeans"  # how 8-bit codes are made: kmeans (the paper's) or linear
 
     def validate(self) -> None:
         """Raise ``ValueError`` with a helpful message for an inconsistent configuration (cheap: no data
@@ -136,6 +142,8 @@ class AdaptConfig:
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
+        check_weight_bits(self.weight_bits)
+        WeightQuantization.parse(self.weight_quantization)
         if self.eval_every < 0:
             raise ValueError(f"eval_every must be >= 0 (0 = only at the end), got {self.eval_every}")
         if self.resolution is not None and self.resolution < 8:
@@ -291,6 +299,8 @@ class AdaptResult:
             "label_smoothing": c.label_smoothing,
             "seed": c.seed,
             "pretrained": c.pretrained,
+            "group_norm": c.group_norm,
+            "weight_bits": c.weight_bits,
             "config": c.to_dict(),
             "history": self.history,
             "versions": versions(),
@@ -472,6 +482,8 @@ def adapt(
         group_norm=config.group_norm,
         device=device,
         engine=config.engine,
+        weight_bits=config.weight_bits,
+        weight_quantization=config.weight_quantization,
     )
     model = prepared.model
     result.resolution = attach_transforms(

@@ -35,10 +35,17 @@ from torch import nn
 
 from tinytl_core.backbones import BackboneStatus, DataConfig, create_backbone, data_config
 from tinytl_core.engine import convert, revert
+from tinytl_core.engine.quantized import WeightQuantization, check_weight_bits, quantize_frozen_weights
 from tinytl_core.engine.layers import stock_class
 from tinytl_core.layer_kinds import is_norm, set_sign_mask
 from tinytl_core.lite_residual import LiteResidual, LiteResidualConfig, attach_lite_residuals
-from tinytl_core.norms import batchnorm_to_groupnorm, freeze_statistics, unfreeze_statistics
+from tinytl_core.norms import (
+    batchnorm_to_groupnorm,
+    freeze_statistics,
+    standardize_convolutions,
+    sync_standardization,
+    unfreeze_statistics,
+)
 
 
 class ModeNotApplicable(ValueError):
@@ -124,7 +131,9 @@ class Mode:
             model: a timm model (on any device, ``meta`` included).
             input_size: (C, H, W) used to size lite residual branches and to trace the engine's
                 conversion; default: the model's own.
-            group_norm: replace BatchNorm by GroupNorm first (the paper's choice for batch size 1).
+            group_norm: replace BatchNorm by GroupNorm and standardise the weights of the bias-free
+                convolutions (GroupNorm + weight standardisation: the public code's recipe for batch size
+                1; a frozen standardised weight is computed once, :func:`tinytl_core.norms.WSConv2d`).
             lite_residual: branch hyper-parameters (defaults as in the paper).
             strict: raise :class:`ModeNotApplicable` when the mode does not apply; otherwise return a
                 result with ``applicable=False`` and the reason, leaving ``model`` unchanged.
@@ -142,6 +151,7 @@ class Mode:
             return ModeResult(self.name, False, reason)
         if group_norm:
             batchnorm_to_groupnorm(model)
+            standardize_convolutions(model)
         head = {id(p) for p in _classifier(model).parameters()}
         branches = {id(p) for m in model.modules() if isinstance(m, LiteResidual) for p in m.parameters()}
         norm_params = {id(p) for m in model.modules() if is_norm(m) for p in m.parameters(recurse=False)}
@@ -158,6 +168,7 @@ class Mode:
             if wanted:
                 trainable.append(name)
         frozen = _configure_norms(model, freeze=self.frozen_backbone)
+        sync_standardization(model)  # frozen standardised weights: standardised once, in place
         # MobileTL marks its smooth activations for the engine's sign-mask backward; every other mode
         # clears the mark, so a model that changes mode computes exact gradients again.
         sign_masked = sum(
@@ -307,15 +318,21 @@ def prepare_model(
     strict: bool = True,
     lite_residual: LiteResidualConfig | None = None,
     engine: bool = True,
+    weight_bits: int = 32,
+    weight_quantization: WeightQuantization | str = WeightQuantization.KMEANS,
 ) -> PreparedModel:
     """Create ``backbone`` for ``num_classes`` and apply ``mode`` to it.
 
     ``resolution`` overrides the model's default input size (it sizes lite residual branches and is what
     ``result.data.input_size`` reports). ``device="meta"`` builds a shape-only model for fast analysis.
     ``engine`` (default) converts the model to the training engine after the mode; False keeps stock
-    PyTorch layers (see :meth:`Mode.apply`).
+    PyTorch layers (see :meth:`Mode.apply`). ``weight_bits=8`` then stores every frozen conv and linear
+    weight as 8-bit codes (``weight_quantization``: ``kmeans`` or ``linear``), dequantised on the fly
+    (:func:`tinytl_core.engine.quantize_frozen_weights`); 32 keeps float weights.
     """
     mode = get_mode(mode) if isinstance(mode, str) else mode
+    check_weight_bits(weight_bits)
+    weight_quantization = WeightQuantization.parse(weight_quantization)
     if resolution is not None and resolution < 8:
         raise ValueError(f"resolution must be at least 8 pixels, got {resolution}")
     model, status = create_backbone(backbone, num_classes, pretrained, device=device, resolution=resolution)
@@ -330,6 +347,8 @@ def prepare_model(
         strict=strict,
         engine=engine,
     )
+    if weight_bits < 32 and result.applicable:
+        quantize_frozen_weights(model, weight_quantization)
     return PreparedModel(model, mode, result, status, data)
 
 

@@ -40,11 +40,13 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 ENV_DB = "TINYTL_RESULTS_DB"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """1: the first version. 2: ``activations_measured_stock_bytes`` and ``activations_measured_engine_bytes``
 columns (filled from the stored memory JSON when an older database is opened). 3: the status CHECK
 accepts ``diverged``; SQLite cannot alter a CHECK constraint, so an older table is rebuilt (copied into a
-new table in one transaction, ids and the id sequence kept). Whenever :data:`ENDED_STATUSES` changes the
+new table in one transaction, ids and the id sequence kept). 4: ``group_norm`` and ``weight_bits`` columns
+(GroupNorm + weight standardisation; frozen weights at 8 bits), filled from each older run's stored
+configuration (``weight_bits`` 32 where it has none). Whenever :data:`ENDED_STATUSES` changes the
 check text changes, and opening a database whose check differs rebuilds it the same way."""
 
 
@@ -76,6 +78,13 @@ class RunInfo:
     device: str | None = quantity("device", Unit.TEXT)
     pretrained: bool | None = quantity("pretrained weights asked for", Unit.FLAG, short="pretrained")
     pretrained_loaded: bool | None = quantity("pretrained weights loaded", Unit.FLAG, short="loaded")
+    group_norm: bool | None = quantity("GroupNorm + weight standardisation", Unit.FLAG, short="GN+WS")
+    weight_bits: int | None = quantity(
+        "frozen weight bits",
+        Unit.COUNT,
+        short="weight bits",
+        help="8: frozen conv and linear weights stored as 8-bit codes, dequantised on the fly; 32: float.",
+    )
     n_trainable: int | None = quantity("trainable parameters", Unit.COUNT, short="trainable params")
     n_total: int | None = quantity("parameters", Unit.COUNT, short="params")
     final_val_acc: float | None = quantity(
@@ -139,6 +148,21 @@ def _memory_columns(memory: Mapping[str, Any] | None) -> dict[str, int]:
         for q in quantities(RunMemory)
         if getattr(figures, q.name) is not None
     }
+
+
+_CONFIG_COLUMNS = {RUN.group_norm: False, RUN.weight_bits: 32}
+"""Columns (schema 4) an older run's stored configuration fills, with the value it ran with if absent."""
+
+
+def _fill_from_config(con: sqlite3.Connection, names: list[str]) -> None:
+    """Fill the new ``names`` columns of every run from its ``config`` JSON (defaults where absent)."""
+    if not names:
+        return
+    for row in con.execute("SELECT id, config_json FROM runs").fetchall():
+        config = json.loads(row["config_json"]) if row["config_json"] else {}
+        values = [int(config.get(name, _CONFIG_COLUMNS[name])) for name in names]
+        assignments = ", ".join(f"{name} = ?" for name in names)
+        con.execute(f"UPDATE runs SET {assignments} WHERE id = ?", [*values, row["id"]])
 
 
 def _status_check() -> str:
@@ -264,6 +288,7 @@ class ResultsStore:
             con.execute(f"ALTER TABLE runs ADD COLUMN {name} {COLUMNS[name]}")
         if not added:
             return
+        _fill_from_config(con, [name for name in added if name in _CONFIG_COLUMNS])
         for row in con.execute("SELECT id, memory_json FROM runs WHERE memory_json IS NOT NULL").fetchall():
             figures = {k: v for k, v in _memory_columns(json.loads(row["memory_json"])).items() if k in added}
             if figures:

@@ -79,7 +79,26 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_false",
         help="random init instead of pretrained weights",
     )
-    p.add_argument("--group-norm", action="store_true", help="replace BatchNorm by GroupNorm")
+    p.add_argument(
+        "--group-norm",
+        action="store_true",
+        help="GroupNorm + weight standardisation instead of BatchNorm (the paper's recipe for batch size 1)",
+    )
+    p.add_argument(
+        "--frozen-weight-bits",
+        dest="weight_bits",
+        type=int,
+        choices=(8, 32),
+        default=32,
+        help="8: store frozen conv/linear weights as 8-bit codes, dequantised on the fly (~4x less weight "
+        "memory); 32: float (default)",
+    )
+    p.add_argument(
+        "--weight-quantization",
+        choices=("kmeans", "linear"),
+        default="kmeans",
+        help="how 8-bit codes are made: k-means, 256 centroids per layer (the paper's), or linear",
+    )
     p.add_argument("--no-augment", dest="augment", action="store_false", help="no training augmentation")
     p.add_argument("--no-memory", dest="record_memory", action="store_false", help="skip the memory figures")
     p.add_argument(
@@ -127,6 +146,8 @@ def _config(args: argparse.Namespace, mode: str) -> AdaptConfig:
         record_memory=args.record_memory,
         measure_memory=args.measure_memory,
         engine=args.engine,
+        weight_bits=args.weight_bits,
+        weight_quantization=args.weight_quantization,
     )
 
 

@@ -18,7 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="shipped or timm architecture (default: %(default)s, the demo backbone, offline)",
     )
     p.add_argument("--resolution", type=int, default=None, help="input size in pixels (default: model's)")
-    p.add_argument("--group-norm", action="store_true", help="replace BatchNorm by GroupNorm")
+    p.add_argument(
+        "--group-norm", action="store_true", help="GroupNorm + weight standardisation instead of BatchNorm"
+    )
     p.add_argument("--describe", action="store_true", help="print each mode's description and exit")
     p.set_defaults(func=run)
 

@@ -40,15 +40,27 @@ from tinytl_core.engine.convert import (
     revert,
 )
 from tinytl_core.engine.layers import ENGINE_CLASSES, EngineModule
+from tinytl_core.engine.quantized import (
+    QuantizationReport,
+    WeightQuantization,
+    model_weight_bytes,
+    quantize_frozen_weights,
+)
+from tinytl_core.engine.standardized import EngineWSConv2d
 
 __all__ = [
     "ENGINE_CLASSES",
     "EngineLayer",
     "EngineModule",
     "EngineReport",
+    "EngineWSConv2d",
+    "QuantizationReport",
+    "WeightQuantization",
     "convert",
     "describe",
     "engine_enabled",
     "is_converted",
+    "model_weight_bytes",
+    "quantize_frozen_weights",
     "revert",
 ]

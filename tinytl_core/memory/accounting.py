@@ -1,6 +1,7 @@
 """Turn a traced forward into the per-layer table and totals, in the *complete* or the *paper* accounting.
 
-Complete (default): weights (fp32, or frozen ones at ``frozen_weight_bits``) and buffers, gradients and
+Complete (default): weights (fp32, or frozen conv / linear weights at ``frozen_weight_bits`` with their
+codebooks, as 8-bit runs store them: :func:`param_bytes`) and buffers, gradients and
 optimizer state of trainable parameters, the activations stored for backward (TinyTL's necessary bytes,
 and stock PyTorch's saved bytes beside them), and the transient part of the step's peak: at its worst
 layer a step holds what earlier layers stored plus that layer's working set (input, output and the pending
@@ -61,10 +62,14 @@ def check_accounting(accounting: str) -> str:
 
 
 def param_bytes(p: ParamRef, frozen_bits: int) -> int:
-    """Bytes of one parameter: trainable at its own precision, frozen at ``frozen_bits`` if fewer."""
-    if p.trainable or frozen_bits >= 8 * p.element_size:
+    """Bytes of one parameter as the engine stores it: a frozen conv or linear weight at ``frozen_bits`` if
+    fewer than its own, plus its codebook (``2**bits`` float32 centroids: 1 KB at 8 bits), as
+    :func:`tinytl_core.engine.quantize_frozen_weights` stores it (k-means; the linear scheme's table is 8
+    bytes per output channel instead); every other parameter (trainable, norm, bias) at its own precision."""
+    if p.trainable or not p.quantizable or frozen_bits >= 8 * p.element_size:
         return p.nbytes
-    return math.ceil(p.numel * frozen_bits / 8)
+    table = 4 * 2**frozen_bits if frozen_bits <= 8 else 0
+    return math.ceil(p.numel * frozen_bits / 8) + table
 
 
 def _shape(row: Row, which: str) -> str:

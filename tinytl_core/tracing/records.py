@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from tinytl_core.layer_kinds import quantizable_weight
 from tinytl_core.tracing.saved import SavedTensor, storage_key
 
 
@@ -47,13 +48,15 @@ class TensorRef:
 
 @dataclass(frozen=True)
 class ParamRef:
-    """A parameter a row owns: qualified name, size, element size and whether it trains."""
+    """A parameter a row owns: qualified name, size, element size, whether it trains, and whether it is a
+    weight the engine can store as 8-bit codes when frozen (``layer_kinds.quantizable_weight``)."""
 
     name: str
     local_name: str
     numel: int
     element_size: int
     trainable: bool
+    quantizable: bool = False
 
     @property
     def nbytes(self) -> int:
@@ -149,7 +152,12 @@ def _distinct_bytes(refs: list[TensorRef]) -> int:
 
 def param_refs(model: nn.Module) -> list[ParamRef]:
     """Every parameter of ``model`` once (tied parameters once), in registration order."""
+    quantizable = {
+        id(m.weight) for m in model.modules() if quantizable_weight(m) and "weight" in m._parameters
+    }
     return [
-        ParamRef(name, name.rsplit(".", 1)[-1], p.numel(), p.element_size(), p.requires_grad)
+        ParamRef(
+            name, name.rsplit(".", 1)[-1], p.numel(), p.element_size(), p.requires_grad, id(p) in quantizable
+        )
         for name, p in model.named_parameters()
     ]

@@ -22,6 +22,8 @@ RUN_COLUMNS: tuple[str, ...] = (
     RUN.dataset,
     RUN.resolution,
     RUN.batch_size,
+    RUN.group_norm,
+    RUN.weight_bits,
     RUN.steps_done,
     RUN.final_val_acc,
     RUN.best_val_acc,
