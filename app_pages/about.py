@@ -88,7 +88,10 @@ st.markdown(
 - H. Cai, C. Gan, L. Zhu, S. Han. *TinyTL: Reduce Memory, Not Parameters for Efficient On-Device
   Learning.* NeurIPS 2020. [arXiv:2007.11622](https://arxiv.org/abs/2007.11622) ·
   [code](https://github.com/mit-han-lab/tinyml/tree/master/tinytl)
-- Later work: MobileTL (AAAI 2023, cheaper backward through activations and norms); J. Lin et al.,
+- H.-Y. Chiang, N. Frumkin, F. Liang, D. Marculescu. *MobileTL: On-Device Transfer Learning with
+  Inverted Residual Blocks.* AAAI 2023. [arXiv:2212.03246](https://arxiv.org/abs/2212.03246): trained
+  norm shifts, h-swish backward through a 1-bit sign mask -- the mode `mobiletl` here (rule 6).
+- Later work: J. Lin et al.,
   *On-Device Training Under 256KB Memory* (NeurIPS 2022, sparse updates and a tiny training engine);
   memsave_torch (arXiv:2404.12406, layers that skip saving inputs of frozen weights).
 - Backbones from [timm](https://github.com/huggingface/pytorch-image-models).
