@@ -76,6 +76,13 @@ def memory_accuracy_scatter(frame, x: str, x_label: str, title: str):
 
 
 @st.cache_resource(show_spinner=False)
+def paper_table_slot() -> dict:
+    """One slot per server for the reproduced Table 2 (:func:`tinytl_core.paper.paper_table`): computed once,
+    on request, with a progress bar, then shown to every visitor of the About page."""
+    return {}
+
+
+@st.cache_resource(show_spinner=False)
 def _worker_pool(db_path: str) -> WorkerPool | None:
     """The server's worker processes on ``db_path``: started once per server process (not per session or
     rerun), stopped with it (:func:`tinytl_core.ui.jobs.start_pool`)."""

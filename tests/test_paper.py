@@ -1,5 +1,7 @@
 """Issue 16, items 1-2: ProxylessNAS-Mobile as a backbone, and the paper's Table 2 memory column."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -128,3 +130,28 @@ def test_table2_rows_within_5_percent():
     assert "| FT-Full | 224 | 391 |" in text and "engine step peak MB (modelled)" in text
     with pytest.raises(ValueError):
         paper_table(step_peak="guessed", rows=(TABLE2[0],))
+
+
+def test_about_page_reproduces_table2_on_request(tinytl_home, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    import tinytl_core.paper as paper_module
+    from app_pages import _cache
+
+    monkeypatch.setattr(paper_module, "TABLE2", paper_module.TABLE2[:1])  # one row: the page reads it live
+    _cache.paper_table_slot.clear()
+    try:
+        at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=180)
+        at.switch_page("app_pages/about.py").run()
+        assert not at.exception, at.exception
+        assert not any("| FT-Last |" in m.value for m in at.markdown)
+        next(b for b in at.button if b.label == "Reproduce Table 2").click().run()
+        assert not at.exception, at.exception
+        shown = "\n".join(m.value for m in at.markdown)
+        assert "| FT-Last | 224 | 31 |" in shown and "engine step peak MB (modelled)" in shown
+        assert "P2" in shown  # the conventions, explained from the library's docstring
+        assert not any(b.label == "Reproduce Table 2" for b in at.button)
+        at.run()  # kept for every later visit
+        assert any("| FT-Last | 224 | 31 |" in m.value for m in at.markdown)
+    finally:
+        _cache.paper_table_slot.clear()

@@ -73,8 +73,9 @@ P3. **Peak.** The largest, over those layers in execution order, of: the layer's
     Stored tensors are not de-duplicated.
 
 The paper's Table 2 runs the public script's network: the lite residual branches are inserted in every
-method (frozen, so 8-bit, when the method does not train them; trained in ``full``) and sized as for
-128 px feature maps at the first stride-2 stage; :func:`tinytl_core.paper.paper_table` builds it so.
+method (frozen, so 8-bit, when the method does not train them; trained in ``full``) and sized for a
+fixed input (128 px at the first block group), with GroupNorm; :func:`tinytl_core.paper.paper_table`
+builds it so.
 """
 
 from __future__ import annotations
