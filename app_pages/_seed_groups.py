@@ -29,7 +29,9 @@ def render(runs: Sequence[Mapping[str, Any]]) -> None:
     """The section, over ``runs`` (the page's filtered runs; may be empty: the reference sweep is shown)."""
     st.subheader("Memory vs accuracy per dataset, seeds grouped")
     reference = reference_set()
-    options = ["mine", "reference"] if runs else ["reference"]
+    options = [o for o, there in (("mine", bool(runs)), ("reference", reference is not None)) if there]
+    if not options:
+        return
     source = st.segmented_control(
         "Runs", options, default=options[0], format_func=SOURCES.get, required=True, key="cr_group_source"
     )

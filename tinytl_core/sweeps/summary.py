@@ -11,6 +11,7 @@ import pandas as pd
 
 from tinytl_core.quantities import MB, RunStatus
 from tinytl_core.results import MEMORY, RUN
+from tinytl_core.sweeps.grid import seedless_key
 
 GROUP_COLUMNS: tuple[str, ...] = ("backbone", "mode", "dataset", "resolution", "batch_size", "steps")
 """What a group shows of its configuration (it is keyed by every setting but the seed)."""
@@ -48,11 +49,13 @@ SEED_GROUP_HEADERS: dict[str, str] = {
 
 
 def seed_group_key(run: Mapping[str, Any]) -> str:
-    """What repeated seeds share: the run's stored configuration without its seed (sorted JSON), or its
-    identifying columns when it has no stored configuration."""
+    """What repeated seeds share: the run's stored configuration without its seed
+    (:func:`~tinytl_core.sweeps.grid.seedless_key`: fields added by later versions take their defaults,
+    so runs stored before and after an upgrade still group), or its identifying columns when it has no
+    stored configuration."""
     config = run.get("config")
     if config:
-        return json.dumps({k: v for k, v in config.items() if k != "seed"}, sort_keys=True, default=str)
+        return seedless_key(config)
     return json.dumps([run.get(c) for c in (RUN.backbone, RUN.mode, RUN.dataset, RUN.resolution)])
 
 

@@ -186,9 +186,13 @@ def cancel_sweep(queue: JobQueue, sweep: str, owner: str) -> int:
 
 
 # ------------------------------------------------------------- Compare runs: reference layers
-def reference_set() -> ReferenceSet:
-    """The bundled reference sweep (read once per process)."""
-    return load_reference_set()
+def reference_set() -> ReferenceSet | None:
+    """The bundled reference sweep (read once per process); None when the install lacks it or it does not
+    read (a page then shows your runs only)."""
+    try:
+        return load_reference_set()
+    except (OSError, ValueError):
+        return None
 
 
 def paper_frame(datasets: Iterable[str] | None = None) -> pd.DataFrame:

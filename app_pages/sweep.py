@@ -1,0 +1,112 @@
+"""Sweep: start a grid of runs (backbones x modes x datasets x resolutions x seeds) and follow it
+(layout only; the logic is ``tinytl_core.ui.sweep`` and ``tinytl_core.sweeps``).
+
+The sweep's runs are jobs of the persistent queue, trained by the server's worker processes: the sweep
+goes on when the tab closes, and this page finds it again in the same session."""
+
+import streamlit as st
+
+from app_pages import _cache
+from app_pages._guard import guarded
+from tinytl_core.adapt import AdaptConfig
+from tinytl_core.data import list_datasets
+from tinytl_core.jobs import JobQueue
+from tinytl_core.modes import MODES
+from tinytl_core.results import ResultsStore
+from tinytl_core.ui.sweep import MAX_SWEEP, build_grid, cancel_sweep, start_sweep, sweep_status
+
+POLL_SECONDS = 2.0
+
+settings = _cache.settings()
+owner = f"{settings.session_id}/sweep"  # the session's sweeps, apart from its Adapt runs
+queue, store = JobQueue(), ResultsStore()
+
+st.header("Sweep")
+st.caption(
+    "A grid of short adaptations, every combination once, trained by the server's worker processes. "
+    "Configurations already finished in the results store are skipped, so a stopped sweep resumes where "
+    "it stopped. The runs land on Compare runs, where repeated seeds are grouped. Larger grids: "
+    "`python -m tinytl_core sweep`, on a Ray cluster with `--ray`."
+)
+
+
+def render_status(sweep: str, *, live: bool) -> None:
+    """The sweep's progress, its jobs, and Cancel while some have not ended."""
+    status = sweep_status(queue, sweep)
+    st.subheader("Your sweep")
+    st.progress(min(1.0, status.fraction), text=status.line())
+    workers = _cache.pool_size()
+    if not workers and status.active:
+        st.caption("No workers started by this server: run `python -m tinytl_core worker` to train the jobs.")
+    if status.active and st.button("Cancel this sweep", icon=":material/stop_circle:", key="sw_cancel"):
+        n = cancel_sweep(queue, sweep, owner)
+        st.toast(f"Cancelled {n} job(s); a running one stops within a step or two.")
+        st.rerun(scope="fragment" if live else "app")
+    st.dataframe(status.frame(), hide_index=True, width="stretch", placeholder="–", key="sw_jobs")
+    if live and not status.active:
+        st.rerun(scope="app")  # every job ended: redraw once, without polling
+    if not status.active:
+        st.page_link(
+            "app_pages/compare_runs.py",
+            label="See the runs grouped over seeds on Compare runs",
+            icon=":material/scatter_plot:",
+        )
+
+
+@guarded  # a fragment reruns outside the page: it gets the page's guard itself
+def live_status() -> None:
+    render_status(st.session_state["sw_sweep"], live=True)
+
+
+current = st.session_state.get("sw_sweep")
+if current:
+    if sweep_status(queue, current).active:
+        st.fragment(live_status, run_every=POLL_SECONDS)()
+    else:
+        render_status(current, live=False)
+    st.divider()
+
+datasets = {d.name: d for d in list_datasets()}
+with st.form("sw_form"):
+    st.subheader("New sweep")
+    backbones = st.multiselect("Backbones", _cache.backbone_names(), default=[settings.backbone], key="sw_bb")
+    modes = st.multiselect(
+        "Modes", list(MODES), default=list(MODES), format_func=lambda m: MODES[m].title, key="sw_modes"
+    )
+    chosen = st.multiselect(
+        "Datasets",
+        list(datasets),
+        default=[d for d in ("shapes", "digits") if d in datasets],
+        format_func=lambda d: datasets[d].title,
+        key="sw_datasets",
+    )
+    c = st.columns(3)
+    resolutions = c[0].text_input(
+        "Resolutions (px)", "own", key="sw_res", help="Comma-separated; 'own' is each backbone's own size."
+    )
+    seeds = c[1].text_input("Seeds", "0,1,2", key="sw_seeds", help="Comma-separated training seeds.")
+    steps = c[2].number_input("Steps per run", min_value=1, max_value=100_000, value=200, key="sw_steps")
+    st.caption(
+        f"Batch {settings.batch_size} and {'pretrained weights' if settings.pretrained else 'random init'} "
+        f"from the sidebar. At most {MAX_SWEEP} configurations per sweep."
+    )
+    submitted = st.form_submit_button("Start sweep", type="primary", icon=":material/play_arrow:")
+
+if submitted:
+    try:
+        grid = build_grid(
+            backbones=backbones,
+            modes=modes,
+            datasets=chosen,
+            resolutions=resolutions,
+            seeds=seeds,
+            steps=int(steps),
+            base=AdaptConfig(batch_size=settings.batch_size, pretrained=settings.pretrained),
+        )
+        started = start_sweep(grid, queue, store, owner=owner)
+    except ValueError as exc:
+        st.error(str(exc), icon=":material/block:")
+    else:
+        st.session_state["sw_sweep"] = started.sweep
+        st.toast(started.message())
+        st.rerun()
