@@ -7,9 +7,10 @@ so planning thousands of configurations costs one cache look-up each after the f
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 
 from tinytl_core.backbones import CURATED_BACKBONES, check_backbone_name, list_backbones
@@ -279,8 +280,8 @@ def plan(
         for gn in ((True,) if needs_gn else ()) + ((False,) if linear_batches else ())
     ]
     columns: dict[str, list] = {c: [] for c in CONFIG_COLUMNS}
+    one, many = np.array([1], dtype=np.int64), np.array(linear_batches, dtype=np.int64)
     skipped: dict[tuple[str, str, int], str] = {}  # one reason per (backbone, mode, resolution)
-    bits, engine = space.frozen_weight_bits, space.engine
     for i, (backbone, resolution, mode, gn) in enumerate(jobs):
         if progress is not None:
             progress(i, len(jobs), f"{backbone} {mode} {resolution}px")
@@ -289,16 +290,14 @@ def plan(
             reason = f"batch 1 (GroupNorm): {profile.reason}" if gn and linear_batches else profile.reason
             skipped.setdefault((backbone, mode, resolution), reason)
             continue
-        _add_rows(columns, profile, [1] if gn else linear_batches, budget, space, bits, engine)
+        _add_rows(columns, profile, one if gn else many, budget, space)
     if progress is not None:
         progress(len(jobs), len(jobs), "done")
-    configs = pd.DataFrame(columns)
-    if len(configs):
-        configs = configs.sort_values(
-            [PLANNED.backbone, PLANNED.mode, PLANNED.resolution, PLANNED.batch_size],
-            key=lambda col: col.map(_order(space, col.name)) if col.name in ("backbone", "mode") else col,
-            kind="stable",
-        ).reset_index(drop=True)
+    # Rows come in plan order (backbone, mode, resolution, batch) as the jobs were listed.
+    configs = pd.DataFrame(
+        {c: np.concatenate(parts) if parts else [] for c, parts in columns.items()},
+        columns=list(CONFIG_COLUMNS),
+    )
     return Plan(
         budget,
         space,
@@ -311,44 +310,44 @@ def plan(
     )
 
 
-def _order(space: SearchSpace, column: str) -> dict[str, int]:
-    values = space.backbones if column == "backbone" else space.modes
-    return {v: i for i, v in enumerate(values)}
-
-
 def _add_rows(
     columns: dict[str, list],
     profile: MemoryProfile,
-    batches: Sequence[int],
+    batches: np.ndarray,
     budget: Budget,
     space: SearchSpace,
-    bits: int,
-    engine: bool,
 ) -> None:
+    """Append the configurations of one profile at ``batches`` (one numpy array per column)."""
+    bits = space.frozen_weight_bits
     frozen = profile.frozen_weights_bytes(bits)
     weights = profile.trainable_bytes + frozen + profile.buffer_bytes  # = profile.weights_bytes(bits)
-    grads = profile.grads_optimizer_bytes(space.optimizer)
-    flash = frozen if budget.weights_in_flash else 0
-    lines = profile.engine_lines if engine else profile.stock_lines
-    for b in batches:
-        act = max((a + s * b for a, s in lines), default=0)
-        peak = weights + grads + act
-        counted = peak - flash
-        columns["backbone"].append(profile.backbone)
-        columns["mode"].append(profile.mode)
-        columns["resolution"].append(profile.resolution)
-        columns["batch_size"].append(b)
-        columns["group_norm"].append(profile.group_norm)
-        columns["peak_bytes"].append(peak)
-        columns["counted_bytes"].append(counted)
-        columns["flash_bytes"].append(flash)
-        columns["weights_bytes"].append(weights)
-        columns["grads_optimizer_bytes"].append(grads)
-        columns["activations_bytes"].append(act)
-        columns["n_trainable"].append(profile.n_trainable)
-        columns["n_params"].append(profile.n_params)
-        columns["fits"].append(counted <= budget.nbytes)
-        columns["over_bytes"].append(counted - budget.nbytes)
+    fixed = weights + profile.grads_optimizer_bytes(space.optimizer)
+    lines = np.asarray(profile.engine_lines if space.engine else profile.stock_lines, dtype=np.int64)
+    n = len(batches)
+    act = (
+        (lines[:, :1] + lines[:, 1:] * batches[None, :]).max(axis=0) if len(lines) else np.zeros(n, np.int64)
+    )
+    peak = fixed + act
+    counted = peak - (frozen if budget.weights_in_flash else 0)
+
+    def const(value: object) -> np.ndarray:
+        return np.full(n, value, dtype=object if isinstance(value, str) else None)
+
+    columns[PLANNED.backbone].append(const(profile.backbone))
+    columns[PLANNED.mode].append(const(profile.mode))
+    columns[PLANNED.resolution].append(const(profile.resolution))
+    columns[PLANNED.batch_size].append(batches)
+    columns[PLANNED.group_norm].append(const(profile.group_norm))
+    columns[PLANNED.peak_bytes].append(peak)
+    columns[PLANNED.counted_bytes].append(counted)
+    columns[PLANNED.flash_bytes].append(const(frozen if budget.weights_in_flash else 0))
+    columns[PLANNED.weights_bytes].append(const(weights))
+    columns[PLANNED.grads_optimizer_bytes].append(const(fixed - weights))
+    columns[PLANNED.activations_bytes].append(act)
+    columns[PLANNED.n_trainable].append(const(profile.n_trainable))
+    columns[PLANNED.n_params].append(const(profile.n_params))
+    columns[PLANNED.fits].append(counted <= budget.nbytes)
+    columns[PLANNED.over_bytes].append(counted - budget.nbytes)
 
 
 def pareto_front(frame: pd.DataFrame, x: str, y: str, *, maximize_y: bool = True) -> pd.Series:

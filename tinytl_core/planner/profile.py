@@ -29,11 +29,12 @@ import tinytl_core
 from tinytl_core.memory import accounting as acc
 from tinytl_core.modes import prepare_model
 from tinytl_core.paths import cache_dir
-from tinytl_core.tracing import ParamRef, Trace, optimizer_states, trace_model
+from tinytl_core.tracing import Trace, optimizer_states, trace_model
 
-PROFILE_FORMAT = 2
+PROFILE_FORMAT = 3
 """Bump when :class:`MemoryProfile`'s fields or their meaning change."""
 CACHE_NAME = "planner-cache"
+MAX_FROZEN_BITS = 32
 LINEAR_BATCHES = (2, 3)
 """The batch sizes a BatchNorm profile is traced at (two points fix each candidate's line)."""
 SOURCES = (
@@ -72,7 +73,7 @@ class MemoryProfile:
     n_params: int = 0
     n_trainable: int = 0
     trainable_bytes: int = 0
-    frozen_params: tuple[dict, ...] = ()  # each frozen parameter's ParamRef fields (as accounted)
+    frozen_bytes: tuple[int, ...] = ()  # frozen weights' bytes at 1, 2, ..., 32 bits per weight
     buffer_bytes: int = 0
     engine_lines: tuple[tuple[int, int], ...] = ()
     stock_lines: tuple[tuple[int, int], ...] = ()
@@ -83,8 +84,11 @@ class MemoryProfile:
         return self.trainable_bytes + self.frozen_weights_bytes(frozen_weight_bits) + self.buffer_bytes
 
     def frozen_weights_bytes(self, frozen_weight_bits: int = 32) -> int:
-        """The frozen weights alone (what a microcontroller keeps in flash)."""
-        return sum(acc.param_bytes(ParamRef(**p), frozen_weight_bits) for p in self.frozen_params)
+        """The frozen weights alone (what a microcontroller keeps in flash), as
+        :func:`tinytl_core.memory.accounting.param_bytes` counts them (kept for 1..32 bits)."""
+        if not 1 <= frozen_weight_bits <= len(self.frozen_bytes):
+            raise ValueError(f"frozen-weight bits must be 1..{MAX_FROZEN_BITS}, got {frozen_weight_bits}")
+        return self.frozen_bytes[frozen_weight_bits - 1]
 
     def grads_optimizer_bytes(self, optimizer: str) -> int:
         """Gradients and optimizer state of the trainable parameters."""
@@ -119,7 +123,7 @@ class MemoryProfile:
         data = dict(data)
         for name in ("engine_lines", "stock_lines"):
             data[name] = tuple(tuple(int(v) for v in pair) for pair in data.get(name, ()))
-        data["frozen_params"] = tuple(dict(p) for p in data.get("frozen_params", ()))
+        data["frozen_bytes"] = tuple(int(v) for v in data.get("frozen_bytes", ()))
         return cls(**data)
 
 
@@ -177,8 +181,8 @@ def build_profile(
         size = prepared.data.input_size
         batches = (1,) if group_norm else LINEAR_BATCHES
         traces = [trace_model(prepared.model, size, b) for b in batches]
-    except ValueError as exc:
-        return _inapplicable(base, str(exc))
+    except (ValueError, RuntimeError, TypeError, NotImplementedError) as exc:  # timm or tracer refusing
+        return _inapplicable(base, str(exc) or type(exc).__name__)
     first = traces[0]
     params = first.params
     terms = [_terms(t) for t in traces]
@@ -205,7 +209,10 @@ def build_profile(
         n_params=sum(p.numel for p in params),
         n_trainable=sum(p.numel for p in params if p.trainable),
         trainable_bytes=sum(p.nbytes for p in params if p.trainable),
-        frozen_params=tuple(asdict(p) for p in params if not p.trainable),
+        frozen_bytes=tuple(
+            sum(acc.param_bytes(p, bits) for p in params if not p.trainable)
+            for bits in range(1, MAX_FROZEN_BITS + 1)
+        ),
         buffer_bytes=first.buffer_bytes,
         engine_lines=upper_envelope(engine),
         stock_lines=upper_envelope(stock),

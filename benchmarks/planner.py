@@ -1,0 +1,121 @@
+"""How fast the budget planner answers: cold (empty disk cache: every profile traced), warm from the disk
+cache (a new process's first plan) and warm in memory (the app's next plan), and the Memory Explorer's
+current per-mode analysis for comparison.
+
+    python benchmarks/planner.py                                # 20 backbones x all modes x 5 px x 1-64
+    python benchmarks/planner.py --resolutions 96 --workers 2   # one resolution, traced by 2 processes
+    python benchmarks/planner.py --backbones demo_mobilenetv2_050 --resolutions 32,64 --quick
+
+Targets (issue 15): the whole default space in <= 10 s cold and <= 1 s warm on 2 cores; all modes of a
+curated backbone in the Memory Explorer <= 1 s warm. Prints measured times (this machine is shared: noisy).
+``--cache-dir`` keeps the cache between runs (default: a fresh temporary folder, so the first plan is cold).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+import torch
+
+from tinytl_core.backbones import CURATED_BACKBONES
+from tinytl_core.comparisons import mode_reports
+from tinytl_core.modes import MODES
+from tinytl_core.planner.budget import Budget
+from tinytl_core.planner.plan import DEFAULT_RESOLUTIONS, SearchSpace, plan
+from tinytl_core.planner.profile import ProfileCache
+
+EXTRA = (  # mobile CNNs beyond the curated set, to plan at least 20 backbones
+    "mobilenetv3_small_100",
+    "mobilenetv2_140",
+    "efficientnet_lite0",
+    "mnasnet_small",
+    "ghostnet_100",
+    "lcnet_100",
+    "tinynet_a",
+    "semnasnet_100",
+    "resnet34",
+    "regnety_002",
+)
+
+
+def _build(args: tuple[str, str, int, str, bool]) -> float:
+    """Trace one profile into the disk cache (a worker process); returns its seconds."""
+    folder, backbone, resolution, mode, gn = args
+    torch.set_num_threads(1)  # one core per process
+    start = time.perf_counter()
+    ProfileCache(folder).get(backbone, resolution, mode, group_norm=gn)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backbones", default=",".join((*CURATED_BACKBONES, *EXTRA)[:20]))
+    parser.add_argument("--resolutions", default=",".join(map(str, DEFAULT_RESOLUTIONS)))
+    parser.add_argument("--batch-max", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=1, help="processes tracing the cold profiles")
+    parser.add_argument("--cache-dir", default=None)
+    parser.add_argument(
+        "--explorer", default="mobilenetv2_100", help="backbone of the Memory Explorer timing"
+    )
+    parser.add_argument("--quick", action="store_true", help="skip the Memory Explorer timing")
+    args = parser.parse_args()
+    folder = args.cache_dir or tempfile.mkdtemp(prefix="planner-bench-")
+    space = SearchSpace(
+        backbones=tuple(b for b in args.backbones.split(",") if b),
+        resolutions=tuple(int(r) for r in args.resolutions.split(",")),
+        batch_sizes=tuple(range(1, args.batch_max + 1)),
+    ).checked()
+    budget = Budget.of("300 MB")
+    print(
+        f"{len(space.backbones)} backbones x {len(space.modes)} modes ({', '.join(MODES)}) x "
+        f"{len(space.resolutions)} resolutions x batch 1-{args.batch_max} = {space.size:,} configurations; "
+        f"cache {folder}; torch threads {os.environ.get('OMP_NUM_THREADS', 'default')}"
+    )
+
+    start = time.perf_counter()
+    if args.workers > 1:  # trace the missing profiles in parallel, then plan from the disk cache
+        jobs = [
+            (folder, b, r, m, gn)
+            for b in space.backbones
+            for m in space.modes
+            for r in space.resolutions
+            for gn in (True, False)
+        ]
+        with ProcessPoolExecutor(args.workers) as pool:
+            per_profile = list(pool.map(_build, jobs))
+        median = sorted(per_profile)[len(per_profile) // 2]
+        print(f"  traced {len(jobs)} profiles with {args.workers} processes, median {median:.2f} s each")
+    cache = ProfileCache(folder)
+    cold = plan(budget, space, cache=cache)
+    cold_s = time.perf_counter() - start
+    print(
+        f"cold (empty disk cache): {cold_s:8.2f} s  ({cache.built} profiles traced here, {cache.loaded} "
+        f"loaded; {len(cold.configs):,} configurations, {int(cold.configs['fits'].sum()):,} fit 300 MB)  "
+        "target <= 10 s"
+    )
+    disk = ProfileCache(folder)
+    start = time.perf_counter()
+    plan(budget, space, cache=disk)
+    warm_disk_s = time.perf_counter() - start
+    print(
+        f"warm (disk cache, new process's first plan): {warm_disk_s:6.3f} s  ({disk.loaded} profiles read)  "
+        "target <= 1 s"
+    )
+    start = time.perf_counter()
+    plan(Budget.of("50 MB"), space, cache=disk)
+    print(f"warm (in memory, another budget):            {time.perf_counter() - start:6.3f} s")
+    if not args.quick:
+        start = time.perf_counter()
+        mode_reports(args.explorer, resolution=None, batch_size=8)
+        print(
+            f"Memory Explorer analysis, all modes of {args.explorer} (uncached, as the page computes it): "
+            f"{time.perf_counter() - start:6.2f} s  target <= 1 s warm"
+        )
+
+
+if __name__ == "__main__":
+    main()
