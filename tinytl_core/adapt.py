@@ -52,6 +52,7 @@ from tinytl_core.memory import training_memory_figures
 from tinytl_core.modes import get_mode, prepare_model
 from tinytl_core.quantities import RunMemory, RunStatus, format_mb
 from tinytl_core.results import ResultsStore
+from tinytl_core.sparse_scheme import SparseScheme
 
 OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
 SCHEDULES: tuple[str, ...] = ("cosine", "constant")
@@ -120,12 +121,21 @@ class AdaptConfig:
     engine: bool = True
     weight_bits: int = 32  # 8: frozen conv/linear weights as 8-bit codes (tinytl_core.engine.quantized)
     weight_quantization: str = "kmeans"  # how 8-bit codes are made: kmeans (the paper's) or linear
+    sparse_scheme: dict[str, Any] | None = None  # mode "sparse": its scheme as JSON data (None: default)
+
+    def scheme(self) -> SparseScheme | None:
+        """The sparse-update scheme given (None: the mode's default); SchemeError if malformed."""
+        return SparseScheme.from_dict(self.sparse_scheme) if self.sparse_scheme is not None else None
 
     def validate(self) -> None:
         """Raise ``ValueError`` with a helpful message for an inconsistent configuration (cheap: no data
         and no model are loaded, so callers check every configuration before any slow work)."""
         check_backbone_name(self.backbone)
-        get_mode(self.mode)
+        mode = get_mode(self.mode)
+        if self.sparse_scheme is not None:
+            if not mode.sparse:
+                raise ValueError(f"a sparse-update scheme needs mode 'sparse', not {self.mode!r}")
+            self.scheme()  # malformed schemes fail here; layers are checked against the model later
         if (self.steps is None) == (self.epochs is None):
             raise ValueError("give either steps or epochs (exactly one of them)")
         if self.steps is not None and self.steps < 1:
@@ -484,8 +494,11 @@ def adapt(
         engine=config.engine,
         weight_bits=config.weight_bits,
         weight_quantization=config.weight_quantization,
+        sparse_scheme=config.scheme(),
     )
     model = prepared.model
+    if prepared.result.scheme is not None:  # say what a sparse update trains (the default, or the one given)
+        phase("model", f"sparse update: {prepared.result.scheme.describe(model)}")
     result.resolution = attach_transforms(
         data, prepared.data, resolution=config.resolution, augment=config.augment
     )

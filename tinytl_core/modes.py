@@ -11,6 +11,8 @@ lite_residual          lite residual branches + classifier (TinyTL-L)
 lite_residual+bias     lite residual branches + every bias + classifier (TinyTL-L+B)
 mobiletl               every bias and norm shift + classifier; smooth activations (h-swish, and as an
                        extension SiLU / GELU) backward through a 1-bit sign mask: approximate gradients
+sparse                 a sparse-update scheme (Lin et al. 2022): biases of the last blocks + weights of
+                       chosen layers, some on part of their output channels (:mod:`tinytl_core.sparse_scheme`)
 =====================  ======================================================================
 
 MobileTL (Chiang et al., AAAI 2023) is a mode rather than a switch on the frozen-backbone modes: a run
@@ -35,8 +37,8 @@ from torch import nn
 
 from tinytl_core.backbones import BackboneStatus, DataConfig, create_backbone, data_config
 from tinytl_core.engine import convert, revert
-from tinytl_core.engine.quantized import WeightQuantization, check_weight_bits, quantize_frozen_weights
 from tinytl_core.engine.layers import stock_class
+from tinytl_core.engine.quantized import WeightQuantization, check_weight_bits, quantize_frozen_weights
 from tinytl_core.layer_kinds import is_norm, set_sign_mask
 from tinytl_core.lite_residual import LiteResidual, LiteResidualConfig, attach_lite_residuals
 from tinytl_core.norms import (
@@ -46,6 +48,7 @@ from tinytl_core.norms import (
     sync_standardization,
     unfreeze_statistics,
 )
+from tinytl_core.sparse_scheme import SchemeError, SparseScheme, apply_scheme, default_scheme
 
 
 class ModeNotApplicable(ValueError):
@@ -67,6 +70,7 @@ class ModeResult:
     frozen_norms: int = 0
     engine_layers: int = 0  # layers running on the training engine (0: stock PyTorch layers)
     sign_masked: int = 0  # activations whose backward is MobileTL's 1-bit sign mask (approximate)
+    scheme: SparseScheme | None = None  # the sparse-update scheme applied (sparse modes only)
 
     @property
     def trainable_fraction(self) -> float:
@@ -76,12 +80,24 @@ class ModeResult:
 
 @dataclass(frozen=True)
 class Mode:
-    """A fine-tuning mode. ``parts`` names what trains besides the classifier."""
+    """A fine-tuning mode. ``parts`` names what trains besides the classifier; a sparse-update mode
+    (``"sparse"`` in ``parts``) trains ``scheme``, or :func:`~tinytl_core.sparse_scheme.default_scheme`
+    of the model when it has none."""
 
     name: str
     title: str
     description: str
     parts: frozenset[str] = field(default_factory=frozenset)
+    scheme: SparseScheme | None = None
+
+    @property
+    def sparse(self) -> bool:
+        """True for the sparse-update family."""
+        return "sparse" in self.parts
+
+    def sparse_scheme(self, model: nn.Module) -> SparseScheme:
+        """The scheme this sparse mode trains on ``model`` (its own, or the model's default)."""
+        return self.scheme if self.scheme is not None else default_scheme(model)
 
     @property
     def frozen_backbone(self) -> bool:
@@ -113,6 +129,11 @@ class Mode:
             n.rsplit(".", 1)[-1] == "bias" and id(p) not in head for n, p in model.named_parameters()
         ):
             return "the backbone has no bias parameters (no normalisation layers and bias-free layers)"
+        if self.sparse:
+            try:
+                self.sparse_scheme(model).check(model)
+            except SchemeError as exc:
+                return f"sparse-update scheme: {exc}"
         return None
 
     def apply(
@@ -152,6 +173,8 @@ class Mode:
         if group_norm:
             batchnorm_to_groupnorm(model)
             standardize_convolutions(model)
+        scheme = self.sparse_scheme(model) if self.sparse else None
+        sparse = apply_scheme(model, scheme) if scheme is not None else set()  # splits partial weights
         head = {id(p) for p in _classifier(model).parameters()}
         branches = {id(p) for m in model.modules() if isinstance(m, LiteResidual) for p in m.parameters()}
         norm_params = {id(p) for m in model.modules() if is_norm(m) for p in m.parameters(recurse=False)}
@@ -163,6 +186,7 @@ class Mode:
                 or ("lite_residual" in self.parts and id(param) in branches)
                 or ("norm" in self.parts and id(param) in norm_params)
                 or ("bias" in self.parts and name.rsplit(".", 1)[-1] == "bias")
+                or id(param) in sparse
             )
             param.requires_grad_(wanted)
             if wanted:
@@ -194,6 +218,7 @@ class Mode:
             frozen_norms=frozen,
             engine_layers=engine_layers,
             sign_masked=sign_masked,
+            scheme=scheme,
         )
 
 
@@ -257,6 +282,14 @@ MODES: dict[str, Mode] = {
             "gradients are approximate by design (exact forward).",
             frozenset({"bias", "sign_mask"}),
         ),
+        Mode(
+            "sparse",
+            "Sparse update",
+            "Biases of the last blocks + weights of a few layers, some on part of their output channels "
+            "(Lin et al. 2022). Default: biases of the last half of the blocks, the last 4 pointwise "
+            "layers at 1/4, 1/2, 1, 1; or a scheme of your own (JSON) or from sparse-search.",
+            frozenset({"sparse"}),
+        ),
     )
 }
 
@@ -267,6 +300,11 @@ def get_mode(name: str) -> Mode:
         return MODES[name]
     except KeyError:
         raise ValueError(f"unknown mode {name!r}; choose one of {', '.join(MODES)}") from None
+
+
+def sparse_mode(scheme: SparseScheme | None = None) -> Mode:
+    """The registry's ``sparse`` mode training ``scheme`` (None: each model's default scheme)."""
+    return replace(MODES["sparse"], scheme=scheme)
 
 
 def approximation_note(names: Iterable[str]) -> str | None:
@@ -320,6 +358,7 @@ def prepare_model(
     engine: bool = True,
     weight_bits: int = 32,
     weight_quantization: WeightQuantization | str = WeightQuantization.KMEANS,
+    sparse_scheme: SparseScheme | None = None,
 ) -> PreparedModel:
     """Create ``backbone`` for ``num_classes`` and apply ``mode`` to it.
 
@@ -328,9 +367,15 @@ def prepare_model(
     ``engine`` (default) converts the model to the training engine after the mode; False keeps stock
     PyTorch layers (see :meth:`Mode.apply`). ``weight_bits=8`` then stores every frozen conv and linear
     weight as 8-bit codes (``weight_quantization``: ``kmeans`` or ``linear``), dequantised on the fly
-    (:func:`tinytl_core.engine.quantize_frozen_weights`); 32 keeps float weights.
+    (:func:`tinytl_core.engine.quantize_frozen_weights`); 32 keeps float weights. ``sparse_scheme`` is
+    the scheme a sparse-update mode trains (default: the mode's own, else the model's default scheme);
+    ValueError for any other mode.
     """
     mode = get_mode(mode) if isinstance(mode, str) else mode
+    if sparse_scheme is not None:
+        if not mode.sparse:
+            raise ValueError(f"a sparse-update scheme needs mode 'sparse', not {mode.name!r}")
+        mode = replace(mode, scheme=sparse_scheme)
     check_weight_bits(weight_bits)
     weight_quantization = WeightQuantization.parse(weight_quantization)
     if resolution is not None and resolution < 8:

@@ -12,9 +12,10 @@ from tinytl_core.adapt import OPTIMIZERS, SCHEDULES, AdaptConfig, EvalEvent, Pha
 from tinytl_core.backbones import default_backbone, resolution_problem, small_resolution_warning
 from tinytl_core.cli.runs import COLUMNS
 from tinytl_core.data import check_dataset_name, dataset_display_name, load_dataset
-from tinytl_core.modes import ModeNotApplicable, resolve_modes
+from tinytl_core.modes import ModeNotApplicable, get_mode, resolve_modes
 from tinytl_core.quantities import RunStatus
 from tinytl_core.results import RUN, ResultsStore, run_table
+from tinytl_core.sparse_scheme import SparseScheme, read_scheme
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -114,13 +115,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="train with stock PyTorch layers instead of the training engine's (same gradients, "
         "more stored for backward)",
     )
+    p.add_argument(
+        "--sparse-scheme",
+        default=None,
+        metavar="FILE.json",
+        help='mode sparse: the scheme to train, e.g. {"bias_blocks": 8, "weights": {"conv_head": "1/4"}} '
+        "(from `sparse-search` or written by hand; default: the backbone's default scheme)",
+    )
     p.add_argument("--db", default=None, help="results database (default: $TINYTL_RESULTS_DB or data folder)")
     p.add_argument("--no-save", dest="save", action="store_false", help="do not store the run(s)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.set_defaults(func=run)
 
 
-def _config(args: argparse.Namespace, mode: str) -> AdaptConfig:
+def _config(args: argparse.Namespace, mode: str, scheme: SparseScheme | None = None) -> AdaptConfig:
     steps = args.steps if args.steps is not None else (None if args.epochs is not None else AdaptConfig.steps)
     return AdaptConfig(
         backbone=args.model,
@@ -148,6 +156,7 @@ def _config(args: argparse.Namespace, mode: str) -> AdaptConfig:
         engine=args.engine,
         weight_bits=args.weight_bits,
         weight_quantization=args.weight_quantization,
+        sparse_scheme=scheme.to_dict() if scheme is not None and get_mode(mode).sparse else None,
     )
 
 
@@ -189,7 +198,10 @@ def run(args: argparse.Namespace) -> int:
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     modes = [m.name for m in resolve_modes(args.modes)] if args.modes else [args.mode or AdaptConfig.mode]
-    configs = [_config(args, m) for m in modes]
+    scheme = read_scheme(args.sparse_scheme) if args.sparse_scheme else None
+    if scheme is not None and not any(get_mode(m).sparse for m in modes):
+        raise ValueError("--sparse-scheme needs mode sparse (--mode sparse or sparse in --modes)")
+    configs = [_config(args, m, scheme) for m in modes]
     for config in configs:
         config.validate()  # every configuration before the first (possibly long) run
     check_dataset_name(args.dataset)

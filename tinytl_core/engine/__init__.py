@@ -13,6 +13,8 @@ autograd functions that keep only what their gradients need:
   their output in full anyway (found by ``convert(model, input_size=...)``); dropout: a 1-bit mask;
 - max pooling: the bit-packed arg-max offset in its window (4 bits for 3x3); average pooling, reflect /
   replicate padding: nothing;
+- a weight trained on part of its output channels (sparse update, :func:`split_weight`): its input,
+  once, and the gradient rows of the trained channels only;
 - everything else (SiLU, Hardswish, GELU, trainable convs / linears, GroupNorm, ...) stays stock, which
   already keeps only what is needed.
 
@@ -40,6 +42,13 @@ from tinytl_core.engine.convert import (
     revert,
 )
 from tinytl_core.engine.layers import ENGINE_CLASSES, EngineModule
+from tinytl_core.engine.partial import (  # registers the partial-update layers in ENGINE_CLASSES
+    PartialConv2d,
+    PartialLinear,
+    PartialUpdateError,
+    partial_rows,
+    split_weight,
+)
 from tinytl_core.engine.quantized import (
     QuantizationReport,
     WeightQuantization,
@@ -56,11 +65,16 @@ __all__ = [
     "EngineWSConv2d",
     "QuantizationReport",
     "WeightQuantization",
+    "PartialConv2d",
+    "PartialLinear",
+    "PartialUpdateError",
     "convert",
     "describe",
     "engine_enabled",
     "is_converted",
     "model_weight_bytes",
     "quantize_frozen_weights",
+    "partial_rows",
     "revert",
+    "split_weight",
 ]
