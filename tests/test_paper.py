@@ -155,3 +155,13 @@ def test_about_page_reproduces_table2_on_request(tinytl_home, monkeypatch):
         assert any("| FT-Last | 224 | 31 |" in m.value for m in at.markdown)
     finally:
         _cache.paper_table_slot.clear()
+
+
+def test_paper_command(capsys):
+    from tinytl_core.cli import main
+
+    assert main(["paper", "--methods", "FT-Last", "--step-peak", "none"]) == 0
+    out = capsys.readouterr().out
+    assert "| FT-Last | 224 | 31 |" in out and "TinyTL-B" not in out
+    assert main(["paper", "--methods", "FT-Lost"]) == 2
+    assert "unknown method(s) FT-Lost; choose from FT-Last" in capsys.readouterr().err

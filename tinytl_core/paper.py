@@ -92,6 +92,18 @@ TABLE2: tuple[PaperMethod, ...] = (
 """Table 2 of the paper (ProxylessNAS-Mobile, batch 8): memory in MB (10^6 bytes), as published."""
 
 
+def select_methods(names: list[str] | None) -> tuple[PaperMethod, ...]:
+    """The :data:`TABLE2` rows called ``names`` (the paper's method names), in the order given; all of them
+    for None or an empty list. ValueError naming the valid ones for an unknown name."""
+    if not names:
+        return TABLE2
+    known = {r.method: r for r in TABLE2}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(known)}")
+    return tuple(known[n] for n in names)
+
+
 class StepPeak(str, Enum):
     """How :func:`paper_table` fills the engine's step-peak column."""
 
