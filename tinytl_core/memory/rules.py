@@ -57,20 +57,20 @@ memory = peak activation of one sample x batch size + parameters, with trainable
 frozen ones at 8 bits (k-means quantised), no gradients or optimizer state, MB = 10^6 bytes. Activations
 are 4 bytes.
 
-P1. **What is stored for backward.** Only linear, normalisation and activation layers count. Linear and
-    normalisation layers store their input when their weight (scale) trains (normalisation treated like
-    a linear layer). ReLU-family activations store a 1-bit mask and other activations their 32-bit input
-    whenever a gradient flows into the backbone -- in every mode but ``last`` -- even at layers before
-    the first trainable one (the profiler's one ``require_backward`` switch).
-P2. **Working set of a layer** (inference, in place where it can be): a linear layer holds its input and
-    its output, a convolution its input and its output divided by its groups (a depthwise convolution
-    writes channel by channel, so it needs one channel's output beside its input); normalisation and
-    activation layers work in place over their input.
-P3. **Peak.** The largest, over those layers in execution order, of: the layer's working set +
-    everything stored for backward so far + the input of the enclosing residual block, i.e. one that adds
-    its input back (the identity shortcut, :func:`~tinytl_core.layer_kinds.adds_block_input`). A lite
-    residual branch's input is not counted as a residual (the profiler counts only shortcut blocks).
-    Stored tensors are not de-duplicated.
+- **P1. What is stored for backward.** Only linear, normalisation and activation layers count. Linear and
+  normalisation layers store their input when their weight (scale) trains (normalisation treated like
+  a linear layer). ReLU-family activations store a 1-bit mask and other activations their 32-bit input
+  whenever a gradient flows into the backbone -- in every mode but ``last`` -- even at layers before
+  the first trainable one (the profiler's one ``require_backward`` switch).
+- **P2. Working set of a layer** (inference, in place where it can be): a linear layer holds its input and
+  its output, a convolution its input and its output divided by its groups (a depthwise convolution
+  writes channel by channel, so it needs one channel's output beside its input); normalisation and
+  activation layers work in place over their input.
+- **P3. Peak.** The largest, over those layers in execution order, of: the layer's working set +
+  everything stored for backward so far + the input of the enclosing residual block, i.e. one that adds
+  its input back (the identity shortcut, :func:`~tinytl_core.layer_kinds.adds_block_input`). A lite
+  residual branch's input is not counted as a residual (the profiler counts only shortcut blocks).
+  Stored tensors are not de-duplicated.
 
 The paper's Table 2 runs the public script's network: the lite residual branches are inserted in every
 method (frozen, so 8-bit, when the method does not train them; trained in ``full``) and sized for a
