@@ -198,3 +198,21 @@ def test_short_adapt_with_8bit_weights_and_batch_1_stores_the_settings(tinytl_ho
     assert run["config"]["weight_quantization"] == "kmeans"
     with pytest.raises(ValueError, match="frozen weight bits"):
         AdaptConfig(backbone=BACKBONE, weight_bits=4).validate()
+
+
+def test_frozen_weight_memory_measures_both_and_agrees_with_the_model():
+    from tinytl_core.comparisons import frozen_weight_memory
+
+    w = frozen_weight_memory(BACKBONE, "last", resolution=RES, scheme="linear")
+    assert w.mode == "last" and w.scheme == "linear" and w.ratio > 3
+    assert w.quantized_bytes < w.fp32_bytes and w.max_error <= 1 / 510 + 1e-4
+    # the memory model counts k-means codebooks (1 KB a layer); the linear tables are 8 B per channel
+    assert abs(w.modelled_bytes - w.quantized_bytes) < 0.05 * w.quantized_bytes
+
+
+def test_cli_refuses_other_weight_bits(capsys):
+    from tinytl_core.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["adapt", "--frozen-weight-bits", "4", "--no-save"])
+    assert exc.value.code == 2 and "invalid choice" in capsys.readouterr().err

@@ -157,3 +157,76 @@ def sign_mask_saving(table: pd.DataFrame) -> SignMaskSaving | None:
         mobiletl_total=int(mobiletl[total]),
         approximated=int(mobiletl[act]) < int(bias[act]),
     )
+
+
+@dataclass(frozen=True)
+class WeightMemory:
+    """A backbone's weight memory in one mode with float frozen weights and with 8-bit ones, measured.
+
+    ``fp32_bytes`` / ``quantized_bytes``: parameters and buffers of the model before and after
+    :func:`~tinytl_core.engine.quantize_frozen_weights` (each storage once); ``modelled_bytes``: the memory
+    model's figure for the float model with ``frozen_weight_bits=8``; ``process_freed_bytes``: how much this
+    process's resident memory fell when the float weights were dropped (Linux, after a garbage collection
+    and ``malloc_trim``; None elsewhere; the allocator may keep some pages, so it can be lower);
+    ``max_error``: the largest error of a dequantised weight relative to its layer's weight range."""
+
+    backbone: str
+    mode: str
+    scheme: str
+    fp32_bytes: int
+    quantized_bytes: int
+    modelled_bytes: int
+    process_freed_bytes: int | None
+    max_error: float
+
+    @property
+    def ratio(self) -> float:
+        """How many times less the weights take at 8 bits."""
+        return self.fp32_bytes / max(1, self.quantized_bytes)
+
+
+def _resident_bytes() -> int | None:
+    """This process's resident memory after returning freed pages to the OS (Linux), else None."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        with open("/proc/self/status", encoding="ascii") as status:
+            line = next(x for x in status if x.startswith("VmRSS:"))
+    except (OSError, StopIteration, AttributeError):
+        return None
+    return int(line.split()[1]) * 1024
+
+
+def frozen_weight_memory(
+    backbone: str,
+    mode: str = "bias",
+    *,
+    resolution: int | None = None,
+    scheme: str = "kmeans",
+    pretrained: bool = False,
+) -> WeightMemory:
+    """Build ``backbone`` in ``mode`` (CPU), measure its weight memory, store its frozen weights as 8-bit
+    codes and measure again (see :class:`WeightMemory`)."""
+    from tinytl_core.engine import model_weight_bytes, quantize_frozen_weights
+
+    prepared = prepare_model(backbone, mode, resolution=resolution, pretrained=pretrained)
+    model = prepared.model
+    modelled = analyze(model, input_size=prepared.data.input_size, batch_size=1, frozen_weight_bits=8)
+    fp32 = model_weight_bytes(model)
+    before = _resident_bytes()
+    report = quantize_frozen_weights(model, scheme)
+    after = _resident_bytes()
+    freed = before - after if before is not None and after is not None else None
+    return WeightMemory(
+        backbone,
+        prepared.mode.name,
+        report.scheme.value,
+        fp32,
+        model_weight_bytes(model),
+        modelled.totals.weights_bytes,
+        freed,
+        report.max_error,
+    )
