@@ -12,7 +12,7 @@ from tinytl_core.engine import is_converted
 from tinytl_core.memory import MB, analyze, format_modes
 from tinytl_core.memory.accounting import LAYER_COLUMNS
 from tinytl_core.memory.report import TOTALS
-from tinytl_core.modes import prepare_model
+from tinytl_core.modes import MODES, prepare_model
 from tinytl_core.norms import freeze_statistics
 
 RES, BATCH = 64, 2
@@ -230,7 +230,8 @@ def test_bad_arguments(kwargs, match):
 
 def test_compare_modes_table():
     table = compare_modes("mobilenetv2_100", resolution=128, batch_size=8)  # meta: costs nothing
-    assert list(table["mode"]) == ["full", "last", "bn+last", "bias", "lite_residual", "lite_residual+bias"]
+    assert list(table["mode"]) == list(MODES)  # every mode of the registry, in its order
+    assert list(MODES)[:6] == ["full", "last", "bn+last", "bias", "lite_residual", "lite_residual+bias"]
     assert table["applicable"].all()
     rows = table.set_index("mode")
     assert rows.loc["full", "ratio_to_full"] == 1.0
