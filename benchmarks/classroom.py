@@ -12,7 +12,8 @@ Starts ``streamlit run app.py`` headless (its own worker pool, ``TINYTL_WORKERS`
   submitted one of them through the Adapt page's form and watch it (live curves, progress, place in line),
   then the same 5 configurations again with no browser open. Throughput: training images per second of the
   runs (the mean of their ``images_per_s``) and images over the wall time from the first start to the last
-  end. Target: with viewers at least 90% of without.
+  end. Target: with viewers at least 90% of without. Also the CPU the app's server process itself (its
+  workers not counted) used per second in each phase: what the viewers take from the machine.
 
 Timings vary with the machine (and with other work on it); README keeps the table measured on the dev
 container.
@@ -68,6 +69,12 @@ def stop_server(proc: subprocess.Popen) -> None:
         proc.wait(30)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used itself, its children not counted (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def new_context(browser):
@@ -177,6 +184,7 @@ def throughput_with_viewers(browser, home: Path, viewers: int, steps: int) -> di
         submit_through_page(pages[0], url, steps)  # warm-up: the worker's first run, not measured
         (warm,) = queue.list_jobs()
         queue.wait([warm.id], timeout=600)
+        cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
         for page in pages:  # each session submits its own job and keeps watching it
             submit_through_page(page, url, steps)
         watched = [j for j in queue.list_jobs() if j.id != warm.id]
@@ -186,11 +194,14 @@ def throughput_with_viewers(browser, home: Path, viewers: int, steps: int) -> di
             curves = max(curves, sum(p.locator('[class*="st-key-ad_curves"]').count() for p in pages))
             time.sleep(1.0)
         watched = queue.wait([j.id for j in watched], timeout=60)
+        out["app server CPU, cores busy, watched"] = (cpu_seconds(proc.pid) - cpu0) / (time.monotonic() - t0)
         for context in contexts:
             context.close()
         if {j.state for j in watched} != {JobState.FINISHED}:
             raise SystemExit(f"a watched job did not finish: {[(j.id, j.state, j.error) for j in watched]}")
+        cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
         alone = queue.wait(queue.submit_many(configs, owner="nobody-watching"), timeout=1200)
+        out["app server CPU, cores busy, alone"] = (cpu_seconds(proc.pid) - cpu0) / (time.monotonic() - t0)
         with_rate, with_wall = throughput(watched)
         alone_rate, alone_wall = throughput(alone)
         out["images/s, no one watching"] = alone_rate
