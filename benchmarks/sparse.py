@@ -22,7 +22,6 @@ import argparse
 import json
 import statistics
 import time
-from fractions import Fraction
 from pathlib import Path
 
 import torch
@@ -34,7 +33,7 @@ from tinytl_core.data import load_dataset
 from tinytl_core.memory import analyze, measure
 from tinytl_core.modes import prepare_model
 from tinytl_core.quantities import format_mb
-from tinytl_core.sparse_scheme import SparseScheme
+from tinytl_core.sparse_scheme import SparseScheme, parse_ratio
 from tinytl_core.sparse_search import SearchConfig, analyse_contributions, select_greedy
 
 # Adam learning rates as in benchmarks/transfer.py: few trainable parameters take a larger step.
@@ -51,6 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=300, help="steps of the final full / sparse runs")
     p.add_argument("--search-steps", type=int, default=40, help="steps of each contribution run")
     p.add_argument("--layers", type=int, default=6, help="last weight layers searched")
+    p.add_argument("--ratios", default="1/4,1", help="update ratios tried per layer")
     p.add_argument(
         "--search-val-cap", type=int, default=None, help="validation images per class in the search"
     )
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
         steps=args.search_steps,
         lr=LR_SPARSE,
         layers=args.layers,
-        ratios=(Fraction(1, 4), Fraction(1)),
+        ratios=tuple(parse_ratio(r) for r in args.ratios.split(",")),
         bias_fractions=(0.5, 1.0),
         val_cap=args.search_val_cap,
     )
