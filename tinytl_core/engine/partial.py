@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.autograd import Function
 
-from tinytl_core.engine.functions import FrozenConv2dFn
+from tinytl_core.engine.functions import FrozenConv2dFn, _channels_last
 from tinytl_core.engine.layers import ENGINE_CLASSES, EngineModule, stock_class
 
 __all__ = [
@@ -116,12 +116,10 @@ def split_weight(module: nn.Module, rows: int) -> nn.Module:
 
 
 def _layout_like(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    fmt = torch.channels_last if like.dim() == 4 and _is_channels_last(like) else torch.contiguous_format
-    return t.contiguous(memory_format=fmt)
-
-
-def _is_channels_last(t: torch.Tensor) -> bool:
-    return not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+    """``t`` in ``like``'s memory format (the concatenated weight keeps the slices' channels-last)."""
+    return t.contiguous(
+        memory_format=torch.channels_last if _channels_last(like) else torch.contiguous_format
+    )
 
 
 @dataclass(frozen=True)
