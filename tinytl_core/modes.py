@@ -38,6 +38,7 @@ from torch import nn
 from tinytl_core.backbones import BackboneStatus, DataConfig, create_backbone, data_config
 from tinytl_core.engine import convert, revert
 from tinytl_core.engine.layers import stock_class
+from tinytl_core.engine.partial import PartialUpdateError
 from tinytl_core.engine.quantized import WeightQuantization, check_weight_bits, quantize_frozen_weights
 from tinytl_core.layer_kinds import is_norm, set_sign_mask
 from tinytl_core.lite_residual import LiteResidual, LiteResidualConfig, attach_lite_residuals
@@ -174,7 +175,12 @@ class Mode:
             batchnorm_to_groupnorm(model)
             standardize_convolutions(model)
         scheme = self.sparse_scheme(model) if self.sparse else None
-        sparse = apply_scheme(model, scheme) if scheme is not None else set()  # splits partial weights
+        try:
+            sparse = apply_scheme(model, scheme) if scheme is not None else set()  # splits partial weights
+        except PartialUpdateError as exc:  # e.g. a partial ratio on a weight-standardised conv (GroupNorm)
+            if strict:
+                raise ModeNotApplicable(f"mode {self.name!r} does not apply: {exc}") from None
+            return ModeResult(self.name, False, str(exc))
         head = {id(p) for p in _classifier(model).parameters()}
         branches = {id(p) for m in model.modules() if isinstance(m, LiteResidual) for p in m.parameters()}
         norm_params = {id(p) for m in model.modules() if is_norm(m) for p in m.parameters(recurse=False)}
