@@ -42,12 +42,14 @@ EXTRA = (  # mobile CNNs beyond the curated set, to plan at least 20 backbones
 )
 
 
-def _build(args: tuple[str, str, int, str, bool]) -> float:
+def _build(args: tuple[str, str, str, int, str, bool]) -> float:
     """Trace one profile into the disk cache (a worker process); returns its seconds."""
-    folder, backbone, resolution, mode, gn = args
+    version, folder, backbone, resolution, mode, gn = args
     torch.set_num_threads(1)  # one core per process
     start = time.perf_counter()
-    ProfileCache(folder).get(backbone, resolution, mode, group_norm=gn)
+    cache = ProfileCache(folder)
+    cache.version = version  # the main process's: the tree may change under a long run (shared checkout)
+    cache.get(backbone, resolution, mode, group_norm=gn)
     return time.perf_counter() - start
 
 
@@ -55,6 +57,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbones", default=",".join((*CURATED_BACKBONES, *EXTRA)[:20]))
     parser.add_argument("--resolutions", default=",".join(map(str, DEFAULT_RESOLUTIONS)))
+    parser.add_argument("--batch-min", type=int, default=1, help="2 skips the GroupNorm (batch 1) profiles")
     parser.add_argument("--batch-max", type=int, default=64)
     parser.add_argument("--workers", type=int, default=1, help="processes tracing the cold profiles")
     parser.add_argument("--cache-dir", default=None)
@@ -67,29 +70,32 @@ def main() -> None:
     space = SearchSpace(
         backbones=tuple(b for b in args.backbones.split(",") if b),
         resolutions=tuple(int(r) for r in args.resolutions.split(",")),
-        batch_sizes=tuple(range(1, args.batch_max + 1)),
+        batch_sizes=tuple(range(args.batch_min, args.batch_max + 1)),
     ).checked()
     budget = Budget.of("300 MB")
     print(
         f"{len(space.backbones)} backbones x {len(space.modes)} modes ({', '.join(MODES)}) x "
-        f"{len(space.resolutions)} resolutions x batch 1-{args.batch_max} = {space.size:,} configurations; "
+        f"{len(space.resolutions)} resolutions x batch {args.batch_min}-{args.batch_max} = {space.size:,} "
+        f"configurations; "
         f"cache {folder}; torch threads {os.environ.get('OMP_NUM_THREADS', 'default')}"
     )
 
+    version = ProfileCache(folder).version
     start = time.perf_counter()
     if args.workers > 1:  # trace the missing profiles in parallel, then plan from the disk cache
         jobs = [
-            (folder, b, r, m, gn)
+            (version, folder, b, r, m, gn)
             for b in space.backbones
             for m in space.modes
             for r in space.resolutions
-            for gn in (True, False)
+            for gn in ((True, False) if args.batch_min == 1 else (False,))
         ]
         with ProcessPoolExecutor(args.workers) as pool:
             per_profile = list(pool.map(_build, jobs))
         median = sorted(per_profile)[len(per_profile) // 2]
         print(f"  traced {len(jobs)} profiles with {args.workers} processes, median {median:.2f} s each")
     cache = ProfileCache(folder)
+    cache.version = version
     cold = plan(budget, space, cache=cache)
     cold_s = time.perf_counter() - start
     print(
@@ -98,6 +104,7 @@ def main() -> None:
         "target <= 10 s"
     )
     disk = ProfileCache(folder)
+    disk.version = version
     start = time.perf_counter()
     plan(budget, space, cache=disk)
     warm_disk_s = time.perf_counter() - start
