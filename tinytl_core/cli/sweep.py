@@ -22,6 +22,7 @@ from tinytl_core.sweeps import (
     import_ray,
     parse_list,
     run_sweep,
+    sweep_id,
 )
 from tinytl_core.sweeps.summary import SEED_GROUP_HEADERS, group_seeds
 
@@ -155,7 +156,11 @@ def command_line(args: argparse.Namespace) -> str:
     return " ".join(parts)
 
 
-def _executor(args: argparse.Namespace, db: str | None) -> InlineExecutor | QueueExecutor | RayExecutor:
+def _executor(
+    args: argparse.Namespace, db: str | None, sweep: str
+) -> InlineExecutor | QueueExecutor | RayExecutor:
+    """Where the sweep runs. ``sweep`` names the whole grid's jobs in the queue (the same on every resume,
+    whatever is left to run, so a restarted sweep adopts its jobs still waiting)."""
     if args.workers is not None and args.workers < 0:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
     if args.ray is not None:
@@ -168,7 +173,7 @@ def _executor(args: argparse.Namespace, db: str | None) -> InlineExecutor | Queu
         return RayExecutor(address, init_kwargs=init)
     if args.workers == 0:
         return InlineExecutor()
-    return QueueExecutor(db, args.workers)
+    return QueueExecutor(db, args.workers, sweep=sweep)
 
 
 class _GridBar:
@@ -211,7 +216,7 @@ def run(args: argparse.Namespace) -> int:
             if warning:
                 print(f"warning: {warning}", file=sys.stderr)
     store = ResultsStore(args.db)
-    executor = _executor(args, str(store.path))
+    executor = _executor(args, str(store.path), sweep_id(configs))
     command = command_line(args)
     print(
         f"sweep: {len(configs)} configurations ({len(grid.backbones)} backbone(s) x {len(grid.mode_names())} "

@@ -132,8 +132,10 @@ class QueueExecutor:
     workers already serving that database (the app's pool, ``python -m tinytl_core worker``). Workers
     store each run themselves; outcomes carry the run's id.
 
-    Jobs are tagged with the sweep (``sweep``, default :func:`~tinytl_core.sweeps.grid.sweep_id` of the
-    configurations) and owned by ``owner``: a sweep started again adopts its jobs still queued or running
+    Jobs are tagged with the sweep (``sweep``: give the whole grid's
+    :func:`~tinytl_core.sweeps.grid.sweep_id`, the same on every resume; default: that of the
+    configurations given) and owned by ``owner``: a sweep started again adopts its jobs still queued or
+    running
     instead of queueing them twice. A cancel or Ctrl-C cancels the sweep's jobs that have not ended (a
     running one stops within a step or two and is stored as cancelled).
     """
