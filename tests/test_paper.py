@@ -6,7 +6,13 @@ import pytest
 import torch
 from torch import nn
 
-from tinytl_core.backbones import backbone_info, create_backbone, data_config, list_backbones
+from tinytl_core.backbones import (
+    backbone_info,
+    create_backbone,
+    data_config,
+    list_backbones,
+    weights_availability,
+)
 from tinytl_core.backbones.proxyless import ARCH_DEF, PROXYLESS_MOBILE
 from tinytl_core.memory import analyze
 from tinytl_core.modes import MODES, prepare_model
@@ -21,6 +27,8 @@ def test_proxyless_in_the_catalog_without_weights():
     assert "no pretrained weights ship" in info.description and "random init" in info.description
     model, status = create_backbone(PROXYLESS_MOBILE, 3, pretrained=True, device="meta")
     assert not status.pretrained_loaded
+    weights = weights_availability(PROXYLESS_MOBILE, probe=False)  # what the sidebar says
+    assert weights.state == "none" and "no pretrained weights ship" in weights.message
     assert data_config(PROXYLESS_MOBILE).resolution == 224
 
 

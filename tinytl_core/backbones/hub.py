@@ -134,12 +134,15 @@ def weights_availability(name: str, *, probe: bool = True) -> WeightsAvailabilit
             f"the shipped checkpoint {local.weights_file} is missing: "
             "training falls back to random initialisation",
         )
-    if not backbone_info(name).has_pretrained:
-        return WeightsAvailability(
-            name,
-            "none",
-            f"timm has no pretrained weights for {name}: training starts from random initialisation",
+    info = backbone_info(name)
+    if not info.has_pretrained:
+        # A catalog note says why (e.g. ProxylessNAS-Mobile: no weights ship for it); else timm has none.
+        why = (
+            f"no pretrained weights ship for {name}"
+            if info.description
+            else f"timm has no pretrained weights for {name}"
         )
+        return WeightsAvailability(name, "none", f"{why}: training starts from random initialisation")
     cached = cached_weights(name)
     if cached is not None:
         return WeightsAvailability(name, "cached", "pretrained weights are cached on this machine", cached)
