@@ -7,7 +7,10 @@ For mobilenetv2_100 (ReLU6), mobilenetv3_large_100 (h-swish) and efficientnet_b0
   the run loop of ``benchmarks/peak.py``) and the activations it **stored** for backward (measured with
   saved-tensor hooks), beside the modelled ones (:func:`tinytl_core.memory.analyze`);
 - and, from a short sweep with the shipped demo backbone on a built-in set (:func:`tinytl_core.adapt.adapt`,
-  same budget for every method), the validation **accuracy** of each method.
+  same budget for every method), the validation **accuracy** of each method. The demo backbone is a ReLU6
+  network, where MobileTL's backward is exact (its ReLU6 masks are exact 1-bit masks), so MobileTL equals
+  ``bias`` there; the cost of its approximation shows on an h-swish network, compared like for like with
+  exact ``bias`` (``--smooth-backbone``, random init: no h-swish weights ship offline).
 
     python benchmarks/methods.py                          # the README table (~10 min on 2 shared cores)
     python benchmarks/methods.py --backbones mobilenetv3_large_100 --modes bias mobiletl --seeds 0
@@ -38,13 +41,16 @@ from tinytl_core.modes import MODES, prepare_model
 from tinytl_core.quantities import MB, RunStatus
 
 BACKBONES: tuple[str, ...] = ("mobilenetv2_100", "mobilenetv3_large_100", "efficientnet_b0")
-METHODS: tuple[str, ...] = ("full", "bias", "lite_residual+bias", "mobiletl")
-"""The methods compared (mode names), in table order."""
+METHODS: tuple[str, ...] = ("full", "bias", "lite_residual+bias", "mobiletl", "sparse")
+"""The methods compared (mode names), in table order. ``sparse`` is each backbone's default sparse-update
+scheme (:func:`tinytl_core.sparse_scheme.default_scheme`); a scheme chosen under a budget by the
+contribution analysis is benchmarked by ``benchmarks/sparse.py``."""
 # Adam learning rate per method for the accuracy sweep (as benchmarks/transfer.py): frozen-backbone
 # methods take a larger step, full fine-tuning a smaller one.
 LEARNING_RATES: dict[str, float] = {"full": 1e-3}
 DEFAULT_LR = 3e-3
 MOBILETL_TARGET = 0.40  # MobileTL stores >= 40% less than exact bias-only, mobilenetv3_large_100
+SMOOTH_RESOLUTION = 64  # px, the h-swish network of the accuracy-cost runs
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,7 @@ class MemoryRow:
 class AccuracyRun:
     """One adaptation of the accuracy sweep."""
 
+    backbone: str
     mode: str
     seed: int
     val_acc: float
@@ -86,6 +93,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=150, help="optimisation steps per accuracy run (0: no sweep)")
     p.add_argument("--sweep-batch-size", type=int, default=32)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    p.add_argument(
+        "--smooth-backbone",
+        default="mobilenetv3_small_050",
+        help="h-swish network for MobileTL's accuracy cost vs exact bias (random init, 64 px; '' skips)",
+    )
     p.add_argument("--out", type=Path, help="also write every row and run as JSON here")
     args = p.parse_args(argv)
     if min(args.resolution, args.batch_size, args.threads, args.sweep_batch_size) < 1 or args.steps < 0:
@@ -132,30 +144,34 @@ def sweep_accuracy(args: argparse.Namespace) -> list[AccuracyRun]:
     if args.steps == 0:
         return []
     data = load_dataset(args.dataset, progress=True)  # loaded once, transforms reset by every run
-    jobs = [(m, s) for m in args.modes for s in args.seeds]
+    jobs = [(DEMO_BACKBONE, m, s) for m in args.modes for s in args.seeds]
+    if args.smooth_backbone and "mobiletl" in args.modes:  # the approximation's cost, like for like
+        jobs += [(args.smooth_backbone, m, s) for m in ("bias", "mobiletl") for s in args.seeds]
     runs = []
-    for mode, seed in tqdm(jobs, desc=f"accuracy ({args.dataset})", unit="run", dynamic_ncols=True):
+    for backbone, mode, seed in tqdm(jobs, desc=f"accuracy ({args.dataset})", unit="run", dynamic_ncols=True):
+        demo = backbone == DEMO_BACKBONE
         config = AdaptConfig(
-            backbone=DEMO_BACKBONE,
+            backbone=backbone,
             mode=mode,
             dataset=args.dataset,
             steps=args.steps,
             batch_size=args.sweep_batch_size,
             lr=LEARNING_RATES.get(mode, DEFAULT_LR),
             seed=seed,
-            pretrained=True,
+            pretrained=demo,
+            resolution=None if demo else SMOOTH_RESOLUTION,
             record_memory=False,
             device="cpu",
         )
         result = adapt(config, data=data)
         if result.status != RunStatus.FINISHED:
-            raise RuntimeError(f"{mode} seed {seed}: {result.message}")
-        runs.append(AccuracyRun(mode, seed, float(result.final_val_acc), result.total_time_s))
+            raise RuntimeError(f"{backbone} {mode} seed {seed}: {result.message}")
+        runs.append(AccuracyRun(backbone, mode, seed, float(result.final_val_acc), result.total_time_s))
     return runs
 
 
-def _accuracy_cell(runs: list[AccuracyRun], mode: str) -> str:
-    values = [r.val_acc for r in runs if r.mode == mode]
+def _accuracy_cell(runs: list[AccuracyRun], mode: str, backbone: str = DEMO_BACKBONE) -> str:
+    values = [r.val_acc for r in runs if r.mode == mode and r.backbone == backbone]
     if not values:
         return "–"
     mean = 100 * sum(values) / len(values)
@@ -169,13 +185,16 @@ def table(rows: list[MemoryRow], runs: list[AccuracyRun], args: argparse.Namespa
     by_key = {(r.backbone, r.mode): r for r in rows}
     head = "| method | " + " | ".join(f"{b} peak / stored MB" for b in args.backbones)
     head += f" | {args.dataset} accuracy % (demo) |"
+    smooth = sorted({r.backbone for r in runs} - {DEMO_BACKBONE})
+    head += "".join(f" {args.dataset} accuracy % ({b}, random init) |" for b in smooth)
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for mode in args.modes:
         cells = []
         for backbone in args.backbones:
             r = by_key.get((backbone, mode))
             cells.append("–" if r is None else f"{r.peak / MB:.1f} / {r.stored / MB:.1f}")
-        lines.append(f"| {mode} | " + " | ".join(cells) + f" | {_accuracy_cell(runs, mode)} |")
+        cells += [_accuracy_cell(runs, mode)] + [_accuracy_cell(runs, mode, b) for b in smooth]
+        lines.append(f"| {mode} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -229,6 +248,11 @@ def main(argv: list[str] | None = None) -> int:
             f"Accuracy: {DEMO_BACKBONE} (pretrained here, offline) on {args.dataset}, {args.steps} steps x "
             f"batch {args.sweep_batch_size}, Adam (lr {DEFAULT_LR:g}, full {LEARNING_RATES['full']:g}), "
             f"seeds {seeds}, validation %, mean ± half range."
+            + (
+                f" {args.smooth_backbone}: random init, {SMOOTH_RESOLUTION} px, same budget."
+                if any(r.backbone != DEMO_BACKBONE for r in runs)
+                else ""
+            )
         )
     print(f"{minutes:.1f} min\n")
     print(table(rows, runs, args))
