@@ -235,6 +235,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     start = time.perf_counter()
     rows = run_all(args, bench_memory, "methods: memory")
+    print("\n" + detail(rows) + "\n")  # before the (long) sweep: nothing measured is lost
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"memory": [asdict(r) for r in rows]}, indent=2) + "\n")
     runs = sweep_accuracy(args)
     minutes = (time.perf_counter() - start) / 60
     print(
@@ -256,8 +260,6 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(f"{minutes:.1f} min\n")
     print(table(rows, runs, args))
-    print()
-    print(detail(rows))
     print()
     print("\n".join(targets(rows)))
     if args.out is not None:
