@@ -10,8 +10,9 @@ import streamlit as st
 from tinytl_core.backbones import data_config, list_backbones
 from tinytl_core.comparisons import mode_reports, table_from_reports
 from tinytl_core.jobs import WorkerPool
-from tinytl_core.results import default_db_path
-from tinytl_core.ui import checks, figures, jobs
+from tinytl_core.results import ResultsStore, default_db_path
+from tinytl_core.ui import checks, jobs
+from tinytl_core.ui.runs import StoredRuns, load_runs
 from tinytl_core.ui.settings import Settings
 
 
@@ -68,11 +69,12 @@ def reports(
     return table_from_reports(out), out
 
 
-@st.cache_data(show_spinner=False, max_entries=32)
-def memory_accuracy_scatter(frame, x: str, x_label: str, title: str):
-    """:func:`tinytl_core.ui.figures.memory_accuracy_scatter`, cached on the runs shown: building it takes
-    about 0.5 s for 200 runs, every new session and rerun of Compare runs paid it."""
-    return figures.memory_accuracy_scatter(frame, x=x, x_label=x_label, title=title)
+@st.cache_data(show_spinner="Reading the stored runs...", max_entries=4)
+def stored_runs(db_path: str, version: str) -> StoredRuns:
+    """Every run in the results store at ``db_path`` and its table, read once per ``version``
+    (:func:`tinytl_core.ui.runs.runs_version`): every session and rerun of Compare runs shares one read
+    of the runs and one parse of their histories until a run is saved, deleted or restored."""
+    return load_runs(ResultsStore(db_path))
 
 
 @st.cache_resource(show_spinner=False)

@@ -1,12 +1,14 @@
 """Compare runs: every stored run on a memory-accuracy plot, a filterable table, curves, delete, export."""
 
+import functools
+
 import streamlit as st
 
 from app_pages import _cache, _seed_groups
 from tinytl_core.modes import MODES, approximation_note
 from tinytl_core.quantities import ENDED_STATUSES, RunStatus
 from tinytl_core.results import ResultsStore, run_quantity
-from tinytl_core.ui import figures
+from tinytl_core.ui import figures, vega
 from tinytl_core.ui.runs import (
     ACCURACY,
     MEMORY_AXES,
@@ -17,7 +19,7 @@ from tinytl_core.ui.runs import (
     parse_run_ids,
     restore_runs,
     run_label,
-    runs_frame,
+    runs_version,
     stored_run_label,
 )
 
@@ -33,7 +35,8 @@ if deleted:  # this session's last delete can be undone
         st.session_state.pop("cr_deleted", None)
         st.toast(f"Restored run(s) {', '.join(f'#{i}' for i in back)}.")
         st.rerun()
-runs = {r["id"]: r for r in store.list_runs()}
+loaded = _cache.stored_runs(str(store.path), runs_version(store))  # read again only when the runs change
+runs = loaded.records
 if not runs:
     st.info(
         "No stored runs yet. Train a few modes on the Adapt page; each run lands here.",
@@ -43,7 +46,7 @@ if not runs:
     _seed_groups.render([])  # a fresh install still shows the bundled reference sweep
     st.stop()
 
-frame = runs_frame(runs.values())
+frame = loaded.frame
 st.caption(f"{len(frame)} run(s) in `{store.path}`.")
 
 f = st.columns(4)
@@ -82,10 +85,10 @@ figure = st.segmented_control(
     key="cr_axis",
     persist_state="session",
 )
-axis, axis_title = memory_axis(figure)
+axis = memory_axis(figure)[0]
 plotted = shown.dropna(subset=[axis, ACCURACY.key])
-# The scatter's place, filled after the table: the runs show at once, the chart (the browser loads
-# Plotly's bundle for it, seconds in a new tab) fills in after them.
+# The scatter's place, filled after the table: the runs show first, the chart (Vega-Lite: a far lighter
+# bundle for the browser to load than Plotly's) fills in after them.
 scatter = st.empty()
 if len(plotted) < len(shown):
     st.caption(
@@ -108,7 +111,7 @@ st.dataframe(
 )
 st.download_button(
     "Export these runs (CSV)",
-    export_csv_text(store, shown["id"].tolist()),
+    functools.partial(export_csv_text, store, shown["id"].tolist()),  # built when clicked, not every run
     file_name="tinytl-runs.csv",
     mime="text/csv",
     icon=":material/download:",
@@ -117,17 +120,30 @@ st.download_button(
 )
 
 if len(plotted):
-    scatter.plotly_chart(
-        _cache.memory_accuracy_scatter(shown, axis, axis_title, "Validation accuracy vs training memory"),
-        width="stretch",
-        key="cr_scatter",
+    data, spec = vega.memory_accuracy_chart(
+        shown, x=axis, x_label=run_quantity(figure).label, title="Validation accuracy vs training memory"
     )
+    scatter.vega_lite_chart(data, spec, width="stretch", key="cr_scatter")
 
-_seed_groups.render([runs[i] for i in shown["id"]])
-
-st.subheader("Training curves")
+# The two Plotly sections run only once opened (lazy expanders): a new tab's first view then loads no
+# Plotly bundle, which held the run table back for seconds (README, App speed).
+grouped = st.expander(
+    "Memory vs accuracy per dataset, seeds grouped",
+    icon=":material/stacked_line_chart:",
+    key="cr_groups_open",
+    on_change="rerun",
+)
+if grouped.open:
+    with grouped:
+        _seed_groups.render([runs[i] for i in shown["id"]])
+curves = st.expander("Training curves", icon=":material/show_chart:", key="cr_curves_open", on_change="rerun")
 labels = {int(r["id"]): run_label(r) for r in shown.to_dict("records")}
-chosen = st.multiselect("Runs", list(labels), default=list(labels)[:3], format_func=labels.get, key="cr_runs")
+chosen = []
+if curves.open:
+    with curves:
+        chosen = st.multiselect(
+            "Runs", list(labels), default=list(labels)[:3], format_func=labels.get, key="cr_runs"
+        )
 if chosen:
     series = []
     for run_id in chosen:
@@ -139,7 +155,7 @@ if chosen:
                 [h for h in history if h["kind"] == "eval"],
             )
         )
-    st.plotly_chart(figures.curves_figure(series), width="stretch", key="cr_curves")
+    curves.plotly_chart(figures.curves_figure(series), width="stretch", key="cr_curves")
 
 with st.expander("Delete runs", icon=":material/delete:"):
     typed = st.text_input(

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import re
 import sqlite3
+from array import array
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +132,38 @@ def runs_frame(runs: Iterable[Mapping[str, Any]], columns: Sequence[str] = RUN_C
     name."""
     shown = ({**r, RUN.dataset: dataset_label(r.get(RUN.dataset))} for r in runs)
     return run_table(shown, columns, headers=False, digits=2)
+
+
+@dataclass(frozen=True)
+class StoredRuns:
+    """Every stored run, read once per :func:`runs_version`: the store's records by id (histories
+    included) and their :func:`runs_frame`."""
+
+    records: dict[int, dict[str, Any]]
+    frame: pd.DataFrame
+
+
+def runs_version(store: ResultsStore) -> str:
+    """A fingerprint of the store's runs that changes whenever a run is saved, deleted or restored, or the
+    schema changes: the schema version and every run id. A run's row is never changed after it is saved
+    (a restored run comes back under its own id with its own record), so its id stands for its content.
+    Cheap (one scan of the id index, no JSON parsed), so a page can check it on every rerun and read the
+    runs again only when it changed (:func:`load_runs`)."""
+
+    def read(con: sqlite3.Connection) -> tuple[int, list[int]]:
+        schema = int(con.execute("PRAGMA user_version").fetchone()[0])
+        return schema, [int(row[0]) for row in con.execute("SELECT id FROM runs ORDER BY id")]
+
+    schema, ids = store.execute(read)
+    digest = hashlib.blake2b(array("q", ids).tobytes(), digest_size=16).hexdigest()
+    return f"{schema}:{len(ids)}:{digest}"
+
+
+def load_runs(store: ResultsStore) -> StoredRuns:
+    """Every run of ``store`` (newest first) with its :func:`runs_frame`: the one read of the runs table
+    (and parse of every history) that the Compare runs page caches per :func:`runs_version`."""
+    records = {int(r[RUN.id]): r for r in store.list_runs()}
+    return StoredRuns(records, runs_frame(records.values()))
 
 
 def filter_runs(frame: pd.DataFrame, **allowed: Sequence[Any] | None) -> pd.DataFrame:
