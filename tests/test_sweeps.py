@@ -1,0 +1,322 @@
+"""Sweeps (issue 13): grid expansion and keys, resuming an interrupted sweep, the job-queue and Ray
+executors end to end, seeds grouped, the bundled reference set and the paper's points."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from tinytl_core.adapt import AdaptConfig, AdaptResult
+from tinytl_core.cli import main
+from tinytl_core.jobs import JobQueue, JobState, run_worker
+from tinytl_core.modes import MODES
+from tinytl_core.quantities import MB, RunStatus
+from tinytl_core.reference import PAPER_TABLE2, load_reference_runs, load_reference_set, write_reference
+from tinytl_core.results import ResultsStore
+from tinytl_core.sweeps import (
+    OutcomeKind,
+    QueueExecutor,
+    RayExecutor,
+    SweepGrid,
+    TaskOutcome,
+    config_key,
+    executors,
+    finished_keys,
+    parse_list,
+    run_sweep,
+    seedless_key,
+    sweep_id,
+)
+from tinytl_core.sweeps.summary import group_seeds
+from tinytl_core.ui.sweep import cancel_sweep, paper_frame, start_sweep, sweep_status
+
+DEMO = "demo_mobilenetv2_050"
+# The smallest real run: 32 px, 2 steps, 4 training and 4 validation images per class, no memory figures.
+TINY = AdaptConfig(
+    backbone=DEMO,
+    dataset="shapes",
+    steps=2,
+    resolution=32,
+    batch_size=8,
+    shots=4,
+    val_cap=4,
+    record_memory=False,
+)
+
+
+def fake_adapt(config, *, progress=None, cancel=None, store=None, data=None):
+    """A stand-in for adapt(): a finished run whose accuracy depends on the seed, stored like adapt's."""
+    result = AdaptResult(
+        config=config,
+        status=RunStatus.FINISHED,
+        final_val_acc=0.5 + config.seed / 10,
+        steps_done=config.steps,
+        steps_planned=config.steps,
+        batch_size=config.batch_size,
+        resolution=config.resolution or 64,
+    )
+    if store is not None:
+        result.run_id = store.save_run(result.to_record())
+    return result
+
+
+def test_grid_expands_every_combination_once_with_stable_keys():
+    grid = SweepGrid(
+        backbones=[DEMO, "mobilenetv2_050"],
+        modes=["bias", "last", "bias"],
+        datasets=["shapes", "digits"],
+        resolutions=[32, None],
+        seeds=[0, 1],
+        steps=[2],
+        base=TINY,
+    )
+    configs = grid.expand()
+    assert len(configs) == 2 * 2 * 2 * 2 * 2  # the repeated mode counts once
+    keys = [config_key(c) for c in configs]
+    assert len(set(keys)) == len(keys)
+    assert keys == [config_key(c) for c in grid.expand()]  # stable
+    # A stored run's config dict (extra keys from another version ignored) has the key of its config.
+    assert config_key({**configs[0].to_dict(), "not_a_field": 1}) == keys[0]
+    assert seedless_key(configs[0]) == seedless_key(replace(configs[0], seed=7)) != seedless_key(configs[2])
+    assert sweep_id(configs) == sweep_id(reversed(configs)) != sweep_id(configs[:3])
+    assert {c.mode for c in SweepGrid([DEMO], modes=["all"]).expand()} == set(MODES)
+    assert [c.seed for c in configs[:2]] == [0, 1]  # seeds innermost
+    for bad, match in (
+        ({"datasets": ["no_such_set"]}, "no_such_set"),
+        ({"modes": ["nope"]}, "unknown mode"),
+        ({"seeds": []}, "at least one"),
+        ({"steps": [0]}, "steps must be >= 1"),
+        ({"backbones": ["resnet5o"]}, "unknown backbone"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            replace(grid, **bad).expand()
+    assert parse_list("0, 1,,1 ,2", "seeds", int) == [0, 1, 2]
+    with pytest.raises(ValueError, match="seeds: 'x' is not a valid int"):
+        parse_list("0,x", "seeds", int)
+
+
+def test_interrupted_sweep_resumes_without_rerunning_finished_configs(tmp_path):
+    """Real training in this process: Ctrl-C after the first configuration, then the same sweep again."""
+    store = ResultsStore(tmp_path / "r.sqlite")
+    configs = SweepGrid(
+        [DEMO], modes=["bias"], datasets=["shapes"], resolutions=[32], seeds=[0, 1], steps=[2], base=TINY
+    ).expand()
+
+    def ctrl_c_after_first(state):
+        if state.done == 1:
+            raise KeyboardInterrupt
+
+    first = run_sweep(configs, store=store, progress=ctrl_c_after_first)
+    assert first.interrupted and first.progress.finished == 1 and first.remaining == 1
+    assert store.count() == 1
+    done_key, first_id = next(iter(first.run_ids.items()))
+    seen = []
+    second = run_sweep(configs, store=store, progress=lambda s: seen.append((s.to_run, s.already_finished)))
+    assert not second.interrupted and seen[0] == (1, 1)
+    assert second.skipped == {done_key: first_id}  # the finished one was not trained again
+    assert set(second.run_ids) == {config_key(configs[1])} and store.count() == 2
+    assert set(finished_keys(store)) == {config_key(c) for c in configs}
+    assert all(r["history"] for r in store.list_runs())  # curves stored with each run
+
+
+def test_sweep_cli_ctrl_c_says_how_to_resume_and_the_rerun_skips_finished(tmp_path, monkeypatch, capsys):
+    db = str(tmp_path / "r.sqlite")
+    calls = []
+
+    def fake_train(config, cancel=None):
+        calls.append(config["seed"])
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # Ctrl-C during the second configuration of the first sweep
+        result = fake_adapt(AdaptConfig.from_dict(config))
+        return TaskOutcome(config_key(config), OutcomeKind.RAN, record=result.to_record())
+
+    monkeypatch.setattr(executors, "train_config", fake_train)
+    argv = ["sweep", "--modes", "bias", "--datasets", "shapes", "--seeds", "0,1,2"]
+    argv += ["--steps", "3", "--no-memory", "--workers", "0", "--db", db]
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert "2 of 3 configurations have no finished run yet" in err and "Run the same command again" in err
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "1 already finished (skipped)" in out and "2 / 2 done (2 finished)" in out
+    assert calls == [0, 1, 1, 2]  # seed 0 trained once
+    assert main([*argv, "--dry-run"]) == 0
+    assert capsys.readouterr().out.count("skipped") == 3
+    # Arguments are checked before any work, with one clear line.
+    for bad, message in (
+        (["--resolutions", "big"], "'big' is not a size"),
+        (["--seeds", "a"], "is not a valid int"),
+        (["--datasets", "nope"], "nope"),
+        (["--workers", "-1"], "--workers must be >= 0"),
+    ):
+        assert main([*argv, *bad]) == 2
+        assert message in capsys.readouterr().err
+
+    def no_ray():
+        raise ImportError(executors.RAY_MISSING)
+
+    monkeypatch.setattr("tinytl_core.cli.sweep.import_ray", no_ray)
+    assert main([*argv, "--ray"]) == 2
+    assert "Ray is not installed" in capsys.readouterr().err
+
+
+def test_queue_executor_adopts_its_jobs_and_app_sweeps_cancel_owner_only(tmp_path):
+    db = tmp_path / "r.sqlite"
+    store, queue = ResultsStore(db), JobQueue(db)
+    configs = SweepGrid(
+        [DEMO], modes=["bias", "last"], datasets=["shapes"], seeds=[0, 1], steps=[3], base=TINY
+    ).expand()
+    executor = QueueExecutor(db, workers=0)  # the workers already serving the queue (a thread here)
+    shutdown = threading.Event()
+    worker = threading.Thread(
+        target=run_worker, args=(db,), kwargs=dict(shutdown=shutdown, runner=fake_adapt, poll_s=0.05)
+    )
+    worker.start()
+    try:
+        report = run_sweep(configs, store=store, executor=executor)
+    finally:
+        shutdown.set()
+        worker.join()
+    assert report.progress.finished == 4 and not report.interrupted
+    assert sorted(report.run_ids.values()) == sorted(r["id"] for r in store.list_runs())  # stored by workers
+    assert {j.state for j in queue.list_jobs(sweep=sweep_id(configs))} == {JobState.FINISHED}
+
+    # The app: a sweep skips what finished, queues the rest as the session's; only that session cancels.
+    grid = SweepGrid(
+        [DEMO], modes=["bias", "last"], datasets=["shapes"], seeds=[0, 1, 2], steps=[3], base=TINY
+    )
+    started = start_sweep(grid, queue, store, owner="alice")
+    assert (started.total, started.skipped, started.queued) == (6, 4, 2)
+    assert "4 already finished (skipped)" in started.message()
+    again = start_sweep(grid, queue, store, owner="alice")  # started twice: its jobs are adopted
+    assert (again.sweep, again.queued, again.adopted) == (started.sweep, 0, 2)
+    status = sweep_status(queue, started.sweep)
+    assert status.active and len(status.jobs) == 2 and "0 / 2 ended" in status.line()
+    assert cancel_sweep(queue, started.sweep, "mallory") == 0
+    assert cancel_sweep(queue, started.sweep, "alice") == 2
+    status = sweep_status(queue, started.sweep)
+    assert not status.active and list(status.frame()["state"]) == ["cancelled", "cancelled"]
+
+
+def test_ray_sweep_of_two_configurations_end_to_end(tmp_path):
+    """Two real configurations as Ray tasks on a local Ray instance; the driver alone writes the store."""
+    import ray  # the dev extra installs Ray: CI runs this, no skip
+
+    store = ResultsStore(tmp_path / "r.sqlite")
+    configs = SweepGrid(
+        [DEMO], modes=["bias", "last"], datasets=["shapes"], resolutions=[32], seeds=[0], steps=[2], base=TINY
+    ).expand()
+    executor = RayExecutor(init_kwargs=dict(num_cpus=2, include_dashboard=False))
+    t0 = time.perf_counter()
+    report = run_sweep(configs, store=store, executor=executor)
+    elapsed = time.perf_counter() - t0
+    assert not ray.is_initialized()  # the sweep started Ray, so it stopped it
+    assert report.progress.finished == 2, [o.message for o in report.outcomes]
+    assert all(o.worker and o.record is not None for o in report.outcomes)  # results came back to the driver
+    runs = store.list_runs()
+    assert {r["mode"] for r in runs} == {"bias", "last"}
+    assert all(r["status"] is RunStatus.FINISHED and r["history"] for r in runs)
+    print(f"Ray sweep of 2 configurations: {elapsed:.1f} s")
+
+
+def _run(run_id, mode, seed, acc, peak, status="finished", lr=1e-3):
+    config = replace(TINY, mode=mode, seed=seed, lr=lr).to_dict()
+    return {
+        "id": run_id, "status": RunStatus(status), "backbone": DEMO, "mode": mode, "dataset": "shapes",
+        "resolution": 32, "batch_size": 8, "steps_planned": 2, "final_val_acc": acc,
+        "total_measured_bytes": peak, "total_modelled_bytes": peak, "config": config,
+    }  # fmt: skip
+
+
+def test_group_seeds_mean_and_spread():
+    runs = [
+        _run(1, "bias", 0, 0.5, 10 * MB),
+        _run(2, "bias", 1, 0.6, 12 * MB),
+        _run(3, "bias", 2, 0.7, 14 * MB),
+        _run(4, "bias", 3, 0.9, 99 * MB, status="failed"),  # not finished: left out
+        _run(5, "bias", 0, 0.4, 10 * MB, lr=1e-2),  # another learning rate: another group
+        _run(6, "last", 0, 0.3, 5 * MB),
+    ]
+    groups = group_seeds(runs)
+    assert list(groups["mode"]) == ["bias", "bias", "last"] and list(groups["seeds"]) == [3, 1, 1]
+    bias = groups.iloc[0]
+    assert bias["acc_mean_pct"] == pytest.approx(60.0) and bias["acc_std_pct"] == pytest.approx(10.0)
+    assert (bias["acc_min_pct"], bias["acc_max_pct"]) == pytest.approx((50.0, 70.0))
+    assert bias["peak_mean_MB"] == pytest.approx(12.0) and bias["peak_std_MB"] == pytest.approx(2.0)
+    assert bias["run_ids"] == "#1, #2, #3"
+    assert math.isnan(groups.iloc[1]["acc_std_pct"])  # one seed: no spread to tell
+
+
+def test_reference_set_ships_labelled_and_loads_as_store_rows(tmp_path):
+    reference = load_reference_set()
+    assert (
+        reference.command.startswith("python -m tinytl_core sweep ") and "--seeds 0,1,2" in reference.command
+    )
+    assert reference.label and reference.created and reference.versions["torch"]
+    runs = load_reference_runs()
+    assert runs and all(r["status"] is RunStatus.FINISHED and r["backbone"] == DEMO for r in runs)
+    assert {r["dataset"] for r in runs} == {"shapes", "digits"}
+    assert {"full", "last", "bn+last", "bias", "lite_residual", "lite_residual+bias"} <= {
+        r["mode"] for r in runs
+    }
+    groups = group_seeds(runs)
+    assert set(groups["seeds"]) == {3} and groups["peak_mean_MB"].notna().all()
+    runs[0]["mode"] = "changed"
+    assert load_reference_runs()[0]["mode"] != "changed"  # read-only: callers get copies
+    # Round trip: rows of a store -> a reference file -> the same rows back.
+    store = ResultsStore(tmp_path / "r.sqlite")
+    store.save_run(fake_adapt(TINY).to_record())
+    path = write_reference(store.list_runs(), tmp_path / "ref.json", label="test", command="python -m x")
+    back = load_reference_runs(path)
+    assert back[0]["status"] is RunStatus.FINISHED and back[0]["config"] == store.list_runs()[0]["config"]
+    with pytest.raises(ValueError, match="no finished runs"):
+        write_reference([], tmp_path / "empty.json", label="x", command="y")
+
+
+def test_paper_points_and_grouped_figure():
+    assert len(PAPER_TABLE2) == 7 * 8
+    flowers = paper_frame(["flowers102"])
+    assert len(flowers) == 7 and set(flowers["mode"]) <= set(MODES)
+    full = flowers[flowers["method"] == "FT-Full"].iloc[0]
+    assert (full["memory_MB"], full["top1_pct"]) == (391.0, 96.8)
+    from tinytl_core.ui.figures import seed_groups_figure
+
+    groups = group_seeds([_run(1, "bias", 0, 0.5, 10 * MB), _run(2, "bias", 1, 0.6, 12 * MB)])
+    fig = seed_groups_figure(groups, paper=flowers)
+    assert [a.text for a in fig.layout.annotations] == ["shapes", "Flowers (paper)"]
+    assert len(fig.data) == 1 + 7 and fig.data[0].error_y.array[0] == pytest.approx(math.sqrt(50))
+
+
+def test_app_sweep_page_queues_and_cancels_and_compare_runs_shows_the_reference(tinytl_home):
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=180)
+    at.session_state["backbone"] = DEMO
+    at.run()
+    at.switch_page("app_pages/compare_runs.py").run()  # a fresh install: no runs, the reference sweep
+    assert not at.exception, at.exception
+    assert any("No stored runs yet" in i.value for i in at.info)
+    assert at.dataframe[0].value["seeds"].eq(3).all()  # the only table: seeds grouped
+    assert any("python -m tinytl_core sweep" in c.value for c in at.caption)
+    at.switch_page("app_pages/sweep.py").run()
+    assert not at.exception, at.exception
+    at.multiselect(key="sw_modes").set_value(["bias", "last"])
+    at.multiselect(key="sw_datasets").set_value(["shapes"])
+    at.text_input(key="sw_seeds").set_value("0, 1")
+    at.text_input(key="sw_res").set_value("own, big")
+    at.button[0].click().run()  # the form's submit button
+    assert any("'big' is not a size" in e.value for e in at.error)  # said, nothing queued
+    at.text_input(key="sw_res").set_value("32")
+    at.button[0].click().run()
+    assert not at.exception, at.exception
+    queue = JobQueue(tinytl_home / "results.sqlite")
+    jobs = queue.list_jobs()
+    assert len(jobs) == 4 and {j.state for j in jobs} == {JobState.QUEUED} and jobs[0].sweep
+    assert "0 / 4 ended" in at.get("progress")[0].proto.text
+    at.button(key="sw_cancel").click().run()
+    assert {j.state for j in queue.list_jobs()} == {JobState.CANCELLED}
