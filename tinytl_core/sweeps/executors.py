@@ -223,7 +223,8 @@ def job_outcome(job: Job, key: str) -> TaskOutcome:
 
 
 RAY_MISSING = (
-    "Ray is not installed: `pip install 'tinytl-lab[ray]'` (or `pip install ray`) to run sweeps on Ray, "
+    "Ray is not installed: `pip install 'tinytl-lab[ray]'` (or `pip install 'ray[default]'`) to run sweeps "
+    "on Ray, "
     "or leave out --ray to use local worker processes"
 )
 
