@@ -85,9 +85,9 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from tinytl_core.engine.partial import TRAINED_ROWS
 from tinytl_core.layer_kinds import LayerKind, Needs, activation_of, kind_of, mask_from_output, uses_sign_mask
 from tinytl_core.layer_kinds import stats_from_input as _stats_from_input_of
-from tinytl_core.engine.partial import TRAINED_ROWS
 from tinytl_core.tracing import Row, TensorRef
 
 PAPER_ACTIVATION_BYTES = 4
