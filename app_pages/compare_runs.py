@@ -47,7 +47,7 @@ if not runs:
     st.stop()
 
 frame = loaded.frame
-st.caption(f"{len(frame)} run(s) in `{store.path}`.")
+st.caption(f"{len(frame)} run(s) in the results store.")  # no server path on a page
 
 f = st.columns(4)
 picked = {

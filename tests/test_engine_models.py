@@ -35,6 +35,18 @@ def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm().clamp_min(1e-30))
 
 
+def _worst_error(engine: dict[str, torch.Tensor], stock: dict[str, torch.Tensor]) -> float:
+    """The largest gradient error, each parameter relative to its own gradient -- except gradients that are
+    zero in exact arithmetic (a bias right before a norm with batch statistics, e.g. in ``bn+last``): what
+    both sides hold there is float rounding (1e-7 of the whole gradient), so they are compared against the
+    whole gradient."""
+    whole = torch.cat([g.flatten() for g in stock.values()]).norm()
+    return max(
+        float((engine[n] - g).norm() / (g.norm() if g.norm() > 1e-5 * whole else whole))
+        for n, g in stock.items()
+    )
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("backbone", MODELS)
 def test_engine_gradients_equal_stock_in_every_mode(backbone):
@@ -53,7 +65,7 @@ def test_engine_gradients_equal_stock_in_every_mode(backbone):
 
         assert torch.equal(stock_out, engine_out), mode
         assert stock_grads.keys() == engine_grads.keys(), mode
-        worst = max(_relative(engine_grads[n], stock_grads[n]) for n in stock_grads)
+        worst = _worst_error(engine_grads, stock_grads)
         # MobileTL's sign mask approximates smooth activations' gradients by design (tests/test_mobiletl.py
         # checks its rule); with none marked (ReLU6 networks) it is exact like every other mode.
         if not (MODES[mode].approximate_gradients and any(uses_sign_mask(m) for m in model.modules())):
