@@ -15,6 +15,11 @@ Starts ``streamlit run app.py`` headless (its own worker pool, ``TINYTL_WORKERS`
   end. Target: with viewers at least 90% of without. Also the CPU the app's server process itself (its
   workers not counted) used per second in each phase: what the viewers take from the machine.
 
+The browsers stand for the students' laptops: on a machine with 2 or more cores they run pinned to the
+last core (``--browser-cpus``; ``all`` to share every core), so that what (b) measures is what the viewers
+cost the *server* (its page reruns and store reads), not what five Chromium tabs drawing charts cost the
+machine they happen to share. The server and its workers keep every core.
+
 Timings vary with the machine (and with other work on it); README keeps the table measured on the dev
 container.
 """
@@ -216,6 +221,36 @@ def throughput_with_viewers(browser, home: Path, viewers: int, steps: int) -> di
     return out
 
 
+def browser_cores(spec: str) -> set[int] | None:
+    """The cores ``--browser-cpus`` names (None: no pinning)."""
+    cores = sorted(os.sched_getaffinity(0))
+    if spec == "all" or (spec == "last" and len(cores) < 2):
+        return None
+    if spec == "last":
+        return {cores[-1]}
+    try:
+        chosen = {int(c) for c in spec.split(",")}
+    except ValueError:
+        raise SystemExit(f"--browser-cpus: 'last', 'all' or core numbers like 1,2, got {spec!r}") from None
+    if not chosen <= set(cores):
+        raise SystemExit(f"--browser-cpus {spec}: this process may use cores {cores} only")
+    return chosen
+
+
+def launch_pinned(pw, chromium: str, spec: str):
+    """Chromium pinned to the cores of ``spec``: its processes (and every tab's renderer, which the browser
+    process starts) inherit the affinity this process has while launching it; afterwards this process (and
+    the servers it starts) gets every core back."""
+    chosen, every = browser_cores(spec), os.sched_getaffinity(0)
+    if chosen is not None:
+        os.sched_setaffinity(0, chosen)
+        print(f"browsers pinned to core(s) {sorted(chosen)}; server and workers on {sorted(every)}")
+    try:
+        return pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+    finally:
+        os.sched_setaffinity(0, every)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=3, help="new-session visits per render timing")
@@ -224,6 +259,11 @@ def main() -> int:
     parser.add_argument("--viewers", type=int, default=5, help="browser sessions watching in (b)")
     parser.add_argument("--steps", type=int, default=60, help="steps of each measured job in (b)")
     parser.add_argument("--only", choices=("render", "throughput"), default=None, help="run one part")
+    parser.add_argument(
+        "--browser-cpus",
+        default="last",
+        help="cores the browsers run on: 'last' (default, with 2+ cores), 'all', or a list like 1,2",
+    )
     args = parser.parse_args()
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
@@ -233,7 +273,7 @@ def main() -> int:
     results: dict[str, float] = {}
     load = (args.repeat, args.submitters, args.load_steps)
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        browser = launch_pinned(pw, chromium, args.browser_cpus)
         for part, run in (
             ("render", lambda h: render_under_load(browser, h, *load)),
             ("throughput", lambda h: throughput_with_viewers(browser, h, args.viewers, args.steps)),
