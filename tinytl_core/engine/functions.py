@@ -68,11 +68,6 @@ def _unpack_in_order(
     return unpack_bits(packed, (n, h, w, c), dtype).permute(_NCHW)
 
 
-def _placeholder(like: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
-    """A stand-in input for backward kernels that only read the input's shape (never its values)."""
-    return like.new_empty(1).expand(tuple(shape))
-
-
 def _channel_view(vec: torch.Tensor, ndim: int) -> torch.Tensor:
     """``(C,)`` -> ``(1, C, 1, ...)`` so it broadcasts over an ``ndim``-D activation."""
     return vec.view((1, -1) + (1,) * (ndim - 2))

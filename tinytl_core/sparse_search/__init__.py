@@ -6,26 +6,7 @@ update ratio), the accuracy it adds in a short run and the memory the model says
 ``python -m tinytl_core sparse-search``; the scheme itself lives in :mod:`tinytl_core.sparse_scheme`.
 """
 
-from tinytl_core.sparse_search.search import (
-    Contribution,
-    ContributionAnalysis,
-    Option,
-    SearchConfig,
-    Selection,
-    analyse_contributions,
-    candidate_options,
-    modelled_peak,
-    select_greedy,
-)
+from tinytl_core.sparse_search import search
+from tinytl_core.sparse_search.search import *  # noqa: F403 -- the public names, listed once in search.py
 
-__all__ = [
-    "Contribution",
-    "ContributionAnalysis",
-    "Option",
-    "SearchConfig",
-    "Selection",
-    "analyse_contributions",
-    "candidate_options",
-    "modelled_peak",
-    "select_greedy",
-]
+__all__ = search.__all__
