@@ -68,16 +68,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def train(args: argparse.Namespace, mode: str, scheme: SparseScheme | None, seed: int, data) -> float:
     """Validation accuracy (%) of one run."""
     result = adapt(
-        AdaptConfig(
-            backbone=args.backbone,
-            mode=mode,
-            dataset=args.dataset,
-            steps=args.steps,
-            batch_size=args.batch_size,
-            lr=LR_FULL if mode == "full" else LR_SPARSE,
-            seed=seed,
-            record_memory=False,
-            sparse_scheme=scheme.to_dict() if scheme is not None else None,
+        AdaptConfig.from_dict(  # --backbone, --dataset, --steps, --batch-size: the configuration's fields
+            {
+                **vars(args),
+                "mode": mode,
+                "lr": LR_FULL if mode == "full" else LR_SPARSE,
+                "seed": seed,
+                "record_memory": False,
+                "sparse_scheme": scheme.to_dict() if scheme is not None else None,
+            }
         ),
         data=data,
     )

@@ -173,7 +173,8 @@ class AdaptConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> AdaptConfig:
-        """Rebuild a configuration (e.g. from a stored run), ignoring unknown keys."""
+        """Rebuild a configuration (e.g. from a stored run, or from settings holding more than it: CLI
+        arguments named after its fields, a search's settings), ignoring unknown keys."""
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in names})
 

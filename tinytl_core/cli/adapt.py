@@ -130,33 +130,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _config(args: argparse.Namespace, mode: str, scheme: SparseScheme | None = None) -> AdaptConfig:
     steps = args.steps if args.steps is not None else (None if args.epochs is not None else AdaptConfig.steps)
-    return AdaptConfig(
-        backbone=args.model,
-        mode=mode,
-        dataset=args.dataset,
-        steps=steps,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        optimizer=args.optimizer,
-        schedule=args.schedule,
-        label_smoothing=args.label_smoothing,
-        seed=args.seed,
-        resolution=args.resolution,
-        pretrained=args.pretrained,
-        group_norm=args.group_norm,
-        augment=args.augment,
-        val_fraction=args.val_fraction,
-        shots=args.shots,
-        val_cap=args.val_cap,
-        eval_every=args.eval_every,
-        device=args.device,
-        record_memory=args.record_memory,
-        measure_memory=args.measure_memory,
-        engine=args.engine,
-        weight_bits=args.weight_bits,
-        weight_quantization=args.weight_quantization,
-        sparse_scheme=scheme.to_dict() if scheme is not None and get_mode(mode).sparse else None,
+    # The flags are named after the configuration's fields, except the backbone (--model) and what the
+    # command resolves itself (mode, steps, the scheme read from --sparse-scheme's file).
+    return AdaptConfig.from_dict(
+        {
+            **vars(args),
+            "backbone": args.model,
+            "mode": mode,
+            "steps": steps,
+            "sparse_scheme": scheme.to_dict() if scheme is not None and get_mode(mode).sparse else None,
+        }
     )
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from fractions import Fraction
 
 from tinytl_core.adapt import AdaptConfig, adapt
@@ -104,21 +104,17 @@ class SearchConfig:
     frozen_weight_bits: int = 32
     device: str = "auto"
 
+    def adapt_config(self, mode: str, scheme: SparseScheme | None = None) -> AdaptConfig:
+        """One short run of these settings (the fields both configurations share), in ``mode`` with
+        ``scheme``; no memory recorded."""
+        values = {**asdict(self), "mode": mode, "record_memory": False}
+        return AdaptConfig.from_dict(
+            {**values, "sparse_scheme": scheme.to_dict() if scheme is not None else None}
+        )
+
     def validate(self) -> None:
         """ValueError for settings that cannot work (cheap: nothing is loaded)."""
-        AdaptConfig(
-            backbone=self.backbone,
-            mode="last",
-            dataset=self.dataset,
-            steps=self.steps,
-            batch_size=self.batch_size,
-            lr=self.lr,
-            optimizer=self.optimizer,
-            resolution=self.resolution,
-            shots=self.shots,
-            val_cap=self.val_cap,
-            device=self.device,
-        ).validate()
+        self.adapt_config("last").validate()
         if self.layers < 0:
             raise ValueError(f"layers must be >= 0, got {self.layers}")
         if not self.ratios and self.layers:
@@ -265,23 +261,7 @@ def analyse_contributions(
 def _run(config: SearchConfig, mode: str, scheme: SparseScheme | None, data) -> float:
     """Validation accuracy after a short run (not stored)."""
     result = adapt(
-        AdaptConfig(
-            backbone=config.backbone,
-            mode=mode,
-            dataset=config.dataset,
-            steps=config.steps,
-            batch_size=config.batch_size,
-            lr=config.lr,
-            optimizer=config.optimizer,
-            seed=config.seed,
-            resolution=config.resolution,
-            pretrained=config.pretrained,
-            shots=config.shots,
-            val_cap=config.val_cap,
-            device=config.device,
-            record_memory=False,
-            sparse_scheme=scheme.to_dict() if scheme is not None else None,
-        ),
+        config.adapt_config(mode, scheme),
         data=data,
     )
     if result.final_val_acc is None:
