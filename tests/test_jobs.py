@@ -1,6 +1,8 @@
 """The job queue and its workers (issue 13): the queue's rules in one process, workers in threads and in
-processes under 30 concurrent submitters, SIGKILL mid-job, cancel, owner-only cancel, restart, and the
-app's pool with real ``worker`` processes training real (tiny) runs."""
+processes under 30 concurrent submitters (library threads and Adapt pages in AppTest sessions), SIGKILL
+mid-job, cancel, owner-only cancel, restart, the app's pool with real ``worker`` processes training real
+(tiny) runs and stopping without failing anyone's job, pruning of old progress events, and uploads that a
+queued job needs kept out of the uploads quota's eviction."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from tinytl_core.adapt import AdaptConfig, AdaptResult, PhaseEvent, StepEvent
 from tinytl_core.cli import main as cli_main
 from tinytl_core.jobs import JobQueue, JobState, NotYourJobError, WorkerPool, exit_reason, run_worker
 from tinytl_core.jobs.pool import default_pool_size, default_threads
-from tinytl_core.jobs.queue import worker_name
+from tinytl_core.jobs.queue import ENV_EVENTS_DAYS, worker_name
 from tinytl_core.quantities import RunStatus
 from tinytl_core.results import ResultsStore
 
@@ -261,6 +263,14 @@ def test_pool_of_real_workers_survives_sigkill_and_stops_with_its_owner(tmp_path
         )
         replacement = pool.pids
         assert replacement and replacement != [pid] and pool.restarts == 1
+        # Stopping the pool fails no one's job: a worker that does not stop in time is killed and its job
+        # goes back in line, at its place, without a stored run (only the OOM kill above failed its job).
+        held = queue.submit(config(steps=100_000, **tiny))
+        wait_for(lambda: queue.get(held).step >= 1, timeout=120, what="the replacement to train")
+        pool.stop(timeout=0)  # no time to finish its step: killed
+        job = queue.get(held)
+        assert job.state is JobState.QUEUED and queue.position(held) == 1
+        assert job.error == "" and job.run_id is None and job.worker is None
     assert pool.pids == [] and all(not os.path.exists(f"/proc/{p}") for p in replacement)
     assert (tmp_path / "worker-logs" / "worker-0.log").exists()
 
@@ -287,3 +297,113 @@ def test_exit_reasons_and_worker_command_errors(capsys):
     assert "SIGSEGV" in exit_reason(-signal.SIGSEGV) and "status 3" in exit_reason(3)
     assert cli_main(["worker", "--max-jobs", "0"]) == 2
     assert "--max-jobs must be 1 or more" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------ housekeeping
+def _ended(queue: JobQueue, job_id: int, *, days_ago: float, run: bool, steps: int = 3) -> None:
+    """Claim ``job_id``, report ``steps`` step events and end it ``days_ago`` days ago (with a run or not)."""
+    assert queue.claim("w").id == job_id
+    queue.report(job_id, "w", [(0.0, "step", {"step": i}) for i in range(1, steps + 1)], step=steps)
+    state = JobState.FINISHED if run else JobState.FAILED
+    assert queue.finish(job_id, "w", state, run_id=job_id if run else None, error="" if run else "killed")
+    ended = time.time() - days_ago * 86400
+    sql = "UPDATE jobs SET ended_at = ? WHERE id = ?"
+    queue.store.execute(lambda con: con.execute(sql, (ended, job_id)), write=True)
+
+
+def test_old_progress_events_are_pruned_only_where_a_stored_run_holds_them(tmp_path, monkeypatch, capsys):
+    db = tmp_path / "r.sqlite"
+    queue = JobQueue(db)
+    old, old_unstored, recent, running = queue.submit_many([config() for _ in range(4)])
+    _ended(queue, old, days_ago=10, run=True)
+    _ended(queue, old_unstored, days_ago=10, run=False)  # its events are the only record of its curves
+    _ended(queue, recent, days_ago=0.01, run=True)
+    queue.claim("w")
+    queue.report(running, "w", [(0.0, "step", {"step": 1})], step=1)
+    assert queue.event_count() == 10
+
+    monkeypatch.delenv(ENV_EVENTS_DAYS, raising=False)
+    pruned = queue.prune_events()  # default: 7 days
+    assert (pruned.events, pruned.jobs, pruned.kept_days) == (3, 1, 7.0) and queue.events(old) == []
+    assert [len(queue.events(j)) for j in (old_unstored, recent, running)] == [3, 3, 1]
+    assert queue.prune_events().events == 0  # nothing left to prune: a read, no write
+
+    monkeypatch.setenv(ENV_EVENTS_DAYS, "0")  # every ended job with a stored run
+    assert queue.prune_events_if_due().events == 3 and queue.events(recent) == []
+    assert queue.prune_events_if_due() is None  # once an hour per process at most
+    assert [len(queue.events(j)) for j in (old_unstored, running)] == [3, 1]  # never those
+    monkeypatch.setenv(ENV_EVENTS_DAYS, "soon")
+    with pytest.raises(ValueError, match="TINYTL_JOB_EVENTS_DAYS must be a number of days"):
+        queue.prune_events()
+
+    monkeypatch.delenv(ENV_EVENTS_DAYS)
+    _ended(JobQueue(db), queue.submit(config()), days_ago=3, run=True)
+    assert cli_main(["jobs", "--db", str(db)]) == 0
+    out = capsys.readouterr().out
+    assert "1 running" in out and "7 progress event(s) stored; 0 of 0 job(s)" in out
+    assert cli_main(["jobs", "--db", str(db), "--prune-events", "--keep-days", "2"]) == 0
+    assert "pruned 3 progress event(s) of 1 job(s) ended over 2 day(s) ago" in capsys.readouterr().out
+    assert cli_main(["jobs", "--db", str(db), "--keep-days", "-1", "--prune-events"]) == 2
+    assert "--keep-days must be 0 or more" in capsys.readouterr().err
+
+
+def test_a_long_running_job_keeps_a_bounded_thinned_curve(tmp_path):
+    queue = JobQueue(tmp_path / "r.sqlite")
+    job = queue.submit(config(steps=5000))
+    queue.claim("w")
+    queue.report(job, "w", [(0.0, "phase", {"phase": "train"})])
+    for start in range(1, 5001, 50):  # what a worker reports every 0.5 s of a fast run
+        batch = [(0.0, "step", {"step": i}) for i in range(start, start + 50)]
+        if start % 1000 == 1:
+            batch.append((0.0, "eval", {"step": start}))
+        queue.report(job, "w", batch, step=start + 49, max_step_events=100)
+    steps = [e.data["step"] for e in queue.events(job, kinds=["step"])]
+    assert len(steps) <= 100 and steps[-1] == 5000 and steps == sorted(steps)
+    assert steps[0] <= 128 and max(b - a for a, b in zip(steps, steps[1:])) <= 128  # evenly thinned
+    assert len(queue.events(job, kinds=["eval", "phase"])) == 6  # evaluations and phases all kept
+
+
+def test_requeue_worker_jobs_puts_them_back_or_ends_a_cancelled_one(tmp_path):
+    queue = JobQueue(tmp_path / "r.sqlite")
+    a, b, c = queue.submit_many([config(), config(), config()], owner="me")
+    for job in (a, b):
+        queue.claim("w")
+        queue.report(job, "w", [(0.0, "step", {"step": 1})], step=1)
+    queue.cancel(b, "me")
+    assert queue.requeue_worker_jobs("w") == [a]
+    assert queue.get(a).state is JobState.QUEUED and queue.position(a) == 1 and queue.events(a) == []
+    assert queue.get(b).state is JobState.CANCELLED and "worker was stopped" in queue.get(b).error
+    assert queue.get(c).state is JobState.QUEUED and queue.requeue_worker_jobs("w") == []
+
+
+def test_an_upload_a_queued_job_needs_is_never_evicted(tinytl_home, tmp_path, monkeypatch):
+    from tinytl_core.data import UploadQuotaError
+    from tinytl_core.data import uploads as U
+
+    def archive() -> bytes:  # incompressible: the archive's size is what counts
+        import io
+        import zipfile
+
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
+            for c in ("a", "b"):
+                zf.writestr(f"{c}/0.bin", os.urandom(20_000))
+        return buf.getvalue()
+
+    first, second = archive(), archive()
+    monkeypatch.setenv(U.ENV_QUOTA, str(1.5 * len(first) / 1e6))  # room for one archive, not two
+    path = U.save_archive("first.zip", first)
+    queue = JobQueue(tmp_path / "elsewhere.sqlite")  # not the default database: pinned all the same
+    job = queue.submit(config(dataset=str(path)), label="first.zip")
+    old = time.time() - 600
+    os.utime(path, (old, old))  # the least recently used: the one eviction would pick
+    with pytest.raises(UploadQuotaError, match="running or queued trainings"):
+        U.save_archive("second.zip", second)
+    assert path.exists()  # the queued job's dataset is still there
+    queue.claim("w")
+    with pytest.raises(UploadQuotaError):  # running: still pinned
+        U.save_archive("second.zip", second)
+    assert path.exists()
+    queue.finish(job, "w", JobState.FINISHED)
+    kept = U.save_archive("second.zip", second)  # the job ended: the old upload may go now
+    assert kept.exists() and not path.exists()

@@ -23,6 +23,7 @@ COMMANDS: tuple[str, ...] = (
     "runs",
     "memory",
     "worker",
+    "jobs",
     "sweep",
     "sparse_search",
     "plan",

@@ -10,11 +10,12 @@ What the folder holds, per uploaded archive (its *key* is the first 16 hex digit
 Quota: archives and extractions together stay under :func:`upload_quota_bytes` (``$TINYTL_UPLOAD_QUOTA_MB``,
 default :data:`DEFAULT_QUOTA_MB`). Before an archive is extracted and after anything is added, the least
 recently used archives and extractions are deleted until everything fits; extractions in use (a run is
-reading them, in this process or another) are never deleted. An upload that cannot fit even then is
-refused (:class:`~tinytl_core.data.errors.UploadQuotaError`) and deleted. Refused and failed uploads are
-deleted at once (:func:`discard_upload`); leftovers of an interrupted extraction are deleted after
-:data:`STALE_S`. Name files (a few hundred bytes) are kept, so old runs keep their labels.
-:func:`kept_uploads` says what is kept and how much room it takes.
+reading them, in this process or another) are never deleted, nor uploads *pinned* by a registered pin
+source (:func:`register_pin_source`: the job queue pins the datasets of its queued and running jobs). An
+upload that cannot fit even then is refused (:class:`~tinytl_core.data.errors.UploadQuotaError`) and
+deleted. Refused and failed uploads are deleted at once (:func:`discard_upload`); leftovers of an
+interrupted extraction are deleted after :data:`STALE_S`. Name files (a few hundred bytes) are kept, so
+old runs keep their labels. :func:`kept_uploads` says what is kept and how much room it takes.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import contextlib
 import hashlib
 import io
 import json
+import logging
 import os
 import re
 import shutil
@@ -30,7 +32,8 @@ import threading
 import time
 import zipfile
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +60,39 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _QUOTA_LOCK = threading.RLock()
 _HELD: Counter[str] = Counter()  # extraction folder -> leases alive in this process
 _HELD_LOCK = threading.Lock()
+PinSource = Callable[[], Iterable[str | os.PathLike[str]]]
+"""A callable naming paths (archives, extraction folders or files inside one) that must not be evicted."""
+_PIN_SOURCES: list[PinSource] = []
+log = logging.getLogger(__name__)
+
+
+def register_pin_source(source: PinSource) -> None:
+    """Have quota eviction ask ``source`` which uploads are still needed, and keep those (the job queue
+    registers its queued and running jobs' datasets: a job must not lose its data while it waits). A
+    source that fails makes eviction delete nothing that time (it cannot tell what is safe)."""
+    if source not in _PIN_SOURCES:
+        _PIN_SOURCES.append(source)
+
+
+def pinned_paths() -> set[str] | None:
+    """Real paths every pin source names now; None when a source failed (then nothing may be evicted)."""
+    out: set[str] = set()
+    for source in list(_PIN_SOURCES):
+        try:
+            out.update(os.path.realpath(p) for p in source())
+        except Exception:  # noqa: BLE001 -- a locked database: evict nothing rather than a needed upload
+            log.warning("an upload pin source failed; nothing is evicted this time", exc_info=True)
+            return None
+    return out
+
+
+def _pinned(item: KeptUpload, pins: set[str]) -> bool:
+    """True when a pin names one of ``item``'s archives, its extraction, or a path inside the extraction."""
+    paths = {os.path.realpath(p) for p in item.archives}
+    folder = os.path.realpath(item.extracted) if item.extracted is not None else None
+    return any(
+        p in paths or (folder is not None and (p == folder or p.startswith(folder + os.sep))) for p in pins
+    )
 
 
 def uploads_root() -> Path:
@@ -183,11 +219,11 @@ def save_archive(filename: str, data: bytes) -> Path:
 
 
 def _quota_error(name: str, need: int, usage: UploadsUsage) -> UploadQuotaError:
-    busy = sum(item.size_bytes for item in usage.items if item.in_use)
+    busy = sum(item.size_bytes for item in usage.items if item.in_use or item.pinned)
     return UploadQuotaError(
         f"{name} needs {_size_text(need)} but the uploads quota ({_size_text(usage.quota_bytes)}) is "
-        f"taken by uploads in use ({_size_text(busy)} held by running trainings); try again when they have "
-        f"ended, or ask whoever runs the app to raise {ENV_QUOTA}"
+        f"taken by uploads in use ({_size_text(busy)} held by running or queued trainings); try again when "
+        f"they have ended, or ask whoever runs the app to raise {ENV_QUOTA}"
     )
 
 
@@ -278,6 +314,7 @@ class KeptUpload:
     size_bytes: int
     last_used: float
     in_use: bool
+    pinned: bool = False  # a queued or running job needs it (see register_pin_source)
 
 
 @dataclass(frozen=True)
@@ -424,20 +461,26 @@ def enforce_upload_quota(
     *, keep: list[Path] | tuple[Path, ...] = (), extra_bytes: int = 0, root: Path | None = None
 ) -> UploadsUsage:
     """Delete least-recently-used uploads until everything (plus ``extra_bytes`` about to be written)
-    fits the quota; never those in ``keep`` or in use. Returns what is kept afterwards (``evicted``
-    lists what was deleted); its ``total_bytes`` can still exceed the quota when nothing more may go."""
+    fits the quota; never those in ``keep``, in use, or pinned (:func:`register_pin_source`). Returns
+    what is kept afterwards (``evicted`` lists what was deleted); its ``total_bytes`` can still exceed
+    the quota when nothing more may go."""
     root = Path(root) if root is not None else uploads_root()
     protected = {os.path.realpath(p) for p in keep}
     with _QUOTA_LOCK:
         _remove_stale(root)
         usage = kept_uploads(root)
         over = usage.total_bytes + extra_bytes - usage.quota_bytes
+        if over <= 0:
+            return usage
+        pins = pinned_paths()  # asked only when something has to go: it reads the job queue
+        items = tuple(replace(i, pinned=pins is None or _pinned(i, pins)) for i in usage.items)
+        usage = UploadsUsage(items, usage.total_bytes, usage.quota_bytes)
         evicted = []
-        for item in sorted(usage.items, key=lambda i: i.last_used):
+        for item in sorted(items, key=lambda i: i.last_used):
             if over <= 0:
                 break
             paths = {os.path.realpath(p) for p in (*item.archives, item.extracted) if p is not None}
-            if paths & protected or item.in_use:
+            if paths & protected or item.in_use or item.pinned:
                 continue
             if _evict(item):
                 evicted.append(item)

@@ -5,7 +5,10 @@ thread: a worker that exits on its own (killed, out of memory, crashed) has its 
 reason (:func:`exit_reason`) and is replaced. Workers die with the process that started the pool: they
 get SIGTERM when it stops (:meth:`WorkerPool.stop`, also at interpreter exit), Linux sends them SIGTERM if
 it is killed outright (``PR_SET_PDEATHSIG``), and each one also watches its parent. A worker stopped that
-way puts its job back in the queue, so the next pool picks it up.
+way puts its job back in the queue, so the next pool picks it up; one that does not stop in time is
+killed and the pool puts its job back itself: stopping a pool never fails a job (on a shared queue it may
+be another user's). When it starts, the pool prunes old progress events
+(:meth:`~tinytl_core.jobs.queue.JobQueue.prune_events_if_due`).
 """
 
 from __future__ import annotations
@@ -36,6 +39,9 @@ MONITOR_S = 0.5
 """How often the pool checks its workers."""
 RECOVER_EVERY_S = 5.0
 """How often the pool fails the jobs of dead workers it did not start (:meth:`JobQueue.recover`)."""
+STOP_TIMEOUT_S = 15.0
+"""How long :meth:`WorkerPool.stop` waits for its workers to finish their current step and put their jobs
+back in the queue before killing them."""
 FAST_CRASH_S = 5.0
 """A worker that dies this soon after starting is restarted after a growing pause (up to a minute), not at
 once, so a worker that cannot start does not spin."""
@@ -150,8 +156,10 @@ class WorkerPool:
         log.info("started %d worker(s) with %d thread(s) each on %s", self.size, self.threads, self.db_path)
         return self
 
-    def stop(self, timeout: float = 15.0) -> None:
-        """Stop every worker: SIGTERM (each puts its job back in the queue), SIGKILL after ``timeout``."""
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
+        """Stop every worker: SIGTERM asks each to stop after its current step and put its job back in the
+        queue; a worker still running after ``timeout`` seconds is killed (SIGKILL) and its job is put back
+        in the queue here, not failed (a job whose owner asked to cancel it ends cancelled)."""
         self._stopping.set()
         if self._monitor is not None:
             self._monitor.join()
@@ -163,11 +171,15 @@ class WorkerPool:
             deadline = time.monotonic() + timeout
             for process in processes:
                 try:
-                    process.wait(max(0.1, deadline - time.monotonic()))
+                    process.wait(max(0.01, deadline - time.monotonic()))
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait()
-                    self.queue.fail_worker_jobs(worker_name(process.pid), exit_reason(-signal.SIGKILL))
+                    log.warning("worker %s did not stop within %.0f s: killed", process.pid, timeout)
+                # Whatever it still held (killed, or ended before it could requeue): back in the queue.
+                requeued = self.queue.requeue_worker_jobs(worker_name(process.pid))
+                if requeued:
+                    log.info("job(s) %s of stopped worker %s are queued again", requeued, process.pid)
             for slot in self._slots:
                 if slot.log_file is not None:
                     slot.log_file.close()
@@ -220,6 +232,8 @@ class WorkerPool:
 
     def _watch(self) -> None:
         last_recover = 0.0
+        with contextlib.suppress(Exception):  # a pool start is a natural, rare point to drop old events
+            self.queue.prune_events_if_due()
         while True:
             try:
                 with self._lock:

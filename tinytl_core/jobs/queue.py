@@ -16,6 +16,7 @@ never left running. A job's run, once trained, is an ordinary row of ``runs`` (:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import sqlite3
@@ -27,8 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from tinytl_core.adapt import AdaptConfig
+from tinytl_core.data.uploads import register_pin_source
 from tinytl_core.quantities import RunStatus
-from tinytl_core.results import ResultsStore
+from tinytl_core.results import ResultsStore, default_db_path
+
+log = logging.getLogger(__name__)
 
 JOBS_SCHEMA_VERSION = 1
 """Version of the ``jobs`` / ``job_events`` tables, kept in ``schema_versions`` (the runs table has its own
@@ -39,6 +43,16 @@ every fraction of a second from a thread of their own, whatever a training step 
 DEAD_GRACE_S = 2.0
 """A job whose worker process is gone from this host is failed by :meth:`JobQueue.recover` only once its
 last report is this old: the pool that watched the process says why it ended first (e.g. SIGKILL)."""
+ENV_EVENTS_DAYS = "TINYTL_JOB_EVENTS_DAYS"
+"""Environment variable: days the progress events of an ended job with a stored run are kept."""
+DEFAULT_EVENTS_DAYS = 7.0
+"""Default of :data:`ENV_EVENTS_DAYS`: long enough for the page that submitted a job to show its curves."""
+MAX_STEP_EVENTS = 1000
+"""Most step events kept per job: past it, a running job's older steps are thinned to every 2nd, 4th, ...
+step (the curve keeps its shape), so a very long run neither bloats the database nor the page's polls."""
+PRUNE_EVERY_S = 3600.0
+"""Least time between two automatic prunes of the same database by one process
+(:meth:`JobQueue.prune_events_if_due`)."""
 
 
 class JobState(str, Enum):
@@ -154,6 +168,31 @@ _SCHEMA = (
 )
 
 
+@dataclass(frozen=True)
+class EventsPruned:
+    """What :meth:`JobQueue.prune_events` deleted: ``events`` rows of ``jobs`` jobs; ``kept_days`` the
+    retention it applied."""
+
+    events: int
+    jobs: int
+    kept_days: float
+
+
+def events_keep_days() -> float:
+    """``$TINYTL_JOB_EVENTS_DAYS`` when set (0 or more; fractions allowed), else
+    :data:`DEFAULT_EVENTS_DAYS`. ``ValueError`` says what is wrong with the variable."""
+    raw = os.environ.get(ENV_EVENTS_DAYS, "").strip()
+    if not raw:
+        return DEFAULT_EVENTS_DAYS
+    try:
+        days = float(raw)
+    except ValueError:
+        days = -1.0
+    if not 0 <= days < float("inf"):
+        raise ValueError(f"{ENV_EVENTS_DAYS} must be a number of days (0 or more), got {raw!r}")
+    return days
+
+
 def worker_name(pid: int | None = None) -> str:
     """The id a worker process goes by: ``host:pid`` (what :meth:`JobQueue.recover` checks for a dead
     process on this host)."""
@@ -176,6 +215,30 @@ def _local_pid(worker: str | None) -> int | None:
     return int(pid) if host == socket.gethostname() and pid.isdigit() else None
 
 
+_OPENED: set[Path] = set()
+"""Databases this process opened a queue on: their queued and running jobs pin their uploads."""
+_LAST_PRUNE: dict[Path, float] = {}
+_ACTIVE = (JobState.QUEUED.value, JobState.RUNNING.value)
+
+
+def queued_datasets() -> list[str]:
+    """The dataset paths (uploads, folders) of every queued or running job in the databases this process
+    opened a queue on, and the default one: what the uploads quota must not evict
+    (:func:`tinytl_core.data.uploads.register_pin_source`). Built-in dataset names are left out."""
+    paths = set(_OPENED)
+    default = default_db_path()
+    if default.exists():
+        paths.add(default)
+    out: list[str] = []
+    for path in sorted(paths):
+        if path.exists():
+            out.extend(JobQueue(path).active_datasets())
+    return out
+
+
+register_pin_source(queued_datasets)
+
+
 class JobQueue:
     """The job queue in the results database at ``db_path`` (default: the results store's own, see
     :func:`~tinytl_core.results.default_db_path`). Cheap to create; every call opens its own connection, so
@@ -186,6 +249,7 @@ class JobQueue:
         self.path = self.store.path
         if self.store.execute(self._version) != JOBS_SCHEMA_VERSION:  # a read: pages create one per run
             self.store.execute(self._migrate, write=True)
+        _OPENED.add(self.path)
 
     @staticmethod
     def _version(con: sqlite3.Connection) -> int | None:
@@ -338,6 +402,16 @@ class JobQueue:
         out.update({JobState(state): int(n) for state, n in rows})
         return out
 
+    def active_datasets(self) -> list[str]:
+        """The ``dataset`` of every queued or running job that is a path (an upload, a folder): what the
+        queue still needs on disk."""
+        sql = (
+            "SELECT DISTINCT json_extract(config_json, '$.dataset') FROM jobs "
+            f"WHERE state IN ({', '.join('?' for _ in _ACTIVE)})"
+        )
+        rows = self.store.execute(lambda con: con.execute(sql, _ACTIVE).fetchall())
+        return [r[0] for r in rows if isinstance(r[0], str) and ("/" in r[0] or os.sep in r[0])]
+
     def events(self, job_id: int, after: int = 0, *, kinds: Iterable[str] | None = None) -> list[JobEvent]:
         """Progress events of a job with an id above ``after``, oldest first (optionally only ``kinds``)."""
         sql, args = "SELECT * FROM job_events WHERE job_id = ? AND id > ?", [int(job_id), int(after)]
@@ -410,10 +484,12 @@ class JobQueue:
         step: int | None = None,
         total_steps: int | None = None,
         phase: str | None = None,
+        max_step_events: int = MAX_STEP_EVENTS,
     ) -> bool:
         """A worker's progress report, in one transaction: new ``events`` as ``(time, kind, data)``, the
-        latest step / total / phase, and a heartbeat. Returns True when the job should stop (cancel asked,
-        or the job is no longer this worker's: recovered as dead)."""
+        latest step / total / phase, and a heartbeat. Past ``max_step_events`` step events the job's
+        older steps are thinned (:data:`MAX_STEP_EVENTS`). Returns True when the job should stop (cancel
+        asked, or the job is no longer this worker's: recovered as dead)."""
         now = time.time()
         sets, args = ["heartbeat_at = ?"], [now]
         for column, value in (("step", step), ("total_steps", total_steps), ("phase", phase)):
@@ -430,6 +506,8 @@ class JobQueue:
                 "INSERT INTO job_events (job_id, at, kind, data_json) VALUES (?, ?, ?, ?)",
                 [(job_id, at, kind, json.dumps(dict(data))) for at, kind, data in events],
             )
+            if any(kind == "step" for _, kind, _ in events):
+                _thin_steps(con, job_id, max_step_events)
             con.execute(f"UPDATE jobs SET {', '.join(sets)} WHERE id = ?", (*args, job_id))
             return bool(row["cancel_requested"])
 
@@ -475,17 +553,24 @@ class JobQueue:
         """Put a running job of ``worker`` back at its place in the queue (the worker is shutting down and
         did not store a run); its progress events are dropped so it starts clean. False when it was no
         longer this worker's."""
+        return self.store.execute(lambda con: _requeue(con, int(job_id), worker), write=True)
 
-        def work(con: sqlite3.Connection) -> bool:
-            done = con.execute(
-                "UPDATE jobs SET state = ?, worker = NULL, started_at = NULL, heartbeat_at = NULL, "
-                "step = 0, total_steps = 0, phase = '' "
-                "WHERE id = ? AND state = ? AND worker = ? AND cancel_requested = 0",
-                (JobState.QUEUED.value, job_id, JobState.RUNNING.value, worker),
-            ).rowcount
-            if done:
-                con.execute("DELETE FROM job_events WHERE job_id = ?", (job_id,))
-            return bool(done)
+    def requeue_worker_jobs(self, worker: str) -> list[int]:
+        """Put every running job of ``worker`` back in the queue, at its place (the pool stopped that
+        worker, by force if it did not stop in time: its jobs are not its fault, nor failed). A job whose
+        owner had asked to cancel it ends cancelled instead. Returns the ids put back in the queue."""
+
+        def work(con: sqlite3.Connection) -> list[int]:
+            rows = con.execute(
+                "SELECT id, cancel_requested FROM jobs WHERE state = ? AND worker = ?",
+                (JobState.RUNNING.value, worker),
+            ).fetchall()
+            con.executemany(
+                "UPDATE jobs SET state = ?, ended_at = ?, phase = '', "
+                "error = 'cancelled (its worker was stopped before the run was stored)' WHERE id = ?",
+                [(JobState.CANCELLED.value, time.time(), r["id"]) for r in rows if r["cancel_requested"]],
+            )
+            return [r["id"] for r in rows if not r["cancel_requested"] and _requeue(con, r["id"], worker)]
 
         return self.store.execute(work, write=True)
 
@@ -533,6 +618,72 @@ class JobQueue:
                 )
         return [i for worker, reason in dead.items() for i in self.fail_worker_jobs(worker, reason)]
 
+    # ------------------------------------------------------------------------------------ housekeeping
+    def prunable_events(self, keep_days: float | None = None) -> tuple[int, int]:
+        """``(events, jobs)`` that :meth:`prune_events` with ``keep_days`` would delete now."""
+        where, args = self._prunable(keep_days)
+        sql = f"SELECT COUNT(*), COUNT(DISTINCT job_id) FROM job_events WHERE job_id IN ({where})"
+        row = self.store.execute(lambda con: con.execute(sql, args).fetchone())
+        return int(row[0]), int(row[1])
+
+    def event_count(self) -> int:
+        """How many progress events are stored (all jobs)."""
+        return int(
+            self.store.execute(lambda con: con.execute("SELECT COUNT(*) FROM job_events").fetchone()[0])
+        )
+
+    def prune_events(self, keep_days: float | None = None) -> EventsPruned:
+        """Delete the progress events of jobs that ended over ``keep_days`` days ago (default
+        :func:`events_keep_days`) **and** stored a run: the run's history in ``runs`` holds the same curves.
+
+        Never touched: events of queued or running jobs, and of ended jobs without a stored run (a worker
+        killed mid-run, a run that failed before it was stored): their events are the only record of what
+        they did (and at most :data:`MAX_STEP_EVENTS` steps each). Reads first; writes only when there is
+        something to delete."""
+        days = events_keep_days() if keep_days is None else float(keep_days)
+        if not days >= 0:
+            raise ValueError(f"events are kept 0 or more days, got {keep_days}")
+        if self.prunable_events(days)[0] == 0:
+            return EventsPruned(0, 0, days)
+        where, args = self._prunable(days)
+
+        def work(con: sqlite3.Connection) -> EventsPruned:
+            ids = [
+                r[0]
+                for r in con.execute(
+                    f"SELECT DISTINCT job_id FROM job_events WHERE job_id IN ({where})", args
+                )
+            ]
+            n = con.execute(f"DELETE FROM job_events WHERE job_id IN ({where})", args).rowcount
+            return EventsPruned(int(n), len(ids), days)
+
+        return self.store.execute(work, write=True)
+
+    def prune_events_if_due(self, every_s: float = PRUNE_EVERY_S) -> EventsPruned | None:
+        """:meth:`prune_events` at most once per ``every_s`` seconds per database in this process (the
+        pool calls it when it starts, workers after each job); None when not due. Never raises: a bad
+        :data:`ENV_EVENTS_DAYS` or a busy database is logged and tried again next time."""
+        now = time.monotonic()
+        last = _LAST_PRUNE.get(self.path)
+        if last is not None and now - last < every_s:
+            return None
+        _LAST_PRUNE[self.path] = now
+        try:
+            return self.prune_events()
+        except (ValueError, sqlite3.Error) as exc:
+            log.warning("pruning the job events of %s failed: %s", self.path, exc)
+            return None
+
+    @staticmethod
+    def _prunable(keep_days: float | None) -> tuple[str, list[Any]]:
+        days = events_keep_days() if keep_days is None else float(keep_days)
+        ended = [s.value for s in ENDED_JOB_STATES]
+        where = (
+            f"SELECT id FROM jobs WHERE state IN ({', '.join('?' for _ in ended)}) "
+            "AND run_id IS NOT NULL AND ended_at < ?"
+        )
+        return where, [*ended, time.time() - days * 86400.0]
+
     def wait(self, job_ids: Iterable[int], timeout: float | None = None, *, poll_s: float = 0.2) -> list[Job]:
         """Wait until every job of ``job_ids`` has ended and return them; ``TimeoutError`` (saying how
         many are left) when ``timeout`` seconds pass first."""
@@ -554,3 +705,37 @@ class JobQueue:
         """SQLite's ``PRAGMA integrity_check`` of the whole database ('ok' when sound)."""
         rows = self.store.execute(lambda con: con.execute("PRAGMA integrity_check").fetchall())
         return "; ".join(str(r[0]) for r in rows)
+
+
+def _requeue(con: sqlite3.Connection, job_id: int, worker: str) -> bool:
+    """Back to the queue at its place, progress and events dropped: a running job of ``worker`` whose
+    owner did not ask to cancel it."""
+    done = con.execute(
+        "UPDATE jobs SET state = ?, worker = NULL, started_at = NULL, heartbeat_at = NULL, "
+        "step = 0, total_steps = 0, phase = '' "
+        "WHERE id = ? AND state = ? AND worker = ? AND cancel_requested = 0",
+        (JobState.QUEUED.value, job_id, JobState.RUNNING.value, worker),
+    ).rowcount
+    if done:
+        con.execute("DELETE FROM job_events WHERE job_id = ?", (job_id,))
+    return bool(done)
+
+
+def _thin_steps(con: sqlite3.Connection, job_id: int, cap: int) -> None:
+    """Keep at most about ``cap`` step events of a job: past it, only the steps that are multiples of a
+    power-of-two stride (chosen from the latest step so about ``cap / 2`` remain) and the latest one."""
+    count, latest, last_id = con.execute(
+        "SELECT COUNT(*), MAX(json_extract(data_json, '$.step')), MAX(id) FROM job_events "
+        "WHERE job_id = ? AND kind = 'step'",
+        (job_id,),
+    ).fetchone()
+    if count <= cap or not latest:
+        return
+    stride = 2
+    while latest / stride > max(1, cap // 2):
+        stride *= 2
+    con.execute(
+        "DELETE FROM job_events WHERE job_id = ? AND kind = 'step' AND id < ? "
+        "AND json_extract(data_json, '$.step') % ? != 0",
+        (job_id, last_id, stride),
+    )

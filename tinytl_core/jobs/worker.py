@@ -264,6 +264,7 @@ def run_worker(
         state = run_job(queue, job, worker, shutdown=shutdown, interval=interval, runner=runner)
         log.info("job %s %s", job.id, state.value)
         done += state is not JobState.QUEUED
+        queue.prune_events_if_due()  # at most hourly per process; a read when nothing is due
         idle_since = time.monotonic()
     return done
 
