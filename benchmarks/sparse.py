@@ -3,14 +3,20 @@
 The issue's target: a sparse-update scheme chosen under a budget reaches within 2 points of ``full`` on
 ``digits`` with the demo backbone, at no more than a third of ``full``'s measured step peak.
 
-1. Contribution analysis (:func:`tinytl_core.sparse_search.analyse_contributions`): the classifier alone
-   and each option alone in a short run; each option's modelled cost.
-2. Greedy selection (:func:`tinytl_core.sparse_search.select_greedy`) under a budget of a third of
-   ``full``'s modelled step peak (``--budget-fraction``).
-3. ``full`` and the chosen scheme trained for ``--steps`` (seeds ``--seeds``), and one training step of
-   each measured with PyTorch's profiler (:func:`tinytl_core.memory.measure`, the engine's layers).
+1. ``full``'s step peak measured with PyTorch's profiler (:func:`tinytl_core.memory.measure`, the engine's
+   layers); the budget is a third of it (``--budget-fraction``; ``--budget-of modelled``: of its modelled
+   peak instead).
+2. Contribution analysis (:func:`tinytl_core.sparse_search.analyse_contributions`): the classifier alone
+   and each option in short runs (``--search-repeats`` seeds averaged, gain in ``--metric``); each
+   option's modelled cost.
+3. Greedy selection (:func:`tinytl_core.sparse_search.select_greedy`) of the modelled step peak under the
+   budget, then the chosen layers' ratios raised while the scheme fits.
+4. ``full`` and the chosen scheme trained for the same ``--steps`` with the same cosine schedule, each at
+   every learning rate of its grid (``--lr-full``, ``--lr-sparse``) and every seed of ``--seeds``; each
+   mode is reported at the learning rate with its best mean accuracy (every run is printed); the scheme's
+   step peak measured like ``full``'s.
 
-    python benchmarks/sparse.py                    # ~25 min on 2 busy cores
+    python benchmarks/sparse.py                    # ~30 min on 2 busy cores
     python benchmarks/sparse.py --quick            # a smoke run (tiny settings, numbers meaningless)
 
 Prints the contributions, the chosen scheme and the comparison table; ``--out FILE`` writes all as JSON.
@@ -34,7 +40,14 @@ from tinytl_core.memory import analyze, measure
 from tinytl_core.modes import prepare_model
 from tinytl_core.quantities import format_mb
 from tinytl_core.sparse_scheme import SparseScheme, parse_ratio
-from tinytl_core.sparse_search import SearchConfig, analyse_contributions, select_greedy
+from tinytl_core.sparse_search import (
+    Candidates,
+    Metric,
+    SearchConfig,
+    analyse_contributions,
+    format_gain,
+    select_greedy,
+)
 
 # Adam learning rates as in benchmarks/transfer.py: few trainable parameters take a larger step.
 LR_FULL, LR_SPARSE = 1e-3, 3e-3
@@ -49,30 +62,42 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--steps", type=int, default=300, help="steps of the final full / sparse runs")
     p.add_argument("--search-steps", type=int, default=40, help="steps of each contribution run")
-    p.add_argument("--layers", type=int, default=6, help="last weight layers searched")
-    p.add_argument("--ratios", default="1/4,1", help="update ratios tried per layer")
+    p.add_argument("--layers", type=int, default=30, help="last weight layers searched")
+    p.add_argument("--candidates", choices=[c.value for c in Candidates], default="pointwise")
+    p.add_argument("--metric", choices=[m.value for m in Metric], default="loss", help="contribution gain")
+    p.add_argument("--search-repeats", type=int, default=2, help="seeds averaged per contribution run")
+    p.add_argument("--no-fill", dest="fill", action="store_false", help="no ratio upgrades after greedy")
+    p.add_argument("--lr-full", nargs="+", type=float, default=[LR_FULL], help="learning rates of full")
+    p.add_argument("--lr-sparse", nargs="+", type=float, default=[LR_SPARSE], help="and of the scheme")
+    p.add_argument("--ratios", default="1", help="update ratios tried per layer")
     p.add_argument(
         "--search-val-cap", type=int, default=None, help="validation images per class in the search"
     )
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
-    p.add_argument("--budget-fraction", type=float, default=1 / 3, help="budget: this x full's modelled peak")
+    p.add_argument("--budget-fraction", type=float, default=1 / 3, help="budget: this x full's peak")
+    p.add_argument(
+        "--budget-of", choices=("measured", "modelled"), default="measured", help="which peak of full"
+    )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 on a shared machine)")
     p.add_argument("--quick", action="store_true", help="tiny settings: checks the script runs")
     p.add_argument("--out", type=Path, help="write every figure as JSON here")
     args = p.parse_args(argv)
     if args.quick:
         args.steps, args.search_steps, args.layers, args.seeds = 4, 2, 2, [0]
+        args.search_repeats, args.lr_full, args.lr_sparse = 1, args.lr_full[:1], args.lr_sparse[:1]
     return args
 
 
-def train(args: argparse.Namespace, mode: str, scheme: SparseScheme | None, seed: int, data) -> float:
+def train(
+    args: argparse.Namespace, mode: str, scheme: SparseScheme | None, seed: int, lr: float, data
+) -> float:
     """Validation accuracy (%) of one run."""
     result = adapt(
         AdaptConfig.from_dict(  # --backbone, --dataset, --steps, --batch-size: the configuration's fields
             {
                 **vars(args),
                 "mode": mode,
-                "lr": LR_FULL if mode == "full" else LR_SPARSE,
+                "lr": lr,
                 "seed": seed,
                 "record_memory": False,
                 "sparse_scheme": scheme.to_dict() if scheme is not None else None,
@@ -104,11 +129,21 @@ def main(argv: list[str] | None = None) -> None:
         ratios=tuple(parse_ratio(r) for r in args.ratios.split(",")),
         bias_fractions=(0.5, 1.0),
         val_cap=args.search_val_cap,
+        repeats=args.search_repeats,
+        metric=Metric(args.metric),
+        candidates=Candidates(args.candidates),
     )
+    config.validate()
     data = load_dataset(args.dataset)
     full_modelled = modelled_peak_full(config, data.num_classes)
-    budget = int(full_modelled * args.budget_fraction)
-    bar = tqdm(total=1, desc="contribution analysis", unit="run")
+    full_measured = measured_peak(args, "full", None, data.num_classes)
+    reference = full_measured if args.budget_of == "measured" else full_modelled
+    budget = int(reference * args.budget_fraction)
+    print(
+        f"full: step peak measured {format_mb(full_measured, 2)} MB, modelled {format_mb(full_modelled, 2)} "
+        f"MB; budget {format_mb(budget, 2)} MB (x{args.budget_fraction:.3f} of the {args.budget_of} peak)"
+    )
+    bar = tqdm(total=1, desc="contribution analysis", unit="option")
 
     def progress(done: int, total: int, what: str) -> None:
         bar.total = total
@@ -119,53 +154,62 @@ def main(argv: list[str] | None = None) -> None:
     analysis = analyse_contributions(config, progress=progress)
     bar.close()
     print(
-        f"\nclassifier alone: {100 * analysis.baseline_accuracy:.1f}%, "
+        f"\nclassifier alone: {100 * analysis.baseline_accuracy:.1f}%, loss {analysis.baseline_loss:.3f}, "
         f"{format_mb(analysis.baseline_bytes)} MB"
     )
     print(
-        "| option | accuracy alone % | gain (points) | modelled peak MB | cost MB |\n"
-        "|---|---:|---:|---:|---:|"
+        f"| option | accuracy % | loss | gain ({config.metric.value}) | modelled peak MB | cost MB |\n"
+        "|---|---:|---:|---:|---:|---:|"
     )
     for c in analysis.contributions:
         print(
-            f"| {c.option.label} | {100 * c.accuracy:.1f} | {100 * c.gain:+.1f} | "
-            f"{format_mb(c.peak_bytes, 2)} | {format_mb(c.cost_bytes, 2)} |"
+            f"| {c.option.label} | {100 * c.accuracy:.1f} | {c.loss:.3f} | "
+            f"{format_gain(c.gain, config.metric)} | {format_mb(c.peak_bytes, 2)} | "
+            f"{format_mb(c.cost_bytes, 2)} |"
         )
-    selection = select_greedy(analysis, budget)
-    print(
-        f"\nbudget {format_mb(budget, 2)} MB (x{args.budget_fraction:.3f} of full's modelled "
-        f"{format_mb(full_modelled, 2)} MB)"
-    )
+    selection = select_greedy(analysis, budget, fill=args.fill)
     print("\n".join(selection.log))
     if selection.scheme is None:
         raise SystemExit("no scheme chosen")
     scheme = selection.scheme
-    print(f"chosen: {scheme.describe()}\n{scheme.to_json()}")
+    print(f"chosen (modelled peak {format_mb(selection.peak_bytes, 2)} MB): {scheme.describe()}")
+    print(scheme.to_json())
 
-    rows = {}
-    for mode, sch in (("full", None), ("sparse", scheme)):
-        accs = [train(args, mode, sch, seed, data) for seed in tqdm(args.seeds, desc=f"train {mode}")]
-        peak = measured_peak(args, mode, sch, data.num_classes)
-        rows[mode] = {"accuracy": accs, "peak_bytes": peak}
-    full_acc = statistics.mean(rows["full"]["accuracy"])
-    sparse_acc = statistics.mean(rows["sparse"]["accuracy"])
-    ratio = rows["sparse"]["peak_bytes"] / rows["full"]["peak_bytes"]
+    grids = {"full": (None, args.lr_full), "sparse": (scheme, args.lr_sparse)}
+    runs: dict[str, dict[float, list[float]]] = {}
+    total = sum(len(lrs) for _, lrs in grids.values()) * len(args.seeds)
+    with tqdm(total=total, desc="final runs", unit="run") as bar:
+        for mode, (sch, lrs) in grids.items():
+            runs[mode] = {}
+            for lr in lrs:
+                runs[mode][lr] = []
+                for seed in args.seeds:
+                    bar.set_postfix_str(f"{mode} lr {lr:g} seed {seed}")
+                    runs[mode][lr].append(train(args, mode, sch, seed, lr, data))
+                    bar.update()
+    peaks = {"full": full_measured, "sparse": measured_peak(args, "sparse", scheme, data.num_classes)}
     print(
-        f"\n{args.backbone} on {args.dataset}, {args.steps} steps x batch {args.batch_size}, "
-        f"seeds {args.seeds}\n| method | val acc % (per seed) | mean | step peak MB | peak / full |\n"
-        "|---|---|---:|---:|---:|"
+        f"\n{args.backbone} on {args.dataset}, {args.steps} steps x batch {args.batch_size} (cosine), "
+        f"seeds {args.seeds}\n| method | lr | val acc % (per seed) | mean | step peak MB | peak / full |\n"
+        "|---|---:|---|---:|---:|---:|"
     )
-    for mode in ("full", "sparse"):
-        r = rows[mode]
-        per = " / ".join(f"{a:.1f}" for a in r["accuracy"])
-        print(
-            f"| {mode} | {per} | {statistics.mean(r['accuracy']):.1f} | {format_mb(r['peak_bytes'], 1)} | "
-            f"{r['peak_bytes'] / rows['full']['peak_bytes']:.2f} |"
-        )
+    best = {}
+    for mode in grids:
+        best[mode] = max(runs[mode], key=lambda lr: statistics.mean(runs[mode][lr]))
+        for lr, accs in runs[mode].items():
+            mark = " (best)" if lr == best[mode] and len(runs[mode]) > 1 else ""
+            print(
+                f"| {mode} | {lr:g}{mark} | {' / '.join(f'{a:.1f}' for a in accs)} | "
+                f"{statistics.mean(accs):.1f} | {format_mb(peaks[mode], 1)} | "
+                f"{peaks[mode] / peaks['full']:.2f} |"
+            )
+    full_acc = statistics.mean(runs["full"][best["full"]])
+    sparse_acc = statistics.mean(runs["sparse"][best["sparse"]])
+    ratio = peaks["sparse"] / peaks["full"]
     gap = full_acc - sparse_acc
     print(
         f"\ntarget: within 2 points of full ({gap:+.1f} points behind: {'met' if gap <= 2 else 'NOT met'}), "
-        f"peak <= 1/3 of full's ({ratio:.2f}: {'met' if ratio <= 1 / 3 else 'NOT met'}); "
+        f"measured peak <= 1/3 of full's ({ratio:.3f}: {'met' if ratio <= 1 / 3 else 'NOT met'}); "
         f"{time.perf_counter() - t0:.0f} s"
     )
     if args.out:
@@ -175,19 +219,25 @@ def main(argv: list[str] | None = None) -> None:
                     "args": {k: str(v) for k, v in vars(args).items()},
                     "budget_bytes": budget,
                     "full_modelled_bytes": full_modelled,
+                    "full_measured_bytes": full_measured,
                     "baseline_accuracy": analysis.baseline_accuracy,
+                    "baseline_loss": analysis.baseline_loss,
                     "contributions": [
                         {
                             "option": c.option.label,
                             "accuracy": c.accuracy,
+                            "loss": c.loss,
                             "gain": c.gain,
                             "peak_bytes": c.peak_bytes,
                         }
                         for c in analysis.contributions
                     ],
+                    "selection_log": list(selection.log),
                     "scheme": scheme.to_dict(),
                     "selection_peak_bytes": selection.peak_bytes,
-                    "runs": rows,
+                    "runs": {m: {str(lr): a for lr, a in r.items()} for m, r in runs.items()},
+                    "best_lr": best,
+                    "measured_peak_bytes": peaks,
                 },
                 indent=2,
             )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from fractions import Fraction
 
 import pytest
@@ -15,11 +16,14 @@ from tinytl_core.memory import analyze, measure
 from tinytl_core.modes import MODES, prepare_model, resolve_modes, sparse_mode
 from tinytl_core.sparse_scheme import SchemeError, SparseScheme, WeightUpdate, default_scheme, read_scheme
 from tinytl_core.sparse_search import (
+    Candidates,
     Contribution,
     ContributionAnalysis,
+    Metric,
     Option,
     SearchConfig,
     analyse_contributions,
+    candidate_options,
     select_greedy,
 )
 
@@ -228,12 +232,12 @@ def test_greedy_selection_respects_the_budget():
         return 1000 + sum(costs[o] for o in opts) + (200 if len(opts) > 1 else 0)
 
     for budget in (1000, 1150, 1400, 2000, 10_000):
-        sel = select_greedy(analysis, budget, peak_of=peak_of)
+        sel = select_greedy(analysis, budget, peak_of=peak_of, fill=False)
         assert sel.peak_bytes <= budget or sel.scheme is None
         if sel.scheme is not None:
             assert peak_of(sel.scheme) == sel.peak_bytes
     assert select_greedy(analysis, 1000, peak_of=peak_of).scheme is None
-    small = select_greedy(analysis, 1150, peak_of=peak_of)  # a @ 1/4 first (most gain per byte), then
+    small = select_greedy(analysis, 1150, peak_of=peak_of, fill=False)  # a @ 1/4 first (most gain/byte)
     assert small.scheme == SparseScheme(0, (WeightUpdate("a", Fraction(1, 4)),))  # bias 4 fits alone only
     assert any(line.startswith("skip bias: last 4 blocks") for line in small.log)
     big = select_greedy(analysis, 10_000, peak_of=peak_of)
@@ -248,8 +252,88 @@ def test_contribution_analysis_runs_short_adaptations():
     config = SearchConfig(DEMO, resolution=32, batch_size=4, steps=1, shots=2, val_cap=1, device="cpu")
     analysis = analyse_contributions(config, options=[Option(layer="conv_head", ratio=Fraction(1, 8))])
     (c,) = analysis.contributions
-    assert 0 <= c.accuracy <= 1 and c.gain == pytest.approx(c.accuracy - analysis.baseline_accuracy)
+    assert 0 <= c.accuracy <= 1 and c.gain == pytest.approx(analysis.baseline_loss - c.loss)  # loss dropped
     assert c.cost_bytes == c.peak_bytes - analysis.baseline_bytes > 0
+
+
+def test_fill_raises_chosen_ratios_while_the_scheme_fits():
+    a_q, b_q = Option(layer="a", ratio=Fraction(1, 4)), Option(layer="b", ratio=Fraction(1, 8))
+    analysis = _analysis({a_q: 0.2, b_q: 0.1}, {a_q: 100, b_q: 100})
+    row_cost = {"a": 400, "b": 800}  # bytes of a whole layer: a ratio costs its share
+
+    def peak_of(scheme: SparseScheme) -> int:
+        return 1000 + sum(int(row_cost[u.layer] * u.ratio) for u in scheme.weights)
+
+    plain = select_greedy(analysis, 1500, peak_of=peak_of, fill=False)
+    assert {u.layer: u.ratio for u in plain.scheme.weights} == {"a": Fraction(1, 4), "b": Fraction(1, 8)}
+    filled = select_greedy(analysis, 1500, peak_of=peak_of)
+    # a first (more gain per byte): 1/4 -> 1/2 -> 1 (1400), then b 1/8 would need 1/4 = 200 more: stays.
+    assert {u.layer: u.ratio for u in filled.scheme.weights} == {"a": Fraction(1), "b": Fraction(1, 8)}
+    assert filled.peak_bytes == peak_of(filled.scheme) == 1500 and filled.fits
+    assert [line for line in filled.log if line.startswith("fill:")] == [
+        "fill: a 1/4 -> 1/2, scheme peaks at 1,300 bytes",
+        "fill: a 1/2 -> 1, scheme peaks at 1,500 bytes",
+    ]
+    # An unmeasured ratio counts the gain of the largest measured one below it.
+    assert filled.expected_gain == pytest.approx(0.3)
+    roomy = select_greedy(analysis, 10_000, peak_of=peak_of)
+    assert {u.ratio for u in roomy.scheme.weights} == {Fraction(1)}
+
+
+def test_pointwise_candidates_reach_further_back(meta_model):
+    config = SearchConfig(DEMO, layers=8, ratios=(Fraction(1),), bias_fractions=(1.0,))
+    every = [o.layer for o in candidate_options(config, meta_model) if o.layer]
+    pointwise = [
+        o.layer
+        for o in candidate_options(replace(config, candidates=Candidates.POINTWISE), meta_model)
+        if o.layer
+    ]
+    assert len(every) == len(pointwise) == 8 and every[-1] == pointwise[-1] == "conv_head"
+    assert not any("conv_dw" in n for n in pointwise) and any("conv_dw" in n for n in every)
+    assert pointwise[0] < every[0]  # blocks.4.x reaches further back than blocks.5.x
+    for bad, message in (({"repeats": 0}, "repeats"), ({"metric": "acc"}, "metric")):
+        with pytest.raises(ValueError, match=message):
+            replace(config, **bad).validate()
+
+
+def test_contributions_average_repeats_and_measure_loss(monkeypatch):
+    """The arithmetic of the analysis on fake short runs: each seed's result averaged, gains over the right
+    reference in the chosen metric."""
+    from tinytl_core.adapt import AdaptResult
+    from tinytl_core.sparse_search import search
+
+    seeds: list[int] = []
+
+    def fake_adapt(config, data=None):  # loss falls with what trains, and wobbles with the seed
+        seeds.append(config.seed)
+        scheme = config.scheme()
+        trains = (scheme.bias_blocks + 10 * len(scheme.weights)) if scheme else 0
+        wobble = 0.01 if config.seed % 2 else -0.01
+        return AdaptResult(
+            config=config,
+            final_val_acc=0.5 + trains / 100 + wobble,
+            final_val_loss=2.0 - trains / 10 + wobble,
+        )
+
+    monkeypatch.setattr(search, "adapt", fake_adapt)
+    # Costs come from the memory model (tested above); here 1 byte per bias block, 50 per weight layer.
+    monkeypatch.setattr(
+        search, "modelled_peak", lambda c, s, n: 100 + (s.bias_blocks + 50 * len(s.weights) if s else 0)
+    )
+    head = Option(layer="conv_head", ratio=Fraction(1))
+    bias = Option(bias_blocks=17)
+    for metric, gains in ((Metric.LOSS, (1.7, 1.0)), (Metric.ACCURACY, (0.17, 0.10))):
+        seeds.clear()
+        config = SearchConfig(DEMO, resolution=32, seed=3, repeats=2, metric=metric, val_cap=1, shots=1)
+        analysis = analyse_contributions(config, options=[head, bias])
+        assert seeds == [3, 4] * 3  # classifier alone, biases, conv_head on top of the biases
+        assert analysis.baseline_loss == pytest.approx(2.0) and analysis.baseline_accuracy == pytest.approx(
+            0.5
+        )
+        by = {c.option: c for c in analysis.contributions}
+        assert by[bias].gain == pytest.approx(gains[0]) and by[head].gain == pytest.approx(gains[1])
+        assert by[head].loss == pytest.approx(2.0 - 2.7) and by[head].cost_bytes == 50
+        assert by[bias].cost_bytes == 17
 
 
 # --------------------------------------------------------------------------------------------- CLI

@@ -40,6 +40,7 @@ __all__ = [
     "default_scheme",
     "format_ratio_text",
     "parse_ratio",
+    "pointwise_layers",
     "read_scheme",
     "weight_layers",
 ]
@@ -236,6 +237,13 @@ def _pointwise(module: nn.Module) -> bool:
     if isinstance(module, nn.Linear):
         return True
     return isinstance(module, nn.Conv2d) and module.groups == 1 and tuple(module.kernel_size) == (1, 1)
+
+
+def pointwise_layers(model: nn.Module) -> list[str]:
+    """The :func:`weight_layers` that are 1x1 convolutions or linear layers, in model order (the layers
+    the 256KB paper's schemes update; a depthwise conv's few weights rarely pay for its stored input)."""
+    layers = dict(model.named_modules())
+    return [name for name in weight_layers(model) if _pointwise(layers[name])]
 
 
 DEFAULT_RATIOS = (Fraction(1, 4), Fraction(1, 2), Fraction(1), Fraction(1))

@@ -14,7 +14,14 @@ from tinytl_core.data import check_dataset_name, dataset_display_name
 from tinytl_core.planner.budget import parse_budget
 from tinytl_core.quantities import format_bytes
 from tinytl_core.sparse_scheme import parse_ratio
-from tinytl_core.sparse_search import SearchConfig, analyse_contributions, select_greedy
+from tinytl_core.sparse_search import (
+    Candidates,
+    Metric,
+    SearchConfig,
+    analyse_contributions,
+    format_gain,
+    select_greedy,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -46,6 +53,31 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--optimizer", default=d.optimizer, help="adam, adamw or sgd (memory and runs)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--layers", type=int, default=d.layers, help="last weight layers searched")
+    p.add_argument(
+        "--candidates",
+        choices=[c.value for c in Candidates],
+        default=d.candidates.value,
+        help="which weight layers count: all, or pointwise (1x1 convs and linear: reaches further back "
+        "for the same --layers) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--metric",
+        choices=[m.value for m in Metric],
+        default=d.metric.value,
+        help="gain of an option: validation loss dropped (smooth) or accuracy gained (default: %(default)s)",
+    )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=d.repeats,
+        help="short runs per option (seeds --seed, --seed+1, ...), averaged (default: %(default)s)",
+    )
+    p.add_argument(
+        "--no-fill",
+        dest="fill",
+        action="store_false",
+        help="do not raise the chosen layers' update ratios into the budget left after greedy selection",
+    )
     p.add_argument(
         "--ratios",
         default="1/4,1",
@@ -92,6 +124,9 @@ def run(args: argparse.Namespace) -> int:
         lr=args.lr,
         optimizer=args.optimizer,
         seed=args.seed,
+        repeats=args.repeats,
+        metric=Metric(args.metric),
+        candidates=Candidates(args.candidates),
         layers=args.layers,
         ratios=tuple(sorted({parse_ratio(r) for r in args.ratios.split(",") if r.strip()})),
         bias_fractions=_fractions(args.bias_fractions),
@@ -127,14 +162,18 @@ def run(args: argparse.Namespace) -> int:
         f"modelled peak {format_bytes(analysis.baseline_bytes)}"
     )
     width = max([len(c.option.label) for c in analysis.contributions] + [6])
-    print(f"{'option':<{width}}  {'acc alone':>9}  {'gain':>7}  {'peak':>10}  {'cost':>10}  {'gain/MB':>8}")
+    print(
+        f"{'option':<{width}}  {'acc alone':>9}  {'loss':>6}  {'gain':>9}  {'peak':>10}  {'cost':>10}  "
+        f"{'gain/MB':>8}"
+    )
     for c in analysis.contributions:
-        per_mb = 100 * c.gain / max(c.cost_bytes / 1e6, 1e-6)
+        per_mb = c.gain / max(c.cost_bytes / 1e6, 1e-6) * (100 if config.metric is Metric.ACCURACY else 1)
         print(
-            f"{c.option.label:<{width}}  {100 * c.accuracy:>8.1f}%  {100 * c.gain:>+6.1f}p  "
-            f"{format_bytes(c.peak_bytes):>10}  {format_bytes(c.cost_bytes):>10}  {per_mb:>8.1f}"
+            f"{c.option.label:<{width}}  {100 * c.accuracy:>8.1f}%  {c.loss:>6.3f}  "
+            f"{format_gain(c.gain, config.metric):>9}  {format_bytes(c.peak_bytes):>10}  "
+            f"{format_bytes(c.cost_bytes):>10}  {per_mb:>8.3g}"
         )
-    selection = select_greedy(analysis, budget)
+    selection = select_greedy(analysis, budget, fill=args.fill)
     for line in selection.log:
         print(f"  {line}")
     if selection.scheme is None:
@@ -146,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"chosen: {selection.scheme.describe()}\n"
         f"modelled peak {format_bytes(selection.peak_bytes)} of {format_bytes(budget)}, expected gain "
-        f"{100 * selection.expected_gain:+.1f} points over the classifier alone (gains added)\n"
+        f"{format_gain(selection.expected_gain, config.metric)} over the classifier alone (gains added)\n"
         f"wrote {out}; train it: python -m tinytl_core adapt --model {config.backbone} --mode sparse "
         f"--sparse-scheme {out} --dataset {args.dataset}"
     )
