@@ -2,7 +2,8 @@
 
 Each mode is one job in the queue; worker processes train them (``tinytl_core.jobs``), never this app's
 process. A session sees its own jobs -- place in line, progress, curves, results -- and cancels only its
-own; a fragment polls the store every couple of seconds while one of them is queued or running.
+own; a fragment polls the store every couple of seconds while one of them is queued or running, through
+the session's ``JobWatch`` (reads only new events; redraws the curves only when one arrived).
 """
 
 import streamlit as st
@@ -14,8 +15,8 @@ from tinytl_core.data import list_datasets
 from tinytl_core.jobs import JobQueue
 from tinytl_core.modes import MODES, approximation_note
 from tinytl_core.results import MEMORY, RUN, run_quantity
-from tinytl_core.ui import checks, figures
-from tinytl_core.ui.jobs import NotYourJobError, SessionJobs, cancel_job, session_jobs, submit_modes
+from tinytl_core.ui import checks
+from tinytl_core.ui.jobs import JobWatch, NotYourJobError, SessionJobs, cancel_job, submit_modes
 from tinytl_core.ui.sparse import SchemeSource, check_scheme_text, default_scheme_check
 
 UPLOAD = "upload"
@@ -25,6 +26,7 @@ settings = _cache.settings()
 backbone, resolution, batch_size = settings.backbone, settings.resolution, settings.batch_size
 pretrained, session_id = settings.pretrained, settings.session_id
 queue = JobQueue()
+watch: JobWatch = st.session_state.setdefault("ad_watch", JobWatch())  # this session's reads across polls
 
 
 def render_jobs(mine: SessionJobs, *, live: bool) -> None:
@@ -71,11 +73,11 @@ def render_jobs(mine: SessionJobs, *, live: bool) -> None:
                 border=True,
                 help="Validation accuracy at the end of the run, and its training memory.",
             )
-    series = mine.series()
-    if series:
+    chart = watch.curves(mine)
+    if chart is not None:
         st.caption("Loss and accuracy per step (dotted: running training accuracy; markers: validation).")
-        st.plotly_chart(figures.curves_figure(series), width="stretch", key="ad_curves")
-    st.dataframe(mine.results_frame(), hide_index=True, width="stretch", key="ad_results", placeholder="–")
+        st.vega_lite_chart(*chart, key="ad_curves")
+    st.dataframe(watch.results(mine), hide_index=True, width="stretch", key="ad_results", placeholder="–")
     for view in ended:
         title = f"#{view.job.id} {MODES[view.job.config.mode].title}"
         if view.unsuccessful:
@@ -107,10 +109,10 @@ st.caption(
 
 @guarded  # a fragment reruns outside the page: it gets the page's guard itself
 def live_panel() -> None:
-    render_jobs(session_jobs(queue, session_id), live=True)
+    render_jobs(watch.read(queue, session_id), live=True)
 
 
-mine = session_jobs(queue, session_id)
+mine = watch.read(queue, session_id)
 if mine.active:
     st.fragment(live_panel, run_every=POLL_SECONDS)()
     st.divider()

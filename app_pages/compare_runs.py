@@ -8,7 +8,7 @@ from app_pages import _cache, _seed_groups
 from tinytl_core.modes import MODES, approximation_note
 from tinytl_core.quantities import ENDED_STATUSES, RunStatus
 from tinytl_core.results import ResultsStore, run_quantity
-from tinytl_core.ui import figures, vega
+from tinytl_core.ui import vega
 from tinytl_core.ui.runs import (
     ACCURACY,
     MEMORY_AXES,
@@ -125,8 +125,8 @@ if len(plotted):
     )
     scatter.vega_lite_chart(data, spec, width="stretch", key="cr_scatter")
 
-# The two Plotly sections run only once opened (lazy expanders): a new tab's first view then loads no
-# Plotly bundle, which held the run table back for seconds (README, App speed).
+# The two sections below run only once opened (lazy expanders). The seed-grouped one is Plotly: a new tab's
+# first view then loads no Plotly bundle, which held the run table back for seconds (README, App speed).
 grouped = st.expander(
     "Memory vs accuracy per dataset, seeds grouped",
     icon=":material/stacked_line_chart:",
@@ -155,7 +155,7 @@ if chosen:
                 [h for h in history if h["kind"] == "eval"],
             )
         )
-    curves.plotly_chart(figures.curves_figure(series), width="stretch", key="cr_curves")
+    curves.vega_lite_chart(*vega.curves_chart(series), key="cr_curves")
 
 with st.expander("Delete runs", icon=":material/delete:"):
     typed = st.text_input(

@@ -100,10 +100,11 @@ def test_first_view_sends_no_plotly_figure_and_opened_sections_do(session):
     assert "Validation accuracy vs training memory" in chart.proto.spec
     at.session_state["cr_curves_open"] = True
     at.run()
-    assert not at.exception and len(at.get("plotly_chart")) == 1  # the curves, once opened
+    assert not at.exception and not at.get("plotly_chart")  # the curves, once opened: Vega-Lite too
+    assert ["hconcat" in c.proto.spec for c in at.get("vega_lite_chart")] == [False, True]
     at.session_state["cr_groups_open"] = True
     at.run()
-    assert not at.exception and len(at.get("plotly_chart")) == 2  # and the seed-grouped chart
+    assert not at.exception and len(at.get("plotly_chart")) == 1  # and the seed-grouped chart (Plotly)
 
 
 def test_memory_accuracy_chart_colours_modes_and_scales_the_axis():

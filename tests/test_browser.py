@@ -250,7 +250,10 @@ def test_measure_adapt_and_compare_in_a_real_browser(browser, server):
         # bar; a screenshot once the curves draw.
         page.locator('[class*="st-key-cancel_"] button').wait_for(timeout=30_000)
         page.locator('[data-testid="stProgress"]').first.wait_for(timeout=5_000)
-        page.locator('[class*="st-key-ad_curves"] .main-svg').first.wait_for(timeout=TRAIN_TIMEOUT_S * 1000)
+        # the curves: the page's one Vega-Lite chart (drawn on a canvas or as SVG marks)
+        page.locator(
+            '[data-testid="stVegaLiteChart"] canvas, [data-testid="stVegaLiteChart"] svg.marks'
+        ).first.wait_for(timeout=TRAIN_TIMEOUT_S * 1000)
         screenshot(page, "adapt_training")
         page.get_by_text("#1 TinyTL-B (bias) · finished", exact=True).wait_for(timeout=TRAIN_TIMEOUT_S * 1000)
         check_page(page, "adapt_finished")

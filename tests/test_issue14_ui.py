@@ -16,7 +16,7 @@ from PIL import Image
 from tinytl_core.adapt import AdaptConfig, AdaptResult, EvalEvent, PhaseEvent, StepEvent
 from tinytl_core.jobs import JobQueue, JobState, run_worker
 from tinytl_core.results import ResultsStore
-from tinytl_core.ui import checks, figures
+from tinytl_core.ui import checks, vega
 from tinytl_core.ui.errors import failure_message
 from tinytl_core.ui.jobs import NotYourJobError, cancel_job, failed_message, result_summary, session_jobs
 from tinytl_core.ui.runs import column_formats, parse_run_ids, restore_runs, runs_frame
@@ -167,13 +167,14 @@ def test_every_run_figure_has_a_format():
     assert numeric and all(formats[c][1] for c in numeric), {c: formats[c] for c in numeric}
 
 
-@pytest.mark.parametrize("last", [1, 2, 3, 5, 9, 16, 60, 999])
+@pytest.mark.parametrize("last", [1, 3, 999])
 def test_step_axes_have_whole_steps(last):
     steps = [{"step": s, "loss": 1.0, "train_acc": 0.5} for s in range(1, last + 1)]
-    fig = figures.curves_figure([("bias", steps, [])])
-    for axis in (fig.layout.xaxis, fig.layout.xaxis2):
-        assert axis.dtick >= 1 and float(axis.dtick).is_integer() and axis.tick0 == 0
-        assert last / axis.dtick <= 8
+    data, spec = vega.curves_chart([("bias", steps, [])])
+    assert data["step"].dtype.kind == "i" and data["step"].max() == last
+    for panel in spec["hconcat"]:  # ticks at least one step apart, labelled as whole numbers (never 1.5)
+        axis = panel["encoding"]["x"]["axis"]
+        assert axis["tickMinStep"] == 1 and axis["format"] == "d"
 
 
 def _zip(classes):

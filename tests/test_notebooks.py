@@ -13,6 +13,7 @@ from nbclient import NotebookClient
 from tinytl_core.backbones import DEMO_BACKBONE
 from tinytl_core.modes import MODES
 from tinytl_core.results import MEMORY, ResultsStore
+from tinytl_core.ui.vega import VEGA_LITE_MIME
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOKS = (
@@ -22,7 +23,9 @@ NOTEBOOKS = (
 )
 PLOTLY = "application/vnd.plotly.v1+json"
 # Plotly figures each notebook shows at least (a cell that silently stops drawing is a regression too).
-MIN_FIGURES = {NOTEBOOKS[0]: 6, NOTEBOOKS[1]: 3, NOTEBOOKS[2]: 4}
+MIN_FIGURES = {NOTEBOOKS[0]: 6, NOTEBOOKS[1]: 3, NOTEBOOKS[2]: 1}
+# Vega-Lite charts (the app's memory-accuracy scatter twice, the training curves once).
+MIN_VEGA_LITE = {NOTEBOOKS[0]: 0, NOTEBOOKS[1]: 0, NOTEBOOKS[2]: 3}
 
 
 def read(name: str) -> nbformat.NotebookNode:
@@ -78,6 +81,9 @@ def test_notebook_runs_top_to_bottom(name, tmp_path, monkeypatch):
     figures = [o for o in outs if PLOTLY in o.get("data", {})]
     assert len(figures) >= MIN_FIGURES[name]
     assert all(f.data[PLOTLY]["data"] for f in figures), "a figure without traces"
+    charts = [o.data[VEGA_LITE_MIME] for o in outs if VEGA_LITE_MIME in o.get("data", {})]
+    assert len(charts) >= MIN_VEGA_LITE[name]
+    assert all(c["data"]["values"] for c in charts), "a chart without data"
     if name == NOTEBOOKS[2]:  # every mode plus the image-folder run went to the isolated results store
         runs = ResultsStore(tmp_path / "home" / "results.sqlite").list_runs()
         assert sorted(r["mode"] for r in runs) == sorted([*MODES, "lite_residual+bias"])
@@ -87,3 +93,5 @@ def test_notebook_runs_top_to_bottom(name, tmp_path, monkeypatch):
         assert any("example_folder" in r["dataset"] for r in runs)
         bias = next(r for r in runs if r["mode"] == "bias")  # trained on the engine: far below stock PyTorch
         assert 5 * bias[MEMORY.activations_measured_bytes] < bias[MEMORY.activations_measured_stock_bytes]
+        curves = next(c for c in charts if "hconcat" in c)  # one curve per mode
+        assert {v["run"] for v in curves["data"]["values"]} == set(MODES)

@@ -8,7 +8,7 @@ import pytest
 
 from tinytl_core.modes import MODES
 from tinytl_core.quantities import MB, bytes_unit, format_bytes, format_ratio
-from tinytl_core.ui import figures
+from tinytl_core.ui import figures, vega
 from tinytl_core.ui.settings import LIMITS, accept_setting, backbone_label, setting_problem
 
 
@@ -106,8 +106,9 @@ def test_curves_are_coloured_by_mode_like_the_scatter():
     steps = [{"step": 1, "loss": 1.0, "train_acc": 0.5}]
     evals = [{"step": 1, "val_acc": 0.5}]
     series = [("#3 bias", steps, evals), ("#4 bias", steps, evals), ("#5 full", steps, [])]
-    fig = figures.curves_figure(series)
-    colours = {t.name: t.line.color for t in fig.data if t.showlegend is not False}
+    _, spec = vega.curves_chart(series)
+    scale = spec["hconcat"][0]["encoding"]["color"]["scale"]
+    colours = dict(zip(scale["domain"], scale["range"]))
     assert colours["#3 bias"] == colours["#4 bias"] == figures.MODE_COLORS["bias"]
     assert colours["#5 full"] == figures.MODE_COLORS["full"]
 

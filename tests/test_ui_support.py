@@ -20,7 +20,7 @@ from tinytl_core.memory import MB
 from tinytl_core.memory.report import MEMORY, TOTALS
 from tinytl_core.quantities import RunMemory, bytes_unit, format_bytes
 from tinytl_core.results import ResultsStore
-from tinytl_core.ui import checks, explorer, figures, runs
+from tinytl_core.ui import checks, explorer, figures, runs, vega
 from tinytl_core.ui.jobs import session_jobs, submit_modes
 from tinytl_core.ui.text import docstring_markdown
 
@@ -299,12 +299,14 @@ def test_bad_submissions_are_refused_before_queueing(tmp_path):
     assert queue.list_jobs() == []
 
 
-def test_curves_figure_draws_steps_and_evals(tmp_path):
+def test_curves_chart_draws_steps_and_evals(tmp_path):
     queue = JobQueue(tmp_path / "r.sqlite")
     submit_modes(queue, configs("bias"), owner="me", label="Digits")
     work(queue, FakeRunner(), 1).join(20)
-    fig = figures.curves_figure(session_jobs(queue, "me").series(), title="c")
-    assert len(fig.data) == 3 and list(fig.data[2].y) == [75.0]
+    data, spec = vega.curves_chart(session_jobs(queue, "me").series(), title="c")
+    counts = data["curve"].value_counts().to_dict()
+    assert counts == {vega.CURVE_LOSS: 3, vega.CURVE_TRAIN: 3, vega.CURVE_VAL: 1} and spec["title"] == "c"
+    assert list(data.loc[data["curve"] == vega.CURVE_VAL, "value"]) == [75.0]  # a fraction drawn in %
 
 
 # ---------------------------------------------------------------------------------------------- runs
@@ -350,8 +352,8 @@ def test_runs_frame_filter_label_and_export(tmp_path):
     assert runs.run_label(frame.iloc[1]) == f"#{a} bias · mobilenetv2_050 · digits · 50.0%"
     text = runs.export_csv_text(store, [a])
     assert text.count("\n") == 2 and "digits" in text
-    fig = figures.memory_accuracy_scatter(frame, x=x, x_label=title, title="s")
-    assert sum(len(t.x) for t in fig.data) == 1  # the run without memory or accuracy is left out
+    data, _ = vega.memory_accuracy_chart(frame, x=x, x_label=title, title="s")
+    assert list(data["id"]) == [a]  # the run without memory or accuracy is left out
 
 
 def test_lite_residual_diagram():

@@ -2,11 +2,13 @@
 
 Every builder takes plain data (DataFrames, snapshots, run dicts) and returns a ``plotly`` figure, so the
 pages only place them. :func:`lite_residual_dot` returns the lite residual diagram as Graphviz DOT text.
+The memory-accuracy scatter and the training curves are Vega-Lite (:mod:`tinytl_core.ui.vega`), in the
+same colours.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import pandas as pd
@@ -267,31 +269,6 @@ def layer_depth_chart(layers: pd.DataFrame, *, title: str, log_y: bool = False) 
     return fig
 
 
-def memory_accuracy_scatter(frame: pd.DataFrame, *, x: str, x_label: str, title: str) -> go.Figure:
-    """Stored runs on a memory-accuracy plane (the shape of the paper's headline figure): ``x`` is a
-    memory column in MB, y the validation accuracy in %, colour the mode, symbol the backbone (a
-    :func:`~tinytl_core.ui.runs.runs_frame`)."""
-    y = ACCURACY.key
-    data = frame.dropna(subset=[x, y])
-    fig = px.scatter(
-        data,
-        x=x,
-        y=y,
-        color="mode",
-        symbol="backbone",
-        title=title,
-        color_discrete_map=MODE_COLORS,
-        category_orders={"mode": list(MODES)},
-        hover_data={"id": True, "dataset": True, "resolution": True, "batch_size": True, "steps_done": True},
-        labels={x: x_label, y: ACCURACY.title},
-    )
-    fig.update_traces(marker={"size": 13, "line": {"width": 1, "color": SELECTION_COLOR}})
-    fig.update_layout(**{**_LAYOUT, "legend": {"orientation": "v", "title": {"text": "mode, backbone"}}})
-    fig.update_xaxes(rangemode="tozero", exponentformat="none", separatethousands=True)
-    fig.update_yaxes(rangemode="tozero")
-    return fig
-
-
 BACKBONE_SYMBOLS = ("circle", "square", "triangle-up", "diamond", "pentagon", "hexagon", "star", "x")
 """Marker symbols told apart by backbone on the seed-grouped figure (colour is the mode)."""
 
@@ -382,69 +359,6 @@ def _spread(value: float) -> float:
     return 0.0 if value is None or pd.isna(value) else float(value)
 
 
-def curves_figure(
-    series: Iterable[tuple[str, Sequence[Mapping[str, Any]], Sequence[Mapping[str, Any]]]], *, title: str = ""
-) -> go.Figure:
-    """Training curves, coloured by mode (:data:`MODE_COLORS`, as every chart): loss (left), running train
-    and validation accuracy (right); runs of the same mode differ by marker symbol.
-
-    ``series`` yields ``(label, steps, evals)`` with the step and eval history dicts of
-    :mod:`tinytl_core.adapt` (``step``, ``loss``, ``train_acc`` / ``val_acc``); the mode is the label or a
-    word of it (``'#3 bias'``).
-    """
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("training loss", "accuracy (%)"))
-    series = list(series)  # read twice: traces, then the step axis
-    symbols = ("circle", "square", "diamond", "triangle-up", "x", "star")
-    for i, (label, steps, evals) in enumerate(series):
-        color = mode_color(label, i)
-        symbol = symbols[i % len(symbols)]
-        if steps:
-            fig.add_trace(
-                go.Scatter(
-                    x=[s["step"] for s in steps],
-                    y=[s["loss"] for s in steps],
-                    name=label,
-                    legendgroup=label,
-                    line={"color": color},
-                ),
-                row=1,
-                col=1,
-            )
-            fig.add_trace(
-                go.Scatter(
-                    x=[s["step"] for s in steps],
-                    y=[100 * s["train_acc"] for s in steps],
-                    name=f"{label} train",
-                    legendgroup=label,
-                    showlegend=False,
-                    line={"color": color, "dash": "dot"},
-                ),
-                row=1,
-                col=2,
-            )
-        if evals:
-            fig.add_trace(
-                go.Scatter(
-                    x=[e["step"] for e in evals],
-                    y=[100 * e["val_acc"] for e in evals],
-                    name=f"{label} val",
-                    legendgroup=label,
-                    showlegend=False,
-                    mode="lines+markers",
-                    marker={"size": 9, "symbol": symbol},
-                    line={"color": color},
-                ),
-                row=1,
-                col=2,
-            )
-    # Legend below the panels: above them it overlaps the subplot titles.
-    fig.update_layout(**{**_LAYOUT, "legend": {**_LEGEND_BELOW, "y": -0.25}}, title=title, height=400)
-    last_step = max((p["step"] for _, steps, evals in series for p in (*steps, *evals)), default=1)
-    fig.update_xaxes(title_text="step", **step_ticks(last_step))
-    fig.update_yaxes(range=[0, 100], row=1, col=2)
-    return fig
-
-
 def mode_color(label: str, index: int = 0) -> str:
     """The colour of the mode a series ``label`` names (the label itself or one of its words); a neutral
     grey for a label that names none."""
@@ -452,22 +366,6 @@ def mode_color(label: str, index: int = 0) -> str:
         if word in MODE_COLORS:
             return MODE_COLORS[word]
     return OKABE_ITO["grey"]
-
-
-def step_ticks(last_step: float, most: int = 8) -> dict[str, Any]:
-    """Axis settings for a step axis up to ``last_step``: ticks on whole steps only (never 1.5), at most
-    ``most`` of them, every 1, 2, 5, 10, 20, 50... steps."""
-    span, step = max(1, int(-(-last_step // 1))), 1
-    while span / step > most:
-        step = _next_nice(step)
-    return {"tickmode": "linear", "tick0": 0, "dtick": step, "tickformat": "d"}
-
-
-def _next_nice(step: int) -> int:
-    """1 -> 2 -> 5 -> 10 -> 20 -> 50 -> 100 ..."""
-    exponent = 10 ** (len(str(step)) - 1)
-    lead = step // exponent
-    return {1: 2, 2: 5, 5: 10}[lead] * exponent
 
 
 def lite_residual_dot() -> str:

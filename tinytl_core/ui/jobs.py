@@ -4,12 +4,16 @@ Runs train in worker processes (:mod:`tinytl_core.jobs`), never in the app's pro
 sessions can submit at once: each mode is one job in the queue. A session sees its own jobs
 (:func:`session_jobs`: place in line, progress, curves polled from the store, results), cancels only its own
 (:func:`cancel_job`), and the server starts its pool of workers once (:func:`start_pool`).
+
+A page that polls keeps a :class:`JobWatch` per session: each poll reads only the events newer than the
+last one it saw, and rebuilds the curves chart and the results table only when what they show changed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import threading
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +32,12 @@ from tinytl_core.jobs import (
 )
 from tinytl_core.quantities import RunStatus
 from tinytl_core.results import MEMORY, RUN, run_table
+from tinytl_core.ui import vega
 
 __all__ = [
     "RESULT_COLUMNS",
     "JobView",
+    "JobWatch",
     "NotYourJobError",
     "SessionJobs",
     "cancel_job",
@@ -58,6 +64,8 @@ RESULT_COLUMNS: tuple[str, ...] = (
 """The columns of :meth:`SessionJobs.results_frame` (one row per job), in order."""
 SESSION_LIMIT = 12
 """How many of a session's latest jobs the Adapt page shows."""
+CURVE_KINDS = ("step", "eval")
+"""The job events the curves are drawn from."""
 
 
 def start_pool(db_path: str | Path | None = None) -> WorkerPool | None:
@@ -98,12 +106,14 @@ def job_status(job: Job) -> str:
 @dataclass(frozen=True)
 class JobView:
     """One of a session's jobs as the page shows it: the job, its place in line (queued only) and its
-    curves so far (the :class:`~tinytl_core.adapt.StepEvent` / ``EvalEvent`` fields as dicts)."""
+    curves so far (the :class:`~tinytl_core.adapt.StepEvent` / ``EvalEvent`` fields as dicts) and the id
+    of the newest of their events (0: none yet)."""
 
     job: Job
     position: int | None
     steps: tuple[dict[str, Any], ...] = ()
     evals: tuple[dict[str, Any], ...] = ()
+    last_event: int = 0
 
     @property
     def status(self) -> str:
@@ -162,8 +172,17 @@ class SessionJobs:
 
     def series(self) -> list[tuple[str, Sequence[dict[str, Any]], Sequence[dict[str, Any]]]]:
         """``(label, steps, evals)`` of each job with a curve, for
-        :func:`~tinytl_core.ui.figures.curves_figure`."""
+        :func:`~tinytl_core.ui.vega.curves_chart`."""
         return [(v.label, v.steps, v.evals) for v in self.views if v.steps or v.evals]
+
+    def curves_key(self) -> Hashable:
+        """Changes whenever :meth:`series` does (a new event, a job restarted after a requeue)."""
+        return tuple((v.label, v.last_event, len(v.steps), len(v.evals)) for v in self.views)
+
+    def results_key(self) -> Hashable:
+        """Changes whenever :meth:`results_frame` does (status, step, message; the result comes once
+        ended)."""
+        return tuple((v.job.id, v.status, v.job.step, v.job.error, v.job.ended) for v in self.views)
 
     def results_frame(self) -> pd.DataFrame:
         """One row per job (:data:`RESULT_COLUMNS`): status, accuracy (%), memory (MB), time, run id;
@@ -183,15 +202,87 @@ class SessionJobs:
 
 def session_jobs(queue: JobQueue, owner: str, *, limit: int = SESSION_LIMIT) -> SessionJobs:
     """The latest ``limit`` jobs of the session ``owner`` with their place in line and curves, and the
-    queue's counts (a handful of small reads: the page polls this every second or two)."""
-    jobs = queue.list_jobs(owner=owner, limit=limit)
-    counts = queue.counts()
-    waiting = [j.id for j in queue.list_jobs(states=[JobState.QUEUED])] if counts[JobState.QUEUED] else []
-    views = []
-    for job in jobs:
-        position = waiting.index(job.id) + 1 if job.id in waiting else None
-        events = queue.events(job.id, kinds=("step", "eval")) if job.started_at is not None else []
-        steps = tuple(e.data for e in events if e.kind == "step")
-        evals = tuple(e.data for e in events if e.kind == "eval")
-        views.append(JobView(job, position, steps, evals))
-    return SessionJobs(tuple(views), counts[JobState.RUNNING], counts[JobState.QUEUED])
+    queue's counts, read in full (a page that polls keeps a :class:`JobWatch` instead)."""
+    return JobWatch().read(queue, owner, limit=limit)
+
+
+@dataclass
+class _Curves:
+    """The curve events read so far of one job run (a requeued job starts again: new ``started_at``)."""
+
+    started_at: float
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    evals: list[dict[str, Any]] = field(default_factory=list)
+    last_event: int = 0
+    complete: bool = False
+    """Read after the job had ended: no event can follow."""
+
+
+class JobWatch:
+    """One browser session's view of its jobs across polls, so a poll costs the server little.
+
+    :meth:`read` returns what :func:`session_jobs` returns, but keeps each job's curve events and reads only
+    those newer than the last one seen (none at all once a job had ended before a read); :meth:`curves` and
+    :meth:`results` rebuild the chart and the results table only when what they show changed. The Adapt page
+    keeps one in ``st.session_state``; a lock keeps overlapping reruns of one session consistent.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._curves: dict[int, _Curves] = {}
+        self._chart: tuple[Hashable, tuple[pd.DataFrame, dict[str, Any]]] | None = None
+        self._results: tuple[Hashable, pd.DataFrame] | None = None
+
+    def read(self, queue: JobQueue, owner: str, *, limit: int = SESSION_LIMIT) -> SessionJobs:
+        """The latest ``limit`` jobs of the session ``owner`` with their place in line and curves, and the
+        queue's counts (a handful of small reads: the page polls this every couple of seconds)."""
+        jobs = queue.list_jobs(owner=owner, limit=limit)
+        counts = queue.counts()
+        mine_waiting = any(j.state is JobState.QUEUED for j in jobs)
+        waiting = [j.id for j in queue.list_jobs(states=[JobState.QUEUED])] if mine_waiting else []
+        views = []
+        with self._lock:
+            self._curves = {j.id: c for j in jobs if (c := self._curves.get(j.id)) is not None}
+            for job in jobs:
+                position = waiting.index(job.id) + 1 if job.id in waiting else None
+                curves = self._update(queue, job)
+                if curves is None:
+                    views.append(JobView(job, position))
+                else:
+                    steps, evals = tuple(curves.steps), tuple(curves.evals)
+                    views.append(JobView(job, position, steps, evals, curves.last_event))
+        return SessionJobs(tuple(views), counts[JobState.RUNNING], counts[JobState.QUEUED])
+
+    def _update(self, queue: JobQueue, job: Job) -> _Curves | None:
+        """The job's curves with the events written since the last read (the job row was read first, so
+        an ended job's events are all written); None before it started."""
+        if job.started_at is None:  # queued (again, after a requeue dropped its events): nothing to draw
+            self._curves.pop(job.id, None)
+            return None
+        curves = self._curves.get(job.id)
+        if curves is None or curves.started_at != job.started_at:
+            curves = self._curves[job.id] = _Curves(job.started_at)
+        if not curves.complete:
+            for event in queue.events(job.id, curves.last_event, kinds=CURVE_KINDS):
+                (curves.steps if event.kind == "step" else curves.evals).append(event.data)
+                curves.last_event = event.id
+            curves.complete = job.ended
+        return curves
+
+    def curves(self, mine: SessionJobs) -> tuple[pd.DataFrame, dict[str, Any]] | None:
+        """``(data, spec)`` of :func:`~tinytl_core.ui.vega.curves_chart` for ``mine`` (None: no curve yet),
+        the same objects as last time while no event arrived."""
+        key = mine.curves_key()
+        with self._lock:
+            if self._chart is None or self._chart[0] != key:
+                series = mine.series()
+                self._chart = (key, vega.curves_chart(series)) if series else None
+            return None if self._chart is None else self._chart[1]
+
+    def results(self, mine: SessionJobs) -> pd.DataFrame:
+        """:meth:`SessionJobs.results_frame`, rebuilt only when a row changed."""
+        key = mine.results_key()
+        with self._lock:
+            if self._results is None or self._results[0] != key:
+                self._results = (key, mine.results_frame())
+            return self._results[1]
