@@ -2,7 +2,8 @@
 (layout only; the logic is ``tinytl_core.ui.sweep`` and ``tinytl_core.sweeps``).
 
 The sweep's runs are jobs of the persistent queue, trained by the server's worker processes: the sweep
-goes on when the tab closes, and this page finds it again in the same session."""
+goes on when the tab closes, and this page finds it again in the same session. With a Ray address, the
+command line's sweep driver runs the grid on Ray in a process of its own, and the page follows its status."""
 
 import streamlit as st
 
@@ -13,7 +14,19 @@ from tinytl_core.data import list_datasets
 from tinytl_core.jobs import JobQueue
 from tinytl_core.modes import MODES
 from tinytl_core.results import ResultsStore
-from tinytl_core.ui.sweep import MAX_SWEEP, build_grid, cancel_sweep, start_sweep, sweep_status
+from tinytl_core.sweeps.driver import DriverState
+from tinytl_core.ui.sweep import (
+    MAX_SWEEP,
+    build_grid,
+    cancel_ray_sweep,
+    cancel_sweep,
+    driver_status_path,
+    parse_ray_address,
+    ray_sweep_status,
+    start_ray_sweep,
+    start_sweep,
+    sweep_status,
+)
 
 POLL_SECONDS = 2.0
 
@@ -25,8 +38,8 @@ st.header("Sweep")
 st.caption(
     "A grid of short adaptations, every combination once, trained by the server's worker processes. "
     "Configurations already finished in the results store are skipped, so a stopped sweep resumes where "
-    "it stopped. The runs land on Compare runs, where repeated seeds are grouped. Larger grids: "
-    "`python -m tinytl_core sweep`, on a Ray cluster with `--ray`."
+    "it stopped. The runs land on Compare runs, where repeated seeds are grouped. Give a Ray address to "
+    "run the grid on a Ray cluster instead. Larger grids: `python -m tinytl_core sweep`."
 )
 
 
@@ -41,7 +54,7 @@ def render_status(sweep: str, *, live: bool) -> None:
     if status.active and st.button("Cancel this sweep", icon=":material/stop_circle:", key="sw_cancel"):
         n = cancel_sweep(queue, sweep, owner)
         st.toast(f"Cancelled {n} job(s); a running one stops within a step or two.")
-        st.rerun(scope="fragment" if live else "app")
+        st.rerun()  # the whole page: a full run works from a fragment and from a script run alike
     st.dataframe(status.frame(), hide_index=True, width="stretch", placeholder="–", key="sw_jobs")
     if live and not status.active:
         st.rerun(scope="app")  # every job ended: redraw once, without polling
@@ -57,6 +70,49 @@ def render_status(sweep: str, *, live: bool) -> None:
 def live_status() -> None:
     render_status(st.session_state["sw_sweep"], live=True)
 
+
+def render_ray(sweep: str, *, live: bool) -> None:
+    """A sweep on Ray: its driver's state and progress, and Cancel while it runs."""
+    path = driver_status_path(store.path, sweep)
+    status = ray_sweep_status(path)
+    st.subheader("Your sweep on Ray")
+    if status is None:
+        st.info("The sweep's driver has not reported yet.", icon=":material/hourglass_top:")
+        return
+    st.progress(status.fraction, text=status.line())
+    if status.progress.last:
+        st.caption(f"Last: {status.progress.last}")
+    if status.state is DriverState.FAILED:
+        st.error(f"The sweep on {status.where or 'Ray'} stopped: {status.message}", icon=":material/error:")
+    elif status.state is DriverState.INTERRUPTED:
+        st.info(status.message, icon=":material/pause_circle:")
+    if status.active and st.button("Cancel this sweep", icon=":material/stop_circle:", key="sw_ray_cancel"):
+        cancel_ray_sweep(path, owner)
+        st.toast("Stopping the sweep: runs stored so far stay; start it again to resume.")
+        st.rerun()  # the whole page: a full run works from a fragment and from a script run alike
+    if live and not status.active:
+        st.rerun(scope="app")
+    if not status.active and status.progress.done:
+        st.page_link(
+            "app_pages/compare_runs.py",
+            label="See the runs grouped over seeds on Compare runs",
+            icon=":material/scatter_plot:",
+        )
+
+
+@guarded
+def live_ray() -> None:
+    render_ray(st.session_state["sw_ray"], live=True)
+
+
+on_ray = st.session_state.get("sw_ray")
+if on_ray:
+    ray_status = ray_sweep_status(driver_status_path(store.path, on_ray))
+    if ray_status is not None and ray_status.active:
+        st.fragment(live_ray, run_every=POLL_SECONDS)()
+    else:
+        render_ray(on_ray, live=False)
+    st.divider()
 
 current = st.session_state.get("sw_sweep")
 if current:
@@ -86,6 +142,15 @@ with st.form("sw_form"):
     )
     seeds = c[1].text_input("Seeds", "0,1,2", key="sw_seeds", help="Comma-separated training seeds.")
     steps = c[2].number_input("Steps per run", min_value=1, max_value=100_000, value=200, key="sw_steps")
+    ray_address = st.text_input(
+        "Ray address (optional)",
+        "",
+        key="sw_ray_address",
+        placeholder="empty: this server's workers",
+        help="Empty: this server's worker processes. 'local': a Ray instance on this server for the sweep; "
+        "'auto': the Ray cluster running on this machine; host:port or ray://host:port: that cluster. "
+        "Needs Ray installed on the server.",
+    )
     st.caption(
         f"Batch {settings.batch_size} and {'pretrained weights' if settings.pretrained else 'random init'} "
         f"from the sidebar. At most {MAX_SWEEP} configurations per sweep."
@@ -103,10 +168,15 @@ if submitted:
             steps=int(steps),
             base=AdaptConfig(batch_size=settings.batch_size, pretrained=settings.pretrained),
         )
-        started = start_sweep(grid, queue, store, owner=owner)
+        address = parse_ray_address(ray_address)
+        if address is None:
+            started = start_sweep(grid, queue, store, owner=owner)
+        else:
+            with st.spinner("Checking Ray and starting the sweep's driver…"):
+                started = start_ray_sweep(grid, address, store, owner=owner)
     except ValueError as exc:
         st.error(str(exc), icon=":material/block:")
     else:
-        st.session_state["sw_sweep"] = started.sweep
+        st.session_state["sw_ray" if address else "sw_sweep"] = started.sweep
         st.toast(started.message())
         st.rerun()

@@ -1,9 +1,11 @@
 """Sweeps (issue 13): grid expansion and keys, resuming an interrupted sweep, the job-queue and Ray
-executors end to end, seeds grouped, the bundled reference set and the paper's points."""
+executors end to end, the driver's status file and the Sweep page's sweeps on Ray (address, checks, a
+detached driver followed and cancelled), seeds grouped, the bundled reference set and the paper's points."""
 
 from __future__ import annotations
 
 import math
+import sys
 import threading
 import time
 from dataclasses import replace
@@ -13,7 +15,7 @@ import pytest
 
 from tinytl_core.adapt import AdaptConfig, AdaptResult
 from tinytl_core.cli import main
-from tinytl_core.jobs import JobQueue, JobState, run_worker
+from tinytl_core.jobs import JobQueue, JobState, NotYourJobError, run_worker
 from tinytl_core.modes import MODES
 from tinytl_core.quantities import MB, RunStatus
 from tinytl_core.reference import PAPER_TABLE2, load_reference_runs, load_reference_set, write_reference
@@ -32,7 +34,9 @@ from tinytl_core.sweeps import (
     seedless_key,
     sweep_id,
 )
+from tinytl_core.sweeps.driver import DIED, DriverState, read_status
 from tinytl_core.sweeps.summary import group_seeds
+from tinytl_core.ui import sweep as ui_sweep
 from tinytl_core.ui.sweep import cancel_sweep, paper_frame, start_sweep, sweep_status
 
 DEMO = "demo_mobilenetv2_050"
@@ -292,7 +296,7 @@ def test_paper_points_and_grouped_figure():
     assert len(fig.data) == 1 + 7 and fig.data[0].error_y.array[0] == pytest.approx(math.sqrt(50))
 
 
-def test_app_sweep_page_queues_and_cancels_and_compare_runs_shows_the_reference(tinytl_home):
+def test_app_sweep_page_queues_and_cancels_and_compare_runs_shows_the_reference(tinytl_home, monkeypatch):
     from streamlit.testing.v1 import AppTest
 
     at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=180)
@@ -319,4 +323,180 @@ def test_app_sweep_page_queues_and_cancels_and_compare_runs_shows_the_reference(
     assert len(jobs) == 4 and {j.state for j in jobs} == {JobState.QUEUED} and jobs[0].sweep
     assert "0 / 4 ended" in at.get("progress")[0].proto.text
     at.button(key="sw_cancel").click().run()
-    assert {j.state for j in queue.list_jobs()} == {JobState.CANCELLED}
+    assert {j.state for j in queue.list_jobs()} == {JobState.CANCELLED} and not at.error
+
+    # On Ray: a bad address, Ray missing, then a (stand-in) driver followed and cancelled; no traceback.
+    at.text_input(key="sw_ray_address").set_value("nowhere")
+    at.button[0].click().run()
+    assert any("Ray address 'nowhere'" in e.value for e in at.error) and not at.exception
+    monkeypatch.setattr(ui_sweep, "ray_installed", lambda: False)
+    at.text_input(key="sw_ray_address").set_value("auto")
+    at.button[0].click().run()
+    assert any("Ray is not installed on this server" in e.value for e in at.error) and not at.exception
+    monkeypatch.setattr(ui_sweep, "ray_installed", lambda: True)
+    monkeypatch.setattr(
+        ui_sweep,
+        "sweep_command",
+        lambda *a, status_path, owner, **k: [sys.executable, "-c", FAKE_DRIVER, str(status_path), owner],
+    )
+    at.button[0].click().run()
+    assert not at.exception and "Your sweep on Ray" in [s.value for s in at.subheader]
+    assert len(queue.list_jobs()) == 4  # nothing queued for the local workers
+    at.button(key="sw_ray_cancel").click().run()
+    assert not at.exception and not at.error
+    deadline = time.monotonic() + 30
+    while not any("again to resume" in i.value for i in at.info) and time.monotonic() < deadline:
+        time.sleep(0.1)
+        at.run()
+    assert any("again to resume" in i.value for i in at.info)  # the driver stopped, and said so
+
+
+# ----------------------------------------------------------------------------- sweeps on Ray, from the app
+def test_the_driver_keeps_a_status_file_to_its_last_word(tmp_path, monkeypatch, capsys):
+    db, status = str(tmp_path / "r.sqlite"), tmp_path / "status.json"
+
+    def fake_train(config, cancel=None):
+        result = fake_adapt(AdaptConfig.from_dict(config))
+        return TaskOutcome(config_key(config), OutcomeKind.RAN, record=result.to_record())
+
+    monkeypatch.setattr(executors, "train_config", fake_train)
+    argv = ["sweep", "--modes", "bias,last", "--datasets", "shapes", "--seeds", "0", "--steps", "3"]
+    argv += ["--workers", "0", "--db", db, "--status-file", str(status), "--owner", "session-1"]
+    assert main(argv) == 0
+    done = read_status(status)
+    assert done.state is DriverState.FINISHED and done.owner == "session-1" and done.where == "this process"
+    assert (done.progress.finished, done.progress.to_run, done.fraction) == (2, 2, 1.0) and done.sweep
+    assert done.line() == "finished: 2 / 2 done (2 finished)"
+
+    def no_ray():
+        raise ImportError(executors.RAY_MISSING)
+
+    monkeypatch.setattr("tinytl_core.cli.sweep.import_ray", no_ray)
+    assert main([*argv, "--ray", "auto"]) == 2
+    failed = read_status(status)
+    assert failed.state is DriverState.FAILED and "Ray is not installed" in failed.message
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("tinytl_core.cli.sweep.run_sweep", ctrl_c)
+    assert main([*argv, "--seeds", "1"]) == 130
+    assert (
+        read_status(status).state is DriverState.INTERRUPTED
+        and "again to resume" in read_status(status).message
+    )
+    capsys.readouterr()
+
+
+def test_sweep_page_ray_address_checks_and_the_driver_command(tmp_path, monkeypatch):
+    import socket
+
+    from tinytl_core.cli import build_parser
+    from tinytl_core.cli.sweep import grid_from_args
+
+    addresses = [ui_sweep.parse_ray_address(t) for t in ("", "  ", "auto", "LOCAL")]
+    assert addresses == [None, None, "auto", "local"]
+    assert ui_sweep.parse_ray_address(" 10.0.0.5:6379 ") == "10.0.0.5:6379"
+    assert ui_sweep.parse_ray_address("ray://head-node:10001") == "ray://head-node:10001"
+    for bad in ("nowhere", "head:99999", "a b:1", "http://x:1"):
+        with pytest.raises(ValueError, match="give 'auto', 'local', host:port"):
+            ui_sweep.parse_ray_address(bad)
+
+    with socket.socket() as listening:  # an address that answers, and one that does not
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        closed = listening.getsockname()[1]
+        ui_sweep.check_reachable(f"127.0.0.1:{closed}")
+    with pytest.raises(
+        ValueError, match=f"cannot reach the Ray cluster at 127.0.0.1:{closed} .connection refused"
+    ):
+        ui_sweep.check_reachable(f"127.0.0.1:{closed}")
+
+    store = ResultsStore(tmp_path / "r.sqlite")
+    grid = SweepGrid(
+        [DEMO],
+        modes=["bias", "last"],
+        datasets=["shapes"],
+        resolutions=[None, 32],
+        seeds=[0, 1],
+        steps=[5],
+        base=AdaptConfig(batch_size=4, pretrained=False),
+    )
+    monkeypatch.setattr(ui_sweep, "ray_installed", lambda: False)
+    with pytest.raises(ValueError, match="Ray is not installed on this server"):
+        ui_sweep.start_ray_sweep(grid, "auto", store, owner="me")
+    assert not (tmp_path / "sweep-drivers").exists()  # nothing started
+
+    path = ui_sweep.driver_status_path(store.path, "s")
+    command = ui_sweep.sweep_command(grid, "auto", db_path=store.path, status_path=path, owner="me")
+    assert command[1:4] == ["-m", "tinytl_core", "sweep"]
+    args = build_parser().parse_args(command[3:])  # what the driver will run: the same grid
+    assert [config_key(c) for c in grid_from_args(args).expand()] == [config_key(c) for c in grid.expand()]
+    assert (args.ray, args.db, args.status_file, args.owner) == ("auto", str(store.path), str(path), "me")
+
+
+FAKE_DRIVER = """
+import json, os, signal, sys, time
+path, owner = sys.argv[1], sys.argv[2]
+progress = {"total": 4, "already_finished": 0, "to_run": 4, "done": 1, "finished": 1}
+def write(state, message=""):
+    status = {"sweep": "s1", "state": state, "pid": os.getpid(), "where": "Ray (auto)", "owner": owner,
+              "progress": progress, "message": message, "started_at": 0.0, "updated_at": time.time()}
+    with open(path + ".tmp", "w") as fh:
+        json.dump(status, fh)
+    os.replace(path + ".tmp", path)
+write("running")
+try:
+    while True:
+        time.sleep(0.05)
+except KeyboardInterrupt:
+    write("interrupted", "interrupted: start the same sweep again to resume")
+"""
+
+
+def test_sweep_page_starts_a_detached_driver_follows_and_cancels_it(tmp_path, monkeypatch):
+    """The launcher with a stand-in driver (a real detached process speaking the status file's format;
+    the real driver's status is tested above, Ray itself by the end-to-end test)."""
+    store = ResultsStore(tmp_path / "r.sqlite")
+    grid = SweepGrid([DEMO], modes=["bias"], datasets=["shapes"], seeds=[0, 1], steps=[2], base=TINY)
+    sweep = sweep_id(grid.expand())
+    path = ui_sweep.driver_status_path(store.path, sweep)
+    monkeypatch.setattr(ui_sweep, "ray_installed", lambda: True)
+    monkeypatch.setattr(
+        ui_sweep,
+        "sweep_command",
+        lambda *a, status_path, owner, **k: [sys.executable, "-c", FAKE_DRIVER, str(status_path), owner],
+    )
+    started = ui_sweep.start_ray_sweep(grid, "auto", store, owner="me")
+    assert started.started and started.sweep == sweep and "started on Ray (auto)" in started.message()
+    status = ui_sweep.ray_sweep_status(path)
+    assert status.active and status.owner == "me"
+    deadline = time.monotonic() + 30
+    while ui_sweep.ray_sweep_status(path).state is not DriverState.RUNNING and time.monotonic() < deadline:
+        time.sleep(0.05)
+    running = ui_sweep.ray_sweep_status(path)
+    assert running.state is DriverState.RUNNING and running.progress.done == 1 and running.fraction == 0.25
+    again = ui_sweep.start_ray_sweep(grid, "auto", store, owner="me")  # a second click: followed, not twice
+    assert not again.started and "already running" in again.message()
+    with pytest.raises(NotYourJobError):
+        ui_sweep.cancel_ray_sweep(path, "someone else")
+    assert ui_sweep.cancel_ray_sweep(path, "me")
+    deadline = time.monotonic() + 30
+    while ui_sweep.ray_sweep_status(path).active and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stopped = ui_sweep.ray_sweep_status(path)
+    assert stopped.state is DriverState.INTERRUPTED and "again to resume" in stopped.message
+    assert not ui_sweep.cancel_ray_sweep(path, "me")  # nothing left to stop
+
+    killed = ui_sweep.start_ray_sweep(grid, "auto", store, owner="me")  # started again, then killed
+    assert killed.started
+    import os
+    import signal
+
+    pid = read_status(path).pid
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while ui_sweep.ray_sweep_status(path).active and time.monotonic() < deadline:
+        time.sleep(0.05)
+    died = ui_sweep.ray_sweep_status(path)
+    assert died.state is DriverState.FAILED and died.message == DIED  # not "running" forever (no zombie)

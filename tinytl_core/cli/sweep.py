@@ -24,6 +24,7 @@ from tinytl_core.sweeps import (
     run_sweep,
     sweep_id,
 )
+from tinytl_core.sweeps.driver import DriverState, StatusWriter
 from tinytl_core.sweeps.summary import SEED_GROUP_HEADERS, group_seeds
 
 LOCAL_RAY = "local"
@@ -89,6 +90,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--label", default="Reference sweep", help="the reference set's label (--export-reference)"
     )
+    p.add_argument(
+        "--status-file",
+        default=None,
+        metavar="PATH",
+        help="keep the sweep's state and progress in this JSON file as it goes (the app's Sweep page follows "
+        "a sweep on Ray this way)",
+    )
+    p.add_argument("--owner", default=None, help=argparse.SUPPRESS)  # the app session, in the status file
     p.set_defaults(func=run)
 
 
@@ -202,7 +211,27 @@ def run(args: argparse.Namespace) -> int:
     130 when interrupted (Ctrl-C: run the same command again to resume).
 
     Every argument is checked first (lists, names, numbers, resolutions, Ray installed), before anything
-    is trained."""
+    is trained. With ``--status-file`` the state and progress go to that file too, and its last word says
+    how the sweep ended (the reason when it failed)."""
+    writer = StatusWriter(args.status_file, owner=args.owner) if getattr(args, "status_file", None) else None
+    try:
+        return _run(args, writer)
+    except KeyboardInterrupt:
+        if writer is not None:
+            writer.end(DriverState.INTERRUPTED, RESUME)
+        raise
+    except Exception as exc:
+        if writer is not None:
+            from tinytl_core.cli import error_message
+
+            writer.end(DriverState.FAILED, error_message(exc).splitlines()[0])
+        raise
+
+
+RESUME = "interrupted: start the same sweep again to resume (finished configurations are skipped)"
+
+
+def _run(args: argparse.Namespace, writer: StatusWriter | None) -> int:
     grid = grid_from_args(args)
     configs = grid.expand()
     for backbone in grid.backbones:
@@ -235,12 +264,25 @@ def run(args: argparse.Namespace) -> int:
                 f"  {c.backbone} {c.mode} {c.dataset} {c.resolution or 'own'} px seed {c.seed} "
                 f"{c.steps} steps: {state}"
             )
+        if writer is not None:
+            writer.end(DriverState.FINISHED, "dry run: nothing trained")
         return 0
     bar = _GridBar()
+    if writer is not None:
+        writer.describe(sweep_id(configs), executor.name)
+
+    def progress(state: SweepProgress) -> None:
+        bar(state)
+        if writer is not None:
+            writer(state)
+
     try:
-        report = run_sweep(configs, store=store, executor=executor, progress=bar)
+        report = run_sweep(configs, store=store, executor=executor, progress=progress)
     finally:
         bar.close()
+    if writer is not None:
+        end = DriverState.INTERRUPTED if report.interrupted else DriverState.FINISHED
+        writer.end(end, RESUME if report.interrupted else "", report.progress)
     print(report.progress.line() + f" in {report.progress.elapsed_s:.0f} s")
     grouped = group_seeds(store.get_run(i) for i in report.finished_run_ids(store))
     if len(grouped):

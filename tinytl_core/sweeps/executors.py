@@ -271,7 +271,13 @@ class RayExecutor:
                 pass  # no cluster running here: start a local one
             ray.init(**kwargs)
         elif self.address:
-            ray.init(address=self.address, **{k: v for k, v in kwargs.items() if k != "num_cpus"})
+            try:
+                ray.init(address=self.address, **{k: v for k, v in kwargs.items() if k != "num_cpus"})
+            except Exception as exc:  # noqa: BLE001 -- Ray raises several kinds; one clear sentence
+                raise ConnectionError(
+                    f"cannot reach the Ray cluster at {self.address} ({_first_line(exc)}); check the address "
+                    "and that the cluster is running (`ray status` on its head node)"
+                ) from None
         else:
             ray.init(**kwargs)
         return True

@@ -4,12 +4,27 @@ A sweep started from the app is a set of jobs of the persistent queue, tagged wi
 owned by the session: the app's worker processes train them (never the app's own process), the page polls
 the queue, and the sweep goes on when the tab closes or the app restarts. Configurations already finished
 in the results store are skipped, as on the command line (:mod:`tinytl_core.sweeps`).
+
+With a Ray address the page starts instead the command line's sweep driver (``python -m tinytl_core sweep
+--ray ADDRESS --status-file ...``) as a detached process: it runs each configuration as a Ray task, stores
+the runs, and keeps a status file (:mod:`tinytl_core.sweeps.driver`) that the page follows
+(:func:`start_ray_sweep`, :func:`ray_sweep_status`, :func:`cancel_ray_sweep`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pandas as pd
 
@@ -25,6 +40,7 @@ from tinytl_core.reference import (
 )
 from tinytl_core.results import ResultsStore
 from tinytl_core.sweeps import QueueExecutor, SweepGrid, config_key, finished_keys, parse_list, sweep_id
+from tinytl_core.sweeps.driver import DriverState, DriverStatus, read_status, write_status
 
 MAX_SWEEP = 200
 """Most configurations one sweep from the app may queue (a classroom server is shared)."""
@@ -183,6 +199,199 @@ def cancel_sweep(queue: JobQueue, sweep: str, owner: str) -> int:
         except (KeyError, NotYourJobError):
             continue
     return n
+
+
+# ------------------------------------------------------------------------------- sweeps on Ray
+RAY_NOT_INSTALLED = (
+    "Ray is not installed on this server: whoever runs the app can `pip install 'tinytl-lab[ray]'`. Leave "
+    "the Ray address empty to train the sweep on this server's worker processes."
+)
+LOCAL_RAY = "local"
+"""The Ray address that starts a Ray instance on this server for the sweep (``sweep --ray`` alone)."""
+_HOST_PORT = re.compile(r"^(?:ray://)?(?P<host>[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?):(?P<port>\d{1,5})$")
+REACH_TIMEOUT_S = 3.0
+"""How long the page tries to open a connection to a Ray address before saying it cannot reach it."""
+_DRIVERS: dict[int, subprocess.Popen] = {}  # drivers this process started: reaped when they end
+
+
+def parse_ray_address(text: str | None) -> str | None:
+    """The Sweep page's Ray address: empty -> None (this server's worker processes); ``local`` starts a Ray
+    instance on this server for the sweep; ``auto`` joins the Ray cluster running on this machine (or
+    starts one); ``host:port`` or ``ray://host:port`` joins that cluster. ``ValueError`` otherwise."""
+    value = (text or "").strip()
+    if not value:
+        return None
+    if value.lower() in ("auto", LOCAL_RAY):
+        return value.lower()
+    match = _HOST_PORT.match(value)
+    if match is None or not 0 < int(match["port"]) < 65536:
+        raise ValueError(
+            f"Ray address {value!r}: give 'auto', 'local', host:port or ray://host:port (e.g. "
+            "10.0.0.5:6379), or leave it empty for this server's workers"
+        )
+    return value
+
+
+def ray_installed() -> bool:
+    """True when the ``ray`` package can be imported here (checked without importing it: that is slow)."""
+    return importlib.util.find_spec("ray") is not None
+
+
+def check_reachable(address: str, timeout: float = REACH_TIMEOUT_S) -> None:
+    """Open (and close) a TCP connection to a ``host:port`` Ray address; ``ValueError`` saying so when it
+    cannot, at once instead of after Ray's own minute of retries. ``auto`` / ``local`` are not checked."""
+    match = _HOST_PORT.match(address)
+    if match is None:
+        return
+    try:
+        with socket.create_connection((match["host"], int(match["port"])), timeout=timeout):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or ("timed out" if isinstance(exc, TimeoutError) else type(exc).__name__)
+        raise ValueError(
+            f"cannot reach the Ray cluster at {address} ({reason.lower()}): check the address and that the "
+            "cluster is running, or leave the Ray address empty for this server's workers"
+        ) from None
+
+
+def driver_status_path(db_path: str | Path, sweep: str) -> Path:
+    """Where the driver of ``sweep`` keeps its status (next to the results database)."""
+    return Path(db_path).parent / "sweep-drivers" / f"{sweep}.json"
+
+
+def sweep_command(
+    grid: SweepGrid, address: str, *, db_path: str | Path, status_path: str | Path, owner: str
+) -> list[str]:
+    """The ``python -m tinytl_core sweep`` command line that runs ``grid`` on Ray at ``address`` (its
+    base configuration's settings that differ from the defaults included), storing into ``db_path``."""
+    d, b = AdaptConfig(), grid.base
+    command = [sys.executable, "-m", "tinytl_core", "sweep"]
+    for flag, values in (
+        ("--backbones", grid.backbones),
+        ("--modes", grid.modes),
+        ("--datasets", grid.datasets),
+        ("--resolutions", ["own" if r is None else r for r in grid.resolutions]),
+        ("--seeds", grid.seeds),
+        ("--steps", grid.steps),
+    ):
+        command += [flag, ",".join(str(v) for v in values)]
+    for flag, name in (
+        ("--batch-size", "batch_size"),
+        ("--lr", "lr"),
+        ("--optimizer", "optimizer"),
+        ("--shots", "shots"),
+        ("--val-cap", "val_cap"),
+        ("--eval-every", "eval_every"),
+        ("--device", "device"),
+    ):
+        if getattr(b, name) != getattr(d, name):
+            command += [flag, str(getattr(b, name))]
+    for flag, name in (
+        ("--no-pretrained", "pretrained"),
+        ("--no-memory", "record_memory"),
+        ("--no-measure", "measure_memory"),
+        ("--no-engine", "engine"),
+    ):
+        if not getattr(b, name):
+            command.append(flag)
+    return command + [
+        "--ray",
+        address,
+        "--db",
+        str(db_path),
+        "--status-file",
+        str(status_path),
+        "--owner",
+        owner,
+    ]
+
+
+@dataclass(frozen=True)
+class RaySweepStart:
+    """What starting a sweep on Ray did: ``started`` a driver (False: every configuration had finished
+    already, or this sweep's driver was still running and is followed instead)."""
+
+    sweep: str
+    total: int
+    skipped: int
+    started: bool
+    where: str
+
+    def message(self) -> str:
+        if self.total == self.skipped:
+            return f"All {self.total} configuration(s) already finished: nothing to run."
+        text = f"{self.total} configuration(s)"
+        if self.skipped:
+            text += f", {self.skipped} already finished (skipped)"
+        if not self.started:
+            return text + f": this sweep is already running on {self.where}; following it."
+        return text + f": started on {self.where}."
+
+
+def start_ray_sweep(
+    grid: SweepGrid, address: str, store: ResultsStore, *, owner: str, check: bool = True
+) -> RaySweepStart:
+    """Start ``grid`` on Ray at ``address`` (see :func:`parse_ray_address`) as a detached driver process
+    storing into ``store``; follow it with :func:`ray_sweep_status`. ``ValueError`` with a sentence for
+    people when the grid is bad or over :data:`MAX_SWEEP`, Ray is not installed, or (``check``) the
+    address does not answer. A driver already running this sweep is followed, not started twice."""
+    configs = grid.expand()
+    if len(configs) > MAX_SWEEP:
+        raise ValueError(f"{len(configs)} configurations is more than {MAX_SWEEP}: make the grid smaller")
+    if not ray_installed():
+        raise ValueError(RAY_NOT_INSTALLED)
+    if check:
+        check_reachable(address)
+    name = sweep_id(configs)
+    where = f"Ray ({'a local instance' if address == LOCAL_RAY else address})"
+    done = finished_keys(store, (config_key(c) for c in configs))
+    if len(done) == len(configs):
+        return RaySweepStart(name, len(configs), len(done), False, where)
+    path = driver_status_path(store.path, name)
+    current = ray_sweep_status(path)
+    if current is not None and current.active:
+        return RaySweepStart(name, len(configs), len(done), False, current.where or where)
+    command = sweep_command(grid, address, db_path=store.path, status_path=path, owner=owner)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".log"), "ab") as log:  # the driver's output, for whoever runs the server
+        process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: it outlives the script run and Ctrl-C of the app
+            env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+        )
+    _DRIVERS[process.pid] = process
+    status = read_status(path)
+    if status is None or status.pid != process.pid:  # the driver has not written yet: say it is starting
+        write_status(
+            path, DriverStatus(name, DriverState.STARTING, process.pid, where, owner, started_at=time.time())
+        )
+    return RaySweepStart(name, len(configs), len(done), True, where)
+
+
+def ray_sweep_status(path: str | Path) -> DriverStatus | None:
+    """The status of the sweep driver keeping ``path`` (None when there is none); a driver that died
+    without a word reads as failed."""
+    for pid, process in list(_DRIVERS.items()):
+        if process.poll() is not None:  # ended: reap it, so it does not linger as a zombie
+            del _DRIVERS[pid]
+    return read_status(path)
+
+
+def cancel_ray_sweep(path: str | Path, owner: str) -> bool:
+    """Stop the sweep driver keeping ``path`` as Ctrl-C would (its Ray tasks are cancelled, the runs
+    stored so far stay; starting the same sweep again resumes). Only ``owner``, the session that started
+    it, may; :class:`~tinytl_core.jobs.NotYourJobError` for anyone else. False when it is not running."""
+    status = ray_sweep_status(path)
+    if status is None or not status.active:
+        return False
+    if status.owner is not None and status.owner != owner:
+        raise NotYourJobError("this sweep was started by another session; only that session can cancel it")
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(status.pid, signal.SIGINT)
+    return True
 
 
 # ------------------------------------------------------------- Compare runs: reference layers
