@@ -43,11 +43,9 @@ def test_reading_only_new_events_gives_what_a_full_read_gives(tmp_path, monkeypa
     first, second, third = queue.submit_many([_config(m) for m in ("bias", "full", "last")], owner="me")
     queue.submit(_config("bias"), owner="someone-else")
     asked = []
-    events = queue.events
+    since = queue.events_since
     monkeypatch.setattr(
-        queue,
-        "events",
-        lambda job_id, after=0, **kw: asked.append((job_id, after)) or events(job_id, after, **kw),
+        queue, "events_since", lambda seen, **kw: asked.append(dict(seen)) or since(seen, **kw)
     )
     watch = JobWatch()
 
@@ -58,29 +56,29 @@ def test_reading_only_new_events_gives_what_a_full_read_gives(tmp_path, monkeypa
         full = session_jobs(queue, "me")
         assert _snapshot(mine) == _snapshot(full)
         for view in mine.views:  # and what the store holds, in order
-            stored = events(view.job.id, kinds=("step", "eval")) if view.job.started_at is not None else []
+            stored = queue.events(view.job.id, kinds=("step", "eval")) if view.job.started_at else []
             assert view.steps == tuple(e.data for e in stored if e.kind == "step")
             assert view.evals == tuple(e.data for e in stored if e.kind == "eval")
         return mine, incremental
 
     mine, asked_for = poll()  # all queued: nothing to read
-    assert [v.position for v in mine.views] == [1, 2, 3] and asked_for == []
+    assert [v.position for v in mine.views] == [1, 2, 3] and asked_for == [{}]
     queue.claim(WORKER)
     _report(queue, first, 1, 2)
     mine, asked_for = poll()
-    assert asked_for == [(first, 0)] and len(mine.views[0].steps) == 2 and mine.views[1].position == 1
+    assert asked_for == [{first: 0}] and len(mine.views[0].steps) == 2 and mine.views[1].position == 1
     seen = mine.views[0].last_event
     _report(queue, first, 3, 4)
     mine, asked_for = poll()
-    assert asked_for == [(first, seen)] and len(mine.views[0].steps) == 4  # only those after the last seen
+    assert asked_for == [{first: seen}] and len(mine.views[0].steps) == 4  # only those after the last seen
     _report(queue, first, 5, 6)
     queue.finish(first, WORKER, JobState.FINISHED, run_id=1, result={"final_val_acc": 0.6})
-    mine, _ = poll()  # the job ended: its last events are read once more...
+    mine, _ = poll()  # the job ended: its last events are read
     assert mine.views[0].job.ended and len(mine.views[0].steps) == 6 and len(mine.views[0].evals) == 2
     queue.claim(WORKER)
     _report(queue, second, 1, 1)
     mine, asked_for = poll()
-    assert [job for job, _ in asked_for] == [second]  # ...and never again
+    assert asked_for == [{first: mine.views[0].last_event, second: 0}]
     # A worker shutting down requeues its job (its events dropped); claimed again, it starts over.
     assert queue.requeue(second, WORKER)
     mine, _ = poll()
@@ -102,6 +100,25 @@ def test_reading_only_new_events_gives_what_a_full_read_gives(tmp_path, monkeypa
     mine, _ = poll()
     assert [v.status for v in mine.views] == ["finished", "cancelled", "finished"]
     assert not mine.active and [len(v.steps) for v in mine.views] == [6, 3, 6]
+    # Housekeeping deletes events: pruned once the runs are stored (their history keeps the curves).
+    queue.prune_events(keep_days=0)
+    mine, asked_for = poll()
+    assert len(asked_for) == 2 and [len(v.steps) for v in mine.views] == [0, 3, 0]
+
+
+def test_a_long_runs_thinned_steps_are_read_again(tmp_path):
+    queue = JobQueue(tmp_path / "r.sqlite")
+    (job,) = queue.submit_many([_config("bias")], owner="me")
+    queue.claim(WORKER)
+    watch = JobWatch()
+    for s in range(1, 13):
+        queue.report(
+            job, WORKER, [(0.0, "step", {"step": s, "loss": 1.0, "train_acc": 0.5})], max_step_events=8
+        )
+        mine = watch.read(queue, "me")
+        assert mine.views[0].steps == session_jobs(queue, "me").views[0].steps
+    kept = [e["step"] for e in mine.views[0].steps]
+    assert len(kept) < 12 and kept[-1] == 12  # steps this session had read were deleted meanwhile
 
 
 def test_chart_and_results_are_rebuilt_only_when_something_changed(tmp_path):

@@ -94,6 +94,16 @@ class JobEvent:
 
 
 @dataclass(frozen=True)
+class EventsSince:
+    """What :meth:`JobQueue.events_since` read of one job: its ``events`` above the id given, and ``kept``,
+    how many of its events up to that id are still stored (fewer than the reader holds: some were deleted
+    since, so read the job again from the start)."""
+
+    kept: int
+    events: list[JobEvent]
+
+
+@dataclass(frozen=True)
 class Job:
     """One queued, running or ended adaptation run. Times are Unix seconds (``time.time()``).
 
@@ -420,7 +430,37 @@ class JobQueue:
             sql += f" AND kind IN ({', '.join('?' for _ in wanted)})"
             args.extend(wanted)
         rows = self.store.execute(lambda con: con.execute(sql + " ORDER BY id", args).fetchall())
-        return [JobEvent(r["id"], r["job_id"], r["at"], r["kind"], json.loads(r["data_json"])) for r in rows]
+        return [_event(r) for r in rows]
+
+    def events_since(
+        self, seen: Mapping[int, int], *, kinds: Iterable[str] | None = None
+    ) -> dict[int, EventsSince]:
+        """For each job id of ``seen`` (mapped to the id of the last event read of it, 0 for none): its
+        events above that id, and how many of those up to it are still stored, all in one consistent
+        read (a poller that keeps what it read checks nothing was deleted since: thinned, requeued,
+        pruned). Optionally only ``kinds``."""
+        kind_sql, wanted = "", [] if kinds is None else list(kinds)
+        if kinds is not None:
+            kind_sql = f" AND kind IN ({', '.join('?' for _ in wanted)})"
+
+        def read(con: sqlite3.Connection) -> dict[int, EventsSince]:
+            out = {}
+            con.execute("BEGIN")  # one snapshot (WAL) for every job: counts and new events agree
+            try:
+                for job_id, after in seen.items():
+                    args = [int(job_id), int(after), *wanted]
+                    kept = con.execute(
+                        f"SELECT COUNT(*) FROM job_events WHERE job_id = ? AND id <= ?{kind_sql}", args
+                    ).fetchone()[0]
+                    rows = con.execute(
+                        f"SELECT * FROM job_events WHERE job_id = ? AND id > ?{kind_sql} ORDER BY id", args
+                    ).fetchall()
+                    out[int(job_id)] = EventsSince(int(kept), [_event(r) for r in rows])
+            finally:
+                con.execute("COMMIT")
+            return out
+
+        return self.store.execute(read) if seen else {}
 
     # -------------------------------------------------------------------------------------- cancelling
     def cancel(self, job_id: int, requester: str | None) -> Job:
@@ -705,6 +745,10 @@ class JobQueue:
         """SQLite's ``PRAGMA integrity_check`` of the whole database ('ok' when sound)."""
         rows = self.store.execute(lambda con: con.execute("PRAGMA integrity_check").fetchall())
         return "; ".join(str(r[0]) for r in rows)
+
+
+def _event(row: sqlite3.Row) -> JobEvent:
+    return JobEvent(row["id"], row["job_id"], row["at"], row["kind"], json.loads(row["data_json"]))
 
 
 def _requeue(con: sqlite3.Connection, job_id: int, worker: str) -> bool:

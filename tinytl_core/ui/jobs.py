@@ -22,6 +22,7 @@ import pandas as pd
 from tinytl_core.adapt import AdaptConfig
 from tinytl_core.jobs import (
     Job,
+    JobEvent,
     JobQueue,
     JobState,
     NotYourJobError,
@@ -214,15 +215,23 @@ class _Curves:
     steps: list[dict[str, Any]] = field(default_factory=list)
     evals: list[dict[str, Any]] = field(default_factory=list)
     last_event: int = 0
-    complete: bool = False
-    """Read after the job had ended: no event can follow."""
+
+    @property
+    def count(self) -> int:
+        return len(self.steps) + len(self.evals)
+
+    def add(self, events: Sequence[JobEvent]) -> None:
+        for event in events:
+            (self.steps if event.kind == "step" else self.evals).append(event.data)
+            self.last_event = event.id
 
 
 class JobWatch:
     """One browser session's view of its jobs across polls, so a poll costs the server little.
 
     :meth:`read` returns what :func:`session_jobs` returns, but keeps each job's curve events and reads only
-    those newer than the last one seen (none at all once a job had ended before a read); :meth:`curves` and
+    those newer than the last one seen, in one read for all jobs (a job whose kept events were deleted
+    meanwhile -- thinned steps of a long run, events pruned -- is read again in full); :meth:`curves` and
     :meth:`results` rebuild the chart and the results table only when what they show changed. The Adapt page
     keeps one in ``st.session_state``; a lock keeps overlapping reruns of one session consistent.
     """
@@ -240,34 +249,29 @@ class JobWatch:
         counts = queue.counts()
         mine_waiting = any(j.state is JobState.QUEUED for j in jobs)
         waiting = [j.id for j in queue.list_jobs(states=[JobState.QUEUED])] if mine_waiting else []
-        views = []
         with self._lock:
-            self._curves = {j.id: c for j in jobs if (c := self._curves.get(j.id)) is not None}
+            # A queued job has nothing to draw; a requeued one dropped its events and starts again.
+            started = {j.id: j.started_at for j in jobs if j.started_at is not None}
+            self._curves = {i: c for i, c in self._curves.items() if started.get(i) == c.started_at}
+            seen = {i: self._curves[i].last_event if i in self._curves else 0 for i in started}
+            read = queue.events_since(seen, kinds=CURVE_KINDS)
+            stale = [i for i in read if i in self._curves and read[i].kept != self._curves[i].count]
+            if stale:  # some of what this session holds was deleted since (thinned, pruned): start again
+                read.update(queue.events_since(dict.fromkeys(stale, 0), kinds=CURVE_KINDS))
+            for job_id, new in read.items():
+                curves = self._curves.get(job_id) if job_id not in stale else None
+                if curves is None:
+                    curves = self._curves[job_id] = _Curves(started[job_id])
+                curves.add(new.events)
+            views = []
             for job in jobs:
                 position = waiting.index(job.id) + 1 if job.id in waiting else None
-                curves = self._update(queue, job)
-                if curves is None:
+                c = self._curves.get(job.id)
+                if c is None:
                     views.append(JobView(job, position))
                 else:
-                    steps, evals = tuple(curves.steps), tuple(curves.evals)
-                    views.append(JobView(job, position, steps, evals, curves.last_event))
+                    views.append(JobView(job, position, tuple(c.steps), tuple(c.evals), c.last_event))
         return SessionJobs(tuple(views), counts[JobState.RUNNING], counts[JobState.QUEUED])
-
-    def _update(self, queue: JobQueue, job: Job) -> _Curves | None:
-        """The job's curves with the events written since the last read (the job row was read first, so
-        an ended job's events are all written); None before it started."""
-        if job.started_at is None:  # queued (again, after a requeue dropped its events): nothing to draw
-            self._curves.pop(job.id, None)
-            return None
-        curves = self._curves.get(job.id)
-        if curves is None or curves.started_at != job.started_at:
-            curves = self._curves[job.id] = _Curves(job.started_at)
-        if not curves.complete:
-            for event in queue.events(job.id, curves.last_event, kinds=CURVE_KINDS):
-                (curves.steps if event.kind == "step" else curves.evals).append(event.data)
-                curves.last_event = event.id
-            curves.complete = job.ended
-        return curves
 
     def curves(self, mine: SessionJobs) -> tuple[pd.DataFrame, dict[str, Any]] | None:
         """``(data, spec)`` of :func:`~tinytl_core.ui.vega.curves_chart` for ``mine`` (None: no curve yet),
