@@ -12,8 +12,10 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
+from streamlit.testing.v1 import AppTest
 
 from tinytl_core.adapt import AdaptConfig, AdaptResult, PhaseEvent, StepEvent
 from tinytl_core.cli import main as cli_main
@@ -23,6 +25,7 @@ from tinytl_core.jobs.queue import ENV_EVENTS_DAYS, worker_name
 from tinytl_core.quantities import RunStatus
 from tinytl_core.results import ResultsStore
 
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
 STEP_S = 0.02
 """Seconds one step of :func:`cheap_runner` takes."""
 
@@ -185,10 +188,24 @@ def test_worker_trains_honours_cancel_and_requeues_on_shutdown(tmp_path):
 
 
 # -------------------------------------------------------------------------------- worker processes
-def test_thirty_submitters_two_workers_sigkill_and_restart(tmp_path, spawn):
-    db = str(tmp_path / "r.sqlite")
+def _adapt_session() -> AppTest:
+    """An Adapt page in an AppTest session, ready to queue one tiny run (one mode, 2 steps)."""
+    at = AppTest.from_file(APP, default_timeout=120)
+    for key, value in {"backbone": "mobilenetv2_050", "resolution": 32, "batch_size": 2}.items():
+        at.session_state[key] = value
+    at.run()
+    at.switch_page("app_pages/adapt.py").run()
+    at.multiselect(key="ad_modes").set_value(["bias"])
+    at.number_input(key="ad_steps").set_value(2)
+    return at
+
+
+def test_thirty_submitters_two_workers_sigkill_and_restart(tinytl_home, spawn):
+    """27 library threads and 3 Adapt pages (AppTest sessions) submit at once against 2 worker processes."""
+    db = str(ResultsStore().path)  # the app's default database in this test's data folder
     queue = JobQueue(db)
     workers = [spawn(db), spawn(db)]
+    pages = [_adapt_session() for _ in range(3)]
     start, ids, errors = threading.Barrier(30), [], []
 
     def submit(n: int) -> None:
@@ -198,18 +215,41 @@ def test_thirty_submitters_two_workers_sigkill_and_restart(tmp_path, spawn):
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
-    threads = [threading.Thread(target=submit, args=(n,)) for n in range(30)]
+    page_run = (
+        threading.Lock()
+    )  # AppTest keeps one global runtime per run: pages take turns, amid the threads
+
+    def click(at: AppTest) -> None:
+        try:
+            start.wait(30)
+            with page_run:
+                at.button(key="ad_start").click().run()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=submit, args=(n,)) for n in range(27)]
+    threads += [threading.Thread(target=click, args=(at,)) for at in pages]
     for t in threads:
         t.start()
     for t in threads:
         t.join(60)
-    assert not errors and len(set(ids)) == 30
+    assert not errors and len(set(ids)) == 27
+    assert all(not at.exception and not at.error for at in pages), [at.error for at in pages]
+    sessions = [at.session_state["session_id"] for at in pages]
+    for owner in sessions:  # each page queued its one run, under its own session
+        (job,) = queue.list_jobs(owner=owner)
+        ids.append(job.id)
     jobs = queue.wait(ids, timeout=150)
     assert {j.state for j in jobs} == {JobState.FINISHED}, [(j.id, j.state, j.error) for j in jobs]
     runs = ResultsStore(db).list_runs()
     assert len(runs) == 30 and sorted(j.run_id for j in jobs) == sorted(r["id"] for r in runs)  # once each
-    assert sorted(r["seed"] for r in runs) == list(range(30))  # none lost, none twice
-    assert queue.integrity_check() == "ok"
+    by_id = {r["id"]: r for r in runs}
+    library = [j for j in jobs if j.owner.startswith("student-")]
+    assert sorted(by_id[j.run_id]["seed"] for j in library) == list(range(27))  # none lost, none twice
+    assert queue.counts()[JobState.FINISHED] == 30 and queue.integrity_check() == "ok"
+    for at in pages:  # each page shows its own finished run
+        at.run()
+        assert not at.exception and list(at.dataframe[0].value["status"]) == ["finished"]
 
     # A worker killed mid-job: its job fails with the reason, the next job runs on the other worker.
     doomed, after = queue.submit(config(steps=5000)), queue.submit(config(steps=2))
@@ -352,11 +392,11 @@ def test_a_long_running_job_keeps_a_bounded_thinned_curve(tmp_path):
     job = queue.submit(config(steps=5000))
     queue.claim("w")
     queue.report(job, "w", [(0.0, "phase", {"phase": "train"})])
-    for start in range(1, 5001, 50):  # what a worker reports every 0.5 s of a fast run
-        batch = [(0.0, "step", {"step": i}) for i in range(start, start + 50)]
+    for start in range(1, 5001, 200):  # what a worker reports every 0.5 s of a fast run
+        batch = [(0.0, "step", {"step": i}) for i in range(start, start + 200)]
         if start % 1000 == 1:
             batch.append((0.0, "eval", {"step": start}))
-        queue.report(job, "w", batch, step=start + 49, max_step_events=100)
+        queue.report(job, "w", batch, step=start + 199, max_step_events=100)
     steps = [e.data["step"] for e in queue.events(job, kinds=["step"])]
     assert len(steps) <= 100 and steps[-1] == 5000 and steps == sorted(steps)
     assert steps[0] <= 128 and max(b - a for a, b in zip(steps, steps[1:])) <= 128  # evenly thinned
