@@ -24,15 +24,13 @@ import argparse
 import os
 import random
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from _server import start_app, stop_app, wait_healthy
+
 TARGETS = {
     "first paint": 3.0,
     "new session's Home": 1.5,
@@ -75,27 +73,6 @@ def seed_runs(home: Path, count: int) -> None:
         )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 120) -> float:
-    """Wait for the server's health check; the moment it answers."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit("streamlit exited before it was healthy")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                if r.read().strip() == b"ok":
-                    return time.monotonic()
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit("streamlit did not become healthy")
-
-
 def timed_visit(browser, url: str, ready: list[str], context=None) -> list[float]:
     """Seconds from opening ``url`` in a new tab (a new Streamlit session) of ``context`` -- a fresh browser
     context (cold cache) when None -- until each of the ``ready`` selectors (in turn) is visible."""
@@ -136,36 +113,13 @@ def main() -> int:
 
     home = Path(tempfile.mkdtemp(prefix="tinytl-speed-"))
     seed_runs(home, args.runs)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = dict(os.environ, TINYTL_HOME=str(home), TINYTL_OFFLINE="1", HF_HUB_OFFLINE="1")
-    log = open(home / "streamlit.log", "wb")  # noqa: SIM115 - closed with the server
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "streamlit",
-            "run",
-            "app.py",
-            "--server.headless",
-            "true",
-            "--server.port",
-            str(port),
-            "--browser.gatherUsageStats",
-            "false",
-            "--server.fileWatcherType",
-            "none",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    log = home / "streamlit.log"
+    proc, url = start_app(home, log)
     results: dict[str, float] = {}
     try:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-            healthy = wait_healthy(url, proc)
+            healthy = wait_healthy(url, proc, log=log)
             context = browser.new_context(viewport={"width": 1400, "height": 1000})
             page = context.new_page()
             page.goto(url)
@@ -199,12 +153,7 @@ def main() -> int:
             )
             browser.close()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        stop_app(proc, 10)
         shutil.rmtree(home, ignore_errors=True)
     print("Content: the page's heading and its numbers (Home: metric cards; Compare runs: the run table)")
     print("on screen (the issue's target: charts fill in as they come); chart drawn: the same visit until")

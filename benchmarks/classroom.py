@@ -36,7 +36,8 @@ import threading
 import time
 from pathlib import Path
 
-from app_speed import CHROMIUM_ARGS, ROOT, TIMEOUT_MS, free_port, median, timed_visit, wait_healthy
+from _server import start_app, stop_app, wait_healthy
+from app_speed import CHROMIUM_ARGS, TIMEOUT_MS, median, timed_visit
 
 HEADING = '[data-testid="stMain"] h1, [data-testid="stMain"] h2'
 TABLE = '[data-testid="stMain"] [data-testid="stDataFrame"]'
@@ -45,35 +46,10 @@ QUEUE_LINE = "text=Queue:"
 
 def start_server(home: Path, workers: int) -> tuple[subprocess.Popen, str]:
     """``streamlit run app.py`` on a free port with ``workers`` worker processes; (process, url)."""
-    port = free_port()
-    env = dict(
-        os.environ,
-        TINYTL_HOME=str(home),
-        TINYTL_OFFLINE="1",
-        HF_HUB_OFFLINE="1",
-        TINYTL_WORKERS=str(workers),
-    )
-    log = open(home / f"streamlit-{port}.log", "wb")  # noqa: SIM115 - the child keeps it
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true"]
-        + ["--server.port", str(port), "--browser.gatherUsageStats", "false"]
-        + ["--server.fileWatcherType", "none"],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    wait_healthy(url, proc)
+    log = home / f"streamlit-{time.monotonic_ns()}.log"
+    proc, url = start_app(home, log, TINYTL_WORKERS=str(workers))
+    wait_healthy(url, proc, log=log)
     return proc, url
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
 
 
 def cpu_seconds(pid: int) -> float:
@@ -148,7 +124,7 @@ def render_under_load(browser, home: Path, repeat: int, submitters: int, load_st
         queue.wait(ids, timeout=120)
         out["database integrity (1 = ok)"] = float(queue.integrity_check() == "ok")
     finally:
-        stop_server(proc)
+        stop_app(proc)
     return out
 
 
@@ -217,7 +193,7 @@ def throughput_with_viewers(browser, home: Path, viewers: int, steps: int) -> di
         out["ratio (wall)"] = with_wall / alone_wall
         out["pages that drew live curves"] = float(curves)
     finally:
-        stop_server(proc)
+        stop_app(proc)
     return out
 
 

@@ -131,19 +131,26 @@ def step_times(
     return min(stock), min(engine)
 
 
-def bench_one(backbone: str, mode: str, args: argparse.Namespace) -> Row:
-    """Measure one (backbone, mode)."""
+def model_and_measure(backbone: str, mode: str, args: argparse.Namespace, **prepare):
+    """``(model, input size, modelled report, measured stock and engine steps)`` of one (backbone, mode):
+    the model prepared with ``prepare`` (``prepare_model``'s options), seeded (shared by ``peak.py``)."""
     torch.manual_seed(0)
     size, batch = (3, args.resolution, args.resolution), args.batch_size
-    model = prepare_model(backbone, mode, resolution=args.resolution, engine=False).model
+    model = prepare_model(backbone, mode, resolution=args.resolution, **prepare).model
     modelled = analyze(model, input_size=size, batch_size=batch, optimizer=args.optimizer)
     both = measure_stock_and_engine(
         model, input_size=size, batch_size=batch, optimizer=args.optimizer, per_layer=False, modelled=modelled
     )
     if both.engine is None:
         raise RuntimeError(f"{backbone} / {mode}: {both.engine_error}")
+    return model, size, modelled, both
+
+
+def bench_one(backbone: str, mode: str, args: argparse.Namespace) -> Row:
+    """Measure one (backbone, mode)."""
+    model, size, modelled, both = model_and_measure(backbone, mode, args, engine=False)
     convert(model, input_size=size)  # as the modes convert: activations share outputs stored in full
-    stock_s, engine_s = step_times(model, size, batch, args.repeats)
+    stock_s, engine_s = step_times(model, size, args.batch_size, args.repeats)
     t = modelled.totals
     return Row(
         backbone,

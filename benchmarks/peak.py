@@ -26,11 +26,9 @@ import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
-from engine import BACKBONES, TIME_TARGET, run_all, step_times  # the sibling benchmark script
+from engine import BACKBONES, TIME_TARGET, model_and_measure, run_all, step_times  # the sibling script
 
-from tinytl_core.memory import analyze, measure_stock_and_engine
-from tinytl_core.modes import MODES, prepare_model
+from tinytl_core.modes import MODES
 from tinytl_core.quantities import MB
 
 PEAK_TARGET = 6.0  # stock full / engine bias and lite_residual+bias, mobilenetv2_100
@@ -85,16 +83,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def bench_one(backbone: str, mode: str, args: argparse.Namespace) -> Row:
     """Measure one (backbone, mode): the model as the modes build it (engine, channels-last)."""
-    torch.manual_seed(0)
-    size, batch = (3, args.resolution, args.resolution), args.batch_size
-    model = prepare_model(backbone, mode, resolution=args.resolution, pretrained=False).model
-    modelled = analyze(model, input_size=size, batch_size=batch, optimizer=args.optimizer)
-    both = measure_stock_and_engine(
-        model, input_size=size, batch_size=batch, optimizer=args.optimizer, per_layer=False, modelled=modelled
-    )
-    if both.engine is None:
-        raise RuntimeError(f"{backbone} / {mode}: {both.engine_error}")
-    stock_s, engine_s = step_times(model, size, batch, args.repeats)
+    model, size, modelled, both = model_and_measure(backbone, mode, args, pretrained=False)
+    stock_s, engine_s = step_times(model, size, args.batch_size, args.repeats)
     t = modelled.totals
 
     def peak(m) -> int:
