@@ -1,6 +1,6 @@
 """Compare runs' seed-grouped section: memory vs accuracy per dataset, one point per backbone x mode with
 its seeds pooled, from your runs or the bundled reference sweep, with the paper's Table 2 points as an
-optional layer (layout only: the logic is ``tinytl_core.sweeps.summary`` and ``tinytl_core.ui.sweep``)."""
+optional layer (layout only: the logic is ``tinytl_core.seeds`` and ``tinytl_core.ui.sweep``)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import streamlit as st
 
 from tinytl_core.reference import PAPER_DATASETS
 from tinytl_core.results import MEMORY
-from tinytl_core.sweeps.summary import SEED_GROUP_HEADERS, group_seeds
+from tinytl_core.seeds import SEED_GROUP_HEADERS, group_seeds
 from tinytl_core.ui import figures
 from tinytl_core.ui.runs import memory_axis
 from tinytl_core.ui.sweep import PAPER_CAPTION, paper_frame, reference_set

@@ -13,8 +13,10 @@ from tinytl_core.planner.budget import PRESETS, BudgetError
 from tinytl_core.planner.export import PlanRequest, training_plan
 from tinytl_core.planner.plan import DEFAULT_RESOLUTIONS, PLANNED, PlanError, SearchSpace, plan
 from tinytl_core.quantities import format_bytes
+from tinytl_core.reference import PAPER_DATASETS
 from tinytl_core.tracing import OPTIMIZER_STATES
 from tinytl_core.ui import planner_view as view
+from tinytl_core.ui.sweep import PAPER_CAPTION
 
 settings = _cache.settings()
 
@@ -106,7 +108,7 @@ if submitted:
             space,
             cache=view.shared_cache(),
             progress=lambda done, total, label: bar.progress(
-                done / max(1, total), text=f"Tracing {label} (cached after the first time)"
+                done / max(1, total), text=f"{label[0].upper()}{label[1:]}: cached after the first time"
             ),
         )
     except PlanError as exc:
@@ -144,14 +146,31 @@ st.dataframe(view.summary_table(result), hide_index=True, width="stretch")
 
 if n_fit:
     points = view.chart_points(result, accuracy, dataset)
+    paper = None
+    p1, p2 = st.columns([1, 2], vertical_alignment="bottom")
+    if p1.toggle("Paper's published points", key="pl_paper", help="TinyTL Table 2, as a reference layer"):
+        paper_sets = p2.multiselect(
+            "Paper's datasets",
+            list(PAPER_DATASETS),
+            default=[dataset if dataset in PAPER_DATASETS else "flowers102"],
+            format_func=PAPER_DATASETS.get,
+            key="pl_paper_sets",
+        )
+        paper = view.paper_points(paper_sets)
+        if points["accuracy_mean"].isna().all():
+            st.caption("The paper's points need an accuracy axis: no stored run on this dataset fits yet.")
     st.plotly_chart(
-        view.planner_figure(points, budget, title="What fits: modelled peak vs " + points["y_label"].iloc[0]),
+        view.planner_figure(
+            points, budget, title="What fits: modelled peak vs " + points["y_label"].iloc[0], paper=paper
+        ),
         width="stretch",
     )
     st.caption(
         "One point per backbone x mode x resolution that fits, at its largest fitting batch; the Pareto "
-        "front is outlined; the dashed line is the budget. Accuracy: your runs (mean ± half range over "
-        "seeds) or the bundled reference runs, at the same backbone, mode and resolution."
+        "front is outlined; the dashed line is the budget. Accuracy: your runs (mean ± standard deviation "
+        "over seeds) or the bundled reference runs, at the same backbone, mode and resolution and the "
+        "same batch size, else the nearest batch measured (then labelled 'at batch N')."
+        + (f" Open diamonds: {PAPER_CAPTION}; their own network and datasets." if paper is not None else "")
     )
     st.subheader("What fits")
     table = view.fits_table(result, accuracy, dataset)

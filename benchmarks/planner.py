@@ -17,9 +17,6 @@ import argparse
 import os
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
-
-import torch
 
 from tinytl_core.backbones import CURATED_BACKBONES
 from tinytl_core.comparisons import mode_reports
@@ -40,17 +37,6 @@ EXTRA = (  # mobile CNNs beyond the curated set, to plan at least 20 backbones
     "resnet34",
     "regnety_002",
 )
-
-
-def _build(args: tuple[str, str, str, int, str, bool]) -> float:
-    """Trace one profile into the disk cache (a worker process); returns its seconds."""
-    version, folder, backbone, resolution, mode, gn = args
-    torch.set_num_threads(1)  # one core per process
-    start = time.perf_counter()
-    cache = ProfileCache(folder)
-    cache.version = version  # the main process's: the tree may change under a long run (shared checkout)
-    cache.get(backbone, resolution, mode, group_norm=gn)
-    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -80,31 +66,17 @@ def main() -> None:
         f"cache {folder}; torch threads {os.environ.get('OMP_NUM_THREADS', 'default')}"
     )
 
-    version = ProfileCache(folder).version
     start = time.perf_counter()
-    if args.workers > 1:  # trace the missing profiles in parallel, then plan from the disk cache
-        jobs = [
-            (version, folder, b, r, m, gn)
-            for b in space.backbones
-            for m in space.modes
-            for r in space.resolutions
-            for gn in ((True, False) if args.batch_min == 1 else (False,))
-        ]
-        with ProcessPoolExecutor(args.workers) as pool:
-            per_profile = list(pool.map(_build, jobs))
-        median = sorted(per_profile)[len(per_profile) // 2]
-        print(f"  traced {len(jobs)} profiles with {args.workers} processes, median {median:.2f} s each")
     cache = ProfileCache(folder)
-    cache.version = version
-    cold = plan(budget, space, cache=cache)
+    cold = plan(budget, space, cache=cache, workers=args.workers)
     cold_s = time.perf_counter() - start
     print(
-        f"cold (empty disk cache): {cold_s:8.2f} s  ({cache.built} profiles traced here, {cache.loaded} "
-        f"loaded; {len(cold.configs):,} configurations, {int(cold.configs['fits'].sum()):,} fit 300 MB)  "
+        f"cold (empty disk cache): {cold_s:8.2f} s  ({cache.built} profiles traced by {args.workers} "
+        f"process(es), {cold_s * args.workers / max(1, cache.built):.2f} s per profile per process; "
+        f"{len(cold.configs):,} configurations, {int(cold.configs['fits'].sum()):,} fit 300 MB)  "
         "target <= 10 s"
     )
     disk = ProfileCache(folder)
-    disk.version = version
     start = time.perf_counter()
     plan(budget, space, cache=disk)
     warm_disk_s = time.perf_counter() - start

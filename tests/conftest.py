@@ -7,6 +7,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TINYTL_OFFLINE", "1")
 # The app under test starts no worker processes: tests run the workers they need (tests/test_jobs.py).
 os.environ.setdefault("TINYTL_WORKERS", "0")
+os.environ.setdefault("TINYTL_PLANNER_WORKERS", "1")  # planner traces in-process (tests opt in)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

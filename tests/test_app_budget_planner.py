@@ -44,6 +44,9 @@ def test_plan_fits_and_trains(app):
     assert len(tables) == 2 and len(tables[1].value) > 0  # per backbone x mode, what fits
     assert "bias" in set(tables[1].value["mode"])
     assert "not measured yet" in set(tables[1].value["accuracy"])
+    at.toggle(key="pl_paper").set_value(True).run()  # the paper's layer needs an accuracy axis: said so
+    assert not at.exception, at.exception
+    assert any("need an accuracy axis" in c.value for c in at.caption)
     at.selectbox(key="pl_train_set").set_value("digits")
     at.button(key="pl_train").click().run()
     assert not at.exception, at.exception

@@ -164,36 +164,80 @@ def test_a_planned_fit_peaks_within_the_budget_when_measured(planned):
 def test_pareto_front_and_accuracy():
     frame = pd.DataFrame({"mem": [1, 2, 3, 4, 2], "acc": [0.5, 0.4, 0.8, 0.7, None]})
     assert list(pareto_front(frame, "mem", "acc")) == [True, False, True, False, False]
+
+    def run(acc, batch, status="finished", seed=0):
+        return {
+            "status": status,
+            "backbone": DEMO,
+            "mode": "bias",
+            "resolution": 32,
+            "batch_size": batch,
+            "steps_planned": 50,
+            "seed": seed,
+            "dataset": "digits",
+            "final_val_acc": acc,
+        }
+
+    runs = [run(0.6, 8), run(0.7, 8, seed=1), run(0.1, 8, status="failed"), run(0.9, 1)]
+    table = accuracy_table(runs)
+    assert list(table["batch_size"]) == [1, 8]  # one row per batch size: batch is never pooled
+    at8 = table[table["batch_size"] == 8].iloc[0]
+    assert at8["accuracy_mean"] == pytest.approx(0.65)
+    assert at8["accuracy_spread"] == pytest.approx(pd.Series([0.6, 0.7]).std())  # as group_seeds
+    assert at8["n_runs"] == 2
+    configs = pd.DataFrame(
+        {
+            "backbone": [DEMO] * 4,
+            "mode": ["bias", "bias", "bias", "full"],
+            "resolution": [32] * 4,
+            "batch_size": [8, 1, 16, 8],
+        }
+    )
+    merged = attach_accuracy(configs, table, "digits")
+    assert list(merged["accuracy_source"]) == ["stored", "stored", "stored", NOT_MEASURED]
+    assert list(merged["accuracy_batch"][:3]) == [8, 1, 8]  # own batch, else the nearest measured one
+    assert merged["accuracy_mean"][1] == pytest.approx(0.9)
+    assert format_accuracy(0.65, 0.05, 2, "stored", batch=8, measured_batch=8) == "65.0 ± 5.0 % (2 runs)"
+    assert format_accuracy(0.65, 0.05, 2, "stored", batch=16, measured_batch=8) == (
+        "65.0 ± 5.0 % (2 runs, at batch 8)"
+    )
+    assert format_accuracy(0.9, float("nan"), 1, "reference") == "90.0 % (1 run) (reference)"
+    assert format_accuracy(None, None, 0, NOT_MEASURED) == NOT_MEASURED
+
+
+def test_chart_accuracy_at_batch_and_paper_layer(planned):
+    from tinytl_core.ui import planner_view as view
+
+    result, _ = planned
     runs = [
         {
             "status": "finished",
             "backbone": DEMO,
             "mode": "bias",
             "resolution": 32,
-            "dataset": "digits",
-            "final_val_acc": a,
-        }
-        for a in (0.6, 0.7)
-    ] + [
-        {
-            "status": "failed",
-            "backbone": DEMO,
-            "mode": "bias",
-            "resolution": 32,
-            "dataset": "digits",
-            "final_val_acc": 0.1,
+            "batch_size": 2,
+            "steps_planned": 10,
+            "dataset": "flowers102",
+            "final_val_acc": 0.5,
         }
     ]
     table = accuracy_table(runs)
-    assert len(table) == 1
-    assert table.iloc[0]["accuracy_mean"] == pytest.approx(0.65)
-    assert table.iloc[0]["accuracy_spread"] == pytest.approx(0.05)
-    assert table.iloc[0]["n_runs"] == 2
-    configs = pd.DataFrame({"backbone": [DEMO, DEMO], "mode": ["bias", "full"], "resolution": [32, 32]})
-    merged = attach_accuracy(configs, table, "digits")
-    assert list(merged["accuracy_source"]) == ["stored", NOT_MEASURED]
-    assert format_accuracy(0.65, 0.05, 2, "stored") == "65.0 ± 5.0 % (2 runs)"
-    assert format_accuracy(None, None, 0, NOT_MEASURED) == NOT_MEASURED
+    points = view.chart_points(result, table, "flowers102")
+    bias = points[points["mode"] == "bias"].iloc[0]
+    assert bias["accuracy_batch"] == 2 and bias["batch_size"] != 2  # plotted at its largest fitting batch
+    assert "at batch 2" in bias["accuracy_text"]
+    paper = view.paper_points(["flowers102"])
+    assert len(paper) == 7 and set(paper["dataset"]) == {"flowers102"}
+    fig = view.planner_figure(points, result.budget, title="t", paper=paper)
+    names = [t.name for t in fig.data]
+    assert "paper: Flowers (ProxylessNAS-Mobile (paper))" in names
+    assert (
+        "analytic memory"
+        in fig.data[names.index("paper: Flowers (ProxylessNAS-Mobile (paper))")].hovertemplate
+    )
+    no_accuracy = view.chart_points(result, table.iloc[0:0], None)
+    fig = view.planner_figure(no_accuracy, result.budget, title="t", paper=paper)
+    assert not any(str(t.name).startswith("paper") for t in fig.data)  # not on a parameters axis
 
 
 @pytest.mark.parametrize(

@@ -180,8 +180,9 @@ def sync_standardization(model: nn.Module) -> int:
             continue
         frozen = not module.weight.requires_grad
         if frozen and not module.ws_folded:
-            with torch.no_grad():
-                module.weight.copy_(standardize_weight(module.weight, module.ws_eps))
+            if module.weight.device.type != "meta":  # meta holds no values: nothing to fold (shapes only)
+                with torch.no_grad():
+                    module.weight.copy_(standardize_weight(module.weight, module.ws_eps))
         elif frozen == module.ws_folded:
             continue
         module.ws_folded = frozen

@@ -89,6 +89,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "and batch size, or the best fit: largest resolution, then batch, of the first backbone x mode)",
     )
     p.add_argument("--no-cache", action="store_true", help="do not read or write the on-disk trace cache")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="processes tracing the profiles not cached yet (default: one per core; 1: none)",
+    )
     p.set_defaults(func=run)
 
 
@@ -120,15 +126,17 @@ def run(args: argparse.Namespace) -> int:
         num_classes=args.classes,
     ).checked()
     cache = ProfileCache(disk=not args.no_cache)
-    bar = tqdm(total=None, desc="planning", unit="profile", leave=False, disable=None)
+    if args.workers is not None and args.workers < 1:
+        raise PlanError(f"--workers must be at least 1, got {args.workers}")
+    bar = tqdm(total=None, desc="tracing profiles", unit="profile", leave=False, disable=None)
 
     def progress(done: int, total: int, label: str) -> None:
         bar.total = total
         bar.n = done
-        bar.set_postfix_str(label, refresh=True)
+        bar.set_postfix_str(label.split("(", 1)[-1].rstrip(")"), refresh=True)  # what is being traced
 
     try:
-        result = plan(budget, space, cache=cache, progress=progress)
+        result = plan(budget, space, cache=cache, progress=progress, workers=args.workers)
     finally:
         bar.close()
     layers = "stock PyTorch" if args.stock else "engine"

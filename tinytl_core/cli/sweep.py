@@ -12,6 +12,7 @@ from tinytl_core.adapt import OPTIMIZERS, AdaptConfig
 from tinytl_core.backbones import default_backbone, resolution_problem, small_resolution_warning
 from tinytl_core.jobs import default_pool_size
 from tinytl_core.results import ResultsStore
+from tinytl_core.seeds import SEED_GROUP_HEADERS, group_seeds
 from tinytl_core.sweeps import (
     InlineExecutor,
     QueueExecutor,
@@ -25,7 +26,6 @@ from tinytl_core.sweeps import (
     sweep_id,
 )
 from tinytl_core.sweeps.driver import DriverState, StatusWriter
-from tinytl_core.sweeps.summary import SEED_GROUP_HEADERS, group_seeds
 
 LOCAL_RAY = "local"
 """``--ray`` given without an address: start a local Ray instance for the sweep."""

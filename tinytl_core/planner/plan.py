@@ -257,13 +257,17 @@ def plan(
     *,
     cache: ProfileCache | None = None,
     progress: ProgressCallback | None = None,
+    workers: int | None = None,
 ) -> Plan:
     """Model every configuration of ``space`` and check it against ``budget``.
 
     The figure is the memory model's **modelled step peak** (``total_modelled_bytes`` of
     :func:`tinytl_core.memory.analyze` with the engine, ``total_stock_bytes`` for stock PyTorch); batch 1
     uses GroupNorm. With ``budget.weights_in_flash`` the frozen weights do not count against the budget.
-    ``progress(done, total, label)`` is called per profile (tracing a new one takes about a second).
+    Profiles not cached yet are traced first, in ``workers`` processes (None: one per core, or
+    ``TINYTL_PLANNER_WORKERS``; 1: in this process), with ``progress(done, total, label)`` called before
+    the first and after each (``label``: ``"tracing 37/120 profiles (resnet50 bias 160 px)"``); planning
+    from cached profiles takes milliseconds and reports nothing.
     """
     if budget.nbytes <= 0:
         raise PlanError(f"budget must be positive, got {budget.nbytes} bytes")
@@ -282,17 +286,23 @@ def plan(
     columns: dict[str, list] = {c: [] for c in CONFIG_COLUMNS}
     one, many = np.array([1], dtype=np.int64), np.array(linear_batches, dtype=np.int64)
     skipped: dict[tuple[str, str, int], str] = {}  # one reason per (backbone, mode, resolution)
-    for i, (backbone, resolution, mode, gn) in enumerate(jobs):
+
+    def traced(done: int, total: int, request: tuple) -> None:
         if progress is not None:
-            progress(i, len(jobs), f"{backbone} {mode} {resolution}px")
+            backbone, resolution, mode, gn, _ = request
+            norm = ", GroupNorm" if gn else ""
+            progress(
+                done, total, f"tracing {done}/{total} profiles ({backbone} {mode} {resolution} px{norm})"
+            )
+
+    cache.fill([(b, r, m, gn, space.num_classes) for b, r, m, gn in jobs], workers=workers, progress=traced)
+    for backbone, resolution, mode, gn in jobs:
         profile = cache.get(backbone, resolution, mode, group_norm=gn, num_classes=space.num_classes)
         if not profile.applicable:
             reason = f"batch 1 (GroupNorm): {profile.reason}" if gn and linear_batches else profile.reason
             skipped.setdefault((backbone, mode, resolution), reason)
             continue
         _add_rows(columns, profile, one if gn else many, budget, space)
-    if progress is not None:
-        progress(len(jobs), len(jobs), "done")
     # Rows come in plan order (backbone, mode, resolution, batch) as the jobs were listed.
     configs = pd.DataFrame(
         {c: np.concatenate(parts) if parts else [] for c, parts in columns.items()},

@@ -9,23 +9,27 @@ choice: batch statistics of one sample are meaningless), a different model, trac
 Tests compare profiles with :func:`tinytl_core.memory.analyze` at every batch of 1-64.
 
 Profiles are cached in memory and on disk (``<data home>/planner-cache``, one JSON file each, safe to
-delete): the key holds the torch and timm versions, :data:`PROFILE_FORMAT` and a hash of the source of
-every module the figures come from, so a code change never serves a stale figure. Loading reads JSON
-only; nothing is executed.
+delete): the key holds :data:`PROFILE_FORMAT`, :data:`TRACE_FORMAT` and the torch and timm versions
+(:func:`cache_version`), so editing unrelated code never re-traces. Loading reads JSON only; nothing is
+executed. Missing profiles are traced in worker processes (:func:`fill_cache`), one per core.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import timm
 import torch
 
-import tinytl_core
 from tinytl_core.memory import accounting as acc
 from tinytl_core.modes import prepare_model
 from tinytl_core.paths import cache_dir
@@ -33,22 +37,16 @@ from tinytl_core.tracing import Trace, optimizer_states, trace_model
 
 PROFILE_FORMAT = 3
 """Bump when :class:`MemoryProfile`'s fields or their meaning change."""
+TRACE_FORMAT = 1
+"""Bump when the figures' code changes: anything that changes a traced profile (the tracer and its meta
+kernels, the memory rules and accounting, layer kinds, modes, lite residual branches, normalisation,
+backbone construction). Cached profiles of another version are not read. ``tests/test_planner_cache.py``
+fails when a sample profile traced now differs from the one stored with this version (then bump this and
+regenerate the sample: ``python tests/test_planner_cache.py``)."""
 CACHE_NAME = "planner-cache"
 MAX_FROZEN_BITS = 32
 LINEAR_BATCHES = (2, 3)
 """The batch sizes a BatchNorm profile is traced at (two points fix each candidate's line)."""
-SOURCES = (
-    "memory/accounting.py",
-    "memory/rules.py",
-    "tracing",
-    "layer_kinds.py",
-    "modes.py",
-    "lite_residual.py",
-    "norms.py",
-    "backbones",
-    "planner/profile.py",
-)
-"""The code the figures depend on (relative to the package), hashed into every cache key."""
 
 
 @dataclass(frozen=True)
@@ -223,17 +221,59 @@ def _inapplicable(base: MemoryProfile, reason: str) -> MemoryProfile:
     return MemoryProfile(**{**asdict(base), "applicable": False, "reason": " ".join(reason.split())})
 
 
-def code_version() -> str:
-    """Hash of the versions and sources the figures come from (part of every cache key)."""
-    root = Path(tinytl_core.__file__).parent
-    digest = hashlib.sha256(f"{PROFILE_FORMAT}|{torch.__version__}|{timm.__version__}".encode())
-    for rel in SOURCES:
-        path = root / rel
-        files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
-        for f in files:
-            digest.update(f.relative_to(root).as_posix().encode())
-            digest.update(f.read_bytes())
-    return digest.hexdigest()[:20]
+def cache_version() -> str:
+    """The version every cache key holds: :data:`PROFILE_FORMAT`, :data:`TRACE_FORMAT`, torch and timm."""
+    return f"p{PROFILE_FORMAT}-t{TRACE_FORMAT}-torch{torch.__version__}-timm{timm.__version__}"
+
+
+ProfileRequest = tuple[str, int, str, bool, int]
+"""One profile to build: (backbone, resolution, mode, group_norm, num_classes)."""
+WORKERS_ENV = "TINYTL_PLANNER_WORKERS"
+MIN_PARALLEL = {"fork": 4, "forkserver": 24, "spawn": 24}
+"""Fewer missing profiles than this are traced in this process: a forked worker starts at once, a fork
+server or a spawned worker first imports torch and timm (seconds)."""
+
+
+def default_workers() -> int:
+    """Processes that trace missing profiles: ``TINYTL_PLANNER_WORKERS`` if set (1: none), else one per
+    core this process may use."""
+    text = os.environ.get(WORKERS_ENV, "").strip()
+    if text:
+        try:
+            return max(1, int(text))
+        except ValueError:
+            raise ValueError(f"{WORKERS_ENV} must be a whole number, got {text!r}") from None
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _worker_init() -> None:
+    torch.set_num_threads(1)  # one core per process: the traces are single-threaded Python anyway
+
+
+def _trace_json(request: ProfileRequest) -> dict:
+    """Build one profile in a worker process; plain data back (no pickled tensors or models)."""
+    backbone, resolution, mode, group_norm, num_classes = request
+    return build_profile(backbone, resolution, mode, group_norm=group_norm, num_classes=num_classes).to_json()
+
+
+def _start_method() -> str:
+    """``fork`` in a single-threaded process (the CLI: workers start at once, already warm); a fork
+    server otherwise (the Streamlit server has threads, which a fork must not copy mid-work)."""
+    methods = multiprocessing.get_all_start_methods()
+    if "fork" in methods and threading.active_count() == 1:
+        return "fork"
+    return "forkserver" if "forkserver" in methods else "spawn"
+
+
+def _pool(workers: int, method: str) -> ProcessPoolExecutor:
+    """Worker processes; a fork server imports this module once (the next pools start at once)."""
+    context = multiprocessing.get_context(method)
+    if method == "forkserver":
+        context.set_forkserver_preload([__name__])
+    return ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init)
 
 
 class ProfileCache:
@@ -249,7 +289,7 @@ class ProfileCache:
         self.folder = Path(folder) if folder is not None else (cache_dir(CACHE_NAME) if disk else None)
         if self.folder is not None:
             self.folder.mkdir(parents=True, exist_ok=True)
-        self.version = code_version()
+        self.version = cache_version()
         self.memory: dict[str, MemoryProfile] = {}
         self.built = 0  # profiles traced (cache misses)
         self.loaded = 0  # profiles read from disk
@@ -259,35 +299,99 @@ class ProfileCache:
         text = json.dumps([self.version, backbone, resolution, mode, group_norm, num_classes])
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
+    def _path(self, key: str) -> Path | None:
+        return self.folder / f"{key}.json" if self.folder is not None else None
+
+    def _load(self, key: str) -> MemoryProfile | None:
+        """The profile from memory or disk (then kept in memory), or None."""
+        profile = self.memory.get(key)
+        if profile is not None:
+            return profile
+        path = self._path(key)
+        if path is None or not path.is_file():
+            return None
+        try:
+            profile = MemoryProfile.from_json(json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError, KeyError):
+            return None  # damaged: traced again
+        self.loaded += 1
+        self.memory[key] = profile
+        return profile
+
+    def put(self, profile: MemoryProfile) -> None:
+        """Keep ``profile`` in memory and on disk (atomically: a reader never sees half a file)."""
+        key = self.key(
+            profile.backbone, profile.resolution, profile.mode, profile.group_norm, profile.num_classes
+        )
+        self.memory[key] = profile
+        path = self._path(key)
+        if path is not None:
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            try:
+                tmp.write_text(json.dumps(profile.to_json()))
+                os.replace(tmp, path)
+            except OSError:
+                tmp.unlink(missing_ok=True)
+
     def get(
         self, backbone: str, resolution: int, mode: str, *, group_norm: bool, num_classes: int = 10
     ) -> MemoryProfile:
         """The profile, from memory, disk or a fresh trace (then stored)."""
-        key = self.key(backbone, resolution, mode, group_norm, num_classes)
-        profile = self.memory.get(key)
-        if profile is not None:
-            return profile
-        path = self.folder / f"{key}.json" if self.folder is not None else None
-        if path is not None and path.is_file():
-            try:
-                profile = MemoryProfile.from_json(json.loads(path.read_text()))
-                self.loaded += 1
-            except (OSError, ValueError, TypeError, KeyError):
-                profile = None
+        profile = self._load(self.key(backbone, resolution, mode, group_norm, num_classes))
         if profile is None:
             profile = build_profile(
                 backbone, resolution, mode, group_norm=group_norm, num_classes=num_classes
             )
             self.built += 1
-            if path is not None:
-                tmp = path.with_suffix(f".{os.getpid()}.tmp")
-                try:
-                    tmp.write_text(json.dumps(profile.to_json()))
-                    os.replace(tmp, path)  # atomic: a reader never sees half a file
-                except OSError:
-                    tmp.unlink(missing_ok=True)
-        self.memory[key] = profile
+            self.put(profile)
         return profile
+
+    def missing(self, requests: Iterable[ProfileRequest]) -> list[ProfileRequest]:
+        """The requests neither in memory nor on disk (loading those that are), each once, in order."""
+        return [r for r in dict.fromkeys(requests) if self._load(self.key(*r)) is None]
+
+    def fill(
+        self,
+        requests: Iterable[ProfileRequest],
+        *,
+        workers: int | None = None,
+        progress: Callable[[int, int, ProfileRequest], None] | None = None,
+    ) -> int:
+        """Trace the profiles of ``requests`` that are not cached yet, in ``workers`` processes (None:
+        :func:`default_workers`; 1: in this process), and store them; returns how many were traced.
+        ``progress(done, total, request)`` is called before the first and after each profile."""
+        todo = self.missing(requests)
+        if not todo:
+            return 0
+        workers = min(default_workers() if workers is None else max(1, workers), len(todo))
+        if progress is not None:
+            progress(0, len(todo), todo[0])
+        done = 0
+        method = _start_method()
+        if workers > 1 and len(todo) >= MIN_PARALLEL[method]:
+            try:
+                with _pool(workers, method) as pool:
+                    futures = {pool.submit(_trace_json, r): r for r in todo}
+                    for future in as_completed(futures):
+                        self.put(MemoryProfile.from_json(future.result()))
+                        self.built += 1
+                        done += 1
+                        if progress is not None:
+                            progress(done, len(todo), futures[future])
+            except BrokenProcessPool:  # a worker died (e.g. out of memory): trace the rest here
+                pass
+        for request in todo:
+            if self._load(self.key(*request)) is not None:
+                continue
+            backbone, resolution, mode, group_norm, num_classes = request
+            self.put(
+                build_profile(backbone, resolution, mode, group_norm=group_norm, num_classes=num_classes)
+            )
+            self.built += 1
+            done += 1
+            if progress is not None:
+                progress(done, len(todo), request)
+        return done
 
     def clear(self) -> int:
         """Delete every cached file and forget the in-memory profiles; returns the files deleted."""

@@ -10,6 +10,7 @@ on local worker processes or a Ray cluster.
   :func:`export_reference`.
 """
 
+from tinytl_core.seeds import config_key, seedless_key
 from tinytl_core.sweeps.executors import (
     RAY_MISSING,
     InlineExecutor,
@@ -22,7 +23,7 @@ from tinytl_core.sweeps.executors import (
     job_outcome,
     train_config,
 )
-from tinytl_core.sweeps.grid import SweepGrid, config_key, finished_keys, parse_list, seedless_key, sweep_id
+from tinytl_core.sweeps.grid import SweepGrid, finished_keys, parse_list, sweep_id
 from tinytl_core.sweeps.runner import SweepProgress, SweepReport, export_reference, run_sweep
 
 __all__ = [

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -16,21 +15,10 @@ from tinytl_core.data import check_dataset_name
 from tinytl_core.modes import resolve_modes
 from tinytl_core.quantities import RunStatus
 from tinytl_core.results import RUN, ResultsStore
+from tinytl_core.seeds import config_key
 
 GRID_AXES: tuple[str, ...] = ("backbone", "dataset", "resolution", "steps", "mode", "seed")
 """The configuration fields a grid varies, outermost first (a seed's runs of one mode come together)."""
-
-
-def config_key(config: AdaptConfig | Mapping[str, Any]) -> str:
-    """A stable key of a configuration: the SHA-256 (16 hex digits) of its fields as sorted JSON.
-
-    A stored run's ``config`` dict gets the same key as the :class:`AdaptConfig` it came from: the dict is
-    read back through :meth:`AdaptConfig.from_dict`, so fields added in later versions take their
-    defaults on both sides and keys of older runs do not change."""
-    if not isinstance(config, AdaptConfig):
-        config = AdaptConfig.from_dict(dict(config))
-    text = json.dumps(config.to_dict(), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def sweep_id(configs: Iterable[AdaptConfig]) -> str:
@@ -38,13 +26,6 @@ def sweep_id(configs: Iterable[AdaptConfig]) -> str:
     configurations' keys (the same grid gets the same id)."""
     keys = sorted({config_key(c) for c in configs})
     return "sweep-" + hashlib.sha256(",".join(keys).encode()).hexdigest()[:12]
-
-
-def seedless_key(config: AdaptConfig | Mapping[str, Any]) -> str:
-    """:func:`config_key` with the seed left out: repeated seeds of one configuration share it."""
-    if not isinstance(config, AdaptConfig):
-        config = AdaptConfig.from_dict(dict(config))
-    return config_key(replace(config, seed=0))
 
 
 def parse_list(text: str | Sequence[Any] | None, what: str, cast: type = str) -> list[Any]:

@@ -11,10 +11,13 @@ modelled stock bytes equal measured ones.
 
 from __future__ import annotations
 
+import threading
+import warnings
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from torch._prims_common import suggest_memory_format
 
 from tinytl_core.layer_kinds import is_batch_norm
 from tinytl_core.tracing.records import Row
@@ -117,3 +120,132 @@ def drop_meta_only_saves(rows: Callable[[int], Row | None], saved: list[SavedTen
             continue
         kept.append(s)
     return kept
+
+
+# --- Fast meta kernels -------------------------------------------------------------------------------
+# Some ``meta`` kernels are Python decompositions into dozens of primitive ops (bilinear upsampling,
+# batch/group/layer norm, hardtanh/ReLU6, hardswish, hardsigmoid, GELU, weight init): a milliseconds-long
+# call that only computes a shape. What a trace records does not depend on the kernel: autograd (a layer
+# above ``Meta`` in the dispatcher) decides which tensors a node saves, and marks mutated arguments, before
+# the kernel runs. So these replacements return empty tensors of the shape, dtype and layout the original
+# meta kernels return (``tests/test_tracing_meta_kernels.py`` compares them op by op) and the traces stay
+# exact, several times faster.
+
+
+def _opmath(dtype: torch.dtype) -> torch.dtype:
+    """The dtype PyTorch accumulates statistics in (float32 for half precision)."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _like(x: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(x, memory_format=torch.preserve_format)
+
+
+def _unary(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    return _like(x)
+
+
+def _unary_(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    return x
+
+
+def _native_batch_norm(x, weight, bias, running_mean, running_var, training, momentum, eps):
+    if not training and (running_mean is None or running_var is None):
+        raise RuntimeError("running_mean and running_var must not be None in eval mode")
+    channels = x.shape[1] if x.dim() > 1 else 0
+    stat = _opmath(x.dtype)
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device).contiguous(
+        memory_format=suggest_memory_format(x)
+    )
+    return (
+        out,
+        torch.empty(channels, dtype=stat, device=x.device),
+        torch.empty(channels, dtype=stat, device=x.device),
+    )
+
+
+def _native_group_norm(x, weight, bias, n, c, hw, group, eps):
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)  # contiguous, as PyTorch's meta kernel
+    return (
+        out,
+        torch.empty((n, group), dtype=x.dtype, device=x.device),
+        torch.empty((n, group), dtype=x.dtype, device=x.device),
+    )
+
+
+def _native_layer_norm(x, normalized_shape, weight, bias, eps):
+    stat = _opmath(x.dtype)
+    axis = x.dim() - len(normalized_shape)
+    stat_shape = (*x.shape[:axis], *([1] * len(normalized_shape)))
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    return (
+        out,
+        torch.empty(stat_shape, dtype=stat, device=x.device),
+        torch.empty(stat_shape, dtype=stat, device=x.device),
+    )
+
+
+def _upsample_2d(x, output_size, align_corners=None, scales_h=None, scales_w=None):
+    shape = (*x.shape[:-2], *output_size)
+    return torch.empty(shape, dtype=x.dtype, device=x.device).contiguous(
+        memory_format=suggest_memory_format(x)
+    )
+
+
+def _reduced(x: torch.Tensor, dim, keepdim: bool, dtype: torch.dtype) -> torch.Tensor:
+    dims = {d % max(x.dim(), 1) for d in dim} if dim else set(range(x.dim()))
+    shape = [1 if i in dims else n for i, n in enumerate(x.shape) if keepdim or i not in dims]
+    return torch.empty(shape, dtype=dtype, device=x.device)
+
+
+def _mean_dim(x, dim, keepdim=False, *, dtype=None):
+    return _reduced(x, dim, keepdim, dtype or x.dtype)
+
+
+def _std_correction(x, dim=None, *, correction=None, keepdim=False):
+    real = {torch.complex64: torch.float32, torch.complex128: torch.float64}.get(x.dtype, x.dtype)
+    return _reduced(x, dim, keepdim, real)
+
+
+FAST_META_KERNELS: dict[str, Callable] = {
+    "mean.dim": _mean_dim,
+    "std.correction": _std_correction,
+    "hardtanh": _unary,
+    "hardtanh_": _unary_,
+    "hardswish": _unary,
+    "hardswish_": _unary_,
+    "hardsigmoid": _unary,
+    "hardsigmoid_": _unary_,
+    "gelu": _unary,
+    "gelu_": _unary_,
+    "normal_": _unary_,
+    "native_batch_norm": _native_batch_norm,
+    "native_group_norm": _native_group_norm,
+    "native_layer_norm": _native_layer_norm,
+    "upsample_bilinear2d": _upsample_2d,
+}
+"""aten op (default overload) -> its fast ``meta`` kernel."""
+
+_FAST_META: list[torch.library.Library] = []
+_FAST_META_LOCK = threading.Lock()
+
+
+def enable_fast_meta_kernels() -> None:
+    """Register :data:`FAST_META_KERNELS` for the ``meta`` device (once per process; idempotent). Only the
+    ``meta`` device changes: real tensors run PyTorch's kernels as before."""
+    with _FAST_META_LOCK:
+        if _FAST_META:
+            return
+        lib = torch.library.Library("aten", "IMPL")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "overriding a previously registered kernel": intended
+            for name, kernel in FAST_META_KERNELS.items():
+                lib.impl(name, kernel, "Meta")
+        _FAST_META.append(lib)
+
+
+def disable_fast_meta_kernels() -> None:
+    """Restore PyTorch's own ``meta`` kernels (the tests compare both)."""
+    with _FAST_META_LOCK:
+        while _FAST_META:
+            _FAST_META.pop()._destroy()

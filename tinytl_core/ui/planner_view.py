@@ -24,9 +24,10 @@ from tinytl_core.planner.budget import PRESETS, Budget
 from tinytl_core.planner.plan import PLANNED, Plan, pareto_front
 from tinytl_core.planner.profile import ProfileCache
 from tinytl_core.quantities import RunStatus, bytes_unit, format_bytes
-from tinytl_core.reference import load_reference_runs
+from tinytl_core.reference import PAPER_BACKBONE, load_reference_runs
 from tinytl_core.results import ResultsStore
 from tinytl_core.ui.figures import SELECTION_COLOR, add_budget_line, mode_color
+from tinytl_core.ui.sweep import paper_frame
 
 CUSTOM = "custom"
 """The preset option for a budget typed by hand."""
@@ -77,8 +78,11 @@ def chart_points(plan: Plan, accuracy: pd.DataFrame, dataset: str | None) -> pd.
     if dataset is not None and len(accuracy):
         points = attach_accuracy(points, accuracy, dataset)
     else:
-        points = points.assign(accuracy_mean=float("nan"), accuracy_spread=float("nan"), n_runs=0)
+        points = points.assign(
+            accuracy_mean=float("nan"), accuracy_spread=float("nan"), n_runs=0, accuracy_batch=float("nan")
+        )
         points["accuracy_source"] = NOT_MEASURED
+    points["accuracy_text"] = _accuracy_texts(points)
     measured = points["accuracy_mean"].notna().any()
     points["y"] = 100 * points["accuracy_mean"] if measured else points[PLANNED.n_trainable].astype(float)
     points["y_label"] = f"validation accuracy on {dataset} (%)" if measured else "trainable parameters"
@@ -86,11 +90,21 @@ def chart_points(plan: Plan, accuracy: pd.DataFrame, dataset: str | None) -> pd.
     return points
 
 
-def planner_figure(points: pd.DataFrame, budget: Budget, *, title: str) -> go.Figure:
+def planner_figure(
+    points: pd.DataFrame, budget: Budget, *, title: str, paper: pd.DataFrame | None = None
+) -> go.Figure:
     """Modelled peak (x) vs accuracy or trainable parameters (y), one colour per mode, the Pareto front
-    as a line through its points, the budget as a vertical line."""
+    as a line through its points, the budget as a vertical line. ``paper``: :func:`paper_points` drawn as
+    a reference layer (open diamonds, legend group "paper"): the paper's own network, datasets and
+    *analytic* memory, so labelled; only on an accuracy axis."""
     fig = go.Figure()
-    largest = max(float(points[PLANNED.peak_bytes].max()) if len(points) else 0.0, float(budget.nbytes))
+    on_accuracy = len(points) and "accuracy" in str(points["y_label"].iloc[0])
+    paper = paper if paper is not None and len(paper) and on_accuracy else None
+    largest = max(
+        float(points[PLANNED.peak_bytes].max()) if len(points) else 0.0,
+        float(budget.nbytes),
+        float(paper["memory_MB"].max() * 1e6) if paper is not None else 0.0,
+    )
     unit = bytes_unit(largest)
     y_label = str(points["y_label"].iloc[0]) if len(points) else ""
     for mode, group in points.groupby(PLANNED.mode, sort=False):
@@ -111,7 +125,7 @@ def planner_figure(points: pd.DataFrame, budget: Budget, *, title: str) -> go.Fi
                         group[PLANNED.resolution],
                         group[PLANNED.batch_size],
                         group[PLANNED.peak_bytes].map(format_bytes),
-                        group["accuracy_source"],
+                        group["accuracy_text"],
                     )
                 ),
                 hovertemplate="%{customdata[0]} · " + str(mode) + "<br>%{customdata[1]} px, batch "
@@ -119,6 +133,24 @@ def planner_figure(points: pd.DataFrame, budget: Budget, *, title: str) -> go.Fi
                 "<br>%{customdata[4]}<extra></extra>",
             )
         )
+    if paper is not None:
+        for _, rows in paper.groupby("dataset", sort=False):
+            fig.add_trace(
+                go.Scatter(
+                    x=rows["memory_MB"] * 1e6 / unit[1],
+                    y=rows["top1_pct"],
+                    mode="markers",
+                    name=f"paper: {rows['dataset_title'].iloc[0]} ({PAPER_BACKBONE})",
+                    legendgroup="paper",
+                    marker={"symbol": "diamond-open", "size": 11, "color": mode_color("paper")},
+                    customdata=list(zip(rows["method"], rows["resolution"], rows["dataset_title"])),
+                    hovertemplate="%{customdata[0]} (TinyTL paper, Table 2)<br>"
+                    + PAPER_BACKBONE
+                    + ", %{customdata[1]} px, batch 8, on %{customdata[2]}<br>top-1 %{y:.1f} %<br>"
+                    "the paper's analytic memory %{x:,.1f} " + unit[0] + " (not a modelled step peak)"
+                    "<extra></extra>",
+                )
+            )
     front = points[points["on_front"]].sort_values(PLANNED.peak_bytes) if len(points) else points
     if len(front) > 1:
         fig.add_trace(
@@ -154,7 +186,9 @@ def fits_table(plan: Plan, accuracy: pd.DataFrame, dataset: str | None) -> pd.Da
     if dataset is not None and len(accuracy):
         fit = attach_accuracy(fit, accuracy, dataset)
     else:
-        fit = fit.assign(accuracy_mean=float("nan"), accuracy_spread=float("nan"), n_runs=0)
+        fit = fit.assign(
+            accuracy_mean=float("nan"), accuracy_spread=float("nan"), n_runs=0, accuracy_batch=float("nan")
+        )
         fit["accuracy_source"] = NOT_MEASURED
     return pd.DataFrame(
         {
@@ -167,14 +201,31 @@ def fits_table(plan: Plan, accuracy: pd.DataFrame, dataset: str | None) -> pd.Da
             "in budget (MB)": fit[PLANNED.counted_bytes] / 1e6,
             "activations (MB)": fit[PLANNED.activations_bytes] / 1e6,
             "trainable params": fit[PLANNED.n_trainable],
-            "accuracy": [
-                format_accuracy(m, s, n, src)
-                for m, s, n, src in zip(
-                    fit["accuracy_mean"], fit["accuracy_spread"], fit["n_runs"], fit["accuracy_source"]
-                )
-            ],
+            "accuracy": _accuracy_texts(fit),
         }
     ).reset_index(drop=True)
+
+
+def _accuracy_texts(frame: pd.DataFrame) -> list[str]:
+    """:func:`~tinytl_core.planner.accuracy.format_accuracy` per row (saying when it was measured at
+    another batch size than the row's)."""
+    return [
+        format_accuracy(m, s, n, src, batch=b, measured_batch=mb)
+        for m, s, n, src, b, mb in zip(
+            frame["accuracy_mean"],
+            frame["accuracy_spread"],
+            frame["n_runs"],
+            frame["accuracy_source"],
+            frame[PLANNED.batch_size],
+            frame["accuracy_batch"],
+        )
+    ]
+
+
+def paper_points(datasets: Iterable[str]) -> pd.DataFrame:
+    """TinyTL's published Table 2 points on ``datasets`` (:func:`tinytl_core.ui.sweep.paper_frame`), for
+    the chart's reference layer."""
+    return paper_frame(list(datasets))
 
 
 def summary_table(plan: Plan) -> pd.DataFrame:
