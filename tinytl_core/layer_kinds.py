@@ -107,6 +107,9 @@ class Activation:
         forward / backward: the stock kernels, ``forward(x, param)`` and ``backward(grad, x, param)`` fed
             with the *input* (so the engine can recompute the activation from a stored norm input); None
             where the engine never runs it itself.
+        backward_into: ``backward`` written over ``x`` (the same kernel; element-wise, so reading and
+            writing one buffer is safe): the engine's fused norm + activation backward then holds no
+            buffer besides the one it recomputed ``x`` into.
         mask: the engine's 1-bit mask rule (``needs`` is MASK).
         mask_from_output: the mask can be read off the output exactly (``y > 0`` iff ``x > 0``).
         sign_mask: MobileTL's approximate backward (Chiang et al., AAAI 2023), for smooth activations the
@@ -124,6 +127,7 @@ class Activation:
     param: Callable[[nn.Module], float | None] = lambda m: 0.0
     forward: Callable[[torch.Tensor, float], torch.Tensor] | None = None
     backward: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor] | None = None
+    backward_into: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor] | None = None
     mask: MaskRule | None = None
     mask_from_output: bool = False
     sign_mask: MaskRule | None = None
@@ -156,6 +160,7 @@ _ENTRIES: tuple[Activation, ...] = (
         _names("identity"),
         forward=lambda x, p: x,
         backward=lambda g, x, p: g,
+        backward_into=lambda g, x, p: x.copy_(g),
     ),
     Activation(
         "relu",
@@ -165,6 +170,7 @@ _ENTRIES: tuple[Activation, ...] = (
         _names("relu", "threshold"),
         forward=lambda x, p: torch.relu(x),
         backward=lambda g, x, p: _aten.threshold_backward(g, x, 0.0),
+        backward_into=lambda g, x, p: _aten.threshold_backward.grad_input(g, x, 0.0, grad_input=x),
         mask=MaskRule(lambda x, p: x > 0, lambda x, p: torch.relu_(x)),
         mask_from_output=True,
     ),
@@ -177,6 +183,7 @@ _ENTRIES: tuple[Activation, ...] = (
         param=_hardtanh_bound,
         forward=lambda x, p: F.hardtanh(x, 0.0, p),
         backward=lambda g, x, p: _aten.hardtanh_backward(g, x, 0.0, p),
+        backward_into=lambda g, x, p: _aten.hardtanh_backward.grad_input(g, x, 0.0, p, grad_input=x),
         mask=MaskRule(lambda x, p: _between(x, 0.0, p), lambda x, p: F.hardtanh(x, 0.0, p, inplace=True)),
         mask_from_output=True,
     ),
@@ -189,6 +196,7 @@ _ENTRIES: tuple[Activation, ...] = (
         param=lambda m: float(m.negative_slope),
         forward=lambda x, p: F.leaky_relu(x, p),
         backward=lambda g, x, p: _aten.leaky_relu_backward(g, x, p, False),
+        backward_into=lambda g, x, p: _aten.leaky_relu_backward.grad_input(g, x, p, False, grad_input=x),
         mask=MaskRule(lambda x, p: x > 0, lambda x, p: F.leaky_relu(x, p, inplace=True), off_is_param=True),
         mask_from_output=True,  # with a positive slope (see mask_from_output())
     ),
@@ -200,6 +208,7 @@ _ENTRIES: tuple[Activation, ...] = (
         _names("hardsigmoid", "hardsigmoidme"),
         forward=lambda x, p: F.hardsigmoid(x),
         backward=lambda g, x, p: _aten.hardsigmoid_backward(g, x),
+        backward_into=lambda g, x, p: _aten.hardsigmoid_backward.grad_input(g, x, grad_input=x),
         # its output rounds to 0 or 1 just inside (-3, 3): the mask is not derivable from it
         mask=MaskRule(
             lambda x, p: _between(x, -3.0, 3.0), lambda x, p: F.hardsigmoid(x, inplace=True), on=1.0 / 6.0
@@ -213,6 +222,7 @@ _ENTRIES: tuple[Activation, ...] = (
         _names("silu", "swish", "swishme"),
         forward=lambda x, p: F.silu(x),
         backward=lambda g, x, p: _aten.silu_backward(g, x),
+        backward_into=lambda g, x, p: _aten.silu_backward.grad_input(g, x, grad_input=x),
         sign_mask=_sign_rule(lambda x, p: F.silu(x, inplace=True)),  # an extension: the paper has no SiLU
     ),
     Activation(
@@ -223,6 +233,7 @@ _ENTRIES: tuple[Activation, ...] = (
         _names("hardswish", "hardswishme"),
         forward=lambda x, p: F.hardswish(x),
         backward=lambda g, x, p: _aten.hardswish_backward(g, x),
+        backward_into=lambda g, x, p: _aten.hardswish_backward.out(g, x, out=x),
         sign_mask=_sign_rule(lambda x, p: F.hardswish(x, inplace=True)),  # the paper's own case
     ),
     Activation(
@@ -234,6 +245,7 @@ _ENTRIES: tuple[Activation, ...] = (
         param=lambda m: None if getattr(m, "approximate", "none") == "tanh" else 0.0,
         forward=lambda x, p: F.gelu(x),
         backward=lambda g, x, p: _aten.gelu_backward(g, x),
+        backward_into=lambda g, x, p: _aten.gelu_backward.grad_input(g, x, grad_input=x),
         sign_mask=_sign_rule(lambda x, p: x.copy_(F.gelu(x))),  # an extension (nn.GELU is never in place)
     ),
     Activation(
@@ -245,6 +257,7 @@ _ENTRIES: tuple[Activation, ...] = (
         param=lambda m: 0.0 if getattr(m, "approximate", "none") == "tanh" else None,
         forward=lambda x, p: F.gelu(x, approximate="tanh"),
         backward=lambda g, x, p: _aten.gelu_backward(g, x, approximate="tanh"),
+        backward_into=lambda g, x, p: _aten.gelu_backward.grad_input(g, x, approximate="tanh", grad_input=x),
         sign_mask=_sign_rule(lambda x, p: x.copy_(F.gelu(x, approximate="tanh"))),  # an extension
     ),
     Activation(
@@ -255,6 +268,7 @@ _ENTRIES: tuple[Activation, ...] = (
         _names("sigmoid"),
         forward=lambda x, p: torch.sigmoid(x),
         backward=lambda g, x, p: _aten.sigmoid_backward(g, torch.sigmoid(x)),
+        backward_into=lambda g, x, p: _aten.sigmoid_backward.grad_input(g, x.sigmoid_(), grad_input=x),
     ),
     Activation(
         "tanh",
@@ -264,6 +278,7 @@ _ENTRIES: tuple[Activation, ...] = (
         _names("tanh"),
         forward=lambda x, p: torch.tanh(x),
         backward=lambda g, x, p: _aten.tanh_backward(g, torch.tanh(x)),
+        backward_into=lambda g, x, p: _aten.tanh_backward.grad_input(g, x.tanh_(), grad_input=x),
     ),
     # timm's memory-efficient SigmoidMe recomputes from its input, which it keeps
     Activation("sigmoid_me", LayerKind.SMOOTH, Needs.INPUT, (), _names("sigmoidme")),

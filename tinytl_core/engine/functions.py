@@ -202,8 +202,11 @@ class MaskedActivationFn(Function):
             grad = grad_out.masked_fill_(off, 0.0)
         else:
             bits = _unpack_in_order(saved, ctx.shape, ctx.order, grad_out.dtype)
-            if rule.off_is_param:
-                return torch.where(bits.bool(), grad_out, grad_out * ctx.param), *rest
+            if rule.off_is_param:  # LeakyReLU's own backward kernel, written over the unpacked bits
+                grad = torch.ops.aten.leaky_relu_backward.grad_input(
+                    grad_out, bits, ctx.param, False, grad_input=bits
+                )
+                return grad, *rest
             # grad where the bit is set, else +0 (as stock; no NaN from inf * 0), written over the unpacked
             # bits: one activation-sized allocation, like the stock backward.
             grad = torch.ops.aten.threshold_backward.grad_input(grad_out, bits, 0.5, grad_input=bits)
@@ -224,17 +227,20 @@ def _rule(kind: str, approx: bool) -> MaskRule:
 # Normalisation with frozen statistics
 # ----------------------------------------------------------------------------------------------------
 def _norm_backward(ctx, grad_y, x, weight, mean, var, eps, inplace=False):
-    """Gradients of ``y = (x - mean) / sqrt(var + eps) * weight + bias`` with fixed mean / var; the
-    formulas of PyTorch's eval-mode ``batch_norm`` backward (``dot(g, x - mean) * invstd`` etc.).
-    ``inplace``: ``grad_y`` is this layer's alone; the input gradient is scaled over it (last)."""
+    """Gradients of ``y = (x - mean) / sqrt(var + eps) * weight + bias`` with fixed mean / var.
+    The scale's gradient (``dot(g, x - mean) * invstd``) comes from PyTorch's own eval-mode
+    ``batch_norm`` backward kernel asked for the parameter gradients only, which reduces per channel
+    without an activation-sized temporary. ``inplace``: ``grad_y`` is this layer's alone; the input
+    gradient is scaled over it (last)."""
     need_x, need_w, need_b = ctx.needs_input_grad[:3]
-    dims = [0] + list(range(2, grad_y.ndim))
     invstd = None if var is None else 1.0 / torch.sqrt(var + eps)
     grad_x = grad_w = grad_b = None
     if need_w:
-        grad_w = (grad_y * (x - _channel_view(mean, x.ndim))).sum(dims) * invstd
-    if need_b:
-        grad_b = grad_y.sum(dims)
+        _, grad_w, grad_b = torch.ops.aten.native_batch_norm_backward(
+            grad_y, x, weight, mean, var, None, None, False, eps, [False, True, need_b]
+        )
+    elif need_b:
+        grad_b = grad_y.sum([0] + list(range(2, grad_y.ndim)))
     if need_x:
         scale = _channel_view(invstd if weight is None else invstd * weight, grad_y.ndim)
         grad_x = grad_y.mul_(scale) if inplace else grad_y * scale
@@ -300,8 +306,10 @@ class FrozenNormActFn(Function):
     def backward(ctx, grad_out):  # type: ignore[override]
         x, weight, bias, mean, var = ctx.saved_tensors
         y = F.batch_norm(x, mean, var, weight, bias, False, 0.0, ctx.eps)  # bit-identical to forward's
-        grad_y = ACTIVATIONS[ctx.kind].backward(grad_out, y, ctx.param)
-        return (*_norm_backward(ctx, grad_y, x, weight, mean, var, ctx.eps), None, None, None, None, None)
+        # The activation's gradient written over y, and the input gradient scaled over that: one buffer.
+        grad_y = ACTIVATIONS[ctx.kind].backward_into(grad_out, y, ctx.param)
+        grads = _norm_backward(ctx, grad_y, x, weight, mean, var, ctx.eps, inplace=True)
+        return (*grads, None, None, None, None, None)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -315,15 +323,17 @@ class BitDropoutFn(Function):
     @staticmethod
     def forward(ctx, x, p):  # type: ignore[override]
         noise = torch.empty_like(x).bernoulli_(1.0 - p)
-        ctx.p, ctx.shape = float(p), x.shape
-        ctx.save_for_backward(pack_bits(noise.bool()) if ctx.needs_input_grad[0] else None)
+        ctx.p, ctx.shape, ctx.order = float(p), x.shape, _memory_order(x)
+        keep = noise.bool()  # packed in x's memory order: backward unpacks it in the gradient's layout
+        mask = pack_bits(keep if ctx.order is None else keep.permute(ctx.order))
+        ctx.save_for_backward(mask if ctx.needs_input_grad[0] else None)
         return x * noise.div_(1.0 - p)
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
         (packed,) = ctx.saved_tensors
-        noise = unpack_bits(packed, ctx.shape, grad_out.dtype).div_(1.0 - ctx.p)
-        return grad_out * noise, None
+        noise = _unpack_in_order(packed, ctx.shape, ctx.order, grad_out.dtype).div_(1.0 - ctx.p)
+        return noise.mul_(grad_out), None  # over the unpacked mask: one buffer
 
 
 class MaxPool2dFn(Function):
@@ -348,7 +358,9 @@ class MaxPool2dFn(Function):
         offset.sub_(row0).div_(dilation[0], rounding_mode="floor").mul_(kernel_size[1])
         offset.add_(idx.sub_(col0).div_(dilation[1], rounding_mode="floor"))
         del idx
-        ctx.save_for_backward(pack_uint(offset, ctx.bits))
+        # packed in the output's memory order, so backward rebuilds the indices in the gradient's layout
+        # (the kernel would otherwise copy NCHW-ordered indices into its channels-last order)
+        ctx.save_for_backward(pack_uint(offset.permute(_NHWC) if ctx.channels_last else offset, ctx.bits))
         return out
 
     @staticmethod
@@ -356,7 +368,12 @@ class MaxPool2dFn(Function):
         (packed,) = ctx.saved_tensors
         kernel_size, stride, padding, dilation, ceil_mode = ctx.args
         # Flat input indices rebuilt in place: at most two int64 tensors of the output's size at once.
-        offsets = unpack_uint(packed, grad_out.numel(), ctx.bits).view(ctx.output_shape).long()
+        offsets = unpack_uint(packed, grad_out.numel(), ctx.bits)
+        if ctx.channels_last:
+            n, c, h, w = ctx.output_shape
+            offsets = offsets.view(n, h, w, c).permute(_NCHW).long()  # .long() keeps channels-last
+        else:
+            offsets = offsets.view(ctx.output_shape).long()
         row0, col0 = _window_origins(grad_out.shape[-2:], stride, padding, offsets)
         index = torch.div(offsets, kernel_size[1], rounding_mode="floor")
         offsets.sub_(index, alpha=kernel_size[1])  # column offset inside the window

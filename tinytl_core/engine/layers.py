@@ -56,6 +56,7 @@ __all__ = [
     "EngineReLU6",
     "EngineSiLU",
     "activation_kind",
+    "fused_activation",
     "stock_class",
 ]
 
@@ -284,6 +285,17 @@ class EngineBatchNorm2d(FrozenNorm, nn.BatchNorm2d):
         return _norm_rule(self)
 
 
+def fused_activation(module: nn.Module) -> tuple[str, float] | None:
+    """``(kind, param)`` of the activation a timm ``BatchNormAct2d`` (stock or engine) runs fused with its
+    norm on the engine -- with frozen statistics, when its scale trains and nothing (dropout, a sign mask)
+    sits between them -- else None. The memory model reads it too."""
+    if not isinstance(module, BatchNormAct2d) or not _trains(module.weight):
+        return None
+    if not isinstance(module.drop, nn.Identity) or uses_sign_mask(module.act):
+        return None  # (a sign-marked activation keeps its own approximate backward)
+    return activation_kind(module.act)
+
+
 class EngineBatchNormAct2d(FrozenNorm, BatchNormAct2d):
     """timm's BatchNorm + drop + activation with the rules of :class:`EngineBatchNorm2d`; its ``act`` is
     converted on its own (e.g. ReLU6 -> 1-bit mask).
@@ -296,9 +308,7 @@ class EngineBatchNormAct2d(FrozenNorm, BatchNormAct2d):
     _stock_class = BatchNormAct2d
 
     def _fused_kind(self) -> tuple[str, float] | None:
-        if not _trains(self.weight) or not isinstance(self.drop, nn.Identity) or uses_sign_mask(self.act):
-            return None  # (a sign-marked activation keeps its own approximate backward)
-        return activation_kind(self.act)
+        return fused_activation(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if _uses_batch_statistics(self) or not torch.is_grad_enabled():
