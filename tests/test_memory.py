@@ -143,13 +143,18 @@ def test_activations_scale_with_batch_parameters_do_not(name):
     for key in ("necessary", "stock", "peak"):
         step1, step2 = figures[3][key] - figures[2][key], figures[4][key] - figures[3][key]
         assert step1 > 0
-        assert step2 == pytest.approx(step1, rel=1e-3)
+        # the peak is the largest of terms affine in the batch, some with a batch-independent part (the
+        # kernels' weight-sized temporaries): linear only piecewise, as the largest term changes
+        assert step2 == pytest.approx(step1, rel=1e-2 if key == "peak" else 1e-3)
         intercept[key] = figures[2][key] - 2 * step1
     # The only batch-independent activations: per-channel statistics of the lite residual branches'
     # BatchNorm (batch statistics), the same bytes in both figures and tiny next to stock's activations.
     assert intercept["necessary"] == intercept["stock"]
     assert 0 <= intercept["stock"] < 0.01 * figures[2]["stock"]
-    assert abs(intercept["peak"]) <= 0.02 * figures[2]["peak"]
+    # the peak's batch-independent part: the conv kernels' weight-sized copies in backward (at most two of
+    # the largest weight, memory.accounting.conv_backward_temporaries)
+    largest = max(p.numel() * p.element_size() for p in prepared.model.parameters())
+    assert -0.02 * figures[2]["peak"] <= intercept["peak"] <= 2 * largest + 0.02 * figures[2]["peak"]
 
 
 def test_meta_analysis_equals_real_tensors_and_models_stock_layers():
@@ -259,5 +264,9 @@ def test_step_peak_by_hand():
     # Worst moment: the second conv's backward, with x and h still stored (the loss's copy of the output
     # is released by then) and the gradients of its output and input (h each) alive: h above the stored.
     # Stock layers on the CPU reach the same in the forward (oneDNN's copy of the output beside x, h, h).
-    assert t.transient_bytes == t.transient_stock_bytes == h
-    assert t.total_modelled_bytes == t.weights_bytes + t.grads_optimizer_bytes + x + 3 * h
+    # On the engine's channels-last layout the trainable conv's backward also copies its weight and the
+    # weight's gradient into oneDNN's blocked layout (memory.accounting.conv_backward_temporaries).
+    reorders = 2 * 4 * 8 * 8
+    assert t.transient_stock_bytes == h
+    assert t.transient_bytes == h + reorders
+    assert t.total_modelled_bytes == t.weights_bytes + t.grads_optimizer_bytes + x + 3 * h + reorders

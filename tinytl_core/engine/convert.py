@@ -26,9 +26,18 @@ from tinytl_core.engine.layers import (
 )
 from tinytl_core.layer_kinds import LayerKind, is_frozen, kind_of, stock_rule
 from tinytl_core.norms import freeze_statistics, unfreeze_statistics
-from tinytl_core.tracing import trace_model
+from tinytl_core.tracing import Trace, trace_model
 
-__all__ = ["EngineLayer", "EngineReport", "convert", "describe", "engine_enabled", "is_converted", "revert"]
+__all__ = [
+    "EngineLayer",
+    "EngineReport",
+    "convert",
+    "describe",
+    "engine_enabled",
+    "is_converted",
+    "revert",
+    "traced_flags",
+]
 
 
 @dataclass(frozen=True)
@@ -167,6 +176,22 @@ def _apply_trace_findings(model: nn.Module, input_size: tuple[int, int, int]) ->
             stacklevel=3,
         )
         return
+    verdict = traced_flags(trace)
+    for module in modules:
+        flags = (
+            ("keep_output", "own_grad")
+            if isinstance(module, MaskedActivation)
+            else ("inplace_input", "own_grad")
+        )
+        for flag in flags:
+            if verdict.get(id(module), {}).get(flag, False):
+                setattr(module, flag, True)
+
+
+def traced_flags(trace: Trace) -> dict[int, dict[str, bool]]:
+    """Per module (by ``id``), the flags of :data:`_TRACED_FLAGS` that hold on every one of its calls in
+    ``trace`` (see :func:`_apply_trace_findings`). ``own_grad`` reads only the trace's structure (who reads
+    a tensor, and until when), so the memory model asks it of a stock model's trace too."""
     stored = {(s.key, s.version) for s in trace.records}  # every (layer, tensor) stored
     produced = {t.key for row in trace.rows for t in row.outputs}  # the model's input is not among them
     leaves = [r for r in trace.rows if r.kind == "layer"]
@@ -193,15 +218,7 @@ def _apply_trace_findings(model: nn.Module, input_size: tuple[int, int, int]) ->
             and trace.last_use.get(x.key, -1) <= row.end
             and (x.key, x.version) not in stored
         )
-    for module in modules:
-        flags = (
-            ("keep_output", "own_grad")
-            if isinstance(module, MaskedActivation)
-            else ("inplace_input", "own_grad")
-        )
-        for flag in flags:
-            if verdict.get(id(module), {}).get(flag, False):
-                setattr(module, flag, True)
+    return verdict
 
 
 def _swap(module: nn.Module, target: Callable[[nn.Module], type[nn.Module] | None]) -> bool:

@@ -24,10 +24,16 @@ import math
 from dataclasses import dataclass, replace
 
 import pandas as pd
+import torch
+from torch.nn.modules.batchnorm import _BatchNorm
 
-from tinytl_core.layer_kinds import LayerKind, kind_of, uses_sign_mask
+from tinytl_core.engine.convert import traced_flags
+from tinytl_core.engine.layers import fused_activation
+from tinytl_core.engine.partial import FROZEN_ROWS, TRAINED_ROWS
+from tinytl_core.layer_kinds import LayerKind, activation_of, kind_of, uses_sign_mask
 from tinytl_core.memory import rules
 from tinytl_core.memory.report import TOTALS, MemoryReport, ReportTotals
+from tinytl_core.norms import WSConv2d
 from tinytl_core.tracing import ParamRef, Row, Trace, optimizer_states
 
 ACCOUNTINGS = ("complete", "paper")
@@ -122,6 +128,7 @@ class NecessaryRows:
     reasons: list[str]  # why (the rule's reason and de-duplication notes)
     keys: list[set[int]]  # storages each row keeps in full (for the peak)
     packing: list[int]  # bytes a row allocates to compute its bit-packed mask (for the peak)
+    mask_free: list[bool]  # the row's mask is read off a tensor another layer stores in full
 
 
 def necessary_rows(trace: Trace) -> NecessaryRows:
@@ -129,12 +136,13 @@ def necessary_rows(trace: Trace) -> NecessaryRows:
     verdicts = [rules.necessary(r) for r in trace.rows]
     full_keys = {n.key for v in verdicts for n in v.needs if not n.mask and n.key is not None}
     counted: set = set()
-    out = NecessaryRows([], [], [], [])
+    out = NecessaryRows([], [], [], [], [])
     for verdict in verdicts:
-        nbytes, notes, keys, temp = 0, [], set(), 0
+        nbytes, notes, keys, temp, free = 0, [], set(), 0, False
         for need in verdict.needs:
             if need.mask and need.key in full_keys:
                 notes.append("mask free: the tensor is stored in full")
+                free = True
             elif not need.mask and need.key is not None and need.key in counted:
                 notes.append("already stored by an earlier layer")
             else:
@@ -148,6 +156,7 @@ def necessary_rows(trace: Trace) -> NecessaryRows:
         out.reasons.append(verdict.reason + (f" ({'; '.join(dict.fromkeys(notes))})" if notes else ""))
         out.keys.append(keys)
         out.packing.append(temp)
+        out.mask_free.append(free)
     return out
 
 
@@ -188,7 +197,9 @@ def peak_terms(trace: Trace, necessary: NecessaryRows) -> PeakTerms:
         extra=[stock_temporaries(r) for r in trace.rows],
     )
     # The backward pass: its own peak where residual gradients wait beside a block's branch.
-    engine += backward_peak_terms(trace.rows, necessary.nbytes, engine=True)
+    engine += backward_peak_terms(
+        trace.rows, necessary.nbytes, engine=True, trace=trace, mask_free=necessary.mask_free
+    )
     stock += backward_peak_terms(trace.rows, stock_stored, engine=False)
     return PeakTerms(engine, stock)
 
@@ -266,31 +277,191 @@ def step_peak(
     return max(step_peak_terms(rows, stored, stored_keys, extra, overwritten))
 
 
-def backward_peak_terms(rows: list[Row], stored: list[int], *, engine: bool) -> list[int]:
+def backward_peak_terms(
+    rows: list[Row],
+    stored: list[int],
+    *,
+    engine: bool,
+    trace: Trace | None = None,
+    mask_free: list[bool] | None = None,
+) -> list[int]:
     """The candidates of :func:`backward_peak` (one per row a gradient flows through).
 
     Peak activation memory of the backward pass, rows in reverse: what is still stored (the rows not
-    yet processed, this one included), the gradient of the row's output and of its input, and the gradients
-    of pending residual inputs waiting for the branch to finish. Only rows a gradient flows through count.
-    ``engine``: frozen-statistics norms and mask activations scale the output gradient in place (their
-    input gradient takes its memory), as the training engine does."""
+    yet processed, this one included), the row's working set (:func:`backward_working_bytes`), and the
+    gradients of pending residual inputs waiting for the branch to finish. Only rows a gradient flows
+    through count. ``engine``: the training engine's kernels; ``trace`` (the rows' trace) tells which of
+    them may work on their output gradient in place, ``mask_free`` (one flag per row) which masks are read
+    off an output stored in full (:attr:`NecessaryRows.mask_free`)."""
+    own = owned_gradients(trace) if engine and trace is not None else set()
+    free = list(mask_free) if mask_free is not None else [False] * len(rows)
     total = sum(stored)
     terms = []
-    for row, nbytes in zip(reversed(rows), reversed(stored)):
+    for row, nbytes, from_output in zip(reversed(rows), reversed(stored), reversed(free)):
         if row.needs_input_grad and row.kind in ("layer", "module"):
-            grad_out, grad_in = row.output_bytes, row.input_bytes
-            kind = kind_of(row.module)
-            in_place = engine and (
-                kind in (LayerKind.RELU, LayerKind.STEP)
-                or (kind is LayerKind.NORM and not row.batch_statistics)
-                or uses_sign_mask(row.module)  # MobileTL's sign mask: masked like a ReLU
+            working = backward_working_bytes(
+                row, engine=engine, own_grad=id(row.module) in own, mask_free=from_output
             )
-            working = max(grad_out, grad_in) if in_place else grad_out + grad_in
-            if engine and kind is LayerKind.MAXPOOL:  # int64 indices rebuilt from the stored argmax
-                working += 2 * grad_out
             terms.append(total + working + row.pending_bytes)
         total -= nbytes
     return terms
+
+
+def owned_gradients(trace: Trace) -> set[int]:
+    """Modules (by ``id``) whose output gradient is theirs alone on the engine, so their backward may
+    overwrite it (:func:`tinytl_core.engine.convert.traced_flags`: the same test the engine makes)."""
+    return {key for key, flags in traced_flags(trace).items() if flags["own_grad"]}
+
+
+def backward_working_bytes(
+    row: Row,
+    *,
+    engine: bool,
+    channels_last: bool | None = None,
+    own_grad: bool = False,
+    mask_free: bool = False,
+) -> int:
+    """Bytes one layer's backward holds besides what is stored and the pending residual gradients: the
+    gradients of its output and of its input, and, on the training engine (``engine``), what its kernel
+    allocates besides them. ``tests/test_engine_working_set.py`` holds every engine kernel to this count.
+
+    - Mask activations and frozen-statistics norms whose output gradient is their own (``own_grad``, see
+      :func:`owned_gradients`) work on it in place: one buffer, plus the unpacked 1-byte mask. Otherwise
+      the input gradient is a new buffer: the mask unpacked into it through an int32 copy of the packed
+      bytes (half a byte per element); the stock kernel on the stored output when ``mask_free``.
+      LeakyReLU is never in place (its kernel reads the mask beside the gradient).
+    - A norm fused with its activation recomputes its output into the input gradient's buffer.
+    - BatchNorm with batch statistics (stock PyTorch's CPU kernel) holds an input-sized temporary.
+    - Max pooling rebuilds one int64 index per output from the stored arg-max; dropout unpacks its mask.
+    - Convolutions (:func:`conv_backward_temporaries`): weight-sized copies, and on contiguous tensors
+      (``channels_last`` False; default: the engine's channels-last layout, stock's contiguous one) the
+      CPU's blocked reorders of activation-sized ones.
+    """
+    grad_out, grad_in = row.output_bytes, row.input_bytes
+    if not engine:
+        return grad_out + grad_in
+    kind = kind_of(row.module)
+    numel = row.outputs[0].numel if row.outputs else 0
+    working = grad_out + grad_in
+    if kind in (LayerKind.RELU, LayerKind.STEP) or uses_sign_mask(row.module):
+        activation = activation_of(row.module)
+        leaky = activation is not None and activation.mask is not None and activation.mask.off_is_param
+        if mask_free and not uses_sign_mask(row.module):
+            return working
+        if own_grad and not leaky:
+            return max(grad_out, grad_in) + numel  # the mask unpacked to bytes
+        return working + numel // 2  # the packed bytes as int32 indices into the unpacking table
+    if kind is LayerKind.NORM and not row.batch_statistics:
+        if own_grad and fused_activation(row.module) is None:
+            return max(grad_out, grad_in)
+        return working
+    if kind is LayerKind.NORM and isinstance(row.module, _BatchNorm):  # batch statistics: stock CPU kernel
+        return working + grad_in  # holds an input-sized temporary beside the input gradient
+    if kind is LayerKind.MAXPOOL:
+        return working + 8 * numel
+    if kind is LayerKind.DROPOUT and row.training and getattr(row.module, "p", 0.0):
+        return working + numel // 2
+    if kind is LayerKind.LINEAR:
+        layout = True if channels_last is None else channels_last  # the engine runs channels-last
+        return working + conv_backward_temporaries(row, channels_last=layout)
+    return working
+
+
+_WEIGHT_TENSORS = ("weight", TRAINED_ROWS, FROZEN_ROWS, "weight_codes")
+"""Where a layer keeps its weight: a parameter, a partial weight's two slices, or 8-bit codes."""
+
+
+def _trains_weight(row: Row) -> bool:
+    weight = row.param("weight") or row.param(TRAINED_ROWS)
+    return weight is not None and weight.trainable
+
+
+def _float_weight_bytes(row: Row) -> int:
+    """Bytes of the layer's whole weight as floats of its input's precision."""
+    module, size = row.module, row.inputs[0].nbytes // max(1, row.inputs[0].numel)
+    tensors = (module._parameters.get(n, module._buffers.get(n)) for n in _WEIGHT_TENSORS)
+    return size * sum(t.numel() for t in tensors if isinstance(t, torch.Tensor))
+
+
+def _padded_input_bytes(row: Row) -> int:
+    """Bytes of a convolution's input after the padding its kernel cannot take itself (reflect, replicate
+    or circular modes, TensorFlow's 'SAME'), which is then a tensor of its own with its own gradient;
+    0 when the kernel pads."""
+    module, x = row.module, row.inputs[0]
+    same = type(module).__name__ == "Conv2dSame" or getattr(module, "padding", None) == "same"
+    if not same and getattr(module, "padding_mode", "zeros") == "zeros":
+        return 0
+    spatial = []
+    for i, size in enumerate(x.shape[2:]):
+        if same:  # padded just enough for the output: (out - 1) * stride + dilated kernel
+            out = row.outputs[0].shape[2 + i]
+            span = (out - 1) * module.stride[i] + module.dilation[i] * (module.kernel_size[i] - 1) + 1
+            spatial.append(max(size, span))
+        else:
+            spatial.append(size + 2 * module.padding[i])
+    return x.nbytes // max(1, math.prod(x.shape[2:])) * math.prod(spatial)
+
+
+def conv_backward_temporaries(row: Row, *, channels_last: bool) -> int:
+    """What a convolution or linear layer's backward allocates on the CPU besides its input and output
+    gradients and its weight's gradient, as the engine runs it (a trainable whole weight: stock PyTorch):
+
+    - a frozen 1x1 convolution (stride 1, no padding, one group) or linear layer: nothing (one product);
+    - a convolution's kernel (oneDNN) takes the weight in its blocked layout: one weight-sized copy, two
+      when the weight trains (the weight gradient comes back the same way);
+    - on contiguous tensors (not ``channels_last``) it reorders activations into its blocked layout too:
+      the larger of output and input gradient for the input gradient (twice the input gradient when
+      strided), both for the weight gradient; channels-last, a strided one copies its output gradient;
+    - padding the kernel cannot take: the padded input's gradient (:func:`_padded_input_bytes`);
+    - a weight as 8-bit codes is dequantised (its float weight and the codes as int32 indices); a partial
+      weight concatenated from its slices and copied to the layer's layout, and the trained rows' slice of
+      the output gradient (and, for grouped convolutions, of the input) copied for their gradient;
+    - a trainable weight-standardised weight is standardised again, with its gradient: five weight-sized
+      tensors.
+    """
+    module = row.module
+    if not row.inputs or not row.outputs:
+        return 0
+    weight = _float_weight_bytes(row)
+    codes = "weight_codes" in module._buffers
+    partial = TRAINED_ROWS in module._parameters
+    trains = _trains_weight(row)
+    rows_share = 1.0
+    if partial:
+        trained = module._parameters[TRAINED_ROWS]
+        rows_share = trained.shape[0] / (trained.shape[0] + module._parameters[FROZEN_ROWS].shape[0])
+    extra = 2 * weight if codes else 0
+    conv = len(row.outputs[0].shape) == 4 and hasattr(module, "kernel_size")
+    if not conv:  # linear: a product with the (dequantised or concatenated) weight
+        if partial:
+            extra += weight + (math.ceil(row.output_bytes * rows_share) if trains else 0)
+        return extra
+    padded = _padded_input_bytes(row)
+    extra += padded
+    if trains and not partial:  # stock (or the standardised conv's) convolution backward: both at once
+        extra += 2 * weight + (0 if channels_last else row.output_bytes + row.input_bytes)
+        return extra + (5 * weight if isinstance(module, WSConv2d) else 0)
+    pointwise = (
+        tuple(module.kernel_size) == (1, 1)
+        and tuple(module.stride) == (1, 1)
+        and tuple(module.dilation) == (1, 1)
+        and module.groups == 1
+        and not padded
+        and tuple(module.padding) == (0, 0)
+    )
+    if not pointwise:  # the input gradient: a transposed convolution
+        grad_x, strided = padded or row.input_bytes, any(s > 1 for s in module.stride)
+        if channels_last:
+            extra += weight + (row.output_bytes if strided else 0)
+        else:
+            extra += weight + (2 * grad_x if strided else max(row.output_bytes, grad_x))
+    if partial:
+        extra += 2 * weight  # the slices concatenated, then in the layer's layout
+    if partial and trains:  # the trained rows' gradient, from slices of the output gradient and input
+        share_in = rows_share if module.groups > 1 else 1.0
+        extra += math.ceil(row.output_bytes * rows_share)
+        extra += math.ceil(row.input_bytes * share_in) if module.groups > 1 or not channels_last else 0
+    return extra
 
 
 def backward_peak(rows: list[Row], stored: list[int], *, engine: bool) -> int:
