@@ -12,20 +12,13 @@ from dataclasses import dataclass, replace
 import pandas as pd
 
 from tinytl_core.memory import MemoryReport, analyze
-from tinytl_core.memory.report import TOTALS
+from tinytl_core.memory.report import SUMMARY_FIELDS, TOTALS
 from tinytl_core.modes import ModeNotApplicable, prepare_model, resolve_modes
 from tinytl_core.quantities import format_bytes, format_ratio
 
-TABLE_COLUMNS: tuple[str, ...] = (
-    TOTALS.weights_bytes,
-    TOTALS.grads_optimizer_bytes,
-    TOTALS.activations_necessary_bytes,
-    TOTALS.activations_stock_bytes,
-    TOTALS.transient_bytes,
-    TOTALS.total_modelled_bytes,
-    TOTALS.total_stock_bytes,
-)
-"""The :class:`~tinytl_core.memory.ReportTotals` fields of a :func:`compare_modes` row, in order."""
+TABLE_COLUMNS: tuple[str, ...] = SUMMARY_FIELDS
+"""The :class:`~tinytl_core.memory.ReportTotals` fields of a :func:`compare_modes` row, in order: those a
+report's summary lists."""
 
 
 def mode_reports(
