@@ -177,6 +177,9 @@ if submitted:
     except ValueError as exc:
         st.error(str(exc), icon=":material/block:")
     else:
-        st.session_state["sw_ray" if address else "sw_sweep"] = started.sweep
+        if address is None:
+            st.session_state["sw_sweep"] = started.sweep
+        elif started.total > started.skipped:  # a driver runs it (just started, or already running)
+            st.session_state["sw_ray"] = started.sweep
         st.toast(started.message())
         st.rerun()

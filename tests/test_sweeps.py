@@ -488,6 +488,13 @@ def test_sweep_page_starts_a_detached_driver_follows_and_cancels_it(tmp_path, mo
     assert stopped.state is DriverState.INTERRUPTED and "again to resume" in stopped.message
     assert not ui_sweep.cancel_ray_sweep(path, "me")  # nothing left to stop
 
+    early = ui_sweep.start_ray_sweep(grid, "auto", store, owner="me")  # cancelled while still starting up
+    assert early.started and ui_sweep.cancel_ray_sweep(path, "me")
+    deadline = time.monotonic() + 30
+    while ui_sweep.ray_sweep_status(path).active and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ui_sweep.ray_sweep_status(path).state is DriverState.INTERRUPTED  # not "ended without a word"
+
     killed = ui_sweep.start_ray_sweep(grid, "auto", store, owner="me")  # started again, then killed
     assert killed.started
     import os
@@ -500,3 +507,8 @@ def test_sweep_page_starts_a_detached_driver_follows_and_cancels_it(tmp_path, mo
         time.sleep(0.05)
     died = ui_sweep.ray_sweep_status(path)
     assert died.state is DriverState.FAILED and died.message == DIED  # not "running" forever (no zombie)
+
+    for config in grid.expand():  # every configuration finished: no driver is started
+        fake_adapt(config, store=store)
+    done = ui_sweep.start_ray_sweep(grid, "auto", store, owner="me")
+    assert not done.started and done.message() == "All 2 configuration(s) already finished: nothing to run."

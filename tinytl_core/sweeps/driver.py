@@ -52,6 +52,7 @@ class DriverStatus:
     message: str = ""
     started_at: float = 0.0
     updated_at: float = 0.0
+    stop_requested: bool = False  # someone asked it to stop (SIGINT); if it then ends silently, that is why
 
     @property
     def active(self) -> bool:
@@ -115,16 +116,22 @@ def _alive(pid: int) -> bool:
 
 DIED = "the sweep's driver process ended without a word (killed, or the server stopped)"
 """What :func:`read_status` says of an active driver whose process is gone."""
+STOPPED = "stopped on request: start the same sweep again to resume (finished configurations are skipped)"
+"""What :func:`read_status` says of a driver asked to stop that ended before it could say so (e.g. still
+starting up)."""
 
 
 def read_status(path: str | Path) -> DriverStatus | None:
     """The status at ``path``; None when there is none (or it does not read). An active status whose
-    process is gone reads as failed with :data:`DIED`: what is stored stays, rerunning resumes."""
+    process is gone reads as failed with :data:`DIED` (interrupted with :data:`STOPPED` when it was asked
+    to stop): what is stored stays, rerunning resumes."""
     try:
         status = DriverStatus.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
     except (OSError, ValueError, TypeError, KeyError):
         return None
     if status.active and not _alive(status.pid):
+        if status.stop_requested:
+            return replace(status, state=DriverState.INTERRUPTED, message=STOPPED)
         return replace(status, state=DriverState.FAILED, message=DIED)
     return status
 

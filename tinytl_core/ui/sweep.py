@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
@@ -389,6 +389,8 @@ def cancel_ray_sweep(path: str | Path, owner: str) -> bool:
         return False
     if status.owner is not None and status.owner != owner:
         raise NotYourJobError("this sweep was started by another session; only that session can cancel it")
+    # Noted first: a driver still starting up may end at once, before it can say why.
+    write_status(path, replace(status, stop_requested=True))
     with contextlib.suppress(ProcessLookupError):
         os.kill(status.pid, signal.SIGINT)
     return True
