@@ -4,14 +4,10 @@ run is not shown and has no Cancel button; an upload says what the server keeps.
 
 from __future__ import annotations
 
-import io
-import zipfile
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
-from streamlit.testing.v1 import AppTest
+from app_helpers import app_test, image_zip
 
 import tinytl_core.modes
 from tinytl_core.adapt import AdaptConfig
@@ -19,17 +15,12 @@ from tinytl_core.jobs import JobQueue
 from tinytl_core.results import ResultsStore
 
 ROOT = Path(__file__).resolve().parents[1]
-APP = str(ROOT / "app.py")
-TINY = {"backbone": "mobilenetv2_050", "resolution": 48, "batch_size": 2, "pretrained": False}
 SERVER_PATH = "/srv/tinytl/uploads/" + "x" * 300
 
 
 @pytest.fixture
 def app(tinytl_home):
-    at = AppTest.from_file(APP, default_timeout=180)
-    for key, value in TINY.items():
-        at.session_state[key] = value
-    return at
+    return app_test(resolution=48)
 
 
 def visit(at, page):
@@ -137,21 +128,10 @@ def test_another_sessions_run_is_not_shown_and_has_no_cancel_button(app):
     assert not queue.get(job_id).cancel_requested
 
 
-def _zip(classes):
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as zf:
-        for c in range(classes):
-            for i in range(3):
-                image = io.BytesIO()
-                Image.fromarray(np.full((8, 8, 3), 50 * c + i, dtype=np.uint8)).save(image, format="PNG")
-                zf.writestr(f"class{c}/{i}.png", image.getvalue())
-    return buffer.getvalue()
-
-
 def test_an_upload_says_what_is_kept(app):
     app.run()
     visit(app, "adapt")
     app.selectbox(key="ad_dataset").set_value("upload").run()
-    app.file_uploader(key="ad_upload").upload("pets.zip", _zip(2), "application/zip").run()
+    app.file_uploader(key="ad_upload").upload("pets.zip", image_zip(2), "application/zip").run()
     assert not app.exception and any("2 classes" in s.value for s in app.success)
     assert any("kept on the server" in c.value and "pets" in c.value for c in app.caption)

@@ -3,34 +3,23 @@ gets an error and the app stays usable, and a tiny adaptation started on Adapt l
 
 from __future__ import annotations
 
-import io
 import threading
 import time
-import zipfile
-from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
+from app_helpers import app_test, image_zip, visit
 from streamlit.testing.v1 import AppTest
 
 from tinytl_core.adapt import AdaptConfig, StepEvent, adapt
 from tinytl_core.jobs import JobQueue, JobState, run_worker
 from tinytl_core.results import ResultsStore
 
-APP = str(Path(__file__).resolve().parents[1] / "app.py")
 PAGES = ("home", "memory_explorer", "modes", "adapt", "compare_runs", "about")
-TINY = {"backbone": "mobilenetv2_050", "resolution": 32, "batch_size": 2, "pretrained": False}
 
 
 @pytest.fixture
 def app(tinytl_home):
-    """An AppTest of the whole app with a tiny configuration in the sidebar and its own data folder (and
-    job queue: the app starts no workers in tests, TINYTL_WORKERS=0)."""
-    at = AppTest.from_file(APP, default_timeout=180)
-    for key, value in TINY.items():
-        at.session_state[key] = value
-    return at
+    return app_test()
 
 
 @pytest.fixture
@@ -49,12 +38,6 @@ def worker(tinytl_home):
     yield holder
     shutdown.set()  # a job still training goes back to the queue
     thread.join(120)
-
-
-def visit(at: AppTest, page: str) -> AppTest:
-    at.switch_page(f"app_pages/{page}.py").run()
-    assert not at.exception, at.exception
-    return at
 
 
 def metrics(at: AppTest) -> dict[str, str]:
@@ -118,17 +101,6 @@ def test_bad_input_gets_an_error_and_the_app_stays_usable(app):
     assert not app.exception and not app.error and metrics(app)
 
 
-def _zip(classes: int) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as zf:
-        for c in range(classes):
-            for i in range(3):
-                image = io.BytesIO()
-                Image.fromarray(np.full((8, 8, 3), 50 * c + i, dtype=np.uint8)).save(image, format="PNG")
-                zf.writestr(f"class{c}/{i}.png", image.getvalue())
-    return buffer.getvalue()
-
-
 def test_adapt_checks_uploads(app):
     app.run()
     visit(app, "adapt")
@@ -137,9 +109,9 @@ def test_adapt_checks_uploads(app):
     assert any("Upload a valid .zip" in e.value for e in app.error)
     app.file_uploader(key="ad_upload").upload("bad.zip", b"not an archive", "application/zip").run()
     assert any("not a valid .zip" in e.value for e in app.error)
-    app.file_uploader(key="ad_upload").upload("one.zip", _zip(1), "application/zip").run()
+    app.file_uploader(key="ad_upload").upload("one.zip", image_zip(1), "application/zip").run()
     assert any("cannot use one" in e.value for e in app.error)
-    app.file_uploader(key="ad_upload").upload("pets.zip", _zip(2), "application/zip").run()
+    app.file_uploader(key="ad_upload").upload("pets.zip", image_zip(2), "application/zip").run()
     assert not app.error and any("2 classes" in s.value for s in app.success)
 
 

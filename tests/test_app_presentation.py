@@ -3,21 +3,13 @@ shown, Home phrases its comparison in the true direction, About renders its form
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-from streamlit.testing.v1 import AppTest
-
-APP = str(Path(__file__).resolve().parents[1] / "app.py")
-TINY = {"backbone": "mobilenetv2_050", "resolution": 32, "batch_size": 2, "pretrained": False}
+from app_helpers import app_test
 
 
 @pytest.fixture
 def app(tinytl_home):
-    at = AppTest.from_file(APP, default_timeout=180)
-    for key, value in TINY.items():
-        at.session_state[key] = value
-    return at
+    return app_test()
 
 
 def test_a_rejected_sidebar_value_is_undone_in_place_with_the_reason_shown(app):

@@ -4,10 +4,9 @@ loading of Plotly's bundle held the run table back); the Plotly sections run onc
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 import pytest
+from app_helpers import app_test
 from streamlit.testing.v1 import AppTest
 
 from tinytl_core.memory import MB
@@ -15,9 +14,6 @@ from tinytl_core.results import ResultsStore
 from tinytl_core.ui.figures import MODE_COLORS
 from tinytl_core.ui.runs import load_runs, restore_runs, runs_version
 from tinytl_core.ui.vega import memory_accuracy_chart
-
-APP = str(Path(__file__).resolve().parents[1] / "app.py")
-TINY = {"backbone": "mobilenetv2_050", "resolution": 32, "batch_size": 2, "pretrained": False}
 
 
 def _save(store: ResultsStore, mode: str = "bias", total: float = 3e6, acc: float = 0.5) -> int:
@@ -42,13 +38,7 @@ def _save(store: ResultsStore, mode: str = "bias", total: float = 3e6, acc: floa
 
 @pytest.fixture
 def session(tinytl_home):
-    def new() -> AppTest:
-        at = AppTest.from_file(APP, default_timeout=180)
-        for key, value in TINY.items():
-            at.session_state[key] = value
-        return at
-
-    return new
+    return app_test
 
 
 def _compare_runs(at: AppTest) -> AppTest:

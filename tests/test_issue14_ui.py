@@ -4,14 +4,11 @@ axes, uploads checked once per content, and failure messages without server path
 
 from __future__ import annotations
 
-import io
 import threading
 import time
-import zipfile
 
-import numpy as np
 import pytest
-from PIL import Image
+from app_helpers import image_zip
 
 from tinytl_core.adapt import AdaptConfig, AdaptResult, EvalEvent, PhaseEvent, StepEvent
 from tinytl_core.jobs import JobQueue, JobState, run_worker
@@ -177,28 +174,17 @@ def test_step_axes_have_whole_steps(last):
         assert axis["tickMinStep"] == 1 and axis["format"] == "d"
 
 
-def _zip(classes):
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as zf:
-        for c in range(classes):
-            for i in range(3):
-                image = io.BytesIO()
-                Image.fromarray(np.full((8, 8, 3), 50 * c + i, dtype=np.uint8)).save(image, format="PNG")
-                zf.writestr(f"class{c}/{i}.png", image.getvalue())
-    return buffer.getvalue()
-
-
 def test_a_refused_upload_is_checked_once_per_content(tinytl_home, monkeypatch):
     loads = []
     real = checks.load_dataset
     monkeypatch.setattr(checks, "load_dataset", lambda *a, **k: loads.append(a) or real(*a, **k))
-    data = _zip(1)  # one class: refused
+    data = image_zip(1)  # one class: refused
     first = checks.check_upload("one.zip", data)
     again = checks.check_upload("one.zip", data)
     assert first.path is None and "one" in first.error and again.error == first.error
     assert len(loads) == 1  # the rerun did not extract it again
     assert "kept on the server" in first.kept
-    good = checks.check_upload("pets.zip", _zip(2))
+    good = checks.check_upload("pets.zip", image_zip(2))
     assert good.path is not None and "2 classes" in good.summary and "pets" in good.kept
 
 
