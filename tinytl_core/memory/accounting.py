@@ -464,10 +464,17 @@ def conv_backward_temporaries(row: Row, *, channels_last: bool) -> int:
     return extra
 
 
-def backward_peak(rows: list[Row], stored: list[int], *, engine: bool) -> int:
+def backward_peak(
+    rows: list[Row],
+    stored: list[int],
+    *,
+    engine: bool,
+    trace: Trace | None = None,
+    mask_free: list[bool] | None = None,
+) -> int:
     """Peak activation memory of the backward pass: the largest of :func:`backward_peak_terms` (0 without
     any)."""
-    return max(backward_peak_terms(rows, stored, engine=engine), default=0)
+    return max(backward_peak_terms(rows, stored, engine=engine, trace=trace, mask_free=mask_free), default=0)
 
 
 def stock_temporaries(row: Row) -> int:
