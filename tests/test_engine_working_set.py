@@ -14,7 +14,9 @@ the engine defines: a new kernel without a case fails :func:`test_every_engine_k
 from __future__ import annotations
 
 import copy
+import importlib
 import inspect
+import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -29,12 +31,9 @@ import tinytl_core.engine as engine
 from tinytl_core.engine import (
     ENGINE_CLASSES,
     convert,
-    functions,
     partial,
     quantize_frozen_weights,
-    quantized,
     split_weight,
-    standardized,
 )
 from tinytl_core.layer_kinds import ACTIVATIONS, is_frozen, set_sign_mask
 from tinytl_core.memory.accounting import backward_working_bytes
@@ -284,14 +283,16 @@ def test_backward_holds_no_more_than_the_model_counts(case: Case, channels_last:
 
 
 def _engine_functions() -> set[str]:
-    """Every autograd function the engine package defines."""
-    modules = (functions, partial, quantized, standardized)
-    return {
-        name
-        for module in modules
-        for name, obj in vars(module).items()
-        if inspect.isclass(obj) and issubclass(obj, Function) and obj.__module__ == module.__name__
-    }
+    """Every autograd function defined in a module of the engine package."""
+    names = set()
+    for info in pkgutil.iter_modules(engine.__path__):
+        module = importlib.import_module(f"{engine.__name__}.{info.name}")
+        names |= {
+            name
+            for name, obj in vars(module).items()
+            if inspect.isclass(obj) and issubclass(obj, Function) and obj.__module__ == module.__name__
+        }
+    return names
 
 
 def test_every_engine_kernel_has_a_case():
