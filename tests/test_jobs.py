@@ -12,9 +12,9 @@ import signal
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
+from app_helpers import app_test, visit
 from streamlit.testing.v1 import AppTest
 
 from tinytl_core.adapt import AdaptConfig, AdaptResult, PhaseEvent, StepEvent
@@ -25,7 +25,6 @@ from tinytl_core.jobs.queue import ENV_EVENTS_DAYS, worker_name
 from tinytl_core.quantities import RunStatus
 from tinytl_core.results import ResultsStore
 
-APP = str(Path(__file__).resolve().parents[1] / "app.py")
 STEP_S = 0.02
 """Seconds one step of :func:`cheap_runner` takes."""
 
@@ -190,11 +189,7 @@ def test_worker_trains_honours_cancel_and_requeues_on_shutdown(tmp_path):
 # -------------------------------------------------------------------------------- worker processes
 def _adapt_session() -> AppTest:
     """An Adapt page in an AppTest session, ready to queue one tiny run (one mode, 2 steps)."""
-    at = AppTest.from_file(APP, default_timeout=120)
-    for key, value in {"backbone": "mobilenetv2_050", "resolution": 32, "batch_size": 2}.items():
-        at.session_state[key] = value
-    at.run()
-    at.switch_page("app_pages/adapt.py").run()
+    at = visit(app_test(timeout=120).run(), "adapt")
     at.multiselect(key="ad_modes").set_value(["bias"])
     at.number_input(key="ad_steps").set_value(2)
     return at
