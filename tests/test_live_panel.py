@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 from tinytl_core.adapt import AdaptConfig
 from tinytl_core.jobs import JobQueue, JobState
@@ -176,3 +177,12 @@ def test_inline_spec_is_self_contained_json():
     assert full["$schema"].endswith("v5.json") and full["hconcat"] == spec["hconcat"]
     assert full["data"]["values"][0] == {"run": "#1 bias", "step": 1, "curve": vega.CURVE_LOSS, "value": None}
     assert "data" not in spec  # the builder's spec is left as it was
+
+
+def test_the_server_skips_streamlits_full_collection_after_each_rerun():
+    # Every poll of a watching session is a fragment rerun; a full gc pass over the ~480k objects of
+    # PyTorch, timm and pandas after each was most of what watching cost the server (README, Job queue).
+    import tomllib
+
+    config = tomllib.loads((Path(__file__).resolve().parents[1] / ".streamlit" / "config.toml").read_text())
+    assert config["runner"]["postScriptGC"] is False
