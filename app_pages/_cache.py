@@ -8,8 +8,9 @@ from __future__ import annotations
 import streamlit as st
 
 from tinytl_core.backbones import data_config, list_backbones
-from tinytl_core.comparisons import mode_reports, table_from_reports
+from tinytl_core.comparisons import table_from_reports
 from tinytl_core.jobs import WorkerPool
+from tinytl_core.planner.reports import ReportCache
 from tinytl_core.results import ResultsStore, default_db_path
 from tinytl_core.ui import checks, jobs
 from tinytl_core.ui.runs import StoredRuns, load_runs
@@ -57,8 +58,9 @@ def reports(
     accounting: str = "complete",
     group_norm: bool = False,
 ):
-    """Modelled memory of every mode: ``(compare_modes table, {mode: MemoryReport or reason})``."""
-    out = mode_reports(
+    """Modelled memory of every mode: ``(compare_modes table, {mode: MemoryReport or reason})``, from the
+    disk cache when any session traced this setting before (``tinytl_core.planner.reports.ReportCache``)."""
+    out = ReportCache().reports(
         backbone,
         resolution=resolution,
         batch_size=batch_size,

@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from tinytl_core.planner.profile import (
@@ -75,6 +76,26 @@ def test_cache_round_trip_and_parallel_fill(tmp_path, monkeypatch):
     loaded = [again.get(b, r, m, group_norm=gn) for b, r, m, gn, _ in requests]
     assert (again.built, again.loaded) == (0, 2)
     assert loaded == [build_profile(DEMO, RESOLUTION, m, group_norm=gn) for m, gn in REQUESTS[:2]]
+
+
+def test_explorer_reports_cached_on_disk_equal_fresh(tmp_path):
+    from tinytl_core.planner.reports import ReportCache
+
+    settings = {"resolution": RESOLUTION, "batch_size": 2, "modes": ["bias", "sparse"], "group_norm": True}
+    cache = ReportCache(tmp_path)
+    fresh = cache.reports(DEMO, **settings)
+    assert isinstance(fresh["sparse"], str)  # sparse does not apply with GroupNorm: its reason is kept
+    again = ReportCache(tmp_path)
+    loaded = again.reports(DEMO, **settings)
+    assert (again.built, again.loaded) == (0, 1)
+    assert loaded["sparse"] == fresh["sparse"]
+    pd.testing.assert_frame_equal(loaded["bias"].layers, fresh["bias"].layers)
+    assert loaded["bias"].totals == fresh["bias"].totals
+    assert again.reports(DEMO, **{**settings, "batch_size": 3})["bias"].totals.batch_size == 3  # own key
+    for f in tmp_path.glob("*.json"):
+        f.write_text("{damaged")  # a damaged file is traced again, not trusted
+    third = ReportCache(tmp_path)
+    assert third.reports(DEMO, **settings)["bias"].totals == fresh["bias"].totals and third.built == 1
 
 
 if __name__ == "__main__":

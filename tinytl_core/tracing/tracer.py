@@ -38,6 +38,29 @@ from tinytl_core.tracing.saved import SavedTensor, SavedTensorCounter, storage_k
 from tinytl_core.tracing.shims import drop_meta_only_saves, follow_cpu
 from tinytl_core.tracing.step import check_input, default_loss, model_device, model_dtype, preserved_state
 
+_NO_TENSORS = (int, float, bool, str, bytes, type(None), torch.dtype, torch.device, torch.Size, slice)
+
+
+def _tensors(obj: Any) -> list[torch.Tensor]:
+    """The tensors in ``obj``, in ``tree_leaves`` order: a hand-rolled walk of tuples, lists and dicts (the
+    containers module calls and ops pass around), ``tree_leaves`` for anything else -- the tracer calls it
+    for every op, where pytree's generic walk was a tenth of a trace."""
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, _NO_TENSORS):
+        return []
+    if type(obj) in (tuple, list):
+        out: list[torch.Tensor] = []
+        for item in obj:
+            out.extend(_tensors(item))
+        return out
+    if type(obj) is dict:
+        out = []
+        for value in obj.values():  # insertion order, as pytree
+            out.extend(_tensors(value))
+        return out
+    return [t for t in tree_leaves(obj) if isinstance(t, torch.Tensor)]
+
 
 class _Pins:
     """Keeps storages alive while tracing, so a freed storage's address (its key) is not reused by
@@ -55,7 +78,7 @@ class _Pins:
         return key
 
     def refs(self, obj: Any) -> list[TensorRef]:
-        tensors = [t for t in tree_leaves(obj) if isinstance(t, torch.Tensor)]
+        tensors = _tensors(obj)
         for t in tensors:
             self.key(t)
         return [TensorRef.of(t) for t in tensors]
@@ -73,11 +96,10 @@ class _Uses(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         result = follow_cpu(func, args, kwargs)
-        if any(isinstance(t, torch.Tensor) for t in tree_leaves(result)):
+        if _tensors(result):
             now = self.clock()
-            for t in tree_leaves((args, kwargs)):
-                if isinstance(t, torch.Tensor):
-                    self.last_use[self.pins.key(t)] = now
+            for t in _tensors((args, kwargs)):
+                self.last_use[self.pins.key(t)] = now
         return result
 
 
