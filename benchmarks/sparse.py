@@ -39,13 +39,16 @@ from tinytl_core.data import load_dataset
 from tinytl_core.memory import analyze, measure
 from tinytl_core.modes import prepare_model
 from tinytl_core.quantities import format_mb
-from tinytl_core.sparse_scheme import SparseScheme, parse_ratio
+from tinytl_core.sparse_scheme import SparseScheme, parse_ratio, read_scheme
 from tinytl_core.sparse_search import (
     Candidates,
+    ContributionAnalysis,
     Metric,
     SearchConfig,
+    Selection,
     analyse_contributions,
     format_gain,
+    modelled_peak,
     select_greedy,
 )
 
@@ -79,6 +82,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--budget-of", choices=("measured", "modelled"), default="measured", help="which peak of full"
     )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 on a shared machine)")
+    p.add_argument(
+        "--scheme", type=Path, help="a scheme JSON chosen before (e.g. by this script): skip the search"
+    )
     p.add_argument("--quick", action="store_true", help="tiny settings: checks the script runs")
     p.add_argument("--out", type=Path, help="write every figure as JSON here")
     args = p.parse_args(argv)
@@ -143,6 +149,23 @@ def main(argv: list[str] | None = None) -> None:
         f"full: step peak measured {format_mb(full_measured, 2)} MB, modelled {format_mb(full_modelled, 2)} "
         f"MB; budget {format_mb(budget, 2)} MB (x{args.budget_fraction:.3f} of the {args.budget_of} peak)"
     )
+    if args.scheme:
+        scheme = read_scheme(args.scheme)
+        modelled = modelled_peak(config, scheme, data.num_classes)
+        print(f"scheme {args.scheme.name} (modelled peak {format_mb(modelled, 2)} MB): {scheme.describe()}")
+        if modelled > budget:
+            raise SystemExit("the scheme's modelled peak exceeds the budget")
+        analysis, selection = None, None
+    else:
+        analysis, selection = search(args, config, budget)
+        scheme = selection.scheme
+    compare(args, data, scheme, budget, full_modelled, full_measured, analysis, selection, t0)
+
+
+def search(
+    args: argparse.Namespace, config: SearchConfig, budget: int
+) -> tuple[ContributionAnalysis, Selection]:
+    """Steps 2-3: contribution analysis and greedy selection under ``budget``; prints both."""
     bar = tqdm(total=1, desc="contribution analysis", unit="option")
 
     def progress(done: int, total: int, what: str) -> None:
@@ -171,10 +194,23 @@ def main(argv: list[str] | None = None) -> None:
     print("\n".join(selection.log))
     if selection.scheme is None:
         raise SystemExit("no scheme chosen")
-    scheme = selection.scheme
-    print(f"chosen (modelled peak {format_mb(selection.peak_bytes, 2)} MB): {scheme.describe()}")
-    print(scheme.to_json())
+    print(f"chosen (modelled peak {format_mb(selection.peak_bytes, 2)} MB): {selection.scheme.describe()}")
+    print(selection.scheme.to_json())
+    return analysis, selection
 
+
+def compare(
+    args: argparse.Namespace,
+    data,
+    scheme: SparseScheme,
+    budget: int,
+    full_modelled: int,
+    full_measured: int,
+    analysis: ContributionAnalysis | None,
+    selection: Selection | None,
+    t0: float,
+) -> None:
+    """Step 4: full and the scheme over their learning-rate grids and seeds; the table and the targets."""
     grids = {"full": (None, args.lr_full), "sparse": (scheme, args.lr_sparse)}
     runs: dict[str, dict[float, list[float]]] = {}
     total = sum(len(lrs) for _, lrs in grids.values()) * len(args.seeds)
@@ -220,8 +256,8 @@ def main(argv: list[str] | None = None) -> None:
                     "budget_bytes": budget,
                     "full_modelled_bytes": full_modelled,
                     "full_measured_bytes": full_measured,
-                    "baseline_accuracy": analysis.baseline_accuracy,
-                    "baseline_loss": analysis.baseline_loss,
+                    "baseline_accuracy": analysis.baseline_accuracy if analysis else None,
+                    "baseline_loss": analysis.baseline_loss if analysis else None,
                     "contributions": [
                         {
                             "option": c.option.label,
@@ -230,11 +266,11 @@ def main(argv: list[str] | None = None) -> None:
                             "gain": c.gain,
                             "peak_bytes": c.peak_bytes,
                         }
-                        for c in analysis.contributions
+                        for c in (analysis.contributions if analysis else [])
                     ],
-                    "selection_log": list(selection.log),
+                    "selection_log": list(selection.log) if selection else [],
                     "scheme": scheme.to_dict(),
-                    "selection_peak_bytes": selection.peak_bytes,
+                    "selection_peak_bytes": selection.peak_bytes if selection else None,
                     "runs": {m: {str(lr): a for lr, a in r.items()} for m, r in runs.items()},
                     "best_lr": best,
                     "measured_peak_bytes": peaks,
