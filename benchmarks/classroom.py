@@ -172,7 +172,8 @@ def throughput_with_viewers(browser, home: Path, viewers: int, steps: int) -> di
         configs = [j.config for j in watched]
         curves = 0
         while not all(j.ended for j in queue.list_jobs(ids=[j.id for j in watched])):
-            curves = max(curves, sum(p.locator('[class*="st-key-ad_curves"]').count() for p in pages))
+            # the Adapt page's one Vega-Lite chart is its curves (a Vega chart gets no st-key class)
+            curves = max(curves, sum(p.locator('[data-testid="stVegaLiteChart"]').count() for p in pages))
             time.sleep(1.0)
         watched = queue.wait([j.id for j in watched], timeout=60)
         out["app server CPU, cores busy, watched"] = (cpu_seconds(proc.pid) - cpu0) / (time.monotonic() - t0)
