@@ -12,16 +12,16 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
-import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))  # the app-server launcher, shared with the app benchmarks
+from _server import start_app, stop_app, wait_healthy  # noqa: E402
+
 ARTIFACTS = ROOT / "test-artifacts" / "screenshots"
 CHROMIUM_ARGS = [
     "--headless=new",
@@ -48,12 +48,6 @@ def _chromium() -> str | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def browser():
     executable = _chromium()
@@ -71,56 +65,15 @@ def browser():
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    port = _free_port()
-    env = dict(
-        os.environ,
-        TINYTL_HOME=str(tmp_path_factory.mktemp("home")),
-        TINYTL_OFFLINE="1",
-        HF_HUB_OFFLINE="1",
-        OMP_NUM_THREADS="2",
-        TINYTL_WORKERS="1",  # the server's own worker process trains the queued run
-    )
     log = tmp_path_factory.mktemp("log") / "streamlit.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "streamlit",
-                "run",
-                "app.py",
-                "--server.headless",
-                "true",
-                "--server.port",
-                str(port),
-                "--browser.gatherUsageStats",
-                "false",
-                "--server.fileWatcherType",
-                "none",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                if r.read().strip() == b"ok":
-                    break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail(f"streamlit did not become healthy: {log.read_text()[-2000:]}")
-    yield url
-    proc.terminate()
+    # the server's own worker process trains the queued run
+    proc, url = start_app(tmp_path_factory.mktemp("home"), log, OMP_NUM_THREADS="2", TINYTL_WORKERS="1")
     try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+        wait_healthy(url, proc, timeout_s=90, log=log)
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    yield url
+    stop_app(proc, 10)
 
 
 _BUSY_JS = """() => !!document.querySelector('[data-testid="stStatusWidget"]')
