@@ -8,6 +8,7 @@ traceback goes to the log with the same reference (:func:`log_failure`).
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 
 log = logging.getLogger("tinytl_core.ui.pages")
@@ -39,3 +40,26 @@ def failure_message(exc: BaseException, reference: str, where: str = "this page"
 def log_failure(exc: BaseException, reference: str, where: str = "page") -> None:
     """The full traceback of ``exc`` to the log, under ``reference``."""
     log.error("unexpected error on %s (reference %s)", where, reference, exc_info=exc)
+
+
+# An absolute path: POSIX (/srv/x/uploads/a.zip, ~/x) or Windows (C:\x\y, \\server\share\x), up to the next
+# blank or quote. A URL's path (https://host/a/b) is not a server path and is kept.
+_PATH = re.compile(
+    r"""(?<![\w:/.~-])(?:~|[A-Za-z]:)?(?:[/\\]{1,2}[^\s/\\'"`<>|:]+){2,}[/\\]?"""
+    r"""|(?<![\w:/.~-])(?:~|[A-Za-z]:)[/\\][^\s/\\'"`<>|:]+"""
+)
+
+
+def public_text(text: object) -> str:
+    """``text`` as a page may show it: every absolute server path (``/srv/tinytl/uploads/a1b2/x.zip``,
+    ``C:\\data\\x``) cut to its last part (``…/x.zip``). For messages that come from another process or
+    a library (a job's error, a sweep driver's reason, an exception's text) and may name server paths,
+    which a deployed app never shows (README, *Limits and safety*)."""
+    if text is None:
+        return ""
+
+    def last_part(match: re.Match[str]) -> str:
+        name = re.split(r"[/\\]", match.group(0).rstrip("/\\"))[-1]
+        return f"…/{name}" if name else "…"
+
+    return _PATH.sub(last_part, str(text))

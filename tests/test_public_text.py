@@ -1,0 +1,48 @@
+"""No server path on a page: :func:`tinytl_core.ui.errors.public_text` cuts every absolute path that a
+message from another process or a library may carry to its last part, and keeps everything else."""
+
+import string
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tinytl_core.ui.errors import public_text
+
+SEGMENT = st.text(string.ascii_letters + string.digits + "._-", min_size=1, max_size=12).filter(
+    lambda s: s not in (".", "..")
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    parts=st.lists(SEGMENT, min_size=2, max_size=6),
+    windows=st.booleans(),
+    before=st.sampled_from(["", "error: ", "No such file or directory: '", "cannot read ", "("]),
+    after=st.sampled_from(["", "'", " (check the upload)", ")", ": permission denied"]),
+)
+def test_every_absolute_path_is_cut_to_its_last_part(parts, windows, before, after):
+    path = ("C:\\" + "\\".join(parts)) if windows else "/" + "/".join(parts)
+    shown = public_text(f"{before}{path}{after}")
+    assert path not in shown
+    for directory in parts[:-1]:  # no folder of the server's tree survives (as a path component)
+        assert f"/{directory}/" not in shown and f"\\{directory}\\" not in shown
+    assert shown == f"{before}…/{parts[-1]}{after}"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "model demo_mobilenetv2_050 at 64 px, batch 8",
+        "update ratio 1/8 of the output channels; loss 7e9/2",
+        "weights from https://huggingface.co/timm/mobilenetv2_100.ra_in1k (offline)",
+        "a relative name: uploads/set.zip",
+    ],
+)
+def test_text_without_server_paths_is_unchanged(text):
+    assert public_text(text) == text
+
+
+def test_home_relative_and_missing_text():
+    assert public_text("~/data/x.zip is gone") == "…/x.zip is gone"
+    assert public_text(None) == ""
