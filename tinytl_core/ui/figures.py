@@ -285,7 +285,7 @@ def seed_groups_figure(
     deviation, y the mean validation accuracy (%) with its standard deviation, colour the mode, symbol
     the backbone.
 
-    ``groups``: a :func:`tinytl_core.sweeps.summary.group_seeds` table (rows without a measured peak are
+    ``groups``: a :func:`tinytl_core.seeds.group_seeds` table (rows without a measured peak are
     left out). ``paper``: :func:`tinytl_core.ui.sweep.paper_frame` rows, drawn in panels of their own
     (``"<dataset> (paper)"``, x = the paper's analytic memory), never on the measured axis.
     """
