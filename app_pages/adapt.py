@@ -81,7 +81,7 @@ def render_jobs(mine: SessionJobs, *, live: bool) -> None:
     for view in ended:
         title = f"#{view.job.id} {MODES[view.job.config.mode].title}"
         if view.unsuccessful:
-            st.error(f"{title} {view.status}: {view.job.error}", icon=":material/error:")
+            st.error(f"{title} {view.status}: {view.error}", icon=":material/error:")
         result = view.job.result or {}
         for note in result.get("notes") or []:
             st.info(f"{title}: {note}", icon=":material/info:")

@@ -7,6 +7,7 @@ from tinytl_core.comparisons import sign_mask_saving
 from tinytl_core.memory.report import TOTALS
 from tinytl_core.modes import MODES
 from tinytl_core.quantities import format_bytes, format_ratio
+from tinytl_core.ui.errors import public_text
 from tinytl_core.ui.figures import mode_memory_bars
 
 settings = _cache.settings()
@@ -28,7 +29,7 @@ if problem:
 try:
     table, _ = _cache.reports(backbone, resolution, batch_size, "adam", "complete", False)
 except (ValueError, RuntimeError) as exc:
-    st.error(f"Cannot model {backbone} at {resolution} px, batch {batch_size}: {exc}")
+    st.error(f"Cannot model {backbone} at {resolution} px, batch {batch_size}: {public_text(exc)}")
     st.stop()
 
 # The chart's place, filled at the end: the numbers and links show at once, the chart (the browser loads

@@ -11,6 +11,7 @@ from tinytl_core.memory.report import TOTALS
 from tinytl_core.modes import MODES
 from tinytl_core.quantities import describe, format_bytes, format_ratio
 from tinytl_core.ui import checks, explorer, figures, step_chart
+from tinytl_core.ui.errors import public_text
 
 settings = _cache.settings()
 backbone, resolution, batch_size = settings.backbone, settings.resolution, settings.batch_size
@@ -70,7 +71,7 @@ try:
         else _cache.reports(backbone, resolution, batch_size, optimizer, "complete", group_norm)
     )
 except (ValueError, RuntimeError) as exc:
-    st.error(f"Cannot model {backbone} at {resolution} px, batch {batch_size}: {exc}")
+    st.error(f"Cannot model {backbone} at {resolution} px, batch {batch_size}: {public_text(exc)}")
     st.stop()
 
 report = reports[mode]
@@ -147,7 +148,7 @@ if clicked:
         except MemoryLimitError as exc:
             st.error(str(exc), icon=":material/memory:")
         except (ValueError, RuntimeError) as exc:
-            st.error(f"The measurement failed: {exc}")
+            st.error(f"The measurement failed: {public_text(exc)}")
 step = measured.get(mode)
 if step is not None and not isinstance(report, str):
     necessary = complete_reports[mode].totals.activations_necessary_bytes
@@ -169,7 +170,7 @@ if step is not None and not isinstance(report, str):
             delta_arrow="off",
         )
     else:
-        s[2].warning(f"The training engine could not run this model: {step.engine_error}")
+        s[2].warning(f"The training engine could not run this model: {public_text(step.engine_error)}")
     peaks = st.columns(3)
     modelled_peak = {
         "stock PyTorch": complete_reports[mode].totals.total_stock_bytes,

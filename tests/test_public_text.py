@@ -46,3 +46,28 @@ def test_text_without_server_paths_is_unchanged(text):
 def test_home_relative_and_missing_text():
     assert public_text("~/data/x.zip is gone") == "…/x.zip is gone"
     assert public_text(None) == ""
+
+
+def test_pages_show_job_sweep_and_run_messages_without_server_paths(tmp_path):
+    """The three places a page shows text written by another process: a job's error (Adapt), a run's
+    stored message (Compare runs' table) and a sweep driver's reason (Sweep)."""
+    from tinytl_core.adapt import AdaptConfig
+    from tinytl_core.jobs import Job, JobState
+    from tinytl_core.results import RUN
+    from tinytl_core.sweeps.driver import DriverState, DriverStatus, write_status
+    from tinytl_core.ui.jobs import JobView
+    from tinytl_core.ui.runs import runs_frame
+    from tinytl_core.ui.sweep import ray_sweep_status
+
+    secret = "/srv/tinytl/home/uploads/9f3a/set.zip"
+    config = AdaptConfig(backbone="demo_mobilenetv2_050", mode="bias", dataset="shapes", steps=2)
+    job = Job(id=1, owner="me", config=config, state=JobState.FAILED, error=f"cannot open {secret}")
+    assert JobView(job, None).error == "cannot open …/set.zip"
+
+    frame = runs_frame([{"id": 1, "mode": "bias", "status": "failed", RUN.message: f"OSError: {secret}"}])
+    assert frame[RUN.message].tolist() == ["OSError: …/set.zip"]
+
+    path = tmp_path / "driver.json"
+    failed = DriverStatus(sweep="s", pid=0, state=DriverState.FAILED, message=f"ray died: {secret}")
+    write_status(path, failed)
+    assert ray_sweep_status(path).message == "ray died: …/set.zip"

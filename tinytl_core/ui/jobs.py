@@ -34,6 +34,7 @@ from tinytl_core.jobs import (
 from tinytl_core.quantities import RunStatus
 from tinytl_core.results import MEMORY, RUN, run_table
 from tinytl_core.ui import vega
+from tinytl_core.ui.errors import public_text
 
 __all__ = [
     "RESULT_COLUMNS",
@@ -127,6 +128,12 @@ class JobView:
         return self.job.ended and self.status in (RunStatus.FAILED.value, RunStatus.DIVERGED.value)
 
     @property
+    def error(self) -> str:
+        """Why the job failed, as a page may show it: no server paths
+        (:func:`~tinytl_core.ui.errors.public_text`; the worker's text may come from any library)."""
+        return public_text(self.job.error)
+
+    @property
     def label(self) -> str:
         """``#id mode``: the curves' legend (the mode gives the colour)."""
         return f"#{self.job.id} {self.job.config.mode}"
@@ -193,7 +200,7 @@ class SessionJobs:
                 **(v.job.result or {}),
                 RUN.mode: v.job.config.mode,
                 RUN.status: v.status,
-                RUN.message: v.job.error,
+                RUN.message: v.error or None,
                 RUN.steps_done: v.job.step,
             }
             for v in self.views

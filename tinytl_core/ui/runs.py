@@ -16,6 +16,7 @@ import pandas as pd
 
 from tinytl_core.quantities import Unit
 from tinytl_core.results import MEMORY, RUN, ResultsStore, run_headers, run_quantity, run_table
+from tinytl_core.ui.errors import public_text
 
 RUN_COLUMNS: tuple[str, ...] = (
     RUN.id,
@@ -129,8 +130,15 @@ def runs_frame(runs: Iterable[Mapping[str, Any]], columns: Sequence[str] = RUN_C
     """One row per run, the ``columns`` (default :data:`RUN_COLUMNS`) with accuracy in % and memory in MB
     (10^6 bytes), rounded to 2 decimals, keyed by each quantity's key (``final_val_acc_pct``,
     ``total_modelled_MB``; headers: :func:`~tinytl_core.results.run_headers`); uploaded datasets by file
-    name."""
-    shown = ({**r, RUN.dataset: dataset_label(r.get(RUN.dataset))} for r in runs)
+    name; a message without server paths (:func:`~tinytl_core.ui.errors.public_text`)."""
+    shown = (
+        {
+            **r,
+            RUN.dataset: dataset_label(r.get(RUN.dataset)),
+            RUN.message: public_text(r.get(RUN.message)) or None,
+        }
+        for r in runs
+    )
     return run_table(shown, columns, headers=False, digits=2)
 
 

@@ -41,6 +41,7 @@ from tinytl_core.reference import (
 from tinytl_core.results import ResultsStore
 from tinytl_core.sweeps import QueueExecutor, SweepGrid, config_key, finished_keys, parse_list, sweep_id
 from tinytl_core.sweeps.driver import DriverState, DriverStatus, read_status, write_status
+from tinytl_core.ui.errors import public_text
 
 MAX_SWEEP = 200
 """Most configurations one sweep from the app may queue (a classroom server is shared)."""
@@ -177,7 +178,7 @@ class SweepStatus:
                     "step": f"{job.step} / {job.total_steps or c.steps}",
                     "val acc %": None if acc is None else round(100 * acc, 1),
                     "run": job.run_id,
-                    "message": job.error,
+                    "message": public_text(job.error) or None,
                 }
             )
         return pd.DataFrame(rows)
@@ -377,7 +378,9 @@ def ray_sweep_status(path: str | Path) -> DriverStatus | None:
     for pid, process in list(_DRIVERS.items()):
         if process.poll() is not None:  # ended: reap it, so it does not linger as a zombie
             del _DRIVERS[pid]
-    return read_status(path)
+    status = read_status(path)
+    # The driver's reason may quote any library's error: shown without server paths.
+    return None if status is None else replace(status, message=public_text(status.message))
 
 
 def cancel_ray_sweep(path: str | Path, owner: str) -> bool:
