@@ -12,7 +12,6 @@ import torch
 # bit 56 + i without carries (all partial products land on distinct bit positions), so one multiply and
 # one shift pack 8 flags. int64 overflow wraps, which discards the unused high partial products.
 _GATHER = 0x0102040810204080
-_BIT_VALUES = [1 << i for i in range(8)]
 _LUTS: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
 
 
@@ -57,11 +56,8 @@ def unpack_bits(
     numel = 1
     for size in shape:
         numel *= size
-    if dtype == torch.bool:  # a byte per flag, made from the packed bytes alone (no int32 index copy)
-        bits = torch.tensor(_BIT_VALUES, dtype=torch.uint8, device=packed.device)
-        flags = torch.bitwise_and(packed.unsqueeze(1), bits).ne_(0).view(torch.bool).reshape(-1)
-    else:
-        flags = _lut(packed.device, dtype).index_select(0, packed.int()).reshape(-1)
+    # (one gather through an int32 copy of the packed bytes: twice as fast as shifting and masking them)
+    flags = _lut(packed.device, dtype).index_select(0, packed.int()).reshape(-1)
     return flags[:numel].view(shape)
 
 

@@ -326,7 +326,8 @@ def backward_working_bytes(
     allocates besides them. ``tests/test_engine_working_set.py`` holds every engine kernel to this count.
 
     - Mask activations and frozen-statistics norms whose output gradient is their own (``own_grad``, see
-      :func:`owned_gradients`) work on it in place: one buffer, plus the unpacked 1-byte mask. Otherwise
+      :func:`owned_gradients`) work on it in place: one buffer, plus the mask unpacked to bytes (through
+      an int32 copy of the packed bytes, half a byte per element). Otherwise
       the input gradient is a new buffer: the mask unpacked into it through an int32 copy of the packed
       bytes (half a byte per element); the stock kernel on the stored output when ``mask_free``.
       LeakyReLU is never in place (its kernel reads the mask beside the gradient).
@@ -348,9 +349,10 @@ def backward_working_bytes(
         leaky = activation is not None and activation.mask is not None and activation.mask.off_is_param
         if mask_free and not uses_sign_mask(row.module):
             return working
+        index = numel // 2  # the packed bytes as int32 indices into the unpacking table
         if own_grad and not leaky:
-            return max(grad_out, grad_in) + numel  # the mask unpacked to bytes
-        return working + numel // 2  # the packed bytes as int32 indices into the unpacking table
+            return max(grad_out, grad_in) + numel + index  # the mask unpacked to bytes
+        return working + index
     if kind is LayerKind.NORM and not row.batch_statistics:
         if own_grad and fused_activation(row.module) is None:
             return max(grad_out, grad_in)
