@@ -326,11 +326,10 @@ def backward_working_bytes(
     allocates besides them. ``tests/test_engine_working_set.py`` holds every engine kernel to this count.
 
     - Mask activations and frozen-statistics norms whose output gradient is their own (``own_grad``, see
-      :func:`owned_gradients`) work on it in place: one buffer, plus the mask unpacked to bytes (through
-      an int32 copy of the packed bytes, half a byte per element). Otherwise
-      the input gradient is a new buffer: the mask unpacked into it through an int32 copy of the packed
-      bytes (half a byte per element); the stock kernel on the stored output when ``mask_free``.
-      LeakyReLU is never in place (its kernel reads the mask beside the gradient).
+      :func:`owned_gradients`) work on it in place: one buffer, plus a mask's bytes. Otherwise the input
+      gradient is a new buffer, the mask unpacked into it. Unpacking reads an int32 copy of the packed
+      bytes (half a byte per element); a mask read off the stored output (``mask_free``) runs the stock
+      kernel instead. LeakyReLU is never in place (its kernel reads the mask beside the gradient).
     - A norm fused with its activation recomputes its output into the input gradient's buffer.
     - BatchNorm with batch statistics (stock PyTorch's CPU kernel) holds an input-sized temporary.
     - Max pooling rebuilds one int64 index per output from the stored arg-max; dropout unpacks its mask.
