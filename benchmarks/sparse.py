@@ -17,6 +17,7 @@ The issue's target: a sparse-update scheme chosen under a budget reaches within 
    step peak measured like ``full``'s.
 
     python benchmarks/sparse.py                    # ~30 min on 2 busy cores
+    python benchmarks/sparse.py --scheme benchmarks/sparse_scheme_digits.json   # step 4 only
     python benchmarks/sparse.py --quick            # a smoke run (tiny settings, numbers meaningless)
 
 Prints the contributions, the chosen scheme and the comparison table; ``--out FILE`` writes all as JSON.

@@ -186,7 +186,7 @@ def peak_terms(trace: Trace, necessary: NecessaryRows) -> PeakTerms:
         trace.rows,
         necessary.nbytes,
         necessary.keys,
-        extra=necessary.packing,
+        extra=[temp + forward_weight_temporaries(r) for temp, r in zip(necessary.packing, trace.rows)],
         overwritten=[overwritten_inputs(r, trace, all_necessary) for r in trace.rows],
     )
     stock_stored = [r.saved_bytes for r in trace.rows]
@@ -382,6 +382,16 @@ def _float_weight_bytes(row: Row) -> int:
     module, size = row.module, row.inputs[0].nbytes // max(1, row.inputs[0].numel)
     tensors = (module._parameters.get(n, module._buffers.get(n)) for n in _WEIGHT_TENSORS)
     return size * sum(t.numel() for t in tensors if isinstance(t, torch.Tensor))
+
+
+def forward_weight_temporaries(row: Row) -> int:
+    """Bytes a layer's forward allocates for its weight on the training engine: a partial weight (sparse
+    update, rule 2) concatenates its trained and frozen rows into one float weight, alive while the layer
+    runs; 0 for every other layer."""
+    module = row.module
+    if row.kind != "layer" or not row.inputs or TRAINED_ROWS not in getattr(module, "_parameters", {}):
+        return 0
+    return _float_weight_bytes(row)
 
 
 def _padded_input_bytes(row: Row) -> int:

@@ -13,6 +13,8 @@ For ``y = a W + b`` the weight gradient ``dL/dW = a^T dL/dy`` needs the input ``
    stores nothing, whether the bias trains or not. A weight trained on part of its output channels (the
    sparse update's ratios 1/8, 1/4, 1/2) stores its input once, as a whole one does (each trained row
    reads every input channel of its group); only the trained rows have a gradient and optimizer state.
+   Its forward and backward concatenate the two slices into a whole weight, a weight-sized temporary
+   counted in the layer's working set (not stored).
    Weight standardisation (GroupNorm + WS, for batch size 1) changes nothing: a frozen standardised weight
    is a constant, computed once and held in place of the weight; a trainable one is standardised again in
    backward from the weight (the input only). A frozen weight stored as 8-bit codes is dequantised on the

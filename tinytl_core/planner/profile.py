@@ -37,7 +37,7 @@ from tinytl_core.tracing import Trace, optimizer_states, trace_model
 
 PROFILE_FORMAT = 3
 """Bump when :class:`MemoryProfile`'s fields or their meaning change."""
-TRACE_FORMAT = 2
+TRACE_FORMAT = 3
 """Bump when the figures' code changes: anything that changes a traced profile (the tracer and its meta
 kernels, the memory rules and accounting, layer kinds, modes, lite residual branches, normalisation,
 backbone construction). Cached profiles of another version are not read. ``tests/test_planner_cache.py``
