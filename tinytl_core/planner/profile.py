@@ -16,8 +16,6 @@ executed. Missing profiles are traced in worker processes (:func:`fill_cache`), 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import multiprocessing
 import os
 import threading
@@ -32,7 +30,7 @@ import torch
 
 from tinytl_core.memory import accounting as acc
 from tinytl_core.modes import prepare_model
-from tinytl_core.paths import cache_dir
+from tinytl_core.planner.disk import JsonFolder
 from tinytl_core.tracing import Trace, optimizer_states, trace_model
 
 PROFILE_FORMAT = 3
@@ -284,11 +282,8 @@ class ProfileCache:
     """
 
     def __init__(self, folder: str | Path | None = None, *, disk: bool | None = None) -> None:
-        if disk is None:
-            disk = os.environ.get("TINYTL_PLANNER_CACHE", "1") != "0"
-        self.folder = Path(folder) if folder is not None else (cache_dir(CACHE_NAME) if disk else None)
-        if self.folder is not None:
-            self.folder.mkdir(parents=True, exist_ok=True)
+        self.files = JsonFolder(CACHE_NAME, folder, disk=disk)
+        self.folder = self.files.folder
         self.version = cache_version()
         self.memory: dict[str, MemoryProfile] = {}
         self.built = 0  # profiles traced (cache misses)
@@ -296,24 +291,20 @@ class ProfileCache:
 
     def key(self, backbone: str, resolution: int, mode: str, group_norm: bool, num_classes: int) -> str:
         """The cache key of one profile (a hash; the file name)."""
-        text = json.dumps([self.version, backbone, resolution, mode, group_norm, num_classes])
-        return hashlib.sha256(text.encode()).hexdigest()[:32]
-
-    def _path(self, key: str) -> Path | None:
-        return self.folder / f"{key}.json" if self.folder is not None else None
+        return self.files.key(self.version, backbone, resolution, mode, group_norm, num_classes)
 
     def _load(self, key: str) -> MemoryProfile | None:
         """The profile from memory or disk (then kept in memory), or None."""
         profile = self.memory.get(key)
         if profile is not None:
             return profile
-        path = self._path(key)
-        if path is None or not path.is_file():
+        data = self.files.read(key)
+        if data is None:
             return None
         try:
-            profile = MemoryProfile.from_json(json.loads(path.read_text()))
-        except (OSError, ValueError, TypeError, KeyError):
-            return None  # damaged: traced again
+            profile = MemoryProfile.from_json(data)
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return None  # of another form: traced again
         self.loaded += 1
         self.memory[key] = profile
         return profile
@@ -324,14 +315,7 @@ class ProfileCache:
             profile.backbone, profile.resolution, profile.mode, profile.group_norm, profile.num_classes
         )
         self.memory[key] = profile
-        path = self._path(key)
-        if path is not None:
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            try:
-                tmp.write_text(json.dumps(profile.to_json()))
-                os.replace(tmp, path)
-            except OSError:
-                tmp.unlink(missing_ok=True)
+        self.files.write(key, profile.to_json())
 
     def get(
         self, backbone: str, resolution: int, mode: str, *, group_norm: bool, num_classes: int = 10
@@ -396,10 +380,4 @@ class ProfileCache:
     def clear(self) -> int:
         """Delete every cached file and forget the in-memory profiles; returns the files deleted."""
         self.memory.clear()
-        if self.folder is None:
-            return 0
-        n = 0
-        for f in self.folder.glob("*.json"):
-            f.unlink(missing_ok=True)
-            n += 1
-        return n
+        return self.files.clear()

@@ -11,9 +11,6 @@ only; nothing is executed.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 from collections.abc import Iterable
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -23,7 +20,7 @@ import pandas as pd
 from tinytl_core.comparisons import mode_reports
 from tinytl_core.memory import MemoryReport, ReportTotals
 from tinytl_core.modes import resolve_modes
-from tinytl_core.paths import cache_dir
+from tinytl_core.planner.disk import JsonFolder
 from tinytl_core.planner.profile import cache_version
 
 REPORT_FORMAT = 1
@@ -60,19 +57,15 @@ class ReportCache:
     or no disk cache when ``TINYTL_PLANNER_CACHE=0`` (then :meth:`reports` always traces)."""
 
     def __init__(self, folder: str | Path | None = None, *, disk: bool | None = None) -> None:
-        if disk is None:
-            disk = os.environ.get("TINYTL_PLANNER_CACHE", "1") != "0"
-        self.folder = Path(folder) if folder is not None else (cache_dir(CACHE_NAME) if disk else None)
-        if self.folder is not None:
-            self.folder.mkdir(parents=True, exist_ok=True)
+        self.files = JsonFolder(CACHE_NAME, folder, disk=disk)
+        self.folder = self.files.folder
         self.version = f"r{REPORT_FORMAT}-{cache_version()}"
         self.built = 0  # settings traced (cache misses)
         self.loaded = 0  # settings read from disk
 
     def key(self, backbone: str, settings: dict) -> str:
         """The cache key of one setting (a hash; the file name)."""
-        text = json.dumps([self.version, backbone, settings], sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:32]
+        return self.files.key(self.version, backbone, settings)
 
     def reports(
         self,
@@ -96,15 +89,15 @@ class ReportCache:
             "modes": mode_names,
             "group_norm": group_norm,
         }
-        path = self.folder / f"{self.key(backbone, settings)}.json" if self.folder is not None else None
-        if path is not None and path.is_file():
+        key = self.key(backbone, settings)
+        data = self.files.read(key)
+        if data is not None:
             try:
-                data = json.loads(path.read_text())
                 out = {name: report_from_json(data[name]) for name in mode_names}
                 self.loaded += 1
                 return out
-            except (OSError, ValueError, TypeError, KeyError):
-                pass  # damaged or of another form: traced again
+            except (ValueError, TypeError, KeyError, AttributeError):
+                pass  # of another form: traced again
         out = mode_reports(
             backbone,
             resolution=resolution,
@@ -115,11 +108,5 @@ class ReportCache:
             group_norm=group_norm,
         )
         self.built += 1
-        if path is not None:
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            try:
-                tmp.write_text(json.dumps({name: report_to_json(r) for name, r in out.items()}))
-                os.replace(tmp, path)  # atomic: a reader never sees half a file
-            except (OSError, TypeError, ValueError):
-                tmp.unlink(missing_ok=True)
+        self.files.write(key, {name: report_to_json(r) for name, r in out.items()})
         return out
