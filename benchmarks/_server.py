@@ -21,10 +21,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_app(home: Path, log: Path, **env: str) -> tuple[subprocess.Popen, str]:
+def start_app(
+    home: Path, log: Path, *, cpus: set[int] | None = None, **env: str
+) -> tuple[subprocess.Popen, str]:
     """``streamlit run app.py`` on a free port, offline, with its data under ``home`` and its output in
-    ``log``; ``env``: more environment variables (e.g. ``TINYTL_WORKERS="2"``). Returns the process and
-    its URL at once (see :func:`wait_healthy`)."""
+    ``log``; ``cpus``: the cores it (and the worker processes it starts) may run on (None: any);
+    ``env``: more environment variables (e.g. ``TINYTL_WORKERS="2"``). Returns the process and its URL at
+    once (see :func:`wait_healthy`)."""
     port = free_port()
     environment = dict(os.environ, TINYTL_HOME=str(home), TINYTL_OFFLINE="1", HF_HUB_OFFLINE="1", **env)
     with open(log, "wb") as out:  # the child keeps its own descriptor
@@ -36,6 +39,7 @@ def start_app(home: Path, log: Path, **env: str) -> tuple[subprocess.Popen, str]
             env=environment,
             stdout=out,
             stderr=subprocess.STDOUT,
+            preexec_fn=None if cpus is None else lambda: os.sched_setaffinity(0, cpus),
         )
     return proc, f"http://127.0.0.1:{port}"
 

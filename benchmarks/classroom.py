@@ -15,10 +15,10 @@ Starts ``streamlit run app.py`` headless (its own worker pool, ``TINYTL_WORKERS`
   end. Target: with viewers at least 90% of without. Also the CPU the app's server process itself (its
   workers not counted) used per second in each phase: what the viewers take from the machine.
 
-The browsers stand for the students' laptops: on a machine with 2 or more cores they run pinned to the
-last core (``--browser-cpus``; ``all`` to share every core), so that what (b) measures is what the viewers
-cost the *server* (its page reruns and store reads), not what five Chromium tabs drawing charts cost the
-machine they happen to share. The server and its workers keep every core.
+The browsers stand for the students' laptops: on a machine with 2 or more cores they run on the last core
+and the server with its workers on the others (``--browser-cpus``; ``all`` to share every core), so that
+what (b) measures is what the viewers cost the *server* (its page reruns and store reads), not what five
+Chromium tabs drawing charts cost the machine they happen to share.
 
 Timings vary with the machine (and with other work on it); README keeps the table measured on the dev
 container.
@@ -47,7 +47,7 @@ QUEUE_LINE = "text=Queue:"
 def start_server(home: Path, workers: int) -> tuple[subprocess.Popen, str]:
     """``streamlit run app.py`` on a free port with ``workers`` worker processes; (process, url)."""
     log = home / f"streamlit-{time.monotonic_ns()}.log"
-    proc, url = start_app(home, log, TINYTL_WORKERS=str(workers))
+    proc, url = start_app(home, log, cpus=SERVER_CPUS, TINYTL_WORKERS=str(workers))
     wait_healthy(url, proc, log=log)
     return proc, url
 
@@ -198,6 +198,10 @@ def throughput_with_viewers(browser, home: Path, viewers: int, steps: int) -> di
     return out
 
 
+SERVER_CPUS: set[int] | None = None
+"""The cores the servers (and their workers) run on: those the browsers do not (None: any)."""
+
+
 def browser_cores(spec: str) -> set[int] | None:
     """The cores ``--browser-cpus`` names (None: no pinning)."""
     cores = sorted(os.sched_getaffinity(0))
@@ -216,12 +220,15 @@ def browser_cores(spec: str) -> set[int] | None:
 
 def launch_pinned(pw, chromium: str, spec: str):
     """Chromium pinned to the cores of ``spec``: its processes (and every tab's renderer, which the browser
-    process starts) inherit the affinity this process has while launching it; afterwards this process (and
-    the servers it starts) gets every core back."""
+    process starts) inherit the affinity this process has while launching it; afterwards this process gets
+    every core back, and the servers it starts run on the cores left (:data:`SERVER_CPUS`)."""
+    global SERVER_CPUS
     chosen, every = browser_cores(spec), os.sched_getaffinity(0)
     if chosen is not None:
+        SERVER_CPUS = (every - chosen) or None  # every core is the browsers': the server shares them
         os.sched_setaffinity(0, chosen)
-        print(f"browsers pinned to core(s) {sorted(chosen)}; server and workers on {sorted(every)}")
+        shared = sorted(SERVER_CPUS or every)
+        print(f"browsers pinned to core(s) {sorted(chosen)}; server and its workers on {shared}")
     try:
         return pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
     finally:
