@@ -148,8 +148,8 @@ with st.form("sw_form"):
         key="sw_ray_address",
         placeholder="empty: this server's workers",
         help="Empty: this server's worker processes. 'local': a Ray instance on this server for the sweep; "
-        "'auto': the Ray cluster running on this machine; host:port or ray://host:port: that cluster. "
-        "Needs Ray installed on the server.",
+        "'auto': the Ray cluster running on this machine; host:port or ray://host:port: that cluster, if "
+        "whoever runs the server allowed it (TINYTL_RAY_ADDRESSES). Needs Ray installed on the server.",
     )
     st.caption(
         f"Batch {settings.batch_size} and {'pretrained weights' if settings.pretrained else 'random init'} "

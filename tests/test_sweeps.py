@@ -396,8 +396,16 @@ def test_sweep_page_ray_address_checks_and_the_driver_command(tmp_path, monkeypa
 
     addresses = [ui_sweep.parse_ray_address(t) for t in ("", "  ", "auto", "LOCAL")]
     assert addresses == [None, None, "auto", "local"]
+    # Another cluster only when whoever runs the server allowed it: a page never probes other addresses.
+    monkeypatch.delenv(ui_sweep.RAY_ADDRESSES_ENV, raising=False)
+    with pytest.raises(ValueError, match="allows no other cluster.*TINYTL_RAY_ADDRESSES"):
+        ui_sweep.parse_ray_address("10.0.0.5:6379")
+    monkeypatch.setenv(ui_sweep.RAY_ADDRESSES_ENV, "10.0.0.5:6379, ray://head-node:10001, not an address")
+    assert ui_sweep.allowed_ray_addresses() == ("10.0.0.5:6379", "ray://head-node:10001")
     assert ui_sweep.parse_ray_address(" 10.0.0.5:6379 ") == "10.0.0.5:6379"
     assert ui_sweep.parse_ray_address("ray://head-node:10001") == "ray://head-node:10001"
+    with pytest.raises(ValueError, match="may join 10.0.0.5:6379, ray://head-node:10001"):
+        ui_sweep.parse_ray_address("10.0.0.6:22")
     for bad in ("nowhere", "head:99999", "a b:1", "http://x:1"):
         with pytest.raises(ValueError, match="give 'auto', 'local', host:port"):
             ui_sweep.parse_ray_address(bad)

@@ -211,14 +211,26 @@ LOCAL_RAY = "local"
 """The Ray address that starts a Ray instance on this server for the sweep (``sweep --ray`` alone)."""
 _HOST_PORT = re.compile(r"^(?:ray://)?(?P<host>[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?):(?P<port>\d{1,5})$")
 REACH_TIMEOUT_S = 3.0
+RAY_ADDRESSES_ENV = "TINYTL_RAY_ADDRESSES"
+"""Environment variable: the other Ray clusters (``host:port`` or ``ray://host:port``, comma-separated)
+the Sweep page may join, set by whoever runs the server. Unset: ``local`` and ``auto`` only -- a page
+must not make the server connect to any address a visitor types (it would probe the server's network)."""
 """How long the page tries to open a connection to a Ray address before saying it cannot reach it."""
 _DRIVERS: dict[int, subprocess.Popen] = {}  # drivers this process started: reaped when they end
 
 
-def parse_ray_address(text: str | None) -> str | None:
+def allowed_ray_addresses(env: str | None = None) -> tuple[str, ...]:
+    """The other clusters the Sweep page may join (:data:`RAY_ADDRESSES_ENV`; ``env`` None reads it), each
+    as :func:`parse_ray_address` writes it; an entry that is not an address is left out."""
+    text = os.environ.get(RAY_ADDRESSES_ENV, "") if env is None else env
+    return tuple(a.strip() for a in text.split(",") if _HOST_PORT.match(a.strip()))
+
+
+def parse_ray_address(text: str | None, allowed: Sequence[str] | None = None) -> str | None:
     """The Sweep page's Ray address: empty -> None (this server's worker processes); ``local`` starts a Ray
     instance on this server for the sweep; ``auto`` joins the Ray cluster running on this machine (or
-    starts one); ``host:port`` or ``ray://host:port`` joins that cluster. ``ValueError`` otherwise."""
+    starts one); ``host:port`` or ``ray://host:port`` joins that cluster if it is one of ``allowed``
+    (None: :func:`allowed_ray_addresses`). ``ValueError`` otherwise."""
     value = (text or "").strip()
     if not value:
         return None
@@ -229,6 +241,13 @@ def parse_ray_address(text: str | None) -> str | None:
         raise ValueError(
             f"Ray address {value!r}: give 'auto', 'local', host:port or ray://host:port (e.g. "
             "10.0.0.5:6379), or leave it empty for this server's workers"
+        )
+    allowed = allowed_ray_addresses() if allowed is None else tuple(allowed)
+    if value not in allowed:
+        others = f"it may join {', '.join(allowed)}" if allowed else "it allows no other cluster"
+        raise ValueError(
+            f"Ray address {value!r}: this server's pages start Ray here ('local', 'auto'); {others}. "
+            f"Whoever runs the server can allow a cluster in {RAY_ADDRESSES_ENV}."
         )
     return value
 
