@@ -64,7 +64,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--backbone", default=DEMO_BACKBONE)
     p.add_argument("--dataset", default="digits")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--steps", type=int, default=300, help="steps of the final full / sparse runs")
+    p.add_argument("--steps", type=int, default=500, help="steps of the final full / sparse runs")
     p.add_argument("--search-steps", type=int, default=40, help="steps of each contribution run")
     p.add_argument("--layers", type=int, default=30, help="last weight layers searched")
     p.add_argument("--candidates", choices=[c.value for c in Candidates], default="pointwise")
