@@ -167,6 +167,7 @@ def test_tiny_adaptation_appears_on_compare_runs(app, worker):
     visit(app, "compare_runs")
     table = app.dataframe[0].value
     assert run_id in list(table["id"]) and table.set_index("id").loc[run_id, "mode"] == "bias"
+    app.run()  # the scatter comes in the page's second pass, after the table
     assert app.get("vega_lite_chart")  # the memory-accuracy scatter (the Plotly sections run once opened)
 
 

@@ -86,6 +86,10 @@ def test_first_view_sends_no_plotly_figure_and_opened_sections_do(session):
         _save(store, mode, total)
     at = _compare_runs(session())
     assert not at.get("plotly_chart")  # no Plotly bundle for the browser to load on the first view
+    # nor Vega's: the first view sends the table alone, the scatter follows in a second pass
+    assert not at.get("vega_lite_chart") and len(at.dataframe) == 1
+    assert "Drawing the memory" in " ".join(c.value for c in at.caption)
+    at.run()  # the second pass (in the browser: the fragment's tick reruns the page)
     (chart,) = at.get("vega_lite_chart")  # the memory-accuracy scatter, drawn with Vega-Lite
     assert "Validation accuracy vs training memory" in chart.proto.spec
     at.session_state["cr_curves_open"] = True
