@@ -20,6 +20,7 @@ from tinytl_core.modes import MODES
 from tinytl_core.quantities import MB, RunStatus
 from tinytl_core.reference import PAPER_TABLE2, load_reference_runs, load_reference_set, write_reference
 from tinytl_core.results import ResultsStore
+from tinytl_core.seeds import group_seeds
 from tinytl_core.sweeps import (
     OutcomeKind,
     QueueExecutor,
@@ -35,7 +36,6 @@ from tinytl_core.sweeps import (
     sweep_id,
 )
 from tinytl_core.sweeps.driver import DIED, DriverState, read_status
-from tinytl_core.sweeps.summary import group_seeds
 from tinytl_core.ui import sweep as ui_sweep
 from tinytl_core.ui.sweep import cancel_sweep, paper_frame, start_sweep, sweep_status
 
