@@ -15,6 +15,7 @@ map to a 4D feature map.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -286,17 +287,20 @@ def attach_lite_residuals(
             kernel, global_pool = 3, False
         else:
             kernel, global_pool = 1, True
-        branch = LiteResidual(
-            c_in,
-            c_out,
-            stride=stride,
-            kernel_size=kernel,
-            downsample=config.downsample,
-            expand=config.expand,
-            groups=config.groups,
-            group_norm=config.group_norm,
-            global_pool=global_pool,
-        ).to(device)
+        # built where the model lives when that is ``meta`` (no weights to initialise: shape-only
+        # models); elsewhere on the CPU and moved, so a seeded branch is the same on every device
+        with torch.device("meta") if device.type == "meta" else contextlib.nullcontext():
+            branch = LiteResidual(
+                c_in,
+                c_out,
+                stride=stride,
+                kernel_size=kernel,
+                downsample=config.downsample,
+                expand=config.expand,
+                groups=config.groups,
+                group_norm=config.group_norm,
+                global_pool=global_pool,
+            ).to(device)
         wrapper = LiteResidualBlock(cand.module, branch, cand.post_activation)
         model.set_submodule(cand.name, wrapper)
         added += sum(p.numel() for p in branch.parameters())

@@ -3,8 +3,9 @@
 The step's modelled peak (:mod:`tinytl_core.memory.accounting`) is the largest of a few hundred candidate
 sums of tensor sizes (:class:`~tinytl_core.memory.accounting.PeakTerms`). Each tensor is either
 batch-sized or fixed (normalisation statistics, weights), so each candidate is ``a + s * batch``; the
-profile keeps these lines, traced at two batch sizes (2 and 3) on the ``meta`` device, and checks that
-the two traces have the same structure (same rows, same candidates). Batch 1 uses GroupNorm (the paper's
+profile keeps these lines, fitted to batch sizes 2 and 3, both rewritten from one trace on the ``meta``
+device at a prime batch size (:mod:`tinytl_core.tracing.batch_scale`), and checks that the two have the
+same structure (same rows, same candidates). Batch 1 uses GroupNorm (the paper's
 choice: batch statistics of one sample are meaningless), a different model, traced at batch 1 alone.
 Tests compare profiles with :func:`tinytl_core.memory.analyze` at every batch of 1-64.
 
@@ -27,11 +28,13 @@ from pathlib import Path
 
 import timm
 import torch
+from torch import nn
 
 from tinytl_core.memory import accounting as acc
 from tinytl_core.modes import prepare_model
 from tinytl_core.planner.disk import JsonFolder
 from tinytl_core.tracing import Trace, optimizer_states, trace_model
+from tinytl_core.tracing.batch_scale import prime_batch, scale_batch
 
 PROFILE_FORMAT = 3
 """Bump when :class:`MemoryProfile`'s fields or their meaning change."""
@@ -154,6 +157,21 @@ def _structure(trace: Trace) -> list[tuple[str, int, str]]:
     return [(r.name, r.call, r.kind) for r in trace.rows]
 
 
+def _traces(model: nn.Module, size: tuple[int, int, int], group_norm: bool, num_classes: int) -> list[Trace]:
+    """The traces a profile is fitted to: batch 1 for GroupNorm; else :data:`LINEAR_BATCHES`, rewritten
+    from one trace at a prime batch size (:mod:`tinytl_core.tracing.batch_scale`: tracing on ``meta``
+    costs the same at any batch, so one trace serves both), or traced one by one when that trace cannot
+    tell batch-sized tensors from fixed ones (or the architecture refuses the prime batch)."""
+    if group_norm:
+        return [trace_model(model, size, 1)]
+    prime = prime_batch(model, num_classes, *size)
+    try:
+        traced = trace_model(model, size, prime)
+        return [scale_batch(traced, prime, b) for b in LINEAR_BATCHES]
+    except (ValueError, RuntimeError):
+        return [trace_model(model, size, b) for b in LINEAR_BATCHES]
+
+
 def build_profile(
     backbone: str, resolution: int, mode: str, *, group_norm: bool, num_classes: int = 10
 ) -> MemoryProfile:
@@ -174,9 +192,7 @@ def build_profile(
         )
         if not prepared.result.applicable:
             return _inapplicable(base, prepared.result.reason)
-        size = prepared.data.input_size
-        batches = (1,) if group_norm else LINEAR_BATCHES
-        traces = [trace_model(prepared.model, size, b) for b in batches]
+        traces = _traces(prepared.model, prepared.data.input_size, group_norm, num_classes)
     except (ValueError, RuntimeError, TypeError, NotImplementedError) as exc:  # timm or tracer refusing
         return _inapplicable(base, str(exc) or type(exc).__name__)
     first = traces[0]

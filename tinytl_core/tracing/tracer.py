@@ -24,20 +24,25 @@ Where the ``meta`` kernels differ from the CPU ones, the shape trace follows the
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
+from torch.utils._device import _device_constructors
 from torch.utils._pytree import tree_leaves
 
 from tinytl_core.layer_kinds import adds_block_input, uses_batch_statistics
-from tinytl_core.tracing.records import Row, TensorRef, Trace, param_refs
+from tinytl_core.tracing.records import ParamRef, Row, TensorRef, Trace, param_refs
 from tinytl_core.tracing.saved import SavedTensor, SavedTensorCounter, storage_key, storage_of
 from tinytl_core.tracing.shims import drop_meta_only_saves, follow_cpu
 from tinytl_core.tracing.step import check_input, default_loss, model_device, model_dtype, preserved_state
 
+_NO_TORCH_FUNCTION = torch._C.DisableTorchFunction
+"""Turns off torch-function modes (the ``meta`` device mode, :class:`_Uses`) while the tracer reads tensor
+metadata in its hooks: those reads are bookkeeping, not the model's ops."""
 _NO_TENSORS = (int, float, bool, str, bytes, type(None), torch.dtype, torch.device, torch.Size, slice)
 
 
@@ -78,29 +83,44 @@ class _Pins:
         return key
 
     def refs(self, obj: Any) -> list[TensorRef]:
-        tensors = _tensors(obj)
-        for t in tensors:
-            self.key(t)
-        return [TensorRef.of(t) for t in tensors]
+        with _NO_TORCH_FUNCTION():  # metadata reads: 5x faster without the active modes' dispatch
+            tensors = _tensors(obj)
+            for t in tensors:
+                self.key(t)
+            return [TensorRef.of(t) for t in tensors]
 
 
 class _Uses(TorchFunctionMode):
-    """Remembers, per storage, the event number of its last use by a tensor-producing function."""
+    """Remembers, per storage, the event number of its last use by a tensor-producing function; with
+    ``device``, also puts tensors created without a device there (what ``with torch.device(...)`` does,
+    without a second mode every op would pass through)."""
 
-    def __init__(self, clock: Callable[[], int], pins: _Pins) -> None:
+    def __init__(self, clock: Callable[[], int], pins: _Pins, device: torch.device | None = None) -> None:
         super().__init__()
         self.clock = clock
         self.pins = pins
+        self.device = device
         self.last_use: dict[int, int] = {}
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if self.device is not None and kwargs.get("device") is None and func in _device_constructors():
+            kwargs["device"] = self.device
         result = follow_cpu(func, args, kwargs)
         if _tensors(result):
             now = self.clock()
-            for t in _tensors((args, kwargs)):
-                self.last_use[self.pins.key(t)] = now
+            with _NO_TORCH_FUNCTION():  # metadata reads need no dispatch through the device mode
+                for t in _tensors((args, kwargs)):
+                    self.last_use[self.pins.key(t)] = now
         return result
+
+
+@dataclass(frozen=True)
+class _Static:
+    name: str
+    type: str
+    leaf: bool
+    own: tuple[ParamRef, ...]
 
 
 @dataclass
@@ -120,6 +140,7 @@ def run_traced(
     record_modules: bool = True,
     record_uses: bool = True,
     after_forward: Callable[[torch.Tensor], None] | None = None,
+    default_device: torch.device | None = None,
 ) -> Trace:
     """Run ``forward(inputs)`` (default ``model(inputs)``) and its loss, recording rows and saved tensors.
 
@@ -132,6 +153,8 @@ def run_traced(
         record_uses: note last uses of storages to find pending residual inputs.
         after_forward: called with the loss once the forward is done and the hooks are off (e.g.
             ``loss.backward()``); the trace's references to storages are dropped before.
+        default_device: where tensors the forward creates without naming a device go (``meta`` for a
+            shape trace), as ``with torch.device(...)`` would put them.
     """
     forward = forward or model
     if weights is None:
@@ -142,6 +165,7 @@ def run_traced(
     calls: list[_Call] = []
     stack: list[int] = []
     counts: dict[int, int] = {}
+    statics: dict[int, _Static] = {}
     clock = [0]
 
     def tick() -> int:
@@ -151,30 +175,37 @@ def run_traced(
     def owner() -> int:
         return stack[-1] if stack else -1
 
-    def pre_hook(module: nn.Module, args, kwargs) -> None:
+    def static(module: nn.Module) -> _Static:
+        """What a module's rows share across its calls (computed at its first call)."""
         name = names.get(id(module), "")
-        counts[id(module)] = counts.get(id(module), 0) + 1
-        leaf = next(module.children(), None) is None
-        own = [
+        own = tuple(
             by_name[f"{name}.{n}" if name else n]
-            for n, _ in module.named_parameters(recurse=False)
-            if (f"{name}.{n}" if name else n) in by_name
-        ]
+            for n in module._parameters
+            if module._parameters[n] is not None and (f"{name}.{n}" if name else n) in by_name
+        )
+        leaf = all(m is None for m in module._modules.values())  # as children(): None entries skipped
+        return _Static(name or "(model)", type(module).__name__, leaf, own)
+
+    def pre_hook(module: nn.Module, args, kwargs) -> None:
+        info = statics.get(id(module))
+        if info is None:
+            info = statics[id(module)] = static(module)
+        counts[id(module)] = counts.get(id(module), 0) + 1
         now = tick()
         row = Row(
-            name=name or "(model)",
-            type=type(module).__name__,
-            kind="layer" if leaf else ("module" if own else "ops"),
+            name=info.name,
+            type=info.type,
+            kind="layer" if info.leaf else ("module" if info.own else "ops"),
             call=counts[id(module)],
             module=module,
             inputs=pins.refs((args, kwargs)),
-            params=own,
+            params=list(info.own),
             start=now,
             anchor=now,
             batch_statistics=uses_batch_statistics(module),
             training=module.training,
         )
-        calls.append(_Call(row, leaf, bool(own), tuple(stack)))
+        calls.append(_Call(row, info.leaf, bool(info.own), tuple(stack)))
         stack.append(len(calls) - 1)
 
     def post_hook(module: nn.Module, args, kwargs, output) -> None:
@@ -190,11 +221,12 @@ def run_traced(
             handles.append(module.register_forward_hook(post_hook, with_kwargs=True))
     loss_row = Row(name="(loss)", type="loss", kind="loss", call=1, module=None)
     pins = _Pins(record_uses)
-    uses = _Uses(tick, pins) if record_uses else None
+    uses = _Uses(tick, pins, default_device) if record_uses else None
+    place = torch.device(default_device) if default_device is not None and uses is None else nullcontext()
     counter = SavedTensorCounter(weights, owner, tick)
     output_shape = None
     try:
-        with counter:
+        with counter, place:
             if uses is not None:
                 with uses:
                     output = forward(inputs)
@@ -265,6 +297,7 @@ def _set_pending(calls: list[_Call], last_use: dict[int, int]) -> None:
     residual inputs), those of them that are residual blocks' inputs (``residual``, see
     :func:`~tinytl_core.layer_kinds.adds_block_input`) and all of them (``held``: the callers' frames keep a
     reference to each, used or not)."""
+    blocks: dict[int, bool] = {}  # call index -> residual block (asked once per enclosing call)
     for c in calls:
         row = c.row
         own = {t.key for t in row.inputs}
@@ -272,7 +305,9 @@ def _set_pending(calls: list[_Call], last_use: dict[int, int]) -> None:
         residual: dict[int, TensorRef] = {}
         held: dict[int, TensorRef] = {}
         for p in c.parents:
-            block = adds_block_input(calls[p].row.module)
+            block = blocks.get(p)
+            if block is None:
+                block = blocks[p] = adds_block_input(calls[p].row.module)
             for t in calls[p].row.inputs:
                 if t.key not in own:
                     held.setdefault(t.key, t)
@@ -303,10 +338,11 @@ def trace_model(
     device = model_device(model)
     try:
         # meta as the default device too: tensors a forward creates without a device land there
-        with preserved_state(model), torch.device("meta"):
+        meta = torch.device("meta")
+        with preserved_state(model):
             model.train()
             if device.type == "meta":
-                return run_traced(model, torch.empty(shape, device="meta", dtype=dtype))
+                return run_traced(model, torch.empty(shape, device=meta, dtype=dtype), default_device=meta)
             params = {n: _meta_like(p) for n, p in model.named_parameters()}
             buffers = {n: _meta_like(b) for n, b in model.named_buffers() if b is not None}
 
@@ -316,9 +352,10 @@ def trace_model(
             try:
                 return run_traced(
                     model,
-                    torch.empty(shape, device="meta", dtype=dtype),
+                    torch.empty(shape, device=meta, dtype=dtype),
                     forward=forward,
                     weights=[*params.values(), *buffers.values()],
+                    default_device=meta,
                 )
             except Exception:
                 if not allow_real:
