@@ -44,6 +44,7 @@ if "tinytl_core.backbones" not in sys.modules:
         st.caption(":material/hourglass_top: Loading PyTorch and the model catalog (first page only).")
 
 from app_pages import _cache  # noqa: E402 -- after the first paint
+from tinytl_core.runtime import freeze_imported_objects  # noqa: E402
 from tinytl_core.ui.settings import KEYS, LIMITS, Settings, accept_setting, backbone_label  # noqa: E402
 
 st.session_state.setdefault("session_id", uuid.uuid4().hex)  # before the defaults: one id per session
@@ -124,3 +125,4 @@ with st.sidebar:
 
 loading.empty()
 run_page(page)  # what escapes a page's work: a short message, the traceback to the log
+freeze_imported_objects()  # once per server, after the first page's imports (tinytl_core.runtime)

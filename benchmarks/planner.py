@@ -24,6 +24,7 @@ from tinytl_core.planner.budget import Budget
 from tinytl_core.planner.plan import DEFAULT_RESOLUTIONS, SearchSpace, plan
 from tinytl_core.planner.profile import ProfileCache
 from tinytl_core.planner.reports import ReportCache
+from tinytl_core.runtime import freeze_imported_objects
 
 EXTRA = (  # mobile CNNs beyond the curated set, to plan at least 20 backbones
     "mobilenetv3_small_100",
@@ -52,6 +53,7 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="skip the Memory Explorer timing")
     args = parser.parse_args()
+    freeze_imported_objects()  # as the app's server and `python -m tinytl_core` do (tinytl_core.runtime)
     folder = args.cache_dir or tempfile.mkdtemp(prefix="planner-bench-")
     space = SearchSpace(
         backbones=tuple(b for b in args.backbones.split(",") if b),

@@ -4,4 +4,4 @@ import sys
 
 from tinytl_core.cli import main
 
-sys.exit(main())
+sys.exit(main(freeze_gc=True))

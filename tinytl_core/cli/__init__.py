@@ -14,6 +14,8 @@ import sys
 import traceback
 from collections.abc import Sequence
 
+from tinytl_core.runtime import freeze_imported_objects
+
 # One module per command; add a name here when a command module lands.
 COMMANDS: tuple[str, ...] = (
     "backbones",
@@ -57,11 +59,14 @@ def error_message(exc: BaseException) -> str:
     return " ".join(text.split()) if "\n" not in text else text.strip()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, freeze_gc: bool = False) -> int:
     """Run the CLI; return the process exit code. User errors (a bad value, a missing file, an unknown id)
     print one ``error:`` line and exit 2; anything unexpected prints one line too and exits 1, with the
-    traceback only when ``TINYTL_DEBUG`` is set."""
+    traceback only when ``TINYTL_DEBUG`` is set. ``freeze_gc`` (``python -m tinytl_core``): once the
+    commands are imported, :func:`tinytl_core.runtime.freeze_imported_objects`."""
     args = build_parser().parse_args(argv)
+    if freeze_gc:
+        freeze_imported_objects()
     try:
         return int(args.func(args) or 0)
     except (ValueError, KeyError, OSError, sqlite3.Error) as exc:

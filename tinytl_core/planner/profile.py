@@ -33,6 +33,7 @@ from torch import nn
 from tinytl_core.memory import accounting as acc
 from tinytl_core.modes import prepare_model
 from tinytl_core.planner.disk import JsonFolder
+from tinytl_core.runtime import freeze_imported_objects
 from tinytl_core.tracing import Trace, optimizer_states, trace_model
 from tinytl_core.tracing.batch_scale import prime_batch, scale_batch
 
@@ -265,6 +266,7 @@ def default_workers() -> int:
 
 def _worker_init() -> None:
     torch.set_num_threads(1)  # one core per process: the traces are single-threaded Python anyway
+    freeze_imported_objects()  # the collector no longer rescans the imports' objects (half a trace)
 
 
 def _trace_json(request: ProfileRequest) -> dict:
