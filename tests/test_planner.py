@@ -281,3 +281,17 @@ def test_cli_plan_csv_and_export(planned, cache_dir, tmp_path, capsys, monkeypat
     assert doc["n_trainable"] == row[PLANNED.n_trainable]
     assert doc["engine_layers"] and all(layer["stores"] for layer in doc["engine_layers"])
     assert sum(r["bytes"] for r in doc["stored_for_backward"]) == doc["memory"]["activations_stored_bytes"]
+
+
+def test_fill_groups_resolutions_and_equals_build_profile(tmp_path):
+    """Workers trace each (backbone, mode, normalisation) once for every resolution it can share, one by
+    one otherwise; each profile is the one build_profile gives, and progress counts profiles."""
+    from tinytl_core.planner.profile import build_profile
+
+    requests = [(DEMO, r, m, False, 10) for m in ("bias", "lite_residual") for r in (32, 64, 96)]
+    cache, seen = ProfileCache(tmp_path), []
+    assert cache.fill(requests, workers=2, progress=lambda done, total, _: seen.append((done, total))) == 6
+    assert seen[0] == (0, 6) and seen[-1] == (6, 6) and len(seen) == 1 + 1 + 3  # a shared task, 3 single
+    for backbone, r, mode, gn, _ in requests:
+        assert cache.get(backbone, r, mode, group_norm=gn) == build_profile(backbone, r, mode, group_norm=gn)
+    assert cache.built == 6

@@ -1,4 +1,4 @@
-"""One trace at a prime batch size, rewritten to another batch size, is the trace taken at that size.
+"""One trace at a prime batch size (and resolution), rewritten to another size, is the trace taken there.
 
 The class: every kind of tensor a training forward records (activations, masks, batch statistics, saved
 views, residual inputs, attention, the loss's targets), on every kind of model the planner profiles.
@@ -13,7 +13,14 @@ from tinytl_core.memory import accounting as acc
 from tinytl_core.modes import prepare_model
 from tinytl_core.planner import profile as planner_profile
 from tinytl_core.tracing import Trace, trace_model
-from tinytl_core.tracing.batch_scale import SMALLEST_PRIME, BatchScaleError, prime_batch, scale_batch
+from tinytl_core.tracing.batch_scale import (
+    SMALLEST_PRIME,
+    BatchScaleError,
+    ScalableTrace,
+    prime_batch,
+    resolution_primes,
+    scale_batch,
+)
 
 CASES = [  # (backbone, mode, group norm, resolution): CNNs with BN/GN, SE blocks, lite residual, attention
     ("demo_mobilenetv2_050", "full", False, 32),
@@ -98,3 +105,60 @@ def test_a_profile_falls_back_to_tracing_each_batch(monkeypatch):
     )
     assert planner_profile.build_profile(*args, group_norm=False) == expected
     assert traced[1:] == list(planner_profile.LINEAR_BATCHES)
+
+
+SHARED = [  # CNNs whose architecture does not depend on the input size: one pair of traces, every size
+    ("demo_mobilenetv2_050", "full"),
+    ("demo_mobilenetv2_050", "sparse"),
+    ("mobilenetv3_small_100", "mobiletl"),  # hard-swish, squeeze-excitation
+    ("resnet18", "bias"),
+    ("convnext_atto", "bn+last"),  # LayerNorm, a 4x4 stride-4 stem
+]
+
+
+@pytest.mark.parametrize("backbone, mode", SHARED)
+@pytest.mark.parametrize("group_norm", [False, True])
+def test_profiles_from_two_traces_equal_one_trace_per_resolution(backbone, mode, group_norm):
+    resolutions = [32, 64, 96, 160]
+    assert planner_profile._shared_resolutions(backbone, mode, resolutions) == resolutions
+    shared = planner_profile.build_profiles(backbone, resolutions, mode, group_norm=group_norm)
+    direct = [planner_profile.build_profile(backbone, r, mode, group_norm=group_norm) for r in resolutions]
+    assert shared == direct
+    assert all(p.applicable for p in shared) or (mode, group_norm) == ("sparse", True)  # GN: WSConv2d
+
+
+def test_sizes_that_do_not_scale_with_the_input_fall_back(monkeypatch):
+    """A convolution without padding makes a feature map ``H - 2``, not a multiple of the input: the two
+    traces disagree, and each resolution is traced on its own (same figures)."""
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10)
+    )
+    q1, q2 = resolution_primes(model, 10)
+    first, second = (trace_model(model, (3, 32 * q, 32 * q), 2) for q in (q1, q2))
+    with pytest.raises(BatchScaleError):
+        ScalableTrace(first, (q1,), check=second, check_primes=(q2,))
+    # the planner's path: a timm model padding like TensorFlow ("SAME", a size off by the kernel)
+    traced = []
+    real = planner_profile.build_profile
+    monkeypatch.setattr(
+        planner_profile, "build_profile", lambda *a, **k: traced.append(a[1]) or real(*a, **k)
+    )
+    profiles = planner_profile.build_profiles(
+        "tf_mobilenetv3_small_minimal_100", [64, 96, 128], "bias", group_norm=True
+    )
+    assert traced == [64, 96, 128]
+    assert profiles == [
+        real("tf_mobilenetv3_small_minimal_100", r, "bias", group_norm=True) for r in (64, 96, 128)
+    ]
+
+
+def test_what_shares_traces():
+    shared = planner_profile._shared_resolutions
+    assert shared("resnet18", "bias", [96, 128, 160, 100]) == [96, 128, 160]  # multiples of 32 only
+    assert shared("resnet18", "bias", [96, 128]) == []  # two traces for two sizes would not pay
+    assert shared("resnet18", "lite_residual", [96, 128, 160]) == []  # branches sized by the input
+    assert shared("vit_tiny_patch16_224", "bias", [96, 128, 160]) == []  # built for its input size
+    tasks = planner_profile._tasks(
+        [("resnet18", r, m, False, 10) for m in ("bias", "lite_residual") for r in (96, 128, 160, 100)]
+    )
+    assert [[r for _, r, *_ in t] for t in tasks] == [[96, 128, 160], [100], [96], [128], [160], [100]]

@@ -23,19 +23,26 @@ import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import timm
 import torch
 from torch import nn
 
+from tinytl_core.backbones import backbone_info
 from tinytl_core.memory import accounting as acc
-from tinytl_core.modes import prepare_model
+from tinytl_core.modes import PreparedModel, get_mode, prepare_model
 from tinytl_core.planner.disk import JsonFolder
 from tinytl_core.runtime import freeze_imported_objects
 from tinytl_core.tracing import Trace, optimizer_states, trace_model
-from tinytl_core.tracing.batch_scale import prime_batch, scale_batch
+from tinytl_core.tracing.batch_scale import (
+    RESOLUTION_STEP,
+    ScalableTrace,
+    prime_batch,
+    resolution_primes,
+    scale_batch,
+)
 
 PROFILE_FORMAT = 3
 """Bump when :class:`MemoryProfile`'s fields or their meaning change."""
@@ -173,6 +180,19 @@ def _traces(model: nn.Module, size: tuple[int, int, int], group_norm: bool, num_
         return [trace_model(model, size, b) for b in LINEAR_BATCHES]
 
 
+def _prepare(backbone: str, resolution: int, mode: str, group_norm: bool, num_classes: int) -> PreparedModel:
+    return prepare_model(
+        backbone,
+        mode,
+        num_classes=num_classes,
+        resolution=resolution,
+        group_norm=group_norm,
+        device="meta",
+        strict=False,
+        engine=False,  # analyze() models stock layers and the engine from the rules: no conversion
+    )
+
+
 def build_profile(
     backbone: str, resolution: int, mode: str, *, group_norm: bool, num_classes: int = 10
 ) -> MemoryProfile:
@@ -181,25 +201,76 @@ def build_profile(
     with ``applicable=False`` and the reason."""
     base = MemoryProfile(backbone, resolution, mode, group_norm, num_classes)
     try:
-        prepared = prepare_model(
-            backbone,
-            mode,
-            num_classes=num_classes,
-            resolution=resolution,
-            group_norm=group_norm,
-            device="meta",
-            strict=False,
-            engine=False,  # analyze() models stock layers and the engine from the rules: no conversion
-        )
+        prepared = _prepare(backbone, resolution, mode, group_norm, num_classes)
         if not prepared.result.applicable:
             return _inapplicable(base, prepared.result.reason)
         traces = _traces(prepared.model, prepared.data.input_size, group_norm, num_classes)
     except (ValueError, RuntimeError, TypeError, NotImplementedError) as exc:  # timm or tracer refusing
         return _inapplicable(base, str(exc) or type(exc).__name__)
+    return _fitted(base, traces)
+
+
+def _shared_resolutions(backbone: str, mode: str, resolutions: Iterable[int]) -> list[int]:
+    """The resolutions one pair of traces can serve (:func:`build_profiles`): multiples of
+    ``RESOLUTION_STEP`` of a CNN (transformers are built for their input size) in a mode without lite
+    residual branches (sized by the input); none when fewer than three (two traces would not pay)."""
+    if get_mode(mode).uses_lite_residual or backbone_info(backbone).kind != "cnn":
+        return []
+    shared = sorted({r for r in resolutions if r % RESOLUTION_STEP == 0})
+    return shared if len(shared) >= 3 else []
+
+
+def build_profiles(
+    backbone: str, resolutions: Iterable[int], mode: str, *, group_norm: bool, num_classes: int = 10
+) -> list[MemoryProfile]:
+    """:func:`build_profile` at each of ``resolutions`` (in order), from two traces where they can serve
+    them all: a CNN whose architecture does not depend on the input size is traced at two prime multiples
+    of ``RESOLUTION_STEP`` (and a prime batch size) and every shared resolution and batch size is rewritten
+    from them (:mod:`tinytl_core.tracing.batch_scale`, which checks that every size scales). Where that
+    check fails, each resolution is traced on its own; the figures are the same either way."""
+    resolutions = list(resolutions)
+    out: dict[int, MemoryProfile] = {}
+    shared = _shared_resolutions(backbone, mode, resolutions)
+    if shared:
+        try:
+            out = _profiles_from_two_traces(backbone, shared, mode, group_norm, num_classes)
+        except (ValueError, RuntimeError, TypeError, NotImplementedError):  # not scalable: one by one
+            out = {}
+    for r in resolutions:
+        if r not in out:
+            out[r] = build_profile(backbone, r, mode, group_norm=group_norm, num_classes=num_classes)
+    return [out[r] for r in resolutions]
+
+
+def _profiles_from_two_traces(
+    backbone: str, resolutions: list[int], mode: str, group_norm: bool, num_classes: int
+) -> dict[int, MemoryProfile]:
+    prepared = _prepare(backbone, resolutions[0], mode, group_norm, num_classes)
+    bases = {r: MemoryProfile(backbone, r, mode, group_norm, num_classes) for r in resolutions}
+    if not prepared.result.applicable:  # the same at any size: the mode needs parts the model lacks
+        return {r: _inapplicable(b, prepared.result.reason) for r, b in bases.items()}
+    model, channels = prepared.model, prepared.data.input_size[0]
+    q1, q2 = resolution_primes(model, num_classes)
+    batch = 1 if group_norm else prime_batch(model, num_classes, q1, q2)
+    first, second = (
+        trace_model(model, (channels, RESOLUTION_STEP * q, RESOLUTION_STEP * q), batch) for q in (q1, q2)
+    )
+    if group_norm:
+        scalable = ScalableTrace(first, (q1,), check=second, check_primes=(q2,))
+        return {r: _fitted(bases[r], [scalable.at((r // RESOLUTION_STEP,))]) for r in resolutions}
+    scalable = ScalableTrace(first, (batch, q1), batch_prime=batch, check=second, check_primes=(batch, q2))
+    return {
+        r: _fitted(bases[r], [scalable.at((b, r // RESOLUTION_STEP)) for b in LINEAR_BATCHES])
+        for r in resolutions
+    }
+
+
+def _fitted(base: MemoryProfile, traces: list[Trace]) -> MemoryProfile:
+    """The profile fitted to ``traces`` (batch 1 with GroupNorm, else :data:`LINEAR_BATCHES`)."""
     first = traces[0]
     params = first.params
     terms = [_terms(t) for t in traces]
-    if group_norm:
+    if base.group_norm:
         engine = [(v, 0) for v in terms[0].engine]
         stock = [(v, 0) for v in terms[0].stock]
         min_batch, max_batch = 1, 1
@@ -207,16 +278,14 @@ def build_profile(
         if _structure(traces[0]) != _structure(traces[1]) or any(
             len(getattr(terms[0], k)) != len(getattr(terms[1], k)) for k in ("engine", "stock")
         ):
-            raise RuntimeError(f"{backbone} ({mode}) traces differently at batch sizes {LINEAR_BATCHES}")
+            raise RuntimeError(
+                f"{base.backbone} ({base.mode}) traces differently at batch sizes {LINEAR_BATCHES}"
+            )
         engine = _fit(terms[0].engine, terms[1].engine, *LINEAR_BATCHES)
         stock = _fit(terms[0].stock, terms[1].stock, *LINEAR_BATCHES)
         min_batch, max_batch = 2, None
-    return MemoryProfile(
-        backbone,
-        resolution,
-        mode,
-        group_norm,
-        num_classes,
+    return replace(
+        base,
         min_batch=min_batch,
         max_batch=max_batch,
         n_params=sum(p.numel for p in params),
@@ -269,10 +338,28 @@ def _worker_init() -> None:
     freeze_imported_objects()  # the collector no longer rescans the imports' objects (half a trace)
 
 
-def _trace_json(request: ProfileRequest) -> dict:
-    """Build one profile in a worker process; plain data back (no pickled tensors or models)."""
-    backbone, resolution, mode, group_norm, num_classes = request
-    return build_profile(backbone, resolution, mode, group_norm=group_norm, num_classes=num_classes).to_json()
+def _tasks(requests: list[ProfileRequest]) -> list[list[ProfileRequest]]:
+    """``requests`` in the groups one :func:`build_profiles` call serves: the resolutions one pair of
+    traces covers together (:func:`_shared_resolutions`), every other request on its own."""
+    groups: dict[tuple, list[int]] = {}
+    for backbone, resolution, mode, group_norm, num_classes in requests:
+        groups.setdefault((backbone, mode, group_norm, num_classes), []).append(resolution)
+    tasks = []
+    for (backbone, mode, group_norm, num_classes), resolutions in groups.items():
+        shared = _shared_resolutions(backbone, mode, resolutions)
+        if shared:
+            tasks.append([(backbone, r, mode, group_norm, num_classes) for r in shared])
+        tasks.extend([(backbone, r, mode, group_norm, num_classes)] for r in resolutions if r not in shared)
+    return tasks
+
+
+def _trace_json(task: list[ProfileRequest]) -> list[dict]:
+    """Build one task's profiles (same backbone, mode and normalisation) in a worker process; plain data
+    back (no pickled tensors or models)."""
+    backbone, _, mode, group_norm, num_classes = task[0]
+    resolutions = [r for _, r, *_ in task]
+    profiles = build_profiles(backbone, resolutions, mode, group_norm=group_norm, num_classes=num_classes)
+    return [p.to_json() for p in profiles]
 
 
 def _start_method() -> str:
@@ -361,11 +448,13 @@ class ProfileCache:
     ) -> int:
         """Trace the profiles of ``requests`` that are not cached yet, in ``workers`` processes (None:
         :func:`default_workers`; 1: in this process), and store them; returns how many were traced.
-        ``progress(done, total, request)`` is called before the first and after each profile."""
+        ``progress(done, total, request)`` is called before the first profile and after each task (the
+        resolutions one pair of traces serves come together, :func:`build_profiles`)."""
         todo = self.missing(requests)
         if not todo:
             return 0
-        workers = min(default_workers() if workers is None else max(1, workers), len(todo))
+        tasks = _tasks(todo)
+        workers = min(default_workers() if workers is None else max(1, workers), len(tasks))
         if progress is not None:
             progress(0, len(todo), todo[0])
         done = 0
@@ -373,26 +462,26 @@ class ProfileCache:
         if workers > 1 and len(todo) >= MIN_PARALLEL[method]:
             try:
                 with _pool(workers, method) as pool:
-                    futures = {pool.submit(_trace_json, r): r for r in todo}
+                    futures = {pool.submit(_trace_json, task): task for task in tasks}
                     for future in as_completed(futures):
-                        self.put(MemoryProfile.from_json(future.result()))
-                        self.built += 1
-                        done += 1
+                        for data in future.result():
+                            self.put(MemoryProfile.from_json(data))
+                        self.built += len(futures[future])
+                        done += len(futures[future])
                         if progress is not None:
-                            progress(done, len(todo), futures[future])
+                            progress(done, len(todo), futures[future][-1])
             except BrokenProcessPool:  # a worker died (e.g. out of memory): trace the rest here
                 pass
-        for request in todo:
-            if self._load(self.key(*request)) is not None:
+        for task in tasks:
+            task = [r for r in task if self._load(self.key(*r)) is None]
+            if not task:
                 continue
-            backbone, resolution, mode, group_norm, num_classes = request
-            self.put(
-                build_profile(backbone, resolution, mode, group_norm=group_norm, num_classes=num_classes)
-            )
-            self.built += 1
-            done += 1
+            for data in _trace_json(task):
+                self.put(MemoryProfile.from_json(data))
+            self.built += len(task)
+            done += len(task)
             if progress is not None:
-                progress(done, len(todo), request)
+                progress(done, len(todo), task[-1])
         return done
 
     def clear(self) -> int:
