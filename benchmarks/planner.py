@@ -4,6 +4,7 @@ per-mode analysis (traced, then from its disk cache).
 
     python benchmarks/planner.py                                # 20 backbones x all modes x 5 px x 1-64
     python benchmarks/planner.py --resolutions 96 --workers 2   # one resolution, traced by 2 processes
+    python benchmarks/planner.py --modes full,last,bn+last,bias,lite_residual,lite_residual+bias  # issue's 6
     python benchmarks/planner.py --backbones demo_mobilenetv2_050 --resolutions 32,64 --quick
 
 Targets (issue 15): the whole default space in <= 10 s cold and <= 1 s warm on 2 cores; all modes of a
@@ -19,7 +20,6 @@ import tempfile
 import time
 
 from tinytl_core.backbones import CURATED_BACKBONES
-from tinytl_core.modes import MODES
 from tinytl_core.planner.budget import Budget
 from tinytl_core.planner.plan import DEFAULT_RESOLUTIONS, SearchSpace, plan
 from tinytl_core.planner.profile import ProfileCache
@@ -44,6 +44,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbones", default=",".join((*CURATED_BACKBONES, *EXTRA)[:20]))
     parser.add_argument("--resolutions", default=",".join(map(str, DEFAULT_RESOLUTIONS)))
+    parser.add_argument(
+        "--modes",
+        default="all",
+        help="comma-separated modes (issue 15's six: full,last,bn+last,bias,"
+        "lite_residual,lite_residual+bias)",
+    )
     parser.add_argument("--batch-min", type=int, default=1, help="2 skips the GroupNorm (batch 1) profiles")
     parser.add_argument("--batch-max", type=int, default=64)
     parser.add_argument("--workers", type=int, default=1, help="processes tracing the cold profiles")
@@ -58,11 +64,12 @@ def main() -> None:
     space = SearchSpace(
         backbones=tuple(b for b in args.backbones.split(",") if b),
         resolutions=tuple(int(r) for r in args.resolutions.split(",")),
+        modes=None if args.modes == "all" else tuple(m for m in args.modes.split(",") if m),
         batch_sizes=tuple(range(args.batch_min, args.batch_max + 1)),
     ).checked()
     budget = Budget.of("300 MB")
     print(
-        f"{len(space.backbones)} backbones x {len(space.modes)} modes ({', '.join(MODES)}) x "
+        f"{len(space.backbones)} backbones x {len(space.modes)} modes ({', '.join(space.modes)}) x "
         f"{len(space.resolutions)} resolutions x batch {args.batch_min}-{args.batch_max} = {space.size:,} "
         f"configurations; "
         f"cache {folder}; torch threads {os.environ.get('OMP_NUM_THREADS', 'default')}"

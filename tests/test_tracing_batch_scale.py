@@ -99,7 +99,7 @@ def test_a_profile_falls_back_to_tracing_each_batch(monkeypatch):
 
     traced = []
     real_trace = planner_profile.trace_model
-    monkeypatch.setattr(planner_profile, "scale_batch", refuse)
+    monkeypatch.setattr(planner_profile, "ScalableTrace", refuse)
     monkeypatch.setattr(
         planner_profile, "trace_model", lambda m, s, b: traced.append(b) or real_trace(m, s, b)
     )

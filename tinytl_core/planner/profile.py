@@ -41,7 +41,6 @@ from tinytl_core.tracing.batch_scale import (
     ScalableTrace,
     prime_batch,
     resolution_primes,
-    scale_batch,
 )
 
 PROFILE_FORMAT = 3
@@ -174,8 +173,8 @@ def _traces(model: nn.Module, size: tuple[int, int, int], group_norm: bool, num_
         return [trace_model(model, size, 1)]
     prime = prime_batch(model, num_classes, *size)
     try:
-        traced = trace_model(model, size, prime)
-        return [scale_batch(traced, prime, b) for b in LINEAR_BATCHES]
+        scalable = ScalableTrace(trace_model(model, size, prime), (prime,), batch_prime=prime)
+        return [scalable.at((b,)) for b in LINEAR_BATCHES]
     except (ValueError, RuntimeError):
         return [trace_model(model, size, b) for b in LINEAR_BATCHES]
 
