@@ -4,7 +4,7 @@ The step's modelled peak (:mod:`tinytl_core.memory.accounting`) is the largest o
 sums of tensor sizes (:class:`~tinytl_core.memory.accounting.PeakTerms`). Each tensor is either
 batch-sized or fixed (normalisation statistics, weights), so each candidate is ``a + s * batch``; the
 profile keeps these lines, fitted to batch sizes 2 and 3, both rewritten from one trace on the ``meta``
-device at a prime batch size (:mod:`tinytl_core.tracing.batch_scale`), and checks that the two have the
+device at a prime batch size (:mod:`tinytl_core.tracing.scaling`), and checks that the two have the
 same structure (same rows, same candidates). Batch 1 uses GroupNorm (the paper's
 choice: batch statistics of one sample are meaningless), a different model, traced at batch 1 alone.
 Tests compare profiles with :func:`tinytl_core.memory.analyze` at every batch of 1-64.
@@ -36,7 +36,7 @@ from tinytl_core.modes import PreparedModel, get_mode, prepare_model
 from tinytl_core.planner.disk import JsonFolder
 from tinytl_core.runtime import freeze_imported_objects
 from tinytl_core.tracing import Trace, optimizer_states, trace_model
-from tinytl_core.tracing.batch_scale import (
+from tinytl_core.tracing.scaling import (
     RESOLUTION_STEP,
     ScalableTrace,
     prime_batch,
@@ -166,7 +166,7 @@ def _structure(trace: Trace) -> list[tuple[str, int, str]]:
 
 def _traces(model: nn.Module, size: tuple[int, int, int], group_norm: bool, num_classes: int) -> list[Trace]:
     """The traces a profile is fitted to: batch 1 for GroupNorm; else :data:`LINEAR_BATCHES`, rewritten
-    from one trace at a prime batch size (:mod:`tinytl_core.tracing.batch_scale`: tracing on ``meta``
+    from one trace at a prime batch size (:mod:`tinytl_core.tracing.scaling`: tracing on ``meta``
     costs the same at any batch, so one trace serves both), or traced one by one when that trace cannot
     tell batch-sized tensors from fixed ones (or the architecture refuses the prime batch)."""
     if group_norm:
@@ -225,7 +225,7 @@ def build_profiles(
     """:func:`build_profile` at each of ``resolutions`` (in order), from two traces where they can serve
     them all: a CNN whose architecture does not depend on the input size is traced at two prime multiples
     of ``RESOLUTION_STEP`` (and a prime batch size) and every shared resolution and batch size is rewritten
-    from them (:mod:`tinytl_core.tracing.batch_scale`, which checks that every size scales). Where that
+    from them (:mod:`tinytl_core.tracing.scaling`, which checks that every size scales). Where that
     check fails, each resolution is traced on its own; the figures are the same either way."""
     resolutions = list(resolutions)
     out: dict[int, MemoryProfile] = {}

@@ -98,15 +98,7 @@ class ReportCache:
                 return out
             except (ValueError, TypeError, KeyError, AttributeError):
                 pass  # of another form: traced again
-        out = mode_reports(
-            backbone,
-            resolution=resolution,
-            batch_size=batch_size,
-            optimizer=optimizer,
-            accounting=accounting,
-            modes=mode_names,
-            group_norm=group_norm,
-        )
+        out = mode_reports(backbone, **settings)  # the settings are mode_reports' own arguments
         self.built += 1
         self.files.write(key, {name: report_to_json(r) for name, r in out.items()})
         return out

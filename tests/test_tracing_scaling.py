@@ -13,13 +13,12 @@ from tinytl_core.memory import accounting as acc
 from tinytl_core.modes import prepare_model
 from tinytl_core.planner import profile as planner_profile
 from tinytl_core.tracing import Trace, trace_model
-from tinytl_core.tracing.batch_scale import (
+from tinytl_core.tracing.scaling import (
     SMALLEST_PRIME,
-    BatchScaleError,
     ScalableTrace,
+    ScalingError,
     prime_batch,
     resolution_primes,
-    scale_batch,
 )
 
 CASES = [  # (backbone, mode, group norm, resolution): CNNs with BN/GN, SE blocks, lite residual, attention
@@ -59,10 +58,10 @@ def test_rewritten_trace_equals_a_trace_at_that_batch(backbone, mode, group_norm
     ).model
     size = (3, resolution, resolution)
     prime = prime_batch(model, 10, *size)
-    traced = trace_model(model, size, prime)
+    traced = ScalableTrace(trace_model(model, size, prime), (prime,), batch_prime=prime)
     for batch in (1, 2, 5) if group_norm else (2, 5):
         direct = trace_model(model, size, batch)
-        scaled = scale_batch(traced, prime, batch)
+        scaled = traced.at((batch,))
         assert _sizes(scaled) == _sizes(direct)
         a, b = (acc.peak_terms(t, acc.necessary_rows(t)) for t in (scaled, direct))
         assert (a.engine, a.stock) == (b.engine, b.stock)
@@ -83,10 +82,11 @@ def test_ambiguous_sizes_are_refused():
             return x.flatten(1) @ x.flatten(1).T
 
     trace = trace_model(nn.Sequential(nn.Conv2d(3, 4, 3), Square()), (3, 8, 8), prime)
-    with pytest.raises(BatchScaleError):
-        scale_batch(trace, prime, 2)
+    with pytest.raises(ScalingError):
+        ScalableTrace(trace, (prime,), batch_prime=prime).at((2,))
+    linear = ScalableTrace(trace_model(nn.Conv2d(3, 4, 3), (3, 8, 8), prime), (prime,), batch_prime=prime)
     with pytest.raises(ValueError):
-        scale_batch(trace, prime, 0)
+        linear.at((0,))
 
 
 def test_a_profile_falls_back_to_tracing_each_batch(monkeypatch):
@@ -95,7 +95,7 @@ def test_a_profile_falls_back_to_tracing_each_batch(monkeypatch):
     expected = planner_profile.build_profile(*args, group_norm=False)
 
     def refuse(*_args, **_kwargs):
-        raise BatchScaleError("ambiguous")
+        raise ScalingError("ambiguous")
 
     traced = []
     real_trace = planner_profile.trace_model
@@ -135,7 +135,7 @@ def test_sizes_that_do_not_scale_with_the_input_fall_back(monkeypatch):
     )
     q1, q2 = resolution_primes(model, 10)
     first, second = (trace_model(model, (3, 32 * q, 32 * q), 2) for q in (q1, q2))
-    with pytest.raises(BatchScaleError):
+    with pytest.raises(ScalingError):
         ScalableTrace(first, (q1,), check=second, check_primes=(q2,))
     # the planner's path: a timm model padding like TensorFlow ("SAME", a size off by the kernel)
     traced = []

@@ -5,14 +5,14 @@ size a multiple of the batch) or fixed (weights, normalisation statistics, the l
 batch ``p`` that divides no fixed size (:func:`prime_batch`), a tensor is batch-sized exactly when ``p``
 divides its size, and ``p`` then divides exactly one of its dimensions; :class:`ScalableTrace` writes another
 batch size in its place. The result is what a trace at that batch size records: same rows, same storages,
-sizes rescaled. A size divisible by ``p**2`` (not linear in the batch) raises :class:`BatchScaleError`.
+sizes rescaled. A size divisible by ``p**2`` (not linear in the batch) raises :class:`ScalingError`.
 
 Resolutions work the same way for a CNN whose architecture does not depend on its input size, at
 resolutions ``step * m`` (``step`` = 32, the usual total stride): every feature map is then ``m`` times a
 fixed size, so every dimension is ``m**j * r``. Two traces at ``step * q1`` and ``step * q2`` (primes
 dividing no fixed size) must give every dimension as ``q1**j * r`` and ``q2**j * r`` with the same ``j`` and
 ``r``; anything else (a size off by a padding, a stride beyond ``step``, another structure) raises
-:class:`BatchScaleError` and the caller traces each resolution. Tracing on ``meta`` costs the same at any
+:class:`ScalingError` and the caller traces each resolution. Tracing on ``meta`` costs the same at any
 size, so one or two traces serve every batch size and resolution.
 """
 
@@ -34,7 +34,7 @@ SMALLEST_RESOLUTION_PRIME = 11
 """Above every kernel size and stride, so a feature map's side ``m * (step / stride)`` is told apart."""
 
 
-class BatchScaleError(ValueError):
+class ScalingError(ValueError):
     """The traces' sizes do not tell what scales from what is fixed (trace each size then)."""
 
 
@@ -97,7 +97,7 @@ class ScalableTrace:
     ``primes``: the prime sizes traced at (e.g. the batch size and the resolution's multiple of
     :data:`RESOLUTION_STEP`); ``batch_prime``: which one is the batch size (every size must be linear in
     it). ``check``: the same model traced with ``check_primes`` in place of ``primes`` (in order); every
-    size must split the same way in both (see the module docstring). Raises :class:`BatchScaleError`
+    size must split the same way in both (see the module docstring). Raises :class:`ScalingError`
     otherwise. Splitting every size once makes each rewrite a few multiplications per tensor.
     """
 
@@ -118,7 +118,7 @@ class ScalableTrace:
         self.refs: dict[int, tuple[TensorRef, tuple[_Size, ...], _Size]] = {}
         self.saved: dict[int, tuple[SavedTensor, tuple[_Size, ...], _Size]] = {}
         if check is not None and (len(check.rows) != len(trace.rows) or len(check.saved) != len(trace.saved)):
-            raise BatchScaleError("the traces differ in structure")
+            raise ScalingError("the traces differ in structure")
         for i, row in enumerate(trace.rows):
             self._row(row, None if check is None else check.rows[i])
         for i, s in enumerate(trace.saved):
@@ -132,18 +132,18 @@ class ScalableTrace:
         powers, rest = _split(n, self.primes)
         if self.check_primes is not None and other is not None:
             if (powers, rest) != _split(other, self.check_primes):
-                raise BatchScaleError(f"a size does not scale with the input ({n} and {other})")
+                raise ScalingError(f"a size does not scale with the input ({n} and {other})")
         if nbytes and self.batch_index is not None and powers[self.batch_index] > 1:
-            raise BatchScaleError(f"a size of {n} bytes is not linear in the batch size")
+            raise ScalingError(f"a size of {n} bytes is not linear in the batch size")
         return (powers, rest) if any(powers) else n
 
     def _shape(self, shape: tuple[int, ...], other: tuple[int, ...] | None) -> tuple[_Size, ...]:
         if other is not None and len(other) != len(shape):
-            raise BatchScaleError(f"shapes {shape} and {other} differ in rank")
+            raise ScalingError(f"shapes {shape} and {other} differ in rank")
         dims = tuple(self._size(d, None if other is None else other[i]) for i, d in enumerate(shape))
         if self.batch_index is not None:
             if sum(d[0][self.batch_index] for d in dims if isinstance(d, tuple)) > 1:
-                raise BatchScaleError(f"shape {shape} has several dimensions sized by the batch")
+                raise ScalingError(f"shape {shape} has several dimensions sized by the batch")
         return dims
 
     def _ref(self, t: TensorRef, other: TensorRef | None) -> None:
@@ -154,7 +154,7 @@ class ScalableTrace:
 
     def _saved(self, s: SavedTensor, other: SavedTensor | None) -> None:
         if other is not None and (other.owner, other.dtype) != (s.owner, s.dtype):
-            raise BatchScaleError("the traces save different tensors")
+            raise ScalingError("the traces save different tensors")
         if id(s) not in self.saved:
             shape = self._shape(s.shape, None if other is None else other.shape)
             nbytes = self._size(s.nbytes, None if other is None else other.nbytes, nbytes=True)
@@ -162,17 +162,17 @@ class ScalableTrace:
 
     def _row(self, row: Row, other: Row | None) -> None:
         if other is not None and (other.name, other.call, other.kind) != (row.name, row.call, row.kind):
-            raise BatchScaleError("the traces differ in structure")
+            raise ScalingError("the traces differ in structure")
         for name in ("inputs", "outputs", "pending", "held", "residual"):
             mine, theirs = getattr(row, name), None if other is None else getattr(other, name)
             if theirs is not None and len(theirs) != len(mine):
-                raise BatchScaleError("the traces differ in structure")
+                raise ScalingError("the traces differ in structure")
             for i, t in enumerate(mine):
                 self._ref(t, None if theirs is None else theirs[i])
         for name in ("saved", "saved_all"):
             mine, theirs = getattr(row, name), None if other is None else getattr(other, name)
             if theirs is not None and len(theirs) != len(mine):
-                raise BatchScaleError("the traces save different tensors")
+                raise ScalingError("the traces save different tensors")
             for i, s in enumerate(mine):
                 self._saved(s, None if theirs is None else theirs[i])
 
@@ -223,8 +223,3 @@ class ScalableTrace:
             records=[saved[id(s)] for s in self.trace.records],
             output_shape=output_shape,
         )
-
-
-def scale_batch(trace: Trace, traced: int, batch: int) -> Trace:
-    """``trace``, taken at the prime batch size ``traced`` (:func:`prime_batch`), rewritten to ``batch``."""
-    return ScalableTrace(trace, (traced,), batch_prime=traced).at((batch,))
