@@ -118,3 +118,57 @@ def test_bad_inputs():
         create_backbone("resnet_18")
     with pytest.raises(ValueError, match="num_classes"):
         create_backbone("resnet18", num_classes=0)
+
+
+def _described(model: torch.nn.Module) -> list:
+    """What a copy must reproduce: module tree and types, plain attributes, tensors' shapes and flags."""
+    out: list = []
+    for name, module in model.named_modules():
+        plain = {
+            k: v if isinstance(v, (int, float, str, bool, tuple, type(None))) else type(v).__name__
+            for k, v in vars(module).items()
+            if not k.startswith("_")
+        }
+        out.append((name, type(module).__name__, sorted(plain.items(), key=str)))
+    out.append([(n, p.shape, p.dtype, p.requires_grad, p.device) for n, p in model.named_parameters()])
+    out.append([(n, b.shape, b.dtype, b.device) for n, b in model.named_buffers()])
+    return out
+
+
+@pytest.mark.parametrize(
+    "name", ["mobilenetv2_100", "resnet18", "regnetx_002", "convnext_atto", "vit_tiny_patch16_224"]
+)
+def test_copy_module_equals_deepcopy_and_is_independent(name):
+    import copy
+
+    from tinytl_core.backbones.builder import copy_module
+    from tinytl_core.lite_residual import attach_lite_residuals
+
+    template = create_backbone(name, 5, device="meta")[0]
+    if name != "vit_tiny_patch16_224":  # a branch referenced twice (a submodule and a plain attribute)
+        attach_lite_residuals(template, (3, 64, 64))
+    template.get_classifier().weight.requires_grad_(False)
+    fast, slow = copy_module(template), copy.deepcopy(template)
+    assert _described(fast) == _described(slow) == _described(template)
+    originals = {id(t) for t in (*template.modules(), *template.parameters(), *template.buffers())}
+    assert not originals & {id(t) for t in (*fast.modules(), *fast.parameters(), *fast.buffers())}
+    for a, b in zip(template.modules(), fast.modules()):  # hook registries and sets are the copy's own
+        for key, value in vars(a).items():
+            if isinstance(value, (dict, set, list)):
+                assert vars(b)[key] is not value, key
+    fast.get_classifier().weight.requires_grad_(True)
+    assert not template.get_classifier().weight.requires_grad
+
+
+def test_copy_module_keeps_tied_weights_and_shared_modules_shared():
+    from tinytl_core.backbones.builder import copy_module
+
+    shared = torch.nn.Linear(4, 4)
+    model = torch.nn.Sequential(shared, torch.nn.ReLU(), shared, torch.nn.Linear(4, 4))
+    model[3].weight = model[0].weight  # tied
+    model.extra = [shared]  # a plain attribute holding a module of the tree (deep-copied with the memo)
+    copied = copy_module(model)
+    assert copied[0] is copied[2] and copied[3].weight is copied[0].weight
+    assert copied.extra[0] is copied[0] and copied[0] is not shared
+    x = torch.randn(2, 4)
+    torch.testing.assert_close(copied(x), model(x))

@@ -1,7 +1,9 @@
 """Memory model (issue 3): TinyTL's rules, the accountings, meta analysis and the per-mode table."""
 
+import dataclasses
 import math
 
+import pandas as pd
 import pytest
 import timm
 import torch
@@ -270,3 +272,49 @@ def test_step_peak_by_hand():
     assert t.transient_stock_bytes == h
     assert t.transient_bytes == h + reorders
     assert t.total_modelled_bytes == t.weights_bytes + t.grads_optimizer_bytes + x + 3 * h + reorders
+
+
+@pytest.mark.parametrize(
+    "backbone, resolution, group_norm",
+    [
+        ("mobilenetv2_100", 96, False),  # depthwise, BN, every mode (lite residual, sparse, MobileTL)
+        ("mobilenetv3_large_100", 64, True),  # squeeze-excitation, h-swish, GroupNorm
+        ("resnet18", 64, False),  # residual adds after the activation
+        ("vit_tiny_patch16_224", 32, False),  # attention: a transformer built for its input size
+    ],
+)
+def test_mode_reports_from_one_trace_equal_analyze_at_every_batch(backbone, resolution, group_norm):
+    """The Memory Explorer traces each mode once (at a prime batch) and rewrites it for each batch size,
+    optimizer and accounting it is asked for: the reports are analyze()'s, cell for cell."""
+    from tinytl_core.comparisons import clear_mode_analyses, mode_reports
+    from tinytl_core.modes import prepare_model
+
+    clear_mode_analyses()
+    settings = [(1, "adam", "complete"), (2, "sgd", "paper"), (7, "adam", "complete")]
+    for batch, optimizer, accounting in settings:
+        reports = mode_reports(
+            backbone,
+            resolution=resolution,
+            batch_size=batch,
+            optimizer=optimizer,
+            accounting=accounting,
+            group_norm=group_norm,
+        )
+        for name, report in reports.items():
+            try:
+                prepared = prepare_model(
+                    backbone, name, resolution=resolution, group_norm=group_norm, device="meta", engine=False
+                )
+            except ValueError as exc:  # the mode does not apply: the same reason either way
+                assert report == str(exc)
+                continue
+            expected = analyze(
+                prepared.model,
+                input_size=prepared.data.input_size,
+                batch_size=batch,
+                optimizer=optimizer,
+                accounting=accounting,
+            )
+            pd.testing.assert_frame_equal(report.layers, expected.layers)
+            expected_totals = dataclasses.replace(expected.totals, mode=name, backbone=backbone)
+            assert report.totals == expected_totals, (name, batch)

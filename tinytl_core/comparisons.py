@@ -6,19 +6,62 @@ The memory model's comparisons live here, above :mod:`tinytl_core.modes` (which 
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 import pandas as pd
 
 from tinytl_core.memory import MemoryReport, analyze
+from tinytl_core.memory.analysis import BatchAnalysis
 from tinytl_core.memory.report import SUMMARY_FIELDS, TOTALS
-from tinytl_core.modes import ModeNotApplicable, prepare_model, resolve_modes
+from tinytl_core.modes import Mode, ModeNotApplicable, prepare_model, resolve_modes
 from tinytl_core.quantities import format_bytes, format_ratio
 
 TABLE_COLUMNS: tuple[str, ...] = SUMMARY_FIELDS
 """The :class:`~tinytl_core.memory.ReportTotals` fields of a :func:`compare_modes` row, in order: those a
 report's summary lists."""
+
+
+ANALYSES_KEPT = 96
+"""Traced (backbone, mode, resolution, normalisation) settings kept in memory per process
+(:func:`mode_analysis`): a dozen backbones in every mode; each holds a shape-only model and its trace."""
+_analyses: OrderedDict[tuple, BatchAnalysis | str] = OrderedDict()
+_analyses_lock = threading.Lock()
+
+
+def mode_analysis(
+    backbone: str, mode: Mode, *, resolution: int | None, group_norm: bool = False
+) -> BatchAnalysis | str:
+    """``backbone`` prepared in ``mode`` on the ``meta`` device and traced, ready to report at any batch
+    size, optimizer and accounting (:class:`~tinytl_core.memory.analysis.BatchAnalysis`), or the reason
+    the mode does not apply. Kept per process (the last :data:`ANALYSES_KEPT`): a page that changes only
+    its batch size, optimizer or accounting re-accounts the traces it has."""
+    key = (backbone, mode, resolution, group_norm)
+    with _analyses_lock:
+        found = _analyses.get(key)
+        if found is not None:
+            _analyses.move_to_end(key)
+            return found
+    try:
+        prepared = prepare_model(  # analysis models stock layers: no engine conversion to trace
+            backbone, mode, resolution=resolution, group_norm=group_norm, device="meta", engine=False
+        )
+        found = BatchAnalysis(prepared.model, input_size=prepared.data.input_size)
+    except ModeNotApplicable as exc:
+        found = str(exc)
+    with _analyses_lock:
+        _analyses[key] = found
+        while len(_analyses) > ANALYSES_KEPT:
+            _analyses.popitem(last=False)
+    return found
+
+
+def clear_mode_analyses() -> None:
+    """Forget the traces :func:`mode_analysis` keeps (benchmarks time a first look with it)."""
+    with _analyses_lock:
+        _analyses.clear()
 
 
 def mode_reports(
@@ -31,23 +74,15 @@ def mode_reports(
     modes: str | Iterable[str] | None = None,
     group_norm: bool = False,
 ) -> dict[str, MemoryReport | str]:
-    """Analyse ``backbone`` in each mode; a mode that does not apply maps to the reason (a string)."""
+    """Analyse ``backbone`` in each mode (:func:`mode_analysis`: each traced once per process, whatever the
+    batch size, optimizer and accounting); a mode that does not apply maps to the reason (a string)."""
     out: dict[str, MemoryReport | str] = {}
     for mode in resolve_modes(modes):
-        try:
-            prepared = prepare_model(  # analyze() models stock layers: no engine conversion to trace
-                backbone, mode, resolution=resolution, group_norm=group_norm, device="meta", engine=False
-            )
-        except ModeNotApplicable as exc:
-            out[mode.name] = str(exc)
+        analysis = mode_analysis(backbone, mode, resolution=resolution, group_norm=group_norm)
+        if isinstance(analysis, str):
+            out[mode.name] = analysis
             continue
-        report = analyze(
-            prepared.model,
-            input_size=prepared.data.input_size,
-            batch_size=batch_size,
-            optimizer=optimizer,
-            accounting=accounting,
-        )
+        report = analysis.report(batch_size, optimizer=optimizer, accounting=accounting)
         report.totals = replace(report.totals, mode=mode.name, backbone=backbone)
         out[mode.name] = report
     return out

@@ -149,7 +149,7 @@ def _meta_model(name: str, num_classes: int, resolution: int | None) -> nn.Modul
 
     Building a timm model runs its Python constructors and initialisers (30-200 ms even on ``meta``), a
     copy of a meta model takes 20-40 ms; the planner and the pages build the same backbone once per mode.
-    Callers get their own copy, free to change.
+    Callers get their own copy, free to change (:func:`copy_module`).
     """
     kwargs = {} if name in LOCAL_BACKBONES else _timm_kwargs(name, num_classes, resolution)
     key = (name, num_classes, tuple(sorted(kwargs.items())))
@@ -164,7 +164,79 @@ def _meta_model(name: str, num_classes: int, resolution: int | None) -> nn.Modul
             _meta_templates[key] = template
             while len(_meta_templates) > META_MODELS_KEPT:
                 _meta_templates.popitem(last=False)
-    return copy.deepcopy(template)
+    return copy_module(template)
+
+
+_SHARED_TYPES = (
+    int, float, bool, complex, str, bytes, type(None), torch.dtype, torch.device, torch.layout,
+    torch.memory_format, type, types.FunctionType, types.BuiltinFunctionType, functools.partial,
+)  # fmt: skip
+"""Attribute values ``copy.deepcopy`` returns as they are (or, for partials of shared values, could)."""
+
+
+def _shared(value: object) -> bool:
+    """True when ``copy.deepcopy(value)`` may return ``value`` itself: immutable, all the way down."""
+    kind = type(value)
+    if kind is functools.partial:
+        return False  # holds arguments: copied by deepcopy
+    if kind in _SHARED_TYPES or isinstance(value, (types.FunctionType, type)):
+        return True
+    return kind in (tuple, frozenset) and all(_shared(v) for v in value)
+
+
+def _plain_module(kind: type) -> bool:
+    """True when ``copy.deepcopy`` copies a module of class ``kind`` the default way: ``__new__``, then
+    ``__setstate__`` with a deep copy of the dict its ``__getstate__`` returns."""
+    return (
+        kind.__new__ is object.__new__
+        and kind.__reduce_ex__ is object.__reduce_ex__
+        and kind.__reduce__ is object.__reduce__
+        and getattr(kind, "__deepcopy__", None) is None
+        and not issubclass(kind, (list, dict))
+    )
+
+
+def copy_module(module: nn.Module, memo: dict[int, Any] | None = None) -> nn.Module:
+    """``copy.deepcopy(module)``, 2-3x faster for the plain modules timm builds.
+
+    ``deepcopy`` walks every value of every module through its generic protocol, most of them immutable
+    (numbers, strings, classes) or empty hook dictionaries. This walks the module tree itself: immutable
+    values are shared (as ``deepcopy`` shares them), empty dictionaries made anew, parameters, buffers and
+    every other value go through ``copy.deepcopy`` with the same ``memo`` (tied weights stay tied, a module
+    referenced twice is copied once), and any module whose class copies itself otherwise is handed to
+    ``copy.deepcopy`` whole.
+    """
+    memo = {} if memo is None else memo
+    found = memo.get(id(module))
+    if found is not None:
+        return found
+    kind = type(module)
+    if not _plain_module(kind):
+        return copy.deepcopy(module, memo)
+    new = kind.__new__(kind)
+    memo[id(module)] = new
+    copy._keep_alive(module, memo)  # as deepcopy does: the original outlives the memo's id keys
+    state = module.__getstate__()
+    if type(state) is not dict:
+        del memo[id(module)]
+        return copy.deepcopy(module, memo)
+    for name, value in state.items():
+        if name == "_modules":
+            state[name] = type(value)(
+                (k, None if child is None else copy_module(child, memo)) for k, child in value.items()
+            )
+        elif name in ("_parameters", "_buffers"):
+            state[name] = type(value)((k, copy.deepcopy(t, memo)) for k, t in value.items())
+        elif _shared(value):
+            continue
+        elif type(value) in (dict, OrderedDict) and not value:
+            state[name] = type(value)()
+        elif type(value) is set and all(_shared(v) for v in value):
+            state[name] = set(value)
+        else:
+            state[name] = copy.deepcopy(value, memo)
+    new.__setstate__(state)
+    return new
 
 
 def create_backbone(

@@ -40,6 +40,7 @@ from tinytl_core.engine.convert import (
     engine_enabled,
     is_converted,
     revert,
+    stock_layers,
 )
 from tinytl_core.engine.layers import ENGINE_CLASSES, EngineModule
 from tinytl_core.engine.partial import (  # registers the partial-update layers in ENGINE_CLASSES
@@ -71,6 +72,7 @@ __all__ = [
     "convert",
     "describe",
     "engine_enabled",
+    "stock_layers",
     "is_converted",
     "model_weight_bytes",
     "quantize_frozen_weights",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -36,6 +36,7 @@ __all__ = [
     "engine_enabled",
     "is_converted",
     "revert",
+    "stock_layers",
     "traced_flags",
 ]
 
@@ -252,6 +253,14 @@ def revert(model: nn.Module) -> int:
 def is_converted(model: nn.Module) -> bool:
     """Whether any layer of ``model`` runs on the engine."""
     return any(isinstance(module, EngineModule) for module in model.modules())
+
+
+def stock_layers(model: nn.Module) -> AbstractContextManager:
+    """``engine_enabled(model, False)``, or nothing to do for a model that is stock PyTorch already (no
+    engine layer, weights in their own layout): the shape-only models the pages analyse by the dozen."""
+    if is_converted(model) or model.__dict__.get(_LAYOUT_FLAG):
+        return engine_enabled(model, False)
+    return nullcontext()
 
 
 @contextmanager

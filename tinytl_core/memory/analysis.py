@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import threading
+
 from torch import nn
 
-from tinytl_core.engine import engine_enabled, is_converted
+from tinytl_core.engine import is_converted, stock_layers
 from tinytl_core.memory import accounting as acc
 from tinytl_core.memory.report import MemoryReport
 from tinytl_core.memory.stock_vs_engine import measure_stock_and_engine
 from tinytl_core.quantities import RunMemory
 from tinytl_core.tracing import check_input, optimizer_states, trace_model
+from tinytl_core.tracing.scaling import ScalableTrace, prime_batch
 
 
 def analyze(
@@ -43,12 +46,8 @@ def analyze(
         a :class:`MemoryReport` (``.layers`` DataFrame, ``.totals``
         :class:`~tinytl_core.memory.ReportTotals`, ``.summary()``).
     """
-    input_size, batch_size = check_input(input_size, batch_size)
-    optimizer_states(optimizer)
-    acc.check_accounting(accounting)
-    if not isinstance(frozen_weight_bits, int) or not 1 <= frozen_weight_bits <= 64:
-        raise ValueError(f"frozen_weight_bits must be an integer in 1..64, got {frozen_weight_bits!r}")
-    with engine_enabled(model, False):
+    input_size, batch_size = _checked(input_size, batch_size, optimizer, accounting, frozen_weight_bits)
+    with stock_layers(model):
         trace = trace_model(model, input_size, batch_size)
     return acc.report_from_trace(
         trace,
@@ -58,6 +57,63 @@ def analyze(
         accounting=accounting,
         frozen_weight_bits=frozen_weight_bits,
     )
+
+
+def _checked(
+    input_size: tuple[int, int, int],
+    batch_size: int,
+    optimizer: str,
+    accounting: str,
+    frozen_weight_bits: int,
+) -> tuple[tuple[int, int, int], int]:
+    input_size, batch_size = check_input(input_size, batch_size)
+    optimizer_states(optimizer)
+    acc.check_accounting(accounting)
+    if not isinstance(frozen_weight_bits, int) or not 1 <= frozen_weight_bits <= 64:
+        raise ValueError(f"frozen_weight_bits must be an integer in 1..64, got {frozen_weight_bits!r}")
+    return input_size, batch_size
+
+
+class BatchAnalysis:
+    """:func:`analyze` of one model at any batch size, optimizer and accounting, from one trace.
+
+    The model is traced once on the ``meta`` device at a prime batch size and the trace is rewritten to
+    each batch size asked for (:mod:`tinytl_core.tracing.scaling`: the same rows, storages and sizes as a
+    trace at that batch), so a page that changes its batch size, optimizer or accounting does not trace
+    again. Batch size 1 (where BatchNorm refuses a single value per channel) and a model whose sizes do not
+    scale with the batch are traced at each call, as :func:`analyze` does; the figures are the same either
+    way. The model must not change afterwards (its ``requires_grad`` flags included).
+    """
+
+    def __init__(self, model: nn.Module, *, input_size: tuple[int, int, int]) -> None:
+        self.model = model
+        self.input_size, _ = check_input(input_size, 1)
+        self._lock = threading.Lock()  # a trace hooks the model's modules: one at a time
+        self._scalable: ScalableTrace | None = None
+        prime = prime_batch(model, *self.input_size)
+        try:
+            with stock_layers(model):
+                trace = trace_model(model, self.input_size, prime)
+            self._scalable = ScalableTrace(trace, (prime,), batch_prime=prime)
+        except (ValueError, RuntimeError):  # not scalable (or refused): analyze() at each batch size
+            self._scalable = None
+
+    def report(
+        self,
+        batch_size: int,
+        *,
+        optimizer: str = "adam",
+        accounting: str = "complete",
+        frozen_weight_bits: int = 32,
+    ) -> MemoryReport:
+        """The report :func:`analyze` gives at ``batch_size`` (same arguments, same figures)."""
+        settings = dict(optimizer=optimizer, accounting=accounting, frozen_weight_bits=frozen_weight_bits)
+        input_size, batch_size = _checked(self.input_size, batch_size, **settings)
+        if batch_size < 2 or self._scalable is None:
+            with self._lock:
+                return analyze(self.model, input_size=input_size, batch_size=batch_size, **settings)
+        trace = self._scalable.at((batch_size,))
+        return acc.report_from_trace(trace, input_size=input_size, batch_size=batch_size, **settings)
 
 
 def training_memory_figures(
