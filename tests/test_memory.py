@@ -290,7 +290,8 @@ def test_mode_reports_from_one_trace_equal_analyze_at_every_batch(backbone, reso
     from tinytl_core.modes import prepare_model
 
     clear_mode_analyses()
-    settings = [(1, "adam", "complete"), (2, "sgd", "paper"), (7, "adam", "complete")]
+    # traced at 7, then at 1; 2 rewritten from a prime batch's trace; 7 again from its own, other settings
+    settings = [(7, "adam", "complete"), (1, "adam", "complete"), (2, "sgd", "paper"), (7, "adamw", "paper")]
     for batch, optimizer, accounting in settings:
         reports = mode_reports(
             backbone,

@@ -11,7 +11,7 @@ from tinytl_core.memory import accounting as acc
 from tinytl_core.memory.report import MemoryReport
 from tinytl_core.memory.stock_vs_engine import measure_stock_and_engine
 from tinytl_core.quantities import RunMemory
-from tinytl_core.tracing import check_input, optimizer_states, trace_model
+from tinytl_core.tracing import Trace, check_input, optimizer_states, trace_model
 from tinytl_core.tracing.scaling import ScalableTrace, prime_batch
 
 
@@ -74,14 +74,20 @@ def _checked(
     return input_size, batch_size
 
 
-class BatchAnalysis:
-    """:func:`analyze` of one model at any batch size, optimizer and accounting, from one trace.
+TRACES_KEPT = 4
+"""Traces :class:`BatchAnalysis` keeps at the batch sizes they were taken at (the first, batch 1, ...)."""
 
-    The model is traced once on the ``meta`` device at a prime batch size and the trace is rewritten to
-    each batch size asked for (:mod:`tinytl_core.tracing.scaling`: the same rows, storages and sizes as a
-    trace at that batch), so a page that changes its batch size, optimizer or accounting does not trace
-    again. Batch size 1 (where BatchNorm refuses a single value per channel) and a model whose sizes do not
-    scale with the batch are traced at each call, as :func:`analyze` does; the figures are the same either
+
+class BatchAnalysis:
+    """:func:`analyze` of one model at any batch size, optimizer and accounting, traced as few times as
+    possible.
+
+    The first report traces the model at its batch size, as :func:`analyze` does; a report at another batch
+    size traces it once more, on the ``meta`` device at a prime batch size, and from then on every batch
+    size is that trace rewritten (:mod:`tinytl_core.tracing.scaling`: the same rows, storages and sizes as
+    a trace at that batch). So a page that changes its batch size, optimizer or accounting re-accounts
+    what it traced. Batch size 1 (where BatchNorm refuses a single value per channel) and a model whose
+    sizes do not scale with the batch are traced at each new batch size; the figures are the same either
     way. The model must not change afterwards (its ``requires_grad`` flags included).
     """
 
@@ -89,14 +95,29 @@ class BatchAnalysis:
         self.model = model
         self.input_size, _ = check_input(input_size, 1)
         self._lock = threading.Lock()  # a trace hooks the model's modules: one at a time
-        self._scalable: ScalableTrace | None = None
-        prime = prime_batch(model, *self.input_size)
-        try:
-            with stock_layers(model):
-                trace = trace_model(model, self.input_size, prime)
-            self._scalable = ScalableTrace(trace, (prime,), batch_prime=prime)
-        except (ValueError, RuntimeError):  # not scalable (or refused): analyze() at each batch size
-            self._scalable = None
+        self._traces: dict[int, Trace] = {}  # batch size -> its trace (the first one and batch 1)
+        self._scalable: ScalableTrace | None | bool = None  # False: tried, the sizes do not scale
+
+    def _trace(self, batch_size: int) -> Trace:
+        found = self._traces.get(batch_size)
+        if found is not None:
+            return found
+        with self._lock:
+            if self._traces and batch_size > 1 and self._scalable is None:
+                prime = prime_batch(self.model, *self.input_size)
+                try:
+                    with stock_layers(self.model):
+                        trace = trace_model(self.model, self.input_size, prime)
+                    self._scalable = ScalableTrace(trace, (prime,), batch_prime=prime)
+                except (ValueError, RuntimeError):  # not scalable (or refused): trace each batch size
+                    self._scalable = False
+            if batch_size > 1 and self._scalable:
+                return self._scalable.at((batch_size,))
+            with stock_layers(self.model):
+                trace = trace_model(self.model, self.input_size, batch_size)
+            if len(self._traces) < TRACES_KEPT:
+                self._traces.setdefault(batch_size, trace)
+            return trace
 
     def report(
         self,
@@ -109,10 +130,7 @@ class BatchAnalysis:
         """The report :func:`analyze` gives at ``batch_size`` (same arguments, same figures)."""
         settings = dict(optimizer=optimizer, accounting=accounting, frozen_weight_bits=frozen_weight_bits)
         input_size, batch_size = _checked(self.input_size, batch_size, **settings)
-        if batch_size < 2 or self._scalable is None:
-            with self._lock:
-                return analyze(self.model, input_size=input_size, batch_size=batch_size, **settings)
-        trace = self._scalable.at((batch_size,))
+        trace = self._trace(batch_size)
         return acc.report_from_trace(trace, input_size=input_size, batch_size=batch_size, **settings)
 
 
