@@ -290,7 +290,7 @@ def test_mode_reports_from_one_trace_equal_analyze_at_every_batch(backbone, reso
     from tinytl_core.modes import prepare_model
 
     clear_mode_analyses()
-    # traced at 7, then at 1; 2 rewritten from a prime batch's trace; 7 again from its own, other settings
+    # 7 and 2 rewritten from one trace at a prime batch size, batch 1 traced on its own, other settings
     settings = [(7, "adam", "complete"), (1, "adam", "complete"), (2, "sgd", "paper"), (7, "adamw", "paper")]
     for batch, optimizer, accounting in settings:
         reports = mode_reports(
@@ -319,3 +319,27 @@ def test_mode_reports_from_one_trace_equal_analyze_at_every_batch(backbone, reso
             pd.testing.assert_frame_equal(report.layers, expected.layers)
             expected_totals = dataclasses.replace(expected.totals, mode=name, backbone=backbone)
             assert report.totals == expected_totals, (name, batch)
+
+
+class _BatchSquared(nn.Module):
+    """A batch-by-batch output (every sample scored against every other): not linear in the batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        v = torch.relu(self.conv(x)).mean(dim=(1, 2, 3))
+        return torch.outer(v, v)
+
+
+def test_batch_analysis_traces_each_batch_when_sizes_do_not_scale():
+    from tinytl_core.memory.analysis import BatchAnalysis
+
+    model = _BatchSquared().to("meta")
+    analysis = BatchAnalysis(model, input_size=(3, 8, 8))
+    for batch in (2, 5, 2):
+        got, expected = analysis.report(batch), analyze(model, input_size=(3, 8, 8), batch_size=batch)
+        pd.testing.assert_frame_equal(got.layers, expected.layers)
+        assert got.totals == expected.totals
+    assert analysis._scalable is False  # the rewrite was refused, not wrongly applied

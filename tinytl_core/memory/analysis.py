@@ -79,23 +79,22 @@ TRACES_KEPT = 4
 
 
 class BatchAnalysis:
-    """:func:`analyze` of one model at any batch size, optimizer and accounting, traced as few times as
-    possible.
+    """:func:`analyze` of one model at any batch size, optimizer and accounting, from one trace.
 
-    The first report traces the model at its batch size, as :func:`analyze` does; a report at another batch
-    size traces it once more, on the ``meta`` device at a prime batch size, and from then on every batch
-    size is that trace rewritten (:mod:`tinytl_core.tracing.scaling`: the same rows, storages and sizes as
-    a trace at that batch). So a page that changes its batch size, optimizer or accounting re-accounts
-    what it traced. Batch size 1 (where BatchNorm refuses a single value per channel) and a model whose
-    sizes do not scale with the batch are traced at each new batch size; the figures are the same either
-    way. The model must not change afterwards (its ``requires_grad`` flags included).
+    The model is traced once on the ``meta`` device at a prime batch size and every batch size is that
+    trace rewritten (:mod:`tinytl_core.tracing.scaling`: the same rows, storages and sizes as a trace at
+    that batch), so a page that changes its batch size, optimizer or accounting re-accounts what it traced
+    (rewriting costs a tenth of a trace). Batch size 1 (where BatchNorm refuses a single value per
+    channel) and a model whose sizes do not scale with the batch are traced at each new batch size, as
+    :func:`analyze` does; the figures are the same either way. The model must not change afterwards (its
+    ``requires_grad`` flags included).
     """
 
     def __init__(self, model: nn.Module, *, input_size: tuple[int, int, int]) -> None:
         self.model = model
         self.input_size, _ = check_input(input_size, 1)
         self._lock = threading.Lock()  # a trace hooks the model's modules: one at a time
-        self._traces: dict[int, Trace] = {}  # batch size -> its trace (the first one and batch 1)
+        self._traces: dict[int, Trace] = {}  # batch size -> its own trace (batch 1; a model not scalable)
         self._scalable: ScalableTrace | None | bool = None  # False: tried, the sizes do not scale
 
     def _trace(self, batch_size: int) -> Trace:
@@ -103,7 +102,7 @@ class BatchAnalysis:
         if found is not None:
             return found
         with self._lock:
-            if self._traces and batch_size > 1 and self._scalable is None:
+            if batch_size > 1 and self._scalable is None:
                 prime = prime_batch(self.model, *self.input_size)
                 try:
                     with stock_layers(self.model):
