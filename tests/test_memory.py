@@ -343,3 +343,49 @@ def test_batch_analysis_traces_each_batch_when_sizes_do_not_scale():
         pd.testing.assert_frame_equal(got.layers, expected.layers)
         assert got.totals == expected.totals
     assert analysis._scalable is False  # the rewrite was refused, not wrongly applied
+
+
+def test_mode_reports_trace_each_setting_once_and_keep_a_bounded_number(monkeypatch):
+    """A batch size, optimizer or accounting change re-accounts the traces kept (no model prepared, no
+    trace taken); the process keeps at most ANALYSES_KEPT of them."""
+    import tinytl_core.comparisons as comparisons
+    from tinytl_core.memory import analysis
+    from tinytl_core.modes import prepare_model as real_prepare
+
+    comparisons.clear_mode_analyses()
+    monkeypatch.setattr(comparisons, "ANALYSES_KEPT", 3)
+    calls = {"prepare": 0, "trace": 0}
+
+    def counted_prepare(*args, **kwargs):
+        calls["prepare"] += 1
+        return real_prepare(*args, **kwargs)
+
+    real_trace = analysis.trace_model
+
+    def counted_trace(*args, **kwargs):
+        calls["trace"] += 1
+        return real_trace(*args, **kwargs)
+
+    monkeypatch.setattr(comparisons, "prepare_model", counted_prepare)
+    monkeypatch.setattr(analysis, "trace_model", counted_trace)
+    modes = "full,bias,last"
+    first = comparisons.mode_reports("demo_mobilenetv2_050", resolution=32, batch_size=4, modes=modes)
+    assert calls == {"prepare": 3, "trace": 3}
+    changes = [(9, "adam", "complete"), (4, "sgd", "paper"), (64, "adamw", "paper")]
+    for batch, optimizer, accounting in changes:
+        comparisons.mode_reports(
+            "demo_mobilenetv2_050",
+            resolution=32,
+            batch_size=batch,
+            optimizer=optimizer,
+            accounting=accounting,
+            modes=modes,
+        )
+    assert calls == {"prepare": 3, "trace": 3}
+    again = comparisons.mode_reports("demo_mobilenetv2_050", resolution=32, batch_size=4, modes=modes)
+    assert {m: r.totals for m, r in again.items()} == {m: r.totals for m, r in first.items()}
+    comparisons.mode_reports("demo_mobilenetv2_050", resolution=64, batch_size=4, modes="full")
+    assert calls == {"prepare": 4, "trace": 4} and len(comparisons._analyses) == 3  # the oldest went
+    comparisons.mode_reports("demo_mobilenetv2_050", resolution=32, batch_size=4, modes="full")
+    assert calls["prepare"] == 5  # evicted: prepared and traced again
+    comparisons.clear_mode_analyses()

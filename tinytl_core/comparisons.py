@@ -24,9 +24,10 @@ TABLE_COLUMNS: tuple[str, ...] = SUMMARY_FIELDS
 report's summary lists."""
 
 
-ANALYSES_KEPT = 96
+ANALYSES_KEPT = 24
 """Traced (backbone, mode, resolution, normalisation) settings kept in memory per process
-(:func:`mode_analysis`): a dozen backbones in every mode; each holds a shape-only model and its trace."""
+(:func:`mode_analysis`): three settings of every mode, the one a page shows and the last ones it showed.
+Each holds a shape-only model and its trace, 1-3 MB for a mobile CNN."""
 _analyses: OrderedDict[tuple, BatchAnalysis | str] = OrderedDict()
 _analyses_lock = threading.Lock()
 
@@ -38,9 +39,13 @@ def mode_analysis(
     size, optimizer and accounting (:class:`~tinytl_core.memory.analysis.BatchAnalysis`), or the reason
     the mode does not apply. Kept per process (the last :data:`ANALYSES_KEPT`): a page that changes only
     its batch size, optimizer or accounting re-accounts the traces it has."""
-    key = (backbone, mode, resolution, group_norm)
+    try:
+        key: tuple | None = (backbone, mode, resolution, group_norm)
+        hash(key)
+    except TypeError:  # a mode carrying a scheme that cannot be hashed: traced, not kept
+        key = None
     with _analyses_lock:
-        found = _analyses.get(key)
+        found = _analyses.get(key) if key is not None else None
         if found is not None:
             _analyses.move_to_end(key)
             return found
@@ -51,6 +56,8 @@ def mode_analysis(
         found = BatchAnalysis(prepared.model, input_size=prepared.data.input_size)
     except ModeNotApplicable as exc:
         found = str(exc)
+    if key is None:
+        return found
     with _analyses_lock:
         _analyses[key] = found
         while len(_analyses) > ANALYSES_KEPT:

@@ -169,16 +169,14 @@ def _meta_model(name: str, num_classes: int, resolution: int | None) -> nn.Modul
 
 _SHARED_TYPES = (
     int, float, bool, complex, str, bytes, type(None), torch.dtype, torch.device, torch.layout,
-    torch.memory_format, type, types.FunctionType, types.BuiltinFunctionType, functools.partial,
+    torch.memory_format, type, types.FunctionType, types.BuiltinFunctionType,
 )  # fmt: skip
-"""Attribute values ``copy.deepcopy`` returns as they are (or, for partials of shared values, could)."""
+"""Attribute values ``copy.deepcopy`` returns as they are."""
 
 
 def _shared(value: object) -> bool:
     """True when ``copy.deepcopy(value)`` may return ``value`` itself: immutable, all the way down."""
     kind = type(value)
-    if kind is functools.partial:
-        return False  # holds arguments: copied by deepcopy
     if kind in _SHARED_TYPES or isinstance(value, (types.FunctionType, type)):
         return True
     return kind in (tuple, frozenset) and all(_shared(v) for v in value)
