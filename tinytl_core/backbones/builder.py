@@ -213,7 +213,7 @@ def copy_module(module: nn.Module, memo: dict[int, Any] | None = None) -> nn.Mod
         return copy.deepcopy(module, memo)
     new = kind.__new__(kind)
     memo[id(module)] = new
-    copy._keep_alive(module, memo)  # as deepcopy does: the original outlives the memo's id keys
+    memo.setdefault(id(memo), []).append(module)  # as deepcopy keeps it: no id in the memo is reused
     state = module.__getstate__()
     if type(state) is not dict:
         del memo[id(module)]
