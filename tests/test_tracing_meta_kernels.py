@@ -27,6 +27,21 @@ def _stats(c, dtype=torch.float32):
 
 
 CASES = {
+    "relu": lambda d, cl: F.relu(_x(2, 8, 5, 5, dtype=d, channels_last=cl)),
+    "relu_": lambda d, cl: F.relu(_x(2, 8, 5, 5, dtype=d, channels_last=cl) * 1, inplace=True),
+    "silu_": lambda d, cl: F.silu(_x(2, 8, 5, 5, dtype=d, channels_last=cl) * 1, inplace=True),
+    "add_residual": lambda d, cl: torch.add(*[_x(2, 8, 5, 5, dtype=d, channels_last=cl) for _ in "ab"]),
+    "add_alpha": lambda d, cl: torch.add(_x(2, 8, 5, 5, dtype=d), _x(2, 8, 5, 5, dtype=d), alpha=0.5),
+    "add_pooled": lambda d, cl: torch.add(*[_x(2, 8, 1, 1, dtype=d, channels_last=cl) for _ in "ab"]),
+    "add_broadcast": lambda d, cl: _x(2, 8, 5, 5, dtype=d, channels_last=cl) + _x(8, 1, 1, dtype=d),
+    "add_scalar": lambda d, cl: _x(2, 8, 5, 5, dtype=d, channels_last=cl) + 1,
+    "add_mixed_dtypes": lambda d, cl: _x(2, 8, 5, 5, dtype=d) + _x(2, 8, 5, 5, dtype=torch.float64),
+    "add_mixed_layouts": lambda d, cl: _x(2, 8, 5, 5, dtype=d) + _x(2, 8, 5, 5, dtype=d, channels_last=True),
+    "add_transposed": lambda d, cl: _x(4, 6, dtype=d).t() + _x(4, 6, dtype=d).t(),
+    "add_ints": lambda d, cl: torch.add(*[torch.empty(2, 3, device="meta", dtype=torch.int64)] * 2),
+    "mul_same": lambda d, cl: torch.mul(*[_x(2, 8, 5, 5, dtype=d, channels_last=cl) for _ in "ab"]),
+    "mul_gate": lambda d, cl: _x(2, 8, 5, 5, dtype=d, channels_last=cl) * _x(2, 8, 1, 1, dtype=d),
+    "mul_scalar": lambda d, cl: _x(2, 8, 5, 5, dtype=d, channels_last=cl) * 0.5,
     "relu6_": lambda d, cl: F.relu6(_x(2, 8, 5, 5, dtype=d, channels_last=cl) * 1, inplace=True),
     "hardtanh": lambda d, cl: F.hardtanh(_x(2, 8, 5, 5, dtype=d, channels_last=cl), -2.0, 2.0),
     "hardswish": lambda d, cl: F.hardswish(_x(2, 8, 5, 5, dtype=d, channels_last=cl)),
@@ -96,6 +111,7 @@ def test_fast_meta_kernels_match_pytorchs(case):
 
 def test_every_fast_kernel_is_covered():
     covered = {
+        "relu", "relu_", "silu_", "add.Tensor", "mul.Tensor",
         "hardtanh", "hardtanh_", "hardswish", "hardswish_", "hardsigmoid", "hardsigmoid_", "gelu",
         "normal_", "mean.dim", "std.correction", "native_batch_norm", "native_group_norm",
         "native_layer_norm", "upsample_bilinear2d",

@@ -124,7 +124,8 @@ def drop_meta_only_saves(rows: Callable[[int], Row | None], saved: list[SavedTen
 
 # --- Fast meta kernels -------------------------------------------------------------------------------
 # Some ``meta`` kernels are Python decompositions into dozens of primitive ops (bilinear upsampling,
-# batch/group/layer norm, hardtanh/ReLU6, hardswish, hardsigmoid, GELU, weight init): a milliseconds-long
+# batch/group/layer norm, ReLU, hardtanh/ReLU6, hardswish, hardsigmoid, GELU, in-place SiLU, weight init,
+# and adds and products of two tensors laid out alike, e.g. residual adds): a milliseconds-long
 # call that only computes a shape. What a trace records does not depend on the kernel: autograd (a layer
 # above ``Meta`` in the dispatcher) decides which tensors a node saves, and marks mutated arguments, before
 # the kernel runs. So these replacements return empty tensors of the shape, dtype and layout the original
@@ -207,7 +208,38 @@ def _std_correction(x, dim=None, *, correction=None, keepdim=False):
     return _reduced(x, dim, keepdim, real)
 
 
+def _same_layout(a: object, b: object) -> bool:
+    """Two floating tensors of one shape, dtype and dense layout: an elementwise op's output is then laid
+    out as they are, with no broadcasting or type promotion to work out."""
+    return (
+        isinstance(a, torch.Tensor)
+        and isinstance(b, torch.Tensor)
+        and a.is_floating_point()
+        and a.dtype == b.dtype
+        and a.shape == b.shape
+        and a.stride() == b.stride()
+        and (a.is_contiguous() or (a.dim() == 4 and a.is_contiguous(memory_format=torch.channels_last)))
+    )
+
+
+def _add(a, b, *, alpha=1):
+    if _same_layout(a, b):  # a residual add; anything else takes PyTorch's own reference kernel
+        return _like(a)
+    return torch._refs.add(a, b, alpha=alpha)
+
+
+def _mul(a, b):
+    if _same_layout(a, b):
+        return _like(a)
+    return torch._refs.mul(a, b)
+
+
 FAST_META_KERNELS: dict[str, Callable] = {
+    "relu": _unary,
+    "relu_": _unary_,
+    "silu_": _unary_,
+    "add.Tensor": _add,
+    "mul.Tensor": _mul,
     "mean.dim": _mean_dim,
     "std.correction": _std_correction,
     "hardtanh": _unary,
