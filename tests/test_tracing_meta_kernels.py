@@ -26,7 +26,26 @@ def _stats(c, dtype=torch.float32):
     return torch.empty(c, device="meta", dtype=dtype), torch.empty(c, device="meta", dtype=dtype)
 
 
+def _conv(x_shape, w_shape, d, cl, **kwargs):
+    return F.conv2d(_x(*x_shape, dtype=d, channels_last=cl), _x(*w_shape, dtype=d), **kwargs)
+
+
 CASES = {
+    "conv": lambda d, cl: _conv((2, 8, 9, 9), (16, 8, 3, 3), d, cl, padding=1),
+    "conv_bias_stride": lambda d, cl: F.conv2d(
+        _x(2, 8, 9, 9, dtype=d, channels_last=cl), _x(16, 8, 3, 3, dtype=d), _w(16, d), stride=2
+    ),
+    "conv_depthwise": lambda d, cl: _conv((2, 8, 9, 9), (8, 1, 5, 5), d, cl, padding=2, groups=8),
+    "conv_dilated_odd": lambda d, cl: _conv((2, 6, 11, 7), (4, 3, 3, 1), d, cl, dilation=2, groups=2),
+    "conv_1x1": lambda d, cl: _conv((2, 8, 1, 1), (4, 8, 1, 1), d, cl),
+    "conv_same": lambda d, cl: _conv((2, 8, 9, 8), (4, 8, 5, 3), d, cl, padding="same"),
+    "conv_channels_last_weight": lambda d, cl: F.conv2d(
+        _x(2, 8, 9, 9, dtype=d), _x(4, 8, 3, 3, dtype=d, channels_last=True)
+    ),
+    "conv_transposed": lambda d, cl: F.conv_transpose2d(
+        _x(2, 8, 5, 5, dtype=d, channels_last=cl), _x(8, 4, 3, 3, dtype=d), stride=2, output_padding=1
+    ),
+    "conv_1d": lambda d, cl: F.conv1d(_x(2, 8, 9, dtype=d), _x(4, 8, 3, dtype=d)),
     "relu": lambda d, cl: F.relu(_x(2, 8, 5, 5, dtype=d, channels_last=cl)),
     "relu_": lambda d, cl: F.relu(_x(2, 8, 5, 5, dtype=d, channels_last=cl) * 1, inplace=True),
     "silu_": lambda d, cl: F.silu(_x(2, 8, 5, 5, dtype=d, channels_last=cl) * 1, inplace=True),
@@ -111,7 +130,7 @@ def test_fast_meta_kernels_match_pytorchs(case):
 
 def test_every_fast_kernel_is_covered():
     covered = {
-        "relu", "relu_", "silu_", "add.Tensor", "mul.Tensor",
+        "convolution", "relu", "relu_", "silu_", "add.Tensor", "mul.Tensor",
         "hardtanh", "hardtanh_", "hardswish", "hardswish_", "hardsigmoid", "hardsigmoid_", "gelu",
         "normal_", "mean.dim", "std.correction", "native_batch_norm", "native_group_norm",
         "native_layer_norm", "upsample_bilinear2d",

@@ -125,7 +125,7 @@ def drop_meta_only_saves(rows: Callable[[int], Row | None], saved: list[SavedTen
 # --- Fast meta kernels -------------------------------------------------------------------------------
 # Some ``meta`` kernels are Python decompositions into dozens of primitive ops (bilinear upsampling,
 # batch/group/layer norm, ReLU, hardtanh/ReLU6, hardswish, hardsigmoid, GELU, in-place SiLU, weight init,
-# and adds and products of two tensors laid out alike, e.g. residual adds): a milliseconds-long
+# 2-D convolutions, and adds and products of two tensors laid out alike, e.g. residual adds): a slow
 # call that only computes a shape. What a trace records does not depend on the kernel: autograd (a layer
 # above ``Meta`` in the dispatcher) decides which tensors a node saves, and marks mutated arguments, before
 # the kernel runs. So these replacements return empty tensors of the shape, dtype and layout the original
@@ -234,7 +234,28 @@ def _mul(a, b):
     return torch._refs.mul(a, b)
 
 
+def _convolution(x, weight, bias, stride, padding, dilation, transposed, output_padding, groups):
+    """A 2-D convolution's output: the size formula, contiguous as PyTorch's meta kernel leaves it; any
+    other convolution (transposed, 1-D/3-D, empty or mismatched channels, an input smaller than the
+    kernel) takes PyTorch's own kernel, which also raises the errors."""
+    if not transposed and x.dim() == 4 and weight.dim() == 4 and x.shape[1] == weight.shape[1] * groups > 0:
+        size = [
+            (x.shape[2 + i] + 2 * padding[i] - dilation[i] * (weight.shape[2 + i] - 1) - 1) // stride[i] + 1
+            for i in (0, 1)
+        ]
+        if min(size) > 0:
+            return x.new_empty((x.shape[0], weight.shape[0], *size))
+    return _pytorch_meta_conv(x, weight, bias, stride, padding, dilation, transposed, output_padding, groups)
+
+
+def _pytorch_meta_conv(*args):
+    from torch._meta_registrations import meta_conv
+
+    return meta_conv(*args)
+
+
 FAST_META_KERNELS: dict[str, Callable] = {
+    "convolution": _convolution,
     "relu": _unary,
     "relu_": _unary_,
     "silu_": _unary_,
