@@ -4,6 +4,7 @@ device and dtype, a loss for any output, the optimizers a step may use, and rest
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -76,16 +77,21 @@ def default_loss(output: Any) -> torch.Tensor:
 
 @contextmanager
 def preserved_state(model: nn.Module) -> Iterator[None]:
-    """Restore training flags, buffers (e.g. BatchNorm running statistics) and ``.grad`` afterwards."""
+    """Restore training flags, buffers (e.g. BatchNorm running statistics) and ``.grad`` afterwards.
+    Buffers on the ``meta`` device hold no values: nothing to restore there."""
     flags = {m: m.training for m in model.modules()}
-    buffers = {name: b.detach().clone() for name, b in model.named_buffers() if b is not None}
+    buffers = {
+        name: b.detach().clone()
+        for name, b in model.named_buffers()
+        if b is not None and b.device.type != "meta"
+    }
     grads = {p: p.grad for p in model.parameters()}
     try:
         yield
     finally:
         for m, training in flags.items():
             m.training = training
-        live = dict(model.named_buffers())
+        live = dict(model.named_buffers()) if buffers else {}
         with torch.no_grad():
             for name, value in buffers.items():
                 if name in live and live[name].shape == value.shape and live[name].device == value.device:
@@ -96,7 +102,7 @@ def preserved_state(model: nn.Module) -> Iterator[None]:
 
 def model_device(model: nn.Module) -> torch.device:
     """Device of the model's first parameter or buffer (CPU for a model without tensors)."""
-    for t in (*model.parameters(), *model.buffers()):
+    for t in itertools.chain(model.parameters(), model.buffers()):  # the first one: no full walk
         return t.device
     return torch.device("cpu")
 
