@@ -167,11 +167,11 @@ def _meta_model(name: str, num_classes: int, resolution: int | None) -> nn.Modul
     return copy_module(template)
 
 
-_SHARED_TYPES = (
+_SHARED_TYPES = frozenset({
     int, float, bool, complex, str, bytes, type(None), torch.dtype, torch.device, torch.layout,
     torch.memory_format, type, types.FunctionType, types.BuiltinFunctionType,
-)  # fmt: skip
-"""Attribute values ``copy.deepcopy`` returns as they are."""
+})  # fmt: skip
+"""Types of the attribute values ``copy.deepcopy`` returns as they are."""
 
 
 def _shared(value: object) -> bool:
@@ -225,7 +225,7 @@ def copy_module(module: nn.Module, memo: dict[int, Any] | None = None) -> nn.Mod
             )
         elif name in ("_parameters", "_buffers"):
             state[name] = type(value)((k, copy.deepcopy(t, memo)) for k, t in value.items())
-        elif _shared(value):
+        elif type(value) in _SHARED_TYPES or _shared(value):  # the type test first: most values pass it
             continue
         elif type(value) in (dict, OrderedDict) and not value:
             state[name] = type(value)()
