@@ -9,7 +9,8 @@ per-mode analysis: a first look (every mode traced; the issue's 6 modes and all 
     python benchmarks/planner.py --backbones demo_mobilenetv2_050 --resolutions 32,64 --quick
 
 Targets (issue 15): the whole default space in <= 10 s cold and <= 1 s warm on 2 cores; all modes of a
-curated backbone in the Memory Explorer <= 1 s warm, its update after a change <= 1 s. Prints measured times (this machine is shared: noisy).
+curated backbone in the Memory Explorer <= 1 s warm, its update after a change <= 1 s. Prints measured
+times (this machine is shared: noisy).
 ``--cache-dir`` keeps the cache between runs (default: a fresh temporary folder, so the first plan is cold).
 """
 
