@@ -97,12 +97,12 @@ def test_a_profile_falls_back_to_tracing_each_batch(monkeypatch):
     def refuse(*_args, **_kwargs):
         raise ScalingError("ambiguous")
 
+    from tinytl_core.memory import analysis  # the profiles' traces come from its BatchAnalysis
+
     traced = []
-    real_trace = planner_profile.trace_model
-    monkeypatch.setattr(planner_profile, "ScalableTrace", refuse)
-    monkeypatch.setattr(
-        planner_profile, "trace_model", lambda m, s, b: traced.append(b) or real_trace(m, s, b)
-    )
+    real_trace = analysis.trace_model
+    monkeypatch.setattr(analysis, "ScalableTrace", refuse)
+    monkeypatch.setattr(analysis, "trace_model", lambda m, s, b: traced.append(b) or real_trace(m, s, b))
     assert planner_profile.build_profile(*args, group_norm=False) == expected
     assert traced[1:] == list(planner_profile.LINEAR_BATCHES)
 

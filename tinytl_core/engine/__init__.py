@@ -72,11 +72,11 @@ __all__ = [
     "convert",
     "describe",
     "engine_enabled",
-    "stock_layers",
     "is_converted",
     "model_weight_bytes",
     "quantize_frozen_weights",
     "partial_rows",
     "revert",
     "split_weight",
+    "stock_layers",
 ]

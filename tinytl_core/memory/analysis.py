@@ -97,7 +97,9 @@ class BatchAnalysis:
         self._traces: dict[int, Trace] = {}  # batch size -> its own trace (batch 1; a model not scalable)
         self._scalable: ScalableTrace | None | bool = None  # False: tried, the sizes do not scale
 
-    def _trace(self, batch_size: int) -> Trace:
+    def trace(self, batch_size: int) -> Trace:
+        """The model's trace at ``batch_size``: rewritten from the prime batch's, or its own (batch 1; a
+        model whose sizes do not scale)."""
         found = self._traces.get(batch_size)
         if found is not None:
             return found
@@ -129,7 +131,7 @@ class BatchAnalysis:
         """The report :func:`analyze` gives at ``batch_size`` (same arguments, same figures)."""
         settings = dict(optimizer=optimizer, accounting=accounting, frozen_weight_bits=frozen_weight_bits)
         input_size, batch_size = _checked(self.input_size, batch_size, **settings)
-        trace = self._trace(batch_size)
+        trace = self.trace(batch_size)
         return acc.report_from_trace(trace, input_size=input_size, batch_size=batch_size, **settings)
 
 

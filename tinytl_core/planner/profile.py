@@ -32,6 +32,7 @@ from torch import nn
 
 from tinytl_core.backbones import backbone_info
 from tinytl_core.memory import accounting as acc
+from tinytl_core.memory.analysis import BatchAnalysis
 from tinytl_core.modes import PreparedModel, get_mode, prepare_model
 from tinytl_core.planner.disk import JsonFolder
 from tinytl_core.runtime import freeze_imported_objects
@@ -164,19 +165,12 @@ def _structure(trace: Trace) -> list[tuple[str, int, str]]:
     return [(r.name, r.call, r.kind) for r in trace.rows]
 
 
-def _traces(model: nn.Module, size: tuple[int, int, int], group_norm: bool, num_classes: int) -> list[Trace]:
-    """The traces a profile is fitted to: batch 1 for GroupNorm; else :data:`LINEAR_BATCHES`, rewritten
-    from one trace at a prime batch size (:mod:`tinytl_core.tracing.scaling`: tracing on ``meta``
-    costs the same at any batch, so one trace serves both), or traced one by one when that trace cannot
-    tell batch-sized tensors from fixed ones (or the architecture refuses the prime batch)."""
-    if group_norm:
-        return [trace_model(model, size, 1)]
-    prime = prime_batch(model, num_classes, *size)
-    try:
-        scalable = ScalableTrace(trace_model(model, size, prime), (prime,), batch_prime=prime)
-        return [scalable.at((b,)) for b in LINEAR_BATCHES]
-    except (ValueError, RuntimeError):
-        return [trace_model(model, size, b) for b in LINEAR_BATCHES]
+def _traces(model: nn.Module, size: tuple[int, int, int], group_norm: bool) -> list[Trace]:
+    """The traces a profile is fitted to: batch 1 for GroupNorm, else :data:`LINEAR_BATCHES`, both
+    rewritten from one trace at a prime batch size (:class:`~tinytl_core.memory.analysis.BatchAnalysis`,
+    which traces each batch on its own where sizes do not scale with the batch)."""
+    analysis = BatchAnalysis(model, input_size=size)
+    return [analysis.trace(b) for b in ((1,) if group_norm else LINEAR_BATCHES)]
 
 
 def _prepare(backbone: str, resolution: int, mode: str, group_norm: bool, num_classes: int) -> PreparedModel:
@@ -203,7 +197,7 @@ def build_profile(
         prepared = _prepare(backbone, resolution, mode, group_norm, num_classes)
         if not prepared.result.applicable:
             return _inapplicable(base, prepared.result.reason)
-        traces = _traces(prepared.model, prepared.data.input_size, group_norm, num_classes)
+        traces = _traces(prepared.model, prepared.data.input_size, group_norm)
     except (ValueError, RuntimeError, TypeError, NotImplementedError) as exc:  # timm or tracer refusing
         return _inapplicable(base, str(exc) or type(exc).__name__)
     return _fitted(base, traces)
