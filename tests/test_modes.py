@@ -152,3 +152,25 @@ def test_unknown_mode_and_backbone_are_clear_errors():
         get_mode("everything")
     with pytest.raises(ValueError, match="unknown backbone"):
         prepare_model("mobilenet_v2_100x", "bias")
+
+
+@pytest.mark.parametrize("backbone", ["levit_128", "deit_tiny_distilled_patch16_224", "efficientformer_l1"])
+def test_models_with_two_classifier_heads_train_both_in_every_mode(backbone):
+    """Distilled models' ``get_classifier()`` is a tuple (class and distillation head): every mode applies
+    and always trains both heads (it used to raise AttributeError on every page)."""
+    from tinytl_core.backbones import classifier_heads
+    from tinytl_core.modes import MODES, prepare_model
+
+    for mode in MODES:
+        prepared = prepare_model(backbone, mode, device="meta", strict=False, engine=False)
+        heads = classifier_heads(prepared.model)
+        assert len(heads) == 2
+        if not prepared.result.applicable:
+            assert "lite residual" in prepared.result.reason
+            continue
+        for head in heads:
+            assert all(p.requires_grad for p in head.parameters()), mode
+    last = prepare_model(backbone, "last", device="meta", engine=False)
+    assert last.result.n_trainable == sum(
+        p.numel() for h in classifier_heads(last.model) for p in h.parameters()
+    )

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import nn
 
-from tinytl_core.backbones import BackboneStatus, DataConfig, create_backbone, data_config
+from tinytl_core.backbones import BackboneStatus, DataConfig, classifier_heads, create_backbone, data_config
 from tinytl_core.engine import convert, revert
 from tinytl_core.engine.layers import stock_class
 from tinytl_core.engine.partial import PartialUpdateError
@@ -118,10 +118,9 @@ class Mode:
     def check(self, model: nn.Module) -> str | None:
         """Return why the mode cannot apply to ``model``, or None when it can (lite residual is checked
         in :meth:`apply`, which needs the input size)."""
-        classifier = _classifier(model)
-        if classifier is None or not any(True for _ in classifier.parameters()):
+        head = _head_params(model)
+        if not head:
             return "the model has no classifier with parameters (built with num_classes=0?)"
-        head = {id(p) for p in classifier.parameters()}
         if "norm" in self.parts and not any(
             is_norm(m) and any(True for _ in m.parameters()) for m in model.modules()
         ):
@@ -181,7 +180,7 @@ class Mode:
             if strict:
                 raise ModeNotApplicable(f"mode {self.name!r} does not apply: {exc}") from None
             return ModeResult(self.name, False, str(exc))
-        head = {id(p) for p in _classifier(model).parameters()}
+        head = _head_params(model)
         branches = {id(p) for m in model.modules() if isinstance(m, LiteResidual) for p in m.parameters()}
         norm_params = {id(p) for m in model.modules() if is_norm(m) for p in m.parameters(recurse=False)}
         trainable = []
@@ -235,9 +234,9 @@ def _lr_config(config: LiteResidualConfig | None, group_norm: bool) -> LiteResid
     return config
 
 
-def _classifier(model: nn.Module) -> nn.Module | None:
-    getter = getattr(model, "get_classifier", None)
-    return getter() if callable(getter) else None
+def _head_params(model: nn.Module) -> set[int]:
+    """Ids of the classifier heads' parameters (both heads of a distilled model)."""
+    return {id(p) for head in classifier_heads(model) for p in head.parameters()}
 
 
 def _configure_norms(model: nn.Module, *, freeze: bool) -> int:

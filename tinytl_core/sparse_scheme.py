@@ -27,6 +27,7 @@ from typing import Any
 
 from torch import nn
 
+from tinytl_core.backbones import classifier_heads
 from tinytl_core.engine import PartialConv2d, PartialLinear, partial_rows, split_weight
 from tinytl_core.layer_kinds import LayerKind, kind_of
 from tinytl_core.lite_residual import find_blocks
@@ -208,11 +209,7 @@ def read_scheme(path: str | os.PathLike[str]) -> SparseScheme:
 
 
 def _classifier_names(model: nn.Module) -> set[str]:
-    getter = getattr(model, "get_classifier", None)
-    head = getter() if callable(getter) else None
-    if head is None:
-        return set()
-    ids = {id(m) for m in head.modules()}
+    ids = {id(m) for head in classifier_heads(model) for m in head.modules()}
     return {n for n, m in model.named_modules() if id(m) in ids}
 
 

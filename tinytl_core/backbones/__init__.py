@@ -20,7 +20,13 @@ change behaviour in a test, patch the defining module's public name (e.g. ``hub.
 those up there, not here.
 """
 
-from tinytl_core.backbones.builder import BackboneStatus, accepts_img_size, create_backbone, meta_backbone
+from tinytl_core.backbones.builder import (
+    BackboneStatus,
+    accepts_img_size,
+    classifier_heads,
+    create_backbone,
+    meta_backbone,
+)
 from tinytl_core.backbones.catalog import (
     CURATED_BACKBONES,
     KINDS,
@@ -71,6 +77,7 @@ __all__ = [
     "accepts_img_size",
     "backbone_info",
     "check_backbone_name",
+    "classifier_heads",
     "create_backbone",
     "data_config",
     "default_backbone",

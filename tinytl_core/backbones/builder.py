@@ -49,6 +49,16 @@ class BackboneStatus:
         return self.pretrained_requested and not self.pretrained_loaded
 
 
+def classifier_heads(model: nn.Module) -> tuple[nn.Module, ...]:
+    """The model's classifier head(s), from timm's ``get_classifier()``: one module for most models, two
+    for distilled ones (DeiT-distilled, LeViT, EfficientFormer: the class and the distillation head, a
+    tuple); none when the model has no ``get_classifier`` or it returns something else."""
+    getter = getattr(model, "get_classifier", None)
+    head = getter() if callable(getter) else None
+    heads = head if isinstance(head, (tuple, list)) else (head,)
+    return tuple(h for h in heads if isinstance(h, nn.Module))
+
+
 def _model_classes(fn: Callable[..., Any], depth: int, seen: set[Callable[..., Any]]) -> Iterator[type]:
     """The ``nn.Module`` classes of ``timm.models`` that ``fn`` (and the timm.models helper functions it
     calls, ``depth`` levels deep) refers to by name. timm's private plumbing (``timm.models._builder``
