@@ -319,6 +319,13 @@ def test_every_mode_converts_to_the_right_rgb():
     assert _rgb(_image("F", [-1.0, 0.0, 3.0])) == grey(0, 64, 255)
     assert _rgb(_image("F", [float("nan"), 0.5, 1.0])) == grey(0, 128, 255)
     assert _rgb(_image("F", [7.5, 7.5])) == grey(8, 8)
+    # CMYK in integers equals the float formula, rounded, over a grid of inks
+    inks = [(c, m, 0, k) for c in range(0, 256, 17) for m in (0, 128, 255) for k in range(0, 256, 15)]
+    expected = [
+        [round((255 - c) * (255 - k) / 255), round((255 - m) * (255 - k) / 255), 255 - k]
+        for c, m, _, k in inks
+    ]
+    assert _rgb(_image("CMYK", inks, (len(inks), 1))) == expected
 
 
 def _save(im, path, **kw):
@@ -360,6 +367,130 @@ def test_palette_png_with_transparency_and_exif_rotation(tmp_path):
     exif[0x0112] = 6  # orientation: rotate 90 degrees to view
     path = _save(tall, tmp_path / "r.jpg", exif=exif)
     assert open_rgb(path).size == (3, 2)
+
+
+def _keyed_png(width, height, depth, colour_type, row, trns):
+    """A one-row PNG written by hand (Pillow cannot save a 16-bit or 1-bit PNG with a transparent colour)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, depth, colour_type, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"tRNS", trns)
+        + chunk(b"IDAT", zlib.compress(b"\0" + row))
+        + chunk(b"IEND", b"")
+    )
+
+
+def test_transparent_colours_of_every_depth_become_the_background(tmp_path):
+    """The class: a transparent colour (PNG tRNS) in any grey depth is composited; one that Pillow cannot
+    match exactly (16-bit RGB, read as 8 bits per sample) is skipped with its reason, never half-applied."""
+    import struct
+
+    root = make_folder(tmp_path / "pics", per_class=2, extra=False)
+    files = {
+        "grey16.png": (
+            _keyed_png(2, 1, 16, 0, struct.pack(">2H", 1000, 32896), struct.pack(">H", 1000)),
+            [255, 128],
+        ),
+        "grey1.png": (
+            _keyed_png(4, 1, 1, 0, bytes([0b01010000]), struct.pack(">H", 0)),
+            [255, 255, 255, 255],
+        ),
+        "grey1_white.png": (
+            _keyed_png(4, 1, 1, 0, bytes([0b01010000]), struct.pack(">H", 1)),
+            [0, 255, 0, 255],
+        ),
+        "grey8.png": (_keyed_png(2, 1, 8, 0, bytes([7, 9]), struct.pack(">H", 7)), [255, 9]),
+    }
+    for name, (data, _) in files.items():
+        (root / "red" / name).write_bytes(data)
+    rgb16 = _keyed_png(
+        2, 1, 16, 2, struct.pack(">6H", *[0x1280] * 3, *[0x8000] * 3), struct.pack(">3H", *[0x1280] * 3)
+    )
+    (root / "red" / "rgb16.png").write_bytes(rgb16)
+    splits = load_dataset(root, val_fraction=0.5)
+    source = splits.train.source
+    for name, (_, expected) in files.items():
+        pixels = np.asarray(source.image(source.paths.index(root / "red" / name)))
+        assert pixels[0, :, 0].tolist() == expected, name
+    assert splits.skipped == 1 and list(splits.skipped_reasons) == [
+        "16-bit RGB with a transparent colour (save it with an alpha channel or as 8-bit)"
+    ]
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "I;16", "P", "CMYK", "F"])
+@pytest.mark.parametrize("compression", [None, "tiff_lzw"])
+def test_rotated_tiffs_come_out_upright_in_every_mode(tmp_path, mode, compression):
+    """EXIF orientation 6 on a TIFF: the same upright pixels whatever the mode and compression (Pillow's
+    memory-mapped read of an uncompressed file used to scramble them)."""
+    from tinytl_core.data.images import image_problem, open_rgb
+
+    grey = Image.new("L", (3, 2))
+    grey.putdata([0, 50, 100, 150, 200, 250])
+    im = {"I;16": lambda g: g.convert("I").point(lambda v: v * 257).convert("I;16")}.get(
+        mode, lambda g: g.convert(mode)
+    )(grey)
+    if mode == "F":
+        im = grey.convert("F").point(lambda v: v / 255.0)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "r.tif"
+    im.save(path, exif=exif, **({"compression": compression} if compression else {}))
+    assert image_problem(path) is None
+    pixels = np.asarray(open_rgb(path))[..., 0].astype(int)
+    expected = np.array([[150, 0], [200, 50], [250, 100]])
+    assert pixels.shape == (3, 2) and np.abs(pixels - expected).max() <= 1, pixels.tolist()
+
+
+def test_inverted_grey_tiffs_and_infinite_floats_read_right(tmp_path):
+    from tinytl_core.data.images import open_rgb
+
+    sixteen = _image("I;16", [0, 16448, 51400, 65535])
+    path = tmp_path / "w.tif"
+    sixteen.save(path)
+    data = path.read_bytes()
+    normal = b"\x06\x01\x03\x00\x01\x00\x00\x00\x01\x00"  # tag 262 (photometric) = 1
+    assert data.count(normal) == 1
+    path.write_bytes(data.replace(normal, normal[:-2] + b"\x00\x00"))  # 0: WhiteIsZero
+    assert np.asarray(open_rgb(path))[0, :, 0].tolist() == [255, 191, 55, 0]
+    inf = float("inf")
+    assert _rgb(_image("F", [0.0, 0.5, inf, 1.0])) == [[v] * 3 for v in (0, 128, 255, 255)]
+    assert _rgb(_image("F", [-inf, 0.0, 10.0])) == [[v] * 3 for v in (0, 0, 10)]
+    assert _rgb(_image("F", [inf, -inf])) == [[0] * 3, [0] * 3]  # no finite value: nothing to scale by
+
+
+def test_extreme_aspect_ratios_are_skipped_not_resized_to_gigabytes(tmp_path):
+    root = make_folder(tmp_path / "pics", per_class=2, extra=False)
+    Image.new("RGB", (40000, 1), (9, 9, 9)).save(root / "red" / "banner.png")  # 199 bytes
+    Image.new("RGB", (1, 2000), (9, 9, 9)).save(root / "red" / "pole.png")
+    Image.new("RGB", (200, 10), (9, 9, 9)).save(root / "red" / "wide.png")  # 20:1 is still a picture
+    splits = load_dataset(root, val_fraction=0.5)
+    assert splits.skipped == 2
+    assert all(r.startswith("extreme aspect ratio") for r in splits.skipped_reasons)
+
+
+@pytest.mark.parametrize("mode", ["CMYK", "F", "I", "I;16"])
+def test_deep_and_cmyk_conversions_use_a_few_bytes_per_pixel(mode):
+    """The conversion of a big image stays within a few bytes per pixel (float64 temporaries took 100 per
+    CMYK pixel: 926 MB for a 9-megapixel file)."""
+    import tracemalloc
+
+    from tinytl_core.data import to_rgb
+
+    im = Image.new(mode, (1000, 1000))
+    tracemalloc.start()
+    try:
+        to_rgb(im)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * 1000 * 1000, f"{peak / 1e6:.0f} MB for one megapixel"
 
 
 def test_unconvertible_images_are_skipped_and_counted_with_their_reason(tmp_path, monkeypatch):

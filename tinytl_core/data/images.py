@@ -10,8 +10,9 @@ RGB                 itself
 1, L, P, RGBX,      PIL's conversion (black/white, grey replicated, palette looked up, padding dropped,
 YCbCr, HSV          JPEG's YCbCr formula, HSV to RGB)
 LA, La, PA, RGBA,   composited over a white background by their alpha (premultiplied modes un-premultiplied
-RGBa; P, L, RGB     first); palette and grey images with a transparent colour (``transparency`` in their
-with transparency   info) likewise
+RGBa; P, L, RGB,    first); palette, grey (1-, 8- and 16-bit) and RGB images with a transparent colour
+1, I;16 with        (``transparency`` in their info): that colour becomes the background
+transparency
 CMYK                R = (255 - C)(255 - K) / 255, and so on (independent of the Pillow version)
 LAB                 CIE L*a*b* to sRGB through LittleCMS (``ImageCms``)
 I;16, I;16L, I;16B, scaled by their bit depth: 0..65535 -> 0..255 (a 16-bit ramp gives a grey ramp)
@@ -19,12 +20,17 @@ I;16N
 I (32-bit integer)  values within 0..255 kept, within 0..65535 scaled as 16-bit, otherwise scaled by their
                     real range (min..max -> 0..255)
 F (32-bit float)    within 0..1 times 255, within 0..255 kept, otherwise scaled by their real range; NaN
-                    becomes 0
+                    becomes 0, +inf / -inf the largest / smallest finite value
 ==================  =======================================================================================
 
-Anything else (a mode a future Pillow adds, LAB without LittleCMS) is not guessed at: :func:`image_problem`
-reports it, and folder scans skip such files and count them with the reason. Images are also turned
-upright by their EXIF orientation (phone photos).
+TIFFs storing grey inverted (PhotometricInterpretation 0, *WhiteIsZero*) are inverted back for the deep
+modes too (Pillow does it for 8-bit only). Anything not converted exactly is not guessed at:
+:func:`image_problem` reports it and folder scans skip such files and count them with the reason -- a mode
+a future Pillow adds, LAB without LittleCMS, a 16-bit RGB PNG with a transparent colour (Pillow keeps 8
+bits per sample but the 16-bit colour), and images more than :data:`MAX_ASPECT` times longer than wide
+(resizing their short side would take gigabytes). Images are also turned upright by their EXIF orientation
+(phone photos); files are read through a file object (Pillow's memory-mapped reading of a rotated,
+uncompressed TIFF scrambles it).
 """
 
 from __future__ import annotations
@@ -65,9 +71,12 @@ SUPPORTED_MODES = frozenset(
 """Every image mode :func:`to_rgb` converts."""
 
 
-def _grey(values: np.ndarray) -> Image.Image:
-    """Grey levels already on the 0..255 scale (floats) as an RGB image."""
+def _grey(values: np.ndarray, keyed: np.ndarray | None = None, background: int = 255) -> Image.Image:
+    """Grey levels already on the 0..255 scale (floats) as an RGB image; ``keyed`` pixels (a transparent
+    colour) become ``background``."""
     levels = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+    if keyed is not None:
+        levels[keyed] = background
     return Image.fromarray(np.repeat(levels[..., None], 3, axis=-1), "RGB")
 
 
@@ -75,30 +84,60 @@ def _scale_range(values: np.ndarray) -> np.ndarray:
     """Map the real range of ``values`` (min..max) onto 0..255; a constant image becomes mid-grey."""
     lo, hi = float(values.min()), float(values.max())
     if hi <= lo:
-        return np.full(values.shape, 128.0)
-    return (values - lo) * (255.0 / (hi - lo))
+        return np.full(values.shape, 128.0, dtype=np.float32)
+    values -= lo  # in place: the caller's float32 copy (an 89-megapixel image is 356 MB per copy)
+    values *= np.float32(255.0 / (hi - lo))
+    return values
 
 
-def _deep_to_rgb(im: Image.Image) -> Image.Image:
-    """16-bit, 32-bit integer and float images: scaled, never clipped."""
-    values = np.asarray(im).astype(np.float64)
+def _finite(values: np.ndarray) -> np.ndarray:
+    """NaN as 0; +inf / -inf as the largest / smallest finite value (0 when there is none)."""
+    finite = np.isfinite(values)
+    if finite.all():
+        return values
+    real = values[finite]
+    lo = float(real.min()) if real.size else 0.0
+    hi = float(real.max()) if real.size else 0.0
+    return np.nan_to_num(values, copy=False, nan=0.0, posinf=max(hi, 0.0), neginf=min(lo, 0.0))
+
+
+def _deep_to_rgb(im: Image.Image, *, white_is_zero: bool = False, background: int = 255) -> Image.Image:
+    """16-bit, 32-bit integer and float images: scaled, never clipped (float32 working copies: memory
+    stays a few bytes per pixel). ``white_is_zero``: TIFF's inverted grey (PhotometricInterpretation 0),
+    which Pillow reads as is for these modes. A transparent grey value (``transparency``) becomes
+    ``background``."""
+    values = np.asarray(im).astype(np.float32)
+    key = im.info.get("transparency")
+    keyed = values == key if isinstance(key, int) and not isinstance(key, bool) else None
     if im.mode in _SIXTEEN_BIT:
-        return _grey(values / 257.0)
-    if values.size == 0:
-        return _grey(values)
-    if im.mode == "F":
-        finite = np.isfinite(values)
-        values = np.where(finite, values, 0.0)
+        values /= 257.0
+    elif values.size:
+        values = _finite(values)
         lo, hi = float(values.min()), float(values.max())
-        if lo >= 0 and hi <= 1.0:
-            return _grey(values * 255.0)
-        return _grey(values if lo >= 0 and hi <= 255 else _scale_range(values))
-    lo, hi = float(values.min()), float(values.max())  # mode I
-    if lo >= 0 and hi <= 255:
-        return _grey(values)
-    if lo >= 0 and hi <= 65535:
-        return _grey(values / 257.0)
-    return _grey(_scale_range(values))
+        if im.mode == "F" and lo >= 0 and hi <= 1.0:
+            values *= 255.0
+        elif lo >= 0 and hi <= 255:
+            pass
+        elif im.mode == "I" and lo >= 0 and hi <= 65535:
+            values /= 257.0
+        else:
+            values = _scale_range(values)
+    if white_is_zero:
+        values = 255.0 - values
+    return _grey(values, keyed, background)
+
+
+def _cmyk_to_rgb(im: Image.Image) -> Image.Image:
+    """R = (255 - C)(255 - K) / 255 and so on, rounded, in 16-bit integers (no float copies)."""
+    cmyk = np.asarray(im)
+    white_k = 255 - cmyk[..., 3].astype(np.uint16)
+    rgb = np.empty((*cmyk.shape[:2], 3), dtype=np.uint8)
+    for channel in range(3):
+        product = (255 - cmyk[..., channel].astype(np.uint16)) * white_k  # <= 65025: fits
+        product += 127  # round to nearest (x / 255 is never exactly halfway)
+        product //= 255
+        rgb[..., channel] = product
+    return Image.fromarray(rgb, "RGB")
 
 
 def _composite(im: Image.Image, background: tuple[int, int, int]) -> Image.Image:
@@ -107,8 +146,11 @@ def _composite(im: Image.Image, background: tuple[int, int, int]) -> Image.Image
     return Image.alpha_composite(base, rgba).convert("RGB")
 
 
-def to_rgb(im: Image.Image, background: tuple[int, int, int] = BACKGROUND) -> Image.Image:
-    """The RGB picture of ``im`` (see the module's table); raises :class:`DatasetError` for other modes."""
+def to_rgb(
+    im: Image.Image, background: tuple[int, int, int] = BACKGROUND, *, white_is_zero: bool = False
+) -> Image.Image:
+    """The RGB picture of ``im`` (see the module's table); raises :class:`DatasetError` for other modes.
+    ``white_is_zero``: a TIFF whose grey is stored inverted (:func:`open_rgb` reads it from the file)."""
     mode = im.mode
     if mode == "RGB" and "transparency" not in im.info:
         return im.copy()
@@ -116,19 +158,46 @@ def to_rgb(im: Image.Image, background: tuple[int, int, int] = BACKGROUND) -> Im
         return _composite(im.convert(_ALPHA[mode]) if mode != _ALPHA[mode] else im, background)
     if mode in ("P", "L", "RGB") and "transparency" in im.info:
         return _composite(im.convert("RGBA"), background)
+    if mode == "1" and "transparency" in im.info:  # a 1-bit PNG's transparent value (0 or 1)
+        rgb = np.asarray(im.convert("RGB")).copy()
+        rgb[np.asarray(im) == bool(im.info["transparency"])] = background
+        return Image.fromarray(rgb, "RGB")
     if mode in _PIL_CONVERTS:
         return im.convert("RGB")
     if mode == "CMYK":
-        c, m, y, k = (np.asarray(im).astype(np.float64) / 255.0).transpose(2, 0, 1)
-        rgb = np.stack([(1 - c) * (1 - k), (1 - m) * (1 - k), (1 - y) * (1 - k)], axis=-1) * 255.0
-        return Image.fromarray(np.clip(np.rint(rgb), 0, 255).astype(np.uint8), "RGB")
+        return _cmyk_to_rgb(im)
     if mode == "LAB" and _LAB is not None:
         from PIL import ImageCms
 
         return ImageCms.applyTransform(im, _LAB)
     if mode in ("I", "F") or mode in _SIXTEEN_BIT:
-        return _deep_to_rgb(im)
+        return _deep_to_rgb(im, white_is_zero=white_is_zero, background=background[0])
     raise DatasetError(f"image mode {mode!r} is not supported: save the image as 8-bit RGB (PNG or JPEG)")
+
+
+MAX_ASPECT = 20
+"""Longest side over shortest side beyond which an image is skipped: resizing its short side to the input
+resolution (the transforms) would make the long side tens of thousands of pixels (a 40000x1 PNG of 199
+bytes took 700 MB)."""
+
+
+def _source_problem(im: Image.Image) -> str | None:
+    """Why an opened (not yet loaded) image cannot be converted exactly, or None."""
+    if im.mode not in SUPPORTED_MODES:
+        return f"unsupported image mode {im.mode}"
+    if im.width == 0 or im.height == 0:
+        return "empty image (0 pixels)"
+    if max(im.size) > MAX_ASPECT * min(im.size):
+        return f"extreme aspect ratio ({im.width}x{im.height} px, more than {MAX_ASPECT}:1)"
+    if im.mode == "RGB" and "transparency" in im.info and any(";16" in str(t.args) for t in im.tile):
+        # Pillow keeps 8 bits of each sample but the 16-bit transparent colour: no exact match possible
+        return "16-bit RGB with a transparent colour (save it with an alpha channel or as 8-bit)"
+    return None
+
+
+def _white_is_zero(im: Image.Image) -> bool:
+    tags = getattr(im, "tag_v2", None)
+    return im.mode in ("I", "F", *_SIXTEEN_BIT) and tags is not None and tags.get(262) == 0
 
 
 def open_rgb(path: str | Path, background: tuple[int, int, int] = BACKGROUND) -> Image.Image:
@@ -140,13 +209,19 @@ def open_rgb(path: str | Path, background: tuple[int, int, int] = BACKGROUND) ->
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the scan already vetted it
-            with Image.open(path) as im:
+            # From a file object, not a path: Pillow memory-maps uncompressed TIFFs opened by path and
+            # then reads a rotated (EXIF 5-8) one with its swapped size, scrambling the pixels.
+            with open(path, "rb") as file, Image.open(file) as im:
+                problem = _source_problem(im)
+                if problem is not None:
+                    raise DatasetError(problem)
+                inverted = _white_is_zero(im)
                 im.load()
                 try:
                     upright = ImageOps.exif_transpose(im)
                 except Exception:  # a malformed EXIF block: keep the pixels as stored
                     upright = im
-                return to_rgb(upright if upright is not None else im, background)
+                return to_rgb(upright if upright is not None else im, background, white_is_zero=inverted)
     except DatasetError as exc:
         raise DatasetError(f"{Path(path).name}: {exc}") from None
     except Exception as exc:
@@ -160,16 +235,15 @@ def image_problem(path: str | Path) -> str | None:
     """None when ``path`` is an image :func:`open_rgb` can use; otherwise the reason, as a short phrase.
 
     Fully decodes the file (catches truncated files), refuses decompression bombs (PIL's pixel limit),
-    empty images and modes :func:`to_rgb` does not convert.
+    empty images, extreme aspect ratios and what :func:`to_rgb` cannot convert exactly.
     """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                if im.mode not in SUPPORTED_MODES:
-                    return f"unsupported image mode {im.mode}"
-                if im.width == 0 or im.height == 0:
-                    return "empty image (0 pixels)"
+            with open(path, "rb") as file, Image.open(file) as im:
+                problem = _source_problem(im)
+                if problem is not None:
+                    return problem
                 im.draft("RGB", (256, 256))  # JPEG: decode at reduced scale, still checks the stream
                 im.load()
         return None
