@@ -518,3 +518,64 @@ def test_unconvertible_images_are_skipped_and_counted_with_their_reason(tmp_path
     (root / "blue" / "x.tif").write_bytes((root / "red" / "lab.tif").read_bytes())
     with pytest.raises(ValueError, match=r"without any usable image in pics: blue \(skipped: 2 unsupported"):
         load_dataset(root)
+
+
+def test_windows_folder_entries_and_resource_forks_in_any_case(tmp_path):
+    """Folder entries written with a backslash are folders (not files named like them, nor a refusal as
+    'both file and folder'); macOS's resource-fork folder is ignored in any letter case."""
+    data = make_zip(
+        {
+            "cats\\": b"",
+            "cats\\1.png": _png((1, 1, 1)),
+            "dogs\\": b"",
+            "dogs\\2.png": _png((2, 2, 2)),
+            "empty\\": b"",
+            "__macosx/cats/._1.png": b"\0\5\26\7",
+            "__MacOSX/x": b"junk",
+        }
+    )
+    root = extract_archive(io.BytesIO(data), tmp_path)
+    assert listing(root) == ["cats", "cats/1.png", "dogs", "dogs/2.png"]  # no 0-byte file "empty"
+    tree = tmp_path / "tree"
+    for name in ("a", "b", "__macosx"):
+        (tree / name).mkdir(parents=True)
+        (tree / name / "1.png").write_bytes(_png((3, 3, 3)))
+    assert scan_image_folder(tree).classes == ["a", "b"]
+
+
+def test_names_that_are_not_valid_text_become_labels_not_crashes(tinytl_home, tmp_path, capsys):
+    """The class: bytes that are not UTF-8 in a folder or file name (a Latin-1 ``café``) reach labels,
+    tables, the terminal and the results store as ``\\xe9``; the images still load by their real names."""
+    import os
+
+    from tinytl_core.cli import main
+    from tinytl_core.results import ResultsStore
+
+    root = os.fsencode(tmp_path / "s\udce9")  # the folder's name too
+    for cls in (b"caf\xe9", b"tea"):
+        os.makedirs(os.path.join(root, cls))
+        for i in range(2):
+            Image.new("RGB", (8, 8), (i, 0, 0)).save(os.fsdecode(os.path.join(root, cls, b"%d.png" % i)))
+    open(os.path.join(root, b"tea", b"bad\xff.png"), "wb").write(b"junk")
+    folder = os.fsdecode(root)
+    splits = load_dataset(folder, val_fraction=0.5)
+    assert splits.classes == ["caf\\xe9", "tea"] and splits.name == "s\\xe9"
+    assert splits.skipped_examples == ["tea/bad\\xff.png"]
+    assert len(splits.train) + len(splits.val) == 4 and splits.train.image(0).size == (8, 8)
+    assert main(["datasets", "info", folder]) == 0
+    out = capsys.readouterr().out
+    assert "caf\\xe9" in out and "tea/bad\\xff.png" in out
+    store = ResultsStore(tinytl_home / "r.sqlite")
+    run = store.save_run({"status": "finished", "backbone": "b", "mode": "bias", "dataset": folder})
+    assert store.get_run(run)["dataset"].endswith("s\\xe9")
+
+
+def test_an_empty_dataset_name_is_refused_not_the_current_folder(tmp_path, monkeypatch):
+    from tinytl_core.data import DatasetError, check_dataset_name
+
+    monkeypatch.chdir(tmp_path)
+    for blank in ("", "  "):
+        with pytest.raises(DatasetError, match="no dataset given"):
+            load_dataset(blank)
+        with pytest.raises(DatasetError, match="no dataset given"):
+            check_dataset_name(blank)

@@ -101,10 +101,11 @@ def test_an_archive_expanding_past_the_quota_is_refused_and_not_kept(tinytl_home
 
 def test_least_recently_used_uploads_are_evicted_beyond_the_quota(tinytl_home, monkeypatch):
     archives = {name: _dataset_zip(seed) for seed, name in enumerate(("a.zip", "b.zip", "c.zip"))}
-    one = len(archives["a.zip"])  # ~75 KB archive + ~75 KB extraction per upload
-    monkeypatch.setenv(U.ENV_QUOTA, str(4.5 * one / 1e6))  # room for two uploads, not three
-    paths = {}
-    for name in ("a.zip", "b.zip"):
+    paths = {"a.zip": checks.save_upload("a.zip", archives["a.zip"])}
+    assert checks.load_upload(paths["a.zip"]).num_classes == 2
+    one = kept_uploads().total_bytes  # ~75 KB archive + ~75 KB extraction, in disk blocks
+    monkeypatch.setenv(U.ENV_QUOTA, str(2.4 * one / 1e6))  # room for two uploads, not three
+    for name in ("b.zip",):
         paths[name] = checks.save_upload(name, archives[name])
         assert checks.load_upload(paths[name]).num_classes == 2
     key = paths["b.zip"].stem.rsplit("-", 1)[1]
@@ -222,3 +223,29 @@ def test_only_kept_uploads_are_ever_discarded(tinytl_home, tmp_path):
     with pytest.raises(DatasetError, match="cannot use mine-0123456789abcdef.zip: found 1 class"):
         checks.load_upload(mine)
     assert mine.exists() and _dirs(tinytl_home) == []  # the refused extraction went, the user's file stays
+
+
+def test_the_quota_counts_disk_blocks_not_bytes(tinytl_home, monkeypatch):
+    """Thousands of one-byte files take a disk block each: the quota and the size cap count that (a 1.9 MB
+    zip of 19,990 one-byte files used to count 2 MB for 82 MB on disk)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for c in ("cats", "dogs"):
+            for i in range(2):
+                zf.writestr(f"{c}/{i}.png", _noise_png(i, 8))
+        for i in range(600):
+            zf.writestr(f"cats/f{i}", b"x")
+    upload = checks.save_upload("tiny.zip", buf.getvalue())
+    checks.load_upload(upload)
+    kept = kept_uploads()
+    assert kept.total_bytes >= 600 * 4096  # not the ~600 bytes of content
+    used = sum(
+        max(os.lstat(os.path.join(d, n)).st_size, os.lstat(os.path.join(d, n)).st_blocks * 512)
+        for d, dirs, files in os.walk(tinytl_home / "uploads")
+        for n in (*dirs, *files)
+    )
+    assert used - 3 * 4096 <= kept.total_bytes <= used  # what `du` sees (less the name file and a lock)
+    monkeypatch.setenv(U.ENV_QUOTA, str(1_000_000 / 1e6))  # 1 MB: the blocks do not fit
+    gc.collect()
+    with pytest.raises(UploadQuotaError):
+        checks.load_upload(checks.save_upload("tiny again.zip", buf.getvalue() + b""))

@@ -28,3 +28,19 @@ def cache_dir(name: str) -> Path:
     path = data_home() / name
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def valid_text(text: str) -> str:
+    """``text`` as valid Unicode: the undecodable bytes of a file name (Python's surrogate escapes, e.g. a
+    Latin-1 ``caf\\xe9`` folder on a UTF-8 system) written ``\\xe9``, so a terminal, SQLite and JSON can
+    hold it. Valid text comes back unchanged."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # lone surrogates that are no escaped bytes
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
-from tinytl_core.paths import data_home
+from tinytl_core.paths import data_home, valid_text
 from tinytl_core.quantities import (
     ENDED_STATUSES,
     Quantity,
@@ -349,6 +349,9 @@ class ResultsStore:
         for flag in FLAGS:
             if values[flag] is not None:
                 values[flag] = int(bool(values[flag]))
+        for name, value in values.items():  # e.g. a dataset folder whose name is not valid UTF-8
+            if isinstance(value, str):
+                values[name] = valid_text(value)
         for name in JSON_COLUMNS:
             values[f"{name}_json"] = json.dumps(record[name]) if record.get(name) is not None else None
         sql = f"INSERT INTO runs ({', '.join(values)}) VALUES ({', '.join('?' for _ in values)})"

@@ -64,6 +64,9 @@ def main(argv: Sequence[str] | None = None, *, freeze_gc: bool = False) -> int:
     print one ``error:`` line and exit 2; anything unexpected prints one line too and exits 1, with the
     traceback only when ``TINYTL_DEBUG`` is set. ``freeze_gc`` (``python -m tinytl_core``): once the
     commands are imported, :func:`tinytl_core.runtime.freeze_imported_objects`."""
+    for stream in (sys.stdout, sys.stderr):  # a file name that is not valid UTF-8 prints as \xe9, not a crash
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
     if freeze_gc:
         freeze_imported_objects()

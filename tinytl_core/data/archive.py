@@ -70,7 +70,7 @@ WINDOWS_NAME_RULES = os.name == "nt"
 """Also refuse names Windows cannot hold (``<>:"|?*``, ``CON``, ``NUL``, trailing dots); on by default
 only on Windows, where such names would fail or alias other files."""
 
-_IGNORED_DIRS = ("__MACOSX",)  # resource forks macOS adds to zips: never images, never extracted
+_IGNORED_DIRS = ("__macosx",)  # resource forks macOS adds to zips (any case): never images, never extracted
 _CHUNK = 1 << 20
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _WINDOWS_CHARS = re.compile(r'[<>:"|?*]')
@@ -169,6 +169,15 @@ def _key(path: PurePosixPath | str) -> str:
     return unicodedata.normalize("NFC", str(path)).casefold()
 
 
+BLOCK_BYTES = 4096
+"""The disk block an extracted file is counted in (a file takes whole blocks): the size cap and the uploads
+quota count what the extraction takes on disk, not the bytes alone."""
+
+
+def _too_large(max_bytes: int) -> str:
+    return f"archive is too large: over {max_bytes / 1e6:.0f} MB uncompressed (limit {max_bytes} bytes)"
+
+
 def check_archive(
     zf: zipfile.ZipFile, *, max_bytes: int = MAX_ARCHIVE_BYTES, max_files: int = MAX_ARCHIVE_FILES
 ) -> list[tuple[zipfile.ZipInfo, PurePosixPath]]:
@@ -201,13 +210,12 @@ def check_archive(
             )
         declared += max(info.file_size, 0)
         if declared > max_bytes:
-            raise UnsafeArchiveError(
-                f"archive is too large: over {max_bytes / 1e6:.0f} MB uncompressed (limit {max_bytes} bytes)"
-            )
-        if rel.parts[0] in _IGNORED_DIRS:
+            raise UnsafeArchiveError(_too_large(max_bytes))
+        if rel.parts[0].casefold() in _IGNORED_DIRS:
             continue
         parents = [_key(PurePosixPath(*rel.parts[:i])) for i in range(1, len(rel.parts))]
-        if info.is_dir():
+        if info.filename.endswith(("/", "\\")):  # a folder, also as Windows tools write it (ZipInfo.is_dir
+            # only knows "/": "cats\\" would be taken for a file named like the folder)
             parents.append(_key(rel))
         else:
             key = _key(rel)
@@ -346,6 +354,7 @@ def _extract_one(
                 f"archive entry {_show(info.filename)} cannot be read ({exc}); the .zip "
                 "is damaged or uses an unsupported feature: zip the folder again"
             ) from None
+        start = written
         with src:
             while True:
                 try:
@@ -356,13 +365,14 @@ def _extract_one(
                         "zip the folder again and upload the new file"
                     ) from None
                 if not chunk:
+                    # what the file takes on disk: whole blocks (20,000 one-byte files fill 80 MB)
+                    written = start + max(BLOCK_BYTES, -(-(written - start) // BLOCK_BYTES) * BLOCK_BYTES)
+                    if written > max_bytes:
+                        raise UnsafeArchiveError(_too_large(max_bytes))
                     return written
                 written += len(chunk)
                 if written > max_bytes:
-                    raise UnsafeArchiveError(
-                        f"archive is too large: over {max_bytes / 1e6:.0f} MB uncompressed "
-                        f"(limit {max_bytes} bytes)"
-                    )
+                    raise UnsafeArchiveError(_too_large(max_bytes))
                 try:
                     out.write(chunk)
                 except OSError as exc:

@@ -19,12 +19,13 @@ from tqdm.auto import tqdm
 from tinytl_core.data.dataset import DatasetSplits, FileSource, make_splits
 from tinytl_core.data.errors import DatasetNotFoundError, ImageFolderError
 from tinytl_core.data.images import image_problem
+from tinytl_core.paths import valid_text
 
-_IGNORED_DIRS = {"__MACOSX"}
+_IGNORED_DIRS = {"__macosx"}  # compared case-folded: macOS resource forks, any case
 
 
 def _hidden(name: str) -> bool:
-    return name.startswith(".") or name in _IGNORED_DIRS
+    return name.startswith(".") or name.casefold() in _IGNORED_DIRS
 
 
 @dataclass
@@ -93,21 +94,24 @@ def scan_image_folder(root: str | Path, *, progress: bool = False, label: str | 
 
 def _scan(root: Path, progress: bool, shown: str) -> FolderScan:
     root = _effective_root(root)
-    classes = sorted(
+    folders = sorted(
         e.name for e in os.scandir(root) if e.is_dir(follow_symlinks=False) and not _hidden(e.name)
     )
+    # Class names are labels: valid text even where a folder's name is not (its bytes shown as \xe9);
+    # the files are still read through the folders' own names.
+    classes = [valid_text(name) for name in folders]
     scan = FolderScan(root=root, classes=classes)
     for loose in sorted(
         e.name for e in os.scandir(root) if not e.is_dir(follow_symlinks=False) and not _hidden(e.name)
     ):
-        scan.skip(loose, "not in a class folder")
+        scan.skip(valid_text(loose), "not in a class folder")
     if len(classes) < 2:
         raise ImageFolderError(
             f"found {len(classes)} class folder(s) in {shown}; need at least 2 "
             "(one sub-folder per class, each holding that class's images)"
         )
     files: list[tuple[Path, int]] = []
-    for label, name in enumerate(classes):
+    for label, name in enumerate(folders):
         for dirpath, dirnames, filenames in os.walk(root / name, followlinks=False):
             dirnames[:] = sorted(d for d in dirnames if not _hidden(d))
             files += [(Path(dirpath) / f, label) for f in sorted(filenames) if not _hidden(f)]
@@ -117,7 +121,7 @@ def _scan(root: Path, progress: bool, shown: str) -> FolderScan:
             scan.paths.append(path)
             scan.labels.append(label)
         else:
-            scan.skip(str(path.relative_to(root)), problem)
+            scan.skip(valid_text(str(path.relative_to(root))), problem)
     empty = [c for c, n in scan.counts().items() if n == 0]
     if empty:
         raise ImageFolderError(
@@ -146,12 +150,12 @@ def load_image_folder(
     scan = scan_image_folder(root, progress=progress, label=name)
     source = FileSource(scan.paths, scan.labels, scan.classes)
     return make_splits(
-        name or scan.root.name,
+        valid_text(name or scan.root.name),
         source,
         val_fraction=val_fraction,
         seed=seed,
         shots=shots,
-        description=f"images from {name or scan.root}",
+        description=valid_text(f"images from {name or scan.root}"),
         skipped=len(scan.skipped),
         skipped_examples=scan.skipped[:10],
         skipped_reasons=scan.skipped_by_reason(),

@@ -181,6 +181,8 @@ def check_dataset_name(name: str | Path) -> None:
 
 def _local(key: str) -> tuple[Path, str]:
     """What a local dataset name points to: ``zip``, ``dir``, ``other`` (exists) or ``missing``."""
+    if not key.strip():  # Path("") is the current folder: never a dataset by accident
+        raise DatasetNotFoundError("no dataset given: give a built-in name, an image folder or a .zip")
     try:
         path = Path(key).expanduser()
         if path.is_file() and path.suffix.lower() == ".zip":

@@ -342,11 +342,17 @@ class UploadsUsage:
 
 def _tree_size(path: Path) -> int:
     total = 0
-    for dirpath, _dirs, files in os.walk(path):
-        for name in files:
+    for dirpath, dirs, files in os.walk(path):
+        for name in (*dirs, *files):  # folders take blocks too
             with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(dirpath, name)).st_size
+                total += disk_bytes(os.lstat(os.path.join(dirpath, name)))
     return total
+
+
+def disk_bytes(info: os.stat_result) -> int:
+    """What a file takes on disk: its allocated blocks (a one-byte file takes a whole block), at least its
+    size -- the quota counts disk, so thousands of tiny files cannot slip under it."""
+    return max(info.st_size, getattr(info, "st_blocks", 0) * 512)
 
 
 def _mtime(path: Path) -> float:
@@ -419,7 +425,7 @@ def kept_uploads(root: Path | None = None, *, quota_bytes: int | None = None) ->
 
 def _size_or_zero(path: Path) -> int:
     try:
-        return path.stat().st_size
+        return disk_bytes(path.stat())
     except OSError:
         return 0
 
