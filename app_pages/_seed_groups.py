@@ -10,10 +10,9 @@ from typing import Any
 import streamlit as st
 
 from tinytl_core.reference import PAPER_DATASETS
-from tinytl_core.results import MEMORY
+from tinytl_core.results import MEMORY, run_quantity
 from tinytl_core.seeds import SEED_GROUP_HEADERS, group_seeds
 from tinytl_core.ui import figures
-from tinytl_core.ui.runs import memory_axis
 from tinytl_core.ui.sweep import PAPER_CAPTION, paper_frame, reference_set
 
 SOURCES = {"mine": "Your runs (as filtered above)", "reference": "Bundled reference sweep"}
@@ -57,9 +56,9 @@ def render(runs: Sequence[Mapping[str, Any]]) -> None:
     if groups.empty:
         st.info("No finished runs to group here.", icon=":material/info:")
     else:
-        axis_title = memory_axis(MEMORY.total_measured_bytes)[1]
         st.caption(
-            f"x: {axis_title}, mean over seeds (error bar: standard deviation); y: validation accuracy, "
+            f"x: {run_quantity(MEMORY.total_measured_bytes).label}, mean over seeds (error bar: standard "
+            "deviation); y: validation accuracy, "
             "mean over seeds (error bar: standard deviation). One point per backbone x mode."
         )
         st.dataframe(
@@ -71,7 +70,7 @@ def render(runs: Sequence[Mapping[str, Any]]) -> None:
         )
     if not groups.empty or paper is not None:
         slot.plotly_chart(
-            _figure(groups, paper, memory_axis(MEMORY.total_measured_bytes)[1]),
+            _figure(groups, paper, run_quantity(MEMORY.total_measured_bytes).label),  # its unit: the chart's
             width="stretch",
             key="cr_groups_chart",
         )

@@ -4,7 +4,7 @@ import streamlit as st
 
 from app_pages import _cache
 from tinytl_core.modes import MODES, compare_trainable
-from tinytl_core.quantities import MB, format_mb
+from tinytl_core.quantities import MB, format_bytes
 from tinytl_core.reports import trainable_table
 from tinytl_core.ui import figures
 from tinytl_core.ui.modes_view import trainable_display
@@ -46,7 +46,7 @@ if not row["applicable"]:
 else:
     c1, c2, c3 = st.columns(3)
     c1.metric("Trainable parameters", f"{int(row['trainable_params']):,}")
-    c2.metric("Trainable bytes (fp32)", format_mb(row["trainable_MB"] * MB, 2, unit=True))
+    c2.metric("Trainable bytes (fp32)", format_bytes(row["trainable_MB"] * MB))
     c3.metric("Share of the model", f"{row['trainable_%']:.2f} %")
 
 fig = figures.trainable_bars(

@@ -5,6 +5,8 @@ import math
 from dataclasses import asdict, dataclass, fields
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tinytl_core.memory import ReportTotals
 from tinytl_core.quantities import (
@@ -113,3 +115,38 @@ def test_run_memory_reads_back_from_a_stored_dict():
     assert RunMemory.from_dict({"error": "RuntimeError: no trace"}) is None
     assert RunMemory.from_dict(None) is None and RunMemory.from_dict({}) is None
     assert math.isclose(figures.total_modelled_bytes, 3.0)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.floats(min_value=0, max_value=1e20, allow_nan=False))
+def test_byte_figures_are_short_readable_and_right_at_every_size(nbytes):
+    """Every size reads as at most three significant figures in a unit where it is at least 1 and under
+    1,000 ("1,000 KB" for 999,999 bytes, "1,000,000 TB" for 10^18 used to be shown), and means its value."""
+    from tinytl_core.quantities import BYTE_UNITS, format_bytes
+
+    text = format_bytes(nbytes)
+    number, unit = text.rsplit(" ", 1)
+    value = float(number.replace(",", ""))
+    factor = dict(BYTE_UNITS)[unit]
+    assert value < 1000 and (value >= 1 or unit == "B"), text
+    assert len(number.replace(",", "").replace(".", "").lstrip("0")) <= 3 or unit == "B", text
+    assert abs(value * factor - nbytes) <= max(0.5, 0.005 * nbytes), text
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.floats(min_value=0, allow_nan=False) | st.sampled_from([1e-300, 1.0, 1.04]),
+    st.floats(min_value=0, allow_nan=False) | st.sampled_from([1e-300, 1.0, 1.04]),
+)
+def test_comparisons_never_say_the_wrong_direction(value, reference):
+    from tinytl_core.quantities import format_ratio
+
+    text = format_ratio(value, reference)
+    assert len(text) < 45, text  # no 300-digit figures
+    if "more than" in text:
+        assert value > reference
+    if "less than" in text:
+        assert value < reference
+    if text.startswith("same"):
+        assert value == reference
+    assert format_ratio(-1.0, 1.0) == format_ratio(1.0, float("inf")) == "-"  # no direction to say

@@ -139,3 +139,58 @@ def test_the_backbone_picker_labels_are_bare_names():
     # a decorated label ("resnet50  ★") lost to "resnet50c".
     for name in ("resnet50", "resnet50c", "demo_mobilenetv2_050"):
         assert backbone_label(name) == name
+
+
+@pytest.mark.parametrize("budget", [1e6, 1e9, 1e12])  # below, near, far above the bars
+@pytest.mark.parametrize("scale", [3e5, 40e6, 110e9])
+def test_a_budget_never_stretches_a_bytes_axis_out_of_reading(scale, budget):
+    """A budget far above every bar is a note, not a line that turns a MB axis into "1,000,000 MB"."""
+    fig = figures.mode_memory_bars(_table(scale), title="t", budget_bytes=budget)
+    largest = 6 * scale
+    top = fig.layout.yaxis.range[1]
+    assert top < 10_000  # the axis keeps short numbers in its unit
+    notes = [a.text for a in fig.layout.annotations if a.text and a.text.startswith("budget")]
+    assert len(notes) == 1  # the budget is always said, once
+    if budget > figures.BUDGET_STRETCH * largest:
+        assert notes[0].endswith("above everything shown") and not fig.layout.shapes
+    else:
+        assert fig.layout.shapes  # the dashed line
+
+
+@pytest.mark.parametrize("peak", [30e3, 40e6, 50e9])
+def test_step_timelines_and_seed_groups_take_the_unit_of_their_size(peak):
+    from tinytl_core.memory.timeline import StepTimeline
+    from tinytl_core.seeds import group_seeds
+    from tinytl_core.ui.step_chart import CATEGORY_ORDER, step_timeline_figure
+
+    unit = bytes_unit(peak)[0]
+    cat = CATEGORY_ORDER[0]
+    timeline = StepTimeline(
+        device="cpu",
+        times_us=[0, 1000, 2000],
+        bytes=[{cat: int(peak / 2)}, {cat: int(peak)}, {cat: int(peak / 3)}],
+        phases={"forward": (0, 1000), "backward": (1000, 2000)},
+    )
+    fig = step_timeline_figure({"engine": timeline}, modelled={"engine": peak}, title="t")
+    assert fig.layout.yaxis.title.text == f"{unit} alive"
+    peak_label = next(t.text[0] for t in fig.data if t.mode == "markers+text")
+    assert peak_label.startswith(f"peak {format_bytes(peak)} (")  # 30 KB read "peak 0.0 MB"
+    assert max(max(t.y) for t in fig.data) < 1000
+    runs = [
+        {
+            "id": i,
+            "status": "finished",
+            "backbone": "b",
+            "mode": "bias",
+            "dataset": "d",
+            "resolution": 32,
+            "seed": i,
+            "best_val_acc": 0.5,
+            "final_val_acc": 0.5,
+            "total_measured_bytes": peak,
+        }
+        for i in range(2)
+    ]
+    groups = figures.seed_groups_figure(group_seeds(runs))
+    assert groups.layout.xaxis.title.text == f"step peak, measured ({unit})"
+    assert groups.data[0].x[0] == pytest.approx(peak / bytes_unit(peak)[1])

@@ -50,7 +50,7 @@ from tinytl_core.data import (
 from tinytl_core.engine.quantized import WeightQuantization, check_weight_bits
 from tinytl_core.memory import training_memory_figures
 from tinytl_core.modes import get_mode, prepare_model
-from tinytl_core.quantities import RunMemory, RunStatus, format_mb
+from tinytl_core.quantities import RunMemory, RunStatus, format_bytes
 from tinytl_core.results import ResultsStore
 from tinytl_core.sparse_scheme import SparseScheme
 
@@ -283,9 +283,9 @@ class AdaptResult:
         acc = "-" if self.final_val_acc is None else f"{100 * self.final_val_acc:.1f}%"
         mem, m = "", self.memory
         if m is not None:
-            mem = f", memory {format_mb(m.total_modelled_bytes)} MB modelled"
+            mem = f", memory {format_bytes(m.total_modelled_bytes)} modelled"
             if m.total_measured_bytes is not None:
-                mem += f" / {format_mb(m.total_measured_bytes)} MB measured"
+                mem += f" / {format_bytes(m.total_measured_bytes)} measured"
         layers = "engine" if self.engine_layers else "stock layers"
         text = (
             f"{c.backbone} {c.mode} on {dataset_display_name(c.dataset)}: val acc {acc} after "

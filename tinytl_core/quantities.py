@@ -62,7 +62,15 @@ def format_mb(nbytes: float | None, digits: int = 1, missing: str = "-", *, unit
     return f"{nbytes / MB:,.{digits}f}" + (" MB" if unit else "")
 
 
-BYTE_UNITS: tuple[tuple[str, int], ...] = (("B", 1), ("KB", 10**3), ("MB", MB), ("GB", 10**9), ("TB", 10**12))
+BYTE_UNITS: tuple[tuple[str, int], ...] = (
+    ("B", 1),
+    ("KB", 10**3),
+    ("MB", MB),
+    ("GB", 10**9),
+    ("TB", 10**12),
+    ("PB", 10**15),
+    ("EB", 10**18),
+)
 """Decimal byte units (10^3 steps, as :data:`MB`), smallest first."""
 
 
@@ -84,10 +92,20 @@ def format_bytes(nbytes: float | None, missing: str = "-", *, unit: tuple[str, i
     ``missing`` for None / NaN."""
     if _missing(nbytes):
         return missing
+    if math.isinf(nbytes):
+        return "unlimited" if nbytes > 0 else "-"
     name, factor = unit or bytes_unit(nbytes)
-    value = nbytes / factor
-    digits = 0 if factor == 1 or abs(value) >= 100 else 1 if abs(value) >= 10 else 2
-    return f"{value:,.{digits}f} {name}"
+    text = _three_figures(nbytes / factor, integer=factor == 1)
+    if unit is None and name != BYTE_UNITS[-1][0] and abs(float(text.replace(",", ""))) >= 1000:
+        # rounding reached the next unit (999,999 B is "1.00 MB", not "1,000 KB")
+        name, factor = BYTE_UNITS[[u for u, _ in BYTE_UNITS].index(name) + 1]
+        text = _three_figures(nbytes / factor, integer=False)
+    return f"{text} {name}"
+
+
+def _three_figures(value: float, *, integer: bool) -> str:
+    digits = 0 if integer or abs(value) >= 99.95 else 1 if abs(value) >= 9.995 else 2
+    return f"{value:,.{digits}f}"
 
 
 def format_ratio(value: float | None, reference: float | None, name: str = "full", digits: int = 1) -> str:
@@ -95,18 +113,25 @@ def format_ratio(value: float | None, reference: float | None, name: str = "full
     full'``, ``'4.4x less than full'``, ``'same as full'`` (``'about the same as full'`` when the ratio
     rounds to 1); ``'none, unlike full'`` for 0 and ``'-'`` when either is missing or the reference is 0.
     The one place a comparison is phrased (Home, Memory Explorer, CLI)."""
-    if _missing(value) or _missing(reference) or not reference:
-        return "-"
+    if _missing(value) or _missing(reference) or not reference or value < 0 or reference < 0:
+        return "-"  # a ratio of negative sizes has no direction to say
     if value == reference:
         return f"same as {name}"
     if not value:
         return f"none, unlike {name}"
-    ratio = value / reference
-    if ratio > 1 and round(ratio, digits) > 1:
-        return f"{ratio:.{digits}f}x more than {name}"
-    if ratio < 1 and round(1 / ratio, digits) > 1:
-        return f"{1 / ratio:.{digits}f}x less than {name}"
+    if math.isinf(value) or math.isinf(reference):
+        return "-"
+    ratio = value / reference if value > reference else reference / value  # >= 1, no underflow to 0
+    if round(ratio, digits) > 1:
+        return f"{_times(ratio, digits)} {'more' if value > reference else 'less'} than {name}"
     return f"about the same as {name}"
+
+
+def _times(ratio: float, digits: int) -> str:
+    """``2.5x``, ``3,948,448x``; past a billion, ``over 1,000,000,000x`` (no 300-digit figures)."""
+    if ratio >= 1e9:
+        return "over 1,000,000,000x"
+    return f"{ratio:,.{0 if ratio >= 1000 else digits}f}x"
 
 
 def quantity(
@@ -182,8 +207,8 @@ class Quantity:
         """``raw`` as text with its unit: ``12.3 MB``, ``75.0 %``, ``1.5 s``; ``missing`` when absent."""
         if _missing(raw):
             return missing
-        if self.unit is Unit.BYTES:
-            return format_mb(raw, unit=True)
+        if self.unit is Unit.BYTES:  # a figure on its own: the unit its size calls for
+            return format_bytes(raw)
         if self.unit is Unit.FRACTION:
             return f"{100 * raw:.1f} %"
         if self.unit is Unit.SECONDS:

@@ -25,7 +25,7 @@ from torch import nn
 from tinytl_core.memory import accounting as acc
 from tinytl_core.memory.report import MEMORY, MemoryReport
 from tinytl_core.memory.timeline import StepTimeline, phase, profile_step
-from tinytl_core.quantities import format_mb
+from tinytl_core.quantities import format_bytes
 from tinytl_core.tracing import (
     available_memory,
     check_input,
@@ -224,9 +224,9 @@ def _check_fits(model, modelled, input_size, batch_size, optimizer, here, target
     free = available_memory(target)
     if free is not None and required > free:
         raise MemoryLimitError(
-            f"measuring this step needs about {format_mb(required)} MB on {target} (modelled: gradients + "
+            f"measuring this step needs about {format_bytes(required)} on {target} (modelled: gradients + "
             f"optimizer state, activations stock PyTorch saves and its transient peak) but only "
-            f"{format_mb(free)} MB are free; lower the batch size or resolution, or use analyze(), which "
+            f"{format_bytes(free)} are free; lower the batch size or resolution, or use analyze(), which "
             "allocates nothing"
         )
     return int(required)

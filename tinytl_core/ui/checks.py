@@ -47,7 +47,7 @@ from tinytl_core.data import (
 )
 from tinytl_core.data.uploads import display_filename, safe_stem, save_archive
 from tinytl_core.modes import MODES
-from tinytl_core.quantities import format_mb
+from tinytl_core.quantities import format_bytes
 from tinytl_core.tracing import available_memory
 
 
@@ -60,8 +60,8 @@ def memory_problem(
     if free is None or required_bytes <= free:
         return None
     return (
-        f"{what} needs about {format_mb(required_bytes)} MB by the model's own estimate, but only "
-        f"{format_mb(free)} MB are free on {device}. Lower the batch size or the resolution."
+        f"{what} needs about {format_bytes(required_bytes)} by the model's own estimate, but only "
+        f"{format_bytes(free)} are free on {device}. Lower the batch size or the resolution."
     )
 
 

@@ -83,15 +83,44 @@ def _bytes_axis(fig: go.Figure, largest_bytes: float, title: str, axis: str = "y
     return unit
 
 
+BUDGET_STRETCH = 3.0
+"""A chart's bytes axis stretches to show the budget line up to this many times its largest value; a budget
+far above that is named in a note instead (a 1 TB budget would squash MB bars to nothing)."""
+
+
+def budget_on_axis(budget_bytes: float | None, largest_bytes: float) -> bool:
+    """True when the budget line is drawn on the axis (see :data:`BUDGET_STRETCH`)."""
+    return bool(budget_bytes) and budget_bytes <= BUDGET_STRETCH * max(largest_bytes, 1.0)
+
+
 def add_budget_line(
-    fig: go.Figure, budget_bytes: float | None, unit: tuple[str, int], axis: str = "y"
+    fig: go.Figure,
+    budget_bytes: float | None,
+    unit: tuple[str, int],
+    axis: str = "y",
+    *,
+    largest_bytes: float | None = None,
 ) -> None:
     """Draw a memory budget (the Budget planner's) as a dashed line across a bytes axis scaled to ``unit``;
-    nothing for None."""
+    nothing for None. A budget far above ``largest_bytes`` (the chart's largest value) is a note in the
+    corner instead, so the axis keeps the data's scale."""
     if not budget_bytes:
         return
-    value = budget_bytes / unit[1]
     text = f"budget {format_bytes(budget_bytes)}"
+    if largest_bytes is not None and not budget_on_axis(budget_bytes, largest_bytes):
+        fig.add_annotation(
+            text=f"{text}: above everything shown",
+            xref="paper",
+            yref="paper",
+            x=1,
+            y=1,
+            xanchor="right",
+            yanchor="bottom",
+            showarrow=False,
+            font={"color": OKABE_ITO["black"]},
+        )
+        return
+    value = budget_bytes / unit[1]
     style = {"line_dash": "dash", "line_color": OKABE_ITO["black"], "line_width": 2}
     if axis == "x":
         fig.add_vline(x=value, annotation_text=text, annotation_position="top left", **style)
@@ -144,13 +173,15 @@ def mode_memory_bars(
             line_color=SELECTION_COLOR,
             fillcolor="rgba(0,0,0,0)",
         )
+    largest = float(totals_bytes.max()) if len(totals_bytes) else 0.0
+    shown_budget = budget_bytes if budget_on_axis(budget_bytes, largest) else 0
     fig.update_layout(
         **{**_LAYOUT, "legend": _LEGEND_BELOW},
         legend_title_text="",
-        yaxis_range=[0, 1.15 * max(totals.max(), (budget_bytes or 0) / unit[1], 1e-9)],
+        yaxis_range=[0, 1.15 * max(totals.max(), (shown_budget or 0) / unit[1], 1e-9)],
     )
-    _bytes_axis(fig, float(totals_bytes.max()) if len(totals_bytes) else 0.0, "training memory")
-    add_budget_line(fig, budget_bytes, unit)
+    _bytes_axis(fig, largest, "training memory")
+    add_budget_line(fig, budget_bytes, unit, largest_bytes=largest)
     fig.update_xaxes(tickvals=list(totals.index), ticktext=[_mode_tick(m) for m in totals.index], tickangle=0)
     return fig
 
@@ -277,11 +308,11 @@ def seed_groups_figure(
     groups: pd.DataFrame,
     *,
     paper: pd.DataFrame | None = None,
-    x_label: str = "step peak, measured (MB)",
+    x_label: str = "step peak, measured",
     title: str = "",
 ) -> go.Figure:
     """Memory vs accuracy per dataset, one point per backbone x mode with its seeds pooled (the shape of
-    the paper's main figure): one panel per dataset, x the mean measured step peak (MB) with its standard
+    the paper's main figure): one panel per dataset, x the mean measured step peak with its standard
     deviation, y the mean validation accuracy (%) with its standard deviation, colour the mode, symbol
     the backbone.
 
@@ -290,6 +321,13 @@ def seed_groups_figure(
     (``"<dataset> (paper)"``, x = the paper's analytic memory), never on the measured axis.
     """
     data = groups.dropna(subset=["peak_mean_MB", "acc_mean_pct"])
+    # one bytes unit for all panels, from the largest value shown (the axis titles get it: "(GB)")
+    largest = max(
+        [float(data["peak_mean_MB"].max() * MB) if len(data) else 0.0]
+        + ([float(paper["memory_MB"].max() * MB)] if paper is not None and len(paper) else [])
+    )
+    unit_name, factor = bytes_unit(largest)
+    scale = MB / factor
     panels: list[tuple[str, pd.DataFrame, bool]] = [
         (str(d), data[data["dataset"] == d], False) for d in dict.fromkeys(data["dataset"])
     ]
@@ -310,7 +348,7 @@ def seed_groups_figure(
             name = MODES[mode].title if mode in MODES else mode
             if published:
                 trace = go.Scatter(
-                    x=[row["memory_MB"]],
+                    x=[row["memory_MB"] * scale],
                     y=[row["top1_pct"]],
                     mode="markers",
                     marker={"size": 12, "symbol": "diamond-open", "color": MODE_COLORS.get(mode, "#999999")},
@@ -319,14 +357,14 @@ def seed_groups_figure(
                     showlegend=False,
                     hovertemplate=(
                         f"<b>{row['method']}</b> ({row['backbone']}, {row['resolution']} px)<br>"
-                        "analytic memory %{x:,.0f} MB<br>top-1 %{y:.1f}%<extra></extra>"
+                        f"analytic memory %{{x:,.3~f}} {unit_name}<br>top-1 %{{y:.1f}}%<extra></extra>"
                     ),
                 )
             else:
                 trace = go.Scatter(
-                    x=[row["peak_mean_MB"]],
+                    x=[row["peak_mean_MB"] * scale],
                     y=[row["acc_mean_pct"]],
-                    error_x={"type": "data", "array": [_spread(row["peak_std_MB"])], "visible": True},
+                    error_x={"type": "data", "array": [_spread(row["peak_std_MB"]) * scale], "visible": True},
                     error_y={"type": "data", "array": [_spread(row["acc_std_pct"])], "visible": True},
                     mode="markers",
                     marker={
@@ -342,13 +380,22 @@ def seed_groups_figure(
                         f"<b>{name}</b> · {row['backbone']} · {row['resolution']} px<br>"
                         f"val acc %{{y:.1f}}% ± {_spread(row['acc_std_pct']):.1f} "
                         f"over {row['seeds']} seed(s)<br>"
-                        f"step peak %{{x:,.1f}} MB ± {_spread(row['peak_std_MB']):.1f}<extra></extra>"
+                        f"step peak %{{x:,.3~f}} {unit_name} ± "
+                        f"{format_bytes(_spread(row['peak_std_MB']) * MB, unit=(unit_name, factor))}"
+                        "<extra></extra>"
                     ),
                 )
                 shown.add(mode)
             fig.add_trace(trace, row=1, col=col)
-        label = "paper's memory, analytic (MB)" if published else x_label
-        fig.update_xaxes(title_text=label, rangemode="tozero", separatethousands=True, row=1, col=col)
+        label = "paper's memory, analytic" if published else x_label
+        fig.update_xaxes(
+            title_text=f"{label} ({unit_name})",
+            rangemode="tozero",
+            separatethousands=True,
+            exponentformat="none",
+            row=1,
+            col=col,
+        )
     fig.update_yaxes(title_text=ACCURACY.title, row=1, col=1)
     fig.update_layout(**{**_LAYOUT, "legend": _LEGEND_BELOW}, title=title, height=420)
     return fig

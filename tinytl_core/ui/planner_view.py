@@ -26,7 +26,7 @@ from tinytl_core.planner.profile import ProfileCache
 from tinytl_core.quantities import RunStatus, bytes_unit, format_bytes
 from tinytl_core.reference import PAPER_BACKBONE, load_reference_runs
 from tinytl_core.results import ResultsStore
-from tinytl_core.ui.figures import SELECTION_COLOR, add_budget_line, mode_color
+from tinytl_core.ui.figures import SELECTION_COLOR, add_budget_line, budget_on_axis, mode_color
 from tinytl_core.ui.sweep import paper_frame
 
 CUSTOM = "custom"
@@ -100,11 +100,12 @@ def planner_figure(
     fig = go.Figure()
     on_accuracy = len(points) and "accuracy" in str(points["y_label"].iloc[0])
     paper = paper if paper is not None and len(paper) and on_accuracy else None
-    largest = max(
+    data_largest = max(
         float(points[PLANNED.peak_bytes].max()) if len(points) else 0.0,
-        float(budget.nbytes),
         float(paper["memory_MB"].max() * 1e6) if paper is not None else 0.0,
     )
+    # the budget sets the scale only when it is near the points (else it is a note: budget_on_axis)
+    largest = max(data_largest, float(budget.nbytes) if budget_on_axis(budget.nbytes, data_largest) else 0.0)
     unit = bytes_unit(largest)
     y_label = str(points["y_label"].iloc[0]) if len(points) else ""
     for mode, group in points.groupby(PLANNED.mode, sort=False):
@@ -176,7 +177,7 @@ def planner_figure(
         separatethousands=True,
         rangemode="tozero",
     )
-    add_budget_line(fig, budget.nbytes, unit, axis="x")
+    add_budget_line(fig, budget.nbytes, unit, axis="x", largest_bytes=data_largest)
     return fig
 
 

@@ -8,7 +8,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from tinytl_core.memory.timeline import Category, StepTimeline
-from tinytl_core.quantities import MB
+from tinytl_core.quantities import MB, bytes_unit, format_bytes
 
 MAX_POINTS = 400
 """Points per timeline in the chart; bins keep their largest instant so the peak survives."""
@@ -71,6 +71,10 @@ def step_timeline_figure(
     (``modelled[name]``, bytes) as a dashed line."""
     modelled = modelled or {}
     names = list(timelines)
+    largest = max(
+        [t.peak_bytes for t in timelines.values() if t.bytes] + [v for v in modelled.values() if v] + [0.0]
+    )
+    unit_name, factor = bytes_unit(largest)  # one unit for every panel (they share the y axis)
     fig = make_subplots(
         rows=1, cols=max(1, len(names)), shared_yaxes=True, subplot_titles=names, horizontal_spacing=0.04
     )
@@ -84,7 +88,7 @@ def step_timeline_figure(
             fig.add_trace(
                 go.Scatter(
                     x=part["ms"],
-                    y=part["MB"],
+                    y=part["MB"] * MB / factor,
                     name=cat.value,
                     legendgroup=cat.value,
                     showlegend=col == 1,
@@ -92,7 +96,7 @@ def step_timeline_figure(
                     line={"width": 0.5},
                     fillcolor=CATEGORY_COLORS[cat],
                     marker={"color": CATEGORY_COLORS[cat]},
-                    hovertemplate=f"{cat.value}: %{{y:,.1f}} MB<extra>%{{x:,.0f}} ms</extra>",
+                    hovertemplate=f"{cat.value}: %{{y:,.3~f}} {unit_name}<extra>%{{x:,.0f}} ms</extra>",
                 ),
                 row=1,
                 col=col,
@@ -102,10 +106,10 @@ def step_timeline_figure(
             fig.add_trace(
                 go.Scatter(
                     x=[(timeline.times_us[i] - timeline.times_us[0]) / 1000],
-                    y=[timeline.peak_bytes / MB],
+                    y=[timeline.peak_bytes / factor],
                     mode="markers+text",
                     marker={"color": "black", "size": 8},
-                    text=[f"peak {timeline.peak_bytes / MB:,.1f} MB ({timeline.peak_phase or 'step'})"],
+                    text=[f"peak {format_bytes(timeline.peak_bytes)} ({timeline.peak_phase or 'step'})"],
                     textposition="top center",
                     showlegend=False,
                     hoverinfo="skip",
@@ -115,16 +119,17 @@ def step_timeline_figure(
             )
         if modelled.get(name) is not None:
             fig.add_hline(
-                y=modelled[name] / MB,
+                y=modelled[name] / factor,
                 line_dash="dash",
                 line_color="#444444",
                 row=1,
                 col=col,
-                annotation_text=f"modelled {modelled[name] / MB:,.1f} MB",
+                annotation_text=f"modelled {format_bytes(modelled[name])}",
                 annotation_position="bottom right",
             )
         fig.update_xaxes(title_text="ms since the step started", row=1, col=col)
-    fig.update_yaxes(title_text="MB alive", row=1, col=1)
+    fig.update_yaxes(title_text=f"{unit_name} alive", row=1, col=1)
+    fig.update_yaxes(exponentformat="none", separatethousands=True)
     fig.update_layout(
         title=title,
         template="plotly_white",
