@@ -49,11 +49,29 @@ def test_parse_budget(text, nbytes):
 
 
 @pytest.mark.parametrize(
-    "text", ["0", "0 MB", "-5 MB", "-1", "", "  ", "12 parsecs", "MB", "1.2.3 MB", "0.0001 B"]
+    "text",
+    ["0", "0 MB", "-5 MB", "-1", "", "  ", "12 parsecs", "MB", "1.2.3 MB", "0.0001 B"]
+    + ["1e300 GB", "1e308 MB", "1e20 MB", "1e400", 1e300, "1e19 B"],  # overflows, or beyond any device
 )
 def test_bad_budgets_are_clear(text):
     with pytest.raises(BudgetError, match="budget"):
         parse_budget(text)
+
+
+def test_the_largest_budget_plans_and_a_larger_one_is_refused(tmp_path):
+    """The class: a budget the plan's 64-bit tables cannot hold is refused up front, by text or by bytes."""
+    from tinytl_core.planner.budget import MAX_BUDGET_BYTES
+
+    assert parse_budget("1000 GB") == 10**12
+    with pytest.raises(BudgetError):
+        Budget(MAX_BUDGET_BYTES + 1)
+    with pytest.raises(BudgetError):
+        Budget(0)
+    space = SearchSpace(
+        backbones=("demo_mobilenetv2_050",), modes=("bias",), resolutions=(32,), batch_sizes=(2,)
+    )
+    result = plan(Budget(MAX_BUDGET_BYTES), space, cache=ProfileCache(tmp_path, disk=True))
+    assert bool(result.configs["fits"].all())
 
 
 def test_presets_say_what_they_mean():

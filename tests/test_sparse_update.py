@@ -9,6 +9,8 @@ from fractions import Fraction
 import pytest
 import torch
 import torch.nn as nn
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tinytl_core.cli import main as cli_main
 from tinytl_core.engine import PartialUpdateError, convert, split_weight
@@ -63,6 +65,9 @@ def test_scheme_json_round_trip(meta_model):
         ('{"weights": {"conv_head": 0}}', "ratio"),
         ('{"weights": {"conv_head": true}}', "ratio"),
         ('{"weights": ["conv_head"]}', "mapping layer names"),
+        ("[" * 20_000, "nested too deeply"),  # a RecursionError used to replace the whole Adapt page
+        ('{"weights": ' * 5_000, "nested too deeply"),
+        ('{"bias_blocks": 1e999}', "bias_blocks"),
     ],
 )
 def test_scheme_text_errors(text, message):
@@ -412,3 +417,21 @@ def test_adapt_page_takes_a_pasted_scheme(tinytl_home):
     (job,) = JobQueue().list_jobs()
     assert job.config.mode == "sparse"
     assert job.config.sparse_scheme == {"bias_blocks": 2, "weights": {"conv_head": "1/8"}}
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.text(max_size=300)
+    | st.recursive(
+        st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=20),
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+        max_leaves=30,
+    ).map(json.dumps)
+    | st.integers(1, 30_000).map(lambda n: "[" * n)
+)
+def test_any_scheme_text_is_a_scheme_or_a_scheme_error(text):
+    """The class: whatever a user pastes, the answer is a scheme or a SchemeError (the page shows it)."""
+    try:
+        SparseScheme.from_json(text)
+    except SchemeError:
+        pass

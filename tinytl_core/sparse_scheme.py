@@ -159,6 +159,8 @@ class SparseScheme:
             values = json.loads(text)
         except json.JSONDecodeError as exc:
             raise SchemeError(f"not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
+        except RecursionError:  # "[[[[..." thousands deep: JSON's parser recurses per level
+            raise SchemeError("not a scheme: the JSON is nested too deeply") from None
         return cls.from_dict(values)
 
     # ------------------------------------------------------------------------------------ the model

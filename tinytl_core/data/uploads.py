@@ -144,7 +144,7 @@ def safe_stem(filename: str) -> str:
 def _read_name(sidecar: Path) -> str | None:
     try:
         name = json.loads(sidecar.read_text(encoding="utf-8")).get("name")
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RecursionError):
         return None
     return display_filename(name) if isinstance(name, str) and name.strip() else None
 

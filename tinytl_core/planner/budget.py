@@ -30,6 +30,11 @@ UNITS: dict[str, int] = {
 _BUDGET = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-z]*)\s*$", re.IGNORECASE)
 
 
+MAX_BUDGET_BYTES = 10**18
+"""The largest budget taken (1,000 PB): far beyond any device, and within the 64-bit integers the plan's
+tables hold (a 10^20-byte budget overflowed them)."""
+
+
 class BudgetError(ValueError):
     """A budget that cannot be used; the message says what to type instead."""
 
@@ -37,8 +42,8 @@ class BudgetError(ValueError):
 def parse_budget(text: str | float | int) -> int:
     """Bytes of a budget written as ``"256KB"``, ``"0.5 GB"``, ``"300 MB"``, ``"2GiB"`` or ``"300"`` (MB).
 
-    A number (int or float) is taken in MB too. Raises :class:`BudgetError` for an empty, zero, negative or
-    unparseable budget or an unknown unit.
+    A number (int or float) is taken in MB too. Raises :class:`BudgetError` for an empty, zero, negative,
+    unparseable or absurdly large (over :data:`MAX_BUDGET_BYTES`) budget or an unknown unit.
     """
     if isinstance(text, bool):
         raise BudgetError(f"budget must be a size such as '256 KB' or '300 MB', got {text!r}")
@@ -63,7 +68,13 @@ def parse_budget(text: str | float | int) -> int:
             )
     if not math.isfinite(value) or value <= 0:
         raise BudgetError(f"budget must be a positive size, got {text!r}")
-    nbytes = int(round(value * UNITS[unit]))
+    scaled = value * UNITS[unit]
+    if not math.isfinite(scaled) or scaled > MAX_BUDGET_BYTES:  # 1e300 GB overflows int(round(...))
+        raise BudgetError(
+            f"budget {text!r} is more than {MAX_BUDGET_BYTES // 10**15:,} PB, larger than any device: "
+            "type the memory of the device you train on, e.g. '4 GB'"
+        )
+    nbytes = int(round(scaled))
     if nbytes < 1:
         raise BudgetError(f"budget {text!r} is less than one byte")
     return nbytes
@@ -139,6 +150,10 @@ class Budget:
     nbytes: int
     weights_in_flash: bool = False
     label: str = ""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.nbytes, bool) or not 1 <= self.nbytes <= MAX_BUDGET_BYTES:
+            raise BudgetError(f"a budget is 1 byte to {MAX_BUDGET_BYTES:,} bytes, got {self.nbytes!r}")
 
     @classmethod
     def of(cls, text: str | float | int) -> Budget:

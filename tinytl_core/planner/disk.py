@@ -46,7 +46,7 @@ class JsonFolder:
             return None
         try:
             return json.loads(path.read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):  # damaged or hostile: rebuilt
             return None
 
     def write(self, key: str, data: Any) -> None:

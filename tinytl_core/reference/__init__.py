@@ -97,6 +97,8 @@ def _load(path: str) -> ReferenceSet:
         raise FileNotFoundError(f"no reference set at {path}") from None
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path} is not a reference set ({exc})") from None
+    except RecursionError:  # JSON nested thousands deep
+        raise ValueError(f"{path} is not a reference set (its JSON is nested too deeply)") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION:
         raise ValueError(f"{path} is not a reference set of format {FORMAT_VERSION}")
     return ReferenceSet(
