@@ -63,6 +63,12 @@ def _check_setting(key: str) -> None:
     st.session_state.setdefault("settings_problems", {})[key] = problem
 
 
+def _backbone_changed() -> None:
+    """A new backbone brings its own resolution: an earlier rejected resolution's message is stale."""
+    st.session_state["resolution"] = _cache.default_resolution(st.session_state.backbone)
+    st.session_state.setdefault("settings_problems", {}).pop("resolution", None)
+
+
 def _setting_problem(key: str) -> None:
     """Show the reason the last value of ``key`` was rejected, right under its field."""
     problem = st.session_state.get("settings_problems", {}).get(key)
@@ -83,9 +89,7 @@ with st.sidebar:
         "Backbone",
         names,
         key="backbone",
-        on_change=lambda: st.session_state.update(
-            resolution=_cache.default_resolution(st.session_state.backbone)
-        ),
+        on_change=_backbone_changed,
         format_func=backbone_label,  # the bare name: an exact match ranks first in the search
         help=f"Type to search all {len(names):,} timm architectures; an exact name comes first. Curated "
         f"mobile CNNs (the paper's setting) and a few contrasts are listed first ({len(curated)}).",

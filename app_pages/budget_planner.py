@@ -45,7 +45,9 @@ if preset in PRESETS:
 try:
     budget = view.budget_from_choice(preset, custom)
 except BudgetError as exc:
-    st.error(str(exc))
+    kept = st.session_state.get("budget_bytes")
+    # the reason, and what the other charts still draw (the last budget taken), in place
+    st.error(str(exc) + (f" The Home and Memory Explorer charts keep {format_bytes(kept)}." if kept else ""))
     st.stop()
 st.session_state["budget_bytes"] = budget.nbytes  # drawn on the Home and Memory Explorer charts too
 

@@ -11,7 +11,7 @@ from app_pages import _cache
 from app_pages._guard import guarded
 from tinytl_core.adapt import AdaptConfig
 from tinytl_core.data import list_datasets
-from tinytl_core.jobs import JobQueue
+from tinytl_core.jobs import JobQueue, NotYourJobError
 from tinytl_core.modes import MODES
 from tinytl_core.results import ResultsStore
 from tinytl_core.sweeps.driver import DriverState
@@ -45,13 +45,20 @@ st.caption(
 
 def render_status(sweep: str, *, live: bool) -> None:
     """The sweep's progress, its jobs, and Cancel while some have not ended."""
-    status = sweep_status(queue, sweep)
+    status = sweep_status(queue, sweep, owner)
     st.subheader("Your sweep")
     st.progress(min(1.0, status.fraction), text=status.line())
     workers = _cache.pool_size()
     if not workers and status.active:
         st.caption("No workers started by this server: run `python -m tinytl_core worker` to train the jobs.")
-    if status.active and st.button("Cancel this sweep", icon=":material/stop_circle:", key="sw_cancel"):
+    if status.others_active:
+        st.caption(
+            f":material/group: {status.others_active} job(s) of this grid were queued by another session "
+            "(the same configurations, trained once for both of you): only that session can cancel them."
+        )
+    if status.cancellable and st.button(
+        f"Cancel your {status.cancellable} job(s)", icon=":material/stop_circle:", key="sw_cancel"
+    ):
         n = cancel_sweep(queue, sweep, owner)
         st.toast(f"Cancelled {n} job(s); a running one stops within a step or two.")
         st.rerun()  # the whole page: a full run works from a fragment and from a script run alike
@@ -86,8 +93,15 @@ def render_ray(sweep: str, *, live: bool) -> None:
         st.error(f"The sweep on {status.where or 'Ray'} stopped: {status.message}", icon=":material/error:")
     elif status.state is DriverState.INTERRUPTED:
         st.info(status.message, icon=":material/pause_circle:")
-    if status.active and st.button("Cancel this sweep", icon=":material/stop_circle:", key="sw_ray_cancel"):
-        cancel_ray_sweep(path, owner)
+    theirs = status.owner is not None and status.owner != owner
+    if status.active and theirs:
+        st.caption(":material/group: Another session started this sweep: only it can cancel it.")
+    elif status.active and st.button("Cancel this sweep", icon=":material/stop_circle:", key="sw_ray_cancel"):
+        try:
+            cancel_ray_sweep(path, owner)
+        except NotYourJobError as exc:  # taken over between the check and the click
+            st.warning(str(exc), icon=":material/block:")
+            return
         st.toast("Stopping the sweep: runs stored so far stay; start it again to resume.")
         st.rerun()  # the whole page: a full run works from a fragment and from a script run alike
     if live and not status.active:

@@ -66,3 +66,8 @@ def test_nothing_fits_and_bad_budgets(app):
     assert not at.exception
     at.text_input(key="pl_custom").set_value("-3 MB").run()
     assert any("positive" in e.value for e in at.error)
+    # a rejected entry says which budget the other charts still draw
+    assert any("charts keep 100 KB" in e.value for e in at.error)
+    at.text_input(key="pl_custom").set_value("1e300 GB").run()
+    assert any("larger than any device" in e.value for e in at.error) and not at.exception
+    assert at.session_state["budget_bytes"] == 100_000

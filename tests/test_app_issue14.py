@@ -135,3 +135,13 @@ def test_an_upload_says_what_is_kept(app):
     app.file_uploader(key="ad_upload").upload("pets.zip", image_zip(2), "application/zip").run()
     assert not app.exception and any("2 classes" in s.value for s in app.success)
     assert any("kept on the server" in c.value and "pets" in c.value for c in app.caption)
+
+
+def test_a_new_backbone_clears_the_rejected_resolutions_message(app):
+    """The rejection says "Kept 48"; a backbone picked next sets its own resolution: the message goes."""
+    at = visit(app.run(), "about")
+    at.sidebar.number_input[0].set_value(5000).run()
+    assert any("5,000" in e.value for e in at.sidebar.error)
+    at.sidebar.selectbox[0].set_value("demo_mobilenetv2_050").run()
+    assert at.session_state["resolution"] == 64
+    assert not [e.value for e in at.sidebar.error if "resolution" in e.value.lower() or "5,000" in e.value]

@@ -520,3 +520,29 @@ def test_sweep_page_starts_a_detached_driver_follows_and_cancels_it(tmp_path, mo
         fake_adapt(config, store=store)
     done = ui_sweep.start_ray_sweep(grid, "auto", store, owner="me")
     assert not done.started and done.message() == "All 2 configuration(s) already finished: nothing to run."
+
+
+def test_a_grid_two_sessions_start_is_trained_once_and_each_cancels_only_its_own(tinytl_home):
+    """Session B starting A's grid adopts A's jobs (trained once) but gets no Cancel for them: it used to be
+    shown a Cancel that cancelled nothing."""
+    from app_helpers import app_test
+
+    queue = JobQueue(tinytl_home / "results.sqlite")
+    sessions = []
+    for _ in range(2):
+        at = app_test(backbone=DEMO, resolution=32)
+        at.run()
+        at.switch_page("app_pages/sweep.py").run()
+        at.multiselect(key="sw_modes").set_value(["bias"])
+        at.multiselect(key="sw_datasets").set_value(["shapes"])
+        at.text_input(key="sw_seeds").set_value("0")
+        at.button[0].click().run()
+        assert not at.exception, at.exception
+        sessions.append(at)
+    a, b = sessions
+    assert len(queue.list_jobs()) == 1  # one job for both
+    assert not [x for x in b.button if x.key == "sw_cancel"]
+    assert any("queued by another session" in c.value for c in b.caption)
+    assert b.dataframe[0].value["queued by"].tolist() == ["another session"]
+    a.button(key="sw_cancel").click().run()
+    assert {j.state for j in queue.list_jobs()} == {JobState.CANCELLED}

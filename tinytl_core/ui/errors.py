@@ -44,9 +44,13 @@ def log_failure(exc: BaseException, reference: str, where: str = "page") -> None
 
 # An absolute path: POSIX (/srv/x/uploads/a.zip, ~/x) or Windows (C:\x\y, \\server\share\x), up to the next
 # blank or quote. A URL's path (https://host/a/b) is not a server path and is kept.
+_START = r"""(?:(?<![\w:/.~-])|(?<=:)(?!//))"""
+"""Where a path may start: not inside a word, a URL's ``//host`` or another path; after a colon only when
+no ``//`` follows (``at:/srv/x`` is a path, ``https://host/x`` an address)."""
 _PATH = re.compile(
-    r"""(?<![\w:/.~-])(?:~|[A-Za-z]:)?(?:[/\\]{1,2}[^\s/\\'"`<>|:]+){2,}[/\\]?"""
-    r"""|(?<![\w:/.~-])(?:~|[A-Za-z]:)[/\\][^\s/\\'"`<>|:]+"""
+    r"""file:/{1,3}[^\s'"`<>|]+"""  # a file URI: all of it
+    rf"""|{_START}(?:~|[A-Za-z]:)?(?:[/\\]{{1,2}}[^\s/\\'"`<>|:]+){{2,}}[/\\]?"""
+    rf"""|{_START}(?:~|[A-Za-z]:)[/\\][^\s/\\'"`<>|:]+"""
 )
 
 

@@ -129,9 +129,20 @@ class SweepStatus:
 
     sweep: str
     jobs: list[Job] = field(default_factory=list)
+    owner: str | None = None  # the session looking: whose jobs it may cancel
 
     def count(self, *states: JobState) -> int:
         return sum(1 for j in self.jobs if j.state in states)
+
+    @property
+    def cancellable(self) -> int:
+        """Jobs not ended that :attr:`owner` queued (the only ones its Cancel stops)."""
+        return sum(1 for j in self.jobs if not j.ended and j.owner == self.owner)
+
+    @property
+    def others_active(self) -> int:
+        """Jobs not ended that another session queued (the same configurations, trained once for both)."""
+        return sum(1 for j in self.jobs if not j.ended and j.owner != self.owner)
 
     @property
     def active(self) -> bool:
@@ -178,15 +189,16 @@ class SweepStatus:
                     "step": f"{job.step} / {job.total_steps or c.steps}",
                     "val acc %": None if acc is None else round(100 * acc, 1),
                     "run": job.run_id,
+                    "queued by": "you" if job.owner == self.owner else "another session",
                     "message": public_text(job.error) or None,
                 }
             )
         return pd.DataFrame(rows)
 
 
-def sweep_status(queue: JobQueue, sweep: str) -> SweepStatus:
-    """The jobs of ``sweep``, in queue order."""
-    return SweepStatus(sweep, queue.list_jobs(sweep=sweep))
+def sweep_status(queue: JobQueue, sweep: str, owner: str | None = None) -> SweepStatus:
+    """The jobs of ``sweep``, in queue order, seen by ``owner`` (which of them it may cancel)."""
+    return SweepStatus(sweep, queue.list_jobs(sweep=sweep), owner)
 
 
 def cancel_sweep(queue: JobQueue, sweep: str, owner: str) -> int:
