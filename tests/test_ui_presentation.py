@@ -194,3 +194,22 @@ def test_step_timelines_and_seed_groups_take_the_unit_of_their_size(peak):
     groups = figures.seed_groups_figure(group_seeds(runs))
     assert groups.layout.xaxis.title.text == f"step peak, measured ({unit})"
     assert groups.data[0].x[0] == pytest.approx(peak / bytes_unit(peak)[1])
+
+
+def test_hues_mean_modes_only_the_parts_of_memory_are_greys():
+    """Colours told the components and figures apart with the modes' own hues (TinyTL-B's purple meant
+    "stock measured" on the Explorer); now a hue always means a mode, and each part of memory has one grey
+    on every chart."""
+    from tinytl_core.ui.step_chart import CATEGORY_ORDER, CATEGORY_STYLES
+
+    def grey(colour):
+        r, g, b = (int(colour[i : i + 2], 16) for i in (1, 3, 5))
+        return r == g == b
+
+    others = [*figures.COMPONENT_COLORS.values(), *figures.FIGURE_COLORS.values()]
+    others += [c for c, _ in CATEGORY_STYLES.values()]
+    assert all(grey(c) for c in others)
+    assert not set(others) & set(figures.MODE_COLORS.values())
+    assert set(CATEGORY_STYLES) == set(CATEGORY_ORDER)
+    assert len(set(CATEGORY_STYLES.values())) == len(CATEGORY_STYLES)  # each category its own look
+    assert [figures.FIGURE_PATTERNS[n] for n in figures.FIGURE_PATTERNS] == ["", "", "/", "/"]  # measured

@@ -52,8 +52,29 @@ MODE_COLORS = {
     "sparse": OKABE_ITO["yellow"],  # the palette's last hue (grey stays neutral)
 }
 """One colour per mode, on every chart that tells modes apart (scatter, curves, bars)."""
-COMPONENT_COLORS = dict(zip(COMPONENT_LABELS, ("#0072B2", "#56B4E9", "#D55E00", "#999999")))
-FIGURE_COLORS = dict(zip(ACTIVATION_LABELS, ("#009E73", "#D55E00", "#CC79A7", "#0072B2")))
+PART_GREYS = {"activations": "#2b2b2b", "weights": "#7a7a7a", "gradients": "#a8a8a8", "working": "#d4d4d4"}
+"""The parts of a step's memory, in greys told apart by lightness (hues mean modes, and only modes): the
+activations, the story, darkest; the same part has the same grey on every chart (the bars of a mode's
+memory, the step timeline)."""
+COMPONENT_COLORS = dict(
+    zip(
+        COMPONENT_LABELS,
+        (PART_GREYS["weights"], PART_GREYS["gradients"], PART_GREYS["activations"], PART_GREYS["working"]),
+    )
+)
+FIGURE_COLORS = dict(
+    zip(
+        ACTIVATION_LABELS,
+        (
+            PART_GREYS["activations"],
+            PART_GREYS["gradients"],
+            PART_GREYS["gradients"],
+            PART_GREYS["activations"],
+        ),
+    )
+)
+FIGURE_PATTERNS = dict(zip(ACTIVATION_LABELS, ("", "", "/", "/")))
+"""Modelled figures solid, measured ones hatched; necessary / engine dark, stock light."""
 SELECTION_COLOR = "#333333"
 """The neutral outline of a selected item: never a hue that means something else elsewhere."""
 UNSELECTED_OPACITY = 0.45
@@ -232,6 +253,8 @@ def activation_bars(
         barmode="group",
         title=title,
         color_discrete_map=FIGURE_COLORS,
+        pattern_shape="figure",
+        pattern_shape_map=FIGURE_PATTERNS,
         category_orders={"figure": list(ACTIVATION_LABELS)},
         labels={"value": f"activations stored for backward ({unit[0]})", "mode": "", "figure": ""},
         hover_data={"MB": ":,.2f", "value": False},

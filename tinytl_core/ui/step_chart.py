@@ -9,6 +9,7 @@ from plotly.subplots import make_subplots
 
 from tinytl_core.memory.timeline import Category, StepTimeline
 from tinytl_core.quantities import MB, bytes_unit, format_bytes
+from tinytl_core.ui.figures import PART_GREYS
 
 MAX_POINTS = 400
 """Points per timeline in the chart; bins keep their largest instant so the peak survives."""
@@ -23,21 +24,18 @@ CATEGORY_ORDER: tuple[Category, ...] = (
     Category.TEMPORARY,
     Category.UNKNOWN,
 )
-CATEGORY_COLORS: dict[Category, str] = dict(
-    zip(
-        CATEGORY_ORDER,
-        (
-            "#0072B2",
-            "#56B4E9",
-            "#999999",
-            "#E69F00",
-            "#D55E00",
-            "#009E73",
-            "#CC79A7",
-            "#BBBBBB",
-        ),
-    )
-)  # Okabe-Ito: told apart by colour-blind readers
+CATEGORY_STYLES: dict[Category, tuple[str, str]] = {
+    Category.PARAMETER: (PART_GREYS["weights"], ""),
+    Category.OPTIMIZER_STATE: (PART_GREYS["gradients"], "."),
+    Category.INPUT: (PART_GREYS["working"], "x"),
+    Category.ACTIVATION: (PART_GREYS["activations"], ""),
+    Category.AUTOGRAD_DETAIL: (PART_GREYS["activations"], "/"),
+    Category.GRADIENT: (PART_GREYS["gradients"], ""),
+    Category.TEMPORARY: (PART_GREYS["working"], ""),
+    Category.UNKNOWN: ("#f0f0f0", "."),
+}
+"""Each profiler category's grey and hatch: the parts' greys of the mode bars (hues mean modes only), a
+hatch where two categories share a part's grey."""
 
 
 def timeline_frame(timeline: StepTimeline, max_points: int = MAX_POINTS) -> pd.DataFrame:
@@ -94,8 +92,11 @@ def step_timeline_figure(
                     showlegend=col == 1,
                     stackgroup=f"s{col}",
                     line={"width": 0.5},
-                    fillcolor=CATEGORY_COLORS[cat],
-                    marker={"color": CATEGORY_COLORS[cat]},
+                    fillcolor=CATEGORY_STYLES[cat][0],
+                    fillpattern={"shape": CATEGORY_STYLES[cat][1], "fgcolor": "#ffffff"}
+                    if CATEGORY_STYLES[cat][1]
+                    else None,
+                    marker={"color": CATEGORY_STYLES[cat][0]},
                     hovertemplate=f"{cat.value}: %{{y:,.3~f}} {unit_name}<extra>%{{x:,.0f}} ms</extra>",
                 ),
                 row=1,
