@@ -143,7 +143,13 @@ def planner_figure(
                     mode="markers",
                     name=f"paper: {rows['dataset_title'].iloc[0]} ({PAPER_BACKBONE})",
                     legendgroup="paper",
-                    marker={"symbol": "diamond-open", "size": 11, "color": mode_color("paper")},
+                    # the method's mode colour, as on Compare runs' paper panels (the shape says "paper")
+                    marker={
+                        "symbol": "diamond-open",
+                        "size": 11,
+                        "color": [mode_color(m) for m in rows["mode"]],
+                        "line": {"width": 2},
+                    },
                     customdata=list(zip(rows["method"], rows["resolution"], rows["dataset_title"])),
                     hovertemplate="%{customdata[0]} (TinyTL paper, Table 2)<br>"
                     + PAPER_BACKBONE
