@@ -1,5 +1,7 @@
 """The adaptation loop: learning, progress events, cancel, non-finite guard, determinism, recording."""
 
+import json
+import math
 import threading
 
 import pytest
@@ -142,6 +144,20 @@ def test_an_exploding_but_finite_loss_stops_the_run_as_diverged(digits, tmp_path
     assert store.get_run(result.run_id)["status"] is RunStatus.DIVERGED
 
 
+@pytest.mark.parametrize(("lr", "steps"), [(1e6, 3), (1e3, 2), (1e6, 1), (1e30, 1)])
+def test_a_run_too_short_for_the_patience_still_stops_as_diverged(digits, tmp_path, lr, steps):
+    """The class: however short the run, exploded or non-finite weights at the end are `diverged`, never
+    `finished` at chance (3 steps at lr 1e6 ended with a NaN validation loss, stored as finished)."""
+    store = ResultsStore(tmp_path / "r.sqlite")
+    result = adapt(tiny(lr=lr, steps=steps), data=digits, store=store)
+    assert result.status == RunStatus.DIVERGED, result.summary()
+    assert "lower learning rate" in result.message
+    row = store.get_run(result.run_id)
+    assert row["status"] is RunStatus.DIVERGED
+    assert row["final_val_loss"] is None or math.isfinite(row["final_val_loss"])
+    json.dumps(row["history"], allow_nan=False)  # valid JSON: no NaN in the stored history
+
+
 def test_a_collapsing_accuracy_stops_the_run_as_diverged(digits, monkeypatch):
     import tinytl_core.adapt as adapt_module
 
@@ -239,14 +255,17 @@ def test_folder_with_bad_files_trains_on_the_rest_with_batch_size_one(tinytl_hom
         ({"epochs": 1.0}, "either steps or epochs"),
         ({"optimizer": "rmsprop"}, "optimizer must be one of"),
         ({"lr": -1.0}, "learning rate"),
-        ({"batch_size": 0}, "batch sizes"),
+        ({"batch_size": 0}, "batch size must be 1 to"),
         ({"label_smoothing": 1.0}, "label smoothing"),
         ({"mode": "everything"}, "unknown mode"),
         ({"device": "cuda:7"}, "CUDA is not available"),
         ({"backbone": "resnet5O"}, "unknown backbone 'resnet5O'. Did you mean: resnet50"),
         ({"dataset": "digitz"}, "unknown dataset 'digitz'"),
-        ({"shots": 0}, "shots must be >= 1"),
-        ({"val_fraction": 1.0}, "val_fraction must be between 0 and 1"),
+        ({"shots": 0}, "images per class must be 1 to"),
+        ({"val_fraction": 1.0}, "validation fraction must be more than 0"),
+        ({"resolution": 100_000}, "resolution must be 8 to 1,024"),
+        ({"seed": 10**30}, "seed must be 0 to"),
+        ({"epochs": float("inf"), "steps": None}, "epochs must be a finite number"),
     ],
 )
 def test_bad_configuration_is_a_clear_error(overrides, message, tmp_path):

@@ -63,7 +63,7 @@ def test_adapt_errors_are_one_line(tinytl_home, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: CIFAR-10 is not in") and "Traceback" not in err
     assert main(["adapt", *TINY, "--mode", "full", "--lr", "-1", "--db", db]) == 2
-    assert "learning rate" in capsys.readouterr().err
+    assert "argument --lr: must be more than 0" in capsys.readouterr().err
     assert (
         main(
             [
@@ -102,10 +102,15 @@ def test_every_argument_is_checked_before_the_dataset_loads(tinytl_home, tmp_pat
         (["--dataset", "digitz"], "error: unknown dataset 'digitz'"),
         (["--dataset", str(tmp_path / "nope.zip")], "error: no such image folder or .zip archive"),
         (["--modes", "bias,everything"], "error: unknown mode 'everything'"),
-        (["--shots", "0"], "error: shots must be >= 1"),
-        (["--batch-size", "0"], "error: batch sizes must be >= 1"),
+        (["--shots", "0"], "error: argument --shots: must be 1 to"),
+        (["--batch-size", "0"], "error: argument --batch-size: must be 1 to"),
+        (["--resolution", "100000"], "error: argument --resolution: must be 8 to 1,024"),
+        (["--epochs", "inf"], "error: argument --epochs: must be a finite number"),
+        (["--seed", str(10**30)], "error: argument --seed: must be 0 to"),
+        (["--modes", ","], "error: no mode given"),
         (["--model", "vit_tiny_patch16_224", "--resolution", "8"], "error: 8 px is too small"),
-        (["--threads", "0"], "error: --threads must be >= 1"),
+        (["--threads", "0"], "error: argument --threads: must be 1 to 1,024"),
+        (["--threads", "100000"], "error: argument --threads: must be 1 to 1,024"),
     ):
         assert main(["adapt", *args, "--db", db]) == 2, args
         err = capsys.readouterr().err
@@ -126,7 +131,7 @@ def test_cli_error_messages_print_clean(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "Traceback" not in err and err.count("\n") == 1
     assert main(["runs", "--db", db, "--csv", str(tmp_path / "missing" / "x.csv")]) == 2
-    assert capsys.readouterr().err.startswith("error: No such file or directory: ")
+    assert capsys.readouterr().err.startswith("error: --csv: folder ")  # said before anything is read
     assert error_message(KeyError("no run with id 3")) == "no run with id 3"
     assert error_message(KeyError(3)) == "3"
     missing = FileNotFoundError(2, "No such file or directory", "/x")

@@ -1,5 +1,7 @@
 """CLI commands of the foundation: backbones and modes (issue 2)."""
 
+import pytest
+
 from tinytl_core.cli import main
 
 
@@ -19,3 +21,54 @@ def test_modes_command(capsys):
 def test_unknown_model_is_a_one_line_error(capsys):
     assert main(["modes", "--model", "resnet_18"]) == 2
     assert "unknown backbone" in capsys.readouterr().err
+
+
+def _numeric_options():
+    """Every option of every command that takes a number: (command words, option string, action)."""
+    import argparse
+
+    from tinytl_core.cli import build_parser
+
+    found = []
+
+    def walk(parser, words):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, [*words, name])
+            elif action.option_strings and action.type is not None and action.type is not str:
+                found.append((words, action.option_strings[-1], action))
+
+    walk(build_parser(), [])
+    return found
+
+
+def test_every_number_any_command_takes_has_a_range():
+    """The class behind `--seed 10**30`, `--epochs inf`, `--resolution 100000`, `--threads 100000`: no
+    command takes a number without a range, checked by argparse before any work."""
+    from tinytl_core.cli.args import Bounded
+
+    options = _numeric_options()
+    assert len(options) > 40
+    unbounded = [
+        f"{' '.join(w)} {o}" for w, o, a in options if not isinstance(a.type, Bounded) and not a.choices
+    ]
+    assert not unbounded, unbounded
+
+
+@pytest.mark.parametrize("value", ["-1", "1e999", "nan", "inf", str(10**30), "0.5", "x"])
+def test_out_of_range_numbers_are_one_line_before_any_work(value, capsys):
+    from tinytl_core.cli import main
+
+    for words, option, action in _numeric_options():
+        if action.choices:
+            continue
+        try:
+            action.type(value)
+            continue  # allowed for this option (e.g. 0.5 for a fraction)
+        except Exception:  # noqa: BLE001 -- argparse's ArgumentTypeError
+            pass
+        assert main([*words, option, value]) == 2, (words, option, value)
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: argument {option}") and err.count("\n") == 1, err
+        assert "Traceback" not in err

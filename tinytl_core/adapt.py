@@ -7,9 +7,11 @@
 - ``cancel`` (a ``threading.Event``) is checked before every step and every evaluation batch; a cancelled
   run returns what it did so far with status :attr:`RunStatus.CANCELLED` (Ctrl-C does the same);
 - a run that diverges stops with status :attr:`RunStatus.DIVERGED` and a message that says what to change:
-  a non-finite loss at once, a loss far above its start (:data:`EXPLODED_FACTOR`) for
-  :data:`DIVERGED_PATIENCE` steps in a row, or a validation accuracy that collapses to chance after it had
-  been well above (a NaN is one way of diverging, so it is the same status, not ``failed``);
+  a non-finite training or validation loss at once, a training loss far above its start
+  (:data:`EXPLODED_FACTOR`) for :data:`DIVERGED_PATIENCE` steps in a row, a validation loss that far
+  above it at any evaluation (so a run too short for the patience is caught too), or a validation accuracy
+  that collapses to chance after it had been well above (a NaN is one way of diverging, so it is the same
+  status, not ``failed``);
 - a setting the code adjusts is recorded as it ran and said (``AdaptResult.notes``, also in ``message``
   and as a ``PhaseEvent("note", ...)``): a batch larger than the training set trains on the whole set and
   records that batch (memory figures and images/s at it); epochs rounded to whole steps; shots / val_cap
@@ -39,6 +41,7 @@ import torch
 from torch import nn
 
 from tinytl_core import __version__
+from tinytl_core import limits as L
 from tinytl_core.backbones import check_backbone_name, default_backbone, small_resolution_warning
 from tinytl_core.data import (
     DatasetSplits,
@@ -138,31 +141,29 @@ class AdaptConfig:
             self.scheme()  # malformed schemes fail here; layers are checked against the model later
         if (self.steps is None) == (self.epochs is None):
             raise ValueError("give either steps or epochs (exactly one of them)")
-        if self.steps is not None and self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
-        if self.epochs is not None and not self.epochs > 0:
-            raise ValueError(f"epochs must be > 0, got {self.epochs}")
-        if self.batch_size < 1 or self.eval_batch_size < 1:
-            raise ValueError(f"batch sizes must be >= 1, got {self.batch_size} / {self.eval_batch_size}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"learning rate must be a positive number, got {self.lr}")
+        # every number within its range (tinytl_core.limits: the CLI's argument types use the same)
+        for value, limit in (
+            (self.steps, L.STEPS),
+            (self.epochs, L.EPOCHS),
+            (self.batch_size, L.TRAINING_BATCH_SIZE),
+            (self.eval_batch_size, L.TRAINING_BATCH_SIZE),
+            (self.lr, L.LEARNING_RATE),
+            (self.seed, L.SEED),
+            (self.resolution, L.RESOLUTION),
+            (self.shots, L.IMAGES_PER_CLASS),
+            (self.val_cap, L.IMAGES_PER_CLASS),
+            (self.eval_every, L.EVAL_EVERY),
+            (self.label_smoothing, L.LABEL_SMOOTHING),
+            (self.val_fraction, L.VALIDATION_FRACTION),
+        ):
+            if value is not None:
+                limit.check(value)
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
-        if not 0 <= self.label_smoothing < 1:
-            raise ValueError(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
         check_weight_bits(self.weight_bits)
         WeightQuantization.parse(self.weight_quantization)
-        if self.eval_every < 0:
-            raise ValueError(f"eval_every must be >= 0 (0 = only at the end), got {self.eval_every}")
-        if self.resolution is not None and self.resolution < 8:
-            raise ValueError(f"resolution must be >= 8 px, got {self.resolution}")
-        for name in ("shots", "val_cap"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1 (or not given), got {getattr(self, name)}")
-        if not 0 < self.val_fraction < 1:
-            raise ValueError(f"val_fraction must be between 0 and 1, got {self.val_fraction}")
         if self.weight_decay < 0 or self.momentum < 0:
             raise ValueError("weight decay and momentum must be >= 0")
         resolve_device(self.device)
@@ -636,15 +637,31 @@ def _train(
         finally:
             result.eval_time_s += time.perf_counter() - start
         best_before = result.best_val_acc or 0.0
+        if not math.isfinite(loss):  # the last step(s) made the weights NaN / inf: nothing to record
+            result.final_val_acc, result.final_val_loss = acc, None
+            raise NonFiniteLossError(
+                f"the validation loss became {loss} at step {result.steps_done}: the weights are no longer "
+                f"finite numbers; training stopped. {_advice(config)}"
+            )
         result.final_val_acc, result.final_val_loss = acc, loss
         result.best_val_acc = max(acc, result.best_val_acc or 0.0)
         event = EvalEvent(result.steps_done, total, acc, loss, time.perf_counter() - t0, final)
         result.history.append({"kind": "eval", **asdict(event)})
         emit(event)
+        check_exploded(loss, "validation loss")
         check_collapse(acc, best_before)
 
     reference, exploded = None, 0
     chance = 1 / max(1, result.num_classes)
+
+    def check_exploded(value: float, what: str) -> None:
+        """Diverged when a loss ends far above where training started: a run too short for
+        :data:`DIVERGED_PATIENCE` exploded steps in a row (5 steps at lr 1e6) is still caught."""
+        if reference is not None and value > EXPLODED_FACTOR * reference:
+            raise DivergedError(
+                f"the {what} exploded to {value:.3g} at step {result.steps_done} (training started at "
+                f"{reference:.3g}; more than {EXPLODED_FACTOR:g}x that); training stopped. {_advice(config)}"
+            )
 
     def check_collapse(acc: float, best: float) -> None:
         """Diverged when the accuracy falls back to chance after being at least halfway to perfect."""

@@ -335,7 +335,10 @@ def resolve_modes(names: str | Iterable[str] | None) -> list[Mode]:
         return list(MODES.values())
     if isinstance(names, str):
         names = [n.strip() for n in names.split(",") if n.strip()]
-    return [get_mode(n) for n in names]
+    modes = [get_mode(n) for n in names]
+    if not modes:  # "," or "": never an empty table or an index error later
+        raise ValueError(f"no mode given: 'all' or a comma-separated list of {', '.join(MODES)}")
+    return modes
 
 
 @dataclass

@@ -98,6 +98,9 @@ def select_methods(names: list[str] | None) -> tuple[PaperMethod, ...]:
     if not names:
         return TABLE2
     known = {r.method: r for r in TABLE2}
+    names = [n.strip() for n in names if n.strip()]
+    if not names:  # only blank names given ('--methods ""')
+        raise ValueError(f"no method given; choose from {', '.join(known)}")
     unknown = [n for n in names if n not in known]
     if unknown:
         raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(known)}")

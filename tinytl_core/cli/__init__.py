@@ -13,6 +13,7 @@ import sqlite3
 import sys
 import traceback
 from collections.abc import Sequence
+from typing import NoReturn
 
 from tinytl_core.runtime import freeze_imported_objects
 
@@ -33,9 +34,22 @@ COMMANDS: tuple[str, ...] = (
 )
 
 
+class UsageError(ValueError):
+    """A command line argparse refuses (unknown option, a value out of its range); ``main`` prints it as
+    one ``error:`` line naming the option, and where to read the usage."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, except that a bad command line raises :class:`UsageError` (not a usage block and
+    ``SystemExit``): one line, like every other user error."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the top-level parser with every registered command."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m tinytl_core",
         description="TinyTL Lab: measure why on-device learning is bound by activation memory.",
     )
@@ -67,7 +81,11 @@ def main(argv: Sequence[str] | None = None, *, freeze_gc: bool = False) -> int:
     for stream in (sys.stdout, sys.stderr):  # a file name that is not valid UTF-8 prints as \xe9, not a crash
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if freeze_gc:
         freeze_imported_objects()
     try:

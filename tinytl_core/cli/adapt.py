@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 import torch
 from tqdm.auto import tqdm
 
+from tinytl_core import limits as L
 from tinytl_core.adapt import OPTIMIZERS, SCHEDULES, AdaptConfig, EvalEvent, PhaseEvent, StepEvent, adapt
-from tinytl_core.backbones import default_backbone, resolution_problem, small_resolution_warning
+from tinytl_core.backbones import default_backbone
+from tinytl_core.cli.args import bounded, check_resolution
 from tinytl_core.cli.runs import COLUMNS
 from tinytl_core.data import check_dataset_name, dataset_display_name, load_dataset
 from tinytl_core.modes import ModeNotApplicable, get_mode, resolve_modes
@@ -45,31 +46,52 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="built-in or torchvision name, image folder or .zip of one (default: %(default)s)",
     )
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--steps", type=int, default=None, help=f"optimisation steps (default: {d.steps})")
-    budget.add_argument("--epochs", type=float, default=None, help="epochs instead of steps")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="images per step (1 allowed)")
-    p.add_argument("--lr", type=float, default=d.lr, help="learning rate (default: %(default)g)")
+    budget.add_argument(
+        "--steps", type=bounded(L.STEPS), default=None, help=f"optimisation steps (default: {d.steps})"
+    )
+    budget.add_argument("--epochs", type=bounded(L.EPOCHS), default=None, help="epochs instead of steps")
+    p.add_argument(
+        "--batch-size",
+        type=bounded(L.TRAINING_BATCH_SIZE),
+        default=d.batch_size,
+        help="images per step (1 allowed)",
+    )
+    p.add_argument(
+        "--lr", type=bounded(L.LEARNING_RATE), default=d.lr, help="learning rate (default: %(default)g)"
+    )
     p.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer)
     p.add_argument("--schedule", choices=SCHEDULES, default=d.schedule, help="learning-rate schedule")
-    p.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
-    p.add_argument("--seed", type=int, default=d.seed, help="training seed (init, order, augmentation)")
+    p.add_argument("--label-smoothing", type=bounded(L.LABEL_SMOOTHING), default=d.label_smoothing)
+    p.add_argument(
+        "--seed", type=bounded(L.SEED), default=d.seed, help="training seed (init, order, augmentation)"
+    )
     p.add_argument(
         "--resolution",
-        type=int,
+        type=bounded(L.RESOLUTION),
         default=None,
         help="input size in px (default: the model's own, e.g. 64 for the demo backbone)",
     )
-    p.add_argument("--shots", type=int, default=None, help="at most this many training images per class")
-    p.add_argument("--val-cap", type=int, default=None, help="at most this many validation images per class")
+    p.add_argument(
+        "--shots",
+        type=bounded(L.IMAGES_PER_CLASS),
+        default=None,
+        help="at most this many training images per class",
+    )
+    p.add_argument(
+        "--val-cap",
+        type=bounded(L.IMAGES_PER_CLASS),
+        default=None,
+        help="at most this many validation images per class",
+    )
     p.add_argument(
         "--val-fraction",
-        type=float,
+        type=bounded(L.VALIDATION_FRACTION),
         default=d.val_fraction,
         help="share held out for validation where the set has no official split",
     )
     p.add_argument(
         "--eval-every",
-        type=int,
+        type=bounded(L.EVAL_EVERY),
         default=d.eval_every,
         help="also evaluate every N steps (default 0: only at the end)",
     )
@@ -124,7 +146,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--db", default=None, help="results database (default: $TINYTL_RESULTS_DB or data folder)")
     p.add_argument("--no-save", dest="save", action="store_false", help="do not store the run(s)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=bounded(L.THREADS), default=None, help="torch CPU threads")
     p.set_defaults(func=run)
 
 
@@ -178,9 +200,10 @@ def run(args: argparse.Namespace) -> int:
 
     Every argument is checked first (backbone, modes, dataset name, numbers, resolution), before the
     dataset or a model is loaded."""
-    if args.threads is not None and args.threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {args.threads}")
-    modes = [m.name for m in resolve_modes(args.modes)] if args.modes else [args.mode or AdaptConfig.mode]
+    if args.modes is not None:  # given, even empty: resolve_modes refuses "" and ","
+        modes = [m.name for m in resolve_modes(args.modes)]
+    else:
+        modes = [args.mode or AdaptConfig.mode]
     scheme = read_scheme(args.sparse_scheme) if args.sparse_scheme else None
     if scheme is not None and not any(get_mode(m).sparse for m in modes):
         raise ValueError("--sparse-scheme needs mode sparse (--mode sparse or sparse in --modes)")
@@ -188,13 +211,7 @@ def run(args: argparse.Namespace) -> int:
     for config in configs:
         config.validate()  # every configuration before the first (possibly long) run
     check_dataset_name(args.dataset)
-    if args.resolution is not None:
-        problem = resolution_problem(args.model, args.resolution)
-        if problem:
-            raise ValueError(problem)
-        warning = small_resolution_warning(args.model, args.resolution)
-        if warning:
-            print(f"warning: {warning}", file=sys.stderr)
+    check_resolution(args.model, args.resolution)
     if args.threads:
         torch.set_num_threads(args.threads)
     store = ResultsStore(args.db) if args.save else None

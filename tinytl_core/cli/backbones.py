@@ -6,7 +6,9 @@ import argparse
 
 import pandas as pd
 
+from tinytl_core import limits as L
 from tinytl_core.backbones import KINDS, families, list_backbones
+from tinytl_core.cli.args import bounded
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pretrained", action="store_true", help="only architectures with pretrained weights")
     p.add_argument("--curated", action="store_true", help="only the curated default list")
     p.add_argument("--families", action="store_true", help="list the families and exit")
-    p.add_argument("--limit", type=int, default=50, help="rows to print (0: all)")
+    p.add_argument("--limit", type=bounded(L.ROWS), default=50, help="rows to print (0: all)")
     p.set_defaults(func=run)
 
 

@@ -8,6 +8,8 @@ import time
 
 import pandas as pd
 
+from tinytl_core import limits as L
+from tinytl_core.cli.args import bounded
 from tinytl_core.data import list_datasets, load_dataset
 from tinytl_core.data.builtin import BUILTIN_SETS, builtin_cache_path, load_builtin
 from tinytl_core.data.torchvision_sets import DEFAULT_TIMEOUT_S, is_downloaded, load_torchvision
@@ -26,14 +28,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     build.set_defaults(func=run_build)
     info = actions.add_parser("info", help="load a dataset (name, folder or .zip) and print its splits")
     info.add_argument("name")
-    info.add_argument("--shots", type=int, default=None, help="at most this many training images per class")
-    info.add_argument("--val-fraction", type=float, default=0.2)
-    info.add_argument("--seed", type=int, default=0)
+    info.add_argument(
+        "--shots",
+        type=bounded(L.IMAGES_PER_CLASS),
+        default=None,
+        help="at most this many training images per class",
+    )
+    info.add_argument("--val-fraction", type=bounded(L.VALIDATION_FRACTION), default=0.2)
+    info.add_argument("--seed", type=bounded(L.SEED), default=0)
     info.add_argument("--no-download", dest="download", action="store_false")
     info.set_defaults(func=run_info)
     dl = actions.add_parser("download", help="download a torchvision dataset into the cache")
     dl.add_argument("name")
-    dl.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="network time-out in seconds")
+    dl.add_argument(
+        "--timeout", type=bounded(L.TIMEOUT), default=DEFAULT_TIMEOUT_S, help="network time-out in seconds"
+    )
     dl.set_defaults(func=run_download)
 
 
@@ -59,9 +68,11 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_build(args: argparse.Namespace) -> int:
     """Build (or load) each built-in set and print how long it took."""
-    for name in args.names or list(BUILTIN_SETS):
-        if name not in BUILTIN_SETS:
-            raise ValueError(f"unknown built-in dataset {name!r}; choose from {', '.join(BUILTIN_SETS)}")
+    names = args.names or list(BUILTIN_SETS)
+    unknown = [n for n in names if n not in BUILTIN_SETS]  # every name before the first build
+    if unknown:
+        raise ValueError(f"unknown built-in dataset {unknown[0]!r}; choose from {', '.join(BUILTIN_SETS)}")
+    for name in names:
         spec = BUILTIN_SETS[name]
         path = builtin_cache_path(name, n_per_class=spec.n_per_class, image_size=spec.image_size, seed=0)
         if args.force:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from tinytl_core import limits as L
+from tinytl_core.cli.args import bounded
 from tinytl_core.jobs import JobQueue, JobState
 from tinytl_core.jobs.queue import DEFAULT_EVENTS_DAYS, ENV_EVENTS_DAYS, events_keep_days
 
@@ -23,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prune-events", action="store_true", help="delete the events of old ended jobs now")
     p.add_argument(
         "--keep-days",
-        type=float,
+        type=bounded(L.DAYS),
         default=None,
         metavar="DAYS",
         help=f"with --prune-events: keep the events of jobs ended within DAYS (default: ${ENV_EVENTS_DAYS} "
@@ -34,8 +36,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the queue's counts; with ``--prune-events``, prune first."""
-    if args.keep_days is not None and not args.keep_days >= 0:
-        raise ValueError(f"--keep-days must be 0 or more, got {args.keep_days}")
     if args.keep_days is not None and not args.prune_events:
         raise ValueError("--keep-days goes with --prune-events")
     days = events_keep_days() if args.keep_days is None else args.keep_days

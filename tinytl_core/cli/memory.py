@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from tinytl_core import limits as L
+from tinytl_core.adapt import resolve_device
 from tinytl_core.backbones import (
     check_backbone_name,
     default_backbone,
-    resolution_problem,
-    small_resolution_warning,
 )
+from tinytl_core.cli.args import bounded, check_output, check_resolution
 from tinytl_core.comparisons import mode_reports, table_from_reports
 from tinytl_core.memory import (
     ACCOUNTINGS,
@@ -36,11 +36,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--resolution",
-        type=int,
+        type=bounded(L.RESOLUTION, zero=True),
         default=None,
         help="input size in pixels (default or 0: the model's own, e.g. 64 for the demo backbone)",
     )
-    p.add_argument("--batch-size", type=int, default=8, help="samples per training step")
+    p.add_argument("--batch-size", type=bounded(L.BATCH_SIZE), default=8, help="samples per training step")
     p.add_argument("--mode", default="all", help=f"'all' or a comma-separated list of: {', '.join(MODES)}")
     p.add_argument(
         "--optimizer",
@@ -68,19 +68,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the per-mode totals table; optionally measure and write the per-layer CSV."""
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.resolution is not None and args.resolution < 0:
-        raise ValueError(f"--resolution must be >= 0 (0: the model's own), got {args.resolution}")
     check_backbone_name(args.model)  # every argument before the (possibly slow) analysis
     resolve_modes(args.mode)
     resolution = args.resolution or None
-    problem = resolution_problem(args.model, resolution) if resolution else None
-    if problem:
-        raise ValueError(problem)
-    warning = small_resolution_warning(args.model, resolution) if resolution else None
-    if warning:
-        print(f"warning: {warning}", file=sys.stderr)
+    check_resolution(args.model, resolution)
+    check_output(args.csv, "--csv")
+    device = None
+    if args.measure:
+        device = resolve_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     reports = mode_reports(
         args.model,
         resolution=resolution,
@@ -93,7 +88,6 @@ def run(args: argparse.Namespace) -> int:
     table = table_from_reports(reports)
     layers = {name: r.layers for name, r in reports.items() if isinstance(r, MemoryReport)}
     if args.measure:
-        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         stock, engine, peaks, errors = (
             {},
             {},

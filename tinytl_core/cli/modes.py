@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from tinytl_core.backbones import default_backbone
+from tinytl_core import limits as L
+from tinytl_core.backbones import check_backbone_name, default_backbone
+from tinytl_core.cli.args import bounded, check_resolution
 from tinytl_core.modes import MODES, compare_trainable
 from tinytl_core.reports import trainable_table
 
@@ -17,7 +19,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=default_backbone(),
         help="shipped or timm architecture (default: %(default)s, the demo backbone, offline)",
     )
-    p.add_argument("--resolution", type=int, default=None, help="input size in pixels (default: model's)")
+    p.add_argument(
+        "--resolution",
+        type=bounded(L.RESOLUTION, zero=True),
+        default=None,
+        help="input size in pixels (default or 0: the model's own)",
+    )
     p.add_argument(
         "--group-norm", action="store_true", help="GroupNorm + weight standardisation instead of BatchNorm"
     )
@@ -31,8 +38,9 @@ def run(args: argparse.Namespace) -> int:
         for mode in MODES.values():
             print(f"{mode.name:20s} {mode.title:26s} {mode.description}")
         return 0
-    table = trainable_table(
-        compare_trainable(args.model, resolution=args.resolution, group_norm=args.group_norm)
-    )
+    check_backbone_name(args.model)
+    resolution = args.resolution or None  # 0: the model's own, as `memory`
+    check_resolution(args.model, resolution)
+    table = trainable_table(compare_trainable(args.model, resolution=resolution, group_norm=args.group_norm))
     print(table.to_string(index=False))
     return 0

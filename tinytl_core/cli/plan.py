@@ -8,6 +8,9 @@ import sys
 
 from tqdm.auto import tqdm
 
+from tinytl_core import limits as L
+from tinytl_core.backbones import data_config
+from tinytl_core.cli.args import bounded, check_output
 from tinytl_core.modes import MODES
 from tinytl_core.planner.budget import PRESETS, Budget
 from tinytl_core.planner.export import PlanRequest, write_training_plan
@@ -25,23 +28,33 @@ from tinytl_core.quantities import format_bytes
 from tinytl_core.tracing import OPTIMIZER_STATES
 
 
-def _ints(text: str, what: str) -> tuple[int, ...]:
-    """``"1-64"``, ``"96,128,160"`` or ``"1-8,16,32"`` -> integers."""
+def _ints(text: str, what: str, limit: L.Limit) -> tuple[int, ...]:
+    """``"1-64"``, ``"96,128,160"`` or ``"1-8,16,32"`` -> integers, each within ``limit`` (checked before a
+    range is expanded: ``1-10**30`` is refused, not built)."""
     values: list[int] = []
     for part in (p.strip() for p in text.split(",") if p.strip()):
         try:
-            if "-" in part[1:]:
-                lo, hi = (int(x) for x in part.split("-", 1))
-                if hi < lo:
-                    raise ValueError
-                values.extend(range(lo, hi + 1))
-            else:
-                values.append(int(part))
+            ends = [int(x) for x in part.split("-", 1)] if "-" in part[1:] else [int(part)]
+            if ends[-1] < ends[0]:
+                raise ValueError
         except ValueError:
             raise PlanError(f"cannot read {what} {part!r}: use numbers, ranges like 1-64, commas") from None
+        for end in ends:
+            if limit.problem(end) is not None:
+                raise PlanError(f"{what}: {limit.problem(end)}")
+        values.extend(range(ends[0], ends[-1] + 1))
     if not values:
         raise PlanError(f"no {what} given")
     return tuple(values)
+
+
+def _resolutions(text: str | None, backbones: tuple[str, ...]) -> tuple[int, ...]:
+    """The resolutions given, or the default grid and each backbone's own (one rule for defaults: a
+    model's own resolution is always planned, e.g. the demo backbone's 64 px)."""
+    if text is not None:
+        return _ints(text, "resolution", L.RESOLUTION)
+    own = {data_config(b).resolution for b in backbones}
+    return tuple(sorted(set(DEFAULT_RESOLUTIONS) | {r for r in own if L.RESOLUTION.problem(r) is None}))
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -57,28 +70,33 @@ def register(sub: argparse._SubParsersAction) -> None:
         required=True,
         help=f"a size ('256KB', '0.5 GB', '300 MB', '300' = MB; KiB/MiB/GiB binary) or a preset: {presets}",
     )
-    p.add_argument("--backbones", default="", help="comma-separated backbones")
+    p.add_argument("--backbones", default=None, help="comma-separated backbones")
     p.add_argument("--curated", action="store_true", help="the curated backbones (the default without any)")
     p.add_argument("--search", default=None, help="catalog filter: name contains (wildcards allowed)")
     p.add_argument("--family", default=None, help="catalog filter: timm family (module), e.g. efficientnet")
     p.add_argument("--kind", default=None, help="catalog filter: cnn, transformer, hybrid, mlp")
-    p.add_argument("--limit", type=int, default=20, help="at most this many backbones from a filter (0: all)")
+    p.add_argument(
+        "--limit", type=bounded(L.ROWS), default=20, help="at most this many backbones from a filter (0: all)"
+    )
     p.add_argument("--modes", default="all", help=f"'all' or comma-separated: {', '.join(MODES)}")
     p.add_argument(
         "--resolutions",
-        default=",".join(map(str, DEFAULT_RESOLUTIONS)),
-        help="input sizes in px, e.g. 96,128,160 or 64-224 (default: %(default)s)",
+        default=None,
+        help="input sizes in px, e.g. 96,128,160 or 64-224 (default: "
+        f"{','.join(map(str, DEFAULT_RESOLUTIONS))} and each backbone's own, e.g. 64 for the demo backbone)",
     )
     p.add_argument("--batch-sizes", default="1-64", help="e.g. 1-64 or 1,8,32 (default: %(default)s)")
     p.add_argument("--optimizer", default="adam", choices=list(OPTIMIZER_STATES))
     p.add_argument(
         "--frozen-weight-bits",
-        type=int,
+        type=bounded(L.FROZEN_WEIGHT_BITS),
         default=None,
         help="bits per frozen weight: 32, or 8 as the paper (default: 32; MCU presets: 8)",
     )
     p.add_argument("--stock", action="store_true", help="plan stock PyTorch layers instead of the engine")
-    p.add_argument("--classes", type=int, default=10, help="classes of the target task (classifier size)")
+    p.add_argument(
+        "--classes", type=bounded(L.CLASSES), default=10, help="classes of the target task (classifier size)"
+    )
     p.add_argument("--all", action="store_true", help="print every fitting configuration, not the summary")
     p.add_argument("--csv", default=None, metavar="FILE", help="write every planned configuration to FILE")
     p.add_argument(
@@ -91,7 +109,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-cache", action="store_true", help="do not read or write the on-disk trace cache")
     p.add_argument(
         "--workers",
-        type=int,
+        type=bounded(L.WORKERS),
         default=None,
         help="processes tracing the profiles not cached yet (default: one per core; 1: none)",
     )
@@ -101,11 +119,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Plan, print the summary (or every fit), optionally write the CSV and a training plan."""
     budget = Budget.of(args.budget)
+    check_output(args.csv, "--csv")  # before the (possibly long) planning
+    check_output(args.export_plan, "--export-plan")
     bits = args.frozen_weight_bits
     if bits is None:
         preset = PRESETS.get(args.budget.strip().lower())
         bits = preset.frozen_weight_bits if preset else 32
-    names = [n for n in args.backbones.split(",") if n.strip()]
+    names = [n for n in (args.backbones or "").split(",") if n.strip()]
+    if args.backbones is not None and not names:
+        raise PlanError("--backbones: no backbone given (leave it out for the curated set)")
     curated = args.curated or not (names or args.search or args.family or args.kind)
     backbones = select_backbones(
         names,
@@ -118,8 +140,8 @@ def run(args: argparse.Namespace) -> int:
     space = SearchSpace(
         backbones=backbones,
         modes=None if args.modes == "all" else tuple(m.strip() for m in args.modes.split(",") if m.strip()),
-        resolutions=_ints(args.resolutions, "resolution"),
-        batch_sizes=_ints(args.batch_sizes, "batch size"),
+        resolutions=_resolutions(args.resolutions, backbones),
+        batch_sizes=_ints(args.batch_sizes, "batch size", L.BATCH_SIZE),
         optimizer=args.optimizer,
         frozen_weight_bits=bits,
         engine=not args.stock,

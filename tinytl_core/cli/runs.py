@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
+from tinytl_core import limits as L
+from tinytl_core.cli.args import bounded, check_output
 from tinytl_core.quantities import ENDED_STATUSES
 from tinytl_core.results import MEMORY, RUN, ResultsStore, run_table
 
@@ -33,34 +36,47 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``runs`` command."""
     p = sub.add_parser("runs", help="list stored adaptation runs; export them as CSV; delete one")
     p.add_argument("--db", default=None, help="results database (default: $TINYTL_RESULTS_DB or data folder)")
-    p.add_argument("--limit", type=int, default=None, help="show only the newest N runs")
+    p.add_argument("--limit", type=bounded(L.ROWS), default=None, help="show only the newest N runs (0: all)")
     p.add_argument("--status", choices=[s.value for s in ENDED_STATUSES], default=None)
     p.add_argument("--dataset", default=None, help="only runs on this dataset")
     p.add_argument("--csv", metavar="FILE", default=None, help="export the runs shown to a CSV file")
     p.add_argument("--history", action="store_true", help="include the per-step history in the CSV")
-    p.add_argument("--show", type=int, metavar="ID", default=None, help="print one run in full (JSON)")
-    p.add_argument("--delete", type=int, metavar="ID", nargs="+", default=None, help="delete run(s)")
+    p.add_argument(
+        "--show", type=bounded(L.RUN_ID), metavar="ID", default=None, help="print one run in full (JSON)"
+    )
+    p.add_argument(
+        "--delete", type=bounded(L.RUN_ID), metavar="ID", nargs="+", default=None, help="delete run(s)"
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """List, show, export or delete runs."""
+    if args.db is not None and not Path(args.db).exists() and not Path(args.db).parent.is_dir():
+        raise ValueError(f"no results database at {args.db} (its folder does not exist)")  # not created
     store = ResultsStore(args.db)
+    check_output(args.csv, "--csv")
     if args.delete:
-        for run_id in args.delete:
+        ids = list(dict.fromkeys(args.delete))  # each once, in order
+        for run_id in ids:  # every id first: all or nothing
+            store.get_run(run_id)
+        for run_id in ids:
             store.delete_run(run_id)
             print(f"deleted run {run_id}")
         return 0
     if args.show is not None:
         print(json.dumps(store.get_run(args.show), indent=2))
         return 0
-    runs = store.list_runs(limit=args.limit, status=args.status, dataset=args.dataset)
+    runs = store.list_runs(limit=args.limit or None, status=args.status, dataset=args.dataset)
     if args.csv:
         n = store.export_csv(args.csv, [r[RUN.id] for r in runs], include_history=args.history)
         print(f"wrote {n} run(s) to {args.csv}")
         return 0
     if not runs:
-        print(f"no runs stored in {store.path} yet; try `python -m tinytl_core adapt`")
+        if args.status or args.dataset:
+            print(f"no run matches (status {args.status or 'any'}, dataset {args.dataset or 'any'})")
+        else:
+            print(f"no runs stored in {store.path} yet; try `python -m tinytl_core adapt`")
         return 0
     print(run_table(runs, COLUMNS).to_string(index=False))
     print(f"{len(runs)} run(s) in {store.path}")

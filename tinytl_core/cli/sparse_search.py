@@ -9,7 +9,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from tinytl_core.backbones import default_backbone, resolution_problem
+from tinytl_core import limits as L
+from tinytl_core.backbones import default_backbone
+from tinytl_core.cli.args import bounded, check_output, check_resolution
 from tinytl_core.data import check_dataset_name, dataset_display_name
 from tinytl_core.planner.budget import parse_budget
 from tinytl_core.quantities import format_bytes
@@ -42,17 +44,28 @@ def register(sub: argparse._SubParsersAction) -> None:
         required=True,
         help="modelled step peak the scheme must fit, e.g. 30MB, 512KB, 1.5GB (a bare number is MB)",
     )
-    p.add_argument("--resolution", type=int, default=None, help="input size in pixels (default: model's)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument(
-        "--steps", type=int, default=d.steps, help="steps of each short run (default: %(default)s)"
+        "--resolution",
+        type=bounded(L.RESOLUTION),
+        default=None,
+        help="input size in pixels (default: model's)",
+    )
+    p.add_argument("--batch-size", type=bounded(L.TRAINING_BATCH_SIZE), default=d.batch_size)
+    p.add_argument(
+        "--steps",
+        type=bounded(L.STEPS),
+        default=d.steps,
+        help="steps of each short run (default: %(default)s)",
     )
     p.add_argument(
-        "--lr", type=float, default=3e-3, help="learning rate of the short runs (default: %(default)g)"
+        "--lr",
+        type=bounded(L.LEARNING_RATE),
+        default=3e-3,
+        help="learning rate of the short runs (default: %(default)g)",
     )
     p.add_argument("--optimizer", default=d.optimizer, help="adam, adamw or sgd (memory and runs)")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--layers", type=int, default=d.layers, help="last weight layers searched")
+    p.add_argument("--seed", type=bounded(L.SEED), default=d.seed)
+    p.add_argument("--layers", type=bounded(L.LAYERS), default=d.layers, help="last weight layers searched")
     p.add_argument(
         "--candidates",
         choices=[c.value for c in Candidates],
@@ -68,7 +81,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--repeats",
-        type=int,
+        type=bounded(L.REPEATS),
         default=d.repeats,
         help="short runs per option (seeds --seed, --seed+1, ...), averaged (default: %(default)s)",
     )
@@ -86,15 +99,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--bias-fractions", default="0.25,0.5,1", help="fractions of the blocks whose biases are tried"
     )
-    p.add_argument("--shots", type=int, default=None, help="at most this many training images per class")
-    p.add_argument("--val-cap", type=int, default=None, help="at most this many validation images per class")
+    p.add_argument(
+        "--shots",
+        type=bounded(L.IMAGES_PER_CLASS),
+        default=None,
+        help="at most this many training images per class",
+    )
+    p.add_argument(
+        "--val-cap",
+        type=bounded(L.IMAGES_PER_CLASS),
+        default=None,
+        help="at most this many validation images per class",
+    )
     p.add_argument("--frozen-weight-bits", type=int, choices=(8, 32), default=32, help="frozen weights' bits")
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
     p.add_argument("--no-pretrained", dest="pretrained", action="store_false", help="random init")
     p.add_argument(
         "--out", default="sparse_scheme.json", help="where to write the scheme (default: %(default)s)"
     )
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=bounded(L.THREADS), default=None, help="torch CPU threads")
     p.set_defaults(func=run)
 
 
@@ -113,8 +136,6 @@ def _fractions(text: str) -> tuple[float, ...]:
 def run(args: argparse.Namespace) -> int:
     """Analyse, select, print the table and the scheme, write the JSON. Arguments are checked first."""
     budget = parse_budget(args.budget)
-    if args.threads is not None and args.threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {args.threads}")
     config = SearchConfig(
         backbone=args.model or default_backbone(),
         dataset=args.dataset,
@@ -138,11 +159,9 @@ def run(args: argparse.Namespace) -> int:
     )
     config.validate()
     check_dataset_name(args.dataset)
-    if args.resolution is not None and (problem := resolution_problem(config.backbone, args.resolution)):
-        raise ValueError(problem)
+    check_resolution(config.backbone, args.resolution)
+    check_output(args.out, "--out")
     out = Path(args.out)
-    if out.parent and not out.parent.is_dir():
-        raise ValueError(f"--out: folder {out.parent} does not exist")
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"{config.backbone} on {dataset_display_name(config.dataset)}, budget {format_bytes(budget)}")

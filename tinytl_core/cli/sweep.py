@@ -8,8 +8,10 @@ import sys
 
 from tqdm.auto import tqdm
 
+from tinytl_core import limits as L
 from tinytl_core.adapt import OPTIMIZERS, AdaptConfig
-from tinytl_core.backbones import default_backbone, resolution_problem, small_resolution_warning
+from tinytl_core.backbones import default_backbone
+from tinytl_core.cli.args import bounded, check_output, check_resolution
 from tinytl_core.jobs import default_pool_size
 from tinytl_core.results import ResultsStore
 from tinytl_core.seeds import SEED_GROUP_HEADERS, group_seeds
@@ -51,12 +53,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds (default: %(default)s)")
     p.add_argument("--steps", default=str(d.steps), help="comma-separated step counts (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="images per step")
-    p.add_argument("--lr", type=float, default=d.lr, help="learning rate (default: %(default)g)")
+    p.add_argument(
+        "--batch-size", type=bounded(L.TRAINING_BATCH_SIZE), default=d.batch_size, help="images per step"
+    )
+    p.add_argument(
+        "--lr", type=bounded(L.LEARNING_RATE), default=d.lr, help="learning rate (default: %(default)g)"
+    )
     p.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer)
-    p.add_argument("--shots", type=int, default=None, help="at most this many training images per class")
-    p.add_argument("--val-cap", type=int, default=None, help="at most this many validation images per class")
-    p.add_argument("--eval-every", type=int, default=d.eval_every, help="also evaluate every N steps")
+    p.add_argument(
+        "--shots",
+        type=bounded(L.IMAGES_PER_CLASS),
+        default=None,
+        help="at most this many training images per class",
+    )
+    p.add_argument(
+        "--val-cap",
+        type=bounded(L.IMAGES_PER_CLASS),
+        default=None,
+        help="at most this many validation images per class",
+    )
+    p.add_argument(
+        "--eval-every", type=bounded(L.EVAL_EVERY), default=d.eval_every, help="also evaluate every N steps"
+    )
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N (on each worker)")
     p.add_argument("--no-pretrained", dest="pretrained", action="store_false", help="random init")
     p.add_argument("--no-memory", dest="record_memory", action="store_false", help="skip the memory figures")
@@ -64,7 +82,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-engine", dest="engine", action="store_false", help="stock PyTorch layers")
     p.add_argument(
         "--workers",
-        type=int,
+        type=bounded(L.WORKERS),
         default=None,
         help=f"local worker processes (default: {default_pool_size()}, half the cores; 0 = train in this "
         "process); with --ray and no cluster address, the CPUs of the local Ray instance",
@@ -170,8 +188,6 @@ def _executor(
 ) -> InlineExecutor | QueueExecutor | RayExecutor:
     """Where the sweep runs. ``sweep`` names the whole grid's jobs in the queue (the same on every resume,
     whatever is left to run, so a restarted sweep adopts its jobs still waiting)."""
-    if args.workers is not None and args.workers < 0:
-        raise ValueError(f"--workers must be >= 0, got {args.workers}")
     if args.ray is not None:
         try:
             import_ray()
@@ -213,6 +229,8 @@ def run(args: argparse.Namespace) -> int:
     Every argument is checked first (lists, names, numbers, resolutions, Ray installed), before anything
     is trained. With ``--status-file`` the state and progress go to that file too, and its last word says
     how the sweep ended (the reason when it failed)."""
+    check_output(getattr(args, "status_file", None), "--status-file")  # before anything is trained
+    check_output(args.export_reference, "--export-reference")
     writer = StatusWriter(args.status_file, owner=args.owner) if getattr(args, "status_file", None) else None
     try:
         return _run(args, writer)
@@ -236,14 +254,7 @@ def _run(args: argparse.Namespace, writer: StatusWriter | None) -> int:
     configs = grid.expand()
     for backbone in grid.backbones:
         for resolution in grid.resolutions:
-            if resolution is None:
-                continue
-            problem = resolution_problem(backbone, resolution)
-            if problem:
-                raise ValueError(problem)
-            warning = small_resolution_warning(backbone, resolution)
-            if warning:
-                print(f"warning: {warning}", file=sys.stderr)
+            check_resolution(backbone, resolution)
     store = ResultsStore(args.db)
     executor = _executor(args, str(store.path), sweep_id(configs))
     command = command_line(args)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from tinytl_core import limits as L
+from tinytl_core.cli.args import bounded
 from tinytl_core.jobs import JobQueue, JobState, run_worker
 
 
@@ -19,28 +21,26 @@ def register(sub: argparse._SubParsersAction) -> None:
         "database.",
     )
     p.add_argument("--db", default=None, help="results database (default: $TINYTL_RESULTS_DB or data folder)")
-    p.add_argument("--threads", type=int, default=None, help="PyTorch threads for training (default: all)")
-    p.add_argument("--max-jobs", type=int, default=None, help="stop after this many jobs")
+    p.add_argument(
+        "--threads", type=bounded(L.THREADS), default=None, help="PyTorch threads for training (default: all)"
+    )
+    p.add_argument("--max-jobs", type=bounded(L.JOBS), default=None, help="stop after this many jobs")
     p.add_argument(
         "--idle-exit",
-        type=float,
+        type=bounded(L.SECONDS),
         default=None,
         metavar="SECONDS",
         help="stop after this long with nothing queued (default: wait for jobs until stopped)",
     )
     p.add_argument("--worker-id", default=None, help="name in the queue (default: host:pid)")
-    p.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)  # the app's pool
+    p.add_argument(
+        "--parent-pid", type=bounded(L.PROCESS_ID), default=None, help=argparse.SUPPRESS
+    )  # the app's pool
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Work until stopped (or ``--max-jobs`` / ``--idle-exit``)."""
-    for name in ("threads", "max_jobs"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be 1 or more, got {value}")
-    if args.idle_exit is not None and args.idle_exit < 0:
-        raise ValueError(f"--idle-exit must be 0 or more seconds, got {args.idle_exit}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     queue = JobQueue(args.db)
     waiting = queue.counts()[JobState.QUEUED]

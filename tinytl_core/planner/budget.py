@@ -66,6 +66,8 @@ def parse_budget(text: str | float | int) -> int:
                 f"unknown unit {match.group(2)!r} in budget {raw!r}: use B, KB, MB, GB (10^3 steps) "
                 "or KiB, MiB, GiB (2^10 steps)"
             )
+    if math.isinf(value):  # "1e999 MB"
+        raise BudgetError(f"budget {text!r} is infinite: type a finite size such as '4 GB'")
     if not math.isfinite(value) or value <= 0:
         raise BudgetError(f"budget must be a positive size, got {text!r}")
     scaled = value * UNITS[unit]

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from tinytl_core import limits as L
 from tinytl_core.backbones import CURATED_BACKBONES, check_backbone_name, list_backbones
 from tinytl_core.modes import resolve_modes
 from tinytl_core.planner.budget import Budget
@@ -22,8 +23,8 @@ from tinytl_core.tracing import optimizer_states
 
 DEFAULT_RESOLUTIONS: tuple[int, ...] = (96, 128, 160, 192, 224)
 DEFAULT_BATCH_SIZES: tuple[int, ...] = tuple(range(1, 65))
-MAX_BATCH = 4096
-MAX_RESOLUTION = 1024
+MAX_BATCH = L.BATCH_SIZE.high
+MAX_RESOLUTION = L.RESOLUTION.high
 
 
 class PlanError(ValueError):
@@ -113,16 +114,15 @@ class SearchSpace:
             raise PlanError("no resolution to plan: give at least one")
         if not self.batch_sizes:
             raise PlanError("no batch size to plan: give at least one")
-        bad = [r for r in self.resolutions if not isinstance(r, int) or not 8 <= r <= MAX_RESOLUTION]
-        if bad:
-            raise PlanError(f"resolutions must be 8..{MAX_RESOLUTION} px, got {bad[0]!r}")
-        bad = [b for b in self.batch_sizes if not isinstance(b, int) or not 1 <= b <= MAX_BATCH]
-        if bad:
-            raise PlanError(f"batch sizes must be 1..{MAX_BATCH}, got {bad[0]!r}")
-        if not isinstance(self.frozen_weight_bits, int) or not 1 <= self.frozen_weight_bits <= 32:
-            raise PlanError(f"frozen-weight bits must be 1..32, got {self.frozen_weight_bits!r}")
-        if not isinstance(self.num_classes, int) or self.num_classes < 2:
-            raise PlanError(f"the number of classes must be at least 2, got {self.num_classes!r}")
+        for values, limit in (
+            (self.resolutions, L.RESOLUTION),
+            (self.batch_sizes, L.BATCH_SIZE),
+            ((self.frozen_weight_bits,), L.FROZEN_WEIGHT_BITS),
+            ((self.num_classes,), L.CLASSES),
+        ):
+            problem = next((limit.problem(v) for v in values if limit.problem(v) is not None), None)
+            if problem is not None:
+                raise PlanError(problem)
         return SearchSpace(
             backbones=tuple(dict.fromkeys(self.backbones)),
             modes=modes,

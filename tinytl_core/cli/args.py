@@ -1,0 +1,80 @@
+"""Argument types every command shares: numbers checked against their :mod:`tinytl_core.limits` range by
+argparse itself, so a bad value is refused with the option's name before any work (no dataset loaded, no
+model built), and no command takes a number without a range (``tests/test_cli_basics.py`` checks every
+option of every command).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from tinytl_core.backbones import resolution_problem, small_resolution_warning
+from tinytl_core.limits import Limit
+
+
+@dataclass(frozen=True)
+class Bounded:
+    """An argparse ``type``: the text as an int (``limit.integer``) or a float, within ``limit``;
+    ``zero`` also allows 0 (a "not set" / "all" value such as ``--limit 0``)."""
+
+    limit: Limit
+    zero: bool = False
+
+    @property
+    def __name__(self) -> str:  # argparse names the type in its messages
+        return "whole number" if self.limit.integer else "number"
+
+    def __call__(self, text: str) -> int | float:
+        try:
+            value: int | float = int(text) if self.limit.integer else float(text)
+        except ValueError:
+            kind = "a whole number" if self.limit.integer else "a number"
+            raise argparse.ArgumentTypeError(f"must be {kind} ({self.limit.text()}), got {text!r}") from None
+        if self.zero and value == 0:
+            return value
+        problem = self.limit.problem(value)
+        if problem is not None:
+            shown = text if len(text) <= 24 else f"{text[:20]}… ({len(text)} digits)"
+            extra = " or 0" if self.zero else ""
+            finite = isinstance(value, int) or math.isfinite(value)
+            what = f"{self.limit.text()}{extra}" if finite else f"a finite number, {self.limit.text()}{extra}"
+            raise argparse.ArgumentTypeError(f"must be {what}, got {shown}") from None
+        return value
+
+
+def bounded(limit: Limit, *, zero: bool = False) -> Bounded:
+    """The argparse ``type`` of an option within ``limit`` (``zero``: 0 allowed too)."""
+    return Bounded(limit, zero)
+
+
+def check_resolution(backbone: str, resolution: int | None) -> None:
+    """Refuse a resolution the backbone cannot run at (``ValueError``); warn on stderr below the size where
+    its last feature map collapses to 1x1, naming the smallest sensible size. None: the model's own."""
+    if not resolution:
+        return
+    problem = resolution_problem(backbone, resolution)
+    if problem:
+        raise ValueError(problem)
+    warning = small_resolution_warning(backbone, resolution)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+
+
+def check_output(path: str | os.PathLike[str] | None, option: str) -> None:
+    """Refuse, before any work, an output file that cannot be written: a folder, a missing folder, no
+    permission (``ValueError`` naming the option). None: no output asked for."""
+    if path is None:
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise ValueError(f"{option}: {target} is a folder; give a file name")
+    folder = target.parent if str(target.parent) else Path(".")
+    if not folder.is_dir():
+        raise ValueError(f"{option}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        raise ValueError(f"{option}: {target} cannot be written (no permission)")
