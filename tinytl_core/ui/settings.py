@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from tinytl_core import limits as L
 from tinytl_core.backbones import data_config, default_backbone
 
 DEFAULT_BATCH_SIZE = 8
@@ -58,7 +59,7 @@ KEYS: tuple[str, ...] = tuple(f.name for f in fields(Settings))
 """Session-state keys the sidebar writes (one per :class:`Settings` field)."""
 
 LIMITS: dict[str, tuple[int, int, str]] = {
-    "resolution": (8, 1024, "Input resolution"),
+    "resolution": (int(L.RESOLUTION.low), int(L.RESOLUTION.high), "Input resolution"),
     "batch_size": (1, 512, "Batch size"),
 }
 """The sidebar's numeric settings: (smallest, largest, name). The widgets take any number and
