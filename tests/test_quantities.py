@@ -54,7 +54,7 @@ def test_quantity_metadata_and_lookups():
     assert share.header == "trained %" and share.title == "share trained (%)" and share.key == "share_pct"
     assert size.value(12_345_678) == 12.35 and size.value(12_345_678, digits=0) == 12.0
     assert share.value(0.123456) == 12.3 and share.convert(0.5) == 50.0 and share.value(None) is None
-    assert size.text(2e6) == "2.0 MB" and share.text(0.755) == "75.5 %"
+    assert size.text(2e6) == "2.00 MB" and size.text(3e9) == "3.00 GB" and share.text(0.755) == "75.5 %"
     assert share.text(None, missing="–") == "–"
     assert describe("share", Example) == share
     assert describe("weights_bytes", Example, RunMemory).label == "weights"  # the first class that has it

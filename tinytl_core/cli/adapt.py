@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 from tinytl_core import limits as L
 from tinytl_core.adapt import OPTIMIZERS, SCHEDULES, AdaptConfig, EvalEvent, PhaseEvent, StepEvent, adapt
 from tinytl_core.backbones import default_backbone
-from tinytl_core.cli.args import bounded, check_resolution
+from tinytl_core.cli.args import add_image_caps, bounded, check_resolution
 from tinytl_core.cli.runs import COLUMNS
 from tinytl_core.data import check_dataset_name, dataset_display_name, load_dataset
 from tinytl_core.modes import ModeNotApplicable, get_mode, resolve_modes
@@ -71,18 +71,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="input size in px (default: the model's own, e.g. 64 for the demo backbone)",
     )
-    p.add_argument(
-        "--shots",
-        type=bounded(L.IMAGES_PER_CLASS),
-        default=None,
-        help="at most this many training images per class",
-    )
-    p.add_argument(
-        "--val-cap",
-        type=bounded(L.IMAGES_PER_CLASS),
-        default=None,
-        help="at most this many validation images per class",
-    )
+    add_image_caps(p)
     p.add_argument(
         "--val-fraction",
         type=bounded(L.VALIDATION_FRACTION),

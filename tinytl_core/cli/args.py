@@ -13,6 +13,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from tinytl_core import limits as L
 from tinytl_core.backbones import resolution_problem, small_resolution_warning
 from tinytl_core.limits import Limit
 
@@ -78,3 +79,15 @@ def check_output(path: str | os.PathLike[str] | None, option: str) -> None:
         raise ValueError(f"{option}: folder {folder} does not exist")
     if not os.access(folder, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
         raise ValueError(f"{option}: {target} cannot be written (no permission)")
+
+
+def add_image_caps(parser: argparse.ArgumentParser) -> None:
+    """``--shots`` and ``--val-cap`` (images per class kept for training / validation), as every command
+    that trains takes them."""
+    for flag, split in (("--shots", "training"), ("--val-cap", "validation")):
+        parser.add_argument(
+            flag,
+            type=bounded(L.IMAGES_PER_CLASS),
+            default=None,
+            help=f"at most this many {split} images per class",
+        )

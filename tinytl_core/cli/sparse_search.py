@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from tinytl_core import limits as L
 from tinytl_core.backbones import default_backbone
-from tinytl_core.cli.args import bounded, check_output, check_resolution
+from tinytl_core.cli.args import add_image_caps, bounded, check_output, check_resolution
 from tinytl_core.data import check_dataset_name, dataset_display_name
 from tinytl_core.planner.budget import parse_budget
 from tinytl_core.quantities import format_bytes
@@ -99,18 +99,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--bias-fractions", default="0.25,0.5,1", help="fractions of the blocks whose biases are tried"
     )
-    p.add_argument(
-        "--shots",
-        type=bounded(L.IMAGES_PER_CLASS),
-        default=None,
-        help="at most this many training images per class",
-    )
-    p.add_argument(
-        "--val-cap",
-        type=bounded(L.IMAGES_PER_CLASS),
-        default=None,
-        help="at most this many validation images per class",
-    )
+    add_image_caps(p)
     p.add_argument("--frozen-weight-bits", type=int, choices=(8, 32), default=32, help="frozen weights' bits")
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
     p.add_argument("--no-pretrained", dest="pretrained", action="store_false", help="random init")

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 from tinytl_core import limits as L
 from tinytl_core.adapt import OPTIMIZERS, AdaptConfig
 from tinytl_core.backbones import default_backbone
-from tinytl_core.cli.args import bounded, check_output, check_resolution
+from tinytl_core.cli.args import add_image_caps, bounded, check_output, check_resolution
 from tinytl_core.jobs import default_pool_size
 from tinytl_core.results import ResultsStore
 from tinytl_core.seeds import SEED_GROUP_HEADERS, group_seeds
@@ -60,18 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--lr", type=bounded(L.LEARNING_RATE), default=d.lr, help="learning rate (default: %(default)g)"
     )
     p.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer)
-    p.add_argument(
-        "--shots",
-        type=bounded(L.IMAGES_PER_CLASS),
-        default=None,
-        help="at most this many training images per class",
-    )
-    p.add_argument(
-        "--val-cap",
-        type=bounded(L.IMAGES_PER_CLASS),
-        default=None,
-        help="at most this many validation images per class",
-    )
+    add_image_caps(p)
     p.add_argument(
         "--eval-every", type=bounded(L.EVAL_EVERY), default=d.eval_every, help="also evaluate every N steps"
     )
