@@ -62,19 +62,13 @@ COMPONENT_COLORS = dict(
         (PART_GREYS["weights"], PART_GREYS["gradients"], PART_GREYS["activations"], PART_GREYS["working"]),
     )
 )
+_STOCK_GREY = "#999999"
 FIGURE_COLORS = dict(
-    zip(
-        ACTIVATION_LABELS,
-        (
-            PART_GREYS["activations"],
-            PART_GREYS["gradients"],
-            PART_GREYS["gradients"],
-            PART_GREYS["activations"],
-        ),
-    )
+    zip(ACTIVATION_LABELS, (PART_GREYS["activations"], _STOCK_GREY, _STOCK_GREY, PART_GREYS["activations"]))
 )
 FIGURE_PATTERNS = dict(zip(ACTIVATION_LABELS, ("", "", "/", "/")))
-"""Modelled figures solid, measured ones hatched; necessary / engine dark, stock light."""
+"""The activation figures: what TinyTL needs (necessary, the engine) in the activations' grey, what stock
+PyTorch saves in a lighter one; modelled solid, measured hatched."""
 SELECTION_COLOR = "#333333"
 """The neutral outline of a selected item: never a hue that means something else elsewhere."""
 UNSELECTED_OPACITY = 0.45
