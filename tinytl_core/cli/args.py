@@ -31,16 +31,16 @@ class Bounded:
         return "whole number" if self.limit.integer else "number"
 
     def __call__(self, text: str) -> int | float:
+        shown = text if len(text) <= 24 else f"{text[:20]}… ({len(text)} characters)"
         try:
             value: int | float = int(text) if self.limit.integer else float(text)
         except ValueError:
             kind = "a whole number" if self.limit.integer else "a number"
-            raise argparse.ArgumentTypeError(f"must be {kind} ({self.limit.text()}), got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"must be {kind} ({self.limit.text()}), got {shown!r}") from None
         if self.zero and value == 0:
             return value
         problem = self.limit.problem(value)
         if problem is not None:
-            shown = text if len(text) <= 24 else f"{text[:20]}… ({len(text)} digits)"
             extra = " or 0" if self.zero else ""
             finite = isinstance(value, int) or math.isfinite(value)
             what = f"{self.limit.text()}{extra}" if finite else f"a finite number, {self.limit.text()}{extra}"
