@@ -41,7 +41,7 @@ def _ints(text: str, what: str, limit: L.Limit) -> tuple[int, ...]:
             raise PlanError(f"cannot read {what} {part!r}: use numbers, ranges like 1-64, commas") from None
         for end in ends:
             if limit.problem(end) is not None:
-                raise PlanError(f"{what}: {limit.problem(end)}")
+                raise PlanError(limit.problem(end))
         values.extend(range(ends[0], ends[-1] + 1))
     if not values:
         raise PlanError(f"no {what} given")
