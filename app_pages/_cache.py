@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from tinytl_core.backbones import data_config, list_backbones
+from tinytl_core.backbones import list_backbones, own_resolution
 from tinytl_core.comparisons import table_from_reports
 from tinytl_core.jobs import WorkerPool
 from tinytl_core.planner.reports import ReportCache
@@ -32,7 +32,7 @@ def curated_names() -> frozenset[str]:
 @st.cache_data(show_spinner=False, max_entries=256)
 def default_resolution(backbone: str) -> int:
     """The backbone's own input resolution (timm's pretrained config)."""
-    return data_config(backbone).resolution
+    return own_resolution(backbone)
 
 
 @st.cache_data(show_spinner="Checking the input size...", max_entries=256)

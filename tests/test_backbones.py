@@ -172,3 +172,12 @@ def test_copy_module_keeps_tied_weights_and_shared_modules_shared():
     assert copied.extra[0] is copied[0] and copied[0] is not shared
     x = torch.randn(2, 4)
     torch.testing.assert_close(copied(x), model(x))
+
+
+def test_own_resolution_equals_the_built_models_data_config():
+    """The fast look-up (timm's registered config, no model built) gives what data_config resolves on the
+    built model: for the curated set, the shipped backbone and a spread of the catalog."""
+    from tinytl_core.backbones import CURATED_BACKBONES, data_config, list_backbones, own_resolution
+
+    names = [*CURATED_BACKBONES, *[b.name for b in list_backbones()][::97]]
+    assert [own_resolution(n) for n in names] == [data_config(n).resolution for n in names]

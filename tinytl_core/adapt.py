@@ -648,19 +648,20 @@ def _train(
         event = EvalEvent(result.steps_done, total, acc, loss, time.perf_counter() - t0, final)
         result.history.append({"kind": "eval", **asdict(event)})
         emit(event)
-        check_exploded(loss, "validation loss")
+        check_exploded(loss)
         check_collapse(acc, best_before)
 
     reference, exploded = None, 0
     chance = 1 / max(1, result.num_classes)
 
-    def check_exploded(value: float, what: str) -> None:
-        """Diverged when a loss ends far above where training started: a run too short for
+    def check_exploded(val_loss: float) -> None:
+        """Diverged when the validation loss is far above where training started: a run too short for
         :data:`DIVERGED_PATIENCE` exploded steps in a row (5 steps at lr 1e6) is still caught."""
-        if reference is not None and value > EXPLODED_FACTOR * reference:
+        if reference is not None and val_loss > EXPLODED_FACTOR * reference:
             raise DivergedError(
-                f"the {what} exploded to {value:.3g} at step {result.steps_done} (training started at "
-                f"{reference:.3g}; more than {EXPLODED_FACTOR:g}x that); training stopped. {_advice(config)}"
+                f"the validation loss exploded to {val_loss:.3g} at step {result.steps_done} (training "
+                f"started at {reference:.3g}; more than {EXPLODED_FACTOR:g}x that); training stopped. "
+                f"{_advice(config)}"
             )
 
     def check_collapse(acc: float, best: float) -> None:

@@ -11,6 +11,7 @@ from torch import nn
 
 from tinytl_core.backbones.builder import create_backbone, meta_backbone
 from tinytl_core.backbones.catalog import backbone_info
+from tinytl_core.backbones.local import LOCAL_BACKBONES
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,19 @@ def data_config(model_or_name: nn.Module | str) -> DataConfig:
         crop_pct=float(cfg.get("crop_pct", 0.875)),
         interpolation=str(cfg.get("interpolation", "bilinear")),
     )
+
+
+@functools.lru_cache(maxsize=2048)
+def own_resolution(name: str) -> int:
+    """``data_config(name).resolution`` without building the model where timm registers the name's
+    pretrained config (its ``input_size``, what the built model resolves to); a shipped backbone or an
+    unregistered name is built on the meta device, as :func:`data_config` does. Milliseconds instead of
+    a model build per name: the CLI looks up the own resolution of every backbone it plans."""
+    if name not in LOCAL_BACKBONES:
+        cfg = timm.models.get_pretrained_cfg(name)
+        if cfg is not None and cfg.input_size:
+            return int(cfg.input_size[-1])
+    return data_config(name).resolution
 
 
 @functools.lru_cache(maxsize=256)

@@ -9,7 +9,7 @@ import sys
 from tqdm.auto import tqdm
 
 from tinytl_core import limits as L
-from tinytl_core.backbones import data_config
+from tinytl_core.backbones import own_resolution
 from tinytl_core.cli.args import bounded, check_output
 from tinytl_core.modes import MODES
 from tinytl_core.planner.budget import PRESETS, Budget
@@ -40,8 +40,8 @@ def _ints(text: str, what: str, limit: L.Limit) -> tuple[int, ...]:
         except ValueError:
             raise PlanError(f"cannot read {what} {part!r}: use numbers, ranges like 1-64, commas") from None
         for end in ends:
-            if limit.problem(end) is not None:
-                raise PlanError(limit.problem(end))
+            if (problem := limit.problem(end)) is not None:
+                raise PlanError(problem)
         values.extend(range(ends[0], ends[-1] + 1))
     if not values:
         raise PlanError(f"no {what} given")
@@ -53,7 +53,7 @@ def _resolutions(text: str | None, backbones: tuple[str, ...]) -> tuple[int, ...
     model's own resolution is always planned, e.g. the demo backbone's 64 px)."""
     if text is not None:
         return _ints(text, "resolution", L.RESOLUTION)
-    own = {data_config(b).resolution for b in backbones}
+    own = {own_resolution(b) for b in backbones}
     return tuple(sorted(set(DEFAULT_RESOLUTIONS) | {r for r in own if L.RESOLUTION.problem(r) is None}))
 
 
