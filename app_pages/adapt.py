@@ -317,10 +317,8 @@ if start:
     )
     if "sparse" in modes and (scheme_check is None or not scheme_check.ok):
         errors = [*errors, "Mode sparse needs a valid scheme (see above), or choose the default scheme."]
-    if errors:
-        for error in errors:
-            st.error(error, icon=":material/error:")
-    else:
+    configs = []
+    if not errors:
         configs = [
             AdaptConfig(
                 backbone=backbone,
@@ -346,6 +344,11 @@ if start:
             )
             for m in modes
         ]
+        errors = checks.setup_problems(configs)  # each model on `meta`: refused here, not in a worker
+    if errors:
+        for error in errors:
+            st.error(error, icon=":material/error:")
+    else:
         label = dataset_title(dataset) if dataset != UPLOAD else upload.name
         try:
             ids = submit_modes(queue, configs, owner=session_id, label=label)

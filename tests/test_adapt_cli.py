@@ -2,6 +2,8 @@
 
 import csv
 
+import pytest
+
 from tinytl_core.cli import main
 from tinytl_core.results import MEMORY
 
@@ -111,6 +113,10 @@ def test_every_argument_is_checked_before_the_dataset_loads(tinytl_home, tmp_pat
         (["--model", "vit_tiny_patch16_224", "--resolution", "8"], "error: 8 px is too small"),
         (["--threads", "0"], "error: argument --threads: must be 1 to 1,024"),
         (["--threads", "100000"], "error: argument --threads: must be 1 to 1,024"),
+        # what depends on the model: checked on `meta` (shapes only), still before the dataset
+        (["--mode", "sparse", "--group-norm"], "error: mode 'sparse' does not apply: its partial weight"),
+        (["--batch-size", "1", "--resolution", "32"], "error: batch size 1 is too small for BatchNorm"),
+        (["--modes", "all", "--batch-size", "1", "--resolution", "32"], "error: mode full: batch size 1"),
     ):
         assert main(["adapt", *args, "--db", db]) == 2, args
         err = capsys.readouterr().err
@@ -163,3 +169,21 @@ def test_datasets_commands(tinytl_home, tmp_path, capsys):
     assert "30 train" in capsys.readouterr().out
     assert main(["datasets", "download", "cifar10"]) == 2
     assert "offline" in capsys.readouterr().err
+
+
+def test_model_dependent_checks_match_the_run(tinytl_home):
+    """check_setup refuses exactly what a run at that batch and size would fail on: batch 1 with
+    BatchNorm using batch statistics at a size where a feature map is 1x1; frozen-backbone modes pass."""
+    from tinytl_core.adapt import AdaptConfig, adapt, check_setup
+    from tinytl_core.modes import ModeNotApplicable
+
+    small = dict(batch_size=1, resolution=32, steps=1, record_memory=False, shots=2, val_cap=1)
+    for mode in ("full", "bn+last"):
+        with pytest.raises(ValueError, match="batch size 1 is too small for BatchNorm"):
+            check_setup(AdaptConfig(mode=mode, **small))
+    for mode in ("last", "bias"):
+        check_setup(AdaptConfig(mode=mode, **small))
+        assert adapt(AdaptConfig(mode=mode, **small)).steps_done == 1  # and the run indeed trains
+    check_setup(AdaptConfig(mode="full", batch_size=2, resolution=32))
+    with pytest.raises(ModeNotApplicable, match="without GroupNorm"):
+        check_setup(AdaptConfig(mode="sparse", group_norm=True))

@@ -206,3 +206,21 @@ def test_runs_queue_behind_another_sessions_and_cancel_is_own_only(app):
     assert not app.exception
     assert queue.get(mine.id).state is JobState.CANCELLED and queue.get(other).state is JobState.QUEUED
     assert list(app.dataframe[0].value["status"]) == ["cancelled"]
+
+
+def test_a_run_that_would_fail_once_built_is_refused_before_it_queues(app):
+    """Batch 1 with BatchNorm at 32 px fails in the first training step: the page says so at Start (the
+    model checked on `meta`), names the mode, and queues nothing -- a frozen-backbone mode alone queues."""
+    app.run()
+    app.sidebar.number_input(key="resolution").set_value(32).run()
+    app.sidebar.number_input(key="batch_size").set_value(1).run()
+    visit(app, "adapt")
+    app.multiselect(key="ad_modes").set_value(["bias", "full"])
+    app.button(key="ad_start").click().run()
+    assert not app.exception
+    errors = [e.value for e in app.error]
+    assert any(e.startswith("Full fine-tuning: batch size 1 is too small") for e in errors), errors
+    assert JobQueue().list_jobs() == []
+    app.multiselect(key="ad_modes").set_value(["bias"])
+    app.button(key="ad_start").click().run()
+    assert not app.error and [j.config.mode for j in JobQueue().list_jobs()] == ["bias"]

@@ -96,9 +96,15 @@ def test_grid_expands_every_combination_once_with_stable_keys():
         ({"seeds": []}, "at least one"),
         ({"steps": [0]}, "steps must be 1 to"),
         ({"backbones": ["resnet5o"]}, "unknown backbone"),
+        # batch 1 with BatchNorm where a feature map is 1x1: refused now, not after each run loads data
+        (
+            {"modes": ["bias", "full"], "resolutions": [32], "base": replace(TINY, batch_size=1)},
+            "mode full at 32 px",
+        ),
     ):
         with pytest.raises(ValueError, match=match):
             replace(grid, **bad).expand()
+    assert len(replace(grid, modes=["bias", "last"], base=replace(TINY, batch_size=1)).expand()) == 32
     assert parse_list("0, 1,,1 ,2", "seeds", int) == [0, 1, 2]
     with pytest.raises(ValueError, match="seeds: 'x' is not a valid int"):
         parse_list("0,x", "seeds", int)

@@ -73,3 +73,15 @@ def test_the_table_is_not_built_when_the_form_is_incomplete(modes):
         raise AssertionError("modelled although the form was incomplete")
 
     assert _problems(modes=modes, dataset_ready=False, mode_table=never)
+
+
+def test_setup_problems_refuse_before_queueing(tinytl_home):
+    """What fails only once the model is built (batch 1 with BatchNorm at 32 px) is said before the run
+    is queued, per mode; a mode that works says nothing."""
+    from tinytl_core.adapt import AdaptConfig
+    from tinytl_core.ui.checks import setup_problems
+
+    configs = [AdaptConfig(mode=m, batch_size=1, resolution=32) for m in ("bias", "full")]
+    problems = setup_problems(configs)
+    assert len(problems) == 1 and problems[0].startswith("Full fine-tuning: batch size 1 is too small")
+    assert setup_problems([AdaptConfig(mode="full", batch_size=2, resolution=32)]) == []

@@ -34,8 +34,21 @@ def test_resolution_problem_explains_and_suggests():
     assert "too small" in message and "vit_tiny_patch16_224" in message
     assert "16 px" in message  # the smallest multiple of 16 that works: one patch
     assert checks.smallest_resolution("vit_tiny_patch16_224") == 16
+    # said in plain words, not PyTorch's padded-input-size text
+    assert "16x16 kernel (or patch) is larger than the 8x8 feature map" in message
+    assert "Calculated padded" not in message and "Kernel size" not in message
+    assert "2x2 kernel" in checks.resolution_problem("convnext_atto", 8)
     with pytest.raises(ValueError, match="unknown backbone"):
         checks.resolution_problem("not_a_model", 32)
+
+
+def test_shape_errors_in_plain_words():
+    from tinytl_core.backbones import plain_shape_error
+
+    assert plain_shape_error("Output size is too small") == "a pooling layer's output would be empty"
+    built = plain_shape_error("Input height (96) doesn't match model (224).")
+    assert built == "it is built for 224 px inputs"
+    assert plain_shape_error("odd") == "its forward pass fails (odd)"  # anything else is quoted, framed
 
 
 def test_memory_problem_compares_with_free_memory():

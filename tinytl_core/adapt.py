@@ -42,7 +42,12 @@ from torch import nn
 
 from tinytl_core import __version__
 from tinytl_core import limits as L
-from tinytl_core.backbones import check_backbone_name, default_backbone, small_resolution_warning
+from tinytl_core.backbones import (
+    check_backbone_name,
+    default_backbone,
+    plain_shape_error,
+    small_resolution_warning,
+)
 from tinytl_core.data import (
     DatasetSplits,
     attach_transforms,
@@ -439,6 +444,54 @@ def _make_optimizer(params: list[nn.Parameter], config: AdaptConfig) -> torch.op
     return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
 
 
+def _small_batch_problem(batch_size: int, resolution: int | None) -> str:
+    """What to change when BatchNorm layers using batch statistics see one value per channel."""
+    at = f" at {resolution} px" if resolution else ""
+    return (
+        f"batch size {batch_size} is too small for BatchNorm layers that use batch statistics{at} (a "
+        "feature map shrinks to 1x1); use a larger batch or resolution, group_norm (--group-norm), or a "
+        "mode with a frozen backbone"
+    )
+
+
+def check_setup(config: AdaptConfig, num_classes: int = 10) -> None:
+    """Refuse, before any data is loaded, a configuration that would fail once its model is built.
+
+    Builds ``config``'s model in its mode on the ``meta`` device (shapes only: no memory, no weights) and
+    runs one training-mode forward at its batch size and resolution. Raises
+    :class:`~tinytl_core.modes.ModeNotApplicable` when the mode does not apply (e.g. sparse update with
+    GroupNorm on a model without BatchNorm), ``ValueError`` when batch statistics of the batch are
+    meaningless (a feature map shrinks to 1x1) or the input does not go through the model. The batch the
+    run trains at may still shrink to a small training set (:func:`adapt` then says so).
+    """
+    config.validate()
+    prepared = prepare_model(
+        config.backbone,
+        config.mode,
+        num_classes=num_classes,
+        resolution=config.resolution,
+        group_norm=config.group_norm,
+        device="meta",
+        engine=False,  # the engine's layers compute the same shapes; skip the conversion
+        sparse_scheme=config.scheme(),
+    )
+    channels, height, width = prepared.data.input_size
+    model = prepared.model.train()
+    try:
+        with torch.no_grad():
+            model(torch.empty(config.batch_size, channels, height, width, device="meta"))
+    except ValueError as exc:
+        if "more than 1 value per channel" in str(exc):
+            raise ValueError(_small_batch_problem(config.batch_size, height)) from None
+        raise
+    except (RuntimeError, AssertionError, TypeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(
+            f"{config.backbone} in mode {config.mode} does not run at {height} px, batch "
+            f"{config.batch_size}: {plain_shape_error(first)}"
+        ) from None
+
+
 def adapt(
     config: AdaptConfig,
     *,
@@ -464,6 +517,7 @@ def adapt(
     config.validate()
     if data is None:
         check_dataset_name(config.dataset)  # an unknown name fails before anything slow
+        check_setup(config)  # so does a model that cannot train so (well under a second, on meta)
     emit = progress or (lambda event: None)
     t0 = time.perf_counter()
     result = AdaptResult(config=config, started_at=_now())
@@ -690,11 +744,7 @@ def _train(
         except ValueError as exc:
             if "more than 1 value per channel" not in str(exc):
                 raise
-            raise ValueError(
-                f"batch size {len(x)} is too small for BatchNorm layers that use batch statistics at "
-                f"{result.resolution} px (a feature map shrinks to 1x1); use a larger batch or resolution, "
-                "group_norm (--group-norm), or a mode with a frozen backbone"
-            ) from None
+            raise ValueError(_small_batch_problem(len(x), result.resolution)) from None
         loss = criterion(logits, y)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(

@@ -177,9 +177,16 @@ class Mode:
         try:
             sparse = apply_scheme(model, scheme) if scheme is not None else set()  # splits partial weights
         except PartialUpdateError as exc:  # e.g. a partial ratio on a weight-standardised conv (GroupNorm)
+            reason = str(exc)
+            if group_norm:  # say what to change, not only which layer refused
+                reason = (
+                    "its partial weight updates need plain convolutions, which GroupNorm + weight "
+                    "standardisation replaces; train it without GroupNorm, or with a scheme that updates "
+                    f"no weight partially ({exc})"
+                )
             if strict:
-                raise ModeNotApplicable(f"mode {self.name!r} does not apply: {exc}") from None
-            return ModeResult(self.name, False, str(exc))
+                raise ModeNotApplicable(f"mode {self.name!r} does not apply: {reason}") from None
+            return ModeResult(self.name, False, reason)
         head = _head_params(model)
         branches = {id(p) for m in model.modules() if isinstance(m, LiteResidual) for p in m.parameters()}
         norm_params = {id(p) for m in model.modules() if is_norm(m) for p in m.parameters(recurse=False)}

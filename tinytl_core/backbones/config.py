@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import re
+import warnings
 from dataclasses import dataclass
 
 import timm
@@ -101,15 +103,42 @@ RESOLUTION_STEP = 16
 """Granularity of the smallest-working-resolution search."""
 
 
+_PLAIN_REASONS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (
+        re.compile(r"input size per channel: \((\d+) x (\d+)\)\. Kernel size: \((\d+) x (\d+)\)"),
+        "a layer's {2}x{3} kernel (or patch) is larger than the {0}x{1} feature map it gets",
+    ),
+    (re.compile(r"Output size is too small"), "a pooling layer's output would be empty"),
+    (
+        re.compile(r"Input (?:height|width|image size) \((\d+)\) doesn't match model \((\d+)\)"),
+        "it is built for {1} px inputs",
+    ),
+)
+"""PyTorch's and timm's shape errors, said in words a newcomer can act on (anything else is quoted)."""
+
+
+def plain_shape_error(text: str) -> str:
+    """``text`` (the first line of a shape error from a forward pass) in plain words where it is a known
+    one: a kernel larger than its feature map, an empty pooling output, a model built for one size."""
+    for pattern, plain in _PLAIN_REASONS:
+        match = pattern.search(text)
+        if match:
+            return plain.format(*match.groups())
+    return f"its forward pass fails ({text})"
+
+
 def _runs_at(backbone: str, resolution: int) -> str | None:
-    """None when one sample of ``resolution`` px goes through ``backbone`` (on ``meta``), else the error."""
+    """None when one sample of ``resolution`` px goes through ``backbone`` (on ``meta``), else why not (in
+    plain words, :func:`plain_shape_error`)."""
     try:
-        model, _ = create_backbone(backbone, 10, False, device="meta", resolution=resolution)
-        model.eval()  # batch statistics of one sample are no concern here: only sizes
-        with torch.no_grad():
-            model(torch.empty(1, 3, resolution, resolution, device="meta"))
+        with warnings.catch_warnings():  # e.g. "zero-element tensors": the refusal says what matters
+            warnings.simplefilter("ignore")
+            model, _ = create_backbone(backbone, 10, False, device="meta", resolution=resolution)
+            model.eval()  # batch statistics of one sample are no concern here: only sizes
+            with torch.no_grad():
+                model(torch.empty(1, 3, resolution, resolution, device="meta"))
     except (RuntimeError, ValueError, AssertionError, TypeError) as exc:
-        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return plain_shape_error(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
     return None
 
 

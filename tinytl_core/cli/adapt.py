@@ -8,7 +8,16 @@ import torch
 from tqdm.auto import tqdm
 
 from tinytl_core import limits as L
-from tinytl_core.adapt import OPTIMIZERS, SCHEDULES, AdaptConfig, EvalEvent, PhaseEvent, StepEvent, adapt
+from tinytl_core.adapt import (
+    OPTIMIZERS,
+    SCHEDULES,
+    AdaptConfig,
+    EvalEvent,
+    PhaseEvent,
+    StepEvent,
+    adapt,
+    check_setup,
+)
 from tinytl_core.backbones import default_backbone
 from tinytl_core.cli.args import add_image_caps, bounded, check_resolution
 from tinytl_core.cli.runs import COLUMNS
@@ -201,6 +210,19 @@ def run(args: argparse.Namespace) -> int:
         config.validate()  # every configuration before the first (possibly long) run
     check_dataset_name(args.dataset)
     check_resolution(args.model, args.resolution)
+    notes: list[str] = []
+    runnable = []
+    for config in configs:  # each model on `meta` (shapes only), before the dataset loads
+        try:
+            check_setup(config)
+        except ModeNotApplicable as exc:
+            if len(configs) == 1:
+                raise
+            notes.append(f"{config.mode}: skipped ({exc})")
+            continue
+        except ValueError as exc:
+            raise ValueError(f"mode {config.mode}: {exc}" if len(configs) > 1 else str(exc)) from None
+        runnable.append(config)
     if args.threads:
         torch.set_num_threads(args.threads)
     store = ResultsStore(args.db) if args.save else None
@@ -215,8 +237,10 @@ def run(args: argparse.Namespace) -> int:
     print(data.summary())
     if data.skipped:
         print(f"  skipped: {', '.join(data.skipped_examples)}{' ...' if data.skipped > 10 else ''}")
-    results, notes = [], []
-    for config in configs:
+    for note in notes:
+        print(f"  {note}")
+    results = []
+    for config in runnable:
         print(f"{config.backbone} / {config.mode} / {dataset_display_name(config.dataset)}")
         bar = _Bar(config.mode)
         try:

@@ -10,9 +10,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from tinytl_core.adapt import AdaptConfig
+from tinytl_core.adapt import AdaptConfig, check_setup
 from tinytl_core.data import check_dataset_name
-from tinytl_core.modes import resolve_modes
+from tinytl_core.modes import ModeNotApplicable, resolve_modes
 from tinytl_core.quantities import RunStatus
 from tinytl_core.results import RUN, ResultsStore
 from tinytl_core.seeds import config_key
@@ -103,7 +103,29 @@ class SweepGrid:
             )
             config.validate()
             configs.setdefault(config_key(config), config)
+        if self.base.batch_size == 1 and not self.base.group_norm:
+            _check_batch_one(configs.values())
         return list(configs.values())
+
+
+def _check_batch_one(configs: Iterable[AdaptConfig]) -> None:
+    """Batch 1 with BatchNorm fails in a run wherever a feature map shrinks to 1x1 (and the mode trains
+    with batch statistics): refuse such a grid now, naming the configuration, not after each run loaded
+    its data. One shape-only check (:func:`~tinytl_core.adapt.check_setup`) per backbone, mode and
+    resolution; a mode that does not apply is left to the sweep (it reports it as not applicable)."""
+    seen = set()
+    for config in configs:
+        setup = (config.backbone, config.mode, config.resolution)
+        if setup in seen:
+            continue
+        seen.add(setup)
+        try:
+            check_setup(config)
+        except ModeNotApplicable:
+            continue
+        except ValueError as exc:
+            size = f"{config.resolution} px" if config.resolution else "its own resolution"
+            raise ValueError(f"{config.backbone} in mode {config.mode} at {size}: {exc}") from None
 
 
 def finished_keys(store: ResultsStore, keys: Iterable[str] | None = None) -> dict[str, int]:

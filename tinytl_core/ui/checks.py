@@ -4,7 +4,8 @@
 - :func:`memory_problem` -- would a step need more memory than the device has free, by the model's own
   estimate?
 - :func:`run_problems` -- everything that stops an adaptation run before it starts (modes, upload, size,
-  applicability of each mode, memory fit);
+  applicability of each mode, memory fit); :func:`setup_problems` -- what stops a run once its model
+  is built (e.g. batch 1 with BatchNorm), checked on ``meta`` before it is queued;
 - :func:`pretrained_availability` -- can pretrained weights be had now? (``backbones.weights_availability``)
 - :func:`save_upload` / :func:`load_upload` -- keep an uploaded .zip of class folders and load it, turning
   every way it can be wrong (empty, not a zip, unsafe, too few classes, over the uploads quota) into a
@@ -27,6 +28,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from tinytl_core.adapt import AdaptConfig, check_setup
 from tinytl_core.backbones import WeightsAvailability as WeightsAvailability  # re-exported for the app
 from tinytl_core.backbones import weights_availability
 
@@ -111,6 +113,20 @@ def run_problems(
             what=f"Training {backbone} at batch {batch_size}, {resolution} px",
         )
         errors += [fit] if fit else []
+    return errors
+
+
+def setup_problems(configs: Sequence[AdaptConfig]) -> list[str]:
+    """What stops each of ``configs`` once its model is built, as messages for the user (empty: go):
+    :func:`tinytl_core.adapt.check_setup` of each (its model on ``meta``, one forward: e.g. batch 1 with
+    BatchNorm at a size where a feature map shrinks to 1x1), so the run is refused here rather than
+    failing in a worker after its dataset loaded."""
+    errors = []
+    for config in configs:
+        try:
+            check_setup(config)
+        except ValueError as exc:  # ModeNotApplicable included
+            errors.append(f"{MODES[config.mode].title}: {exc}.".replace("..", "."))
     return errors
 
 
