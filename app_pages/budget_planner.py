@@ -17,6 +17,7 @@ from tinytl_core.reference import PAPER_DATASETS
 from tinytl_core.tracing import OPTIMIZER_STATES
 from tinytl_core.ui import planner_view as view
 from tinytl_core.ui.sweep import PAPER_CAPTION
+from tinytl_core.ui.text import sentences
 
 settings = _cache.settings()
 
@@ -47,7 +48,8 @@ try:
 except BudgetError as exc:
     kept = st.session_state.get("budget_bytes")
     # the reason, and what the other charts still draw (the last budget taken), in place
-    st.error(str(exc) + (f" The Home and Memory Explorer charts keep {format_bytes(kept)}." if kept else ""))
+    keep = f"The Home and Memory Explorer charts keep {format_bytes(kept)}" if kept else ""
+    st.error(sentences(str(exc), keep))
     st.stop()
 st.session_state["budget_bytes"] = budget.nbytes  # drawn on the Home and Memory Explorer charts too
 
@@ -228,10 +230,12 @@ if n_fit:
             key="pl_train",
             help=f"Queue a {view.TRAIN_STEPS}-step adaptation of this configuration",
         ):
-            config = view.train_config(
-                row, target, optimizer=result.space.optimizer, pretrained=settings.pretrained
-            )
-            job = view.queue_training(config, owner=settings.session_id or None)
-            st.success(
-                f"Queued as job {job}: it trains on a worker and its accuracy shows here when it is done."
-            )
+            try:
+                config = view.train_config(row, target, space=result.space, pretrained=settings.pretrained)
+            except ValueError as exc:
+                st.error(sentences(f"Cannot train this plan: {exc}"), icon=":material/error:")
+            else:
+                job = view.queue_training(config, owner=settings.session_id or None)
+                st.success(
+                    f"Queued as job {job}: it trains on a worker and its accuracy shows here when it is done."
+                )

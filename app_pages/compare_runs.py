@@ -23,8 +23,9 @@ from tinytl_core.ui.runs import (
     stored_run_label,
 )
 
+# How soon after a new session's first view the page runs again to draw its scatter. (A comment, not a
+# docstring: a bare string in a page is Streamlit "magic" and would be drawn on it.)
 SECOND_PASS_S = 1.0
-"""How soon after a new session's first view the page runs again to draw its scatter."""
 
 
 def _second_pass() -> None:

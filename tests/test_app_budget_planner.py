@@ -53,6 +53,7 @@ def test_plan_fits_and_trains(app):
     assert any("Queued as job" in s.value for s in at.success)
     (job,) = JobQueue().list_jobs()
     assert job.config.dataset == "digits" and job.config.backbone == DEMO and job.config.resolution == 32
+    assert (job.config.weight_bits, job.config.engine) == (32, True)  # what the plan counted
     at.switch_page("app_pages/home.py").run()  # the budget is drawn on Home's chart
     assert not at.exception, at.exception
     assert "budget 4.00 MB" in str(at.get("plotly_chart")[0].proto.spec)
@@ -62,12 +63,32 @@ def test_nothing_fits_and_bad_budgets(app):
     at = plan_with(app, "100 KB")
     assert any("Nothing fits 100 KB" in e.value and "over" in e.value for e in at.error)
     at.text_input(key="pl_custom").set_value("12 parsecs").run()
-    assert any("unknown unit" in e.value for e in at.error)
+    assert any("unknown unit" in e.value.lower() for e in at.error)
     assert not at.exception
     at.text_input(key="pl_custom").set_value("-3 MB").run()
     assert any("positive" in e.value for e in at.error)
     # a rejected entry says which budget the other charts still draw
     assert any("charts keep 100 KB" in e.value for e in at.error)
+    at.text_input(key="pl_custom").set_value("abc").run()  # two sentences, not run together
+    assert any("'0.5 GB'. The Home and Memory Explorer charts keep" in e.value for e in at.error), [
+        e.value for e in at.error
+    ]
     at.text_input(key="pl_custom").set_value("1e300 GB").run()
     assert any("larger than any device" in e.value for e in at.error) and not at.exception
     assert at.session_state["budget_bytes"] == 100_000
+
+
+def test_train_it_trains_what_was_planned():
+    """Every setting the plan counted reaches the run: optimizer, frozen-weight bits, engine; bits a run
+    cannot use are refused with what to do."""
+    from tinytl_core.planner.plan import SearchSpace
+    from tinytl_core.ui.planner_view import train_config
+
+    row = {"backbone": DEMO, "mode": "bias", "batch_size": 1, "resolution": 32}
+    space = SearchSpace(backbones=(DEMO,), optimizer="sgd", frozen_weight_bits=8, engine=False)
+    config = train_config(row, "digits", space=space, pretrained=False)
+    assert (config.optimizer, config.weight_bits, config.engine, config.group_norm) == ("sgd", 8, False, True)
+    with pytest.raises(ValueError, match="at 4 bits; a training run keeps them at 8"):
+        train_config(
+            row, "digits", space=SearchSpace(backbones=(DEMO,), frozen_weight_bits=4), pretrained=False
+        )

@@ -60,3 +60,31 @@ def test_about_renders_formulas_as_math(app):
     text = "\n".join(m.value for m in app.markdown)
     assert "`y = a·W + b`" not in text and "`a_{i+1}" not in text  # no formula left as raw code
     assert "$y = aW + b$" in text
+
+
+def test_no_page_draws_a_stray_string():
+    """Streamlit "magic" draws every bare string statement of a page (a docstring under a constant showed
+    as text on Compare runs): only the module's and functions' own docstrings may be bare strings."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    stray = []
+    for path in [root / "app.py", *sorted((root / "app_pages").glob("*.py"))]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            for field in ("body", "orelse", "finalbody"):
+                body = getattr(node, field, None)
+                if not isinstance(body, list):
+                    continue
+                docstring_allowed = field == "body" and isinstance(
+                    node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+                )
+                for i, stmt in enumerate(body):
+                    if (
+                        isinstance(stmt, ast.Expr)
+                        and isinstance(stmt.value, ast.Constant)
+                        and isinstance(stmt.value.value, str)
+                        and not (docstring_allowed and i == 0)
+                    ):
+                        stray.append(f"{path.name}:{stmt.lineno}")
+    assert stray == []

@@ -42,6 +42,10 @@ def planned(cache_dir):
         ("2 GiB", 2 << 30),
         ("512KiB", 512 << 10),
         ("1e3 B", 1000),
+        ("5 TB", 5 * 10**12),  # every unit a size is printed in can be typed back
+        ("2 pb", 2 * 10**15),
+        ("1 EB", 10**18),
+        ("1 TiB", 1 << 40),
     ],
 )
 def test_parse_budget(text, nbytes):
@@ -56,6 +60,14 @@ def test_parse_budget(text, nbytes):
 def test_bad_budgets_are_clear(text):
     with pytest.raises(BudgetError, match="budget"):
         parse_budget(text)
+
+
+def test_printed_sizes_read_back_as_budgets():
+    """The class: a size the app prints (format_bytes, B to EB) typed back as a budget is the same size."""
+    from tinytl_core.quantities import format_bytes
+
+    for nbytes in (512, 256_000, 300 * 10**6, 4 * 10**9, 5 * 10**12, 3 * 10**15, 10**18):
+        assert parse_budget(format_bytes(nbytes).replace(",", "")) == nbytes
 
 
 def test_the_largest_budget_plans_and_a_larger_one_is_refused(tmp_path):

@@ -1,8 +1,8 @@
 """Memory budgets: parsing a size the user types, and device presets with what their number means.
 
 Units are decimal, as everywhere in TinyTL Lab (:data:`tinytl_core.quantities.MB` = 10^6 bytes): KB = 10^3,
-MB = 10^6, GB = 10^9 bytes. The binary units KiB, MiB and GiB (2^10, 2^20, 2^30) are accepted when written
-as such. A bare number is in MB.
+MB = 10^6, GB = 10^9 bytes, and TB, PB, EB likewise. The binary units KiB, MiB, GiB, TiB and PiB (2^10 to
+2^50) are accepted when written as such. A bare number is in MB.
 """
 
 from __future__ import annotations
@@ -21,11 +21,19 @@ UNITS: dict[str, int] = {
     "m": MB,
     "gb": 1000 * MB,
     "g": 1000 * MB,
+    "tb": 10**12,
+    "t": 10**12,
+    "pb": 10**15,
+    "p": 10**15,
+    "eb": 10**18,
     "kib": 1 << 10,
     "mib": 1 << 20,
     "gib": 1 << 30,
+    "tib": 1 << 40,
+    "pib": 1 << 50,
 }
-"""Units a budget may be written in (case-insensitive); decimal unless written KiB/MiB/GiB."""
+"""Units a budget may be written in (case-insensitive); decimal unless written KiB..PiB. Every unit the app
+prints a size in (:func:`tinytl_core.quantities.format_bytes`, up to EB) is one a budget can be typed in."""
 
 _BUDGET = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-z]*)\s*$", re.IGNORECASE)
 
@@ -63,8 +71,8 @@ def parse_budget(text: str | float | int) -> int:
         value, unit = float(match.group(1)), (match.group(2).lower() or "mb")
         if unit not in UNITS:
             raise BudgetError(
-                f"unknown unit {match.group(2)!r} in budget {raw!r}: use B, KB, MB, GB (10^3 steps) "
-                "or KiB, MiB, GiB (2^10 steps)"
+                f"unknown unit {match.group(2)!r} in budget {raw!r}: use B, KB, MB, GB, TB, PB, EB "
+                "(10^3 steps) or KiB, MiB, GiB, TiB, PiB (2^10 steps)"
             )
     if math.isinf(value):  # "1e999 MB"
         raise BudgetError(f"budget {text!r} is infinite: type a finite size such as '4 GB'")
@@ -73,7 +81,7 @@ def parse_budget(text: str | float | int) -> int:
     scaled = value * UNITS[unit]
     if not math.isfinite(scaled) or scaled > MAX_BUDGET_BYTES:  # 1e300 GB overflows int(round(...))
         raise BudgetError(
-            f"budget {text!r} is more than {MAX_BUDGET_BYTES // 10**15:,} PB, larger than any device: "
+            f"budget {text!r} is more than 1 EB ({MAX_BUDGET_BYTES // 10**15:,} PB), larger than any device: "
             "type the memory of the device you train on, e.g. '4 GB'"
         )
     nbytes = int(round(scaled))

@@ -51,6 +51,7 @@ from tinytl_core.data.uploads import display_filename, safe_stem, save_archive
 from tinytl_core.modes import MODES
 from tinytl_core.quantities import format_bytes
 from tinytl_core.tracing import available_memory
+from tinytl_core.ui.text import sentences
 
 
 def memory_problem(
@@ -126,7 +127,7 @@ def setup_problems(configs: Sequence[AdaptConfig]) -> list[str]:
         try:
             check_setup(config)
         except ValueError as exc:  # ModeNotApplicable included
-            errors.append(f"{MODES[config.mode].title}: {exc}.".replace("..", "."))
+            errors.append(sentences(f"{MODES[config.mode].title}: {exc}"))
     return errors
 
 

@@ -11,6 +11,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from tinytl_core.adapt import AdaptConfig
+from tinytl_core.engine.quantized import BITS as EIGHT_BITS
 from tinytl_core.jobs import JobQueue
 from tinytl_core.planner.accuracy import (
     NOT_MEASURED,
@@ -21,7 +22,7 @@ from tinytl_core.planner.accuracy import (
     format_accuracy,
 )
 from tinytl_core.planner.budget import PRESETS, Budget
-from tinytl_core.planner.plan import PLANNED, Plan, pareto_front
+from tinytl_core.planner.plan import PLANNED, Plan, SearchSpace, pareto_front
 from tinytl_core.planner.profile import ProfileCache
 from tinytl_core.quantities import RunStatus, bytes_unit, format_bytes
 from tinytl_core.reference import PAPER_BACKBONE, load_reference_runs
@@ -266,8 +267,23 @@ def config_label(row: Mapping[str, Any]) -> str:
     )
 
 
-def train_config(row: Mapping[str, Any], dataset: str, *, optimizer: str, pretrained: bool) -> AdaptConfig:
-    """The adaptation run "train it" starts for a planned configuration (batch 1 with GroupNorm)."""
+TRAINABLE_WEIGHT_BITS = (EIGHT_BITS, 32)
+"""The frozen-weight precisions a training run can use (``engine.quantized.check_weight_bits``)."""
+
+
+def train_config(
+    row: Mapping[str, Any], dataset: str, *, space: SearchSpace, pretrained: bool
+) -> AdaptConfig:
+    """The adaptation run "train it" starts for a planned configuration: every setting the plan counted
+    (batch 1 with GroupNorm, the optimizer, the frozen-weight bits, the engine or stock PyTorch), so the
+    run trains what was shown as fitting. ``ValueError`` when training cannot use the plan's frozen-weight
+    bits (a run keeps them at 8 or 32)."""
+    bits = space.frozen_weight_bits
+    if bits not in TRAINABLE_WEIGHT_BITS:
+        raise ValueError(
+            f"this plan counts frozen weights at {bits} bits; a training run keeps them at 8 (8-bit codes) "
+            "or 32 bits (float): plan with one of those to train it"
+        )
     config = AdaptConfig(
         backbone=str(row["backbone"]),
         mode=str(row["mode"]),
@@ -276,7 +292,9 @@ def train_config(row: Mapping[str, Any], dataset: str, *, optimizer: str, pretra
         batch_size=int(row["batch_size"]),
         resolution=int(row["resolution"]),
         group_norm=int(row["batch_size"]) == 1,
-        optimizer=optimizer,
+        optimizer=space.optimizer,
+        weight_bits=bits,
+        engine=space.engine,
         pretrained=pretrained,
     )
     config.validate()

@@ -1,10 +1,26 @@
-"""Library docstrings and tables as Markdown, so the About page shows the rules the code applies."""
+"""Library docstrings and tables as Markdown, so the About page shows the rules the code applies; messages
+as sentences (:func:`sentences`)."""
 
 from __future__ import annotations
 
 import re
 
 from tinytl_core.layer_kinds import ACTIVATIONS, KIND_NEEDS, MASKED, Needs
+
+
+def sentences(*parts: str) -> str:
+    """``parts`` as one text of sentences: each stripped, its first letter capitalised and ending in a full
+    stop unless it ends in one already (or in ``!``/``?``); empty parts are dropped. For messages built from
+    an exception's text and a note of our own, which ran together ("... '0.5 GB' The Home ...")."""
+    out = []
+    for part in parts:
+        text = part.strip()
+        if not text:
+            continue
+        text = text[0].upper() + text[1:]
+        out.append(text if text[-1] in ".!?" else text + ".")
+    return " ".join(out)
+
 
 _ROLE = re.compile(r":(?:mod|func|class|data|meth|attr):`~?([^`]+)`")
 _UNDERLINE = re.compile(r"^([=\-~^])\1{2,}\s*$")
