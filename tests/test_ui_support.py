@@ -250,7 +250,7 @@ def test_a_failed_job_is_a_message_and_the_next_job_runs(tmp_path):
     submit_modes(queue, configs("full", "bias"), owner="me", label="Digits")
     work(queue, FakeRunner(fail_mode="full"), 2).join(20)
     first, second = session_jobs(queue, "me").views
-    assert first.status == "failed" and first.job.error == "RuntimeError: boom" and first.unsuccessful
+    assert first.status == "failed" and first.job.error == "boom" and first.unsuccessful
     assert second.status == "finished" and not second.unsuccessful
 
 
@@ -401,3 +401,55 @@ def test_trainable_bars_highlight_the_selected_mode():
     assert "lite_residual" not in shown and "bias" in shown  # not applicable on a ViT: left out
     highlighted = [t for t in fig.data if t.marker.line.width]  # a neutral outline, the mode's own colour
     assert len(highlighted) == 1 and list(highlighted[0].x) == ["bias"]
+
+
+def test_no_view_of_stored_runs_shows_an_uploads_server_path(tinytl_home):
+    """The class: every way the app shows stored runs -- the runs table and its records (seed groups,
+    curves, labels), the planner's accuracy, the CSV export, the sweep table -- names an upload by the
+    user's own file name, never the server path it is kept at."""
+    import csv
+    import io as _io
+
+    from tinytl_core.data import save_archive
+    from tinytl_core.jobs import JobQueue
+    from tinytl_core.planner.accuracy import accuracy_table, datasets_measured
+    from tinytl_core.results import ResultsStore
+    from tinytl_core.seeds import group_seeds
+    from tinytl_core.ui.planner_view import stored_runs
+    from tinytl_core.ui.runs import export_csv_text, load_runs
+    from tinytl_core.ui.sweep import SweepStatus
+
+    buffer = _io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        zf.writestr("a/1.png", b"x")
+    path = str(save_archive("my pets.zip", buffer.getvalue()))
+    assert "/uploads/" in path
+    config = AdaptConfig(dataset=path, mode="bias")
+    store = ResultsStore()
+    store.save_run(
+        {
+            "status": "finished",
+            "backbone": "demo_mobilenetv2_050",
+            "mode": "bias",
+            "dataset": path,
+            "resolution": 64,
+            "batch_size": 8,
+            "final_val_acc": 0.5,
+            "message": f"loaded {path}",
+            "config": config.to_dict(),
+        }
+    )
+    loaded = load_runs(store)
+    (record,) = loaded.records.values()
+    assert list(loaded.frame["dataset"]) == ["my pets.zip"]
+    assert record["dataset"] == record["config"]["dataset"] == "my pets.zip"
+    assert list(group_seeds(loaded.records.values())["dataset"]) == ["my pets.zip"]
+    assert datasets_measured(accuracy_table(stored_runs())) == ["my pets.zip"]
+    text = export_csv_text(store)
+    assert "uploads" not in text and "my pets.zip" in text
+    (row,) = list(csv.DictReader(_io.StringIO(text)))
+    assert row["dataset"] == "my pets.zip" and '"dataset": "my pets.zip"' in row["config"]
+    queue = JobQueue()
+    queue.submit(config, owner="me")
+    frame = SweepStatus("s", queue.list_jobs(), "me").frame()
+    assert "uploads" not in frame.to_string()

@@ -444,6 +444,15 @@ def _make_optimizer(params: list[nn.Parameter], config: AdaptConfig) -> torch.op
     return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
 
 
+def explained_message(exc: BaseException) -> str | None:
+    """The library's own message for a problem it explains (a ``ValueError`` or ``RuntimeError``: bad
+    settings, data unavailable, a diverging loss), without Python's class name; None for anything else
+    (e.g. an ``OSError``, whose text may hold server paths)."""
+    if isinstance(exc, (ValueError, RuntimeError)) and not isinstance(exc, OSError) and str(exc):
+        return str(exc)
+    return None
+
+
 def _small_batch_problem(batch_size: int, resolution: int | None) -> str:
     """What to change when BatchNorm layers using batch statistics see one value per channel."""
     at = f" at {resolution} px" if resolution else ""
@@ -600,7 +609,8 @@ def adapt(
         result.status = RunStatus.CANCELLED
         result.message = f"cancelled after {result.steps_done} of {total} steps"
     except Exception as exc:
-        result.status, result.message = RunStatus.FAILED, f"{type(exc).__name__}: {exc}"
+        result.status = RunStatus.FAILED
+        result.message = explained_message(exc) or f"{type(exc).__name__}: {exc}"
         _finish(result, t0, store)
         raise
     _finish(result, t0, store)

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from tinytl_core.adapt import AdaptConfig
-from tinytl_core.data.uploads import register_pin_source
+from tinytl_core.data.uploads import dataset_display_name, register_pin_source
 from tinytl_core.quantities import RunStatus
 from tinytl_core.results import ResultsStore, default_db_path
 
@@ -327,7 +327,15 @@ class JobQueue:
             config.validate()
         now = time.time()
         rows = [
-            (JobState.QUEUED.value, json.dumps(c.to_dict()), label or c.dataset, owner, sweep, now)
+            # the label is shown: an upload by its own name, never its server path
+            (
+                JobState.QUEUED.value,
+                json.dumps(c.to_dict()),
+                label or dataset_display_name(c.dataset),
+                owner,
+                sweep,
+                now,
+            )
             for c in configs
         ]
 

@@ -23,7 +23,15 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from tinytl_core.adapt import AdaptResult, EvalEvent, PhaseEvent, ProgressEvent, StepEvent, adapt
+from tinytl_core.adapt import (
+    AdaptResult,
+    EvalEvent,
+    PhaseEvent,
+    ProgressEvent,
+    StepEvent,
+    adapt,
+    explained_message,
+)
 from tinytl_core.data import DatasetUnavailable
 from tinytl_core.jobs.queue import Job, JobQueue, JobState, worker_name
 from tinytl_core.quantities import RunStatus
@@ -79,8 +87,9 @@ def failed_message(exc: BaseException) -> str:
     may hold server paths) its kind and a reference to the traceback in the worker's log."""
     if isinstance(exc, DatasetUnavailable):  # says which dataset and what to do (offline, no download)
         return str(exc)
-    if isinstance(exc, (ValueError, RuntimeError)) and not isinstance(exc, OSError):
-        return f"{type(exc).__name__}: {exc}"
+    explained = explained_message(exc)
+    if explained is not None:
+        return explained
     reference = uuid.uuid4().hex[:8]
     log.error("job failed (reference %s)", reference, exc_info=exc)
     advice = " Lower the batch size or the resolution." if isinstance(exc, MemoryError) else ""

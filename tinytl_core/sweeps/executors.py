@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 from tinytl_core.adapt import AdaptConfig, adapt
 from tinytl_core.jobs import Job, JobQueue, JobState, NotYourJobError, WorkerPool, default_pool_size
+from tinytl_core.jobs.worker import failed_message
 from tinytl_core.modes import ModeNotApplicable
 from tinytl_core.quantities import RunStatus
 from tinytl_core.sweeps.grid import config_key, sweep_id
@@ -86,7 +87,7 @@ def train_config(config: Mapping[str, Any], cancel: threading.Event | None = Non
         return TaskOutcome(key, OutcomeKind.NOT_APPLICABLE, message=str(exc), worker=_worker_name())
     except Exception as exc:  # noqa: BLE001 -- reported per configuration; the sweep goes on
         if collector.record is None:  # failed before the run started: nothing was recorded
-            message = f"{type(exc).__name__}: {exc}"
+            message = failed_message(exc)
             return TaskOutcome(key, OutcomeKind.ERROR, message=message, worker=_worker_name())
     return TaskOutcome(key, OutcomeKind.RAN, record=collector.record, worker=_worker_name())
 

@@ -28,6 +28,7 @@ from tinytl_core.quantities import RunStatus, bytes_unit, format_bytes
 from tinytl_core.reference import PAPER_BACKBONE, load_reference_runs
 from tinytl_core.results import ResultsStore
 from tinytl_core.ui.figures import SELECTION_COLOR, add_budget_line, budget_on_axis, mode_color
+from tinytl_core.ui.runs import public_run
 from tinytl_core.ui.sweep import paper_frame
 
 CUSTOM = "custom"
@@ -47,8 +48,9 @@ def budget_from_choice(preset: str, custom: str) -> Budget:
 
 
 def stored_runs(db_path: str | None = None) -> list[dict[str, Any]]:
-    """The finished runs of the results store (for their accuracy)."""
-    return ResultsStore(db_path).list_runs(status=RunStatus.FINISHED.value)
+    """The finished runs of the results store (for their accuracy), as the app shows them
+    (:func:`tinytl_core.ui.runs.public_run`: an upload by its own name, never its server path)."""
+    return [public_run(r) for r in ResultsStore(db_path).list_runs(status=RunStatus.FINISHED.value)]
 
 
 @functools.cache

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
+import json
 import re
 import sqlite3
 from array import array
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from tinytl_core.data import dataset_display_name
 from tinytl_core.quantities import Unit
 from tinytl_core.results import MEMORY, RUN, ResultsStore, run_headers, run_quantity, run_table
 from tinytl_core.ui.errors import public_text
@@ -120,26 +122,32 @@ def memory_axis(name: str) -> tuple[str, str]:
 
 
 def dataset_label(name: str | None) -> str:
-    """A short name for a dataset: built-in / torchvision names as they are, uploads by file name."""
-    if not name:
-        return ""
-    return Path(name).name if ("/" in name or "\\" in name) else name
+    """How a dataset is shown: built-in / torchvision names as they are, an upload by the user's own file
+    name (:func:`tinytl_core.data.dataset_display_name`), any other path by its last part."""
+    return dataset_display_name(name)
+
+
+def public_run(run: Mapping[str, Any]) -> dict[str, Any]:
+    """``run`` as the app may show it to anyone: its dataset by :func:`dataset_label` (never the server
+    path an upload is kept at), also in its stored configuration, and its message without server paths
+    (:func:`~tinytl_core.ui.errors.public_text`). Every view of stored runs in the app reads them through
+    this: tables, seed groups, labels, the planner's accuracy, the CSV export."""
+    out = dict(run)
+    if RUN.dataset in out:
+        out[RUN.dataset] = dataset_label(out[RUN.dataset])
+    if out.get(RUN.message):
+        out[RUN.message] = public_text(out[RUN.message]) or None
+    config = out.get("config")
+    if isinstance(config, Mapping) and config.get("dataset"):
+        out["config"] = {**config, "dataset": dataset_label(str(config["dataset"]))}
+    return out
 
 
 def runs_frame(runs: Iterable[Mapping[str, Any]], columns: Sequence[str] = RUN_COLUMNS) -> pd.DataFrame:
-    """One row per run, the ``columns`` (default :data:`RUN_COLUMNS`) with accuracy in % and memory in MB
-    (10^6 bytes), rounded to 2 decimals, keyed by each quantity's key (``final_val_acc_pct``,
-    ``total_modelled_MB``; headers: :func:`~tinytl_core.results.run_headers`); uploaded datasets by file
-    name; a message without server paths (:func:`~tinytl_core.ui.errors.public_text`)."""
-    shown = (
-        {
-            **r,
-            RUN.dataset: dataset_label(r.get(RUN.dataset)),
-            RUN.message: public_text(r.get(RUN.message)) or None,
-        }
-        for r in runs
-    )
-    return run_table(shown, columns, headers=False, digits=2)
+    """One row per run (:func:`public_run`), the ``columns`` (default :data:`RUN_COLUMNS`) with accuracy
+    in % and memory in MB (10^6 bytes), rounded to 2 decimals, keyed by each quantity's key
+    (``final_val_acc_pct``, ``total_modelled_MB``; headers: :func:`~tinytl_core.results.run_headers`)."""
+    return run_table((public_run(r) for r in runs), columns, headers=False, digits=2)
 
 
 @dataclass(frozen=True)
@@ -170,7 +178,7 @@ def runs_version(store: ResultsStore) -> str:
 def load_runs(store: ResultsStore) -> StoredRuns:
     """Every run of ``store`` (newest first) with its :func:`runs_frame`: the one read of the runs table
     (and parse of every history) that the Compare runs page caches per :func:`runs_version`."""
-    records = {int(r[RUN.id]): r for r in store.list_runs()}
+    records = {int(r[RUN.id]): public_run(r) for r in store.list_runs()}
     return StoredRuns(records, runs_frame(records.values()))
 
 
@@ -196,7 +204,22 @@ def stored_run_label(record: Mapping[str, Any]) -> str:
 
 
 def export_csv_text(store: ResultsStore, run_ids: Iterable[int] | None = None) -> str:
-    """The store's CSV export (all runs, or ``run_ids``) as text, for a download button."""
+    """The store's CSV export (all runs, or ``run_ids``) as text, for a download button: datasets by
+    :func:`dataset_label`, in the ``dataset`` column and in each ``config`` (no server path)."""
     buffer = io.StringIO()
     store.export_csv(buffer, run_ids)
-    return buffer.getvalue()
+    rows = list(csv.reader(io.StringIO(buffer.getvalue())))
+    if not rows:
+        return buffer.getvalue()
+    header, out = rows[0], io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(header)
+    for row in rows[1:]:
+        record = dict(zip(header, row))
+        if "config" in record and record["config"]:
+            record["config"] = json.loads(record["config"])
+        shown = public_run(record)
+        if isinstance(shown.get("config"), Mapping):
+            shown["config"] = json.dumps(shown["config"])
+        writer.writerow([shown.get(h, "") for h in header])
+    return out.getvalue()

@@ -42,6 +42,7 @@ from tinytl_core.results import ResultsStore
 from tinytl_core.sweeps import QueueExecutor, SweepGrid, config_key, finished_keys, parse_list, sweep_id
 from tinytl_core.sweeps.driver import DriverState, DriverStatus, read_status, write_status
 from tinytl_core.ui.errors import public_text
+from tinytl_core.ui.runs import dataset_label
 
 MAX_SWEEP = 200
 """Most configurations one sweep from the app may queue (a classroom server is shared)."""
@@ -182,7 +183,7 @@ class SweepStatus:
                     "job": job.id,
                     "backbone": c.backbone,
                     "mode": c.mode,
-                    "dataset": job.label or c.dataset,
+                    "dataset": dataset_label(job.label or c.dataset),  # jobs queued before labels were names
                     "px": c.resolution,
                     "seed": c.seed,
                     "state": str(job.run_status or job.state) if job.ended else str(job.state),
