@@ -321,6 +321,17 @@ def test_app_sweep_page_queues_and_cancels_and_compare_runs_shows_the_reference(
     at.text_input(key="sw_res").set_value("own, big")
     at.button[0].click().run()  # the form's submit button
     assert any("'big' is not a size" in e.value for e in at.error)  # said, nothing queued
+    # what the other pages refuse is refused here too, before anything is queued
+    for text, message in (("²", "'²' is not a size"), ("4", "must be 8 to 1,024"), ("9" * 30, "30 digits")):
+        at.text_input(key="sw_res").set_value(text)
+        at.button[0].click().run()
+        assert any(message in e.value for e in at.error), (text, [e.value for e in at.error])
+    at.multiselect(key="sw_bb").set_value(["vit_tiny_patch16_224"])
+    at.text_input(key="sw_res").set_value("8")
+    at.button[0].click().run()
+    assert any("8 px is too small" in e.value for e in at.error) and not at.exception
+    assert JobQueue(tinytl_home / "results.sqlite").list_jobs() == []
+    at.multiselect(key="sw_bb").set_value([DEMO])
     at.text_input(key="sw_res").set_value("32")
     at.button[0].click().run()
     assert not at.exception, at.exception

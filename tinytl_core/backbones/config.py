@@ -127,6 +127,7 @@ def plain_shape_error(text: str) -> str:
     return f"its forward pass fails ({text})"
 
 
+@functools.lru_cache(maxsize=512)
 def _runs_at(backbone: str, resolution: int) -> str | None:
     """None when one sample of ``resolution`` px goes through ``backbone`` (on ``meta``), else why not (in
     plain words, :func:`plain_shape_error`)."""

@@ -28,6 +28,7 @@ from tinytl_core.sweeps import (
     sweep_id,
 )
 from tinytl_core.sweeps.driver import DriverState, StatusWriter
+from tinytl_core.sweeps.grid import parse_resolutions
 
 LOCAL_RAY = "local"
 """``--ray`` given without an address: start a local Ray instance for the sweep."""
@@ -110,13 +111,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def grid_from_args(args: argparse.Namespace) -> SweepGrid:
     """The sweep's grid from the command line (every list parsed; ``ValueError`` names a bad value)."""
-    resolutions: list[int | None] = []
-    for item in parse_list(args.resolutions, "--resolutions"):
-        if item.lower() not in ("own", "0") and not item.isdigit():
-            raise ValueError(f"--resolutions: {item!r} is not a size in px (or 'own')")
-        value = None if item.lower() in ("own", "0") else int(item)
-        if value not in resolutions:
-            resolutions.append(value)
+    resolutions = parse_resolutions(args.resolutions, "--resolutions")
     base = AdaptConfig(
         batch_size=args.batch_size,
         lr=args.lr,

@@ -10,7 +10,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from tinytl_core import limits as L
 from tinytl_core.adapt import AdaptConfig, check_setup
+from tinytl_core.backbones import resolution_problem
 from tinytl_core.data import check_dataset_name
 from tinytl_core.modes import ModeNotApplicable, resolve_modes
 from tinytl_core.quantities import RunStatus
@@ -48,6 +50,31 @@ def parse_list(text: str | Sequence[Any] | None, what: str, cast: type = str) ->
     return out
 
 
+def parse_resolutions(text: str | Sequence[Any], what: str) -> list[int | None]:
+    """``"own, 32, 64"`` -> ``[None, 32, 64]`` (``own`` or 0: each backbone's own), repeats once, in order.
+    ``ValueError`` naming ``what`` for an item that is not a whole number of pixels within
+    :data:`tinytl_core.limits.RESOLUTION` (a superscript ``²`` passes ``str.isdigit`` but not ``int``)."""
+    out: list[int | None] = []
+    for item in parse_list(text, what):
+        raw = str(item).strip()
+        if raw.lower() in ("own", "0"):
+            value = None
+        elif raw.isdecimal() and len(raw) <= 9:  # exactly what int() reads, of a size it reads quickly
+            value = int(raw)
+            problem = L.RESOLUTION.problem(value)
+            if problem:
+                raise ValueError(f"{what}: {problem}")
+        elif raw.isdecimal():
+            raise ValueError(
+                f"{what}: {L.RESOLUTION.name} must be {L.RESOLUTION.text()}, got {len(raw)} digits"
+            )
+        else:
+            raise ValueError(f"{what}: {raw!r} is not a size in px (or 'own')")
+        if value not in out:
+            out.append(value)
+    return out
+
+
 @dataclass
 class SweepGrid:
     """What a sweep varies, and the settings every run shares (``base``).
@@ -73,8 +100,9 @@ class SweepGrid:
 
     def expand(self) -> list[AdaptConfig]:
         """Every configuration of the grid, each once, in :data:`GRID_AXES` order. Checks every one
-        (backbone and mode names, numbers, dataset names) before returning, so a bad value fails before
-        any slow work; ``ValueError`` says which."""
+        (backbone and mode names, numbers, dataset names, each resolution against each backbone on
+        ``meta``, batch 1 with BatchNorm) before returning, so a bad value fails before any slow work or
+        queued job; ``ValueError`` says which."""
         for name, values in (
             ("backbones", self.backbones),
             ("modes", self.modes),
@@ -87,6 +115,11 @@ class SweepGrid:
                 raise ValueError(f"a sweep needs at least one value in {name}")
         for dataset in dict.fromkeys(self.datasets):
             check_dataset_name(dataset)
+        for backbone in dict.fromkeys(self.backbones):  # a size the backbone cannot run at: refused now
+            for resolution in dict.fromkeys(r for r in self.resolutions if r):
+                problem = resolution_problem(backbone, resolution)
+                if problem:
+                    raise ValueError(problem)
         configs: dict[str, AdaptConfig] = {}
         for backbone, dataset, resolution, steps, mode, seed in itertools.product(
             self.backbones, self.datasets, self.resolutions, self.steps, self.mode_names(), self.seeds

@@ -41,27 +41,12 @@ from tinytl_core.reference import (
 from tinytl_core.results import ResultsStore
 from tinytl_core.sweeps import QueueExecutor, SweepGrid, config_key, finished_keys, parse_list, sweep_id
 from tinytl_core.sweeps.driver import DriverState, DriverStatus, read_status, write_status
+from tinytl_core.sweeps.grid import parse_resolutions
 from tinytl_core.ui.errors import public_text
 from tinytl_core.ui.runs import dataset_label
 
 MAX_SWEEP = 200
 """Most configurations one sweep from the app may queue (a classroom server is shared)."""
-
-
-def parse_resolutions(text: str) -> list[int | None]:
-    """``"own, 32, 64"`` -> ``[None, 32, 64]`` (``own`` or 0: the backbone's own); ``ValueError`` says which
-    item is not a size."""
-    out: list[int | None] = []
-    for item in parse_list(text, "resolutions"):
-        if item.lower() in ("own", "0"):
-            value = None
-        elif item.isdigit():
-            value = int(item)
-        else:
-            raise ValueError(f"resolutions: {item!r} is not a size in px (or 'own')")
-        if value not in out:
-            out.append(value)
-    return out
 
 
 def build_grid(
@@ -79,7 +64,7 @@ def build_grid(
         backbones=list(backbones),
         modes=list(modes),
         datasets=list(datasets),
-        resolutions=parse_resolutions(resolutions),
+        resolutions=parse_resolutions(resolutions, "resolutions"),
         seeds=parse_list(seeds, "seeds", int),
         steps=[int(steps)],
         base=base,
