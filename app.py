@@ -70,8 +70,10 @@ def _backbone_changed() -> None:
 
 
 def _setting_problem(key: str) -> None:
-    """Show the reason the last value of ``key`` was rejected, right under its field."""
-    problem = st.session_state.get("settings_problems", {}).get(key)
+    """Show the reason the last value of ``key`` was rejected, right under its field, in the run that
+    follows the rejection only: typing the kept value again changes nothing Streamlit can see (no
+    callback), so a reason kept longer would outlive its cause."""
+    problem = st.session_state.get("settings_problems", {}).pop(key, None)
     if problem:
         st.error(problem, icon=":material/block:")
 

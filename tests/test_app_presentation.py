@@ -26,6 +26,13 @@ def test_a_rejected_sidebar_value_is_undone_in_place_with_the_reason_shown(app):
     app.sidebar.number_input(key="batch_size").set_value(4).run()  # a valid value clears its reason
     assert app.sidebar.number_input(key="batch_size").value == 4
     assert not any("100,000" in e.value for e in app.sidebar.error)
+    # the kept value typed again (no change, no callback): the reason does not outlive its cause
+    app.sidebar.number_input(key="resolution").set_value(7).run()
+    assert any("8 to 1,024" in e.value for e in app.sidebar.error)
+    app.sidebar.number_input(key="resolution").set_value(32).run()
+    assert not app.sidebar.error
+    app.switch_page("app_pages/about.py").run()
+    assert not app.sidebar.error
 
 
 def test_home_says_the_true_direction(app):
