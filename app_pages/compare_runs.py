@@ -16,6 +16,7 @@ from tinytl_core.ui.runs import (
     export_csv_text,
     filter_runs,
     memory_axis,
+    mode_options,
     parse_run_ids,
     restore_runs,
     run_label,
@@ -77,7 +78,7 @@ picked = {
     ),
     "mode": f[2].multiselect(
         "Mode",
-        [m for m in MODES if m in set(frame["mode"])],
+        mode_options(frame["mode"]),  # every mode stored, a mode of another version included
         key="cr_mode",
         format_func=lambda m: MODES[m].title if m in MODES else m,
         persist_state="session",

@@ -145,3 +145,32 @@ def test_a_new_backbone_clears_the_rejected_resolutions_message(app):
     at.sidebar.selectbox[0].set_value("demo_mobilenetv2_050").run()
     assert at.session_state["resolution"] == 64
     assert not [e.value for e in at.sidebar.error if "resolution" in e.value.lower() or "5,000" in e.value]
+
+
+def test_compare_runs_takes_damaged_and_foreign_records(app):
+    """Hostile stored runs -- a history point with None/NaN values, an accuracy of inf or 1e300, a mode of
+    another version -- neither break the page (curves, delete section) nor show as figures."""
+    store = ResultsStore()
+    base = {"status": "finished", "backbone": "resnet18", "dataset": "digits", "steps_done": 2}
+    history = [
+        {"kind": "step", "step": 1, "loss": float("nan"), "train_acc": None},
+        {"kind": "step", "step": 2, "loss": 1.5, "train_acc": 0.5},
+        {"kind": "eval", "step": 2, "val_acc": "x"},
+    ]
+    damaged = store.save_run({**base, "mode": "bias", "final_val_acc": float("inf"), "history": history})
+    huge = store.save_run({**base, "mode": "bias", "final_val_acc": 1e300, "best_val_acc": -2.0})
+    store.save_run({**base, "mode": "weird_mode", "final_val_acc": 0.5})
+    app.run()
+    visit(app, "compare_runs")
+    _no_traceback(app)
+    table = app.dataframe[0].value.set_index("id")
+    assert table.loc[[damaged, huge], "final_val_acc_pct"].isna().all()  # shown as missing, not inf
+    assert table.loc[huge, "best_val_acc_pct"] != table.loc[huge, "best_val_acc_pct"]  # NaN
+    assert "weird_mode" in app.multiselect(key="cr_mode").options  # every stored run can be filtered to
+    app.session_state["cr_curves_open"] = True
+    app.run()
+    app.multiselect(key="cr_runs").set_value([damaged]).run()
+    _no_traceback(app)
+    assert app.get("vega_lite_chart") and app.text_input(key="cr_delete_ids")  # the rest of the page too
+    labels = app.multiselect(key="cr_runs").options
+    assert not any("inf" in label or "e+" in label for label in labels), labels

@@ -150,3 +150,14 @@ def test_comparisons_never_say_the_wrong_direction(value, reference):
     if text.startswith("same"):
         assert value == reference
     assert format_ratio(-1.0, 1.0) == format_ratio(1.0, float("inf")) == "-"  # no direction to say
+
+
+def test_a_figure_its_unit_cannot_take_is_not_plausible():
+    from tinytl_core.quantities import Unit
+
+    assert Unit.FRACTION.plausible(0.5) and Unit.FRACTION.plausible(1) and Unit.FRACTION.plausible(None)
+    for bad in (float("inf"), float("nan"), 1e300, -0.1, 1.01, "0.5", True):
+        assert not Unit.FRACTION.plausible(bad), bad
+    assert Unit.BYTES.plausible(0) and not Unit.BYTES.plausible(-1) and not Unit.SECONDS.plausible(-2.0)
+    assert Unit.NUMBER.plausible(-3.5) and not Unit.NUMBER.plausible(float("-inf"))
+    assert Unit.TEXT.plausible("anything") and Unit.FLAG.plausible(True)

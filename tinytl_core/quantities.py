@@ -49,6 +49,20 @@ class Unit(str, Enum):
     def numeric(self) -> bool:
         return self not in (Unit.TEXT, Unit.FLAG)
 
+    def plausible(self, value: Any) -> bool:
+        """Whether ``value`` can be a figure of this unit: a finite number, within 0..1 for a fraction, not
+        negative for bytes, seconds and counts (text and flags: anything). A stored value that is not (an
+        accuracy of ``inf`` or ``1e300``) is shown as missing, never as a figure."""
+        if not self.numeric or value is None:
+            return True
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        if not math.isfinite(value):
+            return False
+        if self is Unit.FRACTION:
+            return 0 <= value <= 1
+        return value >= 0 or self is Unit.NUMBER
+
 
 def _missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))

@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from tinytl_core.data import dataset_display_name
+from tinytl_core.modes import MODES
 from tinytl_core.quantities import Unit
 from tinytl_core.results import MEMORY, RUN, ResultsStore, run_headers, run_quantity, run_table
 from tinytl_core.ui.errors import public_text
@@ -121,18 +122,28 @@ def memory_axis(name: str) -> tuple[str, str]:
     return q.key, q.title
 
 
+_UNITS: dict[str, Unit] = {name: run_quantity(name).unit for name in (*RUN, *MEMORY)}
+"""Each run column's unit (what values it can take)."""
+
+
 def dataset_label(name: str | None) -> str:
     """How a dataset is shown: built-in / torchvision names as they are, an upload by the user's own file
     name (:func:`tinytl_core.data.dataset_display_name`), any other path by its last part."""
     return dataset_display_name(name)
 
 
-def public_run(run: Mapping[str, Any]) -> dict[str, Any]:
+def public_run(run: Mapping[str, Any], *, figures: bool = True) -> dict[str, Any]:
     """``run`` as the app may show it to anyone: its dataset by :func:`dataset_label` (never the server
-    path an upload is kept at), also in its stored configuration, and its message without server paths
-    (:func:`~tinytl_core.ui.errors.public_text`). Every view of stored runs in the app reads them through
-    this: tables, seed groups, labels, the planner's accuracy, the CSV export."""
+    path an upload is kept at), also in its stored configuration, its message without server paths
+    (:func:`~tinytl_core.ui.errors.public_text`), and a figure its quantity cannot take (an accuracy of
+    ``inf`` or over 100%, a negative size: ``Unit.plausible``) as missing. Every view of stored runs in
+    the app reads them through this: tables, seed groups, labels, the planner's accuracy, the export
+    (``figures`` False: its text fields only, the figures exported as stored)."""
     out = dict(run)
+    for name, value in run.items() if figures else ():  # outside its quantity's range (inf, 1e300 %)
+        unit = _UNITS.get(name)
+        if unit is not None and not unit.plausible(value):
+            out[name] = None
     if RUN.dataset in out:
         out[RUN.dataset] = dataset_label(out[RUN.dataset])
     if out.get(RUN.message):
@@ -182,6 +193,14 @@ def load_runs(store: ResultsStore) -> StoredRuns:
     return StoredRuns(records, runs_frame(records.values()))
 
 
+def mode_options(modes: Iterable[Any]) -> list[str]:
+    """The modes a filter offers for ``modes`` (a column of stored runs): this version's modes in their
+    order, then any other stored mode name (a run of another version or a hand-edited store) sorted, so
+    every run can be filtered to."""
+    present = {str(m) for m in modes if m is not None and not pd.isna(m)}
+    return [m for m in MODES if m in present] + sorted(present - set(MODES))
+
+
 def filter_runs(frame: pd.DataFrame, **allowed: Sequence[Any] | None) -> pd.DataFrame:
     """Keep rows whose column ``name`` is in ``allowed[name]`` (an empty or None list keeps all)."""
     mask = pd.Series(True, index=frame.index)
@@ -218,7 +237,7 @@ def export_csv_text(store: ResultsStore, run_ids: Iterable[int] | None = None) -
         record = dict(zip(header, row))
         if "config" in record and record["config"]:
             record["config"] = json.loads(record["config"])
-        shown = public_run(record)
+        shown = public_run(record, figures=False)
         if isinstance(shown.get("config"), Mapping):
             shown["config"] = json.dumps(shown["config"])
         writer.writerow([shown.get(h, "") for h in header])

@@ -11,6 +11,7 @@ Each builder returns ``(data, spec)`` for ``st.vega_lite_chart(data, spec)``: pl
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -99,6 +100,10 @@ CURVE_PANEL = {"width": 340, "height": 240}
 """Size of each of the two panels of :func:`curves_chart` (a concatenation takes no container width)."""
 
 
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def curves_chart(
     series: Iterable[tuple[str, Sequence[Mapping[str, Any]], Sequence[Mapping[str, Any]]]], *, title: str = ""
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
@@ -109,7 +114,8 @@ def curves_chart(
 
     ``series`` yields ``(label, steps, evals)`` with the step and eval history dicts of
     :mod:`tinytl_core.adapt` (``step``, ``loss``, ``train_acc`` / ``val_acc`` as fractions); the mode is
-    the label or a word of it (``'#3 bias'``). Series without a point are left out. The data has one row
+    the label or a word of it (``'#3 bias'``). Series without a point are left out, and so are points
+    whose step or value is not a finite number (a damaged history draws what it has). The data has one row
     per point: ``run`` (the label), ``step``, ``curve`` (:data:`CURVE_LOSS`, :data:`CURVE_TRAIN`,
     :data:`CURVE_VAL`) and ``value`` (loss, or accuracy in %).
     """
@@ -117,10 +123,14 @@ def curves_chart(
     labels: list[str] = []
 
     def add(label: str, points: Sequence[Mapping[str, Any]], curve: str, field: str, scale: float) -> None:
-        columns["run"] += [label] * len(points)
-        columns["step"] += [p["step"] for p in points]
-        columns["curve"] += [curve] * len(points)
-        columns["value"] += [scale * p[field] for p in points]
+        for point in points:
+            step, value = point.get("step"), point.get(field)
+            if not (_finite(step) and _finite(value)):  # a damaged point (None, NaN, text) is left out
+                continue
+            columns["run"].append(label)
+            columns["step"].append(step)
+            columns["curve"].append(curve)
+            columns["value"].append(scale * value)
 
     for label, steps, evals in series:
         if not (steps or evals) or label in labels:
