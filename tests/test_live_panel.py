@@ -171,11 +171,13 @@ def test_curves_chart_two_panels_mode_colours_whole_steps_and_markers():
 
 
 def test_inline_spec_is_self_contained_json():
-    steps = [{"step": 1, "loss": math.nan, "train_acc": 0.5}]  # a diverged run's loss
+    steps = [{"step": 1, "loss": math.nan, "train_acc": 0.5}]  # a diverged run's loss: left out
     data, spec = vega.curves_chart([("#1 bias", steps, [])])
+    assert list(data["curve"]) == [vega.CURVE_TRAIN]
+    data.loc[len(data)] = ["#1 bias", 2, vega.CURVE_LOSS, math.nan]  # a NaN that reaches the spec anyway
     full = json.loads(json.dumps(vega.inline_spec(data, spec), allow_nan=False))  # valid JSON, no NaN
     assert full["$schema"].endswith("v5.json") and full["hconcat"] == spec["hconcat"]
-    assert full["data"]["values"][0] == {"run": "#1 bias", "step": 1, "curve": vega.CURVE_LOSS, "value": None}
+    assert full["data"]["values"][1] == {"run": "#1 bias", "step": 2, "curve": vega.CURVE_LOSS, "value": None}
     assert "data" not in spec  # the builder's spec is left as it was
 
 
