@@ -237,7 +237,15 @@ if not isinstance(report, str):
         key="mx_layers",
     )
     st.subheader("Per-layer table")
-    st.dataframe(layers, hide_index=True, width="stretch", height=360)
+    shown, formats = explorer.readable_table(layers)
+    st.dataframe(
+        shown,
+        hide_index=True,
+        width="stretch",
+        height=360,
+        placeholder="–",
+        column_config={h: st.column_config.NumberColumn(h, format=f) for h, f in formats.items() if f},
+    )
     st.download_button(
         "Download the per-layer table (CSV)",
         layers.to_csv(index=False),
@@ -248,11 +256,17 @@ if not isinstance(report, str):
     )
 
 with st.expander("Totals of every mode (table)"):
-    totals = explorer.totals_in_mb(table)
-    st.dataframe(totals, hide_index=True, width="stretch", placeholder="–")
+    shown, formats = explorer.readable_table(table)
+    st.dataframe(
+        shown,
+        hide_index=True,
+        width="stretch",
+        placeholder="–",
+        column_config={h: st.column_config.NumberColumn(h, format=f) for h, f in formats.items() if f},
+    )
     st.download_button(
         "Download totals (CSV)",
-        totals.to_csv(index=False),
+        explorer.totals_in_mb(table).to_csv(index=False),
         mime="text/csv",
         file_name=f"{backbone}-modes-{resolution}px-b{batch_size}-{accounting}.csv",
         key="mx_totals_csv",

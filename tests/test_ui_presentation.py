@@ -213,3 +213,44 @@ def test_hues_mean_modes_only_the_parts_of_memory_are_greys():
     assert set(CATEGORY_STYLES) == set(CATEGORY_ORDER)
     assert len(set(CATEGORY_STYLES.values())) == len(CATEGORY_STYLES)  # each category its own look
     assert [figures.FIGURE_PATTERNS[n] for n in figures.FIGURE_PATTERNS] == ["", "", "/", "/"]  # measured
+
+
+@pytest.mark.parametrize("scale", [3e3, 40e6, 110e9])
+def test_bar_hovers_say_the_mode_and_a_scaled_size(scale):
+    """The class: a bar chart's hover names the mode and the series in words and gives the size in the unit
+    it calls for -- never Plotly Express's raw ``column=%{...}`` lines or a fixed MB beside a GB axis."""
+    table = _table(scale)
+    trainable = pd.DataFrame(
+        {"mode": ["full", "bias"], "trainable_params": [10, 2], "trainable_MB": [scale / MB, 1e-6]}
+    )
+    charts = [
+        figures.mode_memory_bars(table, title="t"),
+        figures.activation_bars(table, title="t"),
+        figures.trainable_bars(trainable, "bias", title="t"),
+    ]
+    for fig in charts:
+        bars = [t for t in fig.data if t.type == "bar"]
+        assert bars
+        for trace in bars:
+            template = trace.hovertemplate
+            assert "=%{" not in template and "_MB" not in template and "MB=" not in template, template
+            assert template.startswith("<b>%{customdata[0]}</b>")
+            titles = {c[0] for c in trace.customdata}
+            assert titles <= {m.title for m in MODES.values()}
+            sizes = [c[1] for c in trace.customdata]
+            assert all(len(s) <= 8 and s.split()[-1] in ("B", "KB", "MB", "GB", "TB") for s in sizes), sizes
+
+
+def test_tables_read_with_headers_and_scaled_units():
+    """The Memory Explorer's tables: readable headers (no field names), bytes in the unit the column's
+    largest value calls for, named in the header; a share of full fine-tuning as a percentage."""
+    from tinytl_core.ui.explorer import readable_table
+
+    table = _table(3e5).assign(trainable_params=[1000] * len(MODES), ratio_to_full=0.25, reason="")
+    shown, formats = readable_table(table)
+    assert not any("_" in h for h in shown.columns), list(shown.columns)
+    assert "total modelled (MB)" in shown and shown["% of full fine-tuning"].iloc[0] == 25
+    assert "why not" not in shown  # an empty column is dropped
+    assert formats["trainable parameters"] == "localized" and formats["mode"] is None
+    small = readable_table(pd.DataFrame({"layer": ["a"], "input_bytes": [1500.0]}))[0]
+    assert list(small.columns) == ["layer", "input (KB)"] and small.iloc[0, 1] == 1.5

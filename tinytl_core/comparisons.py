@@ -166,13 +166,14 @@ class SignMaskSaving:
         if not self.approximated:
             return (
                 f"MobileTL on {backbone} is TinyTL-B: its activations are ReLU-like, whose 1-bit masks are "
-                "exact already (MobileTL's sign mask helps h-swish / SiLU networks)."
+                "exact already (MobileTL's sign mask helps networks with smooth activations: h-swish, SiLU, "
+                "GELU)."
             )
         less = 1 - self.mobiletl_activations / max(1, self.bias_activations)
         return (
             f"MobileTL on {backbone}: stored activations {format_bytes(self.mobiletl_activations)} "
             f"instead of {format_bytes(self.bias_activations)} for TinyTL-B ({less:.0%} less), training "
-            f"memory {format_ratio(self.mobiletl_total, self.bias_total, 'TinyTL-B')}; its h-swish / SiLU "
+            f"memory {format_ratio(self.mobiletl_total, self.bias_total, 'TinyTL-B')}; its smooth "
             "activations keep 1-bit sign masks, so its gradients are approximate."
         )
 

@@ -23,7 +23,7 @@ from tinytl_core.memory import (
 )
 from tinytl_core.memory.report import MEMORY, TOTALS
 from tinytl_core.modes import prepare_model
-from tinytl_core.quantities import RunMemory, describe
+from tinytl_core.quantities import RunMemory, bytes_unit, describe
 
 
 def label(name: str) -> str:
@@ -142,3 +142,75 @@ def totals_in_mb(table: pd.DataFrame) -> pd.DataFrame:
         out[col.removesuffix("_bytes") + "_MB"] = (pd.to_numeric(out.pop(col)) / MB).round(2)
     out["ratio_to_full"] = pd.to_numeric(out["ratio_to_full"]).round(3)
     return out
+
+
+_LAYER_HEADERS: dict[str, str] = {
+    "call": "call #",
+    "input_shape": "input shape",
+    "output_shape": "output shape",
+    "input_bytes": "input",
+    "output_bytes": "output",
+    "param_bytes": "parameters",
+    "trainable_param_bytes": "trainable parameters",
+    "necessary_reason": "why (rule)",
+    "pending_residual_bytes": "pending residual",
+    "working_bytes": "working set",
+    "applicable": "applies",
+    "reason": "why not",
+    "trainable_params": "trainable parameters",
+    "params": "parameters",
+    "ratio_to_full": "% of full fine-tuning",
+}
+"""Headers of the per-layer and per-mode table columns that are not declared quantities."""
+_COUNTS = frozenset({"call", "trainable_params", "params", "n_params", "n_trainable", "n_rows"})
+
+
+def _blank(value: object) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, str):
+        return not value.strip()
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):  # a tuple or list (a shape): not blank
+        return False
+
+
+def _header(column: str) -> str:
+    if column in _LAYER_HEADERS:
+        return _LAYER_HEADERS[column]
+    try:  # a declared quantity: its short label, without the unit (added from the column's scale)
+        return describe(column, ReportTotals, RunMemory).short
+    except KeyError:
+        return column.removesuffix("_bytes").replace("_", " ")
+
+
+def readable_table(table: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str | None]]:
+    """``(frame, formats)``: a per-layer (:func:`layer_table`) or per-mode
+    (:func:`~tinytl_core.comparisons.compare_modes`) table as the page shows it -- readable headers, each
+    byte column in the unit its largest value reads best in (B, KB, MB, GB: :func:`bytes_unit`, named in
+    its header), counts as whole numbers, empty columns dropped; ``formats`` maps each numeric header to a
+    printf format (None: text). The CSV downloads keep the raw columns (bytes, field names)."""
+    out: dict[str, pd.Series] = {}
+    formats: dict[str, str | None] = {}
+    for column in table.columns:
+        values = table[column]
+        if values.map(_blank).all():
+            continue
+        header = _header(column)
+        if column.endswith("_bytes"):
+            numbers = pd.to_numeric(values, errors="coerce")
+            unit, factor = bytes_unit(numbers.abs().max())
+            header = f"{header} ({unit})"
+            out[header] = (numbers / factor).round(2)
+            formats[header] = "%.2f" if factor > 1 else "%d"
+        elif column in _COUNTS:
+            out[header] = pd.to_numeric(values, errors="coerce").round().astype("Int64")
+            formats[header] = "localized"
+        elif column == "ratio_to_full":  # a share, not a bare ratio: its direction cannot be misread
+            out[header] = (100 * pd.to_numeric(values, errors="coerce")).round(0)
+            formats[header] = "%.0f%%"
+        else:
+            out[header] = values
+            formats[header] = None
+    return pd.DataFrame(out), formats

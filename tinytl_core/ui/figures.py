@@ -88,6 +88,26 @@ def _mode_tick(mode: str) -> str:
     return title.replace(" ", "<br>", 1) if len(title) > 10 else title
 
 
+_BAR_HOVER_COLUMNS = ["hover_mode", "hover_size"]
+
+
+def _with_hover(frame: pd.DataFrame, nbytes: pd.Series) -> pd.DataFrame:
+    """``frame`` with what a bar's hover says: its mode's title and its size in the unit that size calls
+    for (:func:`~tinytl_core.quantities.format_bytes`), never a raw column name or a fixed unit."""
+    titles = [MODES[m].title if m in MODES else str(m) for m in frame["mode"]]
+    return frame.assign(hover_mode=titles, hover_size=[format_bytes(v) for v in nbytes])
+
+
+def _bar_hover(fig: go.Figure, what: str | None = None) -> None:
+    """Hover texts of a chart's bars (made with :func:`_with_hover`'s columns as ``custom_data``): the mode,
+    then ``what`` (or the bar's series: a component, a figure) and the size."""
+    series = what if what is not None else "%{fullData.name}"
+    fig.update_traces(
+        selector={"type": "bar"},
+        hovertemplate=f"<b>%{{customdata[0]}}</b><br>{series}: %{{customdata[1]}}<extra></extra>",
+    )
+
+
 def _bytes_axis(fig: go.Figure, largest_bytes: float, title: str, axis: str = "y") -> tuple[str, int]:
     """Scale a bytes axis to the unit its largest value reads best in (:func:`bytes_unit`): ``title (GB)``,
     plain numbers with thousands separators (never ``1M MB``).
@@ -155,7 +175,7 @@ def mode_memory_bars(
     long = components_frame(table)
     totals_bytes = long.groupby("mode", sort=False)["MB"].sum() * MB
     unit = bytes_unit(float(totals_bytes.max()) if len(totals_bytes) else 0.0)
-    long = long.assign(value=long["MB"] * MB / unit[1])
+    long = _with_hover(long.assign(value=long["MB"] * MB / unit[1]), long["MB"] * MB)
     fig = px.bar(
         long,
         x="mode",
@@ -165,8 +185,9 @@ def mode_memory_bars(
         color_discrete_map=COMPONENT_COLORS,
         category_orders={"component": list(COMPONENT_LABELS)},
         labels={"value": f"training memory ({unit[0]})", "mode": ""},
-        hover_data={"MB": ":,.2f", "value": False},
+        custom_data=_BAR_HOVER_COLUMNS,
     )
+    _bar_hover(fig)
     totals = long.groupby("mode", sort=False)["value"].sum()
     fig.add_trace(
         go.Scatter(
@@ -206,7 +227,7 @@ def trainable_bars(table: pd.DataFrame, selected: str, *, title: str) -> go.Figu
     ``selected`` mode highlighted; modes that do not apply are left out."""
     chart = table.dropna(subset=["trainable_params"]).assign(selected=lambda t: t["mode"] == selected)
     unit = bytes_unit(float(chart["trainable_MB"].max() * MB) if len(chart) else 0.0)
-    chart = chart.assign(value=chart["trainable_MB"] * MB / unit[1])
+    chart = _with_hover(chart.assign(value=chart["trainable_MB"] * MB / unit[1]), chart["trainable_MB"] * MB)
     fig = px.bar(
         chart,
         x="mode",
@@ -215,9 +236,10 @@ def trainable_bars(table: pd.DataFrame, selected: str, *, title: str) -> go.Figu
         text=[format_bytes(v * MB, unit=unit) for v in chart["trainable_MB"]],
         labels={"value": f"trainable parameters ({unit[0]}, fp32)", "mode": ""},
         color_discrete_map=MODE_COLORS,
-        hover_data={"trainable_MB": ":,.3f", "value": False},
+        custom_data=_BAR_HOVER_COLUMNS,
         title=title,
     )
+    _bar_hover(fig, "trainable parameters (fp32)")
     # The mode keeps its colour; the selection is a neutral outline, the others fade.
     for trace in fig.data:
         chosen = selected in list(trace.x)
@@ -238,7 +260,7 @@ def activation_bars(
     mode, plus stock PyTorch (measured) and engine (measured) for the modes in ``measured``."""
     long = activation_frame(table, dict(measured or {}))
     unit = bytes_unit(float(long["MB"].max() * MB) if len(long) else 0.0)
-    long = long.assign(value=long["MB"] * MB / unit[1])
+    long = _with_hover(long.assign(value=long["MB"] * MB / unit[1]), long["MB"] * MB)
     fig = px.bar(
         long,
         x="mode",
@@ -251,8 +273,9 @@ def activation_bars(
         pattern_shape_map=FIGURE_PATTERNS,
         category_orders={"figure": list(ACTIVATION_LABELS)},
         labels={"value": f"activations stored for backward ({unit[0]})", "mode": "", "figure": ""},
-        hover_data={"MB": ":,.2f", "value": False},
+        custom_data=_BAR_HOVER_COLUMNS,
     )
+    _bar_hover(fig)
     largest = unit[1] * float(long["value"].max()) if len(long) else 0.0
     _bytes_axis(fig, largest, "activations stored for backward")
     modes = list(dict.fromkeys(long["mode"]))
