@@ -144,7 +144,7 @@ def test_an_exploding_but_finite_loss_stops_the_run_as_diverged(digits, tmp_path
     assert store.get_run(result.run_id)["status"] is RunStatus.DIVERGED
 
 
-@pytest.mark.parametrize(("lr", "steps"), [(1e6, 3), (1e3, 2), (1e6, 1), (1e30, 1)])
+@pytest.mark.parametrize(("lr", "steps"), [(1e6, 3), (1e3, 2), (1e6, 1), (1e30, 1), (1e30, 3)])
 def test_a_run_too_short_for_the_patience_still_stops_as_diverged(digits, tmp_path, lr, steps):
     """The class: however short the run, exploded or non-finite weights at the end are `diverged`, never
     `finished` at chance (3 steps at lr 1e6 ended with a NaN validation loss, stored as finished)."""
@@ -155,6 +155,8 @@ def test_a_run_too_short_for_the_patience_still_stops_as_diverged(digits, tmp_pa
     row = store.get_run(result.run_id)
     assert row["status"] is RunStatus.DIVERGED
     assert row["final_val_loss"] is None or math.isfinite(row["final_val_loss"])
+    if row["final_val_loss"] is None:  # NaN weights: their (chance) accuracy is no figure of this run
+        assert row["final_val_acc"] is None
     json.dumps(row["history"], allow_nan=False)  # valid JSON: no NaN in the stored history
 
 

@@ -187,3 +187,31 @@ def test_model_dependent_checks_match_the_run(tinytl_home):
     check_setup(AdaptConfig(mode="full", batch_size=2, resolution=32))
     with pytest.raises(ModeNotApplicable, match="without GroupNorm"):
         check_setup(AdaptConfig(mode="sparse", group_norm=True))
+
+
+def test_no_output_option_overwrites_the_results_database(tinytl_home, tmp_path, capsys):
+    """The class: every output option (--csv, --out, --export-plan, --export-reference, --status-file) is
+    checked before any work; a database there is refused (it would be destroyed), an existing file is
+    replaced and said so."""
+    from tinytl_core.results import ResultsStore
+
+    db = tmp_path / "runs.sqlite"
+    ResultsStore(db).save_run({"status": "finished", "backbone": "b", "mode": "bias", "dataset": "digits"})
+    before = db.read_bytes()
+    sweep = ["sweep", "--db", str(db), "--dry-run", "--modes", "last", "--datasets", "shapes", "--seeds", "0"]
+    for command in (
+        ["runs", "--db", str(db), "--csv", str(db)],
+        [*sweep, "--status-file", str(db)],
+        [*sweep, "--export-reference", str(db)],
+        ["memory", "--csv", str(db)],
+        ["plan", "--budget", "10MB", "--csv", str(db)],
+        ["plan", "--budget", "10MB", "--export-plan", str(db)],
+    ):
+        assert main(command) == 2, command
+        err = capsys.readouterr().err
+        assert "is a database" in err and err.count("\n") <= 1 and "Traceback" not in err, (command, err)
+    assert db.read_bytes() == before and len(ResultsStore(db).list_runs()) == 1
+    old = tmp_path / "old.csv"
+    old.write_text("precious")
+    assert main(["runs", "--db", str(db), "--csv", str(old)]) == 0
+    assert "old.csv exists and will be replaced" in capsys.readouterr().err

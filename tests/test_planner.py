@@ -173,9 +173,13 @@ def test_summary_and_nothing_fits(planned):
     assert "nothing fits 1.00 KB" in message and "over" in message and DEMO in message
     assert tiny.smallest()[PLANNED.counted_bytes] == smallest
     # Frozen weights in flash do not count against an MCU budget.
-    flash = plan(Budget(256_000, weights_in_flash=True), result.space, cache=cache).configs
+    mcu = plan(Budget(256_000, weights_in_flash=True), result.space, cache=cache)
+    flash = mcu.configs
     assert (flash[PLANNED.counted_bytes] == flash[PLANNED.peak_bytes] - flash[PLANNED.flash_bytes]).all()
     assert (flash[PLANNED.flash_bytes] > 0).all()
+    # the summary's smallest is what the fit is decided on (it said 1.14 MB beside "smallest: 340 KB")
+    least = mcu.summary()["smallest_counted_bytes"].min()
+    assert least == mcu.smallest()[PLANNED.counted_bytes] < flash[PLANNED.peak_bytes].min()
 
 
 def test_a_planned_fit_peaks_within_the_budget_when_measured(planned):

@@ -702,7 +702,8 @@ def _train(
             result.eval_time_s += time.perf_counter() - start
         best_before = result.best_val_acc or 0.0
         if not math.isfinite(loss):  # the last step(s) made the weights NaN / inf: nothing to record
-            result.final_val_acc, result.final_val_loss = acc, None
+            # (its accuracy is chance from a NaN model: not a figure of this run; earlier ones stay)
+            result.final_val_acc, result.final_val_loss = None, None
             raise NonFiniteLossError(
                 f"the validation loss became {loss} at step {result.steps_done}: the weights are no longer "
                 f"finite numbers; training stopped. {_advice(config)}"

@@ -51,8 +51,13 @@ class Limit:
 
 
 def _number(value: float) -> str:
-    """``4,096``, ``0.95``, ``31,536,000`` (no ``3.15e+07``)."""
-    return f"{value:,.0f}" if float(value).is_integer() else f"{value:g}"
+    """``4,096``, ``0.95``, ``31,536,000`` (no ``3.15e+07``); an int exactly (2^63 - 1 is not rounded up
+    through a float to the value it refuses), a float over 10^15 as ``1e+30``."""
+    if isinstance(value, int):
+        return f"{value:,}"
+    if float(value).is_integer() and abs(value) < 1e15:
+        return f"{value:,.0f}"
+    return f"{value:g}"
 
 
 RESOLUTION = Limit("resolution", 8, 1024)
@@ -74,8 +79,9 @@ RUN_ID = Limit("run id", 1, 2**63 - 1)
 ROWS = Limit("rows", 0, 10_000_000)
 """A listing's length (0: all)."""
 SECONDS = Limit("seconds", 0, 365 * 24 * 3600, integer=False)
-LEARNING_RATE = Limit("learning rate", 0, math.inf, integer=False, above_low=True)
-"""Any finite positive rate: a huge one is for the divergence guard to stop, not for the parser to refuse."""
+LEARNING_RATE = Limit("learning rate", 0, 1e30, integer=False, above_low=True)
+"""Any positive rate up to 10^30: a huge one is for the divergence guard to stop, not for the parser to
+refuse; above ~3.4e38 (float32's largest) the optimizer cannot even hold it and fails with PyTorch's text."""
 LABEL_SMOOTHING = Limit("label smoothing", 0, 0.99, integer=False)
 VALIDATION_FRACTION = Limit("validation fraction", 0, 0.95, integer=False, above_low=True)
 EVAL_EVERY = Limit("evaluation interval (steps)", 0, 10_000_000)

@@ -66,9 +66,23 @@ def check_resolution(backbone: str, resolution: int | None) -> None:
         print(f"warning: {warning}", file=sys.stderr)
 
 
+SQLITE_HEADER = b"SQLite format 3\x00"
+"""The first bytes of every SQLite database file (the results store and its job queue among them)."""
+
+
+def _is_database(path: Path) -> bool:
+    try:
+        with path.open("rb") as fh:
+            return fh.read(len(SQLITE_HEADER)) == SQLITE_HEADER
+    except OSError:
+        return False
+
+
 def check_output(path: str | os.PathLike[str] | None, option: str) -> None:
     """Refuse, before any work, an output file that cannot be written: a folder, a missing folder, no
-    permission (``ValueError`` naming the option). None: no output asked for."""
+    permission, or a database -- the results store itself, whose runs a CSV or JSON written over it would
+    destroy (``ValueError`` naming the option). An existing file is replaced, and said so on stderr. None:
+    no output asked for."""
     if path is None:
         return
     target = Path(path)
@@ -79,6 +93,13 @@ def check_output(path: str | os.PathLike[str] | None, option: str) -> None:
         raise ValueError(f"{option}: folder {folder} does not exist")
     if not os.access(folder, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
         raise ValueError(f"{option}: {target} cannot be written (no permission)")
+    if _is_database(target):
+        raise ValueError(
+            f"{option}: {target} is a database (the results store?); writing there would destroy it: give "
+            "another file name"
+        )
+    if target.exists():
+        print(f"note: {option}: {target} exists and will be replaced", file=sys.stderr)
 
 
 def add_image_caps(parser: argparse.ArgumentParser) -> None:

@@ -199,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
 def _print_summary(result: Plan) -> None:
     """Per backbone x mode: the largest resolution (and batch at it), the largest batch (and px)."""
     summary = result.summary()
-    cells = ("largest px (batch)", "largest batch (px)", "smallest")
+    cells = ("largest px (batch)", "largest batch (px)", "counted")
     print(f"  {'backbone':<24} {'mode':<20} {cells[0]:>19} {cells[1]:>19} {cells[2]:>9}")
     for _, r in summary.iterrows():
         if r["fits"]:
@@ -207,7 +207,7 @@ def _print_summary(result: Plan) -> None:
             bat = f"{int(r['max_batch'])} ({int(r['resolution_at_max_batch'])})"
         else:
             res = bat = "does not fit"
-        smallest = format_bytes(r["smallest_peak_bytes"])
+        smallest = format_bytes(r["smallest_counted_bytes"])
         print(f"  {r['backbone']:<24} {r['mode']:<20} {res:>19} {bat:>19} {smallest:>9}")
 
 

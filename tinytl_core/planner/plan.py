@@ -75,7 +75,7 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
     "max_batch_at_max_resolution",
     "max_batch",
     "resolution_at_max_batch",
-    "smallest_peak_bytes",
+    "smallest_counted_bytes",
 )
 
 
@@ -203,7 +203,8 @@ class Plan:
 
     def summary(self) -> pd.DataFrame:
         """Per backbone x mode: whether anything fits, the largest resolution that fits (and the largest
-        batch at it), the largest batch that fits (and the largest resolution at it), the smallest peak."""
+        batch at it), the largest batch that fits (and the largest resolution at it), the least counted
+        against the budget (the modelled peak, less frozen weights kept in flash: what fits is decided on)."""
         records = []
         for (backbone, mode), group in self.configs.groupby(["backbone", "mode"], sort=False):
             fit = group[group[PLANNED.fits]]
@@ -215,7 +216,7 @@ class Plan:
                 "max_batch_at_max_resolution": None,
                 "max_batch": None,
                 "resolution_at_max_batch": None,
-                "smallest_peak_bytes": float(group[PLANNED.peak_bytes].min()),
+                "smallest_counted_bytes": float(group[PLANNED.counted_bytes].min()),
             }
             if len(fit):
                 top_res = int(fit[PLANNED.resolution].max())

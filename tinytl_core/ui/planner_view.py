@@ -256,7 +256,7 @@ def summary_table(plan: Plan) -> pd.DataFrame:
                 "does not fit" if pd.isna(a) else f"{int(a)} ({int(b)} px)"
                 for a, b in zip(s["max_batch"], s["resolution_at_max_batch"])
             ],
-            "smallest modelled peak": s["smallest_peak_bytes"].map(format_bytes),
+            "smallest in budget": s["smallest_counted_bytes"].map(format_bytes),
         }
     )
 
