@@ -374,6 +374,35 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert "ratio must be one of" in capsys.readouterr().err
 
 
+def test_sparse_search_refuses_an_impossible_budget_before_training(tmp_path, capsys, monkeypatch):
+    """The classifier alone (at 2 classes: the fewest) is the least any scheme peaks at: a budget below it
+    is refused before the dataset loads or any short run trains."""
+    import tinytl_core.sparse_search.search as search
+
+    monkeypatch.setattr(search, "load_dataset", lambda *a, **k: pytest.fail("the dataset was loaded"))
+    out = tmp_path / "s.json"
+    args = ["sparse-search", "--budget", "1KB", "--resolution", "32", "--out", str(out)]
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no scheme fits 1.00 KB: the classifier alone peaks at")
+    assert "MB or more" in err
+    assert not out.exists()
+
+
+def test_the_suggested_command_trains_at_the_searched_settings(tmp_path):
+    """The printed `adapt` command carries every setting the scheme's peak was modelled at: without
+    --resolution it trained at the model's own size, over the budget."""
+    import shlex
+
+    from tinytl_core.cli.sparse_search import train_command
+
+    config = SearchConfig(DEMO, dataset="digits", resolution=32, batch_size=4, frozen_weight_bits=8)
+    words = shlex.split(train_command(config, tmp_path / "my scheme.json"))
+    for flag, value in (("--resolution", "32"), ("--batch-size", "4"), ("--frozen-weight-bits", "8")):
+        assert words[words.index(flag) + 1] == value
+    assert words[words.index("--sparse-scheme") + 1] == str(tmp_path / "my scheme.json")
+
+
 # --------------------------------------------------------------------------------------------- app
 def test_scheme_text_from_the_browser_is_checked():
     from tinytl_core.ui.sparse import check_scheme_text, default_scheme_check

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 from fractions import Fraction
 from pathlib import Path
 
@@ -24,6 +25,10 @@ from tinytl_core.sparse_search import (
     format_gain,
     select_greedy,
 )
+from tinytl_core.sparse_search.search import modelled_peak
+
+MIN_CLASSES = L.CLASSES.low
+"""The fewest classes a dataset has: the classifier alone at it is the least any scheme can peak at."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -122,6 +127,20 @@ def _fractions(text: str) -> tuple[float, ...]:
     return values
 
 
+def train_command(config: SearchConfig, scheme_file: Path) -> str:
+    """The ``adapt`` command that trains the chosen scheme at every setting the search modelled its peak
+    at (resolution, batch size, optimizer, frozen-weight bits): without them it trained at the model's own
+    resolution, over the budget the scheme was chosen for."""
+    words = ["python", "-m", "tinytl_core", "adapt", "--model", config.backbone, "--mode", "sparse"]
+    words += ["--sparse-scheme", str(scheme_file), "--dataset", str(config.dataset)]
+    if config.resolution:
+        words += ["--resolution", str(config.resolution)]
+    words += ["--batch-size", str(config.batch_size), "--optimizer", config.optimizer]
+    if config.frozen_weight_bits != 32:
+        words += ["--frozen-weight-bits", str(config.frozen_weight_bits)]
+    return shlex.join(words)
+
+
 def run(args: argparse.Namespace) -> int:
     """Analyse, select, print the table and the scheme, write the JSON. Arguments are checked first."""
     budget = parse_budget(args.budget)
@@ -150,6 +169,12 @@ def run(args: argparse.Namespace) -> int:
     check_dataset_name(args.dataset)
     check_resolution(config.backbone, args.resolution)
     check_output(args.out, "--out")
+    floor = modelled_peak(config, None, MIN_CLASSES)  # the least any scheme can peak at (2 classes)
+    if floor > budget:  # before the dataset loads and the short runs train
+        raise ValueError(
+            f"no scheme fits {format_bytes(budget)}: the classifier alone peaks at {format_bytes(floor)} or "
+            "more (modelled); raise the budget or lower the batch size or the resolution"
+        )
     out = Path(args.out)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -194,7 +219,6 @@ def run(args: argparse.Namespace) -> int:
         f"chosen: {selection.scheme.describe()}\n"
         f"modelled peak {format_bytes(selection.peak_bytes)} of {format_bytes(budget)}, expected gain "
         f"{format_gain(selection.expected_gain, config.metric)} over the classifier alone (gains added)\n"
-        f"wrote {out}; train it: python -m tinytl_core adapt --model {config.backbone} --mode sparse "
-        f"--sparse-scheme {out} --dataset {args.dataset}"
+        f"wrote {out}; train it: {train_command(config, out)}"
     )
     return 0

@@ -38,6 +38,7 @@ from tinytl_core.data import load_dataset
 from tinytl_core.lite_residual import find_blocks
 from tinytl_core.memory import analyze
 from tinytl_core.modes import get_mode, prepare_model, sparse_mode
+from tinytl_core.quantities import format_bytes
 from tinytl_core.sparse_scheme import (
     RATIOS,
     SparseScheme,
@@ -353,7 +354,7 @@ def select_greedy(
     gain = {c.option: c.gain for c in analysis.contributions}
     scheme, peak, log = SparseScheme(), analysis.baseline_bytes, []
     if peak > budget_bytes:
-        log.append(f"even the classifier alone ({peak:,} bytes modelled) exceeds the budget")
+        log.append(f"even the classifier alone ({format_bytes(peak)} modelled) exceeds the budget")
         return Selection(None, peak, 0.0, budget_bytes, tuple(log))
     rejected: set[Option] = set()
     while True:
@@ -379,12 +380,12 @@ def select_greedy(
         candidate_peak = peak_of(candidate)
         if candidate_peak > budget_bytes:
             rejected.add(best)
-            log.append(f"skip {best.label}: the scheme would peak at {candidate_peak:,} bytes")
+            log.append(f"skip {best.label}: the scheme would peak at {format_bytes(candidate_peak)}")
             continue
         scheme, peak = candidate, candidate_peak
         log.append(
             f"take {best.label}: {format_gain(gain[best], analysis.config.metric)} alone, "
-            f"scheme peaks at {peak:,} bytes"
+            f"scheme peaks at {format_bytes(peak)}"
         )
     if not scheme.weights and not scheme.bias_blocks:
         log.append("no option that adds accuracy fits the budget")
@@ -425,6 +426,6 @@ def _fill_ratios(
             continue
         log.append(
             f"fill: {update.layer} {format_ratio_text(update.ratio)} -> {format_ratio_text(higher)}, "
-            f"scheme peaks at {candidate_peak:,} bytes"
+            f"scheme peaks at {format_bytes(candidate_peak)}"
         )
         scheme, peak = candidate, candidate_peak
