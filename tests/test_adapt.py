@@ -247,7 +247,7 @@ def test_folder_with_bad_files_trains_on_the_rest_with_batch_size_one(tinytl_hom
     assert store.get_run(result.run_id)["skipped_files"] == 2
     # At 32 px resnet10t's last feature map is 1x1: one image gives BatchNorm nothing to normalise over.
     # Refused before the dataset loads (checked on `meta`), so no failed run is left in the store.
-    with pytest.raises(ValueError, match="batch size 1 is too small.*group_norm"):
+    with pytest.raises(ValueError, match="batch size 1 is too small.*GroupNorm"):
         adapt(AdaptConfig.from_dict({**config.to_dict(), "resolution": 32}), store=store)
     assert [r["id"] for r in store.list_runs()] == [result.run_id]
 
@@ -295,3 +295,16 @@ def test_the_default_backbone_is_the_same_everywhere():
     assert default_backbone() == DEMO_BACKBONE == AdaptConfig().backbone == Settings.defaults().backbone
     for command in (["adapt"], ["memory"], ["modes"]):
         assert build_parser().parse_args(command).model == DEMO_BACKBONE
+
+
+def test_a_setting_that_changes_nothing_is_said_and_recorded_as_it_ran(digits, tmp_path):
+    """The class: --group-norm on a backbone without BatchNorm (a ViT: LayerNorm) replaced nothing; the run
+    says so and records group_norm False, as it trained -- not the setting asked for."""
+    store = ResultsStore(tmp_path / "r.sqlite")
+    config = tiny(backbone="vit_tiny_patch16_224", mode="last", group_norm=True, steps=1, record_memory=False)
+    result = adapt(config, data=digits, store=store)
+    assert result.status == RunStatus.FINISHED and result.group_norm is False
+    assert any("has no BatchNorm to replace" in n for n in result.notes)
+    assert store.get_run(result.run_id)["group_norm"] is False
+    converted = adapt(tiny(mode="last", group_norm=True, steps=1, record_memory=False), data=digits)
+    assert converted.group_norm is True and not converted.notes

@@ -242,6 +242,7 @@ class AdaptResult:
     skipped_files: int = 0
     resolution: int = 0
     batch_size: int = 0
+    group_norm: bool | None = None  # whether GroupNorm replaced BatchNorm (None: not set up yet)
     notes: list[str] = field(default_factory=list)
     images_seen: int = 0
     steps_planned: int = 0
@@ -316,7 +317,7 @@ class AdaptResult:
             "label_smoothing": c.label_smoothing,
             "seed": c.seed,
             "pretrained": c.pretrained,
-            "group_norm": c.group_norm,
+            "group_norm": c.group_norm if self.group_norm is None else self.group_norm,  # what ran
             "weight_bits": c.weight_bits,
             "config": c.to_dict(),
             "history": self.history,
@@ -458,7 +459,8 @@ def _small_batch_problem(batch_size: int, resolution: int | None) -> str:
     at = f" at {resolution} px" if resolution else ""
     return (
         f"batch size {batch_size} is too small for BatchNorm layers that use batch statistics{at} (a "
-        "feature map shrinks to 1x1); use a larger batch or resolution, group_norm (--group-norm), or a "
+        "feature map shrinks to 1x1); use a larger batch or resolution, GroupNorm + weight standardisation "
+        "(adapt and sweep --group-norm, the Adapt page's toggle), or a "
         "mode with a frozen backbone"
     )
 
@@ -571,6 +573,7 @@ def adapt(
     result.skipped_files = data.skipped
     result.n_trainable, result.n_total = prepared.result.n_trainable, prepared.result.n_total
     result.engine_layers = prepared.result.engine_layers
+    result.group_norm = config.group_norm and prepared.result.group_norms > 0
     result.pretrained_loaded = bool(prepared.status.pretrained_loaded)
     result.backbone_message = prepared.status.message
     if config.pretrained and not result.pretrained_loaded:
@@ -621,6 +624,11 @@ def _adjustments(config: AdaptConfig, data: DatasetSplits, result: AdaptResult, 
     """What this run does differently from what ``config`` asked, and warnings about it, one line each."""
     notes = []
     n_train = len(data.train)
+    if config.group_norm and not result.group_norm:
+        notes.append(
+            f"GroupNorm + weight standardisation was asked for, but {config.backbone} has no BatchNorm to "
+            "replace (its normalisation works per sample already): it trained as it is, recorded so"
+        )
     if result.batch_size < config.batch_size:
         notes.append(
             f"batch size {config.batch_size} is larger than the {n_train} training images: each "

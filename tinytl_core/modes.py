@@ -69,6 +69,7 @@ class ModeResult:
     lite_residual_blocks: tuple[str, ...] = ()
     lite_residual_params: int = 0
     frozen_norms: int = 0
+    group_norms: int = 0  # BatchNorm layers replaced by GroupNorm (group_norm asked for; 0: none to replace)
     engine_layers: int = 0  # layers running on the training engine (0: stock PyTorch layers)
     sign_masked: int = 0  # activations whose backward is MobileTL's 1-bit sign mask (approximate)
     scheme: SparseScheme | None = None  # the sparse-update scheme applied (sparse modes only)
@@ -170,8 +171,9 @@ class Mode:
             if strict:
                 raise ModeNotApplicable(f"mode {self.name!r} does not apply: {reason}")
             return ModeResult(self.name, False, reason)
+        group_norms = 0
         if group_norm:
-            batchnorm_to_groupnorm(model)
+            group_norms = batchnorm_to_groupnorm(model)
             standardize_convolutions(model)
         scheme = self.sparse_scheme(model) if self.sparse else None
         try:
@@ -228,6 +230,7 @@ class Mode:
             lite_residual_blocks=tuple(n.rsplit(".lite_residual", 1)[0] for n in lr_blocks),
             lite_residual_params=sum(p.numel() for n, p in params.items() if id(p) in branches),
             frozen_norms=frozen,
+            group_norms=group_norms,
             engine_layers=engine_layers,
             sign_masked=sign_masked,
             scheme=scheme,

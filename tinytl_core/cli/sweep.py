@@ -69,6 +69,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-pretrained", dest="pretrained", action="store_false", help="random init")
     p.add_argument("--no-memory", dest="record_memory", action="store_false", help="skip the memory figures")
     p.add_argument("--no-measure", dest="measure_memory", action="store_false", help="model memory only")
+    p.add_argument(
+        "--group-norm",
+        action="store_true",
+        help="GroupNorm + weight standardisation instead of BatchNorm (the paper's recipe for batch size 1)",
+    )
     p.add_argument("--no-engine", dest="engine", action="store_false", help="stock PyTorch layers")
     p.add_argument(
         "--workers",
@@ -124,6 +129,7 @@ def grid_from_args(args: argparse.Namespace) -> SweepGrid:
         record_memory=args.record_memory,
         measure_memory=args.measure_memory,
         engine=args.engine,
+        group_norm=args.group_norm,
     )
     return SweepGrid(
         backbones=parse_list(args.backbones, "--backbones"),
@@ -164,6 +170,8 @@ def command_line(args: argparse.Namespace) -> str:
     ):
         if not getattr(args, flag):
             parts.append(name)
+    if args.group_norm:
+        parts.append("--group-norm")
     return " ".join(parts)
 
 
