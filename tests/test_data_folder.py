@@ -311,9 +311,10 @@ def test_every_mode_converts_to_the_right_rgb():
     ramp16 = [0, 257, 32896, 65535]
     for mode in ("I;16", "I;16B", "I;16L"):
         assert _rgb(_image(mode, ramp16)) == grey(0, 1, 128, 255)
-    assert _rgb(_image("I", [0, 100, 255])) == grey(0, 100, 255)  # 8-bit values in a 32-bit image
-    assert _rgb(_image("I", ramp16)) == grey(0, 1, 128, 255)  # 16-bit values (TIFF, older Pillow)
-    assert _rgb(_image("I", [-1000, 0, 1000])) == grey(0, 128, 255)  # anything else: its real range
+    # an I image made in memory declares no depth: 32-bit, so its own range (files: see the depth test)
+    assert _rgb(_image("I", [0, 100, 200])) == grey(0, 128, 255)
+    assert _rgb(_image("I", ramp16)) == grey(0, 1, 128, 255)
+    assert _rgb(_image("I", [-1000, 0, 1000])) == grey(0, 128, 255)
     assert _rgb(_image("F", [0.0, 0.5, 1.0])) == grey(0, 128, 255)
     assert _rgb(_image("F", [0.0, 100.0, 255.0])) == grey(0, 100, 255)
     assert _rgb(_image("F", [-1.0, 0.0, 3.0])) == grey(0, 64, 255)
@@ -579,3 +580,156 @@ def test_an_empty_dataset_name_is_refused_not_the_current_folder(tmp_path, monke
             load_dataset(blank)
         with pytest.raises(DatasetError, match="no dataset given"):
             check_dataset_name(blank)
+
+
+def test_folders_that_show_as_one_name_stay_distinct_classes(tmp_path):
+    """The class: two folders whose shown names collide (a Latin-1 ``caf\\xe9`` folder and one literally
+    named ``caf\\xe9``) are two classes with two names, and per-class checks go by class index: a class
+    left without usable images is found even when its name collides (it merged into the other's count and
+    training ran with an empty class)."""
+    import os
+
+    from tinytl_core.data import DatasetError
+
+    root = os.fsencode(tmp_path / "pics")
+    for cls in (b"caf\xe9", b"caf\\xe9", b"caf\\xe9 (2)", b"tea"):
+        os.makedirs(os.path.join(root, cls))
+        for i in range(2):
+            Image.new("RGB", (8, 8), (i, 0, 0)).save(os.fsdecode(os.path.join(root, cls, b"%d.png" % i)))
+        open(os.path.join(root, cls, b"bad.png"), "wb").write(b"junk")
+    scan = scan_image_folder(os.fsdecode(root))
+    # sorted by real name: "caf\\xe9", "caf\\xe9 (2)", b"caf\xe9" (the undecodable one), "tea"
+    assert scan.classes == ["caf\\xe9", "caf\\xe9 (2)", "caf\\xe9 (3)", "tea"]
+    assert scan.counts() == dict.fromkeys(scan.classes, 2) and scan.counts_by_label() == [2, 2, 2, 2]
+    assert len(scan.skipped) == 4 and scan.skipped_by_reason() == {"not an image": 4}
+    splits = load_dataset(os.fsdecode(root), val_fraction=0.5)
+    assert splits.num_classes == 4 and splits.train.class_counts().tolist() == [1, 1, 1, 1]
+    # The undecodable folder loses its images: an error naming it, not a run with an empty class.
+    for i in range(2):
+        os.remove(os.path.join(root, b"caf\xe9", b"%d.png" % i))
+    with pytest.raises(DatasetError, match=r"without any usable image in pics: caf\\xe9 \(3\) \(skipped"):
+        load_dataset(os.fsdecode(root), val_fraction=0.5)
+
+
+def test_class_folders_differing_in_case_or_unicode_form(tmp_path):
+    """Letter case: distinct folders on Linux with distinct names (a letters set has ``A`` and ``a``), so
+    two classes. Unicode form (NFC ``café`` and NFD ``café``): they look identical, so the folder is refused
+    with an error naming both forms, rather than two classes nobody can tell apart."""
+    import unicodedata
+
+    from tinytl_core.data import DatasetError
+
+    cased = tmp_path / "letters"
+    for cls in ("A", "a"):
+        (cased / cls).mkdir(parents=True)
+        for i in range(2):
+            (cased / cls / f"{i}.png").write_bytes(_png((i, 0, 0)))
+    splits = load_dataset(cased, val_fraction=0.5)
+    assert splits.classes == ["A", "a"] and splits.train.class_counts().tolist() == [1, 1]
+    forms = tmp_path / "forms"
+    for cls in (unicodedata.normalize("NFC", "café"), unicodedata.normalize("NFD", "café"), "tea"):
+        (forms / cls).mkdir(parents=True)
+        (forms / cls / "1.png").write_bytes(_png((1, 0, 0)))
+    with pytest.raises(
+        DatasetError, match=r"class folders 'cafe\\u0301' and 'caf\\xe9' in forms have the same"
+    ):
+        load_dataset(forms, val_fraction=0.5)
+
+
+def _tiff(values, bits, sample_format=1):
+    """A one-row grey TIFF written by hand (Pillow saves neither 12-bit nor signed 16-bit TIFFs)."""
+    import struct
+
+    if bits % 8:
+        packed = "".join(format(v, f"0{bits}b") for v in values)
+        packed += "0" * (-len(packed) % 8)
+        data = bytes(int(packed[i : i + 8], 2) for i in range(0, len(packed), 8))
+    else:
+        code = {16: "h", 32: "i"}[bits] if sample_format == 2 else {16: "H", 32: "I"}[bits]
+        data = struct.pack(f"<{len(values)}{code}", *values)
+    tags = [(256, len(values)), (257, 1), (258, bits), (259, 1), (262, 1), (273, 0), (277, 1), (278, 1)]
+    tags += [(279, len(data)), (339, sample_format)]
+    offset = 8 + 2 + 12 * len(tags) + 4
+    out = b"II*\0" + struct.pack("<IH", 8, len(tags))
+    for tag, value in tags:
+        out += struct.pack("<HHII", tag, 4, 1, offset if tag == 273 else value)
+    return out + b"\0\0\0\0" + data
+
+
+def test_deep_images_scale_by_the_depth_their_file_declares(tmp_path):
+    """The class: integer images scale by the bit depth their file declares, never by the values present.
+    A dark 16-bit PGM (0, 100, 255 of 65535) read as 8-bit came out 0, 100, 255, and 256 jumped to 1."""
+    import struct
+
+    from PIL import features
+
+    from tinytl_core.data.images import SampleDepth, declared_depth, open_rgb
+
+    dark = [0, 100, 255, 256, 65535]
+    expected = [0, 0, 1, 1, 255]  # / 257: continuous, a dark image stays dark
+    files = {
+        "p5.pgm": b"P5\n5 1\n65535\n" + struct.pack(">5H", *dark),
+        "p2.pgm": b"P2\n5 1\n65535\n" + " ".join(map(str, dark)).encode() + b"\n",
+        "tiff16.tif": _tiff(dark, 16),
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+        assert np.asarray(open_rgb(tmp_path / name))[0, :, 0].tolist() == expected, name
+    for name in ("png16.png", "tiff16_pillow.tif"):  # as Pillow writes them (PNG: 16-bit grey)
+        Image.fromarray(np.array([dark], dtype=np.uint16)).save(tmp_path / name)
+        assert np.asarray(open_rgb(tmp_path / name))[0, :, 0].tolist() == expected, name
+    # Other maxvals: Pillow rescales them to 0..65535, so 500 of 1000 is mid-grey, in both PGM flavours.
+    (tmp_path / "m.pgm").write_bytes(b"P5\n3 1\n1000\n" + struct.pack(">3H", 0, 500, 1000))
+    (tmp_path / "m2.pgm").write_bytes(b"P2\n3 1\n1000\n0 500 1000\n")
+    for name in ("m.pgm", "m2.pgm"):
+        assert np.asarray(open_rgb(tmp_path / name))[0, :, 0].tolist() == [0, 128, 255], name
+    # A 12-bit TIFF (Pillow's I;16 holding 0..4095) scales by 4095, not 65535 (it came out black).
+    (tmp_path / "t12.tif").write_bytes(_tiff([0, 100, 2048, 4095], 12))
+    with Image.open(tmp_path / "t12.tif") as im:
+        assert im.mode == "I;16" and declared_depth(im) == SampleDepth(12)
+    assert np.asarray(open_rgb(tmp_path / "t12.tif"))[0, :, 0].tolist() == [0, 6, 128, 255]
+    # No white level (32-bit and signed integers): their own range, whatever the values.
+    for name, data in (
+        ("t32.tif", _tiff([0, 100, 200], 32, 2)),
+        ("s16.tif", _tiff([-1000, -900, -800], 16, 2)),
+    ):
+        (tmp_path / name).write_bytes(data)
+        with Image.open(tmp_path / name) as im:
+            assert im.mode == "I" and declared_depth(im).signed, name
+        assert np.asarray(open_rgb(tmp_path / name))[0, :, 0].tolist() == [0, 128, 255], name
+    if features.check("jpg_2000"):
+        Image.fromarray(np.array([dark], dtype=np.uint16)).save(tmp_path / "j.j2k", irreversible=False)
+        assert np.asarray(open_rgb(tmp_path / "j.j2k"))[0, :, 0].tolist() == expected
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ([0.0, 0.5, 1.0], [0, 128, 255]),
+        ([0.0, 0.5, 1.01], [0, 128, 255]),  # a hair over 1 used to switch to 0..255: nearly black
+        ([0.0, 0.5, 1.2], [0, 128, 255]),  # resampling overshoot: clipped
+        ([-0.2, 0.5, 1.0], [0, 128, 255]),  # and undershoot
+        ([0.0, 100.0, 255.0], [0, 100, 255]),
+        ([0.0, 100.0, 255.4], [0, 100, 255]),
+        ([-1.0, 0.0, 1.0], [0, 128, 255]),  # -1..1 (normalised): its range
+        ([-1.0, 0.0, 3.0], [0, 64, 255]),
+        ([0.0, 500.0, 1000.0], [0, 128, 255]),
+    ],
+)
+def test_float_images_scale_continuously(values, expected):
+    assert _rgb(_image("F", values)) == [[v] * 3 for v in expected]
+
+
+def test_float_images_keep_their_scale_despite_a_few_stray_pixels():
+    """Up to 1 % of pixels outside the scale (hot pixels) are clipped, not taken as the scale."""
+    from tinytl_core.data import to_rgb
+
+    ramp = np.tile(np.linspace(0, 1, 100, dtype=np.float32), (10, 1))
+    hot = ramp.copy()
+    hot[0, :10] = 50.0  # 1 % of the pixels
+    for pixels in (ramp, hot):
+        out = np.asarray(to_rgb(Image.fromarray(pixels)))[..., 0]
+        assert out[1].tolist() == np.rint(np.linspace(0, 255, 100)).astype(int).tolist()
+    byte = ramp * 255
+    byte[0, :10] = -40.0
+    assert np.asarray(to_rgb(Image.fromarray(byte)))[5, 50, 0] == round(255 * 50 / 99)

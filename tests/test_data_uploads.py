@@ -89,10 +89,16 @@ def test_an_archive_expanding_past_the_quota_is_refused_and_not_kept(tinytl_home
         zf.writestr("a/big.png", b"\0" * 300_000)  # 300 KB from a few hundred bytes
         zf.writestr("b/1.png", _noise_png(0, 8))
     assert len(buf.getvalue()) < 5_000
-    path = checks.save_upload("bomb.zip", buf.getvalue())
-    with pytest.raises(UploadQuotaError, match="bomb.zip: .*expands to 300 KB, more than the whole uploads"):
-        checks.load_upload(path)
+    # Refused before anything is written: its entries declare what the extraction will take.
+    with pytest.raises(UploadQuotaError, match=r"bomb.zip needs 3\d\d KB: the archive \(4 KB\) plus its"):
+        checks.save_upload("bomb.zip", buf.getvalue())
     assert list((tinytl_home / "uploads").iterdir()) == []
+    # The same archive given on the command line: only its extraction counts.
+    own = tinytl_home.parent / "bomb.zip"
+    own.write_bytes(buf.getvalue())
+    with pytest.raises(UploadQuotaError, match="bomb.zip expands to 3.. KB, more than the whole uploads"):
+        U.extract_archive_cached(own)
+    assert list((tinytl_home / "uploads").iterdir()) == [] and own.exists()
     monkeypatch.setenv(U.ENV_QUOTA, "0.0001")  # 100 bytes: not even the archive fits
     with pytest.raises(UploadQuotaError, match="more than the whole uploads quota"):
         checks.save_upload("bomb.zip", buf.getvalue())
@@ -135,7 +141,9 @@ def test_uploads_in_use_are_never_evicted(tinytl_home, monkeypatch):
     path_a = checks.save_upload("a.zip", a)
     training = checks.load_upload(path_a)  # a run holds these splits: the extraction is leased
     assert kept_uploads().items[0].in_use
-    with pytest.raises(UploadQuotaError, match=r"b.zip needs 7\d KB but .* is taken by uploads in use"):
+    with pytest.raises(
+        UploadQuotaError, match=r"b.zip needs 1\d\d KB, but 1\d\d KB of .* is held by uploads in use"
+    ):
         checks.save_upload("b.zip", b)
     assert training.train.image(0).size == (64, 64)  # the run still reads its images
     assert len(_files(tinytl_home, ".zip")) == 1 and len(_dirs(tinytl_home)) == 1
@@ -249,3 +257,45 @@ def test_the_quota_counts_disk_blocks_not_bytes(tinytl_home, monkeypatch):
     gc.collect()
     with pytest.raises(UploadQuotaError):
         checks.load_upload(checks.save_upload("tiny again.zip", buf.getvalue() + b""))
+
+
+def test_an_upload_that_can_never_fit_says_so_not_that_uploads_are_in_use(tinytl_home, monkeypatch):
+    """The class: an upload needs room for its archive and its extraction. One that needs more than the
+    whole quota by itself is refused up front, before anything is written or extracted, saying it can
+    never fit (it was refused after extraction, blaming "uploads in use" when none were); one refused
+    because uploads in use or pinned by queued jobs hold the room says that instead."""
+    data = _dataset_zip(6, per_class=4, classes=("a", "b"))
+    need = U._blocks(len(data)) + U._extraction_bytes(data)
+    monkeypatch.setenv(U.ENV_QUOTA, str((len(data) + need) / 2 / 1e6))  # the archive fits, not with its files
+    check = checks.check_upload("pets.zip", data)
+    assert check.path is None and "in use" not in check.error
+    assert check.error.startswith(f"pets.zip needs {U._size_text(need)}: the archive (")
+    assert "plus its extracted files" in check.error and "so it can never fit" in check.error
+    assert "upload a smaller archive" in check.error and U.ENV_QUOTA in check.error
+    assert list((tinytl_home / "uploads").iterdir()) == []  # nothing written, nothing extracted
+    # Room held by a queued job's upload (pinned, not in use): that is what the refusal names.
+    first = _dataset_zip(7, per_class=4, classes=("a", "b"))
+    monkeypatch.setenv(U.ENV_QUOTA, str(1.5 * need / 1e6))  # one upload fits, not two
+    path = checks.save_upload("first.zip", first)
+    checks.load_upload(path)
+    gc.collect()
+    assert not kept_uploads().items[0].in_use
+    monkeypatch.setattr(U, "_PIN_SOURCES", [lambda: [path]])
+    with pytest.raises(UploadQuotaError, match=r"pets.zip needs .* is held by uploads in use") as refused:
+        checks.save_upload("pets.zip", data)
+    held = kept_uploads().total_bytes
+    assert f"but {U._size_text(held)} of the uploads quota" in str(refused.value)
+    assert "never fit" not in str(refused.value) and path.exists()
+    monkeypatch.setattr(U, "_PIN_SOURCES", [])  # the job ended: the first upload may go
+    assert checks.load_upload(checks.save_upload("pets.zip", data)).num_classes == 2
+    assert not path.exists()
+
+
+def test_an_upload_whose_extraction_is_kept_needs_room_for_its_archive_only(tinytl_home, monkeypatch):
+    data = _dataset_zip(8)
+    checks.load_upload(checks.save_upload("a.zip", data))
+    gc.collect()
+    kept = kept_uploads().total_bytes
+    monkeypatch.setenv(U.ENV_QUOTA, str((kept + U._blocks(len(data)) + 8192) / 1e6))
+    other = checks.save_upload("same bytes.zip", data)  # another name: its own archive, the same extraction
+    assert checks.load_upload(other).num_classes == 2 and len(_dirs(tinytl_home)) == 1

@@ -426,7 +426,9 @@ def test_an_upload_a_queued_job_needs_is_never_evicted(tinytl_home, tmp_path, mo
         return buf.getvalue()
 
     first, second = archive(), archive()
-    monkeypatch.setenv(U.ENV_QUOTA, str(1.5 * len(first) / 1e6))  # room for one archive, not two
+    # room for one upload (its archive and its extracted files, in disk blocks), not two
+    one = U._blocks(len(first)) + U._extraction_bytes(first)
+    monkeypatch.setenv(U.ENV_QUOTA, str(1.1 * one / 1e6))
     path = U.save_archive("first.zip", first)
     queue = JobQueue(tmp_path / "elsewhere.sqlite")  # not the default database: pinned all the same
     job = queue.submit(config(dataset=str(path)), label="first.zip")

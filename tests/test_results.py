@@ -362,3 +362,61 @@ def test_a_schema_2_database_is_rebuilt_to_accept_diverged_runs(tmp_path):
             if n.startswith("runs")
         ] == ["runs"]
     assert ResultsStore(path).count() == 3  # opening again changes nothing
+
+
+# ------------------------------------------------------------------------------------------ damaged rows
+@pytest.mark.parametrize(
+    ("column", "damage"),
+    [
+        ("config_json", "'{bad'"),  # not JSON
+        ("history_json", "'[{\"step\": 1'"),  # cut short
+        ("memory_json", "'[1, 2]'"),  # JSON of the wrong kind
+        ("versions_json", "x'ff00'"),  # a blob that is not even text
+        ("steps_done", "'many'"),  # text in a number column: tables cannot convert it
+    ],
+)
+def test_a_damaged_field_never_hides_runs_or_blocks_their_delete(tmp_path, capsys, caplog, column, damage):
+    """The class: one field damaged outside the app (here by hand) reads as empty and is named; every other
+    run and the rest of its own run still list, show, export and delete (``runs`` failed for all of them
+    with a JSON error, ``runs --delete`` too)."""
+    from tinytl_core.cli import main
+    from tinytl_core.results import DAMAGED
+
+    path = tmp_path / "r.sqlite"
+    store = ResultsStore(path)
+    ids = [store.save_run(record(seed=i)) for i in range(3)]
+    with sqlite3.connect(path) as con:
+        con.execute(f"UPDATE runs SET {column} = {damage} WHERE id = ?", (ids[1],))
+    con.close()
+    field = column.removesuffix("_json")
+    runs = store.list_runs()
+    assert [r[RUN.id] for r in runs] == ids[::-1] and all(DAMAGED not in r for r in (runs[0], runs[2]))
+    damaged = store.get_run(ids[1])
+    assert damaged[DAMAGED] == [field] and damaged[field] is None and damaged[RUN.seed] == 1
+    assert damaged["config" if field != "config" else "history"] is not None  # the rest reads
+    assert f"run {ids[1]} in {path}: stored {field} is damaged" in caplog.text
+    assert store.export_csv(io.StringIO(), include_history=True) == 3
+    assert main(["runs", "--db", str(path)]) == 0
+    assert "3 run(s)" in capsys.readouterr().out
+    assert main(["runs", "--db", str(path), "--show", str(ids[1])]) == 0
+    assert json.loads(capsys.readouterr().out)[DAMAGED] == [field]
+    # Undo of a delete puts it back (the note is not a field), then it deletes for good.
+    restored = store.save_run({k: v for k, v in damaged.items() if k != RUN.id})
+    assert DAMAGED not in store.get_run(restored)
+    assert main(["runs", "--db", str(path), "--delete", str(ids[1])]) == 0
+    assert capsys.readouterr().out == f"deleted run {ids[1]}\n" and store.count() == 3
+
+
+def test_an_older_database_with_a_damaged_run_still_migrates(tmp_path):
+    """Migration fills new columns from each run's JSON: a damaged one gets the defaults, not a crash that
+    would make the whole database unopenable."""
+    path = tmp_path / "old.sqlite"
+    _schema_1_database(path)
+    with sqlite3.connect(path) as con:
+        con.execute("UPDATE runs SET config_json = '{bad', memory_json = 'nope' WHERE status = 'finished'")
+        con.execute("UPDATE runs SET config_json = '{\"weight_bits\": \"eight\"}' WHERE status = 'failed'")
+    con.close()
+    failed, old = ResultsStore(path).list_runs()
+    assert old["damaged"] == ["config", "memory"] and old[RUN.weight_bits] == 32
+    assert old[MEMORY.activations_measured_stock_bytes] is None and old["history"][0]["loss"] == 2.0
+    assert failed[RUN.weight_bits] == 32 and "damaged" not in failed

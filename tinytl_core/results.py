@@ -6,7 +6,10 @@ IMMEDIATE`` transaction, so concurrent writers (two CLI processes, the app and t
 other instead of failing or losing rows, and a run is either stored completely or not at all.
 
 Rows come back as plain dicts (``pandas.DataFrame(store.list_runs())`` works directly); the JSON columns
-``config``, ``history``, ``memory`` and ``versions`` are decoded.
+``config``, ``history``, ``memory`` and ``versions`` are decoded. A field damaged outside the app (a hand
+edit, a broken disk) never makes other runs, or the rest of its own run, unreadable: it reads as ``None``,
+the run's :data:`DAMAGED` entry names it and a warning names the run and the field (once per process);
+such a run can still be shown, exported and deleted.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import logging
 import os
 import sqlite3
 import time
@@ -39,6 +43,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 ENV_DB = "TINYTL_RESULTS_DB"
 SCHEMA_VERSION = 4
 """1: the first version. 2: ``activations_measured_stock_bytes`` and ``activations_measured_engine_bytes``
@@ -135,6 +140,12 @@ COLUMNS: dict[str, str] = _columns()
 """Scalar columns, in display order, with their SQLite types (from :class:`RunInfo` and :class:`RunMemory`).
 JSON columns are stored as TEXT."""
 JSON_COLUMNS: tuple[str, ...] = ("config", "history", "memory", "versions")
+_JSON_KINDS: dict[str, type] = {"config": dict, "history": list, "memory": dict, "versions": dict}
+"""What each JSON column decodes to; anything else in it (``[1]`` as a config) counts as damaged."""
+DAMAGED = "damaged"
+"""Key of a read run naming the fields (columns or JSON fields) whose stored value could not be read; they
+read as None. Present only on damaged runs; :meth:`ResultsStore.save_run` ignores it (Undo of a delete)."""
+_WARNED: set[tuple[str, int, str]] = set()  # (database, run id, field) already warned about
 FLAGS: tuple[str, ...] = tuple(q.name for q in quantities(RunInfo) if q.unit is Unit.FLAG)
 
 
@@ -154,13 +165,47 @@ _CONFIG_COLUMNS = {RUN.group_norm: False, RUN.weight_bits: 32}
 """Columns (schema 4) an older run's stored configuration fills, with the value it ran with if absent."""
 
 
+def _decode_json(raw: Any, name: str) -> tuple[Any, bool]:
+    """The stored JSON field ``name`` decoded, and whether it is damaged (then the value is None): text
+    that is not JSON, or JSON of the wrong kind. Never raises: one damaged row must not hide the others."""
+    if raw is None:
+        return None, False
+    try:
+        value = json.loads(raw)
+    except (TypeError, ValueError, RecursionError):  # not JSON, a blob that is not UTF-8, absurd nesting
+        return None, True
+    if value is not None and not isinstance(value, _JSON_KINDS[name]):
+        return None, True
+    return value, False
+
+
+def _fits_column(value: Any, sql_type: str) -> bool:
+    """Whether a stored scalar has its column's type (SQLite keeps any value in any column: a hand edit
+    can put text in a number column, which tables and charts cannot convert)."""
+    if value is None:
+        return True
+    if sql_type.startswith("TEXT"):
+        return isinstance(value, str)
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _setting(config: Mapping[str, Any], name: str) -> int:
+    """The integer a stored configuration gives for the schema 4 column ``name`` (its default when absent
+    or unreadable)."""
+    try:
+        return int(config.get(name, _CONFIG_COLUMNS[name]))
+    except (TypeError, ValueError, OverflowError):
+        return int(_CONFIG_COLUMNS[name])
+
+
 def _fill_from_config(con: sqlite3.Connection, names: list[str]) -> None:
-    """Fill the new ``names`` columns of every run from its ``config`` JSON (defaults where absent)."""
+    """Fill the new ``names`` columns of every run from its ``config`` JSON (defaults where absent or
+    damaged)."""
     if not names:
         return
     for row in con.execute("SELECT id, config_json FROM runs").fetchall():
-        config = json.loads(row["config_json"]) if row["config_json"] else {}
-        values = [int(config.get(name, _CONFIG_COLUMNS[name])) for name in names]
+        config = _decode_json(row["config_json"], "config")[0] or {}
+        values = [_setting(config, name) for name in names]
         assignments = ", ".join(f"{name} = ?" for name in names)
         con.execute(f"UPDATE runs SET {assignments} WHERE id = ?", [*values, row["id"]])
 
@@ -290,22 +335,55 @@ class ResultsStore:
             return
         _fill_from_config(con, [name for name in added if name in _CONFIG_COLUMNS])
         for row in con.execute("SELECT id, memory_json FROM runs WHERE memory_json IS NOT NULL").fetchall():
-            figures = {k: v for k, v in _memory_columns(json.loads(row["memory_json"])).items() if k in added}
+            memory = _decode_json(row["memory_json"], "memory")[0]
+            try:
+                found = _memory_columns(memory)
+            except (TypeError, ValueError, OverflowError):  # figures of the wrong type: left empty
+                found = {}
+            figures = {k: v for k, v in found.items() if k in added}
             if figures:
                 assignments = ", ".join(f"{name} = ?" for name in figures)
                 con.execute(f"UPDATE runs SET {assignments} WHERE id = ?", [*figures.values(), row["id"]])
 
-    @staticmethod
-    def _row(row: sqlite3.Row) -> dict[str, Any]:
-        out = {RUN.id: row[RUN.id]}
-        out.update({name: row[name] for name in COLUMNS})
+    def _row(self, row: sqlite3.Row) -> dict[str, Any]:
+        """One stored row as a run dict. Damaged fields read as None and are named under :data:`DAMAGED`
+        (with a warning), so one damaged row never makes a listing, a show or a delete fail."""
+        out: dict[str, Any] = {RUN.id: row[RUN.id]}
+        damaged = []
+        for name, sql_type in COLUMNS.items():
+            value = row[name]
+            if not _fits_column(value, sql_type):
+                damaged.append(name)
+                value = None
+            out[name] = value
         for name in JSON_COLUMNS:
-            raw = row[f"{name}_json"]
-            out[name] = json.loads(raw) if raw is not None else None
+            out[name], bad = _decode_json(row[f"{name}_json"], name)
+            if bad:
+                damaged.append(name)
         for flag in FLAGS:
             out[flag] = None if out[flag] is None else bool(out[flag])
-        out[RUN.status] = RunStatus(out[RUN.status])
+        try:
+            if out[RUN.status] is not None:
+                out[RUN.status] = RunStatus(out[RUN.status])
+        except ValueError:  # the CHECK constraint bypassed: keep the text, a table can still show it
+            damaged.append(RUN.status)
+        if damaged:
+            out[DAMAGED] = damaged
+            self._warn_damaged(out[RUN.id], damaged)
         return out
+
+    def _warn_damaged(self, run_id: int, fields: list[str]) -> None:
+        """Log once per process which fields of run ``run_id`` are damaged (pages reread runs often)."""
+        new = [f for f in fields if (str(self.path), run_id, f) not in _WARNED]
+        if not new:
+            return
+        _WARNED.update((str(self.path), run_id, f) for f in new)
+        log.warning(
+            "run %s in %s: stored %s damaged (changed outside TinyTL Lab?); read as empty",
+            run_id,
+            self.path,
+            ", ".join(new) + (" is" if len(new) == 1 else " are"),
+        )
 
     # ---------------------------------------------------------------------------------------- public
     def execute(self, work: Callable[[sqlite3.Connection], T], *, write: bool = False) -> T:
@@ -326,11 +404,11 @@ class ResultsStore:
         """Insert one run in a single transaction and return its id.
 
         ``record`` holds :data:`COLUMNS` keys (:data:`REQUIRED`: ``status``, ``backbone``, ``mode``,
-        ``dataset``) and optionally the JSON fields ``config``, ``history``, ``memory``, ``versions``.
-        Memory figures given in ``memory`` (a :class:`RunMemory` as a dict) also fill the memory columns
-        unless set explicitly.
+        ``dataset``) and optionally the JSON fields ``config``, ``history``, ``memory``, ``versions``
+        (a :data:`DAMAGED` note from a read run is ignored). Memory figures given in ``memory`` (a
+        :class:`RunMemory` as a dict) also fill the memory columns unless set explicitly.
         """
-        unknown = set(record) - set(COLUMNS) - set(JSON_COLUMNS) - {RUN.id}
+        unknown = set(record) - set(COLUMNS) - set(JSON_COLUMNS) - {RUN.id, DAMAGED}
         if unknown:
             raise ValueError(f"unknown run field(s): {', '.join(sorted(unknown))}")
         missing = [k for k in REQUIRED if not record.get(k)]

@@ -52,6 +52,7 @@ __all__ = [
     "check_archive",
     "declared_size",
     "extract_archive",
+    "extracted_disk_bytes",
 ]
 
 log = logging.getLogger(__name__)
@@ -255,6 +256,24 @@ def check_archive(
 def declared_size(zf: zipfile.ZipFile) -> int:
     """Total uncompressed size the archive declares (may lie; extraction caps the real bytes)."""
     return sum(max(info.file_size, 0) for info in zf.infolist())
+
+
+def extracted_disk_bytes(zf: zipfile.ZipFile) -> int:
+    """The disk space :func:`extract_archive` will take by the sizes the archive declares, counted as the
+    uploads quota counts it: each file in whole :data:`BLOCK_BYTES` blocks (at least one), each folder one
+    block; what extraction skips (``__MACOSX``) not at all. Declared sizes may lie: extraction still caps
+    the bytes really written."""
+    files = 0
+    folders: set[str] = set()
+    for info in zf.infolist():
+        parts = [p for p in info.filename.replace("\\", "/").split("/") if p not in ("", ".")]
+        if not parts or parts[0].casefold() in _IGNORED_DIRS:
+            continue
+        is_dir = info.filename.endswith(("/", "\\"))
+        folders.update("/".join(parts[:i]) for i in range(1, len(parts) + (1 if is_dir else 0)))
+        if not is_dir:
+            files += max(BLOCK_BYTES, -(-max(info.file_size, 0) // BLOCK_BYTES) * BLOCK_BYTES)
+    return files + BLOCK_BYTES * len(folders)
 
 
 def _write_error(info: zipfile.ZipInfo, exc: OSError) -> DatasetError:

@@ -3,25 +3,29 @@
 PIL's own ``convert("RGB")`` clips high-bit-depth images instead of scaling them (a 16-bit PNG comes out
 almost white) and drops transparency onto black. :func:`to_rgb` converts every mode PIL opens:
 
-==================  =======================================================================================
-mode                becomes
-==================  =======================================================================================
-RGB                 itself
-1, L, P, RGBX,      PIL's conversion (black/white, grey replicated, palette looked up, padding dropped,
-YCbCr, HSV          JPEG's YCbCr formula, HSV to RGB)
-LA, La, PA, RGBA,   composited over a white background by their alpha (premultiplied modes un-premultiplied
-RGBa; P, L, RGB,    first); palette, grey (1-, 8- and 16-bit) and RGB images with a transparent colour
-1, I;16 with        (``transparency`` in their info): that colour becomes the background
-transparency
-CMYK                R = (255 - C)(255 - K) / 255, and so on (independent of the Pillow version)
-LAB                 CIE L*a*b* to sRGB through LittleCMS (``ImageCms``)
-I;16, I;16L, I;16B, scaled by their bit depth: 0..65535 -> 0..255 (a 16-bit ramp gives a grey ramp)
-I;16N
-I (32-bit integer)  values within 0..255 kept, within 0..65535 scaled as 16-bit, otherwise scaled by their
-                    real range (min..max -> 0..255)
-F (32-bit float)    within 0..1 times 255, within 0..255 kept, otherwise scaled by their real range; NaN
-                    becomes 0, +inf / -inf the largest / smallest finite value
-==================  =======================================================================================
+====================  ==================================================================================
+mode                  becomes
+====================  ==================================================================================
+RGB                   itself
+1, L, P, RGBX,        PIL's conversion (black/white, grey replicated, palette looked up, padding dropped,
+YCbCr, HSV            JPEG's YCbCr formula, HSV to RGB)
+LA, La, PA, RGBA,     composited over a white background by their alpha (premultiplied modes
+RGBa; P, L, RGB,      un-premultiplied first); palette, grey (1-, 8- and 16-bit) and RGB images with a
+1, I;16 with          transparent colour (``transparency`` in their info): that colour becomes the
+transparency          background
+CMYK                  R = (255 - C)(255 - K) / 255, and so on (independent of the Pillow version)
+LAB                   CIE L*a*b* to sRGB through LittleCMS (``ImageCms``)
+I;16, I;16L, I;16B,   scaled by the bit depth the *file declares* (:func:`declared_depth`), never by the
+I;16N, and I holding  values present (a dark 16-bit image stays dark): 0..2^bits - 1 -> 0..255. 16-bit
+unsigned integers of  PNG, TIFF and JPEG 2000: 0..65535; a 12-bit TIFF: 0..4095; PGM / PPM with a maxval
+up to 16 bits         over 255: 0..65535 (Pillow rescales any maxval to that)
+I holding 32-bit or   no white level to scale by: the image's own range (min..max -> 0..255); an ``I``
+signed integers       image made in memory (no file to declare a depth) counts as 32-bit
+F (32-bit float)      0..1 when its values lie within -0.5..1.5 (up to 1 % stray pixels): times 255, the
+                      overshoot clipped (1.01 is white, as 1.0 is); else 0..255 when they lie within
+                      -0.5..255.5 the same way, clipped; else their real range (min..max -> 0..255).
+                      NaN becomes 0, +inf / -inf the largest / smallest finite value
+====================  ==================================================================================
 
 TIFFs storing grey inverted (PhotometricInterpretation 0, *WhiteIsZero*) are inverted back for the deep
 modes too (Pillow does it for 8-bit only). Anything not converted exactly is not guessed at:
@@ -35,8 +39,10 @@ uncompressed TIFF scrambles it).
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -49,6 +55,20 @@ BACKGROUND = (255, 255, 255)
 _PIL_CONVERTS = {"1", "L", "P", "RGBX", "YCbCr", "HSV"}
 _ALPHA = {"LA": "LA", "La": "LA", "PA": "RGBA", "RGBA": "RGBA", "RGBa": "RGBA"}
 _SIXTEEN_BIT = {"I;16", "I;16L", "I;16B", "I;16N"}
+_INT_RAWMODE = re.compile(r"^I;(?P<bits>\d+)[BLNR]?(?P<signed>S)?$")  # I;16B, I;12, I;16BS, I;32S, ...
+UNIT_RANGE = (-0.5, 1.5)
+"""Float values within this range (all but :data:`STRAY_FRACTION` of them) are on the 0..1 scale."""
+BYTE_RANGE = (-0.5, 255.5)
+"""Float values within this range (all but :data:`STRAY_FRACTION` of them) are on the 0..255 scale."""
+STRAY_FRACTION = 0.01
+"""Share of pixels that may lie outside a float scale's range (hot pixels, resampling overshoot)."""
+
+
+class SampleDepth(NamedTuple):
+    """The depth of an integer image's samples as its file declares it: ``bits`` per sample, ``signed``."""
+
+    bits: int
+    signed: bool = False
 
 
 def _lab_transform():
@@ -101,26 +121,70 @@ def _finite(values: np.ndarray) -> np.ndarray:
     return np.nan_to_num(values, copy=False, nan=0.0, posinf=max(hi, 0.0), neginf=min(lo, 0.0))
 
 
-def _deep_to_rgb(im: Image.Image, *, white_is_zero: bool = False, background: int = 255) -> Image.Image:
-    """16-bit, 32-bit integer and float images: scaled, never clipped (float32 working copies: memory
-    stays a few bytes per pixel). ``white_is_zero``: TIFF's inverted grey (PhotometricInterpretation 0),
-    which Pillow reads as is for these modes. A transparent grey value (``transparency``) becomes
-    ``background``."""
+def _first(value: Any) -> Any:
+    """The first of a TIFF tag's per-sample values (a tuple), or the value itself."""
+    return value[0] if isinstance(value, tuple) and value else value
+
+
+def declared_depth(im: Image.Image) -> SampleDepth | None:
+    """The sample depth an integer image's file declares (None for other modes, and for an ``I`` image
+    that declares none: one made in memory, which counts as 32-bit).
+
+    Read from what Pillow opened (call it before ``load()``, which drops the decoder's tile; TIFF tags
+    stay): a TIFF's BitsPerSample and SampleFormat, else the raw mode Pillow decodes (``I;16B`` for a
+    16-bit PNG or PGM, ``I;32S``), else the format (PGM / PPM with a maxval over 255 are decoded to
+    0..65535 whatever the maxval), else the mode (``I;16*``: 16 bits).
+    """
+    if im.mode != "I" and im.mode not in _SIXTEEN_BIT:
+        return None
+    tags = getattr(im, "tag_v2", None)
+    if tags is not None and tags.get(258):  # BitsPerSample is the declaration; SampleFormat 2: signed
+        return SampleDepth(int(_first(tags.get(258))), _first(tags.get(339) or 1) == 2)
+    for tile in getattr(im, "tile", None) or ():
+        args = tile[3] if len(tile) > 3 else None
+        rawmode = args[0] if isinstance(args, tuple) and args else args
+        match = _INT_RAWMODE.match(rawmode) if isinstance(rawmode, str) else None
+        if match:
+            return SampleDepth(int(match["bits"]), bool(match["signed"]))
+    if im.format == "PPM":
+        return SampleDepth(16)
+    return SampleDepth(16) if im.mode in _SIXTEEN_BIT else None
+
+
+def _float_scale(values: np.ndarray) -> np.ndarray:
+    """Float samples on the 0..255 scale (see the module's table): 0..1 or 0..255 when all but a few
+    stray pixels lie in that scale's range (the strays are clipped later), else their own range."""
+    allowed = int(values.size * STRAY_FRACTION)
+    below = np.count_nonzero(values < UNIT_RANGE[0])  # both ranges share the lower bound
+    if below + np.count_nonzero(values > UNIT_RANGE[1]) <= allowed:
+        values *= np.float32(255.0)
+        return values
+    if below + np.count_nonzero(values > BYTE_RANGE[1]) <= allowed:
+        return values
+    return _scale_range(values)
+
+
+def _deep_to_rgb(
+    im: Image.Image,
+    *,
+    depth: SampleDepth | None = None,
+    white_is_zero: bool = False,
+    background: int = 255,
+) -> Image.Image:
+    """16-bit, 32-bit integer and float images: scaled by ``depth`` (:func:`declared_depth`) or, for
+    floats and depths without a white level, as the module's table says; never clipped wholesale (float32
+    working copies: memory stays a few bytes per pixel). ``white_is_zero``: TIFF's inverted grey
+    (PhotometricInterpretation 0), which Pillow reads as is for these modes. A transparent grey value
+    (``transparency``) becomes ``background``."""
     values = np.asarray(im).astype(np.float32)
     key = im.info.get("transparency")
     keyed = values == key if isinstance(key, int) and not isinstance(key, bool) else None
-    if im.mode in _SIXTEEN_BIT:
-        values /= 257.0
-    elif values.size:
-        values = _finite(values)
-        lo, hi = float(values.min()), float(values.max())
-        if im.mode == "F" and lo >= 0 and hi <= 1.0:
-            values *= 255.0
-        elif lo >= 0 and hi <= 255:
-            pass
-        elif im.mode == "I" and lo >= 0 and hi <= 65535:
-            values /= 257.0
-        else:
+    if values.size:
+        if im.mode == "F":
+            values = _float_scale(_finite(values))
+        elif depth is not None and not depth.signed and 0 < depth.bits <= 16:
+            values /= np.float32((2**depth.bits - 1) / 255.0)  # 16 bits: / 257 exactly
+        else:  # 32-bit or signed integers: no white level, so their own range
             values = _scale_range(values)
     if white_is_zero:
         values = 255.0 - values
@@ -147,10 +211,16 @@ def _composite(im: Image.Image, background: tuple[int, int, int]) -> Image.Image
 
 
 def to_rgb(
-    im: Image.Image, background: tuple[int, int, int] = BACKGROUND, *, white_is_zero: bool = False
+    im: Image.Image,
+    background: tuple[int, int, int] = BACKGROUND,
+    *,
+    white_is_zero: bool = False,
+    depth: SampleDepth | None = None,
 ) -> Image.Image:
     """The RGB picture of ``im`` (see the module's table); raises :class:`DatasetError` for other modes.
-    ``white_is_zero``: a TIFF whose grey is stored inverted (:func:`open_rgb` reads it from the file)."""
+    ``white_is_zero``: a TIFF whose grey is stored inverted; ``depth``: the sample depth its file declares
+    (:func:`open_rgb` reads both from the file before decoding; without ``depth``, what ``im`` itself
+    still tells, see :func:`declared_depth`)."""
     mode = im.mode
     if mode == "RGB" and "transparency" not in im.info:
         return im.copy()
@@ -171,7 +241,9 @@ def to_rgb(
 
         return ImageCms.applyTransform(im, _LAB)
     if mode in ("I", "F") or mode in _SIXTEEN_BIT:
-        return _deep_to_rgb(im, white_is_zero=white_is_zero, background=background[0])
+        return _deep_to_rgb(
+            im, depth=depth or declared_depth(im), white_is_zero=white_is_zero, background=background[0]
+        )
     raise DatasetError(f"image mode {mode!r} is not supported: save the image as 8-bit RGB (PNG or JPEG)")
 
 
@@ -216,12 +288,15 @@ def open_rgb(path: str | Path, background: tuple[int, int, int] = BACKGROUND) ->
                 if problem is not None:
                     raise DatasetError(problem)
                 inverted = _white_is_zero(im)
+                depth = declared_depth(im)  # before load(), which drops the decoder's raw mode
                 im.load()
                 try:
                     upright = ImageOps.exif_transpose(im)
                 except Exception:  # a malformed EXIF block: keep the pixels as stored
                     upright = im
-                return to_rgb(upright if upright is not None else im, background, white_is_zero=inverted)
+                return to_rgb(
+                    upright if upright is not None else im, background, white_is_zero=inverted, depth=depth
+                )
     except DatasetError as exc:
         raise DatasetError(f"{Path(path).name}: {exc}") from None
     except Exception as exc:

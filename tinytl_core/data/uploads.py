@@ -12,10 +12,13 @@ default :data:`DEFAULT_QUOTA_MB`). Before an archive is extracted and after anyt
 recently used archives and extractions are deleted until everything fits; extractions in use (a run is
 reading them, in this process or another) are never deleted, nor uploads *pinned* by a registered pin
 source (:func:`register_pin_source`: the job queue pins the datasets of its queued and running jobs). An
-upload that cannot fit even then is refused (:class:`~tinytl_core.data.errors.UploadQuotaError`) and
-deleted. Refused and failed uploads are deleted at once (:func:`discard_upload`); leftovers of an
-interrupted extraction are deleted after :data:`STALE_S`. Name files (a few hundred bytes) are kept, so
-old runs keep their labels. :func:`kept_uploads` says what is kept and how much room it takes.
+upload needs room for itself *and* its extraction (the sizes its entries declare, in disk blocks): one
+that needs more than the whole quota is refused at once, before anything is written or extracted; one
+that cannot fit because uploads in use hold the room is refused saying so (try again later). Both are
+:class:`~tinytl_core.data.errors.UploadQuotaError`. Refused and failed uploads are deleted at once
+(:func:`discard_upload`); leftovers of an interrupted extraction are deleted after :data:`STALE_S`. Name
+files (a few hundred bytes) are kept, so old runs keep their labels. :func:`kept_uploads` says what is
+kept and how much room it takes.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from tinytl_core.data.archive import MAX_ARCHIVE_BYTES, extract_archive
+from tinytl_core.data.archive import BLOCK_BYTES, MAX_ARCHIVE_BYTES, extract_archive, extracted_disk_bytes
 from tinytl_core.data.errors import DatasetError, DatasetNotFoundError, UploadQuotaError
 from tinytl_core.paths import cache_dir
 
@@ -178,7 +181,8 @@ def save_archive(filename: str, data: bytes) -> Path:
     """
     root = uploads_root()
     original = display_filename(filename)
-    key = hashlib.sha256(data).hexdigest()[:16]
+    digest = hashlib.sha256(data).hexdigest()
+    key = digest[:16]
     path = root / f"{safe_stem(filename)}-{key}.zip"
     known = _read_name(path.with_suffix(".json"))
     if known is not None and known != original:  # same bytes, another name with the same stem
@@ -186,12 +190,12 @@ def save_archive(filename: str, data: bytes) -> Path:
         path = root / f"{safe_stem(filename)}-{key}-{alt}.zip"
     sidecar = path.with_suffix(".json")
     with _QUOTA_LOCK:
-        if len(data) > upload_quota_bytes():
-            raise UploadQuotaError(
-                f"{original} is {_size_text(len(data))}, more than the whole uploads quota "
-                f"({_size_text(upload_quota_bytes())}); upload a smaller archive or ask whoever runs the "
-                f"app to raise {ENV_QUOTA}"
-            )
+        quota = upload_quota_bytes()
+        # The room this upload will take: the archive, and its extraction unless that is already kept.
+        archive_bytes = _blocks(len(data))
+        extracted = 0 if (root / f"zip-{digest[:24]}").is_dir() else _extraction_bytes(data)
+        if archive_bytes + extracted > quota:
+            raise _too_large_error(original, archive_bytes, extracted, quota)
         new = not path.exists()
         try:
             if new:
@@ -210,20 +214,68 @@ def save_archive(filename: str, data: bytes) -> Path:
                 f"cannot keep the upload {original} on the server ({exc.strerror or exc}); "
                 "try again later or ask whoever runs the app to free space"
             ) from None
-        usage = enforce_upload_quota(keep=[path])
-        if usage.total_bytes > usage.quota_bytes:
+        usage = enforce_upload_quota(keep=[path], extra_bytes=extracted)  # room for the extraction too
+        if usage.total_bytes + extracted > usage.quota_bytes:
             if new:
                 discard_upload(path)
-            raise _quota_error(original, len(data), usage)
+            raise _quota_error(original, archive_bytes, extracted, usage, own=key)
     return path
 
 
-def _quota_error(name: str, need: int, usage: UploadsUsage) -> UploadQuotaError:
-    busy = sum(item.size_bytes for item in usage.items if item.in_use or item.pinned)
+def _blocks(n: int) -> int:
+    """``n`` bytes of a file as disk blocks (what the quota counts)."""
+    return -(-n // BLOCK_BYTES) * BLOCK_BYTES
+
+
+def _extraction_bytes(archive: str | Path | bytes) -> int:
+    """What extracting ``archive`` will take on disk by its declared sizes, in blocks and capped at
+    :data:`MAX_ARCHIVE_BYTES` (extraction refuses more); 0 when it cannot be read (extraction says why)."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(archive) if isinstance(archive, bytes) else archive) as zf:
+            return min(extracted_disk_bytes(zf), MAX_ARCHIVE_BYTES)
+    except Exception:  # noqa: BLE001 -- a damaged archive: extract_archive reports what is wrong with it
+        return 0
+
+
+def _too_large_error(name: str, archive_bytes: int, extracted: int, quota: int) -> UploadQuotaError:
+    """The refusal of an upload that needs more than the whole quota by itself: it can never fit."""
+    if archive_bytes:
+        need = (
+            f"{name} needs {_size_text(archive_bytes + extracted)}: the archive ({_size_text(archive_bytes)})"
+            f" plus its extracted files ({_size_text(extracted)}), more than the whole uploads quota"
+        )
+    else:  # an archive outside the uploads folder: only its extraction counts
+        need = f"{name} expands to {_size_text(extracted)}, more than the whole uploads quota"
     return UploadQuotaError(
-        f"{name} needs {_size_text(need)} but the uploads quota ({_size_text(usage.quota_bytes)}) is "
-        f"taken by uploads in use ({_size_text(busy)} held by running or queued trainings); try again when "
-        f"they have ended, or ask whoever runs the app to raise {ENV_QUOTA}"
+        f"{need} ({_size_text(quota)}), so it can never fit: upload a smaller archive (fewer or smaller "
+        f"images) or ask whoever runs the app to raise {ENV_QUOTA}"
+    )
+
+
+def _quota_error(
+    name: str, archive_bytes: int, extracted: int, usage: UploadsUsage, *, own: str | None = None
+) -> UploadQuotaError:
+    """The refusal of an upload that needs ``archive_bytes`` (0: an archive the quota does not hold) plus
+    ``extracted`` when what is kept (``usage``) leaves too little room: too large by itself
+    (:func:`_too_large_error`), or the room is held by uploads that may not be deleted now (in use, pinned,
+    being extracted). ``own``: the upload's key, whose own files do not count as held."""
+    need = archive_bytes + extracted
+    if need > usage.quota_bytes:
+        return _too_large_error(name, archive_bytes, extracted, usage.quota_bytes)
+    held = [i for i in usage.items if i.key != own and (i.in_use or i.pinned)]
+    busy = sum(i.size_bytes for i in held)
+    busy += usage.total_bytes - sum(i.size_bytes for i in usage.items)  # extractions under way
+    if busy <= 0:  # others added uploads meanwhile (another session): room may free up in a moment
+        return UploadQuotaError(
+            f"{name} needs {_size_text(need)}, but the uploads quota ({_size_text(usage.quota_bytes)}) is "
+            f"full right now with uploads being saved at the same time; try again in a moment, or ask "
+            f"whoever runs the app to raise {ENV_QUOTA}"
+        )
+    return UploadQuotaError(
+        f"{name} needs {_size_text(need)}, but {_size_text(busy)} of the uploads quota "
+        f"({_size_text(usage.quota_bytes)}) is held by uploads in use (running or queued trainings, or "
+        f"uploads being extracted), which are never deleted; try again when they have ended, or ask "
+        f"whoever runs the app to raise {ENV_QUOTA}"
     )
 
 
@@ -494,7 +546,9 @@ def enforce_upload_quota(
         if not evicted:
             return usage
         after = kept_uploads(root, quota_bytes=usage.quota_bytes)
-        return UploadsUsage(after.items, after.total_bytes, after.quota_bytes, tuple(evicted))
+        # pinned as above: a refusal then names the room pinned uploads hold
+        kept = tuple(replace(i, pinned=pins is None or _pinned(i, pins)) for i in after.items)
+        return UploadsUsage(kept, after.total_bytes, after.quota_bytes, tuple(evicted))
 
 
 def discard_upload(path: str | Path, *, keep_name: bool = False) -> None:
@@ -556,20 +610,13 @@ def _digest(archive: str | Path | bytes) -> str:
     return digest.hexdigest()
 
 
-def _declared(archive: str | Path | bytes) -> int:
-    try:
-        with zipfile.ZipFile(io.BytesIO(archive) if isinstance(archive, bytes) else archive) as zf:
-            return sum(max(i.file_size, 0) for i in zf.infolist())
-    except Exception:  # extract_archive reports what is wrong with it
-        return 0
-
-
 def extract_leased(archive: str | Path | bytes) -> tuple[Path, ExtractionLease]:
     """:func:`extract_archive_cached`, also returning a lease that keeps the extraction from eviction."""
     if not isinstance(archive, bytes) and not Path(archive).is_file():
         raise DatasetNotFoundError(f"archive not found: {Path(archive).name}")
     root = uploads_root()
-    final = root / f"zip-{_digest(archive)[:24]}"
+    digest = _digest(archive)
+    final = root / f"zip-{digest[:24]}"
     lease = ExtractionLease(final)
     try:
         if final.is_dir():
@@ -578,17 +625,16 @@ def extract_leased(archive: str | Path | bytes) -> tuple[Path, ExtractionLease]:
             return final, lease
         keep = [final] + ([Path(archive)] if not isinstance(archive, bytes) else [])
         quota = upload_quota_bytes()
-        declared = min(_declared(archive), MAX_ARCHIVE_BYTES)
+        declared = _extraction_bytes(archive)
         name = "this archive" if isinstance(archive, bytes) else dataset_display_name(str(Path(archive)))
-        if declared > quota:
-            raise UploadQuotaError(
-                f"{name} expands to {_size_text(declared)}, more than the whole uploads quota "
-                f"({_size_text(quota)}); use a smaller archive or ask whoever runs the app to raise "
-                f"{ENV_QUOTA}"
-            )
+        archive_bytes = 0  # an upload's archive lies in the uploads folder: it counts against the quota too
+        if not isinstance(archive, bytes) and _inside_uploads(Path(archive)):
+            archive_bytes = _size_or_zero(Path(archive))
+        if archive_bytes + declared > quota:
+            raise _too_large_error(name, archive_bytes, declared, quota)
         usage = enforce_upload_quota(keep=keep, extra_bytes=declared)
         if usage.total_bytes + declared > usage.quota_bytes:
-            raise _quota_error(name, declared, usage)
+            raise _quota_error(name, archive_bytes, declared, usage, own=digest[:16])
         fresh = extract_archive(
             io.BytesIO(archive) if isinstance(archive, bytes) else archive,
             root,
@@ -602,9 +648,10 @@ def extract_leased(archive: str | Path | bytes) -> tuple[Path, ExtractionLease]:
                 raise DatasetError("the extracted archive could not be kept; try again") from None
         usage = enforce_upload_quota(keep=keep)
         if usage.total_bytes > usage.quota_bytes:
+            written = max(declared, _tree_size(final))  # declared sizes may lie (a bomb)
             lease.release()
             discard_extraction(final)
-            raise _quota_error(name, declared, usage)
+            raise _quota_error(name, archive_bytes, written, usage, own=digest[:16])
         return final, lease
     except BaseException:
         lease.release()
