@@ -5,9 +5,8 @@ import streamlit as st
 from app_pages import _cache
 from tinytl_core.modes import MODES, compare_trainable
 from tinytl_core.quantities import MB, format_bytes
-from tinytl_core.reports import trainable_table
+from tinytl_core.reports import trainable_display, trainable_table
 from tinytl_core.ui import figures
-from tinytl_core.ui.modes_view import trainable_display
 
 st.header("Fine-tuning modes")
 st.write(

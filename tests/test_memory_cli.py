@@ -37,8 +37,13 @@ def test_memory_command_table_and_csv(tmp_path, capsys):
     rows = [line.split() for line in out.splitlines()]
     lines = {r[0]: r for r in rows if r and r[0] in ("full", "bias")}
     assert lines["full"][-1] == "1.00" and float(lines["bias"][-1]) < 1.0
-    # weights, grads+opt, necessary, stock (model), stock (measured), engine (measured), total, x full
-    necessary, stock_model, stock_measured, engine = (float(x.replace(",", "")) for x in lines["bias"][3:7])
+    # weights, grads+opt, necessary, stock (model), stock (measured), engine (measured), total: each a size
+    # in the unit it calls for ("2.88 MB"), then x full
+    from tinytl_core.planner.budget import parse_budget
+
+    cells = lines["bias"][1:-1]
+    sizes = [parse_budget(f"{v} {u}".replace(",", "")) for v, u in zip(cells[::2], cells[1::2])]
+    necessary, stock_model, stock_measured, engine = sizes[2:6]
     assert stock_measured == pytest.approx(stock_model, rel=0.02)
     assert engine == pytest.approx(necessary, rel=0.05) and engine < stock_measured / 5
 
@@ -68,3 +73,24 @@ def test_memory_command_errors(capsys):
     assert "unknown mode" in capsys.readouterr().err
     assert main(["memory", "--model", "resnet18", "--batch-size", "0"]) == 2
     assert "--batch-size" in capsys.readouterr().err
+
+
+def test_cli_tables_read_at_every_size_and_never_print_nan(tinytl_home, tmp_path, capsys):
+    """The class: the CLI's tables (memory, modes, runs) take the unit each figure calls for, have headers
+    in words and print a missing figure as '-', never NaN, None or millions of MB."""
+    from tinytl_core.results import ResultsStore
+
+    assert main(["memory", "--resolution", "1024", "--batch-size", "4096", "--mode", "full,last"]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["full"], ["last"])]
+    assert len(rows) == 2 and "TB" in rows[0]
+    assert all(len(cell.split(".")[0]) <= 3 for row in rows for cell in row[1:] if cell[0].isdigit())
+    assert main(["modes", "--model", "vit_tiny_patch16_224", "--resolution", "32"]) == 0
+    out = capsys.readouterr().out
+    assert "trainable_MB" not in out and "trainable_%" not in out and "NaN" not in out and ".0 " not in out
+    assert "trainable params" in out and "5,489,482" in out
+    db = str(tmp_path / "r.sqlite")
+    ResultsStore(db).save_run({"status": "failed", "backbone": "b", "mode": "bias", "dataset": "digits"})
+    assert main(["runs", "--db", db]) == 0
+    table = capsys.readouterr().out.splitlines()[:-1]  # the last line names the database
+    assert not any("NaN" in line or "None" in line for line in table), table

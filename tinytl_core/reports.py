@@ -1,13 +1,17 @@
-"""Tables built from library results, shared by the CLI, the app and the notebooks."""
+"""Tables built from library results, shared by the CLI, the app and the notebooks: the trainable
+parameters per mode (:func:`trainable_table`), the same for people (:func:`trainable_display`: headers and
+decimals from the quantities declared on :class:`TrainableFigures`; a column with nothing in it, e.g.
+``note`` when every mode applies, left out) and as aligned text (:func:`text_table`)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import pandas as pd
 
 from tinytl_core.modes import MODES, ModeResult
-from tinytl_core.quantities import MB
+from tinytl_core.quantities import MB, Unit, quantities, quantity
 
 FP32_BYTES = 4
 
@@ -30,3 +34,81 @@ def trainable_table(results: Sequence[ModeResult]) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
+
+
+@dataclass(frozen=True)
+class TrainableFigures:
+    """The shown columns of :func:`~tinytl_core.reports.trainable_table`, keyed by its column names (its
+    values are in display units already: MB, %)."""
+
+    title: str | None = quantity("mode", Unit.TEXT)
+    trainable_params: int | None = quantity("trainable parameters", Unit.COUNT, short="trainable params")
+    trainable_MB: float | None = quantity("trainable bytes (fp32)", Unit.BYTES, short="trainable", digits=3)
+    trainable_pct: float | None = quantity("share of the model", Unit.FRACTION, short="share", digits=2)
+    total_params: int | None = quantity("all parameters", Unit.COUNT, short="all params")
+    lite_residual_blocks: int | None = quantity("lite residual blocks", Unit.COUNT)
+    note: str | None = quantity("why not applicable", Unit.TEXT, short="why not applicable")
+
+
+_SOURCE = {"trainable_pct": "trainable_%"}  # the table's column where its name is no identifier
+
+
+def _empty(column: pd.Series) -> bool:
+    return bool(column.map(lambda v: v is None or v == "" or (isinstance(v, float) and pd.isna(v))).all())
+
+
+def trainable_display(table: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str | None]]:
+    """``(frame, formats)``: the table with readable headers (from :class:`TrainableFigures`), figures
+    rounded to their decimals, empty columns dropped; ``formats`` maps each header to a printf format
+    (``%.3f``; ``localized`` for counts: thousands separators) or None for text."""
+    out: dict[str, pd.Series] = {}
+    formats: dict[str, str | None] = {}
+    for q in quantities(TrainableFigures):
+        column = table.get(_SOURCE.get(q.name, q.name))
+        if column is None or _empty(column):
+            continue
+        if q.unit is Unit.TEXT:
+            out[q.header] = column.fillna("")
+            formats[q.header] = None
+            continue
+        numbers = pd.to_numeric(column, errors="coerce")
+        if q.unit is Unit.COUNT:
+            out[q.header] = numbers.round().astype("Int64")
+            formats[q.header] = "localized"  # thousands separators
+        else:
+            out[q.header] = numbers.round(q.digits)
+            formats[q.header] = f"%.{q.digits}f"
+    return pd.DataFrame(out), formats
+
+
+MISSING = "-"
+"""How a missing figure prints in a text table (never ``NaN`` or ``None``)."""
+
+
+def frame_text(frame: pd.DataFrame, **to_string: object) -> str:
+    """``frame.to_string(index=False)`` with every missing value (NaN, None, NA) as :data:`MISSING`."""
+    shown = frame.astype(object).where(frame.notna(), MISSING)
+    return shown.to_string(index=False, **to_string)
+
+
+def text_table(frame: pd.DataFrame, formats: Mapping[str, str | None] | None = None) -> str:
+    """``frame`` as aligned text for a terminal: each column by its printf format in ``formats``
+    (``localized``: thousands separators; None or absent: as it is), numbers right-aligned, a missing
+    value as :data:`MISSING`."""
+    formats = formats or {}
+
+    def cell(value: object, fmt: str | None) -> str:
+        if value is None or (not isinstance(value, str) and bool(pd.isna(value))):
+            return MISSING
+        if fmt == "localized":
+            return f"{int(value):,}"
+        return fmt % value if fmt else str(value)
+
+    columns = [[cell(v, formats.get(c)) for v in frame[c]] for c in frame.columns]
+    widths = [max([len(str(c)), *(len(v) for v in col)]) for c, col in zip(frame.columns, columns)]
+    numeric = [bool(formats.get(c)) for c in frame.columns]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(v.rjust(w) if n else v.ljust(w) for v, w, n in zip(cells, widths, numeric)).rstrip()
+
+    return "\n".join([line([str(c) for c in frame.columns]), *(line(row) for row in zip(*columns))])

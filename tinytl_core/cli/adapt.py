@@ -24,6 +24,7 @@ from tinytl_core.cli.runs import COLUMNS
 from tinytl_core.data import check_dataset_name, dataset_display_name, load_dataset
 from tinytl_core.modes import ModeNotApplicable, get_mode, resolve_modes
 from tinytl_core.quantities import RunStatus
+from tinytl_core.reports import frame_text
 from tinytl_core.results import RUN, ResultsStore, run_table
 from tinytl_core.sparse_scheme import SparseScheme, read_scheme
 
@@ -263,7 +264,7 @@ def run(args: argparse.Namespace) -> int:
         columns = [c for c in COLUMNS if c not in (RUN.started_at, RUN.backbone, RUN.dataset)]
         frame = run_table([{**r.to_record(), RUN.id: r.run_id} for r in results], columns)
         print()
-        print(frame.to_string(index=False))
+        print(frame_text(frame))
     for note in dict.fromkeys(notes):
         print(f"note: {note}")
     if any(r.status == RunStatus.CANCELLED for r in results):

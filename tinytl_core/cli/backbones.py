@@ -9,6 +9,7 @@ import pandas as pd
 from tinytl_core import limits as L
 from tinytl_core.backbones import KINDS, families, list_backbones
 from tinytl_core.cli.args import bounded
+from tinytl_core.reports import frame_text
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -37,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     table = pd.DataFrame([r.__dict__ for r in rows])
     shown = table if args.limit == 0 else table.head(args.limit)
-    print(shown.to_string(index=False))
+    print(frame_text(shown))
     if len(shown) < len(table):
         print(f"... {len(table) - len(shown)} more (use --limit 0)")
     return 0

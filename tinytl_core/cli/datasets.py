@@ -13,6 +13,7 @@ from tinytl_core.cli.args import bounded
 from tinytl_core.data import list_datasets, load_dataset
 from tinytl_core.data.builtin import BUILTIN_SETS, builtin_cache_path, load_builtin
 from tinytl_core.data.torchvision_sets import DEFAULT_TIMEOUT_S, is_downloaded, load_torchvision
+from tinytl_core.reports import frame_text
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -104,7 +105,7 @@ def run_info(args: argparse.Namespace) -> int:
         print(data.description)
     train, val = data.train.class_counts(), data.val.class_counts()
     frame = pd.DataFrame({"class": data.classes, "train": train, "val": val})
-    print(frame.to_string(index=False, max_rows=30))
+    print(frame_text(frame, max_rows=30))
     if data.skipped:
         print(f"skipped {data.skipped} file(s), e.g. {', '.join(data.skipped_examples)}")
     return 0

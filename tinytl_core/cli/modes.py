@@ -8,7 +8,7 @@ from tinytl_core import limits as L
 from tinytl_core.backbones import check_backbone_name, default_backbone
 from tinytl_core.cli.args import bounded, check_resolution
 from tinytl_core.modes import MODES, compare_trainable
-from tinytl_core.reports import trainable_table
+from tinytl_core.reports import text_table, trainable_display, trainable_table
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -42,5 +42,7 @@ def run(args: argparse.Namespace) -> int:
     resolution = args.resolution or None  # 0: the model's own, as `memory`
     check_resolution(args.model, resolution)
     table = trainable_table(compare_trainable(args.model, resolution=resolution, group_norm=args.group_norm))
-    print(table.to_string(index=False))
+    shown, formats = trainable_display(table)  # headers and decimals as the app's Modes page
+    shown.insert(0, "name", table["mode"])  # what --mode takes
+    print(text_table(shown, formats))
     return 0

@@ -9,6 +9,7 @@ from pathlib import Path
 from tinytl_core import limits as L
 from tinytl_core.cli.args import bounded, check_output
 from tinytl_core.quantities import ENDED_STATUSES
+from tinytl_core.reports import frame_text
 from tinytl_core.results import MEMORY, RUN, ResultsStore, run_table
 
 COLUMNS: tuple[str, ...] = (
@@ -78,6 +79,6 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(f"no runs stored in {store.path} yet; try `python -m tinytl_core adapt`")
         return 0
-    print(run_table(runs, COLUMNS).to_string(index=False))
+    print(frame_text(run_table(runs, COLUMNS)))
     print(f"{len(runs)} run(s) in {store.path}")
     return 0

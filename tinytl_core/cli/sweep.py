@@ -13,6 +13,7 @@ from tinytl_core.adapt import OPTIMIZERS, AdaptConfig
 from tinytl_core.backbones import default_backbone
 from tinytl_core.cli.args import add_image_caps, bounded, check_output, check_resolution
 from tinytl_core.jobs import default_pool_size
+from tinytl_core.reports import frame_text
 from tinytl_core.results import ResultsStore
 from tinytl_core.seeds import SEED_GROUP_HEADERS, group_seeds
 from tinytl_core.sweeps import (
@@ -291,7 +292,7 @@ def _run(args: argparse.Namespace, writer: StatusWriter | None) -> int:
     if len(grouped):
         table = grouped.drop(columns=["run_ids"]).rename(columns=SEED_GROUP_HEADERS).round(1)
         print()
-        print(table.to_string(index=False))
+        print(frame_text(table))
     if report.interrupted:
         print(
             f"interrupted: {report.remaining} of {len(configs)} configurations have no finished run yet. "

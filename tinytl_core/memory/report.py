@@ -12,6 +12,7 @@ from tinytl_core.quantities import (
     RunMemory,
     Unit,
     describe,
+    format_bytes,
     format_mb,
     names,
     quantity,
@@ -151,7 +152,9 @@ class MemoryReport:
 
 
 def format_modes(table: pd.DataFrame) -> str:
-    """Render a :func:`~tinytl_core.comparisons.compare_modes` table as aligned text (MB)."""
+    """Render a :func:`~tinytl_core.comparisons.compare_modes` table as aligned text, each figure in the
+    unit its size calls for (:func:`~tinytl_core.quantities.format_bytes`: ``2.90 MB`` beside ``2.52 TB``
+    at 1024 px and batch 4096; never millions of MB, never a small figure rounded to 0.0)."""
     cols = [c for c in MODE_COLUMNS if c in table.columns]
     ratio = [RATIO_HEADER] if RATIO_COLUMN in table.columns else []
     header = ["mode", *(describe(c, ReportTotals, RunMemory, MeasuredPeaks).short for c in cols), *ratio]
@@ -160,7 +163,7 @@ def format_modes(table: pd.DataFrame) -> str:
         if not r.get("applicable", True):
             rows.append([r["mode"], f"not applicable: {r.get('reason', '')}"])
             continue
-        cells = [r["mode"], *(format_mb(r[c]) for c in cols)]
+        cells = [r["mode"], *(format_bytes(r[c]) for c in cols)]
         if ratio:
             cells.append("-" if pd.isna(r[RATIO_COLUMN]) else f"{r[RATIO_COLUMN]:.2f}")
         rows.append(cells)
@@ -174,7 +177,7 @@ def format_modes(table: pd.DataFrame) -> str:
     out = [line(header)]
     for r in rows:
         out.append(line(r) if len(r) == len(header) else f"{r[0].ljust(widths[0])}  {r[1]}")
-    return "\n".join(out) + "\n(MB = 10^6 bytes)"
+    return "\n".join(out) + "\n(decimal units: KB = 10^3, MB = 10^6, GB = 10^9 bytes)"
 
 
 def merge_measured(
