@@ -113,6 +113,8 @@ def test_every_argument_is_checked_before_the_dataset_loads(tinytl_home, tmp_pat
         (["--model", "vit_tiny_patch16_224", "--resolution", "8"], "error: 8 px is too small"),
         (["--threads", "0"], "error: argument --threads: must be 1 to 1,024"),
         (["--threads", "100000"], "error: argument --threads: must be 1 to 1,024"),
+        (["--device", "bogus"], "error: unknown device 'bogus': use auto, cpu, cuda or cuda:N"),
+        (["--lr", "1e39"], "error: argument --lr: must be more than 0 and at most 1e+30"),
         # what depends on the model: checked on `meta` (shapes only), still before the dataset
         (["--mode", "sparse", "--group-norm"], "error: mode 'sparse' does not apply: its partial weight"),
         (["--batch-size", "1", "--resolution", "32"], "error: batch size 1 is too small for BatchNorm"),

@@ -332,3 +332,12 @@ def test_fill_groups_resolutions_and_equals_build_profile(tmp_path):
     for backbone, r, mode, gn, _ in requests:
         assert cache.get(backbone, r, mode, group_norm=gn) == build_profile(backbone, r, mode, group_norm=gn)
     assert cache.built == 6
+
+
+def test_a_size_a_backbone_cannot_run_at_is_a_note_in_words(tinytl_home, capsys):
+    """plan's notes say why a configuration was not planned in words, not PyTorch's shape text."""
+    args = ["plan", "--budget", "300MB", "--backbones", "vit_tiny_patch16_224", "--resolutions", "8,32"]
+    assert main([*args, "--batch-sizes", "2", "--modes", "last"]) == 0
+    out = capsys.readouterr().out
+    assert "does not run at 8 px: a layer's 16x16 kernel (or patch) is larger than the 8x8 feature map" in out
+    assert "Calculated padded" not in out

@@ -105,6 +105,11 @@ def test_grid_expands_every_combination_once_with_stable_keys():
         with pytest.raises(ValueError, match=match):
             replace(grid, **bad).expand()
     assert len(replace(grid, modes=["bias", "last"], base=replace(TINY, batch_size=1)).expand()) == 32
+    # the backbone's own size written out is the same run as `own`: one configuration, trained once
+    own = replace(grid, backbones=[DEMO], resolutions=[None, 64]).expand()
+    assert {c.resolution for c in own} == {None} and len(own) == len(
+        replace(grid, backbones=[DEMO]).expand()
+    ) // 2
     assert parse_list("0, 1,,1 ,2", "seeds", int) == [0, 1, 2]
     with pytest.raises(ValueError, match="seeds: 'x' is not a valid int"):
         parse_list("0,x", "seeds", int)

@@ -378,8 +378,10 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(device)
-    except RuntimeError as exc:
-        raise ValueError(f"unknown device {device!r}: {exc}") from None
+    except RuntimeError:  # PyTorch lists every device type it knows (ipu, mkldnn, ...): not for users
+        raise ValueError(
+            f"unknown device {device!r}: use auto, cpu, cuda or cuda:N (N: the GPU's index)"
+        ) from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was asked for but CUDA is not available; use --device cpu or auto")
     if dev.type == "meta":

@@ -117,14 +117,19 @@ _PLAIN_REASONS: tuple[tuple[re.Pattern[str], str], ...] = (
 """PyTorch's and timm's shape errors, said in words a newcomer can act on (anything else is quoted)."""
 
 
-def plain_shape_error(text: str) -> str:
-    """``text`` (the first line of a shape error from a forward pass) in plain words where it is a known
-    one: a kernel larger than its feature map, an empty pooling output, a model built for one size."""
+def known_shape_error(text: str) -> str | None:
+    """``text`` (an error from a forward pass) in plain words when it holds a known shape error: a kernel
+    larger than its feature map, an empty pooling output, a model built for one size; else None."""
     for pattern, plain in _PLAIN_REASONS:
         match = pattern.search(text)
         if match:
             return plain.format(*match.groups())
-    return f"its forward pass fails ({text})"
+    return None
+
+
+def plain_shape_error(text: str) -> str:
+    """:func:`known_shape_error`, or ``text`` framed as a failing forward pass."""
+    return known_shape_error(text) or f"its forward pass fails ({text})"
 
 
 @functools.lru_cache(maxsize=512)

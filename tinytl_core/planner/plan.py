@@ -162,8 +162,14 @@ def select_backbones(
         except ValueError as exc:
             raise PlanError(str(exc)) from None
         if not found:
+            given = [
+                f"{what} {value!r}"
+                for what, value in (("search", search), ("family", family), ("kind", kind))
+                if value
+            ]
             raise PlanError(
-                f"no backbone matches the filter (search={search!r}, family={family!r}, kind={kind!r})"
+                f"no backbone matches {' and '.join(given)}: try a shorter search text, or list the "
+                "catalog with `python -m tinytl_core backbones --search TEXT`"
             )
         chosen += found[:limit] if limit else found
     return tuple(dict.fromkeys(chosen))

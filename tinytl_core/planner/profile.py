@@ -30,7 +30,7 @@ import timm
 import torch
 from torch import nn
 
-from tinytl_core.backbones import backbone_info
+from tinytl_core.backbones import backbone_info, known_shape_error
 from tinytl_core.memory import accounting as acc
 from tinytl_core.memory.analysis import BatchAnalysis
 from tinytl_core.modes import PreparedModel, get_mode, prepare_model
@@ -199,7 +199,10 @@ def build_profile(
             return _inapplicable(base, prepared.result.reason)
         traces = _traces(prepared.model, prepared.data.input_size, group_norm)
     except (ValueError, RuntimeError, TypeError, NotImplementedError) as exc:  # timm or tracer refusing
-        return _inapplicable(base, str(exc) or type(exc).__name__)
+        plain = known_shape_error(str(exc))  # said in words, not PyTorch's shape text
+        return _inapplicable(
+            base, f"it does not run at {resolution} px: {plain}" if plain else str(exc) or type(exc).__name__
+        )
     return _fitted(base, traces)
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from tinytl_core import limits as L
 from tinytl_core.adapt import AdaptConfig, check_setup
-from tinytl_core.backbones import resolution_problem
+from tinytl_core.backbones import own_resolution, resolution_problem
 from tinytl_core.data import check_dataset_name
 from tinytl_core.modes import ModeNotApplicable, resolve_modes
 from tinytl_core.quantities import RunStatus
@@ -124,6 +124,8 @@ class SweepGrid:
         for backbone, dataset, resolution, steps, mode, seed in itertools.product(
             self.backbones, self.datasets, self.resolutions, self.steps, self.mode_names(), self.seeds
         ):
+            if resolution is not None and resolution == own_resolution(backbone):
+                resolution = None  # the backbone's own size, written out: the same run as `own`
             config = replace(
                 self.base,
                 backbone=backbone,
