@@ -72,3 +72,17 @@ def test_out_of_range_numbers_are_one_line_before_any_work(value, capsys):
         err = capsys.readouterr().err
         assert err.startswith(f"error: argument {option}") and err.count("\n") == 1, err
         assert "Traceback" not in err
+
+
+def test_an_option_that_would_do_nothing_is_said_not_ignored(tmp_path, capsys):
+    """The class: an option whose effect needs another (--history needs --csv, --label needs
+    --export-reference) is refused with what to add; --limit applies to --families too."""
+    db = str(tmp_path / "r.sqlite")
+    assert main(["runs", "--db", db, "--history"]) == 2
+    assert "--history adds the histories to the CSV export: give --csv FILE" in capsys.readouterr().err
+    sweep = ["sweep", "--db", db, "--dry-run", "--modes", "last", "--datasets", "shapes", "--label", "mine"]
+    assert main(sweep) == 2
+    assert "--label names the reference set" in capsys.readouterr().err
+    assert main(["backbones", "--families", "--limit", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4 and lines[-1].startswith("... ") and "more (use --limit 0)" in lines[-1]

@@ -28,7 +28,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Print matching backbones as a table."""
     if args.families:
-        print("\n".join(families()))
+        names = families()
+        shown = names if args.limit == 0 else names[: args.limit]
+        print("\n".join(shown))
+        if len(shown) < len(names):
+            print(f"... {len(names) - len(shown)} more (use --limit 0)")
         return 0
     rows = list_backbones(args.search, args.family, args.pretrained, args.kind)
     if args.curated:

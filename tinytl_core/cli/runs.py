@@ -55,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
     """List, show, export or delete runs."""
     if args.db is not None and not Path(args.db).exists() and not Path(args.db).parent.is_dir():
         raise ValueError(f"no results database at {args.db} (its folder does not exist)")  # not created
+    if args.history and not args.csv:  # an option that would do nothing: said, not ignored
+        raise ValueError("--history adds the histories to the CSV export: give --csv FILE too")
     store = ResultsStore(args.db)
     check_output(args.csv, "--csv")
     if args.delete:

@@ -35,6 +35,9 @@ LOCAL_RAY = "local"
 """``--ray`` given without an address: start a local Ray instance for the sweep."""
 
 
+LABEL_DEFAULT = "Reference sweep"
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``sweep`` command."""
     d = AdaptConfig()
@@ -101,9 +104,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="PATH",
         help="afterwards, write the grid's finished runs as a reference set (JSON) labelled with the command",
     )
-    p.add_argument(
-        "--label", default="Reference sweep", help="the reference set's label (--export-reference)"
-    )
+    p.add_argument("--label", default=LABEL_DEFAULT, help="the reference set's label (--export-reference)")
     p.add_argument(
         "--status-file",
         default=None,
@@ -222,6 +223,8 @@ def run(args: argparse.Namespace) -> int:
     Every argument is checked first (lists, names, numbers, resolutions, Ray installed), before anything
     is trained. With ``--status-file`` the state and progress go to that file too, and its last word says
     how the sweep ended (the reason when it failed)."""
+    if args.label != LABEL_DEFAULT and not args.export_reference:  # would do nothing: said, not ignored
+        raise ValueError("--label names the reference set --export-reference writes: give that too")
     check_output(getattr(args, "status_file", None), "--status-file")  # before anything is trained
     check_output(args.export_reference, "--export-reference")
     writer = StatusWriter(args.status_file, owner=args.owner) if getattr(args, "status_file", None) else None
