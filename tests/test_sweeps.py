@@ -162,6 +162,10 @@ def test_sweep_cli_ctrl_c_says_how_to_resume_and_the_rerun_skips_finished(tmp_pa
     assert calls == [0, 1, 1, 2]  # seed 0 trained once
     assert main([*argv, "--dry-run"]) == 0
     assert capsys.readouterr().out.count("skipped") == 3
+    # a dry run says what will not apply, as the sweep itself will (not "to run")
+    assert main([*argv, "--dry-run", "--backbones", "vit_tiny_patch16_224", "--modes", "lite_residual"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("not applicable (lite residual: no blocks") == 3 and "to run" not in out
     # Arguments are checked before any work, with one clear line.
     for bad, message in (
         (["--resolutions", "big"], "'big' is not a size"),

@@ -13,6 +13,7 @@ from tinytl_core.adapt import OPTIMIZERS, AdaptConfig
 from tinytl_core.backbones import default_backbone
 from tinytl_core.cli.args import add_image_caps, bounded, check_output, check_resolution
 from tinytl_core.jobs import default_pool_size
+from tinytl_core.modes import compare_trainable
 from tinytl_core.reports import frame_text
 from tinytl_core.results import ResultsStore
 from tinytl_core.seeds import SEED_GROUP_HEADERS, group_seeds
@@ -264,9 +265,17 @@ def _run(args: argparse.Namespace, writer: StatusWriter | None) -> int:
         from tinytl_core.sweeps import config_key, finished_keys
 
         done = finished_keys(store, (config_key(c) for c in configs))
+        applies: dict[tuple, dict[str, str]] = {}  # what each mode's model says (on meta), per setup
         for c in configs:
             key = config_key(c)
-            state = f"finished (run {done[key]}), skipped" if key in done else "to run"
+            setup = (c.backbone, c.resolution, c.group_norm)
+            if setup not in applies:
+                results = compare_trainable(c.backbone, resolution=c.resolution, group_norm=c.group_norm)
+                applies[setup] = {r.mode: r.reason for r in results if not r.applicable}
+            if c.mode in applies[setup]:
+                state = f"not applicable ({applies[setup][c.mode]})"
+            else:
+                state = f"finished (run {done[key]}), skipped" if key in done else "to run"
             print(
                 f"  {c.backbone} {c.mode} {c.dataset} {c.resolution or 'own'} px seed {c.seed} "
                 f"{c.steps} steps: {state}"
