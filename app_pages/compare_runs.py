@@ -204,10 +204,11 @@ with st.expander("Delete runs", icon=":material/delete:"):
         gone = []
         for run_id in doomed:
             try:
+                record = store.get_run(run_id)  # as stored: Undo puts back the run itself, not its view
                 store.delete_run(run_id)
             except KeyError:
                 continue  # already deleted from another tab
-            gone.append(runs[run_id])
+            gone.append(record)
         st.session_state["cr_deleted"] = gone  # kept for Undo during this session
         st.session_state.pop("cr_delete_ids", None)
         st.rerun()

@@ -174,3 +174,26 @@ def test_compare_runs_takes_damaged_and_foreign_records(app):
     assert app.get("vega_lite_chart") and app.text_input(key="cr_delete_ids")  # the rest of the page too
     labels = app.multiselect(key="cr_runs").options
     assert not any("inf" in label or "e+" in label for label in labels), labels
+
+
+def test_undo_puts_back_the_run_as_stored_not_as_shown(app):
+    """The page shows runs through public_run (an upload by name, implausible figures as missing); Undo of
+    a delete must restore the stored run itself, its server-side dataset and every figure included."""
+    store = ResultsStore()
+    path = "/srv/tinytl/uploads/pets-0123456789abcdef.zip"
+    run_id = store.save_run(
+        {"status": "finished", "backbone": "resnet18", "mode": "bias", "dataset": path, "best_val_acc": 2.0}
+    )
+    before = store.get_run(run_id)
+    app.run()
+    visit(app, "compare_runs")
+    app.text_input(key="cr_delete_ids").input(str(run_id)).run()
+    app.checkbox(key=f"cr_sure_{run_id}").check().run()
+    app.button(key="cr_delete_button").click().run()
+    _no_traceback(app)
+    app.button(key="cr_undo").click().run()
+    after = store.get_run(run_id)
+    assert after["dataset"] == path and after["best_val_acc"] == 2.0
+    assert {k: v for k, v in after.items() if k != "started_at"} == {
+        k: v for k, v in before.items() if k != "started_at"
+    }
