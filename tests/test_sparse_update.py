@@ -293,8 +293,8 @@ def test_fill_raises_chosen_ratios_while_the_scheme_fits():
     assert {u.layer: u.ratio for u in filled.scheme.weights} == {"a": Fraction(1), "b": Fraction(1, 8)}
     assert filled.peak_bytes == peak_of(filled.scheme) == 1500 and filled.fits
     assert [line for line in filled.log if line.startswith("fill:")] == [
-        "fill: a 1/4 -> 1/2, scheme peaks at 1,300 bytes",
-        "fill: a 1/2 -> 1, scheme peaks at 1,500 bytes",
+        "fill: a 1/4 -> 1/2, scheme peaks at 1.30 KB",  # sizes in the unit they call for
+        "fill: a 1/2 -> 1, scheme peaks at 1.50 KB",
     ]
     # An unmeasured ratio counts the gain of the largest measured one below it.
     assert filled.expected_gain == pytest.approx(0.3)
