@@ -453,3 +453,26 @@ def test_no_view_of_stored_runs_shows_an_uploads_server_path(tinytl_home):
     queue.submit(config, owner="me")
     frame = SweepStatus("s", queue.list_jobs(), "me").frame()
     assert "uploads" not in frame.to_string()
+
+
+def test_a_measurement_that_cannot_run_says_why_in_words():
+    """Measure a real step at batch 1 with BatchNorm where a map is 1x1: the message Adapt gives, not
+    PyTorch's 'Expected more than 1 value per channel ... torch.Size([1, 96, 1, 1])'."""
+    with pytest.raises(ValueError) as info:
+        explorer.measure_mode("demo_mobilenetv2_050", "full", resolution=8, batch_size=1, device="cpu")
+    text = str(info.value)
+    assert text.startswith("batch size 1 is too small for BatchNorm") and "torch.Size" not in text
+
+
+def test_the_scatter_scales_sizes_that_were_not_rounded_first():
+    """runs_frame keeps sizes unrounded: 5,172 bytes is drawn at 5.17 KB (rounded to 0.01 MB first, it was
+    drawn at 10 KB; under 5 KB, at 0)."""
+    from tinytl_core.ui import vega
+    from tinytl_core.ui.runs import runs_frame
+
+    base = {"status": "finished", "backbone": "b", "mode": "bias", "dataset": "d", "final_val_acc": 0.5}
+    frame = runs_frame([{**base, "id": 1, "activations_measured_bytes": 5172}])
+    data, spec = vega.memory_accuracy_chart(
+        frame, x="activations_measured_MB", x_label="activations", title="t"
+    )
+    assert data["memory"].iloc[0] == pytest.approx(5.172) and spec["encoding"]["x"]["title"].endswith("(KB)")

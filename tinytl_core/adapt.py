@@ -456,14 +456,14 @@ def explained_message(exc: BaseException) -> str | None:
     return None
 
 
-def _small_batch_problem(batch_size: int, resolution: int | None) -> str:
-    """What to change when BatchNorm layers using batch statistics see one value per channel."""
+def small_batch_problem(batch_size: int, resolution: int | None) -> str:
+    """What to change when BatchNorm layers using batch statistics see one value per channel (the message
+    of every place that trains or measures a step: adapt, the Adapt page, sweeps, the Memory Explorer)."""
     at = f" at {resolution} px" if resolution else ""
     return (
         f"batch size {batch_size} is too small for BatchNorm layers that use batch statistics{at} (a "
-        "feature map shrinks to 1x1); use a larger batch or resolution, GroupNorm + weight standardisation "
-        "(adapt and sweep --group-norm, the Adapt page's toggle), or a "
-        "mode with a frozen backbone"
+        "feature map shrinks to 1x1); use a larger batch or resolution, GroupNorm + weight standardisation, "
+        "or a mode with a frozen backbone"
     )
 
 
@@ -495,7 +495,7 @@ def check_setup(config: AdaptConfig, num_classes: int = 10) -> None:
             model(torch.empty(config.batch_size, channels, height, width, device="meta"))
     except ValueError as exc:
         if "more than 1 value per channel" in str(exc):
-            raise ValueError(_small_batch_problem(config.batch_size, height)) from None
+            raise ValueError(small_batch_problem(config.batch_size, height)) from None
         raise
     except (RuntimeError, AssertionError, TypeError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -765,7 +765,7 @@ def _train(
         except ValueError as exc:
             if "more than 1 value per channel" not in str(exc):
                 raise
-            raise ValueError(_small_batch_problem(len(x), result.resolution)) from None
+            raise ValueError(small_batch_problem(len(x), result.resolution)) from None
         loss = criterion(logits, y)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(

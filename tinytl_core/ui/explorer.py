@@ -12,9 +12,11 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from tinytl_core.adapt import resolve_device
+from tinytl_core.adapt import resolve_device, small_batch_problem
+from tinytl_core.backbones import known_shape_error
 from tinytl_core.memory import (
     MB,
+    MemoryLimitError,
     MemoryReport,
     ReportTotals,
     StockAndEngine,
@@ -92,9 +94,20 @@ def measure_mode(
         "optimizer": optimizer,
         "modelled": modelled,
     }
-    if not engine:
-        return StepMeasurement(measure(prepared.model, **kwargs), None, "engine not requested", mode)
-    both = measure_stock_and_engine(prepared.model, **kwargs)
+    try:
+        if not engine:
+            return StepMeasurement(measure(prepared.model, **kwargs), None, "engine not requested", mode)
+        both = measure_stock_and_engine(prepared.model, **kwargs)
+    except (ValueError, RuntimeError) as exc:  # PyTorch's text said in words where it is a known case
+        if isinstance(exc, MemoryLimitError):
+            raise
+        text = str(exc)
+        if "more than 1 value per channel" in text:
+            raise ValueError(small_batch_problem(batch_size, resolution)) from None
+        plain = known_shape_error(text)
+        if plain:
+            raise ValueError(f"{backbone} does not run at {resolution} px: {plain}") from None
+        raise
     return StepMeasurement(both.stock, both.engine, both.engine_error, mode)
 
 

@@ -17,7 +17,7 @@ import pandas as pd
 
 from tinytl_core.data import dataset_display_name
 from tinytl_core.modes import MODES
-from tinytl_core.quantities import Unit
+from tinytl_core.quantities import MB, Unit
 from tinytl_core.results import MEMORY, RUN, ResultsStore, run_headers, run_quantity, run_table
 from tinytl_core.ui.errors import public_text
 
@@ -156,9 +156,16 @@ def public_run(run: Mapping[str, Any], *, figures: bool = True) -> dict[str, Any
 
 def runs_frame(runs: Iterable[Mapping[str, Any]], columns: Sequence[str] = RUN_COLUMNS) -> pd.DataFrame:
     """One row per run (:func:`public_run`), the ``columns`` (default :data:`RUN_COLUMNS`) with accuracy
-    in % and memory in MB (10^6 bytes), rounded to 2 decimals, keyed by each quantity's key
+    in % rounded to 2 decimals and memory in MB (10^6 bytes) unrounded (the table shows 2 decimals, a
+    chart rescales them), keyed by each quantity's key
     (``final_val_acc_pct``, ``total_modelled_MB``; headers: :func:`~tinytl_core.results.run_headers`)."""
-    return run_table((public_run(r) for r in runs), columns, headers=False, digits=2)
+    shown = [public_run(r) for r in runs]
+    frame = run_table(shown, columns, headers=False, digits=2)
+    for name in columns:  # sizes unrounded: a chart scales them to KB or GB (5.17 KB was drawn at 10)
+        q = run_quantity(name)
+        if q.unit is Unit.BYTES:
+            frame[q.key] = pd.to_numeric(pd.Series([r.get(name) for r in shown], dtype=object)) / MB
+    return frame
 
 
 @dataclass(frozen=True)
