@@ -93,18 +93,21 @@ with st.form("pl_space"):
     )
     submitted = st.form_submit_button("Plan", type="primary")
 
-if submitted:
-    chosen = [*backbones, *(CURATED_BACKBONES if curated else ())]
-    space = SearchSpace(
-        backbones=tuple(dict.fromkeys(chosen)),
-        modes=tuple(modes),
-        resolutions=tuple(int(r) for r in resolutions),
-        batch_sizes=tuple(range(batch_range[0], batch_range[1] + 1)),
-        optimizer=optimizer,
-        frozen_weight_bits=int(bits or 32),
-        engine=layers != "stock PyTorch",
-        num_classes=int(classes),
-    )
+chosen = [*backbones, *(CURATED_BACKBONES if curated else ())]
+form_space = SearchSpace(  # what the form shows now (planned when Plan is pressed)
+    backbones=tuple(dict.fromkeys(chosen)),
+    modes=tuple(modes),
+    resolutions=tuple(int(r) for r in resolutions),
+    batch_sizes=tuple(range(batch_range[0], batch_range[1] + 1)),
+    optimizer=optimizer,
+    frozen_weight_bits=int(bits or 32),
+    engine=layers != "stock PyTorch",
+    num_classes=int(classes),
+)
+if submitted and not modes:
+    st.error("Choose at least one mode.", icon=":material/error:")
+elif submitted:
+    space = form_space
     bar = st.progress(0.0, text="Planning...")
     try:
         st.session_state["pl_plan"] = plan(
@@ -127,6 +130,12 @@ if result is None:
 if result.budget != budget:  # the budget changed: re-check the same figures against it (no tracing)
     result = plan(budget, result.space, cache=view.shared_cache())
     st.session_state["pl_plan"] = result
+if (changed := view.space_changes(result.space, form_space)) and not submitted:
+    st.warning(
+        f"The plan below was made with other settings than the form shows ({changed}); press **Plan** to "
+        "plan with the form's. The figures and *Train it* are the plan's.",
+        icon=":material/sync_problem:",
+    )
 
 n_fit = int(result.configs[PLANNED.fits].sum()) if len(result.configs) else 0
 m1, m2, m3 = st.columns(3)

@@ -24,6 +24,10 @@ def _table(backbone: str, resolution: int, group_norm: bool):
     return trainable_table(compare_trainable(backbone, resolution=resolution, group_norm=group_norm))
 
 
+problem = _cache.resolution_problem(backbone, resolution)  # as Home and the Explorer: no figures of a
+if problem:  # model that cannot run at this size (a ViT's parameter count depends on it)
+    st.error(problem)
+    st.stop()
 try:
     table = _table(backbone, resolution, group_norm)
 except ValueError as exc:

@@ -92,3 +92,22 @@ def test_train_it_trains_what_was_planned():
         train_config(
             row, "digits", space=SearchSpace(backbones=(DEMO,), frozen_weight_bits=4), pretrained=False
         )
+
+
+def test_a_plan_made_with_other_settings_says_so(app):
+    """The plan kept across reruns is not the form's once a setting changed outside it (a preset brings
+    its own frozen-weight bits): the page says which, and Train it trains the plan's (the figures shown);
+    an empty mode list is a page message, not CLI wording."""
+    app.selectbox(key="pl_preset").set_value("mcu-512k").run()
+    app.multiselect(key="pl_modes").set_value(["bias"])
+    app.slider(key="pl_batches").set_value((1, 2))
+    app.button[0].click().run()
+    assert not app.exception and app.session_state["pl_plan"].space.frozen_weight_bits == 8
+    app.selectbox(key="pl_preset").set_value("custom").run()  # the form's bits follow: 32
+    assert any("(frozen-weight bits 8 -> 32)" in w.value for w in app.warning), [w.value for w in app.warning]
+    app.button(key="pl_train").click().run()
+    (job,) = JobQueue().list_jobs()
+    assert job.config.weight_bits == 8  # the plan's, as the figures
+    app.multiselect(key="pl_modes").set_value([])
+    app.button[0].click().run()
+    assert any(e.value == "Choose at least one mode." for e in app.error) and not app.exception

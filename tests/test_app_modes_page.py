@@ -49,3 +49,15 @@ def test_not_applicable_mode_is_explained():
     at.segmented_control(key="mode").set_value("lite_residual").run()
     assert not at.exception
     assert any("Not applicable" in w.value for w in at.warning)
+
+
+def test_a_size_the_backbone_cannot_run_at_shows_no_figures():
+    """As Home and the Memory Explorer: at 8 px a ViT cannot run, so no parameter counts of it are shown
+    (they depend on the size), only the reason."""
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.session_state["backbone"] = "vit_tiny_patch16_224"
+    at.session_state["resolution"] = 8
+    at.run()
+    at.switch_page("app_pages/modes.py").run()
+    assert not at.exception
+    assert any("8 px is too small" in e.value for e in at.error) and not at.metric

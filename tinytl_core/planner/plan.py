@@ -103,13 +103,13 @@ class SearchSpace:
                 check_backbone_name(name)
             except ValueError as exc:
                 raise PlanError(str(exc)) from None
+        if not self.modes:  # before resolve_modes, whose message speaks of the CLI's comma-separated list
+            raise PlanError("no mode to plan: choose at least one")
         try:
             modes = tuple(m.name for m in resolve_modes(self.modes))
             optimizer_states(self.optimizer)
         except ValueError as exc:
             raise PlanError(str(exc)) from None
-        if not modes:
-            raise PlanError("no mode to plan: give at least one")
         if not self.resolutions:
             raise PlanError("no resolution to plan: give at least one")
         if not self.batch_sizes:

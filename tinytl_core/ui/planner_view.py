@@ -269,6 +269,38 @@ def config_label(row: Mapping[str, Any]) -> str:
     )
 
 
+_SPACE_FIELDS = {
+    "backbones": "backbones",
+    "modes": "modes",
+    "resolutions": "resolutions",
+    "batch_sizes": "batch sizes",
+    "optimizer": "optimizer",
+    "frozen_weight_bits": "frozen-weight bits",
+    "engine": "layers",
+    "num_classes": "classes",
+}
+
+
+def space_changes(planned: SearchSpace, shown: SearchSpace) -> str:
+    """Which settings of the form (``shown``) differ from those a plan was made with (``planned``), in
+    words (``frozen-weight bits 8 -> 32``); empty when none. A plan kept across reruns must not pass for
+    the form's: its figures and *Train it* are the plan's."""
+    parts = []
+    for name, label in _SPACE_FIELDS.items():
+        before, now = getattr(planned, name), getattr(shown, name)
+        if before == now:
+            continue
+        if name == "engine":
+            parts.append(
+                f"layers {'engine' if before else 'stock PyTorch'} -> {'engine' if now else 'stock PyTorch'}"
+            )
+        elif isinstance(before, tuple):
+            parts.append(f"other {label}")
+        else:
+            parts.append(f"{label} {before} -> {now}")
+    return ", ".join(parts)
+
+
 TRAINABLE_WEIGHT_BITS = (EIGHT_BITS, 32)
 """The frozen-weight precisions a training run can use (``engine.quantized.check_weight_bits``)."""
 
