@@ -65,7 +65,8 @@ def render_jobs(mine: SessionJobs, *, live: bool) -> None:
             r = view.job.result or {}
             memory = r.get(modelled.name)
             card.metric(
-                f"#{view.job.id} {MODES[view.job.config.mode].title} · {view.status}",
+                f"{MODES[view.job.config.mode].title} · {view.status}"
+                + (f" · run #{view.job.run_id}" if view.job.run_id is not None else ""),
                 accuracy.text(r.get(accuracy.name), missing="–"),
                 delta=None if memory is None else f"{modelled.text(memory)} (modelled)",
                 delta_color="off",
@@ -79,7 +80,7 @@ def render_jobs(mine: SessionJobs, *, live: bool) -> None:
         st.vega_lite_chart(*chart, key="ad_curves")
     st.dataframe(watch.results(mine), hide_index=True, width="stretch", key="ad_results", placeholder="–")
     for view in ended:
-        title = f"#{view.job.id} {MODES[view.job.config.mode].title}"
+        title = f"{view.name.capitalize()}, {MODES[view.job.config.mode].title}"
         if view.unsuccessful:
             st.error(f"{title} {view.status}: {view.error}", icon=":material/error:")
         result = view.job.result or {}

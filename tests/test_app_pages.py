@@ -162,7 +162,7 @@ def test_tiny_adaptation_appears_on_compare_runs(app, worker):
     run_id = int(result["id"].iloc[0])
     assert run_id == done.run_id and ResultsStore().get_run(run_id)["status"] == "finished"
     (curves,) = app.get("vega_lite_chart")  # the run's curves: 3 steps, coloured as its mode
-    assert "hconcat" in curves.proto.spec and f"#{job.id} bias" in curves.proto.spec
+    assert "hconcat" in curves.proto.spec and f"job {job.id} bias" in curves.proto.spec
 
     visit(app, "compare_runs")
     table = app.dataframe[0].value

@@ -208,7 +208,9 @@ def test_measure_adapt_and_compare_in_a_real_browser(browser, server):
             '[data-testid="stVegaLiteChart"] canvas, [data-testid="stVegaLiteChart"] svg.marks'
         ).first.wait_for(timeout=TRAIN_TIMEOUT_S * 1000)
         screenshot(page, "adapt_training")
-        page.get_by_text("#1 TinyTL-B (bias) · finished", exact=True).wait_for(timeout=TRAIN_TIMEOUT_S * 1000)
+        page.get_by_text("TinyTL-B (bias) · finished · run #1", exact=True).wait_for(
+            timeout=TRAIN_TIMEOUT_S * 1000
+        )
         check_page(page, "adapt_finished")
         errors = page.locator('[data-testid="stAlertContentError"]')
         assert errors.count() == 0, page.inner_text("body")[:2000]

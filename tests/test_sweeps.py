@@ -572,3 +572,16 @@ def test_a_grid_two_sessions_start_is_trained_once_and_each_cancels_only_its_own
     assert b.dataframe[0].value["queued by"].tolist() == ["another session"]
     a.button(key="sw_cancel").click().run()
     assert {j.state for j in queue.list_jobs()} == {JobState.CANCELLED}
+
+
+def test_the_app_queues_no_configuration_whose_mode_does_not_apply(tinytl_home):
+    """A lite residual mode on a ViT would only fail in a worker: start_sweep leaves it out and says so
+    (Adapt refuses the same setting at Start)."""
+    queue, store = JobQueue(), ResultsStore()
+    grid = SweepGrid(
+        ["vit_tiny_patch16_224"], modes=["last", "lite_residual"], datasets=["shapes"], seeds=[0], steps=[2]
+    )
+    started = ui_sweep.start_sweep(grid, queue, store, owner="me")
+    assert (started.total, started.queued, started.not_applicable) == (2, 1, 1)
+    assert "1 not applicable to their backbone (not queued)" in started.message()
+    assert [j.config.mode for j in queue.list_jobs()] == ["last"]

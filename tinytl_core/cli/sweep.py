@@ -13,7 +13,6 @@ from tinytl_core.adapt import OPTIMIZERS, AdaptConfig
 from tinytl_core.backbones import default_backbone
 from tinytl_core.cli.args import add_image_caps, bounded, check_output, check_resolution
 from tinytl_core.jobs import default_pool_size
-from tinytl_core.modes import compare_trainable
 from tinytl_core.reports import frame_text
 from tinytl_core.results import ResultsStore
 from tinytl_core.seeds import SEED_GROUP_HEADERS, group_seeds
@@ -263,17 +262,14 @@ def _run(args: argparse.Namespace, writer: StatusWriter | None) -> int:
     )
     if args.dry_run:
         from tinytl_core.sweeps import config_key, finished_keys
+        from tinytl_core.sweeps.grid import not_applicable
 
         done = finished_keys(store, (config_key(c) for c in configs))
-        applies: dict[tuple, dict[str, str]] = {}  # what each mode's model says (on meta), per setup
+        inapplicable = not_applicable(configs)  # what each mode's model says (on meta)
         for c in configs:
             key = config_key(c)
-            setup = (c.backbone, c.resolution, c.group_norm)
-            if setup not in applies:
-                results = compare_trainable(c.backbone, resolution=c.resolution, group_norm=c.group_norm)
-                applies[setup] = {r.mode: r.reason for r in results if not r.applicable}
-            if c.mode in applies[setup]:
-                state = f"not applicable ({applies[setup][c.mode]})"
+            if key in inapplicable:
+                state = f"not applicable ({inapplicable[key]})"
             else:
                 state = f"finished (run {done[key]}), skipped" if key in done else "to run"
             print(

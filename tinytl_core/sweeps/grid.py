@@ -14,7 +14,7 @@ from tinytl_core import limits as L
 from tinytl_core.adapt import AdaptConfig, check_setup
 from tinytl_core.backbones import own_resolution, resolution_problem
 from tinytl_core.data import check_dataset_name
-from tinytl_core.modes import ModeNotApplicable, resolve_modes
+from tinytl_core.modes import ModeNotApplicable, compare_trainable, resolve_modes
 from tinytl_core.quantities import RunStatus
 from tinytl_core.results import RUN, ResultsStore
 from tinytl_core.seeds import config_key
@@ -161,6 +161,23 @@ def _check_batch_one(configs: Iterable[AdaptConfig]) -> None:
         except ValueError as exc:
             size = f"{config.resolution} px" if config.resolution else "its own resolution"
             raise ValueError(f"{config.backbone} in mode {config.mode} at {size}: {exc}") from None
+
+
+def not_applicable(configs: Iterable[AdaptConfig]) -> dict[str, str]:
+    """Key -> why, for each configuration whose mode does not apply to its backbone (a lite residual mode
+    on a ViT, sparse update with GroupNorm): each backbone's modes applied once per resolution and
+    normalisation on the ``meta`` device (:func:`~tinytl_core.modes.compare_trainable`). The CLI's dry
+    run says so; the app queues none of them (they would only fail in a worker)."""
+    reasons: dict[tuple, dict[str, str]] = {}
+    out = {}
+    for config in configs:
+        backbone, resolution, group_norm = setup = (config.backbone, config.resolution, config.group_norm)
+        if setup not in reasons:
+            results = compare_trainable(backbone, resolution=resolution, group_norm=group_norm)
+            reasons[setup] = {r.mode: r.reason for r in results if not r.applicable}
+        if config.mode in reasons[setup]:
+            out[config_key(config)] = reasons[setup][config.mode]
+    return out
 
 
 def finished_keys(store: ResultsStore, keys: Iterable[str] | None = None) -> dict[str, int]:

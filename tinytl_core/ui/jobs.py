@@ -134,14 +134,20 @@ class JobView:
         return public_text(self.job.error)
 
     @property
+    def name(self) -> str:
+        """``job 3``: a job's own number. Never ``#3``, which every page keeps for *run* ids (Compare runs'
+        delete takes ``#3``: a job's number there would name another run)."""
+        return f"job {self.job.id}"
+
+    @property
     def label(self) -> str:
-        """``#id mode``: the curves' legend (the mode gives the colour)."""
-        return f"#{self.job.id} {self.job.config.mode}"
+        """``job 3 bias``: the curves' legend (the mode gives the colour)."""
+        return f"{self.name} {self.job.config.mode}"
 
     def line(self) -> str:
         """One line of progress: place in line, or step and phase, or how it ended."""
         job = self.job
-        head = f"#{job.id} {job.config.mode}"
+        head = f"{self.name} {job.config.mode}"
         if job.state is JobState.QUEUED:
             ahead = (self.position or 1) - 1
             return (

@@ -41,7 +41,7 @@ from tinytl_core.reference import (
 from tinytl_core.results import ResultsStore
 from tinytl_core.sweeps import QueueExecutor, SweepGrid, config_key, finished_keys, parse_list, sweep_id
 from tinytl_core.sweeps.driver import DriverState, DriverStatus, read_status, write_status
-from tinytl_core.sweeps.grid import parse_resolutions
+from tinytl_core.sweeps.grid import not_applicable, parse_resolutions
 from tinytl_core.ui.errors import public_text
 from tinytl_core.ui.runs import dataset_label
 
@@ -81,6 +81,7 @@ class SweepStart:
     queued: int
     adopted: int
     skipped: int
+    not_applicable: int = 0
 
     def message(self) -> str:
         text = f"{self.total} configuration(s): {self.queued} queued"
@@ -88,6 +89,8 @@ class SweepStart:
             text += f", {self.adopted} already queued or running"
         if self.skipped:
             text += f", {self.skipped} already finished (skipped)"
+        if self.not_applicable:
+            text += f", {self.not_applicable} not applicable to their backbone (not queued)"
         return text + "."
 
 
@@ -99,14 +102,15 @@ def start_sweep(grid: SweepGrid, queue: JobQueue, store: ResultsStore, *, owner:
     if len(configs) > MAX_SWEEP:
         raise ValueError(f"{len(configs)} configurations is more than {MAX_SWEEP}: make the grid smaller")
     done = finished_keys(store, (config_key(c) for c in configs))
-    todo = [c for c in configs if config_key(c) not in done]
+    skip = not_applicable(configs)  # a job for them would only fail in a worker
+    todo = [c for c in configs if config_key(c) not in done and config_key(c) not in skip]
     name = sweep_id(configs)
     if not todo:
-        return SweepStart(name, len(configs), 0, 0, len(done))
+        return SweepStart(name, len(configs), 0, 0, len(done), len(skip))
     before = {j.id for j in queue.list_jobs(sweep=name, states=[JobState.QUEUED, JobState.RUNNING])}
     _, jobs, _ = QueueExecutor(queue.path, 0, sweep=name, owner=owner).submit(todo)
     adopted = len(set(jobs) & before)
-    return SweepStart(name, len(configs), len(jobs) - adopted, adopted, len(done))
+    return SweepStart(name, len(configs), len(jobs) - adopted, adopted, len(done), len(skip))
 
 
 @dataclass
