@@ -102,8 +102,11 @@ def render_jobs(mine: SessionJobs, *, live: bool) -> None:
 
 st.header("Adapt")
 weights = "pretrained weights" if pretrained else "random initialisation"
+# the batch the runs will train at: 1 when the settings below ask for it (read before they are drawn)
+one = st.session_state.get("ad_group_norm") and st.session_state.get("ad_batch_one")
 st.caption(
-    f"**{backbone}** · {resolution} px · batch {batch_size} · {weights} (change them in the sidebar). "
+    f"**{backbone}** · {resolution} px · batch {1 if one else batch_size} · {weights} (change them in the "
+    "sidebar). "
     f"Runs are queued and trained by worker processes on {resolve_device('auto')}."
 )
 

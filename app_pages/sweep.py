@@ -152,7 +152,10 @@ with st.form("sw_form"):
     )
     c = st.columns(3)
     resolutions = c[0].text_input(
-        "Resolutions (px)", "own", key="sw_res", help="Comma-separated; 'own' is each backbone's own size."
+        "Resolutions (px)",
+        "own",
+        key="sw_res",
+        help="Comma-separated sizes in px, 8 to 1,024; 'own' (or 0) is each backbone's own size.",
     )
     seeds = c[1].text_input("Seeds", "0,1,2", key="sw_seeds", help="Comma-separated training seeds.")
     steps = c[2].number_input("Steps per run", min_value=1, max_value=100_000, value=200, key="sw_steps")

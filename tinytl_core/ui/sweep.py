@@ -173,7 +173,7 @@ class SweepStatus:
                     "backbone": c.backbone,
                     "mode": c.mode,
                     "dataset": dataset_label(job.label or c.dataset),  # jobs queued before labels were names
-                    "px": c.resolution,
+                    "px": c.resolution or "own",  # the backbone's own size, not a blank
                     "seed": c.seed,
                     "state": str(job.run_status or job.state) if job.ended else str(job.state),
                     "step": f"{job.step} / {job.total_steps or c.steps}",
