@@ -12,7 +12,6 @@ from tinytl_core.ui import vega
 from tinytl_core.ui.runs import (
     ACCURACY,
     MEMORY_AXES,
-    column_formats,
     export_csv_text,
     filter_runs,
     memory_axis,
@@ -22,6 +21,7 @@ from tinytl_core.ui.runs import (
     run_label,
     runs_version,
     stored_run_label,
+    table_display,
 )
 
 # How soon after a new session's first view the page runs again to draw its scatter. (A comment, not a
@@ -117,15 +117,16 @@ if len(plotted) < len(shown):
 if shown.empty:
     st.warning("No run matches these filters.")
 
+table, formats = table_display(shown)  # sizes in the unit their column calls for
 st.dataframe(
-    shown,
+    table,
     hide_index=True,
     width="stretch",
     placeholder="–",
     key="cr_table",
     column_config={  # every column's header and format from its quantity (no figure left unformatted)
         key: header if fmt is None else st.column_config.NumberColumn(header, format=fmt)
-        for key, (header, fmt) in column_formats().items()
+        for key, (header, fmt) in formats.items()
     },
 )
 st.download_button(

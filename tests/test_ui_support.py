@@ -476,3 +476,19 @@ def test_the_scatter_scales_sizes_that_were_not_rounded_first():
         frame, x="activations_measured_MB", x_label="activations", title="t"
     )
     assert data["memory"].iloc[0] == pytest.approx(5.172) and spec["encoding"]["x"]["title"].endswith("(KB)")
+
+
+def test_the_runs_table_takes_the_unit_each_size_column_calls_for():
+    """No size reads 0.00 (a 1 KB figure in MB) or 110,150.00 (110 GB in MB): each size column of the
+    runs table in its own unit, named in its header; the frame's MB columns stay for the chart."""
+    from tinytl_core.ui.runs import runs_frame, table_display
+
+    base = {"status": "finished", "backbone": "b", "mode": "bias", "dataset": "d"}
+    runs = [{**base, "id": 1, "total_modelled_bytes": 1000, "activations_measured_bytes": 110e9}]
+    frame = runs_frame(runs)
+    shown, formats = table_display(frame)
+    assert formats["total_modelled_MB"] == ("total modelled KB", "%.2f")
+    assert shown["total_modelled_MB"][0] == 1
+    assert formats["activations_measured_MB"][0] == "act. measured GB"
+    assert shown["activations_measured_MB"][0] == pytest.approx(110)
+    assert frame["total_modelled_MB"][0] == pytest.approx(0.001)  # the chart's column untouched

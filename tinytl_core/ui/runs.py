@@ -17,7 +17,7 @@ import pandas as pd
 
 from tinytl_core.data import dataset_display_name
 from tinytl_core.modes import MODES
-from tinytl_core.quantities import MB, Unit
+from tinytl_core.quantities import MB, Unit, bytes_unit
 from tinytl_core.results import MEMORY, RUN, ResultsStore, run_headers, run_quantity, run_table
 from tinytl_core.ui.errors import public_text
 
@@ -71,6 +71,25 @@ def column_formats(columns: Sequence[str] = RUN_COLUMNS) -> dict[str, tuple[str,
             fmt = None
         out[q.key] = (q.header, fmt)
     return out
+
+
+def table_display(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, tuple[str, str | None]]]:
+    """``(frame, formats)`` for the runs table: :func:`column_formats` with each size column in the unit
+    its largest value calls for (:func:`~tinytl_core.quantities.bytes_unit`, named in its header: ``total
+    modelled KB`` for the demo's runs, ``GB`` at 1024 px), so no size reads ``0.00`` or ``110,150.00``.
+    The frame's keys stay (the page's filters and chart read the MB columns of :func:`runs_frame`)."""
+    formats = column_formats()
+    shown = frame.copy()
+    for name in RUN_COLUMNS:
+        q = run_quantity(name)
+        if q.unit is not Unit.BYTES or q.key not in shown:
+            continue
+        values = pd.to_numeric(shown[q.key], errors="coerce")
+        unit, factor = bytes_unit(float(values.abs().max()) * MB if values.notna().any() else 0.0)
+        shown[q.key] = values * MB / factor
+        header = formats[q.key][0]
+        formats[q.key] = (header.removesuffix(" MB") + f" {unit}", "%.2f" if factor > 1 else "%d")
+    return shown, formats
 
 
 _ID = re.compile(r"^#?(\d+)$")
