@@ -444,3 +444,70 @@ def test_an_upload_a_queued_job_needs_is_never_evicted(tinytl_home, tmp_path, mo
     queue.finish(job, "w", JobState.FINISHED)
     kept = U.save_archive("second.zip", second)  # the job ended: the old upload may go now
     assert kept.exists() and not path.exists()
+
+
+def _workers_on(db: str) -> list[int]:
+    """Process ids of `worker` processes on ``db``."""
+    import subprocess
+
+    found = subprocess.run(["pgrep", "-f", f"worker --db {db}"], capture_output=True, text=True)
+    return [int(pid) for pid in found.stdout.split()]
+
+
+def test_a_worker_process_stops_on_repeated_signals_and_when_its_parent_dies(tmp_path):
+    """The class: a worker must never outlive its pool. Its signal handler used to call Event.set(), whose
+    lock a second SIGTERM (the pool stopping, then the server's process group) interrupted: the worker
+    deadlocked for good and its parent watcher with it. Now several signals in a row stop it, and so does
+    its parent's death."""
+    import signal
+    import subprocess
+    import sys
+
+    db = str(tmp_path / "r.sqlite")
+    JobQueue(db)  # the queue's tables
+    command = [sys.executable, "-m", "tinytl_core", "worker", "--db", db, "--threads", "1"]
+    worker = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in worker.stderr:  # its first log line comes once the signal handlers are in place
+            if "jobs.worker: worker" in line:
+                break
+        for _ in range(20):
+            worker.send_signal(signal.SIGTERM)
+        assert worker.wait(20) == 0
+    finally:
+        worker.kill()
+    # a parent that dies without a word (as a killed app server): its worker stops on its own
+    spawn = "import os, subprocess, sys; subprocess.Popen(sys.argv[1:] + ['--parent-pid', str(os.getpid())])"
+    subprocess.run([sys.executable, "-c", spawn, *command], timeout=30, check=True)
+    try:
+        deadline = time.monotonic() + 40
+        while _workers_on(db) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not _workers_on(db), "an orphaned worker kept running"
+    finally:
+        for pid in _workers_on(db):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_the_workers_signal_handler_takes_no_lock(tmp_path):
+    """Deterministically, what a second signal inside the first handler did: the handler is called while
+    the shutdown event's lock is held (the old handler's Event.set() waited on it forever)."""
+    import signal
+
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    shutdown = threading.Event()
+    try:
+        run_worker(tmp_path / "r.sqlite", max_jobs=0, shutdown=shutdown)  # installs its handlers, returns
+        handler = signal.getsignal(signal.SIGTERM)
+        returned = threading.Event()
+
+        def interrupted() -> None:
+            with shutdown._cond:  # as if a signal arrived inside Event.set, which holds this lock
+                handler(signal.SIGTERM, None)
+            returned.set()
+
+        threading.Thread(target=interrupted, daemon=True).start()
+        assert returned.wait(5), "the signal handler blocked on the shutdown event's lock"
+    finally:
+        for sig, old in saved.items():
+            signal.signal(sig, old)

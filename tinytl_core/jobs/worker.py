@@ -217,6 +217,10 @@ def run_job(
     return state
 
 
+SIGNAL_POLL_S = 0.2
+"""How soon a received SIGTERM / SIGINT or a gone parent stops the worker."""
+
+
 def _parent_gone(parent_pid: int | None) -> bool:
     return parent_pid is not None and os.getppid() != parent_pid
 
@@ -254,12 +258,33 @@ def run_worker(
         import torch
 
         torch.set_num_threads(int(threads))
+    received: list[int] = []  # signals noted by the handler, turned into `shutdown` by the watcher
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: shutdown.set())
-    watcher = threading.Thread(target=_watch_parent, args=(parent_pid, shutdown), daemon=True)
-    if parent_pid is not None:
-        watcher.start()
+            # No Event.set() here: it takes the event's lock, and a second signal arriving while the first
+            # handler holds it deadlocked the worker for good (it outlived the app's server). A list
+            # append takes no lock the handler could be interrupted in.
+            signal.signal(sig, lambda signum, _frame: received.append(signum))
+    finished = threading.Event()  # ends the watcher when this returns (a thread, reused by tests)
+    watcher = threading.Thread(target=_watch, args=(parent_pid, received, shutdown, finished), daemon=True)
+    watcher.start()
+    try:
+        return _work(queue, worker, shutdown, max_jobs, idle_exit_s, poll_s, interval, runner)
+    finally:
+        finished.set()
+
+
+def _work(
+    queue: JobQueue,
+    worker: str,
+    shutdown: threading.Event,
+    max_jobs: int | None,
+    idle_exit_s: float | None,
+    poll_s: float,
+    interval: float,
+    runner: Runner,
+) -> int:
+    """:func:`run_worker`'s loop: claim and train jobs until told to stop."""
     log.info("worker %s on %s", worker, queue.path)
     done, idle_since = 0, time.monotonic()
     while not shutdown.is_set() and (max_jobs is None or done < max_jobs):
@@ -278,8 +303,15 @@ def run_worker(
     return done
 
 
-def _watch_parent(parent_pid: int | None, shutdown: threading.Event) -> None:
-    while not shutdown.wait(IDLE_POLL_S):
-        if _parent_gone(parent_pid):
+def _watch(
+    parent_pid: int | None, received: list[int], shutdown: threading.Event, finished: threading.Event
+) -> None:
+    """Set ``shutdown`` (from this thread, never from a signal handler) when a signal was received or the
+    parent process is gone; end with the worker (``finished``)."""
+    while not finished.wait(SIGNAL_POLL_S) and not shutdown.is_set():
+        if received:
+            log.info("signal %s: shutting down", received[0])
+            shutdown.set()
+        elif _parent_gone(parent_pid):
             log.info("the parent process %s is gone: shutting down", parent_pid)
             shutdown.set()
