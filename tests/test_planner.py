@@ -10,7 +10,7 @@ from tinytl_core.memory import analyze, measure
 from tinytl_core.modes import prepare_model
 from tinytl_core.planner.accuracy import NOT_MEASURED, accuracy_table, attach_accuracy, format_accuracy
 from tinytl_core.planner.budget import PRESETS, Budget, BudgetError, parse_budget
-from tinytl_core.planner.plan import PLANNED, SearchSpace, pareto_front, plan
+from tinytl_core.planner.plan import PLANNED, PlanError, SearchSpace, pareto_front, plan
 from tinytl_core.planner.profile import ProfileCache, upper_envelope
 
 DEMO = "demo_mobilenetv2_050"
@@ -341,3 +341,16 @@ def test_a_size_a_backbone_cannot_run_at_is_a_note_in_words(tinytl_home, capsys)
     out = capsys.readouterr().out
     assert "does not run at 8 px: a layer's 16x16 kernel (or patch) is larger than the 8x8 feature map" in out
     assert "Calculated padded" not in out
+
+
+def test_plans_every_mode_by_default_and_refuses_an_empty_list(tinytl_home, capsys):
+    """`plan` without --modes (or --modes all) plans every mode; an empty list of modes is refused."""
+    args = ["plan", "--budget", "1MB", "--backbones", DEMO, "--resolutions", "32", "--batch-sizes", "2"]
+    assert main(args) == 0
+    assert main([*args, "--modes", "all"]) == 0
+    capsys.readouterr()
+    with pytest.raises(PlanError, match="no mode to plan"):
+        SearchSpace(backbones=(DEMO,), modes=()).checked()
+    from tinytl_core.modes import MODES as ALL_MODES
+
+    assert SearchSpace(backbones=(DEMO,), modes=None).checked().modes == tuple(ALL_MODES)

@@ -103,8 +103,8 @@ class SearchSpace:
                 check_backbone_name(name)
             except ValueError as exc:
                 raise PlanError(str(exc)) from None
-        if not self.modes:  # before resolve_modes, whose message speaks of the CLI's comma-separated list
-            raise PlanError("no mode to plan: choose at least one")
+        if self.modes is not None and not len(self.modes):  # None is every mode; resolve_modes's own
+            raise PlanError("no mode to plan: choose at least one")  # message speaks of the CLI's list
         try:
             modes = tuple(m.name for m in resolve_modes(self.modes))
             optimizer_states(self.optimizer)
