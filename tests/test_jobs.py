@@ -186,6 +186,31 @@ def test_worker_trains_honours_cancel_and_requeues_on_shutdown(tmp_path):
         thread.join(30)
 
 
+def test_a_job_cancelled_as_its_worker_shuts_down_ends_cancelled(tmp_path):
+    """A Ctrl-C on a sweep asks its jobs to cancel and stops the worker at once: the worker finds the
+    requeue refused (cancel asked) before its reporter read the request. The job must end cancelled, not
+    stay running for the pool to mark failed ('exited while training')."""
+    db = tmp_path / "r.sqlite"
+    queue, shutdown = JobQueue(db), threading.Event()
+    job = queue.submit(config(steps=2000), owner="me")
+    thread = threading.Thread(
+        target=run_worker,
+        args=(db,),
+        kwargs=dict(shutdown=shutdown, runner=cheap_runner, poll_s=0.05, interval=4),  # no report read yet
+    )
+    thread.start()
+    try:
+        wait_for(lambda: queue.get(job).state is JobState.RUNNING, what="the job to start")
+        queue.cancel(job, "me")
+        shutdown.set()
+        thread.join(30)
+        ended = queue.get(job)
+        assert ended.state is JobState.CANCELLED, ended
+    finally:
+        shutdown.set()
+        thread.join(30)
+
+
 # -------------------------------------------------------------------------------- worker processes
 def _adapt_session() -> AppTest:
     """An Adapt page in an AppTest session, ready to queue one tiny run (one mode, 2 steps)."""

@@ -198,8 +198,10 @@ def run_job(
     reporter.close()
     status = RunStatus(result.status)
     if status is RunStatus.CANCELLED and shutdown.is_set() and not reporter.asked:
-        queue.requeue(job.id, worker)
-        return JobState.QUEUED
+        if queue.requeue(job.id, worker):
+            return JobState.QUEUED
+        # Refused: its owner asked to cancel it meanwhile (before the reporter read it: a Ctrl-C on a
+        # sweep does both at once). It ends cancelled here, not left running for the pool to call failed.
     state = {RunStatus.FINISHED: JobState.FINISHED, RunStatus.DIVERGED: JobState.FINISHED}.get(
         status, JobState.CANCELLED if status is RunStatus.CANCELLED else JobState.FAILED
     )
