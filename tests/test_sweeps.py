@@ -585,3 +585,18 @@ def test_the_app_queues_no_configuration_whose_mode_does_not_apply(tinytl_home):
     assert (started.total, started.queued, started.not_applicable) == (2, 1, 1)
     assert "1 not applicable to their backbone (not queued)" in started.message()
     assert [j.config.mode for j in queue.list_jobs()] == ["last"]
+
+
+def test_a_sweep_whose_jobs_were_cancelled_elsewhere_does_not_report_success(tmp_path, monkeypatch, capsys):
+    """Two identical sweeps share their jobs; when the other one's Ctrl-C cancels them, this sweep was not
+    interrupted but did not train them either: exit 1 and say how to train them, never exit 0."""
+    db = str(tmp_path / "r.sqlite")
+
+    def cancelled_elsewhere(config, cancel=None):
+        return TaskOutcome(config_key(config), OutcomeKind.CANCELLED)
+
+    monkeypatch.setattr(executors, "train_config", cancelled_elsewhere)
+    argv = ["sweep", "--modes", "bias", "--datasets", "shapes", "--seeds", "0", "--steps", "3"]
+    assert main([*argv, "--no-memory", "--workers", "0", "--db", db]) == 1
+    err = capsys.readouterr().err
+    assert "1 configuration(s) were cancelled before they finished" in err and "run the same command" in err

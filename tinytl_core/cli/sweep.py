@@ -217,8 +217,8 @@ class _GridBar:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the sweep; exit 0 when every configuration finished (or does not apply), 1 when one failed,
-    130 when interrupted (Ctrl-C: run the same command again to resume).
+    """Run the sweep; exit 0 when every configuration finished (or does not apply), 1 when one failed or
+    was cancelled from elsewhere, 130 when interrupted (Ctrl-C: run the same command again to resume).
 
     Every argument is checked first (lists, names, numbers, resolutions, Ray installed), before anything
     is trained. With ``--status-file`` the state and progress go to that file too, and its last word says
@@ -311,4 +311,10 @@ def _run(args: argparse.Namespace, writer: StatusWriter | None) -> int:
     if args.export_reference:
         path = export_reference(report, store, args.export_reference, command=command, label=args.label)
         print(f"reference set written to {path} ({len(report.finished_run_ids(store))} runs)")
-    return 1 if report.progress.failed else 0
+    if report.progress.cancelled:  # not by this command (it was not interrupted): e.g. another session
+        print(
+            f"{report.progress.cancelled} configuration(s) were cancelled before they finished (by another "
+            "session or sweep sharing their jobs); run the same command again to train them.",
+            file=sys.stderr,
+        )
+    return 1 if report.progress.failed or report.progress.cancelled else 0
