@@ -36,7 +36,11 @@ def _numeric_options():
             if isinstance(action, argparse._SubParsersAction):
                 for name, sub in action.choices.items():
                     walk(sub, [*words, name])
-            elif action.option_strings and action.type is not None and action.type is not str:
+            elif (
+                action.option_strings
+                and action.type not in (None, str)
+                and not getattr(action.type, "path", False)  # --db: a path type
+            ):
                 found.append((words, action.option_strings[-1], action))
 
     walk(build_parser(), [])
@@ -86,3 +90,34 @@ def test_an_option_that_would_do_nothing_is_said_not_ignored(tmp_path, capsys):
     assert main(["backbones", "--families", "--limit", "3"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 4 and lines[-1].startswith("... ") and "more (use --limit 0)" in lines[-1]
+
+
+def test_ctrl_c_while_the_cli_starts_is_one_line():
+    """A Ctrl-C during the seconds PyTorch and timm take to import: 'interrupted', exit 130, no import
+    traceback."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tinytl_core", "backbones"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err.strip() == "interrupted", err
+
+
+def test_a_database_in_a_missing_folder_is_refused_never_created(tmp_path, capsys):
+    """Every command with --db (runs, jobs, worker, sweep, adapt): a typo'd folder is said, not created
+    with an empty database a listing would show as an empty queue."""
+    db = tmp_path / "nofolder" / "x.sqlite"
+    for command in (["runs"], ["jobs"], ["worker", "--max-jobs", "1"], ["sweep", "--dry-run"], ["adapt"]):
+        assert main([*command, "--db", str(db)]) == 2, command
+        err = capsys.readouterr().err
+        assert "its folder does not exist" in err and err.count("\n") == 1, (command, err)
+    assert not (tmp_path / "nofolder").exists()

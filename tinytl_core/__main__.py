@@ -2,6 +2,11 @@
 
 import sys
 
-from tinytl_core.cli import main
+try:  # a Ctrl-C while PyTorch and timm import (seconds) is a one-line stop, not an import traceback
+    from tinytl_core.cli import main
 
-sys.exit(main(freeze_gc=True))
+    code = main(freeze_gc=True)
+except KeyboardInterrupt:
+    print("interrupted", file=sys.stderr)
+    code = 130
+sys.exit(code)

@@ -82,10 +82,13 @@ def main(argv: Sequence[str] | None = None, *, freeze_gc: bool = False) -> int:
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser().parse_args(argv)  # imports every command (seconds: PyTorch, timm, pandas)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
     if freeze_gc:
         freeze_imported_objects()
     try:

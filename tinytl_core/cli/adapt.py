@@ -19,7 +19,7 @@ from tinytl_core.adapt import (
     check_setup,
 )
 from tinytl_core.backbones import default_backbone
-from tinytl_core.cli.args import add_image_caps, bounded, check_resolution
+from tinytl_core.cli.args import add_db_option, add_image_caps, bounded, check_resolution
 from tinytl_core.cli.runs import COLUMNS
 from tinytl_core.data import check_dataset_name, dataset_display_name, load_dataset
 from tinytl_core.modes import ModeNotApplicable, get_mode, resolve_modes
@@ -143,7 +143,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help='mode sparse: the scheme to train, e.g. {"bias_blocks": 8, "weights": {"conv_head": "1/4"}} '
         "(from `sparse-search` or written by hand; default: the backbone's default scheme)",
     )
-    p.add_argument("--db", default=None, help="results database (default: $TINYTL_RESULTS_DB or data folder)")
+    add_db_option(p)
     p.add_argument("--no-save", dest="save", action="store_false", help="do not store the run(s)")
     p.add_argument("--threads", type=bounded(L.THREADS), default=None, help="torch CPU threads")
     p.set_defaults(func=run)

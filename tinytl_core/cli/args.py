@@ -112,3 +112,27 @@ def add_image_caps(parser: argparse.ArgumentParser) -> None:
             default=None,
             help=f"at most this many {split} images per class",
         )
+
+
+def _database(text: str) -> str:
+    """``--db``'s type: a path whose folder exists (a typo'd folder is said, not created with an empty
+    database in it that a listing would show as empty)."""
+    path = Path(text)
+    if not path.exists() and not (path.parent if str(path.parent) else Path(".")).is_dir():
+        raise argparse.ArgumentTypeError(f"no results database at {text} (its folder does not exist)")
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder, not a results database")
+    return text
+
+
+_database.path = True  # type: ignore[attr-defined]  # a path, not a number (tests/test_cli_basics.py)
+
+
+def add_db_option(parser: argparse.ArgumentParser) -> None:
+    """``--db``, as every command that reads or writes the results database (and its job queue) takes it."""
+    parser.add_argument(
+        "--db",
+        type=_database,
+        default=None,
+        help="results database (default: $TINYTL_RESULTS_DB or data folder)",
+    )

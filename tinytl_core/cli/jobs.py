@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from tinytl_core import limits as L
-from tinytl_core.cli.args import bounded
+from tinytl_core.cli.args import add_db_option, bounded
 from tinytl_core.jobs import JobQueue, JobState
 from tinytl_core.jobs.queue import DEFAULT_EVENTS_DAYS, ENV_EVENTS_DAYS, events_keep_days
 
@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--prune-events does it now. Events of queued or running jobs, and of jobs without a stored run, "
         "are kept.",
     )
-    p.add_argument("--db", default=None, help="results database (default: $TINYTL_RESULTS_DB or data folder)")
+    add_db_option(p)
     p.add_argument("--prune-events", action="store_true", help="delete the events of old ended jobs now")
     p.add_argument(
         "--keep-days",

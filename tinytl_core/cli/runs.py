@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from tinytl_core import limits as L
-from tinytl_core.cli.args import bounded, check_output
+from tinytl_core.cli.args import add_db_option, bounded, check_output
 from tinytl_core.quantities import ENDED_STATUSES
 from tinytl_core.reports import frame_text
 from tinytl_core.results import MEMORY, RUN, ResultsStore, run_table
@@ -36,7 +35,7 @@ COLUMNS: tuple[str, ...] = (
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``runs`` command."""
     p = sub.add_parser("runs", help="list stored adaptation runs; export them as CSV; delete one")
-    p.add_argument("--db", default=None, help="results database (default: $TINYTL_RESULTS_DB or data folder)")
+    add_db_option(p)
     p.add_argument("--limit", type=bounded(L.ROWS), default=None, help="show only the newest N runs (0: all)")
     p.add_argument("--status", choices=[s.value for s in ENDED_STATUSES], default=None)
     p.add_argument("--dataset", default=None, help="only runs on this dataset")
@@ -53,8 +52,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """List, show, export or delete runs."""
-    if args.db is not None and not Path(args.db).exists() and not Path(args.db).parent.is_dir():
-        raise ValueError(f"no results database at {args.db} (its folder does not exist)")  # not created
     if args.history and not args.csv:  # an option that would do nothing: said, not ignored
         raise ValueError("--history adds the histories to the CSV export: give --csv FILE too")
     store = ResultsStore(args.db)

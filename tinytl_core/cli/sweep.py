@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 from tinytl_core import limits as L
 from tinytl_core.adapt import OPTIMIZERS, AdaptConfig
 from tinytl_core.backbones import default_backbone
-from tinytl_core.cli.args import add_image_caps, bounded, check_output, check_resolution
+from tinytl_core.cli.args import add_db_option, add_image_caps, bounded, check_output, check_resolution
 from tinytl_core.jobs import default_pool_size
 from tinytl_core.reports import frame_text
 from tinytl_core.results import ResultsStore
@@ -96,7 +96,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "joins the cluster running on this machine (or starts one), else a cluster address "
         "(ray://host:10001). Needs `pip install 'tinytl-lab[ray]'`",
     )
-    p.add_argument("--db", default=None, help="results database (default: $TINYTL_RESULTS_DB or data folder)")
+    add_db_option(p)
     p.add_argument("--dry-run", action="store_true", help="list the configurations and what would be skipped")
     p.add_argument(
         "--export-reference",

@@ -6,7 +6,7 @@ import argparse
 import logging
 
 from tinytl_core import limits as L
-from tinytl_core.cli.args import bounded
+from tinytl_core.cli.args import add_db_option, bounded
 from tinytl_core.jobs import JobQueue, JobState, run_worker
 
 
@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "its own pool of these (TINYTL_WORKERS); run more by hand, on this machine, against the same "
         "database.",
     )
-    p.add_argument("--db", default=None, help="results database (default: $TINYTL_RESULTS_DB or data folder)")
+    add_db_option(p)
     p.add_argument(
         "--threads", type=bounded(L.THREADS), default=None, help="PyTorch threads for training (default: all)"
     )
