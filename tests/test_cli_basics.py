@@ -121,3 +121,10 @@ def test_a_database_in_a_missing_folder_is_refused_never_created(tmp_path, capsy
         err = capsys.readouterr().err
         assert "its folder does not exist" in err and err.count("\n") == 1, (command, err)
     assert not (tmp_path / "nofolder").exists()
+
+
+def test_plan_limit_needs_a_filter_and_help_texts_match_what_is_taken(capsys):
+    assert main(["plan", "--budget", "1MB", "--limit", "3"]) == 2
+    assert "--limit caps a catalog filter's matches" in capsys.readouterr().err
+    assert main(["sparse-search", "--budget", "10MB", "--optimizer", "adamw"]) == 2  # its help lists choices
+    assert "invalid choice: 'adamw'" in capsys.readouterr().err

@@ -57,6 +57,10 @@ def _resolutions(text: str | None, backbones: tuple[str, ...]) -> tuple[int, ...
     return tuple(sorted(set(DEFAULT_RESOLUTIONS) | {r for r in own if L.RESOLUTION.problem(r) is None}))
 
 
+FILTER_LIMIT = 20
+"""Backbones a catalog filter plans by default (``--limit``)."""
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``plan`` command."""
     presets = ", ".join(PRESETS)
@@ -76,7 +80,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--family", default=None, help="catalog filter: timm family (module), e.g. efficientnet")
     p.add_argument("--kind", default=None, help="catalog filter: cnn, transformer, hybrid, mlp")
     p.add_argument(
-        "--limit", type=bounded(L.ROWS), default=20, help="at most this many backbones from a filter (0: all)"
+        "--limit",
+        type=bounded(L.ROWS),
+        default=None,
+        help=f"at most this many backbones from a filter (--search/--family/--kind; default "
+        f"{FILTER_LIMIT}, 0: all)",
     )
     p.add_argument("--modes", default="all", help=f"'all' or comma-separated: {', '.join(MODES)}")
     p.add_argument(
@@ -91,7 +99,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--frozen-weight-bits",
         type=bounded(L.FROZEN_WEIGHT_BITS),
         default=None,
-        help="bits per frozen weight: 32, or 8 as the paper (default: 32; MCU presets: 8)",
+        help="bits per frozen weight counted, 1 to 32 for what-ifs (default: 32; MCU presets: 8 as the "
+        "paper); a training run keeps them at 8 or 32",
     )
     p.add_argument("--stock", action="store_true", help="plan stock PyTorch layers instead of the engine")
     p.add_argument(
@@ -128,6 +137,8 @@ def run(args: argparse.Namespace) -> int:
     names = [n for n in (args.backbones or "").split(",") if n.strip()]
     if args.backbones is not None and not names:
         raise PlanError("--backbones: no backbone given (leave it out for the curated set)")
+    if args.limit is not None and not (args.search or args.family or args.kind):  # would do nothing
+        raise PlanError("--limit caps a catalog filter's matches: give --search, --family or --kind too")
     curated = args.curated or not (names or args.search or args.family or args.kind)
     backbones = select_backbones(
         names,
@@ -135,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
         search=args.search,
         family=args.family,
         kind=args.kind,
-        limit=args.limit or None,
+        limit=FILTER_LIMIT if args.limit is None else args.limit or None,
     )
     space = SearchSpace(
         backbones=backbones,

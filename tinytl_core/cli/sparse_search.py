@@ -11,6 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from tinytl_core import limits as L
+from tinytl_core.adapt import OPTIMIZERS
 from tinytl_core.backbones import default_backbone
 from tinytl_core.cli.args import add_image_caps, bounded, check_output, check_resolution
 from tinytl_core.data import check_dataset_name, dataset_display_name
@@ -68,7 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=3e-3,
         help="learning rate of the short runs (default: %(default)g)",
     )
-    p.add_argument("--optimizer", default=d.optimizer, help="adam, adamw or sgd (memory and runs)")
+    p.add_argument("--optimizer", default=d.optimizer, choices=OPTIMIZERS, help="memory and runs")
     p.add_argument("--seed", type=bounded(L.SEED), default=d.seed)
     p.add_argument("--layers", type=bounded(L.LAYERS), default=d.layers, help="last weight layers searched")
     p.add_argument(
