@@ -9,6 +9,8 @@ def test_backbones_command(capsys):
     assert main(["backbones", "--curated"]) == 0
     out = capsys.readouterr().out
     assert "mobilenetv2_100" in out and "efficientnet_b0" in out
+    header = out.splitlines()[0].split()
+    assert header[:3] == ["name", "family", "kind"] and "has_pretrained" not in out and "True" not in out
 
 
 def test_modes_command(capsys):

@@ -9,7 +9,7 @@ import pandas as pd
 from tinytl_core import limits as L
 from tinytl_core.backbones import KINDS, families, list_backbones
 from tinytl_core.cli.args import bounded
-from tinytl_core.reports import frame_text
+from tinytl_core.reports import text_table
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -42,7 +42,11 @@ def run(args: argparse.Namespace) -> int:
         return 1
     table = pd.DataFrame([r.__dict__ for r in rows])
     shown = table if args.limit == 0 else table.head(args.limit)
-    print(frame_text(shown))
+    words = shown.assign(  # headers and values in words, text left-aligned (text_table)
+        has_pretrained=shown["has_pretrained"].map({True: "yes", False: "no"}),
+        curated=shown["curated"].map({True: "yes", False: ""}),
+    ).rename(columns={"has_pretrained": "pretrained weights", "description": "note"})
+    print(text_table(words))
     if len(shown) < len(table):
         print(f"... {len(table) - len(shown)} more (use --limit 0)")
     return 0
