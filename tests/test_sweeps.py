@@ -182,6 +182,9 @@ def test_sweep_cli_ctrl_c_says_how_to_resume_and_the_rerun_skips_finished(tmp_pa
     monkeypatch.setattr("tinytl_core.cli.sweep.import_ray", no_ray)
     assert main([*argv, "--ray"]) == 2
     assert "Ray is not installed" in capsys.readouterr().err
+    for address in ("bogus://x", "host:99999", "not an address"):  # refused before Ray is even imported
+        assert main([*argv, "--ray", address]) == 2
+        assert f"Ray address {address!r}: give 'auto', host:port" in capsys.readouterr().err
 
 
 def test_queue_executor_adopts_its_jobs_and_app_sweeps_cancel_owner_only(tmp_path):

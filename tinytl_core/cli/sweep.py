@@ -29,6 +29,7 @@ from tinytl_core.sweeps import (
     sweep_id,
 )
 from tinytl_core.sweeps.driver import DriverState, StatusWriter
+from tinytl_core.sweeps.executors import check_ray_address
 from tinytl_core.sweeps.grid import parse_resolutions
 
 LOCAL_RAY = "local"
@@ -183,11 +184,12 @@ def _executor(
     """Where the sweep runs. ``sweep`` names the whole grid's jobs in the queue (the same on every resume,
     whatever is left to run, so a restarted sweep adopts its jobs still waiting)."""
     if args.ray is not None:
+        address = None if args.ray == LOCAL_RAY else args.ray
+        check_ray_address(address)
         try:
             import_ray()
         except ImportError as exc:
             raise ValueError(str(exc)) from None
-        address = None if args.ray == LOCAL_RAY else args.ray
         init = {"num_cpus": args.workers} if args.workers else {}
         return RayExecutor(address, init_kwargs=init)
     if args.workers == 0:

@@ -13,8 +13,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import socket
 import threading
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -273,7 +275,9 @@ class RayExecutor:
             ray.init(**kwargs)
         elif self.address:
             try:
-                ray.init(address=self.address, **{k: v for k, v in kwargs.items() if k != "num_cpus"})
+                with warnings.catch_warnings():  # Ray's own timeout warning: the error below says it
+                    warnings.simplefilter("ignore")
+                    ray.init(address=self.address, **{k: v for k, v in kwargs.items() if k != "num_cpus"})
             except Exception as exc:  # noqa: BLE001 -- Ray raises several kinds; one clear sentence
                 raise ConnectionError(
                     f"cannot reach the Ray cluster at {self.address} ({_first_line(exc)}); check the address "
@@ -310,5 +314,25 @@ class RayExecutor:
 
 
 def _first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message (its class name when it has none): said to people."""
     text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
+    return text[0] if text else type(exc).__name__
+
+
+RAY_ADDRESS = re.compile(
+    r"^(?:ray://)?(?P<host>[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?):(?P<port>\d{1,5})$"
+)
+"""A Ray cluster's address: ``host:port`` or ``ray://host:port``."""
+
+
+def check_ray_address(address: str | None) -> None:
+    """``ValueError`` unless ``address`` is None (a local instance), ``auto`` or a ``host:port`` /
+    ``ray://host:port`` with a valid port: checked before Ray is imported or anything is queued (``bogus://x``
+    reached Ray as 'Module: bogus does not exist')."""
+    if address is None or address == "auto":
+        return
+    match = RAY_ADDRESS.match(address)
+    if match is None or not 0 < int(match["port"]) < 65536:
+        raise ValueError(
+            f"Ray address {address!r}: give 'auto', host:port or ray://host:port (e.g. 10.0.0.5:6379)"
+        )

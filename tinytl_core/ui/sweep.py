@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -41,6 +40,7 @@ from tinytl_core.reference import (
 from tinytl_core.results import ResultsStore
 from tinytl_core.sweeps import QueueExecutor, SweepGrid, config_key, finished_keys, parse_list, sweep_id
 from tinytl_core.sweeps.driver import DriverState, DriverStatus, read_status, write_status
+from tinytl_core.sweeps.executors import RAY_ADDRESS
 from tinytl_core.sweeps.grid import not_applicable, parse_resolutions
 from tinytl_core.ui.errors import public_text
 from tinytl_core.ui.runs import dataset_label
@@ -211,7 +211,7 @@ RAY_NOT_INSTALLED = (
 )
 LOCAL_RAY = "local"
 """The Ray address that starts a Ray instance on this server for the sweep (``sweep --ray`` alone)."""
-_HOST_PORT = re.compile(r"^(?:ray://)?(?P<host>[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?):(?P<port>\d{1,5})$")
+_HOST_PORT = RAY_ADDRESS  # one definition: the CLI's --ray takes the same
 REACH_TIMEOUT_S = 3.0
 RAY_ADDRESSES_ENV = "TINYTL_RAY_ADDRESSES"
 """Environment variable: the other Ray clusters (``host:port`` or ``ray://host:port``, comma-separated)
