@@ -89,6 +89,8 @@ def test_an_option_that_would_do_nothing_is_said_not_ignored(tmp_path, capsys):
     sweep = ["sweep", "--db", db, "--dry-run", "--modes", "last", "--datasets", "shapes", "--label", "mine"]
     assert main(sweep) == 2
     assert "--label names the reference set" in capsys.readouterr().err
+    assert main(["memory", "--device", "cpu"]) == 2  # the device is where --measure runs
+    assert "--device is where --measure runs its steps: give --measure too" in capsys.readouterr().err
     assert main(["backbones", "--families", "--limit", "3"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 4 and lines[-1].startswith("... ") and "more (use --limit 0)" in lines[-1]
@@ -130,3 +132,9 @@ def test_plan_limit_needs_a_filter_and_help_texts_match_what_is_taken(capsys):
     assert "--limit caps a catalog filter's matches" in capsys.readouterr().err
     assert main(["sparse-search", "--budget", "10MB", "--optimizer", "adamw"]) == 2  # its help lists choices
     assert "invalid choice: 'adamw'" in capsys.readouterr().err
+
+
+def test_a_repeated_paper_method_is_one_row():
+    from tinytl_core.paper import select_methods
+
+    assert [m.method for m in select_methods(["FT-Last", "FT-Last"])] == ["FT-Last"]

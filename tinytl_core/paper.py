@@ -93,8 +93,8 @@ TABLE2: tuple[PaperMethod, ...] = (
 
 
 def select_methods(names: list[str] | None) -> tuple[PaperMethod, ...]:
-    """The :data:`TABLE2` rows called ``names`` (the paper's method names), in the order given; all of them
-    for None or an empty list. ValueError naming the valid ones for an unknown name."""
+    """The :data:`TABLE2` rows called ``names`` (the paper's method names), in the order given, each once;
+    all of them for None or an empty list. ValueError naming the valid ones for an unknown name."""
     if not names:
         return TABLE2
     known = {r.method: r for r in TABLE2}
@@ -104,7 +104,7 @@ def select_methods(names: list[str] | None) -> tuple[PaperMethod, ...]:
     unknown = [n for n in names if n not in known]
     if unknown:
         raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(known)}")
-    return tuple(known[n] for n in names)
+    return tuple(known[n] for n in dict.fromkeys(names))  # each once (a repeated name, one row)
 
 
 class StepPeak(str, Enum):

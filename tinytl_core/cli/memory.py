@@ -73,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
     resolution = args.resolution or None
     check_resolution(args.model, resolution)
     check_output(args.csv, "--csv")
+    if args.device is not None and not args.measure:  # would do nothing: modelling needs no device
+        raise ValueError("--device is where --measure runs its steps: give --measure too")
     device = None
     if args.measure:
         device = resolve_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
