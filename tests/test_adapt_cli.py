@@ -217,3 +217,15 @@ def test_no_output_option_overwrites_the_results_database(tinytl_home, tmp_path,
     old.write_text("precious")
     assert main(["runs", "--db", str(db), "--csv", str(old)]) == 0
     assert "old.csv exists and will be replaced" in capsys.readouterr().err
+
+
+def test_datasets_info_says_when_a_set_cannot_train(tmp_path, capsys):
+    """A folder with no validation image (two images, one per class, at a small fraction) is what adapt
+    will refuse: `datasets info` says so and exits 1 instead of reporting it fine."""
+    from PIL import Image
+
+    for name in ("a", "b"):
+        (tmp_path / "ds" / name).mkdir(parents=True)
+        Image.new("RGB", (8, 8), (200, 0, 0)).save(tmp_path / "ds" / name / "1.png")
+    assert main(["datasets", "info", str(tmp_path / "ds"), "--val-fraction", "0.01"]) == 1
+    assert "training needs at least one training and one validation image" in capsys.readouterr().err

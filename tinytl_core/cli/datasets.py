@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import textwrap
 import time
 
@@ -108,6 +109,13 @@ def run_info(args: argparse.Namespace) -> int:
     print(frame_text(frame, max_rows=30))
     if data.skipped:
         print(f"skipped {data.skipped} file(s), e.g. {', '.join(data.skipped_examples)}")
+    if len(data.train) == 0 or len(data.val) == 0:  # as adapt will say: said here, not found out there
+        print(
+            "note: training needs at least one training and one validation image: add images (or raise "
+            "--val-fraction) before `adapt` or `sparse-search` can use it",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
