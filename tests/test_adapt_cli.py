@@ -115,6 +115,8 @@ def test_every_argument_is_checked_before_the_dataset_loads(tinytl_home, tmp_pat
         (["--threads", "100000"], "error: argument --threads: must be 1 to 1,024"),
         (["--device", "bogus"], "error: unknown device 'bogus': use auto, cpu, cuda or cuda:N"),
         (["--lr", "1e39"], "error: argument --lr: must be more than 0 and at most 1e+30"),
+        (["--weight-quantization", "linear"], "error: --weight-quantization makes 8-bit frozen weights"),
+        (["--eval-every", "100", "--steps", "2"], "error: --eval-every 100 never evaluates before the end"),
         # what depends on the model: checked on `meta` (shapes only), still before the dataset
         (["--mode", "sparse", "--group-norm"], "error: mode 'sparse' does not apply: its partial weight"),
         (["--batch-size", "1", "--resolution", "32"], "error: batch size 1 is too small for BatchNorm"),

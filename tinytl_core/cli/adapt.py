@@ -203,6 +203,13 @@ def run(args: argparse.Namespace) -> int:
         modes = [m.name for m in resolve_modes(args.modes)]
     else:
         modes = [args.mode or AdaptConfig.mode]
+    if args.weight_quantization != "kmeans" and args.weight_bits == 32:  # would do nothing: said
+        raise ValueError("--weight-quantization makes 8-bit frozen weights: give --frozen-weight-bits 8 too")
+    if args.eval_every and args.steps is not None and args.eval_every >= args.steps:
+        raise ValueError(
+            f"--eval-every {args.eval_every} never evaluates before the end of {args.steps} steps (the end "
+            "always does): give fewer steps between evaluations, or leave it out"
+        )
     scheme = read_scheme(args.sparse_scheme) if args.sparse_scheme else None
     if scheme is not None and not any(get_mode(m).sparse for m in modes):
         raise ValueError("--sparse-scheme needs mode sparse (--mode sparse or sparse in --modes)")
