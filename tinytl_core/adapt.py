@@ -472,8 +472,8 @@ def check_setup(config: AdaptConfig, num_classes: int = 10) -> None:
 
     Builds ``config``'s model in its mode on the ``meta`` device (shapes only: no memory, no weights) and
     runs one training-mode forward at its batch size and resolution. Raises
-    :class:`~tinytl_core.modes.ModeNotApplicable` when the mode does not apply (e.g. sparse update with
-    GroupNorm on a model without BatchNorm), ``ValueError`` when batch statistics of the batch are
+    :class:`~tinytl_core.modes.ModeNotApplicable` when the mode does not apply (e.g. a lite residual mode
+    on a ViT, sparse update with GroupNorm), ``ValueError`` when batch statistics of the batch are
     meaningless (a feature map shrinks to 1x1) or the input does not go through the model. The batch the
     run trains at may still shrink to a small training set (:func:`adapt` then says so).
     """
