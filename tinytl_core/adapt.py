@@ -456,6 +456,12 @@ def explained_message(exc: BaseException) -> str | None:
     return None
 
 
+def is_small_batch_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is PyTorch's refusal of batch statistics over one value per channel (BatchNorm in
+    training at batch 1 where a feature map is 1x1): the case :func:`small_batch_problem` explains."""
+    return isinstance(exc, ValueError) and "more than 1 value per channel" in str(exc)
+
+
 def small_batch_problem(batch_size: int, resolution: int | None) -> str:
     """What to change when BatchNorm layers using batch statistics see one value per channel (the message
     of every place that trains or measures a step: adapt, the Adapt page, sweeps, the Memory Explorer)."""
@@ -494,7 +500,7 @@ def check_setup(config: AdaptConfig, num_classes: int = 10) -> None:
         with torch.no_grad():
             model(torch.empty(config.batch_size, channels, height, width, device="meta"))
     except ValueError as exc:
-        if "more than 1 value per channel" in str(exc):
+        if is_small_batch_error(exc):
             raise ValueError(small_batch_problem(config.batch_size, height)) from None
         raise
     except (RuntimeError, AssertionError, TypeError) as exc:
@@ -763,7 +769,7 @@ def _train(
         try:
             logits = model(x)
         except ValueError as exc:
-            if "more than 1 value per channel" not in str(exc):
+            if not is_small_batch_error(exc):
                 raise
             raise ValueError(small_batch_problem(len(x), result.resolution)) from None
         loss = criterion(logits, y)

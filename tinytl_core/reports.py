@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from tinytl_core.modes import MODES, ModeResult
-from tinytl_core.quantities import MB, Unit, quantities, quantity
+from tinytl_core.quantities import MB, Unit, bytes_unit, quantities, quantity
 
 FP32_BYTES = 4
 
@@ -79,6 +79,14 @@ def trainable_display(table: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str 
             out[q.header] = numbers.round(q.digits)
             formats[q.header] = f"%.{q.digits}f"
     return pd.DataFrame(out), formats
+
+
+def in_own_unit(nbytes: pd.Series) -> tuple[pd.Series, str, str]:
+    """A column of sizes in bytes in the one unit its largest calls for (:func:`bytes_unit`: B, KB, MB,
+    GB, ...): ``(values in that unit, its name, a printf format)``. Every table that shows sizes (the
+    Memory Explorer's, Compare runs') scales its columns this way."""
+    unit, factor = bytes_unit(float(nbytes.abs().max()) if nbytes.notna().any() else 0.0)
+    return nbytes / factor, unit, "%.2f" if factor > 1 else "%d"
 
 
 MISSING = "-"

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from tinytl_core.adapt import resolve_device, small_batch_problem
+from tinytl_core.adapt import is_small_batch_error, resolve_device, small_batch_problem
 from tinytl_core.backbones import known_shape_error
 from tinytl_core.memory import (
     MB,
@@ -25,7 +25,8 @@ from tinytl_core.memory import (
 )
 from tinytl_core.memory.report import MEMORY, TOTALS
 from tinytl_core.modes import prepare_model
-from tinytl_core.quantities import RunMemory, bytes_unit, describe
+from tinytl_core.quantities import RunMemory, describe
+from tinytl_core.reports import in_own_unit
 
 
 def label(name: str) -> str:
@@ -101,10 +102,9 @@ def measure_mode(
     except (ValueError, RuntimeError) as exc:  # PyTorch's text said in words where it is a known case
         if isinstance(exc, MemoryLimitError):
             raise
-        text = str(exc)
-        if "more than 1 value per channel" in text:
+        if is_small_batch_error(exc):
             raise ValueError(small_batch_problem(batch_size, resolution)) from None
-        plain = known_shape_error(text)
+        plain = known_shape_error(str(exc))
         if plain:
             raise ValueError(f"{backbone} does not run at {resolution} px: {plain}") from None
         raise
@@ -212,11 +212,9 @@ def readable_table(table: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str | N
             continue
         header = _header(column)
         if column.endswith("_bytes"):
-            numbers = pd.to_numeric(values, errors="coerce")
-            unit, factor = bytes_unit(numbers.abs().max())
+            scaled, unit, fmt = in_own_unit(pd.to_numeric(values, errors="coerce"))
             header = f"{header} ({unit})"
-            out[header] = (numbers / factor).round(2)
-            formats[header] = "%.2f" if factor > 1 else "%d"
+            out[header], formats[header] = scaled.round(2), fmt
         elif column in _COUNTS:
             out[header] = pd.to_numeric(values, errors="coerce").round().astype("Int64")
             formats[header] = "localized"

@@ -17,7 +17,8 @@ import pandas as pd
 
 from tinytl_core.data import dataset_display_name
 from tinytl_core.modes import MODES
-from tinytl_core.quantities import MB, Unit, bytes_unit
+from tinytl_core.quantities import MB, Unit
+from tinytl_core.reports import in_own_unit
 from tinytl_core.results import MEMORY, RUN, ResultsStore, run_headers, run_quantity, run_table
 from tinytl_core.ui.errors import public_text
 
@@ -84,11 +85,8 @@ def table_display(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, tuple[st
         q = run_quantity(name)
         if q.unit is not Unit.BYTES or q.key not in shown:
             continue
-        values = pd.to_numeric(shown[q.key], errors="coerce")
-        unit, factor = bytes_unit(float(values.abs().max()) * MB if values.notna().any() else 0.0)
-        shown[q.key] = values * MB / factor
-        header = formats[q.key][0]
-        formats[q.key] = (header.removesuffix(" MB") + f" {unit}", "%.2f" if factor > 1 else "%d")
+        shown[q.key], unit, fmt = in_own_unit(pd.to_numeric(shown[q.key], errors="coerce") * MB)
+        formats[q.key] = (formats[q.key][0].removesuffix(" MB") + f" {unit}", fmt)
     return shown, formats
 
 
@@ -178,7 +176,11 @@ def runs_frame(runs: Iterable[Mapping[str, Any]], columns: Sequence[str] = RUN_C
     in % rounded to 2 decimals and memory in MB (10^6 bytes) unrounded (the table shows 2 decimals, a
     chart rescales them), keyed by each quantity's key
     (``final_val_acc_pct``, ``total_modelled_MB``; headers: :func:`~tinytl_core.results.run_headers`)."""
-    shown = [public_run(r) for r in runs]
+    return _frame([public_run(r) for r in runs], columns)
+
+
+def _frame(shown: Sequence[Mapping[str, Any]], columns: Sequence[str] = RUN_COLUMNS) -> pd.DataFrame:
+    """:func:`runs_frame` of runs already through :func:`public_run`."""
     frame = run_table(shown, columns, headers=False, digits=2)
     for name in columns:  # sizes unrounded: a chart scales them to KB or GB (5.17 KB was drawn at 10)
         q = run_quantity(name)
@@ -216,7 +218,7 @@ def load_runs(store: ResultsStore) -> StoredRuns:
     """Every run of ``store`` (newest first) with its :func:`runs_frame`: the one read of the runs table
     (and parse of every history) that the Compare runs page caches per :func:`runs_version`."""
     records = {int(r[RUN.id]): public_run(r) for r in store.list_runs()}
-    return StoredRuns(records, runs_frame(records.values()))
+    return StoredRuns(records, _frame(list(records.values())))  # public already: not twice
 
 
 def mode_options(modes: Iterable[Any]) -> list[str]:
