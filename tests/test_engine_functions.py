@@ -5,11 +5,13 @@ import math
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from timm.layers import BatchNormAct2d
 from timm.layers.conv2d_same import Conv2dSame
 
 from tinytl_core.engine import convert, describe, revert
 from tinytl_core.engine.bitmask import bits_for, pack_bits, pack_uint, unpack_bits, unpack_uint
+from tinytl_core.engine.functions import FrozenNormFn
 from tinytl_core.norms import freeze_statistics
 from tinytl_core.tracing import SavedTensorCounter
 
@@ -252,6 +254,33 @@ def test_frozen_statistics_norm(scale_trains):
     saved_stock, saved_engine = _compare(norm, x)
     assert saved_stock == x.numel() * 4
     assert saved_engine == (x.numel() * 4 if scale_trains else 0)
+
+
+def test_in_place_frozen_norm_keeps_its_statistics_apart_as_the_cuda_kernel_needs(monkeypatch):
+    """Regression (seen on an H200): the in-place frozen norm passed one buffer as both ``save_mean`` and
+    ``save_invstd``. The CPU kernel leaves them alone in eval mode; the CUDA kernel writes the running mean
+    into one, then the inverse std into the other, and normalises with both -- so every frozen norm on a GPU
+    subtracted its inverse std. Emulated here on the CPU: the output must still equal stock eval-mode
+    batch norm."""
+
+    def as_on_cuda(x, weight, bias, mean, var, training, momentum, eps, *, out, save_mean, save_invstd):
+        save_mean.resize_(mean.shape).copy_(mean)
+        save_invstd.resize_(var.shape).copy_((var + eps).rsqrt())
+        shape = (1, -1, 1, 1)
+        normed = (x - save_mean.view(shape)) * save_invstd.view(shape) * weight.view(shape) + bias.view(shape)
+        out.copy_(normed)
+        return out, save_mean, save_invstd
+
+    norm = _bn().eval()
+    x = torch.randn(2, 5, 6, 6)
+    stats = (norm.running_mean, norm.running_var)
+    expected = F.batch_norm(x, *stats, norm.weight, norm.bias, False, 0.0, norm.eps)
+    monkeypatch.setattr(torch.ops.aten.native_batch_norm, "out", as_on_cuda)
+    inplace = x.clone().requires_grad_(False)
+    bias = norm.bias.detach().requires_grad_(True)
+    y = FrozenNormFn.apply(inplace, norm.weight.detach(), bias, *stats, norm.eps, True)
+    assert y.data_ptr() == inplace.data_ptr()  # written over its input, as the engine runs it
+    assert torch.allclose(y, expected, atol=1e-6)
 
 
 def test_norm_frozen_by_the_foundation_converts_and_reverts():

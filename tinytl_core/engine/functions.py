@@ -271,9 +271,20 @@ class FrozenNormFn(Function):
             # need it: normalise over it, the same CPU/CUDA kernel writing its output into x (identical
             # values), so the step never holds input and output at once.
             ctx.mark_dirty(x)
-            empty = x.new_empty(0)
+            # Two buffers: the CUDA kernel writes the mean into save_mean, then the inverse std into
+            # save_invstd, and normalises with both; one buffer for both made it subtract the inverse std.
             torch.ops.aten.native_batch_norm.out(
-                x, weight, bias, mean, var, False, 0.0, eps, out=x, save_mean=empty, save_invstd=empty
+                x,
+                weight,
+                bias,
+                mean,
+                var,
+                False,
+                0.0,
+                eps,
+                out=x,
+                save_mean=x.new_empty(0),
+                save_invstd=x.new_empty(0),
             )
             return x
         return F.batch_norm(x, mean, var, weight, bias, False, 0.0, eps)
