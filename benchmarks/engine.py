@@ -90,6 +90,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--optimizer", default="adam", choices=["none", "sgd", "adam", "adamw"])
     p.add_argument("--repeats", type=int, help="timed steps per variant (default 5, --quick 3)")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--quick", action="store_true", help="small sizes: 64 px, batch 2, two backbones")
     p.add_argument("--out", type=Path, help="also write the rows as JSON here")
     args = p.parse_args(argv)
@@ -102,11 +103,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":  # kernels run asynchronously: time them to their end
+        torch.cuda.synchronize(device)
+
+
 def _timed_step(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, opt) -> float:
+    _sync(x.device)
     start = time.perf_counter()
     opt.zero_grad(set_to_none=True)
     F.cross_entropy(model(x), target).backward()
     opt.step()
+    _sync(x.device)
     return time.perf_counter() - start
 
 
@@ -115,8 +123,9 @@ def step_times(
 ) -> tuple[float, float]:
     """Best step time of the stock layers and of the (already converted) engine, interleaved so that a
     slow phase of a shared machine hits both alike. The optimizer runs at learning rate 0."""
-    x = torch.randn(batch, *size)
-    target = torch.randint(0, 10, (batch,))
+    device = next(model.parameters()).device
+    x = torch.randn(batch, *size, device=device)
+    target = torch.randint(0, 10, (batch,), device=device)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.0)
     model.train()
     stock, engine = [], []
@@ -136,7 +145,7 @@ def model_and_measure(backbone: str, mode: str, args: argparse.Namespace, **prep
     the model prepared with ``prepare`` (``prepare_model``'s options), seeded (shared by ``peak.py``)."""
     torch.manual_seed(0)
     size, batch = (3, args.resolution, args.resolution), args.batch_size
-    model = prepare_model(backbone, mode, resolution=args.resolution, **prepare).model
+    model = prepare_model(backbone, mode, resolution=args.resolution, device=args.device, **prepare).model
     modelled = analyze(model, input_size=size, batch_size=batch, optimizer=args.optimizer)
     both = measure_stock_and_engine(
         model, input_size=size, batch_size=batch, optimizer=args.optimizer, per_layer=False, modelled=modelled

@@ -74,6 +74,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--optimizer", default="adam", choices=["none", "sgd", "adam", "adamw"])
     p.add_argument("--repeats", type=int, default=3, help="timed steps per variant")
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (the peak: max_memory_allocated)")
     p.add_argument("--out", type=Path, help="also write the rows as JSON here")
     args = p.parse_args(argv)
     if min(args.resolution, args.batch_size, args.repeats, args.threads) < 1:
@@ -161,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = run_all(args, bench_one, "peak benchmark")
     print(
         f"\n{args.resolution} px, batch {args.batch_size}, optimizer {args.optimizer}, "
-        f"{args.threads} thread(s), device cpu, MB = 10^6 bytes\n"
+        f"{args.threads} thread(s), device {args.device}, MB = 10^6 bytes\n"
     )
     print(table(rows))
     print()
