@@ -9,7 +9,7 @@ from tinytl_core.comparisons import sign_mask_saving
 from tinytl_core.memory import ACCOUNTINGS, OPTIMIZER_HELP, OPTIMIZER_STATES, MemoryLimitError, ReportTotals
 from tinytl_core.memory.report import TOTALS
 from tinytl_core.modes import MODES
-from tinytl_core.quantities import describe, format_bytes, format_ratio
+from tinytl_core.quantities import CUDA_WORKSPACES_NOTE, describe, format_bytes, format_ratio
 from tinytl_core.ui import checks, explorer, figures, step_chart
 from tinytl_core.ui.errors import public_text
 
@@ -190,7 +190,7 @@ if step is not None and not isinstance(report, str):
     peaks[0].caption(
         "**Step peak**: weights, optimizer state, the input, stored activations, gradients and temporaries "
         "alive at once — the number you can check yourself. Measured with PyTorch's profiler "
-        "(torch.cuda.max_memory_allocated on CUDA); modelled by the memory model."
+        "(torch.cuda.max_memory_allocated on CUDA); modelled by the memory model. " + CUDA_WORKSPACES_NOTE
     )
     timelines = {
         n: m.timeline

@@ -21,6 +21,11 @@ from enum import Enum
 from typing import Any
 
 MB = 1_000_000
+CUDA_WORKSPACES_NOTE = (
+    "On CUDA it also holds the cuBLAS and cuDNN workspaces (about 50-75 MB measured on an H200), which "
+    "the memory model leaves out: they depend on the GPU and library versions, not on the network."
+)
+"""What a measured CUDA peak holds beyond the modelled one (README, "On a GPU")."""
 """One megabyte: 10^6 bytes, as in the paper."""
 
 
@@ -364,7 +369,7 @@ class RunMemory(ModelledMemory):
         help="The peak of one real training step as it trains (what the OS or "
         "torch.cuda.max_memory_allocated shows): torch.cuda.max_memory_allocated on CUDA, PyTorch's "
         "profiler memory timeline elsewhere; weights, optimizer state, input, activations, gradients "
-        "and temporaries alive at once.",
+        "and temporaries alive at once. " + CUDA_WORKSPACES_NOTE,
     )
     activations_measured_stock_bytes: float | None = quantity(
         "activations stock PyTorch, measured",

@@ -24,6 +24,7 @@ from tinytl_core.memory import (
 )
 from tinytl_core.memory.report import MEMORY, PEAKS, MemoryReport
 from tinytl_core.modes import MODES, prepare_model, resolve_modes
+from tinytl_core.quantities import CUDA_WORKSPACES_NOTE
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -141,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
             "act. necessary: TinyTL's rules (model); act. stock: what stock PyTorch saves (model); "
             "measured: one real step with stock PyTorch layers and with the training engine's; "
             "total modelled: the modelled step peak; peak measured: the step's peak (PyTorch's profiler, "
-            "or torch.cuda.max_memory_allocated on CUDA), what the OS or CUDA shows"
+            "or torch.cuda.max_memory_allocated on CUDA), what the OS or CUDA shows. " + CUDA_WORKSPACES_NOTE
         )
     if args.csv:
         frames = [df.assign(mode=name)[["mode", *df.columns]] for name, df in layers.items()]

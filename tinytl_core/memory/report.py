@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from tinytl_core.quantities import (
+    CUDA_WORKSPACES_NOTE,
     MB,
     ModelledMemory,
     RunMemory,
@@ -81,7 +82,7 @@ class MeasuredPeaks:
         short="peak stock measured",
         help="The most bytes alive at once in one real step with stock PyTorch layers (weights, optimizer "
         "state, input, activations, gradients, temporaries): PyTorch's profiler, or "
-        "torch.cuda.max_memory_allocated on CUDA.",
+        "torch.cuda.max_memory_allocated on CUDA. " + CUDA_WORKSPACES_NOTE,
     )
     peak_measured_engine_bytes: float | None = quantity(
         "step peak, engine, measured",
