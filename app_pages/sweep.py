@@ -54,13 +54,13 @@ def render_status(sweep: str, *, live: bool) -> None:
     if status.others_active:
         st.caption(
             f":material/group: {status.others_active} job(s) of this grid were queued by another session "
-            "(the same configurations, trained once for both of you): only that session can cancel them."
+            "(the same configurations, trained once for both of you). If that session cancels them, they "
+            "go on as yours."
         )
     if status.cancellable and st.button(
         f"Cancel your {status.cancellable} job(s)", icon=":material/stop_circle:", key="sw_cancel"
     ):
-        n = cancel_sweep(queue, sweep, owner)
-        st.toast(f"Cancelled {n} job(s); a running one stops within a step or two.")
+        st.toast(cancel_sweep(queue, sweep, owner).message())
         st.rerun()  # the whole page: a full run works from a fragment and from a script run alike
     st.dataframe(status.frame(), hide_index=True, width="stretch", placeholder="–", key="sw_jobs")
     if live and not status.active:

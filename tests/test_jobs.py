@@ -133,6 +133,54 @@ def test_queue_order_claims_progress_and_owner_only_cancel(tmp_path):
         queue.wait([b], timeout=0.1)
 
 
+def test_a_job_another_sweep_waits_for_is_handed_over_not_stopped(tmp_path):
+    """The class behind "any tab can stop another user's run", for shared jobs: a sweep that adopted a job
+    (the same configuration, trained once) lost it when the job's owner cancelled. The owner's cancel now
+    hands it over to the one waiting longest; a watcher's cancel only withdraws; others still may not."""
+    queue = JobQueue(tmp_path / "r.sqlite")
+    configs = [config(), config(mode="last"), config(mode="bn+last")]
+    running, queued, alone = queue.submit_many(configs, owner="a")
+    queue.claim("w1")  # `running` runs
+    for job in (running, queued):
+        queue.watch(job, "b")
+        queue.watch(job, "c")
+    queue.watch(alone, "a")  # its owner watching it changes nothing
+    assert queue.watchers(running) == ["b", "c"] and queue.watchers(alone) == []
+
+    with pytest.raises(NotYourJobError):
+        queue.cancel(alone, "b")  # not b's, and b does not wait for it
+    assert queue.cancel(running, "a").owner == "b"  # handed over, still running, not asked to stop
+    job = queue.get(running)
+    assert job.state is JobState.RUNNING and not job.cancel_requested and queue.watchers(running) == ["c"]
+    assert queue.report(running, "w1") is False  # the worker goes on
+    assert queue.cancel(queued, "c").state is JobState.QUEUED and queue.watchers(queued) == ["b"]  # withdrawn
+    assert queue.cancel(queued, "a").owner == "b"
+    assert queue.cancel(queued, "b").state is JobState.CANCELLED  # nobody else waits: cancelled
+    assert queue.cancel(alone, "a").state is JobState.CANCELLED
+    assert queue.cancel(running, None).cancel_requested  # the server's own cancel stops it whoever waits
+    assert queue.watchers(running) == []
+
+
+def test_a_sweep_adopts_the_jobs_of_a_sweep_process_that_is_gone(tmp_path):
+    """A command-line sweep owns its jobs as its process (`label (host:pid)`): started again after its
+    process was killed, it takes over the jobs left queued, so its own Ctrl-C can stop them."""
+    from tinytl_core.jobs import process_owner
+
+    queue = JobQueue(tmp_path / "r.sqlite")
+    gone = mp.get_context("spawn").Process(target=time.sleep, args=(0,))
+    gone.start()
+    gone.join()
+    left, live = queue.submit_many([config(), config(mode="last")], owner=process_owner("sweep s", gone.pid))
+    queue.store.execute(
+        lambda con: con.execute("UPDATE jobs SET owner = ? WHERE id = ?", (process_owner("sweep s"), live)),
+        write=True,
+    )
+    me = "sweep s (started again)"
+    assert queue.adopt(left, me) and queue.get(left).owner == me  # its process is gone: ours now
+    assert not queue.adopt(live, me) and queue.watchers(live) == [me]  # alive (this process): watched
+    assert queue.cancel(left, me).state is JobState.CANCELLED
+
+
 def test_recover_fails_jobs_of_dead_or_silent_workers(tmp_path):
     queue = JobQueue(tmp_path / "r.sqlite")
     gone, silent, alive = queue.submit_many([config(), config(), config()])

@@ -219,8 +219,8 @@ def test_queue_executor_adopts_its_jobs_and_app_sweeps_cancel_owner_only(tmp_pat
     assert (again.sweep, again.queued, again.adopted) == (started.sweep, 0, 2)
     status = sweep_status(queue, started.sweep)
     assert status.active and len(status.jobs) == 2 and "0 / 2 ended" in status.line()
-    assert cancel_sweep(queue, started.sweep, "mallory") == 0
-    assert cancel_sweep(queue, started.sweep, "alice") == 2
+    assert cancel_sweep(queue, started.sweep, "mallory").stopped == 0
+    assert cancel_sweep(queue, started.sweep, "alice").stopped == 2
     status = sweep_status(queue, started.sweep)
     assert not status.active and list(status.frame()["state"]) == ["cancelled", "cancelled"]
 
@@ -573,7 +573,14 @@ def test_a_grid_two_sessions_start_is_trained_once_and_each_cancels_only_its_own
     assert not [x for x in b.button if x.key == "sw_cancel"]
     assert any("queued by another session" in c.value for c in b.caption)
     assert b.dataframe[0].value["queued by"].tolist() == ["another session"]
+    # A's cancel hands the job B waits for over to B: it goes on, and only B can cancel it now
     a.button(key="sw_cancel").click().run()
+    assert any("another session waits for the same run" in t.value for t in a.toast)
+    (job,) = queue.list_jobs()
+    assert job.state is JobState.QUEUED
+    b.run()
+    assert b.dataframe[0].value["queued by"].tolist() == ["you"]
+    b.button(key="sw_cancel").click().run()
     assert {j.state for j in queue.list_jobs()} == {JobState.CANCELLED}
 
 
@@ -588,6 +595,29 @@ def test_the_app_queues_no_configuration_whose_mode_does_not_apply(tinytl_home):
     assert (started.total, started.queued, started.not_applicable) == (2, 1, 1)
     assert "1 not applicable to their backbone (not queued)" in started.message()
     assert [j.config.mode for j in queue.list_jobs()] == ["last"]
+
+
+def test_an_interrupted_sweep_hands_its_shared_jobs_to_the_identical_sweep_still_waiting(tmp_path):
+    """Two identical command-line sweeps share their jobs (trained once). Ctrl-C on the first used to cancel
+    them under the second, whose jobs were then lost; now they go on as the second's, and the first stops
+    without waiting for them."""
+    db = tmp_path / "r.sqlite"
+    configs = [replace(TINY, mode="bias"), replace(TINY, mode="last")]
+    first = QueueExecutor(db, 0, sweep="grid", owner="sweep grid (first)")
+    second = QueueExecutor(db, 0, sweep="grid", owner="sweep grid (second)")
+    first.submit(configs)
+    queue, second_jobs, _ = second.submit(configs)  # adopts the first's jobs: none queued twice
+    assert len(queue.list_jobs()) == 2 and set(second_jobs) == {j.id for j in queue.list_jobs()}
+    interrupted = threading.Event()
+    interrupted.set()  # Ctrl-C before anything ran
+    start = time.perf_counter()
+    first.run(configs, lambda outcome: None, interrupted)
+    assert time.perf_counter() - start < 5  # did not wait STOP_WAIT_S for jobs that go on
+    jobs = queue.list_jobs()
+    assert {j.state for j in jobs} == {JobState.QUEUED} and {j.owner for j in jobs} == {"sweep grid (second)"}
+    # with nobody else waiting, the second's own Ctrl-C stops them
+    second.run(configs, lambda outcome: None, interrupted)
+    assert {j.state for j in queue.list_jobs()} == {JobState.CANCELLED}
 
 
 def test_a_sweep_whose_jobs_were_cancelled_elsewhere_does_not_report_success(tmp_path, monkeypatch, capsys):

@@ -4,7 +4,15 @@
 (:mod:`~tinytl_core.jobs.pool`, started by the app)."""
 
 from tinytl_core.jobs.pool import WorkerPool, default_pool_size, exit_reason
-from tinytl_core.jobs.queue import ENDED_JOB_STATES, Job, JobEvent, JobQueue, JobState, NotYourJobError
+from tinytl_core.jobs.queue import (
+    ENDED_JOB_STATES,
+    Job,
+    JobEvent,
+    JobQueue,
+    JobState,
+    NotYourJobError,
+    process_owner,
+)
 from tinytl_core.jobs.worker import failed_message, result_summary, run_job, run_worker
 
 __all__ = [
@@ -18,6 +26,7 @@ __all__ = [
     "default_pool_size",
     "exit_reason",
     "failed_message",
+    "process_owner",
     "result_summary",
     "run_job",
     "run_worker",

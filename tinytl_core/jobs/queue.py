@@ -34,8 +34,9 @@ from tinytl_core.results import ResultsStore, default_db_path
 
 log = logging.getLogger(__name__)
 
-JOBS_SCHEMA_VERSION = 1
-"""Version of the ``jobs`` / ``job_events`` tables, kept in ``schema_versions`` (the runs table has its own
+JOBS_SCHEMA_VERSION = 2
+"""Version of the ``jobs`` / ``job_events`` / ``job_watchers`` tables (2 added ``job_watchers``), kept in
+``schema_versions`` (the runs table has its own
 ``PRAGMA user_version``)."""
 STALE_AFTER_S = 120.0
 """A running job whose heartbeat is older than this is failed by :meth:`JobQueue.recover` (workers beat
@@ -175,6 +176,10 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS job_events (id INTEGER PRIMARY KEY AUTOINCREMENT, "
     "job_id INTEGER NOT NULL, at REAL NOT NULL, kind TEXT NOT NULL, data_json TEXT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS job_events_by_job ON job_events (job_id, id)",
+    # Who else wants a job's run: a sweep that found its configuration already queued adopts that job
+    # instead of queueing it twice. Its owner's cancel then hands the job over instead of stopping it.
+    "CREATE TABLE IF NOT EXISTS job_watchers (job_id INTEGER NOT NULL, owner TEXT NOT NULL, "
+    "since REAL NOT NULL, PRIMARY KEY (job_id, owner))",
 )
 
 
@@ -217,6 +222,20 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:  # someone else's process: alive
         return True
     return True
+
+
+def process_owner(label: str, pid: int | None = None) -> str:
+    """An owner name tied to this process, ``label (host:pid)``: a command-line sweep's. Two sweeps of the
+    same grid then own their jobs apart, and one whose process is gone can be taken over
+    (:meth:`JobQueue.adopt`)."""
+    return f"{label} ({worker_name(pid)})"
+
+
+def _owner_pid(owner: str | None) -> int | None:
+    """The pid of a :func:`process_owner` name on this host (None for any other owner)."""
+    if not owner or not owner.endswith(")") or " (" not in owner:
+        return None
+    return _local_pid(owner[owner.rindex(" (") + 2 : -1])
 
 
 def _local_pid(worker: str | None) -> int | None:
@@ -471,13 +490,55 @@ class JobQueue:
         return self.store.execute(read) if seen else {}
 
     # -------------------------------------------------------------------------------------- cancelling
+    def watch(self, job_id: int, owner: str) -> None:
+        """Note that ``owner`` (a sweep that adopted the job rather than queue its configuration twice)
+        waits for this job's run too: its owner's cancel then hands the job over to ``owner``."""
+
+        def work(con: sqlite3.Connection) -> None:
+            con.execute(
+                "INSERT OR IGNORE INTO job_watchers (job_id, owner, since) SELECT id, ?, ? FROM jobs "
+                "WHERE id = ? AND (owner IS NULL OR owner != ?)",
+                (owner, time.time(), int(job_id), owner),
+            )
+
+        self.store.execute(work, write=True)
+
+    def adopt(self, job_id: int, owner: str) -> bool:
+        """``owner`` wants a job already queued or running (the same configuration of the same sweep). A job
+        whose owner is a process on this host that is gone becomes ``owner``'s (True); any other job is
+        watched (:meth:`watch`: its owner's cancel hands it over) and False is returned."""
+        job = self.get(job_id)
+        pid = _owner_pid(job.owner)
+        if job.owner != owner and pid is not None and not _pid_alive(pid):
+
+            def take(con: sqlite3.Connection) -> bool:
+                sql = "UPDATE jobs SET owner = ? WHERE id = ? AND owner = ?"
+                return con.execute(sql, (owner, int(job_id), job.owner)).rowcount == 1
+
+            if self.store.execute(take, write=True):
+                return True
+        if job.owner != owner:
+            self.watch(job_id, owner)
+        return job.owner == owner
+
+    def watchers(self, job_id: int) -> list[str]:
+        """Who else waits for the job's run (see :meth:`watch`), longest waiting first."""
+        rows = self.store.execute(
+            lambda con: con.execute(
+                "SELECT owner FROM job_watchers WHERE job_id = ? ORDER BY since, rowid", (int(job_id),)
+            ).fetchall()
+        )
+        return [r["owner"] for r in rows]
+
     def cancel(self, job_id: int, requester: str | None) -> Job:
         """Cancel a job on behalf of ``requester`` and return it as it now stands.
 
         A queued job is cancelled at once; a running one is asked to stop, and its worker stops within a
         step or so (its run is stored as cancelled); an ended job stays as it is. Only the job's owner may
-        cancel it (``requester=None``: the server itself, e.g. an operator's command); anyone else gets
-        :class:`NotYourJobError` and the job goes on.
+        cancel it (``requester=None``: the server itself, e.g. an operator's command). When another sweep
+        waits for the same run (:meth:`watch`), the owner's cancel hands the job over to it instead (the
+        returned job has that new owner) and the run goes on. A watcher's own cancel only withdraws its
+        interest. Anyone else gets :class:`NotYourJobError` and the job goes on.
         """
 
         def work(con: sqlite3.Connection) -> None:
@@ -485,9 +546,25 @@ class JobQueue:
             if row is None:
                 raise KeyError(f"no job with id {job_id}")
             if requester is not None and row["owner"] is not None and requester != row["owner"]:
+                withdrawn = con.execute(
+                    "DELETE FROM job_watchers WHERE job_id = ? AND owner = ?", (int(job_id), requester)
+                ).rowcount
+                if withdrawn:
+                    return
                 raise NotYourJobError(
                     f"job {job_id} was submitted by another session; only that session can cancel it"
                 )
+            if requester is not None and row["state"] in _ACTIVE:
+                heir = con.execute(
+                    "SELECT owner FROM job_watchers WHERE job_id = ? ORDER BY since, rowid LIMIT 1",
+                    (int(job_id),),
+                ).fetchone()
+                if heir is not None:
+                    new_owner = (heir["owner"], int(job_id))
+                    con.execute("UPDATE jobs SET owner = ? WHERE id = ?", new_owner)
+                    con.execute("DELETE FROM job_watchers WHERE owner = ? AND job_id = ?", new_owner)
+                    return
+            con.execute("DELETE FROM job_watchers WHERE job_id = ?", (int(job_id),))
             if row["state"] == JobState.QUEUED.value:
                 con.execute(
                     "UPDATE jobs SET state = ?, ended_at = ?, cancel_requested = 1, "

@@ -24,7 +24,15 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from tinytl_core.adapt import AdaptConfig, adapt
-from tinytl_core.jobs import Job, JobQueue, JobState, NotYourJobError, WorkerPool, default_pool_size
+from tinytl_core.jobs import (
+    Job,
+    JobQueue,
+    JobState,
+    NotYourJobError,
+    WorkerPool,
+    default_pool_size,
+    process_owner,
+)
 from tinytl_core.jobs.worker import failed_message
 from tinytl_core.modes import ModeNotApplicable
 from tinytl_core.quantities import RunStatus
@@ -168,7 +176,9 @@ class QueueExecutor:
         job id -> configuration key, and the owner the jobs were queued under."""
         queue = JobQueue(self.db_path)
         sweep = self.sweep or sweep_id(configs)
-        owner = self.owner or f"sweep {sweep}"
+        # a command-line sweep owns its jobs as this process: an identical sweep running beside it shares
+        # them without being able to stop them
+        owner = self.owner or process_owner(f"sweep {sweep}")
         jobs: dict[int, str] = {}
         live = queue.list_jobs(sweep=sweep, states=[JobState.QUEUED, JobState.RUNNING])
         adopted = {config_key(j.config): j.id for j in live}
@@ -176,6 +186,7 @@ class QueueExecutor:
         for key, job_id in adopted.items():
             if key in wanted:
                 jobs[job_id] = key
+                queue.adopt(job_id, owner)  # watched: if its owner cancels, it is handed over to us
         new = [c for k, c in wanted.items() if k not in adopted]
         if new:
             ids = queue.submit_many(new, owner=owner, sweep=sweep)
@@ -202,11 +213,13 @@ class QueueExecutor:
                     cancel.wait(POLL_S)
         finally:
             if pending:  # cancelled or interrupted: this sweep's jobs that have not ended stop
+                stopping = []  # (a job another sweep also waits for is handed over to it and goes on)
                 for job_id in pending:
                     with contextlib.suppress(KeyError, NotYourJobError):
-                        queue.cancel(job_id, owner)
+                        if queue.cancel(job_id, owner).owner in (owner, None):
+                            stopping.append(job_id)
                 with contextlib.suppress(TimeoutError):
-                    queue.wait(pending, timeout=STOP_WAIT_S)
+                    queue.wait(stopping, timeout=STOP_WAIT_S)
             if pool is not None:
                 pool.stop()
 

@@ -191,17 +191,46 @@ def sweep_status(queue: JobQueue, sweep: str, owner: str | None = None) -> Sweep
     return SweepStatus(sweep, queue.list_jobs(sweep=sweep), owner)
 
 
-def cancel_sweep(queue: JobQueue, sweep: str, owner: str) -> int:
-    """Cancel ``owner``'s jobs of ``sweep`` that have not ended; return how many were asked to stop (a
-    running one stops within a step or two). Jobs of other owners are left alone."""
-    n = 0
-    for job in queue.list_jobs(sweep=sweep, owner=owner, states=[JobState.QUEUED, JobState.RUNNING]):
+@dataclass(frozen=True)
+class SweepCancel:
+    """What cancelling a sweep did: ``stopped`` jobs asked to stop, ``handed_over`` jobs another session
+    waits for too (they go on, now that session's), ``withdrawn`` jobs of another session this one no
+    longer waits for."""
+
+    stopped: int
+    handed_over: int = 0
+    withdrawn: int = 0
+
+    def message(self) -> str:
+        """One line for the page."""
+        text = f"Cancelled {self.stopped} job(s); a running one stops within a step or two."
+        if self.handed_over:
+            text += f" {self.handed_over} go(es) on: another session waits for the same run."
+        if self.withdrawn:
+            text += f" {self.withdrawn} queued by another session go(es) on for it."
+        return text
+
+
+def cancel_sweep(queue: JobQueue, sweep: str, owner: str) -> SweepCancel:
+    """Cancel ``owner``'s jobs of ``sweep`` that have not ended (a running one stops within a step or
+    two). A job another session also waits for is handed over to it instead; a job of another session that
+    ``owner`` waited for goes on without it. Jobs nobody here asked for are left alone."""
+    stopped = handed = withdrawn = 0
+    for job in queue.list_jobs(sweep=sweep, states=[JobState.QUEUED, JobState.RUNNING]):
+        mine = job.owner == owner
+        if not mine and owner not in queue.watchers(job.id):
+            continue
         try:
-            queue.cancel(job.id, owner)
-            n += 1
+            after = queue.cancel(job.id, owner)
         except (KeyError, NotYourJobError):
             continue
-    return n
+        if not mine:
+            withdrawn += 1
+        elif after.owner != owner:
+            handed += 1
+        else:
+            stopped += 1
+    return SweepCancel(stopped, handed, withdrawn)
 
 
 # ------------------------------------------------------------------------------- sweeps on Ray
