@@ -91,6 +91,11 @@ def test_an_option_that_would_do_nothing_is_said_not_ignored(tmp_path, capsys):
     assert "--label names the reference set" in capsys.readouterr().err
     assert main(["memory", "--device", "cpu"]) == 2  # the device is where --measure runs
     assert "--device is where --measure runs its steps: give --measure too" in capsys.readouterr().err
+    assert main(["modes", "--describe", "--resolution", "96", "--group-norm"]) == 2
+    assert "--describe prints what each mode trains, the same for every model: drop --resolution, " in (
+        capsys.readouterr().err
+    )
+    assert main(["modes", "--describe"]) == 0 and "lite_residual" in capsys.readouterr().out
     assert main(["backbones", "--families", "--limit", "3"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 4 and lines[-1].startswith("... ") and "more (use --limit 0)" in lines[-1]

@@ -35,6 +35,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Print the per-mode trainable parameter table."""
     if args.describe:
+        given = [
+            option
+            for option, value in (
+                ("--model", args.model != default_backbone()),
+                ("--resolution", args.resolution is not None),
+                ("--group-norm", args.group_norm),
+            )
+            if value
+        ]
+        if given:  # options that would do nothing: said, not ignored
+            raise ValueError(
+                f"--describe prints what each mode trains, the same for every model: drop {', '.join(given)} "
+                "(or drop --describe for the table of trainable parameters)"
+            )
         for mode in MODES.values():
             print(f"{mode.name:20s} {mode.title:26s} {mode.description}")
         return 0
