@@ -282,6 +282,25 @@ def test_bad_configuration_is_a_clear_error(overrides, message, tmp_path):
     assert store.count() == 0
 
 
+def test_a_step_that_does_not_fit_in_free_memory_is_refused_before_training(digits, tmp_path, monkeypatch):
+    """The class: a run whose modelled step exceeds the free memory used to start anyway (the memory
+    figures' own check only dropped the figures) and end in the OOM killer or a CUDA error, taking a
+    worker with it. It is refused before training, with the batch and size it would train at, and nothing
+    is stored."""
+    import importlib
+
+    from tinytl_core.memory import MemoryLimitError
+
+    measure_module = importlib.import_module("tinytl_core.memory.measure")  # the function shadows it
+    monkeypatch.setattr(measure_module, "available_memory", lambda device: 1_000)
+    store = ResultsStore(tmp_path / "r.sqlite")
+    with pytest.raises(MemoryLimitError, match=r"at batch 8, 32 px needs about .* but only 1.00 KB are free"):
+        adapt(tiny(mode="bias"), data=digits, store=store)
+    assert store.count() == 0
+    monkeypatch.setattr(measure_module, "available_memory", lambda device: None)  # unknown: it trains
+    assert adapt(tiny(mode="bias", steps=1), data=digits, store=store).status == "finished"
+
+
 def test_config_round_trips_through_a_dict():
     config = tiny(shots=3, eval_every=5)
     assert AdaptConfig.from_dict({**config.to_dict(), "unknown": 1}) == config

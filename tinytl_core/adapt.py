@@ -55,8 +55,15 @@ from tinytl_core.data import (
     dataset_display_name,
     load_dataset,
 )
+from tinytl_core.engine import is_converted
 from tinytl_core.engine.quantized import WeightQuantization, check_weight_bits
-from tinytl_core.memory import training_memory_figures
+from tinytl_core.memory import (
+    MemoryLimitError,
+    MemoryReport,
+    analyze,
+    memory_problem,
+    training_memory_figures,
+)
 from tinytl_core.modes import get_mode, prepare_model
 from tinytl_core.quantities import RunMemory, RunStatus, format_bytes
 from tinytl_core.results import ResultsStore
@@ -397,19 +404,47 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _memory_figures(model: nn.Module, config: AdaptConfig, resolution: int, batch_size: int) -> RunMemory:
+def _optimizer_state(config: AdaptConfig) -> str:
+    """The optimizer's state as the memory model names it (plain SGD keeps none)."""
+    return config.optimizer if config.optimizer == "adam" or config.momentum else "none"
+
+
+def _check_fits(
+    model: nn.Module, config: AdaptConfig, resolution: int, batch_size: int, device: torch.device
+) -> MemoryReport | None:
+    """The model's report of this configuration, after refusing (:class:`MemoryLimitError`) a step whose
+    modelled peak does not fit in the memory free on ``device`` -- before training, where it would end
+    in the out-of-memory killer or a CUDA error. The weights are already there, so they are not counted
+    again. None (no check) for a model the memory model cannot trace: it still trains."""
+    size, optimizer = (3, resolution, resolution), _optimizer_state(config)
+    try:
+        report = analyze(model, input_size=size, batch_size=batch_size, optimizer=optimizer)
+    except Exception:  # noqa: BLE001 -- the memory figures say why, if they are recorded
+        return None
+    t = report.totals
+    peak = t.total_modelled_bytes if is_converted(model) else t.total_stock_bytes
+    what = f"Training {config.backbone} in mode {config.mode} at batch {batch_size}, {resolution} px"
+    problem = memory_problem(peak - t.weights_bytes, device, what=what)
+    if problem:
+        raise MemoryLimitError(problem)
+    return report
+
+
+def _memory_figures(
+    model: nn.Module, config: AdaptConfig, resolution: int, batch_size: int, report: MemoryReport | None
+) -> RunMemory:
     """Modelled (and measured) memory of this configuration, leaving the model and RNG as they were."""
     state = copy.deepcopy(model.state_dict())
     rng = torch.get_rng_state()
     cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-    optimizer = config.optimizer if config.optimizer == "adam" or config.momentum else "none"
     try:
         return training_memory_figures(
             model,
             input_size=(3, resolution, resolution),
             batch_size=batch_size,
-            optimizer=optimizer,
+            optimizer=_optimizer_state(config),
             measure=config.measure_memory,
+            report=report,
         )
     finally:
         model.load_state_dict(state)
@@ -601,12 +636,13 @@ def adapt(
         data.train, batch_size=batch, shuffle=True, drop_last=True, generator=gen
     )
     val_loader = torch.utils.data.DataLoader(data.val, batch_size=config.eval_batch_size)
+    report = _check_fits(model, config, result.resolution, batch, device)  # a setup error: nothing stored
 
     try:
         if config.record_memory:
             phase("memory", "modelling" + (" and measuring" if config.measure_memory else "") + " memory")
             try:
-                result.memory = _memory_figures(model, config, result.resolution, batch)
+                result.memory = _memory_figures(model, config, result.resolution, batch, report)
             except Exception as exc:  # the figures are a bonus: a model the tracer cannot handle still trains
                 result.memory_error = f"{type(exc).__name__}: {exc}"
                 phase("memory", f"memory figures unavailable: {result.memory_error}")

@@ -12,7 +12,7 @@ layer is, in :mod:`tinytl_core.layer_kinds`; per-mode comparisons of a backbone,
 
 from tinytl_core.memory.accounting import ACCOUNTINGS
 from tinytl_core.memory.analysis import analyze, training_memory_figures
-from tinytl_core.memory.measure import Measurement, MemoryLimitError, measure
+from tinytl_core.memory.measure import Measurement, MemoryLimitError, measure, memory_problem
 from tinytl_core.memory.report import MB, MemoryReport, ReportTotals, format_modes
 from tinytl_core.memory.stock_vs_engine import StockAndEngine, measure_stock_and_engine
 from tinytl_core.tracing import OPTIMIZER_HELP, OPTIMIZER_STATES
@@ -31,5 +31,6 @@ __all__ = [
     "format_modes",
     "measure",
     "measure_stock_and_engine",
+    "memory_problem",
     "training_memory_figures",
 ]

@@ -142,6 +142,7 @@ def training_memory_figures(
     batch_size: int,
     optimizer: str,
     measure: bool = True,
+    report: MemoryReport | None = None,
 ) -> RunMemory:
     """The memory figures a training run records (:class:`~tinytl_core.quantities.RunMemory`): modelled
     (complete accounting) and measured.
@@ -160,7 +161,8 @@ def training_memory_figures(
     less than the first (the engine stores less) and is a small part of any run, so both are always taken:
     a run records what it used and what the other layers would have stored.
     """
-    report = analyze(model, input_size=input_size, batch_size=batch_size, optimizer=optimizer)
+    if report is None:  # (the caller's own analysis of this very configuration, when it made one)
+        report = analyze(model, input_size=input_size, batch_size=batch_size, optimizer=optimizer)
     t = report.totals
     figures = RunMemory(
         weights_bytes=float(t.weights_bytes),

@@ -44,6 +44,20 @@ class MemoryLimitError(ValueError):
     """The modelled memory of a measurement exceeds the memory available; nothing was allocated."""
 
 
+def memory_problem(
+    required_bytes: float, device: str | torch.device = "cpu", *, what: str = "this training step"
+) -> str | None:
+    """None when ``required_bytes`` fit in the memory free on ``device``; else a message saying by how much
+    it does not fit. Unknown free memory counts as fitting."""
+    free = available_memory(torch.device(device))
+    if free is None or required_bytes <= free:
+        return None
+    return (
+        f"{what} needs about {format_bytes(required_bytes)} by the model's own estimate, but only "
+        f"{format_bytes(free)} are free on {device}. Lower the batch size or the resolution."
+    )
+
+
 @dataclass
 class Measurement:
     """What one real training step saved for backward.

@@ -48,24 +48,9 @@ from tinytl_core.data import (
     load_dataset,
 )
 from tinytl_core.data.uploads import display_filename, safe_stem, save_archive
+from tinytl_core.memory import memory_problem as memory_problem  # re-exported for the pages
 from tinytl_core.modes import MODES
-from tinytl_core.quantities import format_bytes
-from tinytl_core.tracing import available_memory
 from tinytl_core.ui.text import sentences
-
-
-def memory_problem(
-    required_bytes: float, device: str | torch.device = "cpu", *, what: str = "this training step"
-) -> str | None:
-    """None when ``required_bytes`` fit in the memory free on ``device``; else a message saying by how much
-    it does not fit. Unknown free memory counts as fitting."""
-    free = available_memory(torch.device(device))
-    if free is None or required_bytes <= free:
-        return None
-    return (
-        f"{what} needs about {format_bytes(required_bytes)} by the model's own estimate, but only "
-        f"{format_bytes(free)} are free on {device}. Lower the batch size or the resolution."
-    )
 
 
 def run_problems(
