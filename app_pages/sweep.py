@@ -168,6 +168,12 @@ with st.form("sw_form"):
         "'auto': the Ray cluster running on this machine; host:port or ray://host:port: that cluster, if "
         "whoever runs the server allowed it (TINYTL_RAY_ADDRESSES). Needs Ray installed on the server.",
     )
+    group_norm = st.toggle(
+        "GroupNorm + weight standardisation",
+        key="sw_group_norm",
+        help="The paper's recipe for small batches (batch 1 needs it where BatchNorm layers use batch "
+        "statistics): every run of the sweep replaces BatchNorm by GroupNorm with standardised conv weights.",
+    )
     st.caption(
         f"Batch {settings.batch_size} and {'pretrained weights' if settings.pretrained else 'random init'} "
         f"from the sidebar. At most {MAX_SWEEP} configurations per sweep."
@@ -183,7 +189,9 @@ if submitted:
             resolutions=resolutions,
             seeds=seeds,
             steps=int(steps),
-            base=AdaptConfig(batch_size=settings.batch_size, pretrained=settings.pretrained),
+            base=AdaptConfig(
+                batch_size=settings.batch_size, pretrained=settings.pretrained, group_norm=group_norm
+            ),
         )
         address = parse_ray_address(ray_address)
         if address is None:

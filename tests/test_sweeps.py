@@ -584,6 +584,27 @@ def test_a_grid_two_sessions_start_is_trained_once_and_each_cancels_only_its_own
     assert {j.state for j in queue.list_jobs()} == {JobState.CANCELLED}
 
 
+def test_the_sweep_page_offers_group_norm_for_batch_1(tinytl_home):
+    """The sidebar allows batch 1, which BatchNorm with batch statistics refuses at small sizes; the Sweep
+    page had no GroupNorm switch, so such a grid could not be swept at all. It has one now, as Adapt."""
+    from app_helpers import app_test, visit
+
+    at = visit(app_test(backbone=DEMO, batch_size=1).run(), "sweep")
+    at.multiselect(key="sw_modes").set_value(["full"])
+    at.multiselect(key="sw_datasets").set_value(["shapes"])
+    at.text_input(key="sw_seeds").set_value("0")
+    at.text_input(key="sw_res").set_value("32")  # where the demo backbone's last feature map is 1x1
+    at.button[0].click().run()
+    assert any("batch size 1 is too small" in e.value for e in at.error), [e.value for e in at.error]
+    queue = JobQueue(tinytl_home / "results.sqlite")
+    assert queue.list_jobs() == []
+    at.toggle(key="sw_group_norm").set_value(True)
+    at.button[0].click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    (job,) = queue.list_jobs()
+    assert (job.config.batch_size, job.config.group_norm, job.config.resolution) == (1, True, 32)
+
+
 def test_the_app_queues_no_configuration_whose_mode_does_not_apply(tinytl_home):
     """A lite residual mode on a ViT would only fail in a worker: start_sweep leaves it out and says so
     (Adapt refuses the same setting at Start)."""
