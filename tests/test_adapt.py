@@ -269,6 +269,21 @@ def test_folder_with_bad_files_trains_on_the_rest_with_batch_size_one(tinytl_hom
         ({"resolution": 100_000}, "resolution must be 8 to 1,024"),
         ({"seed": 10**30}, "seed must be 0 to"),
         ({"epochs": float("inf"), "steps": None}, "epochs must be a finite number"),
+        # None where a number is needed, a float where a whole number is, and odd types: clear, not a
+        # TypeError from deep inside the run
+        ({"lr": None}, "learning rate must be a number, got None"),
+        ({"seed": None}, "seed must be a number, got None"),
+        ({"batch_size": None}, "batch size must be a number, got None"),
+        ({"label_smoothing": None}, "label smoothing must be a number"),
+        ({"val_fraction": None}, "validation fraction must be a number"),
+        ({"seed": 1.5}, "seed must be a whole number"),
+        ({"resolution": 40.5}, "resolution must be a whole number"),
+        ({"momentum": "x"}, "momentum must be a number"),
+        ({"momentum": float("inf")}, "momentum must be a finite number"),
+        ({"weight_decay": float("nan")}, "weight decay must be a finite number"),
+        ({"weight_decay": None}, "weight decay must be a number"),
+        ({"device": None}, "unknown device None"),
+        ({"device": "mps"}, "unknown device 'mps'"),
     ],
 )
 def test_bad_configuration_is_a_clear_error(overrides, message, tmp_path):
@@ -299,6 +314,21 @@ def test_a_step_that_does_not_fit_in_free_memory_is_refused_before_training(digi
     assert store.count() == 0
     monkeypatch.setattr(measure_module, "available_memory", lambda device: None)  # unknown: it trains
     assert adapt(tiny(mode="bias", steps=1), data=digits, store=store).status == "finished"
+
+
+def test_whole_numbers_given_as_floats_are_one_configuration():
+    """Regression: seeds [1, 1.0] or steps [5, 5.0] in a sweep queued the same run twice (the float passed
+    validation, and config_key differed); a NumPy integer from a table did the same."""
+    import numpy as np
+
+    from tinytl_core.sweeps import SweepGrid, config_key
+
+    as_floats = tiny(seed=1.0, steps=5.0, resolution=np.int64(32), batch_size=np.float64(8))
+    assert as_floats == tiny(seed=1, steps=5) and config_key(as_floats) == config_key(tiny(seed=1, steps=5))
+    assert type(as_floats.seed) is int and type(as_floats.resolution) is int
+    as_floats.validate()
+    grid = SweepGrid(["resnet10t"], modes=["bias"], datasets=["digits"], seeds=[1, 1.0], steps=[5, 5.0])
+    assert len(grid.expand()) == 1
 
 
 def test_config_round_trips_through_a_dict():

@@ -69,6 +69,24 @@ def fake_adapt(config, *, progress=None, cancel=None, store=None, data=None):
     return result
 
 
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"backbones": DEMO}, "backbones must be a list of values, e.g. \\['demo_mobilenetv2_050'\\]"),
+        ({"modes": "bias"}, "modes must be a list"),
+        ({"resolutions": [64.5]}, "resolution must be a whole number"),
+        ({"resolutions": ["64"]}, "resolution must be a number"),
+    ],
+)
+def test_a_grid_of_the_wrong_shape_is_a_clear_error(values, message):
+    """A lone string was read letter by letter ("unknown backbone 'd'"); 64.0 px was "too small"."""
+    grid = {"backbones": [DEMO], "modes": ["bias"], "datasets": ["digits"], "seeds": [0], **values}
+    with pytest.raises(ValueError, match=message):
+        SweepGrid(**grid).expand()
+    fixed = {**grid, "backbones": [DEMO], "modes": ["bias"], "resolutions": [64.0]}  # 64.0 px is 64 px
+    assert len(SweepGrid(**fixed).expand()) == 1
+
+
 def test_grid_expands_every_combination_once_with_stable_keys():
     grid = SweepGrid(
         backbones=[DEMO, "mobilenetv2_050"],

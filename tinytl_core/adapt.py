@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 import platform
 import threading
 import time
@@ -92,6 +93,12 @@ def _advice(config: AdaptConfig) -> str:
     return f"Try a lower learning rate (now {config.lr:g}){' or Adam' if config.optimizer == 'sgd' else ''}."
 
 
+_WHOLE_NUMBER_FIELDS = (
+    "steps", "batch_size", "seed", "resolution", "split_seed", "shots", "val_cap", "eval_every",
+    "eval_batch_size", "weight_bits",
+)  # fmt: skip
+
+
 @dataclass
 class AdaptConfig:
     """Everything that defines one adaptation run (stored with the run as JSON).
@@ -138,6 +145,18 @@ class AdaptConfig:
     weight_quantization: str = "kmeans"  # how 8-bit codes are made: kmeans (the paper's) or linear
     sparse_scheme: dict[str, Any] | None = None  # mode "sparse": its scheme as JSON data (None: default)
 
+    def __post_init__(self) -> None:
+        # A whole number given as a float (1.0, or a NumPy integer from a table) is that int: one
+        # configuration, one config_key, whatever type it came in (a sweep of seeds [1, 1.0] trained both).
+        for name in _WHOLE_NUMBER_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, bool):
+                continue  # refused by validate as not a number
+            if isinstance(value, numbers.Integral) and type(value) is not int:
+                setattr(self, name, int(value))
+            elif isinstance(value, float) and math.isfinite(value) and value.is_integer():
+                setattr(self, name, int(value))
+
     def scheme(self) -> SparseScheme | None:
         """The sparse-update scheme given (None: the mode's default); SchemeError if malformed."""
         return SparseScheme.from_dict(self.sparse_scheme) if self.sparse_scheme is not None else None
@@ -153,31 +172,36 @@ class AdaptConfig:
             self.scheme()  # malformed schemes fail here; layers are checked against the model later
         if (self.steps is None) == (self.epochs is None):
             raise ValueError("give either steps or epochs (exactly one of them)")
-        # every number within its range (tinytl_core.limits: the CLI's argument types use the same)
+        # every number within its range (tinytl_core.limits: the CLI's argument types use the same);
+        # None only where it means something (steps or epochs, the backbone's own size, all images)
         for value, limit in (
             (self.steps, L.STEPS),
             (self.epochs, L.EPOCHS),
+            (self.resolution, L.RESOLUTION),
+            (self.shots, L.IMAGES_PER_CLASS),
+            (self.val_cap, L.IMAGES_PER_CLASS),
+        ):
+            if value is not None:
+                limit.check(value)
+        for value, limit in (
             (self.batch_size, L.TRAINING_BATCH_SIZE),
             (self.eval_batch_size, L.TRAINING_BATCH_SIZE),
             (self.lr, L.LEARNING_RATE),
             (self.seed, L.SEED),
-            (self.resolution, L.RESOLUTION),
-            (self.shots, L.IMAGES_PER_CLASS),
-            (self.val_cap, L.IMAGES_PER_CLASS),
+            (self.split_seed, L.SEED),
             (self.eval_every, L.EVAL_EVERY),
             (self.label_smoothing, L.LABEL_SMOOTHING),
             (self.val_fraction, L.VALIDATION_FRACTION),
+            (self.momentum, L.MOMENTUM),
+            (self.weight_decay, L.WEIGHT_DECAY),
         ):
-            if value is not None:
-                limit.check(value)
+            limit.check(value)  # None included: "... must be a number, got None"
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         check_weight_bits(self.weight_bits)
         WeightQuantization.parse(self.weight_quantization)
-        if self.weight_decay < 0 or self.momentum < 0:
-            raise ValueError("weight decay and momentum must be >= 0")
         resolve_device(self.device)
 
     def to_dict(self) -> dict[str, Any]:
@@ -380,19 +404,25 @@ def versions() -> dict[str, str]:
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; other values are checked (``ValueError`` if unusable)."""
-    if str(device) == "auto":
+    """``auto`` -> CUDA when available, else CPU; other values are checked (``ValueError`` if unusable:
+    not a CPU or CUDA device, no CUDA, no GPU of that index)."""
+    if isinstance(device, str) and device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    unknown = f"unknown device {device!r}: use auto, cpu, cuda or cuda:N (N: the GPU's index)"
+    if not isinstance(device, (str, torch.device)):
+        raise ValueError(unknown)
     try:
         dev = torch.device(device)
     except RuntimeError:  # PyTorch lists every device type it knows (ipu, mkldnn, ...): not for users
-        raise ValueError(
-            f"unknown device {device!r}: use auto, cpu, cuda or cuda:N (N: the GPU's index)"
-        ) from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but CUDA is not available; use --device cpu or auto")
+        raise ValueError(unknown) from None
     if dev.type == "meta":
         raise ValueError("cannot train on the meta device")
+    if dev.type not in ("cpu", "cuda"):  # the engine and the memory measurements know these two
+        raise ValueError(unknown)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but CUDA is not available; use --device cpu or auto")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"there is no GPU {dev.index}: this machine has {torch.cuda.device_count()}")
     return dev
 
 

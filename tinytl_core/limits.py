@@ -83,6 +83,8 @@ LEARNING_RATE = Limit("learning rate", 0, 1e30, integer=False, above_low=True)
 """Any positive rate up to 10^30: a huge one is for the divergence guard to stop, not for the parser to
 refuse; above ~3.4e38 (float32's largest) the optimizer cannot even hold it and fails with PyTorch's text."""
 LABEL_SMOOTHING = Limit("label smoothing", 0, 0.99, integer=False)
+MOMENTUM = Limit("momentum", 0, 1, integer=False)  # SGD's: above 1 its velocity grows without bound
+WEIGHT_DECAY = Limit("weight decay", 0, 1e6, integer=False)
 VALIDATION_FRACTION = Limit("validation fraction", 0, 0.95, integer=False, above_low=True)
 EVAL_EVERY = Limit("evaluation interval (steps)", 0, 10_000_000)
 LAYERS = Limit("layers", 1, 10_000)

@@ -111,12 +111,18 @@ class SweepGrid:
             ("seeds", self.seeds),
             ("steps", self.steps),
         ):
+            if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+                # a lone string would be read letter by letter ("unknown backbone 'd'")
+                raise ValueError(f"{name} must be a list of values, e.g. [{values!r}], got {values!r}")
             if not values:
                 raise ValueError(f"a sweep needs at least one value in {name}")
+        for resolution in self.resolutions:
+            if resolution is not None:
+                L.RESOLUTION.check(resolution)  # before a size is tried on a backbone: 64.5 px is not a size
         for dataset in dict.fromkeys(self.datasets):
             check_dataset_name(dataset)
         for backbone in dict.fromkeys(self.backbones):  # a size the backbone cannot run at: refused now
-            for resolution in dict.fromkeys(r for r in self.resolutions if r):
+            for resolution in dict.fromkeys(int(r) for r in self.resolutions if r):
                 problem = resolution_problem(backbone, resolution)
                 if problem:
                     raise ValueError(problem)
