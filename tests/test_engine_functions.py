@@ -283,6 +283,51 @@ def test_in_place_frozen_norm_keeps_its_statistics_apart_as_the_cuda_kernel_need
     assert torch.allclose(y, expected, atol=1e-6)
 
 
+def _conv_norm() -> nn.Sequential:
+    """A frozen conv and a frozen norm that the engine runs in place over the conv's output."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 5, 3, bias=False), _bn(), nn.ReLU())
+    model[0].weight.requires_grad_(False)
+    freeze_statistics(model[1])
+    model[1].weight.requires_grad_(False)
+    convert(model, input_size=(3, 8, 8))
+    assert model[1].writes_in_place()
+    return model
+
+
+@pytest.mark.parametrize("hook", ["conv", "norm input", "norm pre-hook", "global", "deep copy"])
+def test_forward_hooks_see_what_stock_pytorch_hands_them(hook):
+    """Regression: a frozen norm working in place overwrote the conv output a forward hook had been handed
+    (feature extraction read the norm's output). A norm whose input a hook may hold -- the conv's, its
+    own, a global one -- works out of place; without hooks it works in place again."""
+    import copy
+
+    model = _conv_norm()
+    if hook == "deep copy":  # the copy's norm watches the copy's conv
+        model = copy.deepcopy(model)
+    conv, norm = model[0], model[1]
+    x = torch.randn(2, 3, 8, 8)
+    expected = F.conv2d(x, conv.weight)
+    seen = []
+    if hook in ("conv", "deep copy"):
+        handle = conv.register_forward_hook(lambda m, i, o: seen.append(o))
+    elif hook == "norm input":
+        handle = norm.register_forward_hook(lambda m, i, o: seen.append(i[0]))
+    elif hook == "norm pre-hook":
+        handle = norm.register_forward_pre_hook(lambda m, i: seen.append(i[0]))
+    else:
+        handle = nn.modules.module.register_module_forward_hook(
+            lambda m, i, o: seen.append(o) if m is conv else None
+        )
+    try:
+        assert not norm.writes_in_place()
+        model(x.clone()).sum().backward()
+    finally:
+        handle.remove()
+    assert torch.allclose(seen[0], expected, atol=1e-6)
+    assert norm.writes_in_place()  # the hook gone: in place again
+
+
 def test_norm_frozen_by_the_foundation_converts_and_reverts():
     norm = _bn()
     freeze_statistics(norm)

@@ -19,6 +19,7 @@ import torch.nn as nn
 
 from tinytl_core.engine.layers import (
     ENGINE_CLASSES,
+    INPLACE_PRODUCERS,
     EngineModule,
     FrozenNorm,
     MaskedActivation,
@@ -143,7 +144,7 @@ def _set_channels_last(model: nn.Module, on: bool) -> None:
         model.__dict__.pop(_LAYOUT_FLAG, None)
 
 
-_TRACED_FLAGS = ("keep_output", "own_grad", "inplace_input")
+_TRACED_FLAGS = ("keep_output", "own_grad", "inplace_input", INPLACE_PRODUCERS)
 """Per-module flags set from a trace of the model (reset by every conversion, restored by
 :func:`engine_enabled`)."""
 
@@ -178,6 +179,10 @@ def _apply_trace_findings(model: nn.Module, input_size: tuple[int, int, int]) ->
         )
         return
     verdict = traced_flags(trace)
+    returned: dict[tuple[int, int], list[nn.Module]] = {}  # tensor -> every module that returned it
+    for row in trace.rows:
+        for t in row.outputs:
+            returned.setdefault((t.key, t.version), []).append(row.module)
     for module in modules:
         flags = (
             ("keep_output", "own_grad")
@@ -187,6 +192,11 @@ def _apply_trace_findings(model: nn.Module, input_size: tuple[int, int, int]) ->
         for flag in flags:
             if verdict.get(id(module), {}).get(flag, False):
                 setattr(module, flag, True)
+        if getattr(module, "inplace_input", False):
+            # whose forward hooks are handed the tensor the norm overwrites (FrozenNorm.writes_in_place)
+            inputs = [row.inputs[0] for row in trace.rows if row.module is module and row.inputs]
+            found = {id(m): m for x in inputs for m in returned.get((x.key, x.version), [])}
+            module.__dict__[INPLACE_PRODUCERS] = tuple(found.values())  # not registered: no state
 
 
 def traced_flags(trace: Trace) -> dict[int, dict[str, bool]]:

@@ -251,6 +251,15 @@ def _norm_rule(norm: nn.modules.batchnorm._BatchNorm) -> str:
     return "nothing (frozen statistics" + ("; in place over its input)" if norm.inplace_input else ")")
 
 
+INPLACE_PRODUCERS = "inplace_producers"
+"""The attribute where ``convert`` keeps, for a norm found to work in place, the modules that return its
+input (their forward hooks are handed that tensor)."""
+
+
+def _hooked(module: nn.Module) -> bool:
+    return bool(module._forward_hooks or module._forward_pre_hooks)
+
+
 class FrozenNorm(EngineModule):
     """Base of the engine norms. ``inplace_input`` is set by ``convert(model, input_size=...)`` when no one
     reads a call's input after it (and it is not the model's input): with frozen statistics and a frozen
@@ -258,6 +267,17 @@ class FrozenNorm(EngineModule):
 
     inplace_input = False
     own_grad = False  # the output's one reader hands back a gradient no one else holds
+
+    def writes_in_place(self) -> bool:
+        """Whether this call writes over its input: as ``convert`` found, unless a forward hook may hold
+        that input -- one of this norm, of a module that returned the input (e.g. a feature extractor's
+        hook on the conv before), or a global one -- which must keep what it was handed."""
+        if not self.inplace_input:
+            return False
+        if nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks:
+            return False
+        producers = self.__dict__.get(INPLACE_PRODUCERS, ())
+        return not (_hooked(self) or any(_hooked(m) for m in producers))
 
 
 class EngineBatchNorm2d(FrozenNorm, nn.BatchNorm2d):
@@ -277,7 +297,7 @@ class EngineBatchNorm2d(FrozenNorm, nn.BatchNorm2d):
             self.running_mean,
             self.running_var,
             self.eps,
-            self.inplace_input,
+            self.writes_in_place(),
             self.own_grad,
         )
 
@@ -317,7 +337,7 @@ class EngineBatchNormAct2d(FrozenNorm, BatchNormAct2d):
         fused = self._fused_kind()
         if fused is not None:
             return FrozenNormActFn.apply(x, self.weight, self.bias, *stats, *fused)
-        x = FrozenNormFn.apply(x, self.weight, self.bias, *stats, self.inplace_input, self.own_grad)
+        x = FrozenNormFn.apply(x, self.weight, self.bias, *stats, self.writes_in_place(), self.own_grad)
         return self.act(self.drop(x))
 
     def engine_rule(self) -> str:
