@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from tinytl_core.cli import main as cli_main
 from tinytl_core.engine import PartialUpdateError, convert, split_weight
 from tinytl_core.memory import analyze, measure
-from tinytl_core.modes import MODES, prepare_model, resolve_modes, sparse_mode
+from tinytl_core.modes import MODES, ModeNotApplicable, prepare_model, resolve_modes, sparse_mode
 from tinytl_core.sparse_scheme import SchemeError, SparseScheme, WeightUpdate, default_scheme, read_scheme
 from tinytl_core.sparse_search import (
     Candidates,
@@ -465,3 +465,27 @@ def test_any_scheme_text_is_a_scheme_or_a_scheme_error(text):
         SparseScheme.from_json(text)
     except SchemeError:
         pass
+
+
+def test_a_mode_that_does_not_apply_changes_nothing():
+    """Regression: ``apply(strict=False)`` reported sparse + GroupNorm as not applicable after it had
+    already swapped every BatchNorm for GroupNorm; and a scheme whose last layer could not be split left
+    the earlier ones split. Everything is checked before any layer changes."""
+    from tinytl_core.backbones import create_backbone
+
+    model, _ = create_backbone(DEMO, 10, False)
+    before = [(name, type(m)) for name, m in model.named_modules()]
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    result = MODES["sparse"].apply(model, group_norm=True, strict=False)
+    assert not result.applicable and "GroupNorm" in result.reason
+    assert [(name, type(m)) for name, m in model.named_modules()] == before
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+    layers = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.groups == 1][:2]
+    bad = SparseScheme(weights=tuple(WeightUpdate(layer, Fraction(1, 2)) for layer in layers))
+    model.get_submodule(layers[1]).padding_mode = "reflect"  # the second cannot be split
+    with pytest.raises(ModeNotApplicable, match=f"{layers[1]}: a partial update needs a convolution"):
+        sparse_mode(bad).apply(model, engine=False)
+    assert [(name, type(m)) for name, m in model.named_modules()] == before  # the first not split either
+    with pytest.raises(PartialUpdateError, match="whole number"):
+        split_weight(model.get_submodule(layers[0]), True)

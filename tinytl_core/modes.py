@@ -49,7 +49,7 @@ from tinytl_core.norms import (
     sync_standardization,
     unfreeze_statistics,
 )
-from tinytl_core.sparse_scheme import SchemeError, SparseScheme, apply_scheme, default_scheme
+from tinytl_core.sparse_scheme import SchemeError, SparseScheme, apply_scheme, check_scheme, default_scheme
 
 
 class ModeNotApplicable(ValueError):
@@ -171,13 +171,10 @@ class Mode:
             if strict:
                 raise ModeNotApplicable(f"mode {self.name!r} does not apply: {reason}")
             return ModeResult(self.name, False, reason)
-        group_norms = 0
-        if group_norm:
-            group_norms = batchnorm_to_groupnorm(model)
-            standardize_convolutions(model)
         scheme = self.sparse_scheme(model) if self.sparse else None
         try:
-            sparse = apply_scheme(model, scheme) if scheme is not None else set()  # splits partial weights
+            if scheme is not None:  # before GroupNorm changes any layer: a refused mode changes nothing
+                check_scheme(model, scheme, group_norm=group_norm)
         except PartialUpdateError as exc:  # e.g. a partial ratio on a weight-standardised conv (GroupNorm)
             reason = str(exc)
             if group_norm:  # say what to change, not only which layer refused
@@ -189,6 +186,11 @@ class Mode:
             if strict:
                 raise ModeNotApplicable(f"mode {self.name!r} does not apply: {reason}") from None
             return ModeResult(self.name, False, reason)
+        group_norms = 0
+        if group_norm:
+            group_norms = batchnorm_to_groupnorm(model)
+            standardize_convolutions(model)
+        sparse = apply_scheme(model, scheme) if scheme is not None else set()  # splits partial weights
         head = _head_params(model)
         branches = {id(p) for m in model.modules() if isinstance(m, LiteResidual) for p in m.parameters()}
         norm_params = {id(p) for m in model.modules() if is_norm(m) for p in m.parameters(recurse=False)}

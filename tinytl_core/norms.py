@@ -152,7 +152,8 @@ class WSConv2d(nn.Conv2d):
         return super().extra_repr() + f", ws_eps={self.ws_eps:g}" + (", folded" if self.ws_folded else "")
 
 
-def _standardizable(module: nn.Module) -> bool:
+def standardizable(module: nn.Module) -> bool:
+    """Whether :func:`standardize_convolutions` makes ``module`` a :class:`WSConv2d`."""
     # The public code standardises the bias-free convs (those a norm follows); a fan-in of 1 has no std.
     return type(module) is nn.Conv2d and module.bias is None and module.weight[0].numel() > 1
 
@@ -162,7 +163,7 @@ def standardize_convolutions(model: nn.Module, eps: float = WS_EPS) -> int:
     parameters); returns how many. Then :func:`sync_standardization` folds the frozen ones."""
     changed = 0
     for module in model.modules():
-        if _standardizable(module):
+        if standardizable(module):
             module.__class__ = WSConv2d
             module.ws_eps = eps
             changed += 1

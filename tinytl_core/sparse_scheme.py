@@ -28,9 +28,17 @@ from typing import Any
 from torch import nn
 
 from tinytl_core.backbones import classifier_heads
-from tinytl_core.engine import PartialConv2d, PartialLinear, partial_rows, split_weight
+from tinytl_core.engine import (
+    PartialConv2d,
+    PartialLinear,
+    PartialUpdateError,
+    partial_rows,
+    split_problem,
+    split_weight,
+)
 from tinytl_core.layer_kinds import LayerKind, kind_of
 from tinytl_core.lite_residual import find_blocks
+from tinytl_core.norms import standardizable
 
 __all__ = [
     "RATIOS",
@@ -282,6 +290,32 @@ def _tail_modules(model: nn.Module, bias_blocks: int) -> list[nn.Module]:
     return modules[start:]
 
 
+def _split_plan(model: nn.Module, scheme: SparseScheme, *, standardized: bool = False) -> list:
+    """``(module, rows to train)`` of each weight ``scheme`` updates; :class:`PartialUpdateError` naming
+    the layer when one cannot be split so (``standardized``: as it will be once GroupNorm + weight
+    standardisation made its bias-free convolutions :class:`~tinytl_core.norms.WSConv2d`)."""
+    plan = []
+    for update in scheme.weights:
+        module = model.get_submodule(update.layer)
+        out = module.weight.shape[0]
+        rows = partial_rows(module, float(update.ratio)) if update.ratio < 1 else out
+        if rows < out:
+            problem = split_problem(module, rows)
+            if problem is None and standardized and standardizable(module):
+                problem = "a partial update needs a plain Conv2d or Linear layer, not WSConv2d"
+            if problem is not None:
+                raise PartialUpdateError(f"{update.layer}: {problem}")
+        plan.append((module, rows))
+    return plan
+
+
+def check_scheme(model: nn.Module, scheme: SparseScheme, *, group_norm: bool = False) -> None:
+    """Raise what :func:`apply_scheme` would raise on ``model`` (after GroupNorm + weight standardisation
+    when ``group_norm``), changing nothing: a mode checks before it converts any layer."""
+    scheme.check(model)
+    _split_plan(model, scheme, standardized=group_norm)
+
+
 def apply_scheme(model: nn.Module, scheme: SparseScheme) -> set[int]:
     """Check ``scheme`` against ``model``, split the weights it updates in part (in place) and return the
     ids of the parameters it trains (the classifier is the mode's business). Does not set
@@ -292,9 +326,8 @@ def apply_scheme(model: nn.Module, scheme: SparseScheme) -> set[int]:
         bias = module._parameters.get("bias")
         if bias is not None:
             trained.add(id(bias))
-    for update in scheme.weights:
-        module = model.get_submodule(update.layer)
-        rows = partial_rows(module, float(update.ratio)) if update.ratio < 1 else module.weight.shape[0]
+    plan = _split_plan(model, scheme)  # every layer checked before any is split
+    for module, rows in plan:
         if rows < module.weight.shape[0]:
             split_weight(module, rows)
             trained.add(id(module.weight_train))

@@ -48,6 +48,7 @@ from tinytl_core.engine.partial import (  # registers the partial-update layers 
     PartialLinear,
     PartialUpdateError,
     partial_rows,
+    split_problem,
     split_weight,
 )
 from tinytl_core.engine.quantized import (
@@ -77,6 +78,7 @@ __all__ = [
     "quantize_frozen_weights",
     "partial_rows",
     "revert",
+    "split_problem",
     "split_weight",
     "stock_layers",
 ]

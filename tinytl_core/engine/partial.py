@@ -83,30 +83,38 @@ class PartialLinear(_PartialWeight, nn.Linear):
 _PARTIAL_OF = {nn.Conv2d: PartialConv2d, nn.Linear: PartialLinear}
 
 
+def split_problem(module: nn.Module, rows: int) -> str | None:
+    """Why :func:`split_weight` would refuse ``module`` and ``rows`` (None: it would not), without
+    changing anything: a whole scheme is checked before any layer is split."""
+    if isinstance(module, _PartialWeight):
+        return "the layer is already split into trained and frozen rows"
+    base = stock_class(module)
+    if base not in _PARTIAL_OF:
+        return f"a partial update needs a plain Conv2d or Linear layer, not {base.__name__}"
+    if base is nn.Conv2d and (module.padding_mode != "zeros" or isinstance(module.padding, str)):
+        return "a partial update needs a convolution with numeric zero padding"
+    out = module.weight.shape[0]
+    if isinstance(rows, bool) or not isinstance(rows, int) or not 0 < rows < out:
+        return f"rows to train must be a whole number between 1 and {out - 1}, got {rows!r}"
+    groups = max(1, getattr(module, "groups", 1))
+    per_group = out // groups
+    if groups > 1 and rows % per_group:
+        return f"rows to train must be whole groups of {per_group} output channels"
+    return None
+
+
 def split_weight(module: nn.Module, rows: int) -> nn.Module:
     """Make ``module`` (an ``nn.Conv2d`` or ``nn.Linear``, stock or engine) train only the first ``rows``
     of its weight's output channels, in place; returns it. The bias (if any) keeps its ``requires_grad``.
 
-    Raises :class:`PartialUpdateError` for other layers, non-zero padding modes, or ``rows`` out of range.
+    Raises :class:`PartialUpdateError` for other layers, non-zero padding modes, or ``rows`` out of range
+    (:func:`split_problem`).
     """
-    if isinstance(module, _PartialWeight):
-        raise PartialUpdateError("the layer is already split into trained and frozen rows")
+    problem = split_problem(module, rows)
+    if problem is not None:
+        raise PartialUpdateError(problem)
     base = stock_class(module)
-    if base not in _PARTIAL_OF:
-        raise PartialUpdateError(
-            f"a partial update needs a plain Conv2d or Linear layer, not {base.__name__}"
-        )
-    if base is nn.Conv2d and (module.padding_mode != "zeros" or isinstance(module.padding, str)):
-        raise PartialUpdateError("a partial update needs a convolution with numeric zero padding")
-    weight = module.weight
-    out = weight.shape[0]
-    if not 0 < rows < out:
-        raise PartialUpdateError(f"rows to train must be between 1 and {out - 1}, got {rows}")
-    groups = max(1, getattr(module, "groups", 1))
-    per_group = out // groups
-    if groups > 1 and rows % per_group:
-        raise PartialUpdateError(f"rows to train must be whole groups of {per_group} output channels")
-    data = weight.detach()
+    data = module.weight.detach()
     module.__class__ = base  # an engine layer back to stock first; convert() swaps it again
     del module._parameters["weight"]
     module.register_parameter(TRAINED_ROWS, nn.Parameter(data[:rows].clone(), requires_grad=True))
