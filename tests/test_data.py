@@ -172,3 +172,21 @@ def test_torchvision_unreachable_host_is_bounded(tinytl_home, monkeypatch):
     with pytest.raises(DatasetUnavailable, match="cannot be reached within 2 s"):
         tvs.load_torchvision("flowers102", timeout=2)
     assert not tvs.is_downloaded("flowers102")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"val_cap": 0}, "validation images per class must be 1 to"),
+        ({"shots": 1.5}, "images per class must be a whole number"),
+        ({"val_cap": 1.5}, "validation images per class must be a whole number"),
+        ({"seed": -1}, "seed must be 0 to"),
+        ({"seed": None}, "seed must be a number, got None"),
+        ({"val_fraction": 1.0}, "validation fraction must be more than 0"),
+    ],
+)
+def test_load_dataset_names_the_argument_it_refuses(kwargs, message, tinytl_home):
+    """Bad numbers failed deep in NumPy ("slice indices must be integers"), under another argument's name
+    (val_cap=0 was "shots"), or silently (seed=None gave an unseeded split)."""
+    with pytest.raises(ValueError, match=message):
+        load_dataset("digits", **kwargs)

@@ -439,6 +439,17 @@ def test_convert_and_revert_reject_non_modules():
         convert("mobilenetv2_100")
     with pytest.raises(ValueError, match="torch.nn.Module"):
         revert(None)
+    # a bad size or flag is refused before any layer changes (it used to warn and convert anyway)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+    for kwargs, message in (
+        ({"input_size": (3, -8, 8)}, "input_size must be"),
+        ({"input_size": "abc"}, "input_size must be"),
+        ({"input_size": (3, 8)}, "input_size must be"),
+        ({"channels_last": "no"}, "channels_last must be True or False"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            convert(model, **kwargs)
+        assert type(model[1]) is nn.ReLU
 
 
 def test_engine_disabled_block_restores_engine_layers():

@@ -179,7 +179,7 @@ class AdaptConfig:
             (self.epochs, L.EPOCHS),
             (self.resolution, L.RESOLUTION),
             (self.shots, L.IMAGES_PER_CLASS),
-            (self.val_cap, L.IMAGES_PER_CLASS),
+            (self.val_cap, L.VALIDATION_IMAGES_PER_CLASS),
         ):
             if value is not None:
                 limit.check(value)

@@ -74,6 +74,7 @@ THREADS = Limit("threads", 1, 1024)
 CLASSES = Limit("classes", 2, 100_000)
 WORKERS = Limit("workers", 0, 256)
 IMAGES_PER_CLASS = Limit("images per class", 1, 10_000_000)
+VALIDATION_IMAGES_PER_CLASS = Limit("validation images per class", 1, 10_000_000)
 RUN_ID = Limit("run id", 1, 2**63 - 1)
 """SQLite's integer keys."""
 ROWS = Limit("rows", 0, 10_000_000)

@@ -105,10 +105,13 @@ def check_output(path: str | os.PathLike[str] | None, option: str) -> None:
 def add_image_caps(parser: argparse.ArgumentParser) -> None:
     """``--shots`` and ``--val-cap`` (images per class kept for training / validation), as every command
     that trains takes them."""
-    for flag, split in (("--shots", "training"), ("--val-cap", "validation")):
+    for flag, split, limit in (
+        ("--shots", "training", L.IMAGES_PER_CLASS),
+        ("--val-cap", "validation", L.VALIDATION_IMAGES_PER_CLASS),
+    ):
         parser.add_argument(
             flag,
-            type=bounded(L.IMAGES_PER_CLASS),
+            type=bounded(limit),
             default=None,
             help=f"at most this many {split} images per class",
         )

@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from tinytl_core import limits as L
 from tinytl_core.data.builtin import BUILTIN_SETS, load_builtin
 from tinytl_core.data.dataset import DatasetSplits, ImageSplit, cap_per_class, make_splits
 from tinytl_core.data.errors import DatasetError, DatasetNotFoundError
@@ -92,6 +93,16 @@ def load_dataset(
         timeout: network time-out in seconds for torchvision downloads.
         progress: show progress bars (building, checking images).
     """
+    # every number checked first, naming the argument: a bad one used to fail deep in NumPy
+    # ("slice indices must be integers") or under another name
+    for value, limit, optional in (
+        (val_fraction, L.VALIDATION_FRACTION, False),
+        (seed, L.SEED, False),
+        (shots, L.IMAGES_PER_CLASS, True),
+        (val_cap, L.VALIDATION_IMAGES_PER_CLASS, True),
+    ):
+        if not (optional and value is None):
+            limit.check(value)
     key = str(name)
     if key.lower() in BUILTIN_SETS:
         spec = BUILTIN_SETS[key.lower()]

@@ -27,7 +27,7 @@ from tinytl_core.engine.layers import (
 )
 from tinytl_core.layer_kinds import LayerKind, is_frozen, kind_of, stock_rule
 from tinytl_core.norms import freeze_statistics, unfreeze_statistics
-from tinytl_core.tracing import Trace, trace_model
+from tinytl_core.tracing import Trace, check_input, trace_model
 
 __all__ = [
     "EngineLayer",
@@ -119,6 +119,10 @@ def convert(
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"convert expects a torch.nn.Module, got {type(model).__name__}")
+    if input_size is not None:  # checked before any layer changes (a bad size used to only warn)
+        input_size, _ = check_input(input_size, 1)
+    if not isinstance(channels_last, bool):
+        raise ValueError(f"channels_last must be True or False, got {channels_last!r}")
     for module in model.modules():
         _swap(module, lambda m: ENGINE_CLASSES.get(type(m)))
         for flag in _TRACED_FLAGS:  # a finding of an earlier conversion may not hold any more
