@@ -354,3 +354,44 @@ def test_plans_every_mode_by_default_and_refuses_an_empty_list(tinytl_home, caps
     from tinytl_core.modes import MODES as ALL_MODES
 
     assert SearchSpace(backbones=(DEMO,), modes=None).checked().modes == tuple(ALL_MODES)
+
+
+def test_what_the_second_probe_found_in_the_planner(tmp_path, capsys):
+    """Members of the planner's classes a hostile probe found: a repeated mode planned twice, a timm name
+    with a weights tag planned as a CNN at 224 px only, library calls failing with Python's own errors,
+    skip notes blaming batch 1 for every batch, and --export-plan saying "nothing fits" for a
+    configuration that was never planned."""
+    import numpy as np
+
+    from tinytl_core.backbones import backbone_info
+    from tinytl_core.planner.export import PlanRequest, training_plan
+
+    cache = ProfileCache(tmp_path)
+    space = SearchSpace((DEMO,), ("bias", "bias"), (32,), (2,))
+    assert plan(Budget.of("10 MB"), space, cache=cache).space.size == 1
+    numpy_size = SearchSpace((DEMO,), ("bias",), (np.int64(32),), (2,))  # a table's number
+    assert len(plan(Budget.of("10 MB"), numpy_size, cache=cache).configs) == 1
+
+    tagged = backbone_info("vit_tiny_patch16_224.augreg_in21k")
+    assert (tagged.family, tagged.kind, tagged.has_pretrained) == ("vision_transformer", "transformer", True)
+
+    for call, error, message in (
+        (lambda: parse_budget(10**400), BudgetError, "more than 1 EB"),
+        (lambda: Budget("5MB"), BudgetError, "a budget is 1 byte to"),
+        (lambda: SearchSpace((DEMO,), optimizer=None).checked(), PlanError, "optimizer must be one of"),
+        (lambda: SearchSpace((None,)).checked(), PlanError, "a backbone is named by a string"),
+        (lambda: training_plan(PlanRequest(DEMO, "bias", 5000, 2)), PlanError, "resolution must be 8 to"),
+        (lambda: training_plan(PlanRequest(DEMO, "bias", 32, 2, num_classes=1)), PlanError, "classes must"),
+    ):
+        with pytest.raises(error, match=message):
+            call()
+
+    vit = ["--backbones", "vit_tiny_patch16_224", "--modes", "bias", "--resolutions", "8"]
+    assert main(["plan", "--budget", "1GB", *vit, "--batch-sizes", "1,2"]) == 0
+    out = capsys.readouterr().out
+    assert "bias at 8 px not planned: it does not run at 8 px" in out and "batch 1 (GroupNorm)" not in out
+    target = tmp_path / "plan.json"
+    assert main(["plan", "--budget", "1GB", *vit, "--batch-sizes", "2", "--export-plan", str(target)]) == 2
+    err = capsys.readouterr().err
+    assert "nothing to export: vit_tiny_patch16_224 bias at 8 px was not planned (it does not run" in err
+    assert not target.exists()

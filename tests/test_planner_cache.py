@@ -78,6 +78,30 @@ def test_cache_round_trip_and_parallel_fill(tmp_path, monkeypatch):
     assert loaded == [build_profile(DEMO, RESOLUTION, m, group_norm=gn) for m, gn in REQUESTS[:2]]
 
 
+@pytest.mark.parametrize(
+    "damage",
+    [
+        {"engine_lines": []},
+        {"frozen_bytes": [1, 2]},
+        {"engine_lines": [[5]]},
+        {"stock_lines": [[10**400, 1]]},
+        {"trainable_bytes": "12"},
+        {"group_norm": "no"},
+        {"resolution": 64},  # another configuration's profile under this one's name
+    ],
+)
+def test_a_damaged_or_edited_profile_is_traced_again_not_served(tmp_path, damage):
+    """Valid JSON with damaged fields was served: a profile without engine lines planned 6% low, another
+    configuration's profile was served under this one's name, and others failed with nonsense errors."""
+    cache = ProfileCache(tmp_path)
+    fresh = cache.get(DEMO, RESOLUTION, "bias", group_norm=False)
+    (file,) = tmp_path.glob("*.json")
+    file.write_text(json.dumps({**json.loads(file.read_text()), **damage}))
+    again = ProfileCache(tmp_path)
+    assert again.get(DEMO, RESOLUTION, "bias", group_norm=False) == fresh
+    assert (again.built, again.loaded) == (1, 0)
+
+
 def test_explorer_reports_cached_on_disk_equal_fresh(tmp_path):
     from tinytl_core.planner.reports import ReportCache
 

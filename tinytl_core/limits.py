@@ -8,6 +8,7 @@ Each :class:`Limit` is inclusive; ``check`` raises ``ValueError`` naming the set
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 
@@ -31,8 +32,10 @@ class Limit:
 
     def problem(self, value: float) -> str | None:
         """Why ``value`` is not allowed, or None."""
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        # any real number, NumPy's included (a table's np.int64 is a resolution like any other)
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
             return f"{self.name} must be a number, got {value!r}"
+        value = int(value) if isinstance(value, numbers.Integral) else float(value)
         if isinstance(value, float) and not math.isfinite(value):
             return f"{self.name} must be a finite number ({self.text()}), got {value}"
         if self.integer and not float(value).is_integer():

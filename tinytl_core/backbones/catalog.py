@@ -18,6 +18,7 @@ import functools
 from dataclasses import dataclass
 
 import timm
+from timm.models import split_model_name_tag
 
 from tinytl_core.backbones.local import LOCAL_BACKBONES
 from tinytl_core.backbones.proxyless import PROXYLESS_MOBILE, PROXYLESS_MOBILE_NOTE
@@ -144,6 +145,8 @@ def family_kind(family: str) -> str:
 
 def check_backbone_name(name: str) -> None:
     """Raise ValueError with close matches when ``name`` is neither a shipped backbone nor a timm one."""
+    if not isinstance(name, str):
+        raise ValueError(f"a backbone is named by a string such as 'resnet18', got {name!r}")
     if name in LOCAL_BACKBONES or timm.is_model(name):
         return
     close = difflib.get_close_matches(name, [*LOCAL_BACKBONES, *timm.list_models()], n=5)
@@ -165,14 +168,16 @@ def backbone_info(name: str) -> BackboneInfo:
             curated=True,
             description=spec.description,
         )
-    module = _module_of().get(name, "unknown")
+    # "vit_tiny_patch16_224.augreg_in21k": the architecture's entry, with that tag's weights
+    architecture, tag = split_model_name_tag(name)
+    module = _module_of().get(architecture, "unknown")
     return BackboneInfo(
         name=name,
         family=module,
         kind=family_kind(module),
-        has_pretrained=name in pretrained_architectures(),
+        has_pretrained=(name in timm.list_pretrained()) if tag else name in pretrained_architectures(),
         curated=name in CURATED_BACKBONES,
-        description=NOTES.get(name, ""),
+        description=NOTES.get(architecture, ""),
     )
 
 

@@ -237,6 +237,12 @@ def _export_request(result: Plan, space: SearchSpace) -> PlanRequest:
             f"batch, that fits for {row['backbone']} {row['mode']}",
             file=sys.stderr,
         )
+    elif not len(result.configs) and len(result.skipped):  # nothing planned at all: say why
+        first = result.skipped.iloc[0]
+        raise PlanError(
+            f"--export-plan: nothing to export: {first['backbone']} {first['mode']} at "
+            f"{first['resolution']} px was not planned ({first['reason']})"
+        )
     else:
         raise PlanError("--export-plan: nothing fits the budget; nothing to export")
     return PlanRequest(

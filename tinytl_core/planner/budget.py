@@ -56,6 +56,8 @@ def parse_budget(text: str | float | int) -> int:
     if isinstance(text, bool):
         raise BudgetError(f"budget must be a size such as '256 KB' or '300 MB', got {text!r}")
     if isinstance(text, (int, float)):
+        if isinstance(text, int) and abs(text) > MAX_BUDGET_BYTES:  # float() of 10**400 overflows
+            raise BudgetError(f"budget {text!r} MB is more than 1 EB, larger than any device")
         value, unit = float(text), "mb"
     else:
         raw = str(text).strip()
@@ -162,7 +164,11 @@ class Budget:
     label: str = ""
 
     def __post_init__(self) -> None:
-        if isinstance(self.nbytes, bool) or not 1 <= self.nbytes <= MAX_BUDGET_BYTES:
+        if (
+            isinstance(self.nbytes, bool)
+            or not isinstance(self.nbytes, int)
+            or not 1 <= self.nbytes <= MAX_BUDGET_BYTES
+        ):  # bytes as an int: a size in words goes through Budget.of / parse_budget
             raise BudgetError(f"a budget is 1 byte to {MAX_BUDGET_BYTES:,} bytes, got {self.nbytes!r}")
 
     @classmethod

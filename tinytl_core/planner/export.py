@@ -12,6 +12,7 @@ from typing import Any
 import timm
 import torch
 
+from tinytl_core import limits as L
 from tinytl_core.engine import describe
 from tinytl_core.memory import analyze
 from tinytl_core.memory.report import TOTALS
@@ -49,8 +50,16 @@ def training_plan(request: PlanRequest) -> dict[str, Any]:
     engine (unless ``engine`` is False) and analysed with :func:`tinytl_core.memory.analyze`, so the
     modelled peak equals the planner's figure for the same configuration.
     """
-    if request.batch_size < 1 or request.resolution < 8:
-        raise PlanError("a training plan needs batch size >= 1 and resolution >= 8 px")
+    # the planner's own ranges (tinytl_core.limits), so a plan exports only what the planner can plan
+    for value, limit in (
+        (request.resolution, L.RESOLUTION),
+        (request.batch_size, L.BATCH_SIZE),
+        (request.frozen_weight_bits, L.FROZEN_WEIGHT_BITS),
+        (request.num_classes, L.CLASSES),
+    ):
+        problem = limit.problem(value)
+        if problem is not None:
+            raise PlanError(problem)
     try:
         prepared = prepare_model(
             request.backbone,

@@ -106,7 +106,7 @@ class SearchSpace:
         if self.modes is not None and not len(self.modes):  # None is every mode; resolve_modes's own
             raise PlanError("no mode to plan: choose at least one")  # message speaks of the CLI's list
         try:
-            modes = tuple(m.name for m in resolve_modes(self.modes))
+            modes = tuple(dict.fromkeys(m.name for m in resolve_modes(self.modes)))  # bias,bias: once
             optimizer_states(self.optimizer)
         except ValueError as exc:
             raise PlanError(str(exc)) from None
@@ -126,8 +126,8 @@ class SearchSpace:
         return SearchSpace(
             backbones=tuple(dict.fromkeys(self.backbones)),
             modes=modes,
-            resolutions=tuple(sorted(set(self.resolutions))),
-            batch_sizes=tuple(sorted(set(self.batch_sizes))),
+            resolutions=tuple(sorted({int(r) for r in self.resolutions})),  # (whole numbers, checked)
+            batch_sizes=tuple(sorted({int(b) for b in self.batch_sizes})),
             optimizer=self.optimizer.lower(),
             frozen_weight_bits=self.frozen_weight_bits,
             engine=self.engine,
@@ -292,7 +292,8 @@ def plan(
     ]
     columns: dict[str, list] = {c: [] for c in CONFIG_COLUMNS}
     one, many = np.array([1], dtype=np.int64), np.array(linear_batches, dtype=np.int64)
-    skipped: dict[tuple[str, str, int], str] = {}  # one reason per (backbone, mode, resolution)
+    # why each (backbone, mode, resolution) was not planned, for batch 1 with GroupNorm (True) and the rest
+    skipped: dict[tuple[str, str, int], dict[bool, str]] = {}
 
     def traced(done: int, total: int, request: tuple) -> None:
         if progress is not None:
@@ -306,8 +307,7 @@ def plan(
     for backbone, resolution, mode, gn in jobs:
         profile = cache.get(backbone, resolution, mode, group_norm=gn, num_classes=space.num_classes)
         if not profile.applicable:
-            reason = f"batch 1 (GroupNorm): {profile.reason}" if gn and linear_batches else profile.reason
-            skipped.setdefault((backbone, mode, resolution), reason)
+            skipped.setdefault((backbone, mode, resolution), {})[gn] = profile.reason
             continue
         _add_rows(columns, profile, one if gn else many, budget, space)
     # Rows come in plan order (backbone, mode, resolution, batch) as the jobs were listed.
@@ -320,11 +320,23 @@ def plan(
         space,
         configs,
         pd.DataFrame(
-            [(*k, reason) for k, reason in skipped.items()],
+            [(*k, _skip_reason(by_gn, needs_gn, linear_batches)) for k, by_gn in skipped.items()],
             columns=["backbone", "mode", "resolution", "reason"],
         ),
         cache.built - built_before,
     )
+
+
+def _skip_reason(by_gn: dict[bool, str], needs_gn: bool, linear_batches: list[int]) -> str:
+    """One note for a (backbone, mode, resolution) not planned: which batch sizes it concerns only when
+    the others were planned (or failed for another reason)."""
+    both = needs_gn and bool(linear_batches)
+    gn, bn = by_gn.get(True), by_gn.get(False)
+    if not both or gn == bn:
+        return gn or bn or ""
+    batches = "batch 2 and above" if len(linear_batches) > 1 else f"batch {linear_batches[0]}"
+    parts = [f"batch 1 (GroupNorm): {gn}" if gn else "", f"{batches}: {bn}" if bn else ""]
+    return "; ".join(p for p in parts if p)
 
 
 def _add_rows(

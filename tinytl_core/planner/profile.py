@@ -46,7 +46,7 @@ from tinytl_core.tracing.scaling import (
 
 PROFILE_FORMAT = 3
 """Bump when :class:`MemoryProfile`'s fields or their meaning change."""
-TRACE_FORMAT = 3
+TRACE_FORMAT = 4
 """Bump when the figures' code changes: anything that changes a traced profile (the tracer and its meta
 kernels, the memory rules and accounting, layer kinds, modes, lite residual branches, normalisation,
 backbone construction). Cached profiles of another version are not read. ``tests/test_planner_cache.py``
@@ -126,12 +126,51 @@ class MemoryProfile:
 
     @classmethod
     def from_json(cls, data: dict) -> MemoryProfile:
-        """Rebuild from :meth:`to_json` (plain data: no code runs)."""
+        """Rebuild from :meth:`to_json` (plain data: no code runs). ``ValueError`` for anything a traced
+        profile cannot hold (a damaged or edited file: the cache traces it again rather than serve it)."""
         data = dict(data)
         for name in ("engine_lines", "stock_lines"):
-            data[name] = tuple(tuple(int(v) for v in pair) for pair in data.get(name, ()))
-        data["frozen_bytes"] = tuple(int(v) for v in data.get("frozen_bytes", ()))
-        return cls(**data)
+            data[name] = tuple(_pair(pair) for pair in data.get(name, ()))
+        data["frozen_bytes"] = tuple(_count(v) for v in data.get("frozen_bytes", ()))
+        profile = cls(**data)
+        for name, kind in (("backbone", str), ("mode", str), ("reason", str)):
+            if not isinstance(getattr(profile, name), kind):
+                raise ValueError(f"{name} is not a {kind.__name__}")
+        for name in ("group_norm", "applicable"):
+            if not isinstance(getattr(profile, name), bool):
+                raise ValueError(f"{name} is not true or false")
+        for name in ("resolution", "num_classes", "min_batch", "n_params", "n_trainable", "trainable_bytes"):
+            _count(getattr(profile, name))
+        _count(profile.buffer_bytes)
+        if profile.max_batch is not None:
+            _count(profile.max_batch)
+        if profile.applicable and (
+            not profile.engine_lines
+            or not profile.stock_lines
+            or len(profile.frozen_bytes) != MAX_FROZEN_BITS
+        ):
+            raise ValueError("an applicable profile has engine and stock lines, and frozen bytes")
+        return profile
+
+
+_LARGEST = 2**62  # bytes: far above any budget (1 EB), still exact in a float64 sum of a few terms
+
+
+def _count(value: object) -> int:
+    """A whole number of bytes (or items) a profile may hold; ``ValueError`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < _LARGEST:
+        raise ValueError(f"not a count: {value!r}")
+    return value
+
+
+def _pair(pair: object) -> tuple[int, int]:
+    """A line ``(a, s)``: ``a`` may be negative (a line's intercept), ``s`` is bytes per sample."""
+    if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+        raise ValueError(f"not a line: {pair!r}")
+    a, s = pair
+    if isinstance(a, bool) or not isinstance(a, int) or not -_LARGEST < a < _LARGEST:
+        raise ValueError(f"not a line: {pair!r}")
+    return a, _count(s)
 
 
 def upper_envelope(lines: list[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
@@ -406,6 +445,9 @@ class ProfileCache:
             profile = MemoryProfile.from_json(data)
         except (ValueError, TypeError, KeyError, AttributeError):
             return None  # of another form: traced again
+        p = profile
+        if self.key(p.backbone, p.resolution, p.mode, p.group_norm, p.num_classes) != key:
+            return None  # another configuration's profile under this name: traced again
         self.loaded += 1
         self.memory[key] = profile
         return profile

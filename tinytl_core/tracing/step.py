@@ -22,6 +22,8 @@ OPTIMIZER_HELP = "none = plain SGD (gradients only), sgd = SGD with momentum, ad
 
 def optimizer_states(optimizer: str) -> int:
     """Number of parameter-sized state tensors ``optimizer`` keeps; ValueError for unknown names."""
+    if not isinstance(optimizer, str):
+        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZER_STATES)}, got {optimizer!r}")
     key = optimizer.lower()
     if key not in OPTIMIZER_STATES:
         raise ValueError(
