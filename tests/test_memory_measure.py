@@ -8,7 +8,13 @@ import torch
 from torch import nn
 
 from tinytl_core.engine import is_converted
-from tinytl_core.memory import MemoryLimitError, analyze, measure, training_memory_figures
+from tinytl_core.memory import (
+    MemoryLimitError,
+    analyze,
+    measure,
+    measure_stock_and_engine,
+    training_memory_figures,
+)
 from tinytl_core.memory.report import MEMORY, TOTALS, merge_measured
 from tinytl_core.modes import MODES, prepare_model
 from tinytl_core.quantities import RunMemory
@@ -126,6 +132,19 @@ def test_measure_rejects_meta_and_untrainable_models():
     frozen = _EngineNet().requires_grad_(False)
     with pytest.raises(ValueError, match="requires grad"):
         measure(frozen, input_size=(1, 8, 8), batch_size=BATCH)
+    # the wrong kind of argument: a ValueError naming it, not an AttributeError from inside
+    with pytest.raises(ValueError, match="analyze expects a torch.nn.Module, got NoneType"):
+        analyze(None, input_size=(3, RES, RES), batch_size=BATCH)
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        analyze(meta, input_size=(3, RES, RES), batch_size=BATCH, optimizer=None)
+    with pytest.raises(ValueError, match="unknown mode None"):
+        prepare_model("resnet18", None, resolution=RES, device="meta")
+
+
+def test_one_bool_profiles_both_steps():
+    model = prepare_model("resnet18", "bias", resolution=RES).model
+    both = measure_stock_and_engine(model, input_size=(3, RES, RES), batch_size=BATCH, profile=False)
+    assert both.stock.timeline is None and both.engine.timeline is None
 
 
 def test_training_memory_figures_measure_the_model_as_it_trains():

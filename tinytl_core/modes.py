@@ -315,7 +315,7 @@ def get_mode(name: str) -> Mode:
     """Return the mode called ``name``; ValueError listing valid names otherwise."""
     try:
         return MODES[name]
-    except KeyError:
+    except (KeyError, TypeError):  # (TypeError: an unhashable value)
         raise ValueError(f"unknown mode {name!r}; choose one of {', '.join(MODES)}") from None
 
 
@@ -391,7 +391,7 @@ def prepare_model(
     the scheme a sparse-update mode trains (default: the mode's own, else the model's default scheme);
     ValueError for any other mode.
     """
-    mode = get_mode(mode) if isinstance(mode, str) else mode
+    mode = mode if isinstance(mode, Mode) else get_mode(mode)  # a name (anything else: ValueError)
     if sparse_scheme is not None:
         if not mode.sparse:
             raise ValueError(f"a sparse-update scheme needs mode 'sparse', not {mode.name!r}")

@@ -46,6 +46,8 @@ def analyze(
         a :class:`MemoryReport` (``.layers`` DataFrame, ``.totals``
         :class:`~tinytl_core.memory.ReportTotals`, ``.summary()``).
     """
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"analyze expects a torch.nn.Module, got {type(model).__name__}")
     input_size, batch_size = _checked(input_size, batch_size, optimizer, accounting, frozen_weight_bits)
     with stock_layers(model):
         trace = trace_model(model, input_size, batch_size)

@@ -63,12 +63,12 @@ def measure_stock_and_engine(
     optimizer: str = "adam",
     per_layer: bool = True,
     modelled: MemoryReport | None = None,
-    profile: tuple[bool, bool] = (True, True),
+    profile: bool | tuple[bool, bool] = (True, True),
 ) -> StockAndEngine:
     """Measure one real training step of ``model`` with stock PyTorch layers, then with the engine's.
 
     ``profile``: whether the stock and the engine measurement also profile the step for its peak (one more
-    step each; see :func:`~tinytl_core.memory.measure`).
+    step each; see :func:`~tinytl_core.memory.measure`); one bool for both.
 
     The model may be stock or already converted; it is left as it was. The engine step converts with
     ``input_size`` (activations share outputs that later layers store in full). ``modelled`` (a
@@ -79,6 +79,8 @@ def measure_stock_and_engine(
         MemoryLimitError: the stock step does not fit in the available memory (before allocating).
         ValueError: a ``meta`` model or nothing to train (see :func:`~tinytl_core.memory.measure`).
     """
+    if isinstance(profile, bool):
+        profile = (profile, profile)
     kwargs = {
         "input_size": input_size,
         "batch_size": batch_size,
