@@ -434,6 +434,19 @@ def test_engine_runs_on_meta():
     assert out.shape == (2, 4, 4, 4)
 
 
+def test_revert_keeps_a_model_channels_last_that_was_so_before():
+    """Regression: converting a channels-last model with ``channels_last=True`` and reverting it left it
+    contiguous; revert undoes only the layout convert changed."""
+    for start_channels_last in (True, False):
+        model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+        if start_channels_last:
+            model.to(memory_format=torch.channels_last)
+        convert(model, channels_last=True)
+        assert model[0].weight.is_contiguous(memory_format=torch.channels_last)
+        revert(model)
+        assert model[0].weight.is_contiguous(memory_format=torch.channels_last) == start_channels_last
+
+
 def test_convert_and_revert_reject_non_modules():
     with pytest.raises(ValueError, match="torch.nn.Module"):
         convert("mobilenetv2_100")

@@ -141,6 +141,9 @@ def _set_channels_last(model: nn.Module, on: bool) -> None:
     """Lay the model's 4-D parameters and buffers out channels-last (``on``) or back to contiguous."""
     if on == bool(model.__dict__.get(_LAYOUT_FLAG)):
         return
+    four_d = [t for t in (*model.parameters(), *model.buffers()) if t.dim() == 4]
+    if on and four_d and all(t.is_contiguous(memory_format=torch.channels_last) for t in four_d):
+        return  # channels-last already, the model's own choice: nothing to undo later
     model.to(memory_format=torch.channels_last if on else torch.contiguous_format)
     if on:
         model.__dict__[_LAYOUT_FLAG] = True
