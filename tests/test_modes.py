@@ -174,3 +174,20 @@ def test_models_with_two_classifier_heads_train_both_in_every_mode(backbone):
     assert last.result.n_trainable == sum(
         p.numel() for h in classifier_heads(last.model) for p in h.parameters()
     )
+
+
+@pytest.mark.parametrize("backbone", ["demo_mobilenetv2_050", "resnet10t"])  # added after / before act
+def test_a_mode_applied_after_a_lite_residual_one_trains_what_it_says(backbone):
+    """Regression: `bias` applied to a model an earlier lite residual mode had changed kept the branches
+    (and reported their parameters as its own); a lite residual mode applied twice wrapped its blocks
+    twice. Branches of an earlier mode come off first."""
+    from tinytl_core.backbones import create_backbone
+
+    model, _ = create_backbone(backbone, 10, False)
+    names = [n for n, _ in model.named_modules()]
+    first = MODES["lite_residual+bias"].apply(model, input_size=(3, 64, 64), engine=False)
+    again = MODES["lite_residual+bias"].apply(model, input_size=(3, 64, 64), engine=False)
+    assert again.lite_residual_params == first.lite_residual_params > 0
+    bias = MODES["bias"].apply(model, input_size=(3, 64, 64), engine=False)
+    assert bias.lite_residual_params == 0 and [n for n, _ in model.named_modules()] == names
+    model(torch.randn(2, 3, 64, 64)).sum().backward()

@@ -137,6 +137,21 @@ class LiteResidualBlock(nn.Module):
             object.__setattr__(hook, "block_input", None)
 
 
+def detach_lite_residuals(model: nn.Module) -> int:
+    """Take every lite residual branch off ``model`` (its blocks as they were before
+    :func:`attach_lite_residuals`), in place; returns how many. A mode without branches applied to a model
+    that had them (an earlier mode's) then trains what it says, not the old branches too."""
+    wrapped = [(name, m) for name, m in model.named_modules() if isinstance(m, LiteResidualBlock)]
+    for name, wrapper in reversed(wrapped):  # inner ones first (a wrapped block inside a wrapped block)
+        block = wrapper.block
+        if wrapper.post_activation is not None:
+            hook = getattr(block, wrapper.post_activation)
+            setattr(block, wrapper.post_activation, hook.act)
+        if name:
+            model.set_submodule(name, block)
+    return len(wrapped)
+
+
 @dataclass(frozen=True)
 class AttachReport:
     """Which blocks got a lite residual branch and what it costs."""

@@ -41,7 +41,12 @@ from tinytl_core.engine.layers import stock_class
 from tinytl_core.engine.partial import PartialUpdateError
 from tinytl_core.engine.quantized import WeightQuantization, check_weight_bits, quantize_frozen_weights
 from tinytl_core.layer_kinds import is_norm, set_sign_mask
-from tinytl_core.lite_residual import LiteResidual, LiteResidualConfig, attach_lite_residuals
+from tinytl_core.lite_residual import (
+    LiteResidual,
+    LiteResidualConfig,
+    attach_lite_residuals,
+    detach_lite_residuals,
+)
 from tinytl_core.norms import (
     batchnorm_to_groupnorm,
     freeze_statistics,
@@ -158,12 +163,18 @@ class Mode:
                 1; a frozen standardised weight is computed once, :func:`tinytl_core.norms.WSConv2d`).
             lite_residual: branch hyper-parameters (defaults as in the paper).
             strict: raise :class:`ModeNotApplicable` when the mode does not apply; otherwise return a
-                result with ``applicable=False`` and the reason, leaving ``model`` unchanged.
+                result with ``applicable=False`` and the reason, leaving ``model`` unchanged (a model an
+                earlier mode gave lite residual branches loses them first, once this mode's own
+                checks pass).
             engine: convert the model to the training engine afterwards (same outputs and gradients,
                 less stored for backward); False leaves (or makes) every layer stock PyTorch.
         """
         reason = self.check(model)
         size = tuple(input_size or data_config(model).input_size)
+        if reason is None:
+            # branches an earlier mode attached come off: this mode trains what it says, and a lite
+            # residual mode attaches its own (sized for this input) rather than wrapping the old ones
+            detach_lite_residuals(model)
         if reason is None and self.uses_lite_residual:
             report = attach_lite_residuals(model, size, _lr_config(lite_residual, group_norm))
             reason = f"lite residual: {report.skipped}" if not report.blocks else None
