@@ -49,7 +49,10 @@ def available_memory(device: torch.device) -> int | None:
     """Bytes free for a new allocation on ``device`` (None when unknown)."""
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
-        return int(free)
+        # plus what PyTorch's caching allocator holds unused (an earlier run's blocks in a worker that
+        # trains job after job): the driver counts it as taken, a new tensor reuses it
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(free + max(0, cached))
     if device.type == "cpu":
         try:
             with open("/proc/meminfo") as f:
