@@ -87,6 +87,32 @@ def test_a_grid_of_the_wrong_shape_is_a_clear_error(values, message):
     assert len(SweepGrid(**fixed).expand()) == 1
 
 
+def test_every_setting_a_sweep_page_sets_reaches_the_command_that_runs_it(tmp_path):
+    """The class behind a Ray sweep dropping the page's GroupNorm switch: the command line written for a
+    grid (the Ray driver the app starts; a reference set's label) must rebuild the very same grid, for
+    every setting the sweep command carries, and refuse a setting it cannot carry instead of dropping it."""
+    from tinytl_core.cli import build_parser
+    from tinytl_core.cli.sweep import command_line, grid_from_args
+    from tinytl_core.sweeps.grid import SWEEP_SETTINGS
+
+    changed = {
+        "batch_size": 4, "lr": 0.01, "optimizer": "sgd", "shots": 3, "val_cap": 2, "eval_every": 2,
+        "device": "cpu", "pretrained": False, "record_memory": False, "measure_memory": False,
+        "engine": False, "group_norm": True,
+    }  # fmt: skip
+    assert set(changed) == {s.field for s in SWEEP_SETTINGS}  # a new setting needs a value here
+    grid = SweepGrid([DEMO], modes=["bias"], datasets=["shapes"], resolutions=[32], seeds=[0, 1], steps=[3],
+                     base=replace(AdaptConfig(), **changed))  # fmt: skip
+    command = ui_sweep.sweep_command(grid, "local", db_path=tmp_path / "r.sqlite", status_path="s", owner="o")
+    args = build_parser().parse_args(command[3:])
+    rebuilt = grid_from_args(args)
+    assert [config_key(c) for c in rebuilt.expand()] == [config_key(c) for c in grid.expand()]
+    assert command_line(args).split()[-1] == "--group-norm"
+    smoothing = replace(grid, base=replace(grid.base, label_smoothing=0.0))
+    with pytest.raises(ValueError, match="cannot carry these settings: label_smoothing"):
+        ui_sweep.sweep_command(smoothing, "local", db_path="r", status_path="s", owner="o")
+
+
 def test_grid_expands_every_combination_once_with_stable_keys():
     grid = SweepGrid(
         backbones=[DEMO, "mobilenetv2_050"],

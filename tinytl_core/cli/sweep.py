@@ -30,7 +30,7 @@ from tinytl_core.sweeps import (
 )
 from tinytl_core.sweeps.driver import DriverState, StatusWriter
 from tinytl_core.sweeps.executors import check_ray_address
-from tinytl_core.sweeps.grid import parse_resolutions
+from tinytl_core.sweeps.grid import SWEEP_SETTINGS, parse_resolutions, setting_args
 
 LOCAL_RAY = "local"
 """``--ray`` given without an address: start a local Ray instance for the sweep."""
@@ -120,20 +120,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def grid_from_args(args: argparse.Namespace) -> SweepGrid:
     """The sweep's grid from the command line (every list parsed; ``ValueError`` names a bad value)."""
     resolutions = parse_resolutions(args.resolutions, "--resolutions")
-    base = AdaptConfig(
-        batch_size=args.batch_size,
-        lr=args.lr,
-        optimizer=args.optimizer,
-        shots=args.shots,
-        val_cap=args.val_cap,
-        eval_every=args.eval_every,
-        device=args.device,
-        pretrained=args.pretrained,
-        record_memory=args.record_memory,
-        measure_memory=args.measure_memory,
-        engine=args.engine,
-        group_norm=args.group_norm,
-    )
+    base = AdaptConfig(**{setting.field: getattr(args, setting.field) for setting in SWEEP_SETTINGS})
     return SweepGrid(
         backbones=parse_list(args.backbones, "--backbones"),
         modes=parse_list(args.modes, "--modes"),
@@ -149,32 +136,10 @@ def command_line(args: argparse.Namespace) -> str:
     """The command that reproduces this sweep's grid and settings (labels a reference set): the grid's
     lists always, every other setting when it differs from its default; not where it ran (workers, Ray,
     database)."""
-    d = AdaptConfig()
     parts = ["python -m tinytl_core sweep"]
     for flag in ("backbones", "modes", "datasets", "resolutions", "seeds", "steps"):
         parts.append(f"--{flag} {shlex.quote(str(getattr(args, flag)))}")
-    for flag, default in (
-        ("batch_size", d.batch_size),
-        ("lr", d.lr),
-        ("optimizer", d.optimizer),
-        ("shots", None),
-        ("val_cap", None),
-        ("eval_every", d.eval_every),
-        ("device", d.device),
-    ):
-        value = getattr(args, flag)
-        if value != default:
-            parts.append(f"--{flag.replace('_', '-')} {shlex.quote(str(value))}")
-    for flag, name in (
-        ("pretrained", "--no-pretrained"),
-        ("record_memory", "--no-memory"),
-        ("measure_memory", "--no-measure"),
-        ("engine", "--no-engine"),
-    ):
-        if not getattr(args, flag):
-            parts.append(name)
-    if args.group_norm:
-        parts.append("--group-norm")
+    parts += [shlex.quote(arg) for arg in setting_args(grid_from_args(args).base)]
     return " ".join(parts)
 
 

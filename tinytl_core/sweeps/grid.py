@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from tinytl_core import limits as L
@@ -73,6 +73,59 @@ def parse_resolutions(text: str | Sequence[Any], what: str) -> list[int | None]:
         if value not in out:
             out.append(value)
     return out
+
+
+@dataclass(frozen=True)
+class SweepSetting:
+    """One setting a sweep's command line carries for every run: the :class:`AdaptConfig` field and its
+    ``sweep`` flag (whose argparse destination is the field's name). ``switch``: a flag without a value,
+    given when the setting differs from its default (``--no-engine``, ``--group-norm``)."""
+
+    field: str
+    flag: str
+    switch: bool = False
+
+
+SWEEP_SETTINGS: tuple[SweepSetting, ...] = (
+    SweepSetting("batch_size", "--batch-size"),
+    SweepSetting("lr", "--lr"),
+    SweepSetting("optimizer", "--optimizer"),
+    SweepSetting("shots", "--shots"),
+    SweepSetting("val_cap", "--val-cap"),
+    SweepSetting("eval_every", "--eval-every"),
+    SweepSetting("device", "--device"),
+    SweepSetting("pretrained", "--no-pretrained", switch=True),
+    SweepSetting("record_memory", "--no-memory", switch=True),
+    SweepSetting("measure_memory", "--no-measure", switch=True),
+    SweepSetting("engine", "--no-engine", switch=True),
+    SweepSetting("group_norm", "--group-norm", switch=True),
+)
+"""The one table of what a sweep command carries besides its grid: ``sweep``'s options, the grid it builds
+(:func:`tinytl_core.cli.sweep.grid_from_args`) and the command lines written for it (a Ray driver the app
+starts, a reference set's label) all read it, so none can drop a setting the others keep."""
+GRID_FIELDS = frozenset({"backbone", "mode", "dataset", "resolution", "steps", "epochs", "seed"})
+"""The fields a grid varies (its lists), not carried as settings."""
+
+
+def setting_args(base: AdaptConfig) -> list[str]:
+    """The ``sweep`` arguments for ``base``'s settings that differ from the defaults. ``ValueError`` when a
+    setting differs that the command cannot carry (it would be dropped, and the runs stored with another
+    configuration than the one asked for)."""
+    default = AdaptConfig()
+    args: list[str] = []
+    for setting in SWEEP_SETTINGS:
+        value = getattr(base, setting.field)
+        if value != getattr(default, setting.field):
+            args += [setting.flag] if setting.switch else [setting.flag, str(value)]
+    carried = GRID_FIELDS | {s.field for s in SWEEP_SETTINGS} | {"backbone"}
+    dropped = [
+        f.name
+        for f in fields(AdaptConfig)
+        if f.name not in carried and getattr(base, f.name) != getattr(default, f.name)
+    ]
+    if dropped:
+        raise ValueError(f"a sweep command cannot carry these settings: {', '.join(dropped)}")
+    return args
 
 
 @dataclass

@@ -41,7 +41,7 @@ from tinytl_core.results import ResultsStore
 from tinytl_core.sweeps import QueueExecutor, SweepGrid, config_key, finished_keys, parse_list, sweep_id
 from tinytl_core.sweeps.driver import DriverState, DriverStatus, read_status, write_status
 from tinytl_core.sweeps.executors import RAY_ADDRESS
-from tinytl_core.sweeps.grid import not_applicable, parse_resolutions
+from tinytl_core.sweeps.grid import not_applicable, parse_resolutions, setting_args
 from tinytl_core.ui.errors import public_text
 from tinytl_core.ui.runs import dataset_label
 
@@ -315,7 +315,6 @@ def sweep_command(
 ) -> list[str]:
     """The ``python -m tinytl_core sweep`` command line that runs ``grid`` on Ray at ``address`` (its
     base configuration's settings that differ from the defaults included), storing into ``db_path``."""
-    d, b = AdaptConfig(), grid.base
     command = [sys.executable, "-m", "tinytl_core", "sweep"]
     for flag, values in (
         ("--backbones", grid.backbones),
@@ -326,25 +325,7 @@ def sweep_command(
         ("--steps", grid.steps),
     ):
         command += [flag, ",".join(str(v) for v in values)]
-    for flag, name in (
-        ("--batch-size", "batch_size"),
-        ("--lr", "lr"),
-        ("--optimizer", "optimizer"),
-        ("--shots", "shots"),
-        ("--val-cap", "val_cap"),
-        ("--eval-every", "eval_every"),
-        ("--device", "device"),
-    ):
-        if getattr(b, name) != getattr(d, name):
-            command += [flag, str(getattr(b, name))]
-    for flag, name in (
-        ("--no-pretrained", "pretrained"),
-        ("--no-memory", "record_memory"),
-        ("--no-measure", "measure_memory"),
-        ("--no-engine", "engine"),
-    ):
-        if not getattr(b, name):
-            command.append(flag)
+    command += setting_args(grid.base)
     return command + [
         "--ray",
         address,
