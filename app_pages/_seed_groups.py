@@ -59,10 +59,12 @@ def render(runs: Sequence[Mapping[str, Any]]) -> None:
         st.caption(
             f"x: {run_quantity(MEMORY.total_measured_bytes).label}, mean over seeds (error bar: standard "
             "deviation); y: validation accuracy, "
-            "mean over seeds (error bar: standard deviation). One point per backbone x mode."
+            "mean over seeds (error bar: standard deviation). One point per configuration, its seeds "
+            "pooled; *differs in* tells apart configurations that look alike otherwise."
         )
+        shown = groups if groups["differs_in"].astype(bool).any() else groups.drop(columns=["differs_in"])
         st.dataframe(
-            groups.rename(columns=SEED_GROUP_HEADERS).round(2),
+            shown.rename(columns=SEED_GROUP_HEADERS).round(2),
             hide_index=True,
             width="stretch",
             placeholder="–",

@@ -316,6 +316,8 @@ def test_group_seeds_mean_and_spread():
     assert bias["peak_mean_MB"] == pytest.approx(12.0) and bias["peak_std_MB"] == pytest.approx(2.0)
     assert bias["run_ids"] == "#1, #2, #3"
     assert math.isnan(groups.iloc[1]["acc_std_pct"])  # one seed: no spread to tell
+    # the two bias groups look alike in every column shown but the figures: what tells them apart is said
+    assert list(groups["differs_in"]) == ["lr 0.001", "lr 0.01", ""]
 
 
 def test_reference_set_ships_labelled_and_loads_as_store_rows(tmp_path):

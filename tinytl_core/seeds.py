@@ -44,6 +44,7 @@ GROUP_COLUMNS: tuple[str, ...] = ("backbone", "mode", "dataset", "resolution", "
 """What a group shows of its configuration (it is keyed by every setting but the seed)."""
 SEED_GROUP_COLUMNS: tuple[str, ...] = (
     *GROUP_COLUMNS,
+    "differs_in",
     "seeds",
     "acc_mean_pct",
     "acc_std_pct",
@@ -62,6 +63,7 @@ SEED_GROUP_HEADERS: dict[str, str] = {
     "resolution": "px",
     "batch_size": "batch",
     "steps": "steps",
+    "differs_in": "differs in",
     "seeds": "seeds",
     "acc_mean_pct": "val acc mean %",
     "acc_std_pct": "val acc std %",
@@ -114,6 +116,7 @@ def group_seeds(runs: Iterable[Mapping[str, Any]], *, finished_only: bool = True
                 "resolution": first.get(RUN.resolution),
                 "batch_size": first.get(RUN.batch_size),
                 "steps": first.get(RUN.steps_planned),
+                "differs_in": "",
                 "seeds": len(members),
                 "acc_mean_pct": acc.mean(),
                 "acc_std_pct": acc.std(ddof=1) if len(acc) > 1 else float("nan"),
@@ -125,4 +128,24 @@ def group_seeds(runs: Iterable[Mapping[str, Any]], *, finished_only: bool = True
                 "run_ids": ", ".join(f"#{r[RUN.id]}" for r in members if r.get(RUN.id) is not None),
             }
         )
+    _name_what_differs(rows, [members[0].get("config") for members in groups.values()])
     return pd.DataFrame(rows, columns=list(SEED_GROUP_COLUMNS))
+
+
+def _name_what_differs(rows: list[dict[str, Any]], configs: list[Mapping[str, Any] | None]) -> None:
+    """Fill ``differs_in`` of groups that look alike in :data:`GROUP_COLUMNS` (GroupNorm vs BatchNorm,
+    8-bit weights, another learning rate, ...): the settings that tell them apart, as ``name value``."""
+    alike: dict[tuple, list[int]] = {}
+    for i, row in enumerate(rows):
+        alike.setdefault(tuple(row[c] for c in GROUP_COLUMNS), []).append(i)
+    for members in alike.values():
+        stored = [AdaptConfig.from_dict(dict(configs[i])).to_dict() for i in members if configs[i]]
+        if len(members) < 2 or len(stored) < len(members):
+            continue
+        keys = [
+            k
+            for k in stored[0]
+            if k != "seed" and len({json.dumps(c[k], sort_keys=True) for c in stored}) > 1
+        ]
+        for i, config in zip(members, stored):
+            rows[i]["differs_in"] = ", ".join(f"{k.replace('_', ' ')} {config[k]}" for k in keys)

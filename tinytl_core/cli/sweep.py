@@ -265,7 +265,8 @@ def _run(args: argparse.Namespace, writer: StatusWriter | None) -> int:
     print(report.progress.line() + f" in {report.progress.elapsed_s:.0f} s")
     grouped = group_seeds(store.get_run(i) for i in report.finished_run_ids(store))
     if len(grouped):
-        table = grouped.drop(columns=["run_ids"]).rename(columns=SEED_GROUP_HEADERS).round(1)
+        unused = ["run_ids"] + ([] if grouped["differs_in"].astype(bool).any() else ["differs_in"])
+        table = grouped.drop(columns=unused).rename(columns=SEED_GROUP_HEADERS).round(1)
         print()
         print(frame_text(table))
     if report.interrupted:

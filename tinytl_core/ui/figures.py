@@ -418,7 +418,8 @@ def seed_groups_figure(
                     showlegend=mode not in shown,
                     hovertemplate=(
                         f"<b>{name}</b> · {row['backbone']} · {row['resolution']} px<br>"
-                        f"val acc %{{y:.1f}}% ± {_spread(row['acc_std_pct']):.1f} "
+                        + (f"{row['differs_in']}<br>" if row.get("differs_in") else "")
+                        + f"val acc %{{y:.1f}}% ± {_spread(row['acc_std_pct']):.1f} "
                         f"over {row['seeds']} seed(s)<br>"
                         f"step peak %{{x:,.3~f}} {unit_name} ± "
                         f"{format_bytes(_spread(row['peak_std_MB']) * MB, unit=(unit_name, factor))}"
