@@ -57,6 +57,11 @@ def render_status(sweep: str, *, live: bool) -> None:
             "(the same configurations, trained once for both of you). If that session cancels them, they "
             "go on as yours."
         )
+    if status.handed_over:
+        st.caption(
+            f":material/group: {status.handed_over} job(s) you cancelled go on for another session that "
+            "waits for the same runs; their runs land on Compare runs."
+        )
     if status.cancellable and st.button(
         f"Cancel your {status.cancellable} job(s)", icon=":material/stop_circle:", key="sw_cancel"
     ):

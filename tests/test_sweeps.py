@@ -624,6 +624,10 @@ def test_a_grid_two_sessions_start_is_trained_once_and_each_cancels_only_its_own
     assert any("another session waits for the same run" in t.value for t in a.toast)
     (job,) = queue.list_jobs()
     assert job.state is JobState.QUEUED
+    # A neither owns nor waits for it now: told so, not that it would become A's
+    assert a.dataframe[0].value["queued by"].tolist() == ["another session (handed over)"]
+    assert any("you cancelled go on for another session" in c.value for c in a.caption)
+    assert not any("they go on as yours" in c.value for c in a.caption)
     b.run()
     assert b.dataframe[0].value["queued by"].tolist() == ["you"]
     b.button(key="sw_cancel").click().run()

@@ -521,6 +521,17 @@ class JobQueue:
             self.watch(job_id, owner)
         return job.owner == owner
 
+    def watched_by(self, owner: str) -> set[int]:
+        """Ids of the jobs not ended that ``owner`` waits for (:meth:`watch`), in one query."""
+        rows = self.store.execute(
+            lambda con: con.execute(
+                "SELECT w.job_id FROM job_watchers w JOIN jobs j ON j.id = w.job_id "
+                f"WHERE w.owner = ? AND j.state IN ({', '.join('?' * len(_ACTIVE))})",
+                (owner, *_ACTIVE),
+            ).fetchall()
+        )
+        return {r["job_id"] for r in rows}
+
     def watchers(self, job_id: int) -> list[str]:
         """Who else waits for the job's run (see :meth:`watch`), longest waiting first."""
         rows = self.store.execute(

@@ -120,6 +120,7 @@ class SweepStatus:
     sweep: str
     jobs: list[Job] = field(default_factory=list)
     owner: str | None = None  # the session looking: whose jobs it may cancel
+    watched: frozenset[int] = frozenset()  # ids of another session's jobs the looking session waits for
 
     def count(self, *states: JobState) -> int:
         return sum(1 for j in self.jobs if j.state in states)
@@ -131,8 +132,22 @@ class SweepStatus:
 
     @property
     def others_active(self) -> int:
-        """Jobs not ended that another session queued (the same configurations, trained once for both)."""
-        return sum(1 for j in self.jobs if not j.ended and j.owner != self.owner)
+        """Jobs not ended that another session queued and the looking one waits for too (the same
+        configurations, trained once for both: they become its own if that session cancels them)."""
+        return sum(1 for j in self.jobs if not j.ended and j.id in self.watched)
+
+    @property
+    def handed_over(self) -> int:
+        """Jobs not ended that the looking session no longer owns nor waits for: it cancelled them while
+        another session waited for them, so they go on for that one."""
+        return sum(1 for j in self.jobs if not j.ended and j.owner != self.owner and j.id not in self.watched)
+
+    def _queued_by(self, job: Job) -> str:
+        if job.owner == self.owner:
+            return "you"
+        if job.id in self.watched or job.ended:
+            return "another session"
+        return "another session (handed over)"
 
     @property
     def active(self) -> bool:
@@ -179,7 +194,7 @@ class SweepStatus:
                     "step": f"{job.step} / {job.total_steps or c.steps}",
                     "val acc %": None if acc is None else round(100 * acc, 1),
                     "run": job.run_id,
-                    "queued by": "you" if job.owner == self.owner else "another session",
+                    "queued by": self._queued_by(job),
                     "message": public_text(job.error) or None,
                 }
             )
@@ -187,8 +202,11 @@ class SweepStatus:
 
 
 def sweep_status(queue: JobQueue, sweep: str, owner: str | None = None) -> SweepStatus:
-    """The jobs of ``sweep``, in queue order, seen by ``owner`` (which of them it may cancel)."""
-    return SweepStatus(sweep, queue.list_jobs(sweep=sweep), owner)
+    """The jobs of ``sweep``, in queue order, seen by ``owner`` (which of them it may cancel, and which of
+    another session's it waits for)."""
+    jobs = queue.list_jobs(sweep=sweep)
+    watched = frozenset(queue.watched_by(owner)) if owner is not None else frozenset()
+    return SweepStatus(sweep, jobs, owner, watched)
 
 
 @dataclass(frozen=True)
