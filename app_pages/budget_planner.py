@@ -52,6 +52,7 @@ except BudgetError as exc:
     st.error(sentences(str(exc), keep))
     st.stop()
 st.session_state["budget_bytes"] = budget.nbytes  # drawn on the Home and Memory Explorer charts too
+st.session_state["budget_in_flash"] = budget.weights_in_flash  # (there a note: their totals hold weights)
 
 with st.form("pl_space"):
     names = _cache.backbone_names()
@@ -64,7 +65,9 @@ with st.form("pl_space"):
         help="Curated CNNs are listed first.",
     )
     curated = st.checkbox(f"All curated backbones ({len(CURATED_BACKBONES)})", key="pl_curated")
-    modes = st.multiselect("Modes", list(MODES), default=list(MODES), key="pl_modes")
+    modes = st.multiselect(
+        "Modes", list(MODES), default=list(MODES), format_func=lambda m: MODES[m].title, key="pl_modes"
+    )  # titles, as the other pages show them
     r1, r2, r3 = st.columns(3)
     resolutions = r1.multiselect(
         "Resolutions (px)",

@@ -85,6 +85,7 @@ chart.plotly_chart(
         table,
         title=f"Training memory per mode: {backbone}, {resolution} px, batch {batch_size}, Adam (modelled)",
         budget_bytes=settings.budget_bytes,  # set on the Budget planner
+        budget_in_flash=settings.budget_in_flash,
     ),
     width="stretch",
 )

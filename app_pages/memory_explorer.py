@@ -214,6 +214,7 @@ a.plotly_chart(
         title="Training memory per mode (modelled)",
         selected=mode,
         budget_bytes=settings.budget_bytes,  # set on the Budget planner
+        budget_in_flash=settings.budget_in_flash,
     ),
     width="stretch",
     key="mx_bars",

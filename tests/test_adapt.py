@@ -277,6 +277,7 @@ def test_folder_with_bad_files_trains_on_the_rest_with_batch_size_one(tinytl_hom
         ({"label_smoothing": None}, "label smoothing must be a number"),
         ({"val_fraction": None}, "validation fraction must be a number"),
         ({"seed": 1.5}, "seed must be a whole number"),
+        ({"seed": 2**70}, "got 1,180,591,620,717,411,303,424$"),  # an int stays one, not 1.18e+21
         ({"resolution": 40.5}, "resolution must be a whole number"),
         ({"momentum": "x"}, "momentum must be a number"),
         ({"momentum": float("inf")}, "momentum must be a finite number"),

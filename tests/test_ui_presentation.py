@@ -157,6 +157,14 @@ def test_a_budget_never_stretches_a_bytes_axis_out_of_reading(scale, budget):
         assert fig.layout.shapes  # the dashed line
 
 
+def test_a_budget_that_keeps_weights_in_flash_is_no_line_over_totals_that_hold_them():
+    """An MCU preset's 512 KB leaves frozen weights out; Home's bars count them, so its line under every
+    bar said nothing fits what the planner said fits. It is a note there instead."""
+    fig = figures.mode_memory_bars(_table(40e6), title="t", budget_bytes=512_000, budget_in_flash=True)
+    (note,) = [a.text for a in fig.layout.annotations if a.text and a.text.startswith("budget")]
+    assert "frozen weights in flash" in note and "Budget planner" in note and not fig.layout.shapes
+
+
 @pytest.mark.parametrize("peak", [30e3, 40e6, 50e9])
 def test_step_timelines_and_seed_groups_take_the_unit_of_their_size(peak):
     from tinytl_core.memory.timeline import StepTimeline

@@ -19,7 +19,8 @@ def test_from_state_fills_what_the_sidebar_has_not_set():
     assert Settings.from_state({}) == Settings.defaults()
     s = Settings.from_state({"backbone": "resnet18", "batch_size": "4", "session_id": "abc"})
     assert (s.backbone, s.resolution, s.batch_size, s.session_id) == ("resnet18", 224, 4, "abc")
-    assert set(KEYS) == {"backbone", "resolution", "batch_size", "pretrained", "session_id", "budget_bytes"}
+    assert set(KEYS) == {"backbone", "resolution", "batch_size", "pretrained", "session_id", "budget_bytes",
+                         "budget_in_flash"}  # fmt: skip
 
 
 def _table(**over):

@@ -42,7 +42,11 @@ class Limit:
             return f"{self.name} must be a whole number ({self.text()}), got {value}"
         below = value <= self.low if self.above_low else value < self.low
         if below or value > self.high:
-            shown = f"{value:,}" if isinstance(value, int) and abs(value) < 10**15 else f"{value:g}"
+            if isinstance(value, int):  # an int typed as one stays one ("1.18e+21" for a typed integer)
+                digits = len(str(abs(value)))
+                shown = f"{value:,}" if digits <= 30 else f"a number of {digits:,} digits"
+            else:
+                shown = f"{value:g}"
             return f"{self.name} must be {self.text()}, got {shown}"
         return None
 

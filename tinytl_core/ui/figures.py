@@ -135,16 +135,23 @@ def add_budget_line(
     axis: str = "y",
     *,
     largest_bytes: float | None = None,
+    weights_in_flash: bool = False,
 ) -> None:
     """Draw a memory budget (the Budget planner's) as a dashed line across a bytes axis scaled to ``unit``;
     nothing for None. A budget far above ``largest_bytes`` (the chart's largest value) is a note in the
-    corner instead, so the axis keeps the data's scale."""
+    corner instead, so the axis keeps the data's scale; so is a budget that keeps frozen weights in flash
+    (``weights_in_flash``: an MCU preset) on a chart whose totals hold them -- not the same quantity."""
     if not budget_bytes:
         return
     text = f"budget {format_bytes(budget_bytes)}"
-    if largest_bytes is not None and not budget_on_axis(budget_bytes, largest_bytes):
+    off_axis = largest_bytes is not None and not budget_on_axis(budget_bytes, largest_bytes)
+    if weights_in_flash or off_axis:
         fig.add_annotation(
-            text=f"{text}: above everything shown",
+            text=(
+                f"{text} (frozen weights in flash, not in it): compare on the Budget planner"
+                if weights_in_flash
+                else f"{text}: above everything shown"
+            ),
             xref="paper",
             yref="paper",
             x=1,
@@ -164,7 +171,12 @@ def add_budget_line(
 
 
 def mode_memory_bars(
-    table: pd.DataFrame, *, title: str, selected: str | None = None, budget_bytes: float | None = None
+    table: pd.DataFrame,
+    *,
+    title: str,
+    selected: str | None = None,
+    budget_bytes: float | None = None,
+    budget_in_flash: bool = False,
 ) -> go.Figure:
     """Stacked bars of modelled training memory per mode: weights, gradients + optimizer state,
     activations stored for backward, transient working set; the total on top of each bar.
@@ -210,14 +222,14 @@ def mode_memory_bars(
             fillcolor="rgba(0,0,0,0)",
         )
     largest = float(totals_bytes.max()) if len(totals_bytes) else 0.0
-    shown_budget = budget_bytes if budget_on_axis(budget_bytes, largest) else 0
+    shown_budget = budget_bytes if budget_on_axis(budget_bytes, largest) and not budget_in_flash else 0
     fig.update_layout(
         **{**_LAYOUT, "legend": _LEGEND_BELOW},
         legend_title_text="",
         yaxis_range=[0, 1.15 * max(totals.max(), (shown_budget or 0) / unit[1], 1e-9)],
     )
     _bytes_axis(fig, largest, "training memory")
-    add_budget_line(fig, budget_bytes, unit, largest_bytes=largest)
+    add_budget_line(fig, budget_bytes, unit, largest_bytes=largest, weights_in_flash=budget_in_flash)
     fig.update_xaxes(tickvals=list(totals.index), ticktext=[_mode_tick(m) for m in totals.index], tickangle=0)
     return fig
 

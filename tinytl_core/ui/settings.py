@@ -28,6 +28,7 @@ class Settings:
     pretrained: bool = True
     session_id: str = ""
     budget_bytes: int | None = None  # the Budget planner's budget, drawn on Home and Memory Explorer charts
+    budget_in_flash: bool = False  # that budget keeps frozen weights in flash (an MCU preset)
 
     @classmethod
     def defaults(cls, backbone: str | None = None) -> Settings:
@@ -52,6 +53,7 @@ class Settings:
             pretrained=bool(merged["pretrained"]),
             session_id=str(merged["session_id"]),
             budget_bytes=None if merged.get("budget_bytes") is None else int(merged["budget_bytes"]),
+            budget_in_flash=bool(merged.get("budget_in_flash")),
         )
 
 
