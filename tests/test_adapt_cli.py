@@ -5,7 +5,7 @@ import csv
 import pytest
 
 from tinytl_core.cli import main
-from tinytl_core.results import MEMORY
+from tinytl_core.results import MEMORY, ResultsStore
 
 TINY = [
     "--model",
@@ -231,3 +231,28 @@ def test_datasets_info_says_when_a_set_cannot_train(tmp_path, capsys):
         Image.new("RGB", (8, 8), (200, 0, 0)).save(tmp_path / "ds" / name / "1.png")
     assert main(["datasets", "info", str(tmp_path / "ds"), "--val-fraction", "0.01"]) == 1
     assert "training needs at least one training and one validation image" in capsys.readouterr().err
+
+
+def test_a_mode_that_does_not_fit_is_skipped_and_the_others_run(tmp_path, monkeypatch, capsys):
+    """`adapt --modes` stopped at the first mode whose step did not fit in memory: the modes after it never
+    ran and no table was printed. Such a mode is now said and skipped, like one that does not apply, and
+    the command exits 1 (a run not trained), not 2."""
+    import importlib
+
+    from tinytl_core.memory import MemoryLimitError
+
+    adapt_module = importlib.import_module("tinytl_core.adapt")
+    real = adapt_module._check_fits
+
+    def full_does_not_fit(model, config, *args):
+        if config.mode == "full":
+            raise MemoryLimitError("Training in mode full needs about 30.3 GB, but only 21.7 GB are free")
+        return real(model, config, *args)
+
+    monkeypatch.setattr(adapt_module, "_check_fits", full_does_not_fit)
+    db = tmp_path / "r.sqlite"
+    argv = ["adapt", "--modes", "full,last", "--resolution", "32", "--steps", "1", "--val-cap", "1"]
+    code = main([*argv, "--no-memory", "--dataset", "shapes", "--db", str(db), "--no-pretrained"])
+    out = capsys.readouterr().out
+    assert code == 1 and "not trained: Training in mode full needs about 30.3 GB" in out
+    assert [r["mode"] for r in ResultsStore(db).list_runs()] == ["last"]

@@ -181,6 +181,48 @@ def test_a_sweep_adopts_the_jobs_of_a_sweep_process_that_is_gone(tmp_path):
     assert queue.cancel(left, me).state is JobState.CANCELLED
 
 
+def test_a_killed_sweep_neither_inherits_nor_keeps_jobs_nobody_can_stop(tmp_path):
+    """Members of the handover class a probe found: Ctrl-C handed jobs to a watcher whose process had
+    been killed (no one left to cancel them), and a watcher's Ctrl-C left jobs owned by a killed sweep
+    queued. Dead processes are skipped as heirs, and a dead owner's job is taken over and stopped."""
+    from tinytl_core.jobs import process_owner
+
+    queue = JobQueue(tmp_path / "r.sqlite")
+    gone = mp.get_context("spawn").Process(target=time.sleep, args=(0,))
+    gone.start()
+    gone.join()
+    dead, alive = process_owner("sweep s", gone.pid), process_owner("sweep s")
+    first, second = queue.submit_many([config(), config(mode="last")], owner="a")
+    queue.watch(first, dead)
+    assert queue.cancel(first, "a").state is JobState.CANCELLED  # the only heir is dead: cancelled
+    set_owner = "UPDATE jobs SET owner = ? WHERE id = ?"
+    queue.store.execute(lambda con: con.execute(set_owner, (dead, second)), write=True)
+    queue.watch(second, alive)
+    job = queue.cancel(second, alive)  # the owner was killed: the watcher's Ctrl-C stops it
+    assert job.state is JobState.CANCELLED and job.owner == alive
+
+
+def test_a_sweeps_own_workers_train_its_jobs_only(tmp_path):
+    """A sweep's single worker claimed another user's long job queued before it, so the sweep waited
+    behind it (and requeued it, losing its progress, when the sweep stopped)."""
+    queue = JobQueue(tmp_path / "r.sqlite")
+    other = queue.submit(config(), owner="alice")
+    mine = queue.submit(config(mode="last"), owner="sweep s", sweep="s")
+    assert queue.claim("w", sweep="s").id == mine and queue.claim("w", sweep="s") is None
+    assert queue.claim("w").id == other  # a worker serving the whole queue takes the rest
+
+
+def test_a_worker_keeps_an_inherited_ignored_sigint_ignored(tmp_path):
+    """A sweep started in the background ignores SIGINT; its workers installed their own handler, so a
+    Ctrl-C to the group stopped the worker and the pool started another: the Ctrl-C did nothing useful."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        run_worker(tmp_path / "r.sqlite", max_jobs=0, idle_exit_s=0)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def test_recover_fails_jobs_of_dead_or_silent_workers(tmp_path):
     queue = JobQueue(tmp_path / "r.sqlite")
     gone, silent, alive = queue.submit_many([config(), config(), config()])

@@ -69,6 +69,12 @@ def fake_adapt(config, *, progress=None, cancel=None, store=None, data=None):
     return result
 
 
+def test_a_built_in_set_in_another_letter_case_is_the_same_configuration():
+    """`--datasets shapes,SHAPES,Shapes` queued the same set three times (load_dataset reads any case)."""
+    grid = SweepGrid([DEMO], modes=["bias"], datasets=["shapes", "SHAPES", "Shapes"], seeds=[0])
+    assert [c.dataset for c in grid.expand()] == ["shapes"]
+
+
 @pytest.mark.parametrize(
     ("values", "message"),
     [

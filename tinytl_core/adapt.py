@@ -52,6 +52,7 @@ from tinytl_core.backbones import (
 from tinytl_core.data import (
     DatasetSplits,
     attach_transforms,
+    canonical_dataset_name,
     check_dataset_name,
     dataset_display_name,
     load_dataset,
@@ -146,6 +147,7 @@ class AdaptConfig:
     sparse_scheme: dict[str, Any] | None = None  # mode "sparse": its scheme as JSON data (None: default)
 
     def __post_init__(self) -> None:
+        self.dataset = canonical_dataset_name(self.dataset)  # "SHAPES" is "shapes": one configuration
         # A whole number given as a float (1.0, or a NumPy integer from a table) is that int: one
         # configuration, one config_key, whatever type it came in (a sweep of seeds [1, 1.0] trained both).
         for name in _WHOLE_NUMBER_FIELDS:

@@ -22,6 +22,7 @@ from tinytl_core.backbones import default_backbone
 from tinytl_core.cli.args import add_db_option, add_image_caps, bounded, check_resolution
 from tinytl_core.cli.runs import COLUMNS
 from tinytl_core.data import check_dataset_name, dataset_display_name, load_dataset
+from tinytl_core.memory import MemoryLimitError
 from tinytl_core.modes import ModeNotApplicable, get_mode, resolve_modes
 from tinytl_core.quantities import RunStatus
 from tinytl_core.reports import frame_text
@@ -248,6 +249,7 @@ def run(args: argparse.Namespace) -> int:
     for note in notes:
         print(f"  {note}")
     results = []
+    refused = 0  # modes whose step does not fit in memory: the others still run
     for config in runnable:
         print(f"{config.backbone} / {config.mode} / {dataset_display_name(config.dataset)}")
         bar = _Bar(config.mode)
@@ -258,6 +260,13 @@ def run(args: argparse.Namespace) -> int:
                 raise
             notes.append(f"{config.mode}: skipped ({exc})")
             print(f"  skipped: {exc}")
+            continue
+        except MemoryLimitError as exc:
+            if len(configs) == 1:
+                raise
+            refused += 1
+            notes.append(f"{config.mode}: not trained ({exc})")
+            print(f"  not trained: {exc}")
             continue
         finally:
             bar.close()
@@ -276,4 +285,4 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: {note}")
     if any(r.status == RunStatus.CANCELLED for r in results):
         return 130
-    return 1 if any(r.status.unsuccessful for r in results) else 0
+    return 1 if refused or any(r.status.unsuccessful for r in results) else 0

@@ -36,6 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--parent-pid", type=bounded(L.PROCESS_ID), default=None, help=argparse.SUPPRESS
     )  # the app's pool
+    p.add_argument(
+        "--sweep", default=None, help="train only this sweep's jobs (a sweep command's own workers)"
+    )
     p.set_defaults(func=run)
 
 
@@ -52,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
         idle_exit_s=args.idle_exit,
         threads=args.threads,
         parent_pid=args.parent_pid,
+        sweep=args.sweep,
     )
     print(f"worker stopped after {done} job(s)", flush=True)
     return 0

@@ -25,6 +25,7 @@ from tinytl_core.data.errors import (
 from tinytl_core.data.images import to_rgb
 from tinytl_core.data.registry import (
     DatasetInfo,
+    canonical_dataset_name,
     check_dataset_name,
     dataset_info,
     extract_archive_cached,
@@ -56,6 +57,7 @@ __all__ = [
     "UploadsUsage",
     "attach_transforms",
     "build_transform",
+    "canonical_dataset_name",
     "check_dataset_name",
     "dataset_display_name",
     "dataset_info",

@@ -173,6 +173,18 @@ def load_dataset(
     return splits
 
 
+def canonical_dataset_name(name: str | Path) -> str | Path:
+    """A built-in or torchvision set's own name for ``name`` in any letter case (``SHAPES`` is
+    ``shapes``, as :func:`load_dataset` reads it); anything else (a folder, a .zip) as given. One
+    configuration, one key: a sweep of ``shapes,SHAPES`` trained the same set twice."""
+    if isinstance(name, str):
+        for sets in (BUILTIN_SETS, TORCHVISION_SETS):
+            spec = sets.get(name.lower())
+            if spec is not None:
+                return spec.name
+    return name
+
+
 def check_dataset_name(name: str | Path) -> None:
     """Raise the error :func:`load_dataset` would raise for a name that cannot be a dataset (unknown name,
     missing path, a file that is neither a folder nor a .zip), without loading anything: cheap, so

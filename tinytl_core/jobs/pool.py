@@ -126,11 +126,13 @@ class WorkerPool:
         *,
         threads: int | None = None,
         log_dir: str | Path | None = None,
+        sweep: str | None = None,
     ):
         self.size = default_pool_size() if size is None else int(size)
         if self.size < 0:
             raise ValueError(f"a pool has 0 or more workers, got {self.size}")
         self.threads = threads or default_threads(self.size)
+        self.sweep = sweep  # its workers train this sweep's jobs only (a sweep command's pool)
         self.queue = JobQueue(db_path)
         self.db_path = self.queue.path
         self.log_dir = Path(log_dir) if log_dir is not None else self.db_path.parent / "worker-logs"
@@ -220,6 +222,7 @@ class WorkerPool:
             str(self.threads),
             "--parent-pid",
             str(os.getpid()),
+            *(["--sweep", self.sweep] if self.sweep is not None else []),
         ]
         slot.process = subprocess.Popen(
             command,

@@ -238,6 +238,12 @@ def _owner_pid(owner: str | None) -> int | None:
     return _local_pid(owner[owner.rindex(" (") + 2 : -1])
 
 
+def _process_gone(owner: str | None) -> bool:
+    """Whether ``owner`` is a :func:`process_owner` whose process on this host has ended."""
+    pid = _owner_pid(owner)
+    return pid is not None and not _pid_alive(pid)
+
+
 def _local_pid(worker: str | None) -> int | None:
     """The pid of a worker running on this host (None for another host or a name not ``host:pid``)."""
     host, _, pid = (worker or "").rpartition(":")
@@ -508,8 +514,7 @@ class JobQueue:
         whose owner is a process on this host that is gone becomes ``owner``'s (True); any other job is
         watched (:meth:`watch`: its owner's cancel hands it over) and False is returned."""
         job = self.get(job_id)
-        pid = _owner_pid(job.owner)
-        if job.owner != owner and pid is not None and not _pid_alive(pid):
+        if job.owner != owner and _process_gone(job.owner):
 
             def take(con: sqlite3.Connection) -> bool:
                 sql = "UPDATE jobs SET owner = ? WHERE id = ? AND owner = ?"
@@ -556,7 +561,15 @@ class JobQueue:
             row = con.execute("SELECT owner, state FROM jobs WHERE id = ?", (int(job_id),)).fetchone()
             if row is None:
                 raise KeyError(f"no job with id {job_id}")
-            if requester is not None and row["owner"] is not None and requester != row["owner"]:
+            owner = row["owner"]
+            if requester is not None and owner not in (None, requester) and _process_gone(owner):
+                # its sweep was killed: a sweep waiting for it (or starting it again) owns it now
+                con.execute("UPDATE jobs SET owner = ? WHERE id = ?", (requester, int(job_id)))
+                con.execute(
+                    "DELETE FROM job_watchers WHERE job_id = ? AND owner = ?", (int(job_id), requester)
+                )
+                owner = requester
+            if requester is not None and owner is not None and requester != owner:
                 withdrawn = con.execute(
                     "DELETE FROM job_watchers WHERE job_id = ? AND owner = ?", (int(job_id), requester)
                 ).rowcount
@@ -566,15 +579,17 @@ class JobQueue:
                     f"job {job_id} was submitted by another session; only that session can cancel it"
                 )
             if requester is not None and row["state"] in _ACTIVE:
-                heir = con.execute(
-                    "SELECT owner FROM job_watchers WHERE job_id = ? ORDER BY since, rowid LIMIT 1",
-                    (int(job_id),),
-                ).fetchone()
-                if heir is not None:
+                heirs = con.execute(
+                    "SELECT owner FROM job_watchers WHERE job_id = ? ORDER BY since, rowid", (int(job_id),)
+                ).fetchall()
+                for (
+                    heir
+                ) in heirs:  # the longest waiting whose process still runs (a killed sweep waits no more)
                     new_owner = (heir["owner"], int(job_id))
-                    con.execute("UPDATE jobs SET owner = ? WHERE id = ?", new_owner)
                     con.execute("DELETE FROM job_watchers WHERE owner = ? AND job_id = ?", new_owner)
-                    return
+                    if not _process_gone(heir["owner"]):
+                        con.execute("UPDATE jobs SET owner = ? WHERE id = ?", new_owner)
+                        return
             con.execute("DELETE FROM job_watchers WHERE job_id = ?", (int(job_id),))
             if row["state"] == JobState.QUEUED.value:
                 con.execute(
@@ -589,15 +604,20 @@ class JobQueue:
         return self.get(job_id)
 
     # ------------------------------------------------------------------------------------ the workers
-    def claim(self, worker: str) -> Job | None:
+    def claim(self, worker: str, *, sweep: str | None = None) -> Job | None:
         """Give the oldest queued job to ``worker`` (marked running, atomically: no other worker gets it);
-        None when nothing is queued. Jobs of dead workers on this host are failed first (:meth:`recover`)."""
+        None when nothing is queued. ``sweep``: that sweep's jobs only (the workers a sweep command starts
+        train its own grid, not other users' jobs ahead of it). Jobs of dead workers on this host are
+        failed first (:meth:`recover`)."""
         self.recover()
         now = time.time()
 
         def take(con: sqlite3.Connection) -> sqlite3.Row | None:
             row = con.execute(
-                "SELECT id FROM jobs WHERE state = ? ORDER BY id LIMIT 1", (JobState.QUEUED.value,)
+                "SELECT id FROM jobs WHERE state = ?"
+                + (" AND sweep = ?" if sweep is not None else "")
+                + " ORDER BY id LIMIT 1",
+                (JobState.QUEUED.value, *((sweep,) if sweep is not None else ())),
             ).fetchone()
             if row is None:
                 return None

@@ -239,6 +239,7 @@ def run_worker(
     poll_s: float = IDLE_POLL_S,
     interval: float = PROGRESS_INTERVAL_S,
     runner: Runner = adapt,
+    sweep: str | None = None,
 ) -> int:
     """Claim and train jobs until told to stop; return how many jobs it ended.
 
@@ -252,6 +253,7 @@ def run_worker(
             this runs in the main thread.
         poll_s: how often to look for a job when idle; interval: how often to report progress.
         runner: what trains a job (:func:`~tinytl_core.adapt.adapt`; tests pass a cheap stand-in).
+        sweep: train only this sweep's jobs (a sweep command's own workers).
     """
     queue = JobQueue(db_path)
     worker = worker_id or worker_name()
@@ -263,6 +265,8 @@ def run_worker(
     received: list[int] = []  # signals noted by the handler, turned into `shutdown` by the watcher
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
+            if signal.getsignal(sig) is signal.SIG_IGN:
+                continue  # ignored by whoever started us (a sweep run in the background): keep ignoring it
             # No Event.set() here: it takes the event's lock, and a second signal arriving while the first
             # handler holds it deadlocked the worker for good (it outlived the app's server). A list
             # append takes no lock the handler could be interrupted in.
@@ -271,7 +275,7 @@ def run_worker(
     watcher = threading.Thread(target=_watch, args=(parent_pid, received, shutdown, finished), daemon=True)
     watcher.start()
     try:
-        return _work(queue, worker, shutdown, max_jobs, idle_exit_s, poll_s, interval, runner)
+        return _work(queue, worker, shutdown, max_jobs, idle_exit_s, poll_s, interval, runner, sweep)
     finally:
         finished.set()
 
@@ -285,12 +289,13 @@ def _work(
     poll_s: float,
     interval: float,
     runner: Runner,
+    sweep: str | None = None,
 ) -> int:
     """:func:`run_worker`'s loop: claim and train jobs until told to stop."""
     log.info("worker %s on %s", worker, queue.path)
     done, idle_since = 0, time.monotonic()
     while not shutdown.is_set() and (max_jobs is None or done < max_jobs):
-        job = queue.claim(worker)
+        job = queue.claim(worker, sweep=sweep)
         if job is None:
             if idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s:
                 break

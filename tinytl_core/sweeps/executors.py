@@ -201,7 +201,11 @@ class QueueExecutor:
         queue, jobs, owner = self.submit(configs)
         pool = None
         if self.workers:
-            pool = WorkerPool(min(self.workers, len(jobs)), queue.path, threads=self.threads).start()
+            # its own workers train its own grid: other users' jobs queued before it are not theirs to run
+            sweep = next(iter(queue.list_jobs(ids=list(jobs)))).sweep
+            pool = WorkerPool(
+                min(self.workers, len(jobs)), queue.path, threads=self.threads, sweep=sweep
+            ).start()
         pending = set(jobs)
         try:
             while pending and not cancel.is_set():
