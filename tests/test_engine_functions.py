@@ -295,6 +295,21 @@ def _conv_norm() -> nn.Sequential:
     return model
 
 
+def test_a_hook_on_a_container_that_returns_the_conv_output_sees_it_too():
+    """A deep stem (a Sequential ending in its conv) hands its output to a hook, then the norm after it
+    overwrote that tensor: containers around the producer that do not hold the norm count as producers."""
+    from tinytl_core.modes import prepare_model
+
+    model = prepare_model("resnet10t", "bias", num_classes=3, pretrained=False, resolution=32).model
+    seen = {}
+    handle = model.conv1.register_forward_hook(lambda m, i, o: seen.update(out=o, copy=o.detach().clone()))
+    try:
+        model(torch.randn(2, 3, 32, 32)).sum().backward()
+    finally:
+        handle.remove()
+    assert torch.equal(seen["out"], seen["copy"]) and model.bn1.writes_in_place()
+
+
 @pytest.mark.parametrize("hook", ["conv", "norm input", "norm pre-hook", "global", "deep copy"])
 def test_forward_hooks_see_what_stock_pytorch_hands_them(hook):
     """Regression: a frozen norm working in place overwrote the conv output a forward hook had been handed

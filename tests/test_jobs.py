@@ -197,6 +197,8 @@ def test_a_killed_sweep_neither_inherits_nor_keeps_jobs_nobody_can_stop(tmp_path
     assert queue.cancel(first, "a").state is JobState.CANCELLED  # the only heir is dead: cancelled
     set_owner = "UPDATE jobs SET owner = ? WHERE id = ?"
     queue.store.execute(lambda con: con.execute(set_owner, (dead, second)), write=True)
+    with pytest.raises(NotYourJobError):
+        queue.cancel(second, "a session that does not wait for it")  # a dead owner's job is not anyone's
     queue.watch(second, alive)
     job = queue.cancel(second, alive)  # the owner was killed: the watcher's Ctrl-C stops it
     assert job.state is JobState.CANCELLED and job.owner == alive

@@ -188,6 +188,11 @@ def test_a_mode_applied_after_a_lite_residual_one_trains_what_it_says(backbone):
     first = MODES["lite_residual+bias"].apply(model, input_size=(3, 64, 64), engine=False)
     again = MODES["lite_residual+bias"].apply(model, input_size=(3, 64, 64), engine=False)
     assert again.lite_residual_params == first.lite_residual_params > 0
+    # a mode that does not apply leaves the earlier branches on (sparse with GroupNorm: plain convs needed)
+    with_branches = [n for n, _ in model.named_modules()]
+    refused = MODES["sparse"].apply(model, input_size=(3, 64, 64), group_norm=True, strict=False)
+    assert not refused.applicable and [n for n, _ in model.named_modules()] == with_branches
+    model(torch.randn(2, 3, 64, 64))
     bias = MODES["bias"].apply(model, input_size=(3, 64, 64), engine=False)
     assert bias.lite_residual_params == 0 and [n for n, _ in model.named_modules()] == names
     model(torch.randn(2, 3, 64, 64)).sum().backward()

@@ -98,6 +98,7 @@ _WHOLE_NUMBER_FIELDS = (
     "steps", "batch_size", "seed", "resolution", "split_seed", "shots", "val_cap", "eval_every",
     "eval_batch_size", "weight_bits",
 )  # fmt: skip
+_REAL_NUMBER_FIELDS = ("epochs", "lr", "momentum", "weight_decay", "label_smoothing", "val_fraction")
 
 
 @dataclass
@@ -150,14 +151,18 @@ class AdaptConfig:
         self.dataset = canonical_dataset_name(self.dataset)  # "SHAPES" is "shapes": one configuration
         # A whole number given as a float (1.0, or a NumPy integer from a table) is that int: one
         # configuration, one config_key, whatever type it came in (a sweep of seeds [1, 1.0] trained both).
-        for name in _WHOLE_NUMBER_FIELDS:
+        # Any other real number (np.float32, Fraction) is a plain float: the configuration is stored as
+        # JSON and keyed by it.
+        for name in (*_WHOLE_NUMBER_FIELDS, *_REAL_NUMBER_FIELDS):
             value = getattr(self, name)
-            if isinstance(value, bool):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
                 continue  # refused by validate as not a number
-            if isinstance(value, numbers.Integral) and type(value) is not int:
+            if isinstance(value, numbers.Integral):
                 setattr(self, name, int(value))
-            elif isinstance(value, float) and math.isfinite(value) and value.is_integer():
+            elif name in _WHOLE_NUMBER_FIELDS and math.isfinite(value) and float(value).is_integer():
                 setattr(self, name, int(value))
+            elif type(value) is not float:
+                setattr(self, name, float(value))
 
     def scheme(self) -> SparseScheme | None:
         """The sparse-update scheme given (None: the mode's default); SchemeError if malformed."""

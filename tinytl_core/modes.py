@@ -46,6 +46,7 @@ from tinytl_core.lite_residual import (
     LiteResidualConfig,
     attach_lite_residuals,
     detach_lite_residuals,
+    reattach_lite_residuals,
 )
 from tinytl_core.norms import (
     batchnorm_to_groupnorm,
@@ -163,39 +164,31 @@ class Mode:
                 1; a frozen standardised weight is computed once, :func:`tinytl_core.norms.WSConv2d`).
             lite_residual: branch hyper-parameters (defaults as in the paper).
             strict: raise :class:`ModeNotApplicable` when the mode does not apply; otherwise return a
-                result with ``applicable=False`` and the reason, leaving ``model`` unchanged (a model an
-                earlier mode gave lite residual branches loses them first, once this mode's own
-                checks pass).
+                result with ``applicable=False`` and the reason, leaving ``model`` unchanged.
             engine: convert the model to the training engine afterwards (same outputs and gradients,
                 less stored for backward); False leaves (or makes) every layer stock PyTorch.
         """
         reason = self.check(model)
         size = tuple(input_size or data_config(model).input_size)
-        if reason is None:
-            # branches an earlier mode attached come off: this mode trains what it says, and a lite
-            # residual mode attaches its own (sized for this input) rather than wrapping the old ones
-            detach_lite_residuals(model)
-        if reason is None and self.uses_lite_residual:
-            report = attach_lite_residuals(model, size, _lr_config(lite_residual, group_norm))
-            reason = f"lite residual: {report.skipped}" if not report.blocks else None
+        # Branches an earlier mode attached come off: this mode trains what it says, and a lite residual
+        # mode attaches its own (sized for this input) rather than wrapping the old ones. They go back on
+        # if this mode turns out not to apply.
+        detached = detach_lite_residuals(model) if reason is None else []
+        scheme = None
+        try:
+            if reason is None and self.uses_lite_residual:
+                report = attach_lite_residuals(model, size, _lr_config(lite_residual, group_norm))
+                reason = f"lite residual: {report.skipped}" if not report.blocks else None
+            if reason is None and self.sparse:
+                scheme = self.sparse_scheme(model)
+                reason = _scheme_problem(model, scheme, group_norm)  # before GroupNorm changes any layer
+        except Exception:
+            reattach_lite_residuals(model, detached)
+            raise
         if reason is not None:
+            reattach_lite_residuals(model, detached)
             if strict:
                 raise ModeNotApplicable(f"mode {self.name!r} does not apply: {reason}")
-            return ModeResult(self.name, False, reason)
-        scheme = self.sparse_scheme(model) if self.sparse else None
-        try:
-            if scheme is not None:  # before GroupNorm changes any layer: a refused mode changes nothing
-                check_scheme(model, scheme, group_norm=group_norm)
-        except PartialUpdateError as exc:  # e.g. a partial ratio on a weight-standardised conv (GroupNorm)
-            reason = str(exc)
-            if group_norm:  # say what to change, not only which layer refused
-                reason = (
-                    "its partial weight updates need plain convolutions, which GroupNorm + weight "
-                    "standardisation replaces; train it without GroupNorm, or with a scheme that updates "
-                    f"no weight partially ({exc})"
-                )
-            if strict:
-                raise ModeNotApplicable(f"mode {self.name!r} does not apply: {reason}") from None
             return ModeResult(self.name, False, reason)
         group_norms = 0
         if group_norm:
@@ -320,6 +313,21 @@ MODES: dict[str, Mode] = {
         ),
     )
 }
+
+
+def _scheme_problem(model: nn.Module, scheme: SparseScheme, group_norm: bool) -> str | None:
+    """Why ``scheme`` cannot be applied to ``model`` (as GroupNorm would leave it), or None."""
+    try:
+        check_scheme(model, scheme, group_norm=group_norm)
+    except PartialUpdateError as exc:  # e.g. a partial ratio on a weight-standardised conv (GroupNorm)
+        if not group_norm:
+            return str(exc)
+        return (  # say what to change, not only which layer refused
+            "its partial weight updates need plain convolutions, which GroupNorm + weight "
+            "standardisation replaces; train it without GroupNorm, or with a scheme that updates "
+            f"no weight partially ({exc})"
+        )
+    return None
 
 
 def get_mode(name: str) -> Mode:

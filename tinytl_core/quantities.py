@@ -21,12 +21,12 @@ from enum import Enum
 from typing import Any
 
 MB = 1_000_000
+"""One megabyte: 10^6 bytes, as in the paper."""
 CUDA_WORKSPACES_NOTE = (
     "On CUDA it also holds the cuBLAS and cuDNN workspaces (about 50-75 MB measured on an H200), which "
     "the memory model leaves out: they depend on the GPU and library versions, not on the network."
 )
 """What a measured CUDA peak holds beyond the modelled one (README, "On a GPU")."""
-"""One megabyte: 10^6 bytes, as in the paper."""
 
 
 class Unit(str, Enum):

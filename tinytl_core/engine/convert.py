@@ -190,6 +190,7 @@ def _apply_trace_findings(model: nn.Module, input_size: tuple[int, int, int]) ->
     for row in trace.rows:
         for t in row.outputs:
             returned.setdefault((t.key, t.version), []).append(row.module)
+    names = {id(m): name for name, m in model.named_modules()}
     for module in modules:
         flags = (
             ("keep_output", "own_grad")
@@ -200,9 +201,20 @@ def _apply_trace_findings(model: nn.Module, input_size: tuple[int, int, int]) ->
             if verdict.get(id(module), {}).get(flag, False):
                 setattr(module, flag, True)
         if getattr(module, "inplace_input", False):
-            # whose forward hooks are handed the tensor the norm overwrites (FrozenNorm.writes_in_place)
+            # whose forward hooks are handed the tensor the norm overwrites (FrozenNorm.writes_in_place):
+            # the modules that returned it, and the containers around them that may return it too (a
+            # deep stem's Sequential ending in the conv) -- those that hold the norm as well return its
+            # output, written in place: what a hook there is handed stays right
             inputs = [row.inputs[0] for row in trace.rows if row.module is module and row.inputs]
             found = {id(m): m for x in inputs for m in returned.get((x.key, x.version), [])}
+            norm_name = names.get(id(module), "")
+            for producer in list(found.values()):
+                parts = names.get(id(producer), "").split(".")
+                for depth in range(1, len(parts)):
+                    ancestor = ".".join(parts[:depth])
+                    if not norm_name.startswith(ancestor + "."):
+                        container = model.get_submodule(ancestor)
+                        found[id(container)] = container
             module.__dict__[INPLACE_PRODUCERS] = tuple(found.values())  # not registered: no state
 
 

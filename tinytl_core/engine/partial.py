@@ -17,6 +17,7 @@ trained rows of the weight gradient.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -94,7 +95,7 @@ def split_problem(module: nn.Module, rows: int) -> str | None:
     if base is nn.Conv2d and (module.padding_mode != "zeros" or isinstance(module.padding, str)):
         return "a partial update needs a convolution with numeric zero padding"
     out = module.weight.shape[0]
-    if isinstance(rows, bool) or not isinstance(rows, int) or not 0 < rows < out:
+    if isinstance(rows, bool) or not isinstance(rows, numbers.Integral) or not 0 < rows < out:
         return f"rows to train must be a whole number between 1 and {out - 1}, got {rows!r}"
     groups = max(1, getattr(module, "groups", 1))
     per_group = out // groups
@@ -113,6 +114,7 @@ def split_weight(module: nn.Module, rows: int) -> nn.Module:
     problem = split_problem(module, rows)
     if problem is not None:
         raise PartialUpdateError(problem)
+    rows = int(rows)  # (a NumPy integer too)
     base = stock_class(module)
     data = module.weight.detach()
     module.__class__ = base  # an engine layer back to stock first; convert() swaps it again

@@ -553,8 +553,10 @@ class JobQueue:
         step or so (its run is stored as cancelled); an ended job stays as it is. Only the job's owner may
         cancel it (``requester=None``: the server itself, e.g. an operator's command). When another sweep
         waits for the same run (:meth:`watch`), the owner's cancel hands the job over to it instead (the
-        returned job has that new owner) and the run goes on. A watcher's own cancel only withdraws its
-        interest. Anyone else gets :class:`NotYourJobError` and the job goes on.
+        returned job has that new owner) and the run goes on (from its first step, if the worker training
+        it stops with the canceller, as a command-line sweep's own workers do). A watcher's own cancel
+        only withdraws its interest (or, when the owner's process is gone, takes the job and cancels it).
+        Anyone else gets :class:`NotYourJobError` and the job goes on.
         """
 
         def work(con: sqlite3.Connection) -> None:
@@ -562,8 +564,14 @@ class JobQueue:
             if row is None:
                 raise KeyError(f"no job with id {job_id}")
             owner = row["owner"]
-            if requester is not None and owner not in (None, requester) and _process_gone(owner):
-                # its sweep was killed: a sweep waiting for it (or starting it again) owns it now
+            waits = (
+                requester is not None
+                and con.execute(
+                    "SELECT 1 FROM job_watchers WHERE job_id = ? AND owner = ?", (int(job_id), requester)
+                ).fetchone()
+            )
+            if waits and owner not in (None, requester) and _process_gone(owner):
+                # its sweep was killed: the sweep waiting for it owns it now (no one else may)
                 con.execute("UPDATE jobs SET owner = ? WHERE id = ?", (requester, int(job_id)))
                 con.execute(
                     "DELETE FROM job_watchers WHERE job_id = ? AND owner = ?", (int(job_id), requester)
