@@ -330,6 +330,12 @@ def test_whole_numbers_given_as_floats_are_one_configuration():
     as_floats.validate()
     grid = SweepGrid(["resnet10t"], modes=["bias"], datasets=["digits"], seeds=[1, 1.0], steps=[5, 5.0])
     assert len(grid.expand()) == 1
+    # other real numbers (np.float32, a Fraction) become plain floats: stored as JSON, keyed by it
+    from fractions import Fraction
+
+    odd = tiny(lr=np.float32(0.5), momentum=Fraction(1, 2), resolution=np.float32(32))
+    assert json.loads(json.dumps(odd.to_dict()))["lr"] == 0.5 and type(odd.momentum) is float
+    assert type(odd.resolution) is int
 
 
 def test_config_round_trips_through_a_dict():
