@@ -137,32 +137,6 @@ class LiteResidualBlock(nn.Module):
             object.__setattr__(hook, "block_input", None)
 
 
-def detach_lite_residuals(model: nn.Module) -> list[tuple[str, LiteResidualBlock]]:
-    """Take every lite residual branch off ``model`` (its blocks as they were before
-    :func:`attach_lite_residuals`), in place; returns what was taken off, for
-    :func:`reattach_lite_residuals`. A mode without branches applied to a model that had them (an earlier
-    mode's) then trains what it says, not the old branches too."""
-    wrapped = [(name, m) for name, m in model.named_modules() if isinstance(m, LiteResidualBlock) and name]
-    for name, wrapper in reversed(wrapped):  # inner ones first (a wrapped block inside a wrapped block)
-        block = wrapper.block
-        if wrapper.post_activation is not None:
-            hook = getattr(block, wrapper.post_activation)
-            setattr(block, wrapper.post_activation, hook.act)
-        model.set_submodule(name, block)
-    return wrapped
-
-
-def reattach_lite_residuals(model: nn.Module, detached: list[tuple[str, LiteResidualBlock]]) -> None:
-    """Put back what :func:`detach_lite_residuals` took off (a mode that turned out not to apply leaves the
-    model as it found it)."""
-    for name, wrapper in detached:  # outer ones first, as they were found
-        block = wrapper.block
-        if wrapper.post_activation is not None:
-            act = getattr(block, wrapper.post_activation)
-            setattr(block, wrapper.post_activation, _AddBeforeActivation(act, wrapper.lite_residual))
-        model.set_submodule(name, wrapper)
-
-
 @dataclass(frozen=True)
 class AttachReport:
     """Which blocks got a lite residual branch and what it costs."""

@@ -45,8 +45,6 @@ from tinytl_core.lite_residual import (
     LiteResidual,
     LiteResidualConfig,
     attach_lite_residuals,
-    detach_lite_residuals,
-    reattach_lite_residuals,
 )
 from tinytl_core.norms import (
     batchnorm_to_groupnorm,
@@ -165,28 +163,21 @@ class Mode:
             lite_residual: branch hyper-parameters (defaults as in the paper).
             strict: raise :class:`ModeNotApplicable` when the mode does not apply; otherwise return a
                 result with ``applicable=False`` and the reason, leaving ``model`` unchanged.
+                Lite residual branches already on the model (the caller's, as the paper's network has
+                them in every mode, or an earlier mode's) stay: this mode sets what trains.
             engine: convert the model to the training engine afterwards (same outputs and gradients,
                 less stored for backward); False leaves (or makes) every layer stock PyTorch.
         """
         reason = self.check(model)
         size = tuple(input_size or data_config(model).input_size)
-        # Branches an earlier mode attached come off: this mode trains what it says, and a lite residual
-        # mode attaches its own (sized for this input) rather than wrapping the old ones. They go back on
-        # if this mode turns out not to apply.
-        detached = detach_lite_residuals(model) if reason is None else []
         scheme = None
-        try:
-            if reason is None and self.uses_lite_residual:
-                report = attach_lite_residuals(model, size, _lr_config(lite_residual, group_norm))
-                reason = f"lite residual: {report.skipped}" if not report.blocks else None
-            if reason is None and self.sparse:
-                scheme = self.sparse_scheme(model)
-                reason = _scheme_problem(model, scheme, group_norm)  # before GroupNorm changes any layer
-        except Exception:
-            reattach_lite_residuals(model, detached)
-            raise
+        if reason is None and self.uses_lite_residual:
+            report = attach_lite_residuals(model, size, _lr_config(lite_residual, group_norm))
+            reason = f"lite residual: {report.skipped}" if not report.blocks else None
+        if reason is None and self.sparse:
+            scheme = self.sparse_scheme(model)
+            reason = _scheme_problem(model, scheme, group_norm)  # before GroupNorm changes any layer
         if reason is not None:
-            reattach_lite_residuals(model, detached)
             if strict:
                 raise ModeNotApplicable(f"mode {self.name!r} does not apply: {reason}")
             return ModeResult(self.name, False, reason)
