@@ -590,9 +590,8 @@ class JobQueue:
                 heirs = con.execute(
                     "SELECT owner FROM job_watchers WHERE job_id = ? ORDER BY since, rowid", (int(job_id),)
                 ).fetchall()
-                for (
-                    heir
-                ) in heirs:  # the longest waiting whose process still runs (a killed sweep waits no more)
+                # the longest waiting whose process still runs (a killed sweep waits no more)
+                for heir in heirs:
                     new_owner = (heir["owner"], int(job_id))
                     con.execute("DELETE FROM job_watchers WHERE owner = ? AND job_id = ?", new_owner)
                     if not _process_gone(heir["owner"]):
