@@ -139,9 +139,11 @@ class MemoryProfile:
         for name in ("group_norm", "applicable"):
             if not isinstance(getattr(profile, name), bool):
                 raise ValueError(f"{name} is not true or false")
-        for name in ("resolution", "num_classes", "min_batch", "n_params", "n_trainable", "trainable_bytes"):
+        for name in (
+            "resolution", "num_classes", "min_batch", "n_params", "n_trainable", "trainable_bytes",
+            "buffer_bytes",
+        ):  # fmt: skip
             _count(getattr(profile, name))
-        _count(profile.buffer_bytes)
         if profile.max_batch is not None:
             _count(profile.max_batch)
         if profile.applicable and (

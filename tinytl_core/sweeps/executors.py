@@ -202,7 +202,7 @@ class QueueExecutor:
         pool = None
         if self.workers:
             # its own workers train its own grid: other users' jobs queued before it are not theirs to run
-            sweep = next(iter(queue.list_jobs(ids=list(jobs)))).sweep
+            sweep = self.sweep or sweep_id(configs)  # as submit tagged them: no query needed
             pool = WorkerPool(
                 min(self.workers, len(jobs)), queue.path, threads=self.threads, sweep=sweep
             ).start()
